@@ -1,0 +1,3 @@
+"""mtlrec: a config-driven experiment runner for multi-task recommendation models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Datasets: typed specs, prepared parquet on disk -> contiguous tensors, generators."""

@@ -1,0 +1,42 @@
+"""What every model provides: outputs named after tasks, and the tasks it is trained on."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mtlrec.data.spec import DatasetSpec, FunnelSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.models.layers import CommonConfig
+
+
+class MultiTaskModel(nn.Module):
+    """Maps (sparse ids [B, F], dense [B, D]) to a dict of named outputs, each [B].
+
+    Binary outputs are logits (apply a sigmoid for probabilities), regression outputs are values.
+    Keys not in `output_types` are auxiliary (e.g. MoE gate weights) and never trained on.
+    """
+
+    Config: ClassVar[type[CommonConfig]] = CommonConfig
+    output_types: dict[str, str]
+
+    @classmethod
+    def loss_tasks(cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CommonConfig) -> tuple[TaskSpec, ...]:
+        """The tasks whose losses train the model; by default the dataset's (selected) tasks."""
+        if not selected:
+            raise MtlrecError(f"dataset '{spec.name}' defines no tasks; list them in its spec or dataset.tasks")
+        return selected
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def require_funnel(spec: DatasetSpec, model: str) -> FunnelSpec:
+    if spec.funnel is None:
+        raise MtlrecError(
+            f"model={model} needs a dataset with click and conversion labels (a funnel); dataset "
+            f"'{spec.name}' has none. Use model=mmoe, shared_bottom or single_task on it."
+        )
+    return spec.funnel

@@ -1,0 +1,183 @@
+"""Building blocks shared by the models: MLPs, grouped (batched) MLPs and the fused feature embedding.
+
+Grouped tensors use the layout [G, B, features]: G independent networks (experts, towers, tasks)
+run as one batched matrix multiply per layer instead of a Python loop over G.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mtlrec.data.spec import DatasetSpec
+from mtlrec.errors import MtlrecError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+
+@dataclass
+class CommonConfig:
+    """Config keys every model has (conf/model/*.yaml)."""
+
+    name: str = ""
+    embedding_dim: int = 16
+    embedding_init_std: float = 0.01
+    activation: str = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+    def validate(self) -> None:
+        check_positive("model.embedding_dim", self.embedding_dim)
+        if not self.embedding_init_std > 0:
+            raise MtlrecError(f"model.embedding_init_std must be > 0, got {self.embedding_init_std}")
+        if self.activation not in ACTIVATIONS:
+            raise MtlrecError(f"model.activation '{self.activation}' is unknown; use one of {sorted(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MtlrecError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def check_positive(key: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MtlrecError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+def check_dims(key: str, dims: Sequence[int], allow_empty: bool = False) -> list[int]:
+    dims = list(dims)
+    if not dims and not allow_empty:
+        raise MtlrecError(f"{key} must list at least one layer size, e.g. [64, 32]; got []")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise MtlrecError(f"{key} must hold positive integers, got {dims}")
+    return dims
+
+
+class MLP(nn.Sequential):
+    """Linear -> [BatchNorm] -> activation -> [Dropout] for each size in `dims`."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False):
+        layers: list[nn.Module] = []
+        for d in dims:
+            layers.append(nn.Linear(in_dim, d))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = d
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class GroupedLinear(nn.Module):
+    """G independent Linear layers applied to x [G, B, in] in one batched matmul -> [G, B, out]."""
+
+    def __init__(self, groups: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(groups, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # the same init as nn.Linear, per group
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class GroupedMLP(nn.Module):
+    """G independent MLPs of the same shape, computed together.
+
+    Input: [B, in] shared by all groups (experts reading the same features) or [G, B, in]
+    (towers reading their own inputs). Output: [G, B, dims[-1]] (or [G, B, out_dim] when an
+    output layer without activation is requested).
+    """
+
+    def __init__(self, groups: int, in_dim: int, dims: Sequence[int], activation: str = "relu", dropout: float = 0.0,
+                 batch_norm: bool = False, shared_input: bool = False, out_dim: int | None = None):
+        super().__init__()
+        self.groups, self.shared_input = groups, shared_input
+        sizes = list(dims) + ([out_dim] if out_dim is not None else [])
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, d in enumerate(sizes):
+            if i == 0 and shared_input:
+                # One [in, G*d] matmul serves every group when they all read the same input.
+                self.linears.append(nn.Linear(in_dim, groups * d))
+            else:
+                self.linears.append(GroupedLinear(groups, in_dim, d))
+            hidden = out_dim is None or i < len(sizes) - 1
+            self.norms.append(nn.BatchNorm1d(groups * d) if batch_norm and hidden else nn.Identity())
+            in_dim = d
+        self.num_hidden = len(dims)
+        self.act = ACTIVATIONS[activation]() if self.num_hidden else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, linear in enumerate(self.linears):
+            if i == 0 and self.shared_input:
+                y = linear(x)  # [B, G*d]
+                x = y.view(y.shape[0], self.groups, -1).transpose(0, 1)  # [G, B, d]
+            else:
+                x = linear(x)
+            if i < self.num_hidden:
+                if not isinstance(self.norms[i], nn.Identity):
+                    g, b, d = x.shape
+                    x = self.norms[i](x.transpose(0, 1).reshape(b, g * d)).view(b, g, d).transpose(0, 1)
+                x = self.dropout(self.act(x))
+        return x
+
+
+class FeatureEmbedding(nn.Module):
+    """All sparse fields in one fused table (per embedding size), concatenated with dense features.
+
+    `sparse` ids arrive already offset into the fused id space of the dataset spec. With
+    `copies` > 1 every row holds `copies` independent embeddings (one per task of a single-task
+    baseline) and the output is [copies, B, in_dim] instead of [B, in_dim].
+    """
+
+    def __init__(self, spec: DatasetSpec, embedding_dim: int, init_std: float = 0.01, copies: int = 1):
+        super().__init__()
+        self.copies = copies
+        self.num_dense = len(spec.dense)
+        dims = [f.embedding_dim or embedding_dim for f in spec.sparse]
+        offsets = spec.field_offsets
+        self.tables = nn.ModuleList()
+        self.group_dims: list[int] = []
+        self.single_group = len(set(dims)) <= 1
+        for j, dim in enumerate(sorted(set(dims))):
+            fields = [i for i, d in enumerate(dims) if d == dim]
+            vocab = [spec.sparse[i].vocab_size for i in fields]
+            table = nn.Embedding(sum(vocab), dim * copies)
+            nn.init.normal_(table.weight, std=init_std)
+            self.tables.append(table)
+            self.group_dims.append(dim)
+            # Map global fused ids to this group's table: id - global offset + group offset.
+            group_offsets = [sum(vocab[:k]) for k in range(len(fields))]
+            delta = torch.tensor([g - offsets[i] for g, i in zip(group_offsets, fields, strict=True)])
+            self.register_buffer(f"fields_{j}", torch.tensor(fields), persistent=False)
+            self.register_buffer(f"delta_{j}", delta, persistent=False)
+        self.out_dim = sum(dims) + self.num_dense
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        batch = sparse.shape[0]
+        parts = []
+        for j, table in enumerate(self.tables):
+            if self.single_group:
+                ids = sparse
+            else:
+                ids = sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
+            emb = table(ids)  # [B, F_j, copies*dim]
+            dim = self.group_dims[j]
+            if self.copies == 1:
+                parts.append(emb.reshape(batch, -1))
+            else:
+                parts.append(emb.view(batch, -1, self.copies, dim).permute(2, 0, 1, 3).reshape(self.copies, batch, -1))
+        if self.copies == 1:
+            parts.append(dense)
+        else:
+            parts.append(dense.unsqueeze(0).expand(self.copies, -1, -1))
+        return torch.cat(parts, dim=-1)

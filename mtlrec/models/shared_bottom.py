@@ -1,0 +1,49 @@
+"""Shared-bottom multi-task network.
+
+Caruana, "Multitask Learning", Machine Learning 28, 1997; the baseline of the MMoE paper.
+
+    h   = bottom(Embedding(sparse) ++ dense)        one MLP (bottom_dims) shared by all tasks
+    y_k = tower_k(h)                                one tower per task (tower_dims, then one output)
+
+Config keys (conf/model/shared_bottom.yaml): embedding_dim, embedding_init_std, bottom_dims,
+tower_dims, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+
+
+@dataclass
+class SharedBottomConfig(CommonConfig):
+    bottom_dims: list[int] = field(default_factory=lambda: [64, 32])
+    tower_dims: list[int] = field(default_factory=lambda: [32])
+
+    def validate(self) -> None:
+        super().validate()
+        check_dims("model.bottom_dims", self.bottom_dims)
+        check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+
+
+class SharedBottom(MultiTaskModel):
+    Config = SharedBottomConfig
+
+    def __init__(self, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], cfg: SharedBottomConfig):
+        super().__init__()
+        self.output_names = [t.output_name for t in tasks]
+        self.output_types = {t.output_name: t.type for t in tasks}
+        self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        self.bottom = MLP(self.embedding.out_dim, cfg.bottom_dims, cfg.activation, cfg.dropout, cfg.batch_norm)
+        self.towers = GroupedMLP(len(tasks), self.bottom.out_dim, cfg.tower_dims, cfg.activation, cfg.dropout,
+                                 cfg.batch_norm, shared_input=True, out_dim=1)
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bottom(self.embedding(sparse, dense))
+        y = self.towers(h).squeeze(-1)  # [T, B]
+        return {name: y[k] for k, name in enumerate(self.output_names)}

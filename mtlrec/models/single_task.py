@@ -1,0 +1,52 @@
+"""Single-task baseline: one fully independent network per task, trained side by side.
+
+The reference point of the MMoE paper's comparisons: no parameter is shared between tasks.
+
+    y_k = tower_k(bottom_k(Embedding_k(sparse) ++ dense))     k = 1..tasks
+
+The T networks share no parameter (each task owns its embedding rows, bottom and tower), but run
+as one batched computation: the embedding table stores T embeddings per id side by side, and the
+bottoms and towers are grouped MLPs. Training them together is the same as training T models
+alone, because the total loss is a sum and Adam's updates are per parameter.
+
+Config keys (conf/model/single_task.yaml): embedding_dim, embedding_init_std, bottom_dims,
+tower_dims, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.layers import CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+
+
+@dataclass
+class SingleTaskConfig(CommonConfig):
+    bottom_dims: list[int] = field(default_factory=lambda: [64, 32])
+    tower_dims: list[int] = field(default_factory=lambda: [32])
+
+    def validate(self) -> None:
+        super().validate()
+        check_dims("model.bottom_dims", self.bottom_dims)
+        check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+
+
+class SingleTask(MultiTaskModel):
+    Config = SingleTaskConfig
+
+    def __init__(self, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], cfg: SingleTaskConfig):
+        super().__init__()
+        self.output_names = [t.output_name for t in tasks]
+        self.output_types = {t.output_name: t.type for t in tasks}
+        n = len(tasks)
+        self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std, copies=n)
+        self.nets = GroupedMLP(n, self.embedding.out_dim, list(cfg.bottom_dims) + list(cfg.tower_dims),
+                               cfg.activation, cfg.dropout, cfg.batch_norm, out_dim=1)
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.nets(self.embedding(sparse, dense)).squeeze(-1)  # [T, B]
+        return {name: y[k] for k, name in enumerate(self.output_names)}

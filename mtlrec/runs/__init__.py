@@ -1,0 +1,1 @@
+"""Run directories: written atomically by training, read back by compare/evaluate/predict."""

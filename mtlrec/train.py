@@ -1,0 +1,18 @@
+"""`mtlrec train`: the Hydra entry point. Thin on purpose: compose, run, return the metric.
+
+    mtlrec train model=mmoe model.num_experts=4 trainer.epochs=5
+    mtlrec train -m model=mmoe model.num_experts=1,2,4,8 seed=1,2,3
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mtlrec.conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from mtlrec.experiment import run  # imported here so `--help`/`--cfg` stay fast
+
+    return run(cfg, HydraConfig.get().runtime.output_dir)

@@ -1,0 +1,1 @@
+"""Training: objective (per-task losses), metrics over whole splits, the trainer, checkpoints."""

@@ -1,0 +1,48 @@
+"""Per-task losses over each task's sample space, and their weighted sum.
+
+Binary tasks use BCE with logits, regression tasks MSE. A task with `where` only sees rows whose
+`where` label is 1 (e.g. CVR on clicked rows): its loss is the mean over those rows of the batch
+(0 when the batch has none). Everything stays on the device: no host sync per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+
+
+class Objective(nn.Module):
+    def __init__(self, tasks: tuple[TaskSpec, ...], spec: DatasetSpec):
+        super().__init__()
+        self.tasks = tasks
+        self.names = [t.name for t in tasks]
+        self.label_index = [spec.label_index(t.label) for t in tasks]
+        self.where_index = [spec.label_index(t.where) if t.where else None for t in tasks]
+        self.register_buffer("weights", torch.tensor([t.weight for t in tasks], dtype=torch.float32))
+
+    def per_task(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed loss [T] and number of rows [T] of each task in this batch."""
+        sums, counts = [], []
+        for task, li, wi in zip(self.tasks, self.label_index, self.where_index, strict=True):
+            pred, target = outputs[task.output_name].float(), labels[:, li]
+            if task.type == "binary":
+                loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
+            else:
+                loss = (pred - target) ** 2
+            if wi is None:
+                sums.append(loss.sum())
+                counts.append(loss.new_full((), float(loss.shape[0])))
+            else:
+                mask = labels[:, wi]
+                sums.append((loss * mask).sum())
+                counts.append(mask.sum())
+        return torch.stack(sums), torch.stack(counts)
+
+    def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted total loss, per-task loss sums [T], per-task row counts [T])."""
+        sums, counts = self.per_task(outputs, labels)
+        means = sums / counts.clamp_min(1.0)
+        return (self.weights * means).sum(), sums, counts

@@ -1,0 +1,275 @@
+"""The training loop: fit with per-epoch validation, early stopping, checkpoints; evaluate; predict.
+
+The loop keeps everything on the device: batches are index slices of whole-split tensors, per-task
+losses accumulate in device tensors and are read once per epoch (the progress bar reads them at
+most a few times a second). Best weights are kept in memory and restored before the final test.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mtlrec.data.loader import SplitTensors
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.training.metrics import HIGHER_IS_BETTER, EvalTarget, split_metrics
+from mtlrec.training.objective import Objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    """conf/trainer/*.yaml"""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    epochs: int = 5
+    grad_clip_norm: float | None = None
+    monitor: str = "auto"
+    mode: str = "auto"
+    patience: int | None = 2
+    num_threads: int | None = None
+    progress: Any = "auto"
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
+        for key in ("batch_size", "eval_batch_size", "epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise MtlrecError(f"trainer.lr must be > 0, got {self.lr!r}")
+        for key in ("weight_decay", "embedding_l2"):
+            if not getattr(self, key) >= 0:
+                raise MtlrecError(f"trainer.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise MtlrecError(f"trainer.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm!r}")
+        if self.mode not in ("auto", "max", "min"):
+            raise MtlrecError(f"trainer.mode must be auto, max or min, got {self.mode!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise MtlrecError(f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise MtlrecError(f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}")
+
+
+def resolve_monitor(cfg: TrainerConfig, loss_tasks: tuple[TaskSpec, ...]) -> tuple[str, str]:
+    """(metric key, max|min) used for early stopping and the best checkpoint."""
+    monitor = cfg.monitor
+    if monitor == "auto":
+        monitor = "val/mean_auc" if any(t.type == "binary" for t in loss_tasks) else "val/mean_mse"
+    mode = cfg.mode
+    if mode == "auto":
+        metric = monitor.rsplit("/", 1)[-1].split("_")[-1]
+        mode = "max" if metric in HIGHER_IS_BETTER else "min"
+    return monitor, mode
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_value: float
+    stopped_early: bool
+    train_samples_per_s: float
+    seconds: float
+
+
+@dataclass
+class EarlyStopping:
+    mode: str
+    patience: int | None
+    best_value: float = math.nan
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return math.isnan(self.best_value) or (value > self.best_value if self.mode == "max" else value < self.best_value)
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record an epoch's value; True if it is the new best."""
+        if self.improved(value):
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+class Trainer:
+    def __init__(self, model: MultiTaskModel, spec: DatasetSpec, loss_tasks: tuple[TaskSpec, ...], targets: list[EvalTarget],
+                 cfg: TrainerConfig, device: torch.device, data_order_seed: int, console: Console | None = None):
+        self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
+        self.cfg, self.device = cfg, device
+        self.objective = Objective(loss_tasks, spec).to(device)
+        self.monitor, self.mode = resolve_monitor(cfg, loss_tasks)
+        self.optimizer = self._make_optimizer()
+        self.order_generator = torch.Generator().manual_seed(data_order_seed)
+        self.console = console or Console(stderr=True)
+        self.gate_keys: list[str] = []
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        emb = [p for m in self.model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
+        emb_ids = {id(p) for p in emb}
+        rest = [p for p in self.model.parameters() if id(p) not in emb_ids]
+        groups = [{"params": rest, "weight_decay": self.cfg.weight_decay}]
+        if emb:
+            # L2 on embeddings as the optimizer's (coupled) weight decay of the table: no per-step work.
+            groups.append({"params": emb, "weight_decay": self.cfg.embedding_l2})
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        return opt_cls(groups, lr=self.cfg.lr)
+
+    # -- progress -----------------------------------------------------------------------------
+    def _progress(self) -> Progress:
+        show = self.cfg.progress
+        enabled = self.console.is_terminal if show == "auto" else bool(show)
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
+            TimeRemainingColumn(), console=self.console, disable=not enabled, transient=True,
+        )
+
+    # -- training -----------------------------------------------------------------------------
+    def train_epoch(self, train: SplitTensors, epoch: int, progress: Progress) -> dict[str, float]:
+        self.model.train()
+        n, bs = len(train), self.cfg.batch_size
+        perm = torch.randperm(n, generator=self.order_generator).to(self.device)
+        steps = math.ceil(n / bs)
+        loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
+        counts = torch.zeros(len(self.loss_tasks), device=self.device)
+        bar = progress.add_task(f"epoch {epoch}", total=steps, loss="-", speed="-")
+        start = last_update = time.perf_counter()
+        on_device = train.labels.device == self.device
+        for step in range(steps):
+            idx = perm[step * bs:(step + 1) * bs]
+            batch = train.take(idx if on_device else idx.cpu())
+            if not on_device:
+                batch = type(batch)(*(t.to(self.device, non_blocking=True) for t in (batch.sparse, batch.dense, batch.labels)))
+            outputs = self.model(batch.sparse, batch.dense)
+            total, sums, cnts = self.objective(outputs, batch.labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.cfg.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
+            self.optimizer.step()
+            loss_sums += sums.detach()
+            counts += cnts
+            now = time.perf_counter()
+            if now - last_update > 0.5 and not progress.disable:  # a host sync at most twice a second
+                last_update = now
+                mean = (loss_sums / counts.clamp_min(1)).sum().item()
+                progress.update(bar, completed=step + 1, loss=f"{mean:.4f}", speed=f"{(step + 1) * bs / (now - start):,.0f}")
+        progress.remove_task(bar)
+        seconds = time.perf_counter() - start
+        per_task = (loss_sums / counts.clamp_min(1)).tolist()
+        row = {f"train/{t.name}_loss": v for t, v in zip(self.loss_tasks, per_task, strict=True)}
+        row["train/loss"] = float(sum(t.weight * v for t, v in zip(self.loss_tasks, per_task, strict=True)))
+        if not math.isfinite(row["train/loss"]):
+            bad = [t.name for t, v in zip(self.loss_tasks, per_task, strict=True) if not math.isfinite(v)]
+            raise MtlrecError(f"epoch {epoch}: training loss of task(s) {bad} is NaN/inf; lower trainer.lr or set trainer.grad_clip_norm")
+        row["train_seconds"] = seconds
+        row["train_samples_per_s"] = n / seconds
+        return row
+
+    def fit(self, splits: dict[str, SplitTensors], on_epoch_end: Callable[[dict, bool, dict], None] | None = None) -> FitResult:
+        """Train with validation each epoch; restores the best weights before returning.
+
+        `on_epoch_end(row, is_best, state)` lets the caller write history and checkpoints.
+        """
+        train, val = splits["train"], splits["val"]
+        stopper = EarlyStopping(self.mode, self.cfg.patience)
+        history: list[dict[str, Any]] = []
+        best_state = copy.deepcopy(self.model.state_dict())
+        t0 = time.perf_counter()
+        train_time, train_rows = 0.0, 0
+        with self._progress() as progress:
+            for epoch in range(1, self.cfg.epochs + 1):
+                row: dict[str, Any] = {"epoch": epoch}
+                row.update(self.train_epoch(train, epoch, progress))
+                train_time += row["train_seconds"]
+                train_rows += len(train)
+                val_metrics = self.evaluate(val, "val")
+                row.update(val_metrics)
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                if self.monitor not in val_metrics:
+                    raise MtlrecError(f"trainer.monitor '{self.monitor}' is not a validation metric; choose one of {sorted(val_metrics)}")
+                is_best = stopper.update(epoch, val_metrics[self.monitor])
+                if is_best or epoch == 1:
+                    best_state = copy.deepcopy(self.model.state_dict())
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                log.info("epoch %d/%d  train/loss %.5f  %s %.5f%s  (%.1fs, %s samples/s)", epoch, self.cfg.epochs, row["train/loss"],
+                         self.monitor, val_metrics[self.monitor], "  *best*" if is_best else "", row["train_seconds"],
+                         f"{row['train_samples_per_s']:,.0f}")
+                if on_epoch_end is not None:
+                    on_epoch_end(row, is_best, {"early_stopping": stopper.__dict__.copy(), "history": history, "epoch": epoch})
+                if stopper.should_stop:
+                    log.info("early stopping: %s did not improve for %d epochs", self.monitor, stopper.patience)
+                    break
+        self.model.load_state_dict(best_state)
+        return FitResult(history, stopper.best_epoch or 1, stopper.best_value, stopper.should_stop,
+                         train_rows / train_time if train_time else math.nan, time.perf_counter() - t0)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Predictions of every output over a split (probabilities for binary outputs), and aux sums."""
+        self.model.eval()
+        n, bs = len(split), self.cfg.eval_batch_size
+        outputs = {name: torch.empty(n, device=self.device) for name in self.model.output_types}
+        gate_sum = None
+        loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
+        counts = torch.zeros(len(self.loss_tasks), device=self.device)
+        for start in range(0, n, bs):
+            batch = split.slice(start, min(start + bs, n))
+            sparse, dense, labels = (t.to(self.device, non_blocking=True) for t in (batch.sparse, batch.dense, batch.labels))
+            out = self.model(sparse, dense)
+            _, sums, cnts = self.objective(out, labels)
+            loss_sums += sums
+            counts += cnts
+            for name, kind in self.model.output_types.items():
+                value = out[name].float()
+                outputs[name][start:start + len(labels)] = torch.sigmoid(value) if kind == "binary" else value
+            if "gates" in out:
+                g = out["gates"].float().sum(0)
+                gate_sum = g if gate_sum is None else gate_sum + g
+        aux: dict[str, Any] = {"loss": float((self.objective.weights * loss_sums / counts.clamp_min(1)).sum().item())}
+        if gate_sum is not None:
+            aux["gates"] = (gate_sum / n).cpu().numpy()  # mean gate weight [tasks, experts]
+        return {k: v.cpu().numpy() for k, v in outputs.items()}, aux
+
+    def evaluate(self, split: SplitTensors, name: str) -> dict[str, float]:
+        predictions, aux = self.predict(split)
+        metrics = split_metrics(name, predictions, split.labels.cpu().numpy(), self.targets, self.spec, self.loss_tasks)
+        metrics[f"{name}/loss"] = aux["loss"]
+        if "gates" in aux:
+            for k, task in enumerate(self.loss_tasks):
+                for e, w in enumerate(aux["gates"][k]):
+                    metrics[f"gate/{task.name}/expert_{e}"] = float(w)
+        return metrics
+
+
+def strip_gates(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("gate/")}
