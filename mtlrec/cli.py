@@ -1,7 +1,7 @@
 """The `mtlrec` command: one CLI, subcommands.
 
-    mtlrec train [hydra overrides]       train (Hydra: -m, --cfg, --info, hydra.run.dir=... all work)
-    mtlrec --version
+mtlrec train [hydra overrides]       train (Hydra: -m, --cfg, --info, hydra.run.dir=... all work)
+mtlrec --version
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         train_main()
         return
     if command not in COMMANDS:
-        print(f"mtlrec: unknown command '{command}'; commands: {', '.join(['train', *sorted(COMMANDS)])}", file=sys.stderr)
+        print(
+            f"mtlrec: unknown command '{command}'; commands: {', '.join(['train', *sorted(COMMANDS)])}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     import importlib
 

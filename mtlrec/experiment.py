@@ -47,9 +47,13 @@ def resolve_device(device_cfg: Any) -> torch.device:
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise MtlrecError("device=cuda but no CUDA GPU is visible to torch (torch.cuda.is_available() is False); use device=cpu or device=auto")
+        raise MtlrecError(
+            "device=cuda but no CUDA GPU is visible to torch (torch.cuda.is_available() is False); use device=cpu or device=auto"
+        )
     if index >= torch.cuda.device_count():
-        raise MtlrecError(f"device.index={index} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise MtlrecError(
+            f"device.index={index} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return torch.device("cuda", index)
 
 
@@ -98,7 +102,11 @@ def place_splits(splits: dict, device: torch.device) -> dict:
     if total < 0.5 * free:
         log.info("data: %.1f MiB moved to %s once", total / 2**20, device)
         return {k: s.to(device) for k, s in splits.items()}
-    log.info("data: %.1f MiB stays in pinned host memory (GPU has %.1f MiB free)", total / 2**20, free / 2**20)
+    log.info(
+        "data: %.1f MiB stays in pinned host memory (GPU has %.1f MiB free)",
+        total / 2**20,
+        free / 2**20,
+    )
     return {k: s.pin_memory() for k, s in splits.items()}
 
 
@@ -118,19 +126,30 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     """Train, validate, test; write the run directory. Returns the best monitored value."""
     run_dir = RunDir(run_dir_path)
     started = time.time()
-    run_dir.update_metrics(status="running", seed=int(cfg.seed), data_order_seed=int(cfg.data_order_seed),
-                           started_at=dt.datetime.now().isoformat(timespec="seconds"), error=None)
+    run_dir.update_metrics(
+        status="running",
+        seed=int(cfg.seed),
+        data_order_seed=int(cfg.data_order_seed),
+        started_at=dt.datetime.now().isoformat(timespec="seconds"),
+        error=None,
+    )
     try:
         return _run(cfg, run_dir, started)
     except KeyboardInterrupt:
-        run_dir.update_metrics(status="interrupted", error="interrupted by the user", wall_seconds=time.time() - started)
+        run_dir.update_metrics(
+            status="interrupted",
+            error="interrupted by the user",
+            wall_seconds=time.time() - started,
+        )
         raise
     except MtlrecError as e:
         run_dir.update_metrics(status="failed", error=str(e), wall_seconds=time.time() - started)
         log.error("%s", e)
         raise
     except Exception as e:
-        run_dir.update_metrics(status="failed", error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started)
+        run_dir.update_metrics(
+            status="failed", error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started
+        )
         raise
 
 
@@ -154,20 +173,44 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float) -> float:
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s", run_dir.path)
-    log.info("model %s (%s parameters) on %s, %d torch thread(s); dataset %s at %s", config["model"]["name"], f"{n_params:,}", device,
-             torch.get_num_threads(), spec.name, data_dir)
-    log.info("rows: %s; tasks: %s", ", ".join(f"{k} {len(v):,}" for k, v in splits.items()),
-             ", ".join(f"{t.name}({t.label}{', where ' + t.where if t.where else ''}, w={t.weight:g})" for t in loss_tasks))
+    log.info(
+        "model %s (%s parameters) on %s, %d torch thread(s); dataset %s at %s",
+        config["model"]["name"],
+        f"{n_params:,}",
+        device,
+        torch.get_num_threads(),
+        spec.name,
+        data_dir,
+    )
+    log.info(
+        "rows: %s; tasks: %s",
+        ", ".join(f"{k} {len(v):,}" for k, v in splits.items()),
+        ", ".join(
+            f"{t.name}({t.label}{', where ' + t.where if t.where else ''}, w={t.weight:g})"
+            for t in loss_tasks
+        ),
+    )
 
     console = Console(stderr=False)
-    trainer = Trainer(model, spec, loss_tasks, targets, trainer_cfg, device, int(cfg.data_order_seed), console)
+    trainer = Trainer(
+        model, spec, loss_tasks, targets, trainer_cfg, device, int(cfg.data_order_seed), console
+    )
     history: list[dict[str, Any]] = []
 
     def on_epoch_end(row: dict, is_best: bool, state: dict) -> None:
         history[:] = state["history"]
         run_dir.write_history(history)
-        payload = make_payload(model, trainer.optimizer, config, spec, loss_tasks, row["epoch"], history=list(history),
-                               early_stopping=state["early_stopping"], monitor=trainer.monitor)
+        payload = make_payload(
+            model,
+            trainer.optimizer,
+            config,
+            spec,
+            loss_tasks,
+            row["epoch"],
+            history=list(history),
+            early_stopping=state["early_stopping"],
+            monitor=trainer.monitor,
+        )
         run_dir.save_checkpoint("last.pt", payload)
         if is_best or row["epoch"] == 1:
             run_dir.save_checkpoint("best.pt", payload)

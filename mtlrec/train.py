@@ -1,7 +1,7 @@
 """`mtlrec train`: the Hydra entry point. Thin on purpose: compose, run, return the metric.
 
-    mtlrec train model=mmoe model.num_experts=4 trainer.epochs=5
-    mtlrec train -m model=mmoe model.num_experts=1,2,4,8 seed=1,2,3
+mtlrec train model=mmoe model.num_experts=4 trainer.epochs=5
+mtlrec train -m model=mmoe model.num_experts=1,2,4,8 seed=1,2,3
 """
 
 from __future__ import annotations

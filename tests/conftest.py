@@ -31,13 +31,23 @@ def _isolated_data_dir(tmp_path_factory):
 def compose_train(overrides: list[str] | None = None) -> DictConfig:
     """The composed `mtlrec train` config, as Hydra would build it (no run dir, no subprocess)."""
     with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides or []), return_hydra_config=False)
+        return compose(
+            config_name="train", overrides=list(overrides or []), return_hydra_config=False
+        )
 
 
-TINY = [f"dataset.num_rows={TINY_ROWS}", "trainer.epochs=2", "trainer.batch_size=256", "trainer.num_threads=1", "device=cpu"]
+TINY = [
+    f"dataset.num_rows={TINY_ROWS}",
+    "trainer.epochs=2",
+    "trainer.batch_size=256",
+    "trainer.num_threads=1",
+    "device=cpu",
+]
 
 
-def run_training(tmp_path: Path, overrides: list[str] | None = None, name: str = "run") -> tuple[Path, dict]:
+def run_training(
+    tmp_path: Path, overrides: list[str] | None = None, name: str = "run"
+) -> tuple[Path, dict]:
     """Train in-process on the tiny dataset; returns (run dir, metrics.json)."""
     from mtlrec.experiment import run
 

@@ -12,7 +12,9 @@ from mtlrec.errors import MtlrecError
 
 # Datasets that mtlrec can make by itself on first use: name -> function(dataset cfg) -> directory.
 GENERATED: dict[str, Callable[[Mapping[str, Any]], Path]] = {
-    "synthetic_ccp": lambda cfg: synthetic_ccp.ensure_prepared(cfg["path"], int(cfg["num_rows"]), int(cfg["generator_seed"])),
+    "synthetic_ccp": lambda cfg: synthetic_ccp.ensure_prepared(
+        cfg["path"], int(cfg["num_rows"]), int(cfg["generator_seed"])
+    ),
 }
 
 
@@ -22,10 +24,16 @@ def resolve_dataset_dir(cfg: Mapping[str, Any]) -> Path:
     if name in GENERATED:
         return GENERATED[name](cfg)
     if not cfg.get("path"):
-        raise MtlrecError(f"dataset '{name}': dataset.path is not set; point it at a prepared dataset directory")
+        raise MtlrecError(
+            f"dataset '{name}': dataset.path is not set; point it at a prepared dataset directory"
+        )
     path = Path(str(cfg["path"])).expanduser()
     if not path.exists():
-        raise MtlrecError(f"{path}: data dir of dataset '{name}' does not exist; run `mtlrec prepare dataset={name}` or fix dataset.path")
+        raise MtlrecError(
+            f"{path}: data dir of dataset '{name}' does not exist; run `mtlrec prepare dataset={name}` or fix dataset.path"
+        )
     if not (path / SPEC_FILE).is_file():
-        raise MtlrecError(f"{path}: holds no {SPEC_FILE}, so dataset '{name}' is not prepared; run `mtlrec prepare dataset={name}`")
+        raise MtlrecError(
+            f"{path}: holds no {SPEC_FILE}, so dataset '{name}' is not prepared; run `mtlrec prepare dataset={name}`"
+        )
     return path

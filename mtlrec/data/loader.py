@@ -61,7 +61,9 @@ class SplitTensors:
         )
 
     def pin_memory(self) -> SplitTensors:
-        return SplitTensors(self.sparse.pin_memory(), self.dense.pin_memory(), self.labels.pin_memory())
+        return SplitTensors(
+            self.sparse.pin_memory(), self.dense.pin_memory(), self.labels.pin_memory()
+        )
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -70,7 +72,11 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 
 def _check_numeric(path: Path, schema: pa.Schema, name: str, what: str, integer: bool) -> None:
     typ = schema.field(name).type
-    ok = pa.types.is_integer(typ) if integer else (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ))
+    ok = (
+        pa.types.is_integer(typ)
+        if integer
+        else (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ))
+    )
     if not ok:
         need = "integer ids" if integer else "numbers"
         raise MtlrecError(f"{path}: {what} column '{name}' has type {typ}; it must hold {need}")
@@ -80,7 +86,9 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     """Read one prepared split and validate it against the spec (and the tasks trained on it)."""
     path = Path(path)
     if not path.is_file():
-        raise MtlrecError(f"{path}: split file not found; prepare the dataset first or fix dataset.path")
+        raise MtlrecError(
+            f"{path}: split file not found; prepare the dataset first or fix dataset.path"
+        )
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -105,7 +113,9 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
         col = table.column(f.name)
         if col.null_count:
-            raise MtlrecError(f"{path}: sparse column '{f.name}' has {col.null_count} missing values")
+            raise MtlrecError(
+                f"{path}: sparse column '{f.name}' has {col.null_count} missing values"
+            )
         ids = _column(table, f.name).astype(np.int64, copy=False)
         if (ids < 0).any():
             raise MtlrecError(
@@ -118,7 +128,13 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
                     f"{path}: sparse column '{f.name}' has {beyond.sum()} ids >= vocab_size {f.vocab_size} "
                     f"(max {ids.max()}) and no oov_id in the spec"
                 )
-            log.warning("%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d", path.name, f.name, beyond.sum(), f.oov_id)
+            log.warning(
+                "%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d",
+                path.name,
+                f.name,
+                beyond.sum(),
+                f.oov_id,
+            )
             ids = np.where(beyond, f.oov_id, ids)
         sparse[:, j] = ids + offset
 
@@ -127,7 +143,9 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
         values = _column(table, f.name).astype(np.float32)
         bad = ~np.isfinite(values)
         if bad.any():
-            raise MtlrecError(f"{path}: dense column '{f.name}' has {bad.sum()} NaN/inf/missing values")
+            raise MtlrecError(
+                f"{path}: dense column '{f.name}' has {bad.sum()} NaN/inf/missing values"
+            )
         dense[:, j] = values
 
     labels = np.empty((n, len(spec.labels)), dtype=np.float32)
@@ -141,10 +159,18 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     return SplitTensors(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels))
 
 
-def _check_binary_labels(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], labels: np.ndarray) -> None:
-    binary_columns = {t.label for t in tasks if t.type == "binary"} | {t.where for t in tasks if t.where}
+def _check_binary_labels(
+    path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], labels: np.ndarray
+) -> None:
+    binary_columns = {t.label for t in tasks if t.type == "binary"} | {
+        t.where for t in tasks if t.where
+    }
     if spec.funnel is not None:
-        binary_columns |= {c for c in (spec.funnel.click, spec.funnel.conversion, spec.funnel.conversion_if_clicked) if c}
+        binary_columns |= {
+            c
+            for c in (spec.funnel.click, spec.funnel.conversion, spec.funnel.conversion_if_clicked)
+            if c
+        }
     for c in sorted(binary_columns):
         values = labels[:, spec.label_index(c)]
         bad = (values != 0) & (values != 1)
@@ -155,11 +181,15 @@ def _check_binary_labels(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, .
             )
 
 
-def load_splits(directory: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], names=("train", "val", "test")) -> dict[str, SplitTensors]:
+def load_splits(
+    directory: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], names=("train", "val", "test")
+) -> dict[str, SplitTensors]:
     directory = Path(directory)
     out = {}
     for name in names:
         if name not in spec.splits:
-            raise MtlrecError(f"{directory / 'spec.json'}: no '{name}' split; the spec lists {sorted(spec.splits)}")
+            raise MtlrecError(
+                f"{directory / 'spec.json'}: no '{name}' split; the spec lists {sorted(spec.splits)}"
+            )
         out[name] = load_split(directory / spec.splits[name], spec, tasks)
     return out

@@ -168,7 +168,9 @@ class DatasetSpec:
             raise MtlrecError(f"{source}: column(s) {overlap} are both a feature and a label")
         for f in self.features:
             if f.kind not in ("sparse", "dense"):
-                raise MtlrecError(f"{source}: feature '{f.name}' has kind '{f.kind}'; use sparse|dense")
+                raise MtlrecError(
+                    f"{source}: feature '{f.name}' has kind '{f.kind}'; use sparse|dense"
+                )
             if f.kind == "sparse" and f.vocab_size < 1:
                 raise MtlrecError(f"{source}: sparse feature '{f.name}' needs vocab_size >= 1")
             if f.oov_id is not None and not 0 <= f.oov_id < f.vocab_size:
@@ -182,17 +184,31 @@ class DatasetSpec:
         for t in self.tasks:
             check_task(t, self.labels, source)
         if self.funnel is not None:
-            for col in (self.funnel.click, self.funnel.conversion, self.funnel.conversion_if_clicked):
+            for col in (
+                self.funnel.click,
+                self.funnel.conversion,
+                self.funnel.conversion_if_clicked,
+            ):
                 if col is not None and col not in self.labels:
-                    raise MtlrecError(f"{source}: funnel column '{col}' is not among labels {list(self.labels)}")
+                    raise MtlrecError(
+                        f"{source}: funnel column '{col}' is not among labels {list(self.labels)}"
+                    )
 
 
 def check_task(task: TaskSpec, labels: tuple[str, ...], source: str) -> None:
     if task.type not in ("binary", "regression"):
-        raise MtlrecError(f"{source}: task '{task.name}' has type '{task.type}'; use binary|regression")
+        raise MtlrecError(
+            f"{source}: task '{task.name}' has type '{task.type}'; use binary|regression"
+        )
     if task.label not in labels:
-        raise MtlrecError(f"{source}: task '{task.name}' label '{task.label}' is not among labels {list(labels)}")
+        raise MtlrecError(
+            f"{source}: task '{task.name}' label '{task.label}' is not among labels {list(labels)}"
+        )
     if task.where is not None and task.where not in labels:
-        raise MtlrecError(f"{source}: task '{task.name}' where='{task.where}' is not among labels {list(labels)}")
+        raise MtlrecError(
+            f"{source}: task '{task.name}' where='{task.where}' is not among labels {list(labels)}"
+        )
     if not (math.isfinite(task.weight) and task.weight >= 0):
-        raise MtlrecError(f"{source}: task '{task.name}' weight must be a finite number >= 0, got {task.weight}")
+        raise MtlrecError(
+            f"{source}: task '{task.name}' weight must be a finite number >= 0, got {task.weight}"
+        )

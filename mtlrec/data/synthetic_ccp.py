@@ -58,8 +58,18 @@ LATENT_DIM = 8
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 
 # field -> (vocabulary size, click-effect scale s_f, click/conversion effect correlation r_f)
-USER_FIELDS = {"user_id": (20_000, 0.5, 0.6), "user_age": (8, 0.3, 0.3), "user_gender": (3, 0.1, 0.5), "user_city": (200, 0.2, 0.5)}
-ITEM_FIELDS = {"item_id": (10_000, 0.6, 0.4), "item_category": (50, 0.4, 0.5), "item_brand": (500, 0.3, 0.5), "item_price_level": (10, 0.2, 0.0)}
+USER_FIELDS = {
+    "user_id": (20_000, 0.5, 0.6),
+    "user_age": (8, 0.3, 0.3),
+    "user_gender": (3, 0.1, 0.5),
+    "user_city": (200, 0.2, 0.5),
+}
+ITEM_FIELDS = {
+    "item_id": (10_000, 0.6, 0.4),
+    "item_category": (50, 0.4, 0.5),
+    "item_brand": (500, 0.3, 0.5),
+    "item_price_level": (10, 0.2, 0.0),
+}
 CONTEXT_FIELDS = {"hour": (24, 0.2, 0.5), "device": (4, 0.2, 0.5), "position": (10, 0.0, 0.0)}
 DENSE_FIELDS = ("user_activity", "item_price", "item_rating")
 
@@ -108,9 +118,10 @@ def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
 
     # Dense features: fixed per user / per item, price follows the item's price level.
     activity = rng.lognormal(0.0, 0.7, size=USER_FIELDS["user_id"][0])[users]
-    price_of_item = np.exp(rng.normal(0.0, 0.3, size=ITEM_FIELDS["item_id"][0])) * (1.0 + np.arange(10))[
-        rng.integers(0, 10, size=ITEM_FIELDS["item_id"][0])
-    ]
+    price_of_item = (
+        np.exp(rng.normal(0.0, 0.3, size=ITEM_FIELDS["item_id"][0]))
+        * (1.0 + np.arange(10))[rng.integers(0, 10, size=ITEM_FIELDS["item_id"][0])]
+    )
     rating = rng.normal(0.0, 1.0, size=ITEM_FIELDS["item_id"][0])[items]
     cols["user_activity"] = _standardize(np.log(activity))
     cols["item_price"] = _standardize(np.log(price_of_item[items]))
@@ -135,7 +146,9 @@ def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
 
     b_click = _bisect_offset(lambda b: _sigmoid(click_logit + b).mean(), TARGET_CTR)
     p_click = _sigmoid(click_logit + b_click)
-    b_cvr = _bisect_offset(lambda b: (p_click * _sigmoid(cvr_logit + b)).sum() / p_click.sum(), TARGET_CVR_AMONG_CLICKS)
+    b_cvr = _bisect_offset(
+        lambda b: (p_click * _sigmoid(cvr_logit + b)).sum() / p_click.sum(), TARGET_CVR_AMONG_CLICKS
+    )
     p_cvr = _sigmoid(cvr_logit + b_cvr)
 
     click = (rng.random(n) < p_click).astype(np.int8)
@@ -152,7 +165,10 @@ def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def dataset_spec(num_rows: int, seed: int) -> DatasetSpec:
-    features = [FeatureSpec(name, "sparse", vocab) for name, (vocab, _, _) in {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}.items()]
+    features = [
+        FeatureSpec(name, "sparse", vocab)
+        for name, (vocab, _, _) in {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}.items()
+    ]
     features += [FeatureSpec(name, "dense") for name in DENSE_FIELDS]
     return DatasetSpec(
         name="synthetic_ccp",
@@ -178,7 +194,11 @@ def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
     order = np.random.default_rng(seed + 1).permutation(num_rows)
     n_train = int(round(num_rows * SPLIT_FRACTIONS["train"]))
     n_val = int(round(num_rows * SPLIT_FRACTIONS["val"]))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, num_rows)}
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, num_rows),
+    }
     spec = dataset_spec(num_rows, seed)
     for split, (lo, hi) in bounds.items():
         rows = np.sort(order[lo:hi])
@@ -197,13 +217,17 @@ def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
     if (path / SPEC_FILE).is_file():
         return path
     if path.exists():
-        raise MtlrecError(f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun")
+        raise MtlrecError(
+            f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun"
+        )
     if num_rows < 100:
         raise MtlrecError(f"dataset.num_rows must be >= 100, got {num_rows}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MtlrecError(f"{path.parent}: cannot create the data cache dir ({e.strerror}); set MTLREC_DATA_DIR or data_dir") from None
+        raise MtlrecError(
+            f"{path.parent}: cannot create the data cache dir ({e.strerror}); set MTLREC_DATA_DIR or data_dir"
+        ) from None
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -212,7 +236,9 @@ def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
         try:
             os.rename(tmp, path)
         except OSError:
-            if not (path / SPEC_FILE).is_file():  # someone else's half-made dir: never merge into it
+            if not (
+                path / SPEC_FILE
+            ).is_file():  # someone else's half-made dir: never merge into it
                 raise
             # A parallel job generated the same dataset first; ours is identical, drop it.
     finally:

@@ -40,7 +40,9 @@ def model_config(model_cfg: Mapping[str, Any]) -> tuple[type[MultiTaskModel], Co
     return cls, cfg
 
 
-def build_model(model_cfg: Mapping[str, Any], spec: DatasetSpec, selected_tasks: tuple[TaskSpec, ...]) -> tuple[MultiTaskModel, tuple[TaskSpec, ...]]:
+def build_model(
+    model_cfg: Mapping[str, Any], spec: DatasetSpec, selected_tasks: tuple[TaskSpec, ...]
+) -> tuple[MultiTaskModel, tuple[TaskSpec, ...]]:
     """Build the configured model for a dataset; returns it with the tasks it trains on."""
     cls, cfg = model_config(model_cfg)
     tasks = cls.loss_tasks(spec, selected_tasks, cfg)

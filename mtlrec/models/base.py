@@ -23,10 +23,14 @@ class MultiTaskModel(nn.Module):
     output_types: dict[str, str]
 
     @classmethod
-    def loss_tasks(cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CommonConfig) -> tuple[TaskSpec, ...]:
+    def loss_tasks(
+        cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CommonConfig
+    ) -> tuple[TaskSpec, ...]:
         """The tasks whose losses train the model; by default the dataset's (selected) tasks."""
         if not selected:
-            raise MtlrecError(f"dataset '{spec.name}' defines no tasks; list them in its spec or dataset.tasks")
+            raise MtlrecError(
+                f"dataset '{spec.name}' defines no tasks; list them in its spec or dataset.tasks"
+            )
         return selected
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:

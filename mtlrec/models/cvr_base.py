@@ -37,7 +37,9 @@ class CvrBase(MultiTaskModel):
     Config = CvrBaseConfig
 
     @classmethod
-    def loss_tasks(cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CvrBaseConfig) -> tuple[TaskSpec, ...]:
+    def loss_tasks(
+        cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CvrBaseConfig
+    ) -> tuple[TaskSpec, ...]:
         funnel = require_funnel(spec, "cvr_base")
         return (TaskSpec("cvr", funnel.conversion, "binary", where=funnel.click),)
 
@@ -45,7 +47,9 @@ class CvrBase(MultiTaskModel):
         super().__init__()
         self.output_types = {"cvr": "binary"}
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        body = MLP(self.embedding.out_dim, cfg.tower_dims, cfg.activation, cfg.dropout, cfg.batch_norm)
+        body = MLP(
+            self.embedding.out_dim, cfg.tower_dims, cfg.activation, cfg.dropout, cfg.batch_norm
+        )
         self.net = nn.Sequential(body, nn.Linear(body.out_dim, 1))
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:

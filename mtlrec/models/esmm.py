@@ -51,7 +51,9 @@ def product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
     """logit(sigmoid(a) * sigmoid(b)), computed in log space without underflow."""
     log_p = (F.logsigmoid(logit_a) + F.logsigmoid(logit_b)).clamp(max=-1e-12)
     # log(1 - p) from log p: two formulas, each accurate on its side of p = 1/2.
-    log_1mp = torch.where(log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    log_1mp = torch.where(
+        log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p))
+    )
     return log_p - log_1mp
 
 
@@ -59,7 +61,9 @@ class Esmm(MultiTaskModel):
     Config = EsmmConfig
 
     @classmethod
-    def loss_tasks(cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: EsmmConfig) -> tuple[TaskSpec, ...]:
+    def loss_tasks(
+        cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: EsmmConfig
+    ) -> tuple[TaskSpec, ...]:
         funnel = require_funnel(spec, "esmm")
         return (
             TaskSpec("ctr", funnel.click, "binary", weight=cfg.ctr_weight),
@@ -71,7 +75,10 @@ class Esmm(MultiTaskModel):
         self.output_types = {"ctr": "binary", "cvr": "binary", "ctcvr": "binary"}
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
         in_dim = self.embedding.out_dim
-        towers = {"ctr": cfg.ctr_tower_dims or cfg.tower_dims, "cvr": cfg.cvr_tower_dims or cfg.tower_dims}
+        towers = {
+            "ctr": cfg.ctr_tower_dims or cfg.tower_dims,
+            "cvr": cfg.cvr_tower_dims or cfg.tower_dims,
+        }
         self.towers = nn.ModuleDict()
         for name, dims in towers.items():
             body = MLP(in_dim, dims, cfg.activation, cfg.dropout, cfg.batch_norm)

@@ -16,7 +16,13 @@ from torch import nn
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "prelu": nn.PReLU,
+}
 
 
 @dataclass
@@ -33,9 +39,13 @@ class CommonConfig:
     def validate(self) -> None:
         check_positive("model.embedding_dim", self.embedding_dim)
         if not self.embedding_init_std > 0:
-            raise MtlrecError(f"model.embedding_init_std must be > 0, got {self.embedding_init_std}")
+            raise MtlrecError(
+                f"model.embedding_init_std must be > 0, got {self.embedding_init_std}"
+            )
         if self.activation not in ACTIVATIONS:
-            raise MtlrecError(f"model.activation '{self.activation}' is unknown; use one of {sorted(ACTIVATIONS)}")
+            raise MtlrecError(
+                f"model.activation '{self.activation}' is unknown; use one of {sorted(ACTIVATIONS)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise MtlrecError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -58,7 +68,14 @@ def check_dims(key: str, dims: Sequence[int], allow_empty: bool = False) -> list
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> activation -> [Dropout] for each size in `dims`."""
 
-    def __init__(self, in_dim: int, dims: Sequence[int], activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        dims: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ):
         layers: list[nn.Module] = []
         for d in dims:
             layers.append(nn.Linear(in_dim, d))
@@ -95,8 +112,17 @@ class GroupedMLP(nn.Module):
     output layer without activation is requested).
     """
 
-    def __init__(self, groups: int, in_dim: int, dims: Sequence[int], activation: str = "relu", dropout: float = 0.0,
-                 batch_norm: bool = False, shared_input: bool = False, out_dim: int | None = None):
+    def __init__(
+        self,
+        groups: int,
+        in_dim: int,
+        dims: Sequence[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        shared_input: bool = False,
+        out_dim: int | None = None,
+    ):
         super().__init__()
         self.groups, self.shared_input = groups, shared_input
         sizes = list(dims) + ([out_dim] if out_dim is not None else [])
@@ -109,7 +135,9 @@ class GroupedMLP(nn.Module):
             else:
                 self.linears.append(GroupedLinear(groups, in_dim, d))
             hidden = out_dim is None or i < len(sizes) - 1
-            self.norms.append(nn.BatchNorm1d(groups * d) if batch_norm and hidden else nn.Identity())
+            self.norms.append(
+                nn.BatchNorm1d(groups * d) if batch_norm and hidden else nn.Identity()
+            )
             in_dim = d
         self.num_hidden = len(dims)
         self.act = ACTIVATIONS[activation]() if self.num_hidden else nn.Identity()
@@ -126,7 +154,11 @@ class GroupedMLP(nn.Module):
             if i < self.num_hidden:
                 if not isinstance(self.norms[i], nn.Identity):
                     g, b, d = x.shape
-                    x = self.norms[i](x.transpose(0, 1).reshape(b, g * d)).view(b, g, d).transpose(0, 1)
+                    x = (
+                        self.norms[i](x.transpose(0, 1).reshape(b, g * d))
+                        .view(b, g, d)
+                        .transpose(0, 1)
+                    )
                 x = self.dropout(self.act(x))
         return x
 
@@ -139,7 +171,9 @@ class FeatureEmbedding(nn.Module):
     baseline) and the output is [copies, B, in_dim] instead of [B, in_dim].
     """
 
-    def __init__(self, spec: DatasetSpec, embedding_dim: int, init_std: float = 0.01, copies: int = 1):
+    def __init__(
+        self, spec: DatasetSpec, embedding_dim: int, init_std: float = 0.01, copies: int = 1
+    ):
         super().__init__()
         self.copies = copies
         self.num_dense = len(spec.dense)
@@ -157,7 +191,9 @@ class FeatureEmbedding(nn.Module):
             self.group_dims.append(dim)
             # Map global fused ids to this group's table: id - global offset + group offset.
             group_offsets = [sum(vocab[:k]) for k in range(len(fields))]
-            delta = torch.tensor([g - offsets[i] for g, i in zip(group_offsets, fields, strict=True)])
+            delta = torch.tensor(
+                [g - offsets[i] for g, i in zip(group_offsets, fields, strict=True)]
+            )
             self.register_buffer(f"fields_{j}", torch.tensor(fields), persistent=False)
             self.register_buffer(f"delta_{j}", delta, persistent=False)
         self.out_dim = sum(dims) + self.num_dense
@@ -175,7 +211,11 @@ class FeatureEmbedding(nn.Module):
             if self.copies == 1:
                 parts.append(emb.reshape(batch, -1))
             else:
-                parts.append(emb.view(batch, -1, self.copies, dim).permute(2, 0, 1, 3).reshape(self.copies, batch, -1))
+                parts.append(
+                    emb.view(batch, -1, self.copies, dim)
+                    .permute(2, 0, 1, 3)
+                    .reshape(self.copies, batch, -1)
+                )
         if self.copies == 1:
             parts.append(dense)
         else:

@@ -25,7 +25,13 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.layers import CommonConfig, FeatureEmbedding, GroupedMLP, check_dims, check_positive
+from mtlrec.models.layers import (
+    CommonConfig,
+    FeatureEmbedding,
+    GroupedMLP,
+    check_dims,
+    check_positive,
+)
 
 
 @dataclass
@@ -54,9 +60,22 @@ class MMoE(MultiTaskModel):
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
         in_dim = self.embedding.out_dim
         act, drop, bn = cfg.activation, cfg.dropout, cfg.batch_norm
-        self.experts = GroupedMLP(cfg.num_experts, in_dim, cfg.expert_dims, act, drop, bn, shared_input=True)
-        self.gates = GroupedMLP(n_tasks, in_dim, cfg.gate_dims, act, drop, bn, shared_input=True, out_dim=cfg.num_experts)
-        self.towers = GroupedMLP(n_tasks, self.experts.out_dim, cfg.tower_dims, act, drop, bn, out_dim=1)
+        self.experts = GroupedMLP(
+            cfg.num_experts, in_dim, cfg.expert_dims, act, drop, bn, shared_input=True
+        )
+        self.gates = GroupedMLP(
+            n_tasks,
+            in_dim,
+            cfg.gate_dims,
+            act,
+            drop,
+            bn,
+            shared_input=True,
+            out_dim=cfg.num_experts,
+        )
+        self.towers = GroupedMLP(
+            n_tasks, self.experts.out_dim, cfg.tower_dims, act, drop, bn, out_dim=1
+        )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.embedding(sparse, dense)  # [B, in]

@@ -39,9 +39,19 @@ class SharedBottom(MultiTaskModel):
         self.output_names = [t.output_name for t in tasks]
         self.output_types = {t.output_name: t.type for t in tasks}
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        self.bottom = MLP(self.embedding.out_dim, cfg.bottom_dims, cfg.activation, cfg.dropout, cfg.batch_norm)
-        self.towers = GroupedMLP(len(tasks), self.bottom.out_dim, cfg.tower_dims, cfg.activation, cfg.dropout,
-                                 cfg.batch_norm, shared_input=True, out_dim=1)
+        self.bottom = MLP(
+            self.embedding.out_dim, cfg.bottom_dims, cfg.activation, cfg.dropout, cfg.batch_norm
+        )
+        self.towers = GroupedMLP(
+            len(tasks),
+            self.bottom.out_dim,
+            cfg.tower_dims,
+            cfg.activation,
+            cfg.dropout,
+            cfg.batch_norm,
+            shared_input=True,
+            out_dim=1,
+        )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.bottom(self.embedding(sparse, dense))

@@ -44,8 +44,15 @@ class SingleTask(MultiTaskModel):
         self.output_types = {t.output_name: t.type for t in tasks}
         n = len(tasks)
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std, copies=n)
-        self.nets = GroupedMLP(n, self.embedding.out_dim, list(cfg.bottom_dims) + list(cfg.tower_dims),
-                               cfg.activation, cfg.dropout, cfg.batch_norm, out_dim=1)
+        self.nets = GroupedMLP(
+            n,
+            self.embedding.out_dim,
+            list(cfg.bottom_dims) + list(cfg.tower_dims),
+            cfg.activation,
+            cfg.dropout,
+            cfg.batch_norm,
+            out_dim=1,
+        )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self.nets(self.embedding(sparse, dense)).squeeze(-1)  # [T, B]

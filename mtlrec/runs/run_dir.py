@@ -81,7 +81,9 @@ class RunDir:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise MtlrecError(f"{self.path}: the run dir is not writable ({e.strerror}); set hydra.run.dir to a writable place") from None
+            raise MtlrecError(
+                f"{self.path}: the run dir is not writable ({e.strerror}); set hydra.run.dir to a writable place"
+            ) from None
 
     @property
     def checkpoints(self) -> Path:
@@ -109,7 +111,9 @@ class RunDir:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+            writer.writerow(
+                {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            )
         atomic_write_text(self.path / HISTORY_FILE, buf.getvalue())
 
     def save_checkpoint(self, name: str, payload: dict) -> Path:

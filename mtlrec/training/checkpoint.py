@@ -23,8 +23,15 @@ FORMAT = "mtlrec-checkpoint"
 VERSION = 1
 
 
-def make_payload(model: MultiTaskModel, optimizer: torch.optim.Optimizer | None, config: dict, spec: DatasetSpec,
-                 loss_tasks: tuple[TaskSpec, ...], epoch: int, **state: Any) -> dict:
+def make_payload(
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer | None,
+    config: dict,
+    spec: DatasetSpec,
+    loss_tasks: tuple[TaskSpec, ...],
+    epoch: int,
+    **state: Any,
+) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -46,14 +53,25 @@ def load_checkpoint(path: str | Path) -> dict:
         raise MtlrecError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise MtlrecError(f"{path}: checkpoint is truncated or corrupt ({type(e).__name__}); use an older checkpoint") from None
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+    ) as e:
+        raise MtlrecError(
+            f"{path}: checkpoint is truncated or corrupt ({type(e).__name__}); use an older checkpoint"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MtlrecError(f"{path}: not an mtlrec checkpoint")
     return payload
 
 
-def model_from_checkpoint(payload: dict) -> tuple[MultiTaskModel, DatasetSpec, tuple[TaskSpec, ...]]:
+def model_from_checkpoint(
+    payload: dict,
+) -> tuple[MultiTaskModel, DatasetSpec, tuple[TaskSpec, ...]]:
     """Rebuild the trained model (weights loaded, eval mode) from a checkpoint payload."""
     spec = DatasetSpec.from_dict(payload["dataset_spec"], source="checkpoint")
     tasks = tuple(TaskSpec(**t) for t in payload["loss_tasks"])

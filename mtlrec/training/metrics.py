@@ -31,7 +31,9 @@ class EvalTarget:
         return f"{self.task.name}_{metric}{self.suffix}"
 
 
-def eval_targets(loss_tasks: tuple[TaskSpec, ...], output_types: dict[str, str], spec: DatasetSpec) -> list[EvalTarget]:
+def eval_targets(
+    loss_tasks: tuple[TaskSpec, ...], output_types: dict[str, str], spec: DatasetSpec
+) -> list[EvalTarget]:
     targets = [EvalTarget(t) for t in loss_tasks]
     f = spec.funnel
     if f is not None:
@@ -44,7 +46,10 @@ def eval_targets(loss_tasks: tuple[TaskSpec, ...], output_types: dict[str, str],
             extra.append(("cvr", EvalTarget(TaskSpec("cvr", f.conversion_if_clicked), "_entire")))
         seen = {(t.task.name, t.suffix) for t in targets}
         for output, target in extra:
-            if output_types.get(output) == "binary" and (target.task.name, target.suffix) not in seen:
+            if (
+                output_types.get(output) == "binary"
+                and (target.task.name, target.suffix) not in seen
+            ):
                 targets.append(target)
                 seen.add((target.task.name, target.suffix))
     return targets
@@ -64,8 +69,14 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def split_metrics(split: str, predictions: dict[str, np.ndarray], labels: np.ndarray, targets: list[EvalTarget],
-                  spec: DatasetSpec, loss_tasks: tuple[TaskSpec, ...]) -> dict[str, float]:
+def split_metrics(
+    split: str,
+    predictions: dict[str, np.ndarray],
+    labels: np.ndarray,
+    targets: list[EvalTarget],
+    spec: DatasetSpec,
+    loss_tasks: tuple[TaskSpec, ...],
+) -> dict[str, float]:
     """Metrics of one split from its predictions (probabilities for binary outputs)."""
     out: dict[str, float] = {}
     for target in targets:
@@ -81,11 +92,16 @@ def split_metrics(split: str, predictions: dict[str, np.ndarray], labels: np.nda
         else:
             err = p - y
             out[f"{split}/{target.key('mse')}"] = float(np.mean(err**2)) if y.size else math.nan
-            out[f"{split}/{target.key('mae')}"] = float(np.mean(np.abs(err))) if y.size else math.nan
+            out[f"{split}/{target.key('mae')}"] = (
+                float(np.mean(np.abs(err))) if y.size else math.nan
+            )
     trained = {t.name for t in loss_tasks}
     for metric in BINARY_METRICS + REGRESSION_METRICS:
-        values = [out[f"{split}/{t.key(metric)}"] for t in targets if t.task.name in trained and not t.suffix
-                  and f"{split}/{t.key(metric)}" in out]
+        values = [
+            out[f"{split}/{t.key(metric)}"]
+            for t in targets
+            if t.task.name in trained and not t.suffix and f"{split}/{t.key(metric)}" in out
+        ]
         finite = [v for v in values if math.isfinite(v)]
         if values:
             out[f"{split}/mean_{metric}"] = float(np.mean(finite)) if finite else math.nan

@@ -21,9 +21,13 @@ class Objective(nn.Module):
         self.names = [t.name for t in tasks]
         self.label_index = [spec.label_index(t.label) for t in tasks]
         self.where_index = [spec.label_index(t.where) if t.where else None for t in tasks]
-        self.register_buffer("weights", torch.tensor([t.weight for t in tasks], dtype=torch.float32))
+        self.register_buffer(
+            "weights", torch.tensor([t.weight for t in tasks], dtype=torch.float32)
+        )
 
-    def per_task(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_task(
+        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed loss [T] and number of rows [T] of each task in this batch."""
         sums, counts = [], []
         for task, li, wi in zip(self.tasks, self.label_index, self.where_index, strict=True):
@@ -41,7 +45,9 @@ class Objective(nn.Module):
                 counts.append(mask.sum())
         return torch.stack(sums), torch.stack(counts)
 
-    def forward(self, outputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weighted total loss, per-task loss sums [T], per-task row counts [T])."""
         sums, counts = self.per_task(outputs, labels)
         means = sums / counts.clamp_min(1.0)

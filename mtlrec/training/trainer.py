@@ -61,13 +61,21 @@ class TrainerConfig:
             if not getattr(self, key) >= 0:
                 raise MtlrecError(f"trainer.{key} must be >= 0, got {getattr(self, key)!r}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise MtlrecError(f"trainer.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm!r}")
+            raise MtlrecError(
+                f"trainer.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm!r}"
+            )
         if self.mode not in ("auto", "max", "min"):
             raise MtlrecError(f"trainer.mode must be auto, max or min, got {self.mode!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise MtlrecError(f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}")
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise MtlrecError(f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}")
+            raise MtlrecError(
+                f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}"
+            )
+        if self.num_threads is not None and (
+            not isinstance(self.num_threads, int) or self.num_threads < 1
+        ):
+            raise MtlrecError(
+                f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}"
+            )
 
 
 def resolve_monitor(cfg: TrainerConfig, loss_tasks: tuple[TaskSpec, ...]) -> tuple[str, str]:
@@ -103,7 +111,9 @@ class EarlyStopping:
     def improved(self, value: float) -> bool:
         if math.isnan(value):
             return False
-        return math.isnan(self.best_value) or (value > self.best_value if self.mode == "max" else value < self.best_value)
+        return math.isnan(self.best_value) or (
+            value > self.best_value if self.mode == "max" else value < self.best_value
+        )
 
     def update(self, epoch: int, value: float) -> bool:
         """Record an epoch's value; True if it is the new best."""
@@ -119,8 +129,17 @@ class EarlyStopping:
 
 
 class Trainer:
-    def __init__(self, model: MultiTaskModel, spec: DatasetSpec, loss_tasks: tuple[TaskSpec, ...], targets: list[EvalTarget],
-                 cfg: TrainerConfig, device: torch.device, data_order_seed: int, console: Console | None = None):
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        spec: DatasetSpec,
+        loss_tasks: tuple[TaskSpec, ...],
+        targets: list[EvalTarget],
+        cfg: TrainerConfig,
+        device: torch.device,
+        data_order_seed: int,
+        console: Console | None = None,
+    ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
         self.objective = Objective(loss_tasks, spec).to(device)
@@ -131,7 +150,12 @@ class Trainer:
         self.gate_keys: list[str] = []
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        emb = [p for m in self.model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
+        emb = [
+            p
+            for m in self.model.modules()
+            if isinstance(m, torch.nn.Embedding)
+            for p in m.parameters()
+        ]
         emb_ids = {id(p) for p in emb}
         rest = [p for p in self.model.parameters() if id(p) not in emb_ids]
         groups = [{"params": rest, "weight_decay": self.cfg.weight_decay}]
@@ -146,9 +170,15 @@ class Trainer:
         show = self.cfg.progress
         enabled = self.console.is_terminal if show == "auto" else bool(show)
         return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
-            TimeRemainingColumn(), console=self.console, disable=not enabled, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} samples/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+            transient=True,
         )
 
     # -- training -----------------------------------------------------------------------------
@@ -163,10 +193,15 @@ class Trainer:
         start = last_update = time.perf_counter()
         on_device = train.labels.device == self.device
         for step in range(steps):
-            idx = perm[step * bs:(step + 1) * bs]
+            idx = perm[step * bs : (step + 1) * bs]
             batch = train.take(idx if on_device else idx.cpu())
             if not on_device:
-                batch = type(batch)(*(t.to(self.device, non_blocking=True) for t in (batch.sparse, batch.dense, batch.labels)))
+                batch = type(batch)(
+                    *(
+                        t.to(self.device, non_blocking=True)
+                        for t in (batch.sparse, batch.dense, batch.labels)
+                    )
+                )
             outputs = self.model(batch.sparse, batch.dense)
             total, sums, cnts = self.objective(outputs, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -177,23 +212,42 @@ class Trainer:
             loss_sums += sums.detach()
             counts += cnts
             now = time.perf_counter()
-            if now - last_update > 0.5 and not progress.disable:  # a host sync at most twice a second
+            if (
+                now - last_update > 0.5 and not progress.disable
+            ):  # a host sync at most twice a second
                 last_update = now
                 mean = (loss_sums / counts.clamp_min(1)).sum().item()
-                progress.update(bar, completed=step + 1, loss=f"{mean:.4f}", speed=f"{(step + 1) * bs / (now - start):,.0f}")
+                progress.update(
+                    bar,
+                    completed=step + 1,
+                    loss=f"{mean:.4f}",
+                    speed=f"{(step + 1) * bs / (now - start):,.0f}",
+                )
         progress.remove_task(bar)
         seconds = time.perf_counter() - start
         per_task = (loss_sums / counts.clamp_min(1)).tolist()
         row = {f"train/{t.name}_loss": v for t, v in zip(self.loss_tasks, per_task, strict=True)}
-        row["train/loss"] = float(sum(t.weight * v for t, v in zip(self.loss_tasks, per_task, strict=True)))
+        row["train/loss"] = float(
+            sum(t.weight * v for t, v in zip(self.loss_tasks, per_task, strict=True))
+        )
         if not math.isfinite(row["train/loss"]):
-            bad = [t.name for t, v in zip(self.loss_tasks, per_task, strict=True) if not math.isfinite(v)]
-            raise MtlrecError(f"epoch {epoch}: training loss of task(s) {bad} is NaN/inf; lower trainer.lr or set trainer.grad_clip_norm")
+            bad = [
+                t.name
+                for t, v in zip(self.loss_tasks, per_task, strict=True)
+                if not math.isfinite(v)
+            ]
+            raise MtlrecError(
+                f"epoch {epoch}: training loss of task(s) {bad} is NaN/inf; lower trainer.lr or set trainer.grad_clip_norm"
+            )
         row["train_seconds"] = seconds
         row["train_samples_per_s"] = n / seconds
         return row
 
-    def fit(self, splits: dict[str, SplitTensors], on_epoch_end: Callable[[dict, bool, dict], None] | None = None) -> FitResult:
+    def fit(
+        self,
+        splits: dict[str, SplitTensors],
+        on_epoch_end: Callable[[dict, bool, dict], None] | None = None,
+    ) -> FitResult:
         """Train with validation each epoch; restores the best weights before returning.
 
         `on_epoch_end(row, is_best, state)` lets the caller write history and checkpoints.
@@ -214,23 +268,51 @@ class Trainer:
                 row.update(val_metrics)
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 if self.monitor not in val_metrics:
-                    raise MtlrecError(f"trainer.monitor '{self.monitor}' is not a validation metric; choose one of {sorted(val_metrics)}")
+                    raise MtlrecError(
+                        f"trainer.monitor '{self.monitor}' is not a validation metric; choose one of {sorted(val_metrics)}"
+                    )
                 is_best = stopper.update(epoch, val_metrics[self.monitor])
                 if is_best or epoch == 1:
                     best_state = copy.deepcopy(self.model.state_dict())
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
-                log.info("epoch %d/%d  train/loss %.5f  %s %.5f%s  (%.1fs, %s samples/s)", epoch, self.cfg.epochs, row["train/loss"],
-                         self.monitor, val_metrics[self.monitor], "  *best*" if is_best else "", row["train_seconds"],
-                         f"{row['train_samples_per_s']:,.0f}")
+                log.info(
+                    "epoch %d/%d  train/loss %.5f  %s %.5f%s  (%.1fs, %s samples/s)",
+                    epoch,
+                    self.cfg.epochs,
+                    row["train/loss"],
+                    self.monitor,
+                    val_metrics[self.monitor],
+                    "  *best*" if is_best else "",
+                    row["train_seconds"],
+                    f"{row['train_samples_per_s']:,.0f}",
+                )
                 if on_epoch_end is not None:
-                    on_epoch_end(row, is_best, {"early_stopping": stopper.__dict__.copy(), "history": history, "epoch": epoch})
+                    on_epoch_end(
+                        row,
+                        is_best,
+                        {
+                            "early_stopping": stopper.__dict__.copy(),
+                            "history": history,
+                            "epoch": epoch,
+                        },
+                    )
                 if stopper.should_stop:
-                    log.info("early stopping: %s did not improve for %d epochs", self.monitor, stopper.patience)
+                    log.info(
+                        "early stopping: %s did not improve for %d epochs",
+                        self.monitor,
+                        stopper.patience,
+                    )
                     break
         self.model.load_state_dict(best_state)
-        return FitResult(history, stopper.best_epoch or 1, stopper.best_value, stopper.should_stop,
-                         train_rows / train_time if train_time else math.nan, time.perf_counter() - t0)
+        return FitResult(
+            history,
+            stopper.best_epoch or 1,
+            stopper.best_value,
+            stopper.should_stop,
+            train_rows / train_time if train_time else math.nan,
+            time.perf_counter() - t0,
+        )
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -244,25 +326,34 @@ class Trainer:
         counts = torch.zeros(len(self.loss_tasks), device=self.device)
         for start in range(0, n, bs):
             batch = split.slice(start, min(start + bs, n))
-            sparse, dense, labels = (t.to(self.device, non_blocking=True) for t in (batch.sparse, batch.dense, batch.labels))
+            sparse, dense, labels = (
+                t.to(self.device, non_blocking=True)
+                for t in (batch.sparse, batch.dense, batch.labels)
+            )
             out = self.model(sparse, dense)
             _, sums, cnts = self.objective(out, labels)
             loss_sums += sums
             counts += cnts
             for name, kind in self.model.output_types.items():
                 value = out[name].float()
-                outputs[name][start:start + len(labels)] = torch.sigmoid(value) if kind == "binary" else value
+                outputs[name][start : start + len(labels)] = (
+                    torch.sigmoid(value) if kind == "binary" else value
+                )
             if "gates" in out:
                 g = out["gates"].float().sum(0)
                 gate_sum = g if gate_sum is None else gate_sum + g
-        aux: dict[str, Any] = {"loss": float((self.objective.weights * loss_sums / counts.clamp_min(1)).sum().item())}
+        aux: dict[str, Any] = {
+            "loss": float((self.objective.weights * loss_sums / counts.clamp_min(1)).sum().item())
+        }
         if gate_sum is not None:
             aux["gates"] = (gate_sum / n).cpu().numpy()  # mean gate weight [tasks, experts]
         return {k: v.cpu().numpy() for k, v in outputs.items()}, aux
 
     def evaluate(self, split: SplitTensors, name: str) -> dict[str, float]:
         predictions, aux = self.predict(split)
-        metrics = split_metrics(name, predictions, split.labels.cpu().numpy(), self.targets, self.spec, self.loss_tasks)
+        metrics = split_metrics(
+            name, predictions, split.labels.cpu().numpy(), self.targets, self.spec, self.loss_tasks
+        )
         metrics[f"{name}/loss"] = aux["loss"]
         if "gates" in aux:
             for k, task in enumerate(self.loss_tasks):
