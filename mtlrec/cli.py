@@ -8,16 +8,63 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: mtlrec <command> [args]
 
 commands:
   train      train a model; Hydra overrides, e.g. `mtlrec train model=mmoe trainer.epochs=5`
              (`mtlrec train --help` lists the config groups, `--cfg job` shows the config)
+             `mtlrec train resume=RUN_DIR [trainer.epochs=N]` continues an interrupted run
+  prepare    raw files -> a prepared dataset, e.g. `mtlrec prepare dataset=census dataset.raw_dir=DIR`
+             (`--config-dir my_conf dataset=my_data` for your own data; overwrite=true to redo)
 """
 
 # Subcommands other than train: name -> "module:function" taking argv (list[str]) -> exit code.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {"prepare": "mtlrec.data.prepare:main"}
+
+
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def translate_resume(args: list[str]) -> list[str]:
+    """`resume=RUN_DIR` -> the original run's overrides + yours + hydra.run.dir=RUN_DIR.
+
+    The run continues in its own directory with its own config: the overrides it was started
+    with (RUN_DIR/.hydra/overrides.yaml) are replayed, yours come after them (mtlrec.experiment
+    checks that only trainer.epochs, trainer.progress, trainer.num_threads and checkpoint.* change).
+    """
+    given = [a for a in args if _override_key(a) == "resume"]
+    if not given:
+        return args
+    value = given[-1].split("=", 1)[1].strip().strip("'\"")
+    if value in ("", "null"):
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ValueError("resume= continues one run; it cannot be combined with -m/--multirun")
+    if "'" in value:
+        raise ValueError(f"resume={value}: run dir paths with a quote (') are not supported")
+    run_dir = Path(value).expanduser().absolute()
+    if not run_dir.is_dir():
+        raise ValueError(f"resume={value}: no such run dir")
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise ValueError(f"resume={value}: not a run dir of `mtlrec train` ({saved} is missing)")
+    for a in args:
+        if _override_key(a) == "hydra.run.dir":
+            raise ValueError("resume= sets hydra.run.dir itself (the run continues in its own dir)")
+    import yaml
+
+    original = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])]
+    mine = [a for a in args if _override_key(a) != "resume"]
+    mine_keys = {_override_key(a) for a in mine if "=" in a}
+    replay = [
+        o
+        for o in original
+        if _override_key(o) not in mine_keys and _override_key(o) not in ("resume", "hydra.run.dir")
+    ]
+    return [*replay, *mine, f"resume='{run_dir}'", f"hydra.run.dir='{run_dir}'"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     if command == "train":
         from mtlrec.train import main as train_main
 
+        try:
+            rest = translate_resume(rest)
+        except ValueError as e:  # before Hydra: print the one line ourselves
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"mtlrec train: error: {e}", file=sys.stderr)
+            sys.exit(1)
         sys.argv = [f"{os.path.basename(sys.argv[0])} train", *rest]
         train_main()
         return

@@ -31,9 +31,19 @@ from mtlrec.data.loader import load_splits
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
+from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
-from mtlrec.training.checkpoint import make_payload
+from mtlrec.runs.sweep import job_thread_share
+from mtlrec.training.checkpoint import (
+    BEST,
+    check_compatible,
+    load_resumable,
+    load_weights,
+    make_payload,
+    save_last,
+)
 from mtlrec.training.metrics import eval_targets
+from mtlrec.training.signals import StopRequest, TrainingInterrupted
 from mtlrec.training.trainer import Trainer, TrainerConfig, strip_gates
 
 log = logging.getLogger("mtlrec")
@@ -122,26 +132,82 @@ def print_metrics_table(console: Console, val: dict[str, float], test: dict[str,
     console.print(table)
 
 
+# What `mtlrec train resume=RUN_DIR ...` may change: everything else must equal the original run's
+# config (the resume continues the same experiment). trainer.epochs may grow to train longer.
+RESUME_MAY_CHANGE = (
+    "resume",
+    "data_dir",
+    "dataset.path",
+    "trainer.epochs",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.nan_check_every",
+    "checkpoint.",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def check_resume_config(original: dict, new: dict, path: Path) -> None:
+    """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
+    a, b = _flatten(original), _flatten(new)
+    changed = [
+        k
+        for k in sorted(set(a) & set(b))
+        if a[k] != b[k] and not any(k == m or k.startswith(m) for m in RESUME_MAY_CHANGE if m)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}={b[k]!r} (was {a[k]!r})" for k in changed[:4])
+        raise MtlrecError(
+            f"resume={path}: the override(s) {shown} differ from the run's config; with resume only "
+            "trainer.epochs, trainer.progress, trainer.num_threads and checkpoint.* may change "
+            "(start a new run for anything else)"
+        )
+
+
 def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
-    """Train, validate, test; write the run directory. Returns the best monitored value."""
+    """Train, validate, test; write the run directory. Returns the best monitored value.
+
+    With `cfg.resume` set, continue the run in `run_dir_path` from its last complete checkpoint.
+    """
     run_dir = RunDir(run_dir_path)
     started = time.time()
-    run_dir.update_metrics(
-        status="running",
-        seed=int(cfg.seed),
-        data_order_seed=int(cfg.data_order_seed),
-        started_at=dt.datetime.now().isoformat(timespec="seconds"),
-        error=None,
-    )
-    try:
-        return _run(cfg, run_dir, started)
-    except KeyboardInterrupt:
+    resume = OmegaConf.select(cfg, "resume", default=None)
+    if resume:
+        if Path(str(resume)).expanduser().resolve() != run_dir.path.resolve():
+            raise MtlrecError(
+                f"resume={resume} but the run dir is {run_dir.path}; use `mtlrec train "
+                f"resume={resume}` (it sets hydra.run.dir) or set hydra.run.dir={resume}"
+            )
         run_dir.update_metrics(
-            status="interrupted",
-            error="interrupted by the user",
-            wall_seconds=time.time() - started,
+            status="running", resumed_at=dt.datetime.now().isoformat(timespec="seconds")
         )
-        raise
+    else:
+        run_dir.update_metrics(
+            status="running",
+            seed=int(cfg.seed),
+            data_order_seed=int(cfg.data_order_seed),
+            started_at=dt.datetime.now().isoformat(timespec="seconds"),
+            error=None,
+        )
+    try:
+        with StopRequest() as stop:
+            return _run(cfg, run_dir, started, stop)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt):  # a second signal: stopped at once, no new checkpoint
+            e = TrainingInterrupted("stopped at once by a second signal", 2)
+        run_dir.update_metrics(
+            status="interrupted", error=str(e), wall_seconds=time.time() - started
+        )
+        log.warning("%s; continue with: mtlrec train resume=%s", e, run_dir.path)
+        raise e from None
     except MtlrecError as e:
         run_dir.update_metrics(status="failed", error=str(e), wall_seconds=time.time() - started)
         log.error("%s", e)
@@ -153,13 +219,49 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
         raise
 
 
-def _run(cfg: DictConfig, run_dir: RunDir, started: float) -> float:
+def set_deterministic(on: bool) -> None:
+    """trainer.deterministic: PyTorch's deterministic algorithms (they matter on GPUs; CPU kernels
+    used here are deterministic already). cuBLAS needs a fixed workspace for reproducible GEMMs."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = on
+
+
+def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) -> float:
     config = OmegaConf.to_container(cfg, resolve=True)
+    resume_payload, resume_path = None, None
+    if config.get("resume"):
+        resume_payload, resume_path = load_resumable(run_dir.checkpoints)
+        if "train_state" not in resume_payload:
+            raise MtlrecError(
+                f"{resume_path}: checkpoint has no training state (written by an older mtlrec); "
+                "it cannot be resumed, start a new run"
+            )
+        check_resume_config(resume_payload["config"], config, resume_path)
+        log.info(
+            "resuming from %s (epoch %s%s)",
+            resume_path,
+            resume_payload["train_state"]["epoch"],
+            ""
+            if resume_payload["train_state"]["step"] is None
+            else f" step {resume_payload['train_state']['step']}",
+        )
     trainer_cfg = TrainerConfig(**config["trainer"])
     trainer_cfg.validate()
+    ckpt_cfg = dict(config.get("checkpoint") or {})
+    every = ckpt_cfg.get("every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise MtlrecError(
+            f"checkpoint.every_n_steps must be an integer >= 1 or null, got {every!r}"
+        )
     if trainer_cfg.num_threads is not None:
         torch.set_num_threads(trainer_cfg.num_threads)
+    elif (share := job_thread_share()) is not None:
+        torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (runs/sweep.py)
     device = resolve_device(config["device"])
+    set_deterministic(bool(trainer_cfg.deterministic))
     seed_everything(int(cfg.seed))
 
     data_dir = resolve_dataset_dir(config["dataset"])
@@ -170,6 +272,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float) -> float:
     targets = eval_targets(loss_tasks, model.output_types, spec)
     splits = place_splits(load_splits(data_dir, spec, tuple(t.task for t in targets)), device)
     run_dir.write_json(ENV_FILE, environment(device))
+    metric_logger = build_logger(config.get("logger"), run_dir.path, config)
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s", run_dir.path)
@@ -193,35 +296,78 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float) -> float:
 
     console = Console(stderr=False)
     trainer = Trainer(
-        model, spec, loss_tasks, targets, trainer_cfg, device, int(cfg.data_order_seed), console
+        model,
+        spec,
+        loss_tasks,
+        targets,
+        trainer_cfg,
+        device,
+        int(cfg.data_order_seed),
+        console,
+        balance=config.get("balance"),
     )
     history: list[dict[str, Any]] = []
 
-    def on_epoch_end(row: dict, is_best: bool, state: dict) -> None:
-        history[:] = state["history"]
-        run_dir.write_history(history)
-        payload = make_payload(
+    def payload_of(state: dict) -> dict:
+        return make_payload(
             model,
             trainer.optimizer,
             config,
             spec,
             loss_tasks,
-            row["epoch"],
-            history=list(history),
+            state["epoch"],
+            step=state["step"],
+            history=state["history"],
             early_stopping=state["early_stopping"],
             monitor=trainer.monitor,
+            seed=int(cfg.seed),
+            data_order_seed=int(cfg.data_order_seed),
+            train_state=state,
         )
-        run_dir.save_checkpoint("last.pt", payload)
-        if is_best or row["epoch"] == 1:
-            run_dir.save_checkpoint("best.pt", payload)
 
-    result = trainer.fit(splits, on_epoch_end)
+    def on_checkpoint(state: dict) -> str:
+        path = save_last(run_dir.checkpoints, payload_of(state), _write_checkpoint)
+        return str(path.relative_to(run_dir.path))
+
+    def on_epoch_end(row: dict, is_best: bool, state: dict) -> None:
+        history[:] = state["history"]
+        run_dir.write_history(history)
+        metric_logger.log_epoch(row)
+        payload = payload_of(state)
+        save_last(run_dir.checkpoints, payload, _write_checkpoint)
+        if is_best or row["epoch"] == 1:
+            run_dir.save_checkpoint(BEST, payload)
+
+    def _write_checkpoint(payload: dict, path: Path) -> None:
+        run_dir.save_checkpoint(path.name, payload)
+
+    trainer.stop = stop
+    trainer.checkpoint_every = every
+    trainer.on_checkpoint = on_checkpoint
+    resume_state = None
+    if resume_payload is not None:
+        check_compatible(resume_payload, resume_path, config["model"]["name"], spec)
+        load_weights(model, resume_payload["model_state"], resume_path)
+        try:
+            trainer.optimizer.load_state_dict(resume_payload["optimizer_state"])
+        except (ValueError, KeyError) as e:
+            raise MtlrecError(
+                f"{resume_path}: optimizer state does not fit the model ({e})"
+            ) from None
+        resume_state = resume_payload["train_state"]
+        history[:] = resume_state["history"]
+    try:
+        result = trainer.fit(splits, on_epoch_end, resume=resume_state)
+    except BaseException as e:
+        interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
+        metric_logger.finish("interrupted" if interrupted else "failed")
+        raise
     best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
     val_metrics = {k: v for k, v in strip_gates(best_row).items() if k.startswith("val/")}
     t_eval = time.perf_counter()
     test_metrics = strip_gates(trainer.evaluate(splits["test"], "test"))
     eval_seconds = time.perf_counter() - t_eval
-    run_dir.update_metrics(
+    final = run_dir.update_metrics(
         status="completed",
         error=None,
         model=config["model"]["name"],
@@ -240,6 +386,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float) -> float:
         device=str(device),
         num_threads=torch.get_num_threads(),
     )
+    metric_logger.finish("completed", final)
     print_metrics_table(console, val_metrics, test_metrics)
     log.info("test: %s", "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())))
     return float(result.best_value)

@@ -14,5 +14,10 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="pkg://mtlrec.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     from mtlrec.experiment import run  # imported here so `--help`/`--cfg` stay fast
+    from mtlrec.training.signals import TrainingInterrupted
 
-    return run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        return run(cfg, HydraConfig.get().runtime.output_dir)
+    except TrainingInterrupted as e:
+        # Logged by run(); exit like a signal would (130 SIGINT, 143 SIGTERM), without a traceback.
+        raise SystemExit(e.exit_code) from None

@@ -7,11 +7,15 @@ stopping, RNG states).
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -19,8 +23,70 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 
+log = logging.getLogger(__name__)
+
 FORMAT = "mtlrec-checkpoint"
 VERSION = 1
+LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The states of every random generator a run draws from (torch CPU/CUDA, numpy, python)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_last(directory: Path, payload: dict, write) -> Path:
+    """Write checkpoints/last.pt, keeping the previous complete one as last.prev.pt.
+
+    `write(payload, path)` must be atomic (temp file + rename). At every instant at least one
+    complete last*.pt exists, so a crash or a kill during the write never loses the resume point.
+    """
+    directory = Path(directory)
+    last = directory / LAST
+    if last.is_file():
+        os.replace(last, directory / PREVIOUS)
+    write(payload, last)
+    return last
+
+
+def load_resumable(directory: Path) -> tuple[dict, Path]:
+    """The newest complete checkpoint of checkpoints/ (last.pt, else last.prev.pt).
+
+    A truncated or corrupt file is reported (naming it) and skipped for the older one; with no
+    complete file left, the first error is raised.
+    """
+    directory = Path(directory)
+    candidates = [directory / LAST, directory / PREVIOUS]
+    existing = [p for p in candidates if p.is_file()]
+    if not existing:
+        raise MtlrecError(
+            f"{directory.parent}: no checkpoint to resume from ({directory / LAST} does not exist); "
+            "the run stopped before its first checkpoint: start it again without resume="
+        )
+    errors = []
+    for path in existing:
+        try:
+            return load_checkpoint(path), path
+        except MtlrecError as e:
+            errors.append(e)
+            if path != existing[-1]:
+                log.warning("%s; falling back to %s", e, existing[-1])
+    raise errors[0]
 
 
 def make_payload(
@@ -69,6 +135,33 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def check_compatible(payload: dict, path: Path, model_name: str, spec: DatasetSpec) -> None:
+    """Refuse a checkpoint of another model or of data with other features (one clear line)."""
+    if payload.get("model_name") != model_name:
+        raise MtlrecError(
+            f"{path}: checkpoint holds model '{payload.get('model_name')}', not '{model_name}'; "
+            "use the run's own model or start a new run"
+        )
+    saved = [(f["name"], f["kind"], f["vocab_size"]) for f in payload["dataset_spec"]["features"]]
+    now = [(f.name, f.kind, f.vocab_size) for f in spec.features]
+    if saved != now:
+        diff = [f"{a} != {b}" for a, b in zip(saved, now, strict=False) if a != b]
+        if len(saved) != len(now):
+            diff.append(f"{len(saved)} features != {len(now)}")
+        raise MtlrecError(
+            f"{path}: checkpoint was trained on other features than dataset '{spec.name}' has "
+            f"(checkpoint vs data: {'; '.join(diff[:3])}); use the dataset the run was trained on"
+        )
+
+
+def load_weights(model: MultiTaskModel, state: dict, path: Path | str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise MtlrecError(f"{path}: weights do not fit the configured model ({first})") from None
+
+
 def model_from_checkpoint(
     payload: dict,
 ) -> tuple[MultiTaskModel, DatasetSpec, tuple[TaskSpec, ...]]:
@@ -76,6 +169,6 @@ def model_from_checkpoint(
     spec = DatasetSpec.from_dict(payload["dataset_spec"], source="checkpoint")
     tasks = tuple(TaskSpec(**t) for t in payload["loss_tasks"])
     model, _ = build_model(payload["config"]["model"], spec, tasks)
-    model.load_state_dict(payload["model_state"])
+    load_weights(model, payload["model_state"], payload.get("path", "checkpoint"))
     model.eval()
     return model, spec, tasks

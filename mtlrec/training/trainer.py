@@ -24,8 +24,11 @@ from mtlrec.data.loader import SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.training.balance import make_balancer
+from mtlrec.training.checkpoint import rng_state, set_rng_state
 from mtlrec.training.metrics import HIGHER_IS_BETTER, EvalTarget, split_metrics
 from mtlrec.training.objective import Objective
+from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class TrainerConfig:
     patience: int | None = 2
     num_threads: int | None = None
     progress: Any = "auto"
+    deterministic: bool = False
+    nan_check_every: int = 100
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -69,6 +74,12 @@ class TrainerConfig:
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise MtlrecError(
                 f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}"
+            )
+        if isinstance(self.nan_check_every, bool) or not (
+            isinstance(self.nan_check_every, int) and self.nan_check_every >= 1
+        ):
+            raise MtlrecError(
+                f"trainer.nan_check_every must be an integer >= 1, got {self.nan_check_every!r}"
             )
         if self.num_threads is not None and (
             not isinstance(self.num_threads, int) or self.num_threads < 1
@@ -128,6 +139,42 @@ class EarlyStopping:
         return self.patience is not None and self.bad_epochs >= self.patience
 
 
+class NonFiniteLoss(MtlrecError):
+    """A training loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+class NonFiniteWatch:
+    """Remembers the first training step whose per-task loss is NaN/inf, on the device.
+
+    `update` is a few tiny device ops and never syncs with the host, so on a GPU the loop keeps
+    running ahead; `check` reads the flag (one sync) every `trainer.nan_check_every` steps, before
+    every checkpoint and at the end of the epoch, and names the first bad step and task(s).
+    """
+
+    def __init__(self, n_tasks: int, first_step: int, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_tasks = torch.zeros(n_tasks, dtype=torch.bool, device=device)
+        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+
+    def update(self, per_task_sums: torch.Tensor) -> None:
+        bad = ~torch.isfinite(per_task_sums)
+        new = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(new, self.step, self.first_bad)
+        self.bad_tasks = torch.where(new, bad, self.bad_tasks)
+        self.step += 1
+
+    def check(self, epoch: int, tasks: tuple[TaskSpec, ...], last_checkpoint: str) -> None:
+        first = int(self.first_bad.item())
+        if first < 0:
+            return
+        names = [t.name for t, b in zip(tasks, self.bad_tasks.tolist(), strict=True) if b]
+        raise NonFiniteLoss(
+            f"epoch {epoch} step {first + 1}: training loss of task(s) {names} is NaN/inf; "
+            f"stopped, the last good checkpoint is {last_checkpoint}; "
+            "lower trainer.lr or set trainer.grad_clip_norm"
+        )
+
+
 class Trainer:
     def __init__(
         self,
@@ -139,15 +186,33 @@ class Trainer:
         device: torch.device,
         data_order_seed: int,
         console: Console | None = None,
+        balance: dict[str, Any] | None = None,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
-        self.objective = Objective(loss_tasks, spec).to(device)
+        self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks)
         self.optimizer = self._make_optimizer()
+        # Task balancing (conf/balance/): learned weights train with the model's optimizer.
+        self.balancer = make_balancer(balance, loss_tasks, model).to(device)
+        if list(self.balancer.parameters()):
+            self.optimizer.add_param_group(
+                {"params": list(self.balancer.parameters()), "weight_decay": 0.0}
+            )
         self.order_generator = torch.Generator().manual_seed(data_order_seed)
         self.console = console or Console(stderr=True)
         self.gate_keys: list[str] = []
+        # Interruption and checkpoints (set by the caller; see fit()).
+        self.stop: StopRequest | None = None
+        self.checkpoint_every: int | None = None  # checkpoint.every_n_steps
+        self.on_checkpoint: Callable[[dict], str] | None = None  # writes a mid-epoch state
+        self.last_checkpoint = "none (no checkpoint was written yet)"
+        self.global_step = 0
+        self._resume_epoch: dict | None = None
+        self.stopper = EarlyStopping(self.mode, cfg.patience)
+        self.history: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.train_time, self.train_rows = 0.0, 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         emb = [
@@ -185,14 +250,26 @@ class Trainer:
     def train_epoch(self, train: SplitTensors, epoch: int, progress: Progress) -> dict[str, float]:
         self.model.train()
         n, bs = len(train), self.cfg.batch_size
-        perm = torch.randperm(n, generator=self.order_generator).to(self.device)
         steps = math.ceil(n / bs)
-        loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
-        counts = torch.zeros(len(self.loss_tasks), device=self.device)
-        bar = progress.add_task(f"epoch {epoch}", total=steps, loss="-", speed="-")
+        resume, self._resume_epoch = self._resume_epoch, None
+        if resume is not None:  # continue a mid-epoch checkpoint: same order, same partial sums
+            perm = resume["perm"].to(self.device)
+            first_step, prior_seconds = int(resume["step"]), float(resume["epoch_seconds"])
+            loss_sums = resume["loss_sums"].to(self.device)
+            counts = resume["counts"].to(self.device)
+        else:
+            perm = torch.randperm(n, generator=self.order_generator).to(self.device)
+            first_step, prior_seconds = 0, 0.0
+            loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
+            counts = torch.zeros(len(self.loss_tasks), device=self.device)
+        watch = NonFiniteWatch(len(self.loss_tasks), first_step, self.device)
+        check_every = 1 if self.device.type == "cpu" else self.cfg.nan_check_every  # CPU: free
+        bar = progress.add_task(
+            f"epoch {epoch}", total=steps, completed=first_step, loss="-", speed="-"
+        )
         start = last_update = time.perf_counter()
         on_device = train.labels.device == self.device
-        for step in range(steps):
+        for step in range(first_step, steps):
             idx = perm[step * bs : (step + 1) * bs]
             batch = train.take(idx if on_device else idx.cpu())
             if not on_device:
@@ -203,14 +280,34 @@ class Trainer:
                     )
                 )
             outputs = self.model(batch.sparse, batch.dense)
-            total, sums, cnts = self.objective(outputs, batch.labels)
+            means, extra, sums, cnts = self.objective.losses(outputs, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            self.balancer.backward(means, self.model, extra)
             if self.cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
             self.optimizer.step()
             loss_sums += sums.detach()
             counts += cnts
+            watch.update(sums.detach())
+            self.global_step += 1
+            if (step + 1) % check_every == 0:
+                watch.check(epoch, self.loss_tasks, self.last_checkpoint)
+            stop = self.stop is not None and self.stop.requested
+            every = self.checkpoint_every
+            if stop or (every and self.global_step % every == 0 and step + 1 < steps):
+                watch.check(epoch, self.loss_tasks, self.last_checkpoint)  # never save NaN weights
+                state = self.training_state(epoch)
+                state.update(
+                    step=step + 1,
+                    perm=perm.cpu(),
+                    loss_sums=loss_sums.cpu(),
+                    counts=counts.cpu(),
+                    epoch_seconds=prior_seconds + time.perf_counter() - start,
+                )
+                self._save(state)
+                if stop:
+                    progress.remove_task(bar)
+                    self._interrupted(epoch, step + 1, steps)
             now = time.perf_counter()
             if (
                 now - last_update > 0.5 and not progress.disable
@@ -221,10 +318,11 @@ class Trainer:
                     bar,
                     completed=step + 1,
                     loss=f"{mean:.4f}",
-                    speed=f"{(step + 1) * bs / (now - start):,.0f}",
+                    speed=f"{(step + 1 - first_step) * bs / (now - start):,.0f}",
                 )
         progress.remove_task(bar)
-        seconds = time.perf_counter() - start
+        watch.check(epoch, self.loss_tasks, self.last_checkpoint)
+        seconds = prior_seconds + time.perf_counter() - start
         per_task = (loss_sums / counts.clamp_min(1)).tolist()
         row = {f"train/{t.name}_loss": v for t, v in zip(self.loss_tasks, per_task, strict=True)}
         row["train/loss"] = float(
@@ -243,27 +341,95 @@ class Trainer:
         row["train_samples_per_s"] = n / seconds
         return row
 
+    # -- resumable state -----------------------------------------------------------------------
+    def training_state(self, epoch: int) -> dict[str, Any]:
+        """Everything besides model and optimizer that an exact resume needs.
+
+        `step` is None for a state taken at the end of `epoch` (after validation); a mid-epoch
+        state adds `step` (steps done in the epoch), the epoch's permutation and partial loss sums.
+        """
+        return {
+            "epoch": epoch,
+            "step": None,
+            "global_step": self.global_step,
+            "order_generator": self.order_generator.get_state(),
+            "rng": rng_state(self.device),
+            "early_stopping": dict(self.stopper.__dict__),
+            "history": [dict(r) for r in self.history],
+            "best_state": {k: v.detach().cpu().clone() for k, v in self.best_state.items()},
+            "train_time": self.train_time,
+            "train_rows": self.train_rows,
+            "balancer": {k: v.detach().cpu() for k, v in self.balancer.state_dict().items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> int:
+        """Restore a `training_state` (model and optimizer are loaded by the caller).
+
+        Returns the epoch to continue with. RNG states are restored last, after the model was built.
+        """
+        self.global_step = int(state["global_step"])
+        self.order_generator.set_state(state["order_generator"])
+        self.stopper.__dict__.update(state["early_stopping"])
+        self.history = [dict(r) for r in state["history"]]
+        self.best_state = {k: v.to(self.device) for k, v in state["best_state"].items()}
+        self.train_time, self.train_rows = float(state["train_time"]), int(state["train_rows"])
+        if "balancer" in state:
+            self.balancer.load_state_dict(state["balancer"])
+        set_rng_state(state["rng"], self.device)
+        if state["step"] is None:
+            return int(state["epoch"]) + 1
+        self._resume_epoch = state
+        return int(state["epoch"])
+
+    def _save(self, state: dict[str, Any]) -> None:
+        if self.on_checkpoint is not None:
+            where = self.on_checkpoint(state)
+            step = "end" if state["step"] is None else f"step {state['step']}"
+            self.last_checkpoint = f"{where} (epoch {state['epoch']} {step})"
+
+    def _save_note(self, state: dict[str, Any]) -> None:
+        self.last_checkpoint = f"checkpoints/last.pt (epoch {state['epoch']} end)"
+
+    def _interrupted(self, epoch: int, step: int | None, steps: int | None = None) -> None:
+        assert self.stop is not None
+        at = f"epoch {epoch}" + (f" step {step}/{steps}" if step is not None else " end")
+        raise TrainingInterrupted(
+            f"{self.stop.name}: training stopped after {at}; saved {self.last_checkpoint}",
+            int(self.stop.signum or 2),
+        )
+
     def fit(
         self,
         splits: dict[str, SplitTensors],
         on_epoch_end: Callable[[dict, bool, dict], None] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train with validation each epoch; restores the best weights before returning.
 
-        `on_epoch_end(row, is_best, state)` lets the caller write history and checkpoints.
+        `on_epoch_end(row, is_best, state)` lets the caller write history and checkpoints (`state`
+        is a `training_state`); `self.on_checkpoint(state)` writes mid-epoch states (every
+        `checkpoint_every` steps and on interruption). `resume` is a `training_state` to continue
+        from: the same epochs, batches and RNG draws follow as in the uninterrupted run.
         """
         train, val = splits["train"], splits["val"]
-        stopper = EarlyStopping(self.mode, self.cfg.patience)
-        history: list[dict[str, Any]] = []
-        best_state = copy.deepcopy(self.model.state_dict())
+        self.stopper = stopper = EarlyStopping(self.mode, self.cfg.patience)
+        self.history = history = []
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.train_time, self.train_rows = 0.0, 0
+        first_epoch = 1
+        if resume is not None:
+            first_epoch = self.load_training_state(resume)
+            stopper, history = self.stopper, self.history
+            if stopper.should_stop:
+                first_epoch = self.cfg.epochs + 1  # the run had already stopped early
         t0 = time.perf_counter()
-        train_time, train_rows = 0.0, 0
         with self._progress() as progress:
-            for epoch in range(1, self.cfg.epochs + 1):
+            for epoch in range(first_epoch, self.cfg.epochs + 1):
                 row: dict[str, Any] = {"epoch": epoch}
                 row.update(self.train_epoch(train, epoch, progress))
-                train_time += row["train_seconds"]
-                train_rows += len(train)
+                row.update(self.balancer.end_epoch())  # weight/{task}: the epoch's task weights
+                self.train_time += row["train_seconds"]
+                self.train_rows += len(train)
                 val_metrics = self.evaluate(val, "val")
                 row.update(val_metrics)
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -273,7 +439,7 @@ class Trainer:
                     )
                 is_best = stopper.update(epoch, val_metrics[self.monitor])
                 if is_best or epoch == 1:
-                    best_state = copy.deepcopy(self.model.state_dict())
+                    self.best_state = copy.deepcopy(self.model.state_dict())
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 log.info(
@@ -288,15 +454,9 @@ class Trainer:
                     f"{row['train_samples_per_s']:,.0f}",
                 )
                 if on_epoch_end is not None:
-                    on_epoch_end(
-                        row,
-                        is_best,
-                        {
-                            "early_stopping": stopper.__dict__.copy(),
-                            "history": history,
-                            "epoch": epoch,
-                        },
-                    )
+                    state = self.training_state(epoch)
+                    on_epoch_end(row, is_best, state)
+                    self._save_note(state)
                 if stopper.should_stop:
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
@@ -304,13 +464,15 @@ class Trainer:
                         stopper.patience,
                     )
                     break
-        self.model.load_state_dict(best_state)
+                if self.stop is not None and self.stop.requested:
+                    self._interrupted(epoch, None)
+        self.model.load_state_dict(self.best_state)
         return FitResult(
             history,
             stopper.best_epoch or 1,
             stopper.best_value,
             stopper.should_stop,
-            train_rows / train_time if train_time else math.nan,
+            self.train_rows / self.train_time if self.train_time else math.nan,
             time.perf_counter() - t0,
         )
 

@@ -1,0 +1,72 @@
+"""Graceful stop on SIGINT / SIGTERM: the first signal asks the training loop to stop, the second
+one stops at once.
+
+The handler only sets a flag (a plain Python attribute: reading it in the loop costs no device
+sync). The trainer reads it after every optimizer step, writes `checkpoints/last.pt` and raises
+`TrainingInterrupted`. A second signal raises `KeyboardInterrupt` right away; every file of the
+run dir is written atomically (temp file + rename), so an interrupted write leaves the previous
+complete version in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from mtlrec.errors import MtlrecError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(MtlrecError):
+    """Training stopped on request after writing a resumable checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class StopRequest:
+    """Context manager installing the two-stage handlers (main thread only; elsewhere a no-op)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        """Ask for a stop as the first signal would (also used by tests)."""
+        self.signum = signum
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # Second signal: give up now. Restore the defaults so a third one kills the process.
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
