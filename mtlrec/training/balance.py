@@ -256,6 +256,9 @@ class PCGrad(_NeedsShared):
     def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, cfg: Mapping[str, Any]):
         super().__init__(tasks, model, cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+        # conflicting task pairs (g_i . g_j < 0 on the shared parameters) and pairs seen this epoch
+        self.register_buffer("conflicts", torch.zeros(()), persistent=False)
+        self.pairs = 0
 
     @staticmethod
     def project(grads: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
@@ -312,6 +315,9 @@ class PCGrad(_NeedsShared):
                 perm = torch.randperm(len(others), generator=self.generator).tolist()
                 orders.append([others[p] for p in perm])
             merged = self.project(flat, orders)
+            dots = flat @ flat.T
+            self.conflicts += (dots.triu(1) < 0).sum()
+            self.pairs += t * (t - 1) // 2
             offset = 0
             for i in idx:
                 n = params[i].numel()
@@ -326,6 +332,14 @@ class PCGrad(_NeedsShared):
             if parts:
                 g = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
                 p.grad = g if p.grad is None else p.grad + g
+
+    def end_epoch(self) -> dict[str, float]:
+        row = super().end_epoch()
+        if self.pairs:
+            row["pcgrad/conflict_rate"] = float(self.conflicts.item()) / self.pairs
+        self.conflicts.zero_()
+        self.pairs = 0
+        return row
 
 
 @_register("gradnorm")

@@ -3,9 +3,15 @@
 Binary tasks use BCE with logits, regression tasks MSE. A task with `where` only sees rows whose
 `where` label is 1 (e.g. CVR on clicked rows): its loss is the mean over those rows of the batch
 (0 when the batch has none). Everything stays on the device: no host sync per step.
+
+A model may add a term of its own to the loss (e.g. AITM's behavioural expectation calibrator) by
+defining `extra_loss(outputs, labels) -> scalar tensor | None`; the objective adds it, unweighted
+and outside task balancing, to the total.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +21,16 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 
 
 class Objective(nn.Module):
-    def __init__(self, tasks: tuple[TaskSpec, ...], spec: DatasetSpec):
+    def __init__(
+        self,
+        tasks: tuple[TaskSpec, ...],
+        spec: DatasetSpec,
+        extra_loss: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor | None]
+        | None = None,
+    ):
         super().__init__()
         self.tasks = tasks
+        self.extra_loss = extra_loss
         self.names = [t.name for t in tasks]
         self.label_index = [spec.label_index(t.label) for t in tasks]
         self.where_index = [spec.label_index(t.where) if t.where else None for t in tasks]
@@ -49,6 +62,17 @@ class Objective(nn.Module):
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weighted total loss, per-task loss sums [T], per-task row counts [T])."""
+        means, extra, sums, counts = self.losses(outputs, labels)
+        total = (self.weights * means).sum()
+        return (total if extra is None else total + extra), sums, counts
+
+    def losses(
+        self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(per-task mean losses [T], the model's extra term or None, sums [T], counts [T]).
+
+        What a task balancer (mtlrec.training.balance) needs: it weighs the means itself.
+        """
         sums, counts = self.per_task(outputs, labels)
-        means = sums / counts.clamp_min(1.0)
-        return (self.weights * means).sum(), sums, counts
+        extra = self.extra_loss(outputs, labels) if self.extra_loss is not None else None
+        return sums / counts.clamp_min(1.0), extra, sums, counts
