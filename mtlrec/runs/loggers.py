@@ -1,0 +1,195 @@
+"""Metric loggers: mirror a run to tools people already use (`logger=` config group).
+
+The run dir (metrics.json, history.csv) is always the record; a logger only mirrors it:
+
+* `none` (default): nothing;
+* `tensorboard`: per-epoch scalars (step = epoch), the resolved config as text, and the final
+  metrics + flat config as hparams, in `<run dir>/tensorboard` (extra `tensorboard`);
+* `mlflow`: the flat config as params, per-epoch metrics (step = epoch), final metrics, the run's
+  status, tags for the run dir (extra `mlflow`). MLflow's local file store `./mlruns` by default,
+  a tracking URI (sqlite:///mlflow.db, http://...) when `logger.tracking_uri` is set.
+
+All loggers share one small interface: `log_epoch(row)` at the end of every epoch and
+`finish(status, metrics)` once. MLflow / TensorBoard names may not hold every character of
+ours, so names pass through `_safe_name` (`gate/ctr/expert_0` stays as is).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mtlrec.errors import MtlrecError
+
+LOGGERS = ("none", "tensorboard", "mlflow")
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"model": {"num_experts": 4}} -> {"model.num_experts": "4"}; lists as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = "null" if value is None else str(value)
+    return flat
+
+
+def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a history row / metrics dict (epoch excluded: it is the step)."""
+    out = {}
+    for key, value in row.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def _final_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """metrics.json -> {"final/test/ctr_auc": ..., "final/best_epoch": ..., ...}."""
+    metrics = metrics or {}
+    values = {**_numeric(metrics), **_numeric(metrics.get("metrics") or {})}
+    return {f"final/{k}": v for k, v in values.items()}
+
+
+def _safe_name(name: str) -> str:
+    # MLflow allows alphanumerics, _ - . space / ; replace anything else.
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
+
+
+class RunLogger:
+    """No-op logger: the interface every logger implements."""
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """One history row (per-epoch train losses, val metrics, gates, speed); step = row["epoch"]."""
+
+    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
+        """Final metrics (val/test at the best epoch, speed) and the run's status; closes the logger."""
+
+
+class TensorBoardLogger(RunLogger):
+    def __init__(self, log_dir: Path, config: Mapping[str, Any]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MtlrecError(
+                'logger=tensorboard needs the tensorboard package: pip install "mtlrec[tensorboard]" '
+                "(or use logger=none)"
+            ) from None
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self.params = flatten_config(config)
+        self.writer.add_text(
+            "config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0
+        )
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        step = int(row["epoch"])
+        for key, value in _numeric(row).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
+        final = _final_values(metrics)
+        # hparams: the config next to the final metrics, so TensorBoard's HPARAMS tab compares a sweep.
+        self.writer.add_hparams(
+            dict(self.params, status=status), final or {"final/none": 0.0}, run_name="."
+        )
+        self.writer.flush()
+        self.writer.close()
+
+
+class MlflowLogger(RunLogger):
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str,
+        run_name: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str],
+    ):
+        if tracking_uri is None:
+            # MLflow >= 3 keeps the file store but wants an explicit opt-in; it needs no database
+            # and takes parallel sweep jobs writing at once.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            tracking_uri = Path("mlruns").resolve().as_uri()
+        try:
+            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise MtlrecError(
+                'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
+            ) from None
+        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            try:
+                experiment_id = self.client.create_experiment(experiment_name)
+            except Exception:
+                # A parallel sweep job created it first.
+                experiment_id = self.client.get_experiment_by_name(experiment_name).experiment_id
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=run_name, tags=dict(tags)
+        ).info.run_id
+        params = [
+            Param(_safe_name(k), v[:6000]) for k, v in flatten_config(config).items()
+        ]  # MLflow caps param values at 6000 chars and batches at 100 params
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def _log(self, values: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [self._Metric(_safe_name(k), v, now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        self._log(_numeric(row), int(row["epoch"]))
+
+    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
+        final = _final_values(metrics)
+        if final:
+            self._log(final, 0)
+        self.client.set_tag(self.run_id, "mtlrec.status", status)
+        mlflow_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(self.run_id, mlflow_status)
+
+
+def build_logger(
+    logger_cfg: Mapping[str, Any] | None, run_dir: Path, config: Mapping[str, Any]
+) -> RunLogger:
+    """The logger chosen by the `logger` config group (None or name none = no-op)."""
+    name = str((logger_cfg or {}).get("name", "none"))
+    if name == "none":
+        return RunLogger()
+    if name == "tensorboard":
+        log_dir = logger_cfg.get("log_dir") or Path(run_dir) / "tensorboard"
+        return TensorBoardLogger(Path(log_dir), config)
+    if name == "mlflow":
+        run_dir = Path(run_dir).resolve()
+        try:
+            default_name = str(run_dir.relative_to(Path.cwd()))
+        except ValueError:
+            default_name = str(run_dir)
+        return MlflowLogger(
+            tracking_uri=logger_cfg.get("tracking_uri"),
+            experiment_name=str(logger_cfg.get("experiment_name") or "mtlrec"),
+            run_name=str(logger_cfg.get("run_name") or default_name),
+            config=config,
+            tags={"mtlrec.run_dir": str(run_dir)},
+        )
+    raise MtlrecError(f"logger.name '{name}' is unknown; use one of: {', '.join(LOGGERS)}")

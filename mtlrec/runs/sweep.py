@@ -1,0 +1,169 @@
+"""Sweeps: failed jobs that do not stop the sweep, an end-of-sweep report, CPU threads per job.
+
+Hydra's BasicSweeper runs a batch of jobs and then re-raises the first failure, so a sweep ends
+with one traceback and no word on the other jobs. `SweepReport` (registered in conf/train.yaml's
+hydra.callbacks) changes that for multiruns:
+
+* `on_job_end` (runs inside the job's process, whatever the launcher): a failed job is recorded in
+  its own run dir (`metrics.json` status=failed + error, written by `experiment.run`, or here when
+  the job failed before that) and its traceback goes to the job's log. Under the BasicSweeper the
+  job's result is then turned into a completed one returning NaN, so the remaining batches still
+  run. Other sweepers (Optuna) keep the failure: they handle failed trials themselves
+  (`hydra.sweeper.max_failure_rate`).
+* `on_multirun_end` (the sweep's own process, after the last job): reads the job dirs on disk and,
+  when any job of this sweep did not complete, prints one line per such job (dir, status, error)
+  and exits with status 1.
+
+`job_thread_share()` gives each job of a parallel local sweep its share of the cores:
+threads = cores // parallel jobs (at least 1). With OpenMP's busy-waiting threads, two jobs with
+2 threads each on 2 cores can run ~26x slower than one job (see docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrec.errors import MtlrecError
+from mtlrec.runs.run_dir import METRICS_FILE, RunDir
+
+log = logging.getLogger("mtlrec")
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    return str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.MULTIRUN"
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MtlrecError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class SweepReport(Callback):
+    """Keeps a sweep going past failed jobs and names every failed job at the end."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Job dirs written before this sweep started (a reused hydra.sweep.dir) are not reported.
+        self.started = time.time() - 1.0
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not _is_multirun(config) or job_return.status != JobStatus.FAILED:
+            return
+        exc = job_return._return_value
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        metrics = _read_metrics(run_dir)
+        if metrics.get("status") != "failed":
+            # Failed before experiment.run could record it (e.g. while importing): record it here.
+            RunDir(run_dir).update_metrics(status="failed", error=_one_line(exc))
+        if not isinstance(exc, MtlrecError):
+            # The sweep goes on, so this is the only place the traceback is shown.
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error("job %s failed:\n%s", run_dir, trace.rstrip())
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+        if sweeper == BASIC_SWEEPER:
+            job_return.status = JobStatus.COMPLETED
+            job_return.return_value = math.nan
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        bad = [
+            (path, metrics)
+            for path, metrics in sweep_jobs(sweep_dir)
+            if metrics.get("status") != "completed"
+            and (path / METRICS_FILE).stat().st_mtime >= self.started
+        ]
+        if not bad:
+            return
+        total = sum(1 for p, _ in sweep_jobs(sweep_dir) if _mtime(p) >= self.started)
+        lines = [
+            f"{path}: {metrics.get('status', 'unknown')}: {metrics.get('error') or 'no error recorded'}"
+            for path, metrics in bad
+        ]
+        print(
+            f"mtlrec train: error: {len(bad)} of {total} sweep job(s) did not complete "
+            f"(see each dir's metrics.json and train.log):\n  " + "\n  ".join(lines),
+            file=sys.stderr,
+            flush=True,
+        )
+        # Hydra turns exceptions raised by callbacks into warnings (exit status 0); SystemExit
+        # is not an Exception, so it gets through and the sweep command exits with status 1.
+        raise SystemExit(1)
+
+
+def _mtime(path: Path) -> float:
+    return (path / METRICS_FILE).stat().st_mtime
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
+    jobs = []
+    for metrics_path in Path(sweep_dir).rglob(METRICS_FILE):
+        jobs.append((metrics_path.parent, _read_metrics(metrics_path.parent)))
+
+    def key(item: tuple[Path, dict]) -> tuple:
+        rel = item[0].relative_to(sweep_dir).parts
+        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in rel)
+
+    return sorted(jobs, key=key)
+
+
+def parallel_jobs(launcher: Any, cpu_count: int) -> int:
+    """How many jobs of the sweep run at once on this machine, from the launcher config.
+
+    joblib's n_jobs follows joblib: -1 = all cores, -2 = all but one, i.e. cores + 1 + n_jobs.
+    """
+    target = str(OmegaConf.select(launcher, "_target_", default="") or "")
+    if "joblib" in target.lower():
+        n_jobs = int(OmegaConf.select(launcher, "n_jobs", default=1) or 1)
+        return max(1, n_jobs if n_jobs > 0 else cpu_count + 1 + n_jobs)
+    return 1
+
+
+def job_thread_share(cpu_count: int | None = None) -> int | None:
+    """Torch threads for this job when it runs inside a Hydra sweep, else None (leave as is).
+
+    * submitit launchers: `hydra.launcher.cpus_per_task` when set (the CPUs the job was given);
+    * joblib launcher: cores // parallel jobs, at least 1;
+    * sequential sweeps and single runs: None.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
+        return None
+    launcher = hydra_cfg.launcher
+    target = str(OmegaConf.select(launcher, "_target_", default="") or "")
+    if "submitit" in target.lower():
+        cpus = OmegaConf.select(launcher, "cpus_per_task", default=None)
+        return int(cpus) if cpus else None
+    cpu_count = cpu_count or os.cpu_count() or 1
+    parallel = parallel_jobs(launcher, cpu_count)
+    if parallel <= 1:
+        return None
+    return max(1, cpu_count // parallel)
