@@ -1,0 +1,276 @@
+"""Interruption and exact resume: a real `mtlrec train` killed mid-epoch, resumed, compared exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, compose_train, run_training
+from mtlrec.errors import MtlrecError
+from mtlrec.training import signals
+from mtlrec.training.checkpoint import LAST, PREVIOUS, load_resumable
+from mtlrec.training.objective import Objective
+from mtlrec.training.signals import StopRequest, TrainingInterrupted
+
+BATCH = ["trainer.batch_size=32"]  # 2,800 train rows -> 88 steps per epoch
+STEPS_PER_EPOCH = 88
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted reference run (2 epochs, same seed)."""
+    run_dir, metrics = run_training(tmp_path_factory.mktemp("straight"), BATCH)
+    return run_dir, metrics
+
+
+def weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=False)["model_state"]
+
+
+def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    got = json.loads((run_dir / "metrics.json").read_text())
+    ref = json.loads((ref_dir / "metrics.json").read_text())
+    assert got["status"] == "completed"
+    assert got["metrics"] == ref["metrics"]  # exact float equality, every val/ and test/ metric
+    for key in ("best_epoch", "best_value", "epochs_run", "seed", "data_order_seed"):
+        assert got[key] == ref[key], key
+    for name in ("best.pt", LAST):
+        a, b = weights(run_dir, name), weights(ref_dir, name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}: {k} differs"
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + got["epochs_run"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mtlrec", "train", *args]
+
+
+def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, straight):
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, *BATCH, "checkpoint.every_n_steps=5", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        cli(*overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoints" / LAST).exists():  # the first every_n_steps checkpoint
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    assert "training stopped after epoch 1 step" in out
+    assert f"continue with: mtlrec train resume={run_dir}" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted"
+    assert metrics["error"].startswith("SIGINT: training stopped after epoch 1 step ")
+    state = torch.load(run_dir / "checkpoints" / LAST, weights_only=False)["train_state"]
+    assert state["epoch"] == 1 and 5 <= state["step"] < STEPS_PER_EPOCH  # really mid-epoch
+    assert state["perm"].shape == (STEPS_PER_EPOCH * 32 - 16,)  # 2,800 rows
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+    resumed = subprocess.run(
+        cli(f"resume={run_dir}"), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert f"resuming from {run_dir / 'checkpoints' / LAST} (epoch 1 step {state['step']})" in (
+        resumed.stdout
+    )
+    assert_same_run(run_dir, straight[0])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["error"] is None and "resumed_at" in metrics
+
+
+class StopAfter(StopRequest):
+    """Acts as if SIGTERM arrived during training step `k` (counted over the whole run)."""
+
+    k = 0
+
+    def __init__(self):
+        super().__init__()
+        self.polls = 0
+
+    @property
+    def requested(self) -> bool:  # read once per training step
+        self.polls += 1
+        if self.polls >= self.k:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+
+# Polls: one per training step plus one after each epoch's checkpoint.
+@pytest.mark.parametrize(
+    "stop_at, epoch, step", [(STEPS_PER_EPOCH, 1, STEPS_PER_EPOCH), (STEPS_PER_EPOCH + 30, 2, 29)]
+)
+def test_sigterm_then_resume_in_process_is_exact(
+    tmp_path, straight, monkeypatch, stop_at, epoch, step
+):
+    """Stop at the last step of epoch 1 and mid-epoch 2; resume from there; same results."""
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(StopAfter, "k", stop_at)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as info:
+        run(compose_train([*TINY, *BATCH]), run_dir)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    assert str(info.value) == (
+        f"SIGTERM: training stopped after epoch {epoch} step {step}/{STEPS_PER_EPOCH}; "
+        f"saved checkpoints/last.pt (epoch {epoch} step {step})"
+    )
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *BATCH, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, straight[0])
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous_and_stays_exact(
+    tmp_path, straight, monkeypatch, caplog
+):
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(StopAfter, "k", 40)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train([*TINY, *BATCH, "checkpoint.every_n_steps=16"]), run_dir)
+    ckpts = run_dir / "checkpoints"
+    assert torch.load(ckpts / PREVIOUS, weights_only=False)["train_state"]["step"] == 32
+    last = ckpts / LAST
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn write
+    payload, path = load_resumable(ckpts)
+    assert path == ckpts / PREVIOUS and payload["train_state"]["step"] == 32
+    assert f"{last}: checkpoint is truncated or corrupt" in caplog.text
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(
+        compose_train([*TINY, *BATCH, "checkpoint.every_n_steps=16", f"resume={run_dir}"]),
+        run_dir,
+    )
+    assert_same_run(run_dir, straight[0])
+
+    (ckpts / PREVIOUS).write_bytes(b"not a checkpoint")
+    last.write_bytes(b"")
+    with pytest.raises(MtlrecError, match=f"^{last}: checkpoint is truncated or corrupt"):
+        load_resumable(ckpts)
+
+
+def test_nan_loss_stops_naming_task_and_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = Objective.losses
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, labels):
+        means, extra, sums, counts = original(self, outputs, labels)
+        calls["n"] += 1
+        if calls["n"] == 7:  # training step 7 of epoch 1: the ctr loss becomes NaN
+            means = means * torch.tensor([math.nan, 1.0])
+            sums = sums * torch.tensor([math.nan, 1.0])
+        return means, extra, sums, counts
+
+    monkeypatch.setattr(Objective, "losses", poisoned)
+    with pytest.raises(MtlrecError) as info:
+        run_training(tmp_path, [*BATCH, "checkpoint.every_n_steps=3"])
+    assert str(info.value) == (
+        "epoch 1 step 7: training loss of task(s) ['ctr'] is NaN/inf; stopped, the last good "
+        "checkpoint is checkpoints/last.pt (epoch 1 step 6); lower trainer.lr or set "
+        "trainer.grad_clip_norm"
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == str(info.value)
+    payload = torch.load(tmp_path / "run" / "checkpoints" / LAST, weights_only=False)
+    assert payload["train_state"]["step"] == 6
+    assert all(torch.isfinite(v).all() for v in payload["model_state"].values())
+
+
+def test_second_signal_stops_at_once_and_never_tears_a_checkpoint(tmp_path, monkeypatch):
+    from mtlrec.runs import run_dir as run_dir_module
+
+    stop = StopRequest()
+    with stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop._handle(signal.SIGINT, None)
+        assert stop.requested and stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)  # the second one: at once
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    # A second Ctrl-C that lands in the middle of writing last.pt: the old file survives whole.
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(StopAfter, "k", 20)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    real_save = torch.save
+    saves = {"n": 0}
+
+    def save_then_ctrl_c(obj, f):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the interruption's checkpoint, after the every_n_steps one
+            f.write(b"half a checkpoint")
+            raise KeyboardInterrupt
+        real_save(obj, f)
+
+    monkeypatch.setattr(run_dir_module.torch, "save", save_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="stopped at once by a second signal"):
+        run(compose_train([*TINY, *BATCH, "checkpoint.every_n_steps=10"]), run_dir)
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [PREVIOUS]  # no temp file, no torn last.pt
+    assert torch.load(ckpts / PREVIOUS, weights_only=False)["train_state"]["step"] == 10
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted"
+    assert load_resumable(ckpts)[1] == ckpts / PREVIOUS
+
+
+def test_signal_handlers_are_inert_off_the_main_thread():
+    import threading
+
+    seen = []
+
+    def body():
+        with StopRequest():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [signal.default_int_handler]
+    assert signals.SIGNALS == (signal.SIGINT, signal.SIGTERM)
+
+
+def test_resume_translation_replays_the_original_overrides(tmp_path, monkeypatch):
+    from mtlrec.cli import translate_resume
+
+    run_dir = tmp_path / "r"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- model=mmoe\n- trainer.epochs=2\n- resume=/old\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert translate_resume(["resume=r", "trainer.epochs=4"]) == [
+        "model=mmoe",
+        "trainer.epochs=4",
+        f"resume='{run_dir}'",
+        f"hydra.run.dir='{run_dir}'",
+    ]
+    assert translate_resume(["model=esmm"]) == ["model=esmm"]
+    with pytest.raises(ValueError, match="cannot be combined with -m"):
+        translate_resume(["-m", "resume=r"])
+    with pytest.raises(ValueError, match=r"resume=nowhere: no such run dir"):
+        translate_resume(["resume=nowhere"])
