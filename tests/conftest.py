@@ -51,7 +51,13 @@ def run_training(
     """Train in-process on the tiny dataset; returns (run dir, metrics.json)."""
     from mtlrec.experiment import run
 
-    cfg = compose_train(TINY + list(overrides or []))
+    overrides = list(overrides or [])
+    base = TINY
+    if any(
+        o.startswith("dataset=") for o in overrides
+    ):  # another dataset: its own keys, not num_rows
+        base = [o for o in TINY if not o.startswith("dataset.")]
+    cfg = compose_train(base + overrides)
     run_dir = tmp_path / name
     run(cfg, run_dir)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,11 @@ def holds_a_run(path: Path) -> bool:
 
 
 class RunDirGuard(Callback):
-    """Refuses to start a single run in a directory that already holds a run.
+    """Refuses to start a run in a directory that already holds one, and checks it is writable.
 
     Runs before Hydra creates the job dir or writes .hydra/, so nothing of the old run is touched.
-    `resume=RUN_DIR` is the one way to continue in an existing run dir.
+    `resume=RUN_DIR` is the one way to continue in an existing run dir. Hydra turns exceptions
+    raised in callbacks into warnings, so the guard reports its one line and exits itself.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -138,7 +140,30 @@ class RunDirGuard(Callback):
             return
         run_dir = Path(str(config.hydra.run.dir))
         if holds_a_run(run_dir):
-            raise MtlrecError(
-                f"{run_dir}: already holds a run (metrics.json/checkpoints); pick another hydra.run.dir "
-                "(runs are never overwritten)"
+            _refuse(
+                f"{run_dir}: already holds a run (metrics.json/checkpoints); pick another hydra.run.dir (runs are never overwritten)"
             )
+        _refuse_unwritable(run_dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir() if p.is_dir()):
+            _refuse(
+                f"{sweep_dir}: already holds the runs of a sweep; pick another hydra.sweep.dir (runs are never overwritten)"
+            )
+        _refuse_unwritable(sweep_dir, "hydra.sweep.dir")
+
+
+def _refuse(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _refuse_unwritable(path: Path, key: str) -> None:
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        _refuse(
+            f"{path}: cannot create the run dir ({existing} is not writable); set {key} to a writable place"
+        )
