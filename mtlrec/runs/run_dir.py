@@ -165,5 +165,5 @@ def _refuse_unwritable(path: Path, key: str) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         _refuse(
-            f"{path}: cannot create the run dir ({existing} is not writable); set {key} to a writable place"
+            f"{path}: cannot create the run dir ({existing} is not a writable directory); set {key} to a writable place"
         )
