@@ -18,10 +18,15 @@ commands:
              `mtlrec train resume=RUN_DIR [trainer.epochs=N]` continues an interrupted run
   prepare    raw files -> a prepared dataset, e.g. `mtlrec prepare dataset=census dataset.raw_dir=DIR`
              (`--config-dir my_conf dataset=my_data` for your own data; overwrite=true to redo)
+  compare    one table of run dirs (single runs, sweeps), e.g. `mtlrec compare outputs/multirun/DATE/TIME`
+             (--metric, --sort, --filter k=v, --group-by-seed, --format csv|markdown|json, --plot DIR)
 """
 
 # Subcommands other than train: name -> "module:function" taking argv (list[str]) -> exit code.
-COMMANDS: dict[str, str] = {"prepare": "mtlrec.data.prepare:main"}
+COMMANDS: dict[str, str] = {
+    "prepare": "mtlrec.data.prepare:main",
+    "compare": "mtlrec.runs.compare:main",
+}
 
 
 def _override_key(arg: str) -> str:
