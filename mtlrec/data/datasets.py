@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mtlrec.data import synthetic_ccp
+from mtlrec.data import mmoe_synthetic, synthetic_ccp
 from mtlrec.data.spec import SPEC_FILE
 from mtlrec.errors import MtlrecError
 
@@ -15,7 +15,11 @@ GENERATED: dict[str, Callable[[Mapping[str, Any]], Path]] = {
     "synthetic_ccp": lambda cfg: synthetic_ccp.ensure_prepared(
         cfg["path"], int(cfg["num_rows"]), int(cfg["generator_seed"])
     ),
+    "mmoe_synthetic": lambda cfg: mmoe_synthetic.ensure_prepared(cfg),
 }
+# Datasets built from raw files by `mtlrec prepare` (mtlrec.data.prepare.PREPARERS): census,
+# aliccp, aliexpress and bring-your-own CSVs (preparer: csv). Training on one that is not prepared
+# yet stops with one line naming the `mtlrec prepare` command (it never prepares implicitly).
 
 
 def resolve_dataset_dir(cfg: Mapping[str, Any]) -> Path:
