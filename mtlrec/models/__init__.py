@@ -13,6 +13,8 @@ from mtlrec.models.cvr_base import CvrBase
 from mtlrec.models.esmm import Esmm
 from mtlrec.models.layers import CommonConfig
 from mtlrec.models.mmoe import MMoE
+from mtlrec.models.omoe import OMoE
+from mtlrec.models.ple import PLE
 from mtlrec.models.shared_bottom import SharedBottom
 from mtlrec.models.single_task import SingleTask
 
@@ -22,6 +24,8 @@ MODELS: dict[str, type[MultiTaskModel]] = {
     "shared_bottom": SharedBottom,
     "single_task": SingleTask,
     "cvr_base": CvrBase,
+    "omoe": OMoE,
+    "ple": PLE,
 }
 
 

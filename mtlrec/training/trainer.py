@@ -24,6 +24,7 @@ from mtlrec.data.loader import SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.layers import gate_statistics
 from mtlrec.training.balance import make_balancer
 from mtlrec.training.checkpoint import rng_state, set_rng_state
 from mtlrec.training.metrics import HIGHER_IS_BETTER, EvalTarget, split_metrics
@@ -521,6 +522,8 @@ class Trainer:
             for k, task in enumerate(self.loss_tasks):
                 for e, w in enumerate(aux["gates"][k]):
                     metrics[f"gate/{task.name}/expert_{e}"] = float(w)
+            # expert collapse: entropy of each task's mean gate, mean use of each expert
+            metrics.update(gate_statistics(aux["gates"], [t.name for t in self.loss_tasks]))
         return metrics
 
 

@@ -1,0 +1,89 @@
+"""OMoE: One-gate Mixture-of-Experts, the baseline of the MMoE paper.
+
+Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate
+Mixture-of-Experts", KDD 2018, Sec. 4.2 (OMoE): like MMoE, but ONE gate shared by all tasks, so
+every task reads the same mixture of the experts.
+
+    x      = Embedding(sparse) ++ dense
+    f_i(x) = expert_i(x),                       i = 1..num_experts   (MLPs of expert_dims)
+    g(x)   = softmax(W_g x)                     one gate for all tasks (an MLP of gate_dims first, if set)
+    h      = sum_i g(x)_i f_i(x)                the single mixture
+    y_k    = tower_k(h)                         one tower per task (tower_dims, then one output)
+
+The forward pass returns "gates" [B, tasks, experts] (the one gate, repeated for each task) so the
+trainer records gate weights, entropy and expert utilization like for MMoE.
+
+Config keys (conf/model/omoe.yaml): embedding_dim, embedding_init_std, num_experts, expert_dims,
+gate_dims, tower_dims, activation, dropout, batch_norm.
+Outputs: one per task, named after the task; tasks may mix binary and regression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.layers import (
+    CommonConfig,
+    FeatureEmbedding,
+    GroupedMLP,
+    MixtureOfExperts,
+    check_dims,
+    check_positive,
+)
+
+
+@dataclass
+class OMoEConfig(CommonConfig):
+    num_experts: int = 8
+    expert_dims: list[int] = field(default_factory=lambda: [64, 32])
+    gate_dims: list[int] = field(default_factory=list)
+    tower_dims: list[int] = field(default_factory=lambda: [32])
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("model.num_experts", self.num_experts)
+        check_dims("model.expert_dims", self.expert_dims)
+        check_dims("model.gate_dims", self.gate_dims, allow_empty=True)
+        check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+
+
+class OMoE(MultiTaskModel):
+    Config = OMoEConfig
+
+    def __init__(self, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], cfg: OMoEConfig):
+        super().__init__()
+        self.output_names = [t.output_name for t in tasks]
+        self.output_types = {t.output_name: t.type for t in tasks}
+        self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        act, drop, bn = cfg.activation, cfg.dropout, cfg.batch_norm
+        self.moe = MixtureOfExperts(
+            self.embedding.out_dim,
+            cfg.num_experts,
+            cfg.expert_dims,
+            1,  # one gate for every task: the difference from MMoE
+            cfg.gate_dims,
+            act,
+            drop,
+            bn,
+        )
+        self.towers = GroupedMLP(
+            len(tasks),
+            self.moe.out_dim,
+            cfg.tower_dims,
+            act,
+            drop,
+            bn,
+            shared_input=True,
+            out_dim=1,
+        )
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        mixed, gates = self.moe(self.embedding(sparse, dense))  # [1, B, H], [1, B, E]
+        y = self.towers(mixed[0]).squeeze(-1)  # [T, B]
+        out = {name: y[k] for k, name in enumerate(self.output_names)}
+        out["gates"] = gates.transpose(0, 1).expand(-1, len(self.output_names), -1)  # [B, T, E]
+        return out
