@@ -29,6 +29,7 @@ import mtlrec
 from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.loader import load_splits
 from mtlrec.data.spec import DatasetSpec
+from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.runs.loggers import build_logger
@@ -118,6 +119,33 @@ def place_splits(splits: dict, device: torch.device) -> dict:
         free / 2**20,
     )
     return {k: s.pin_memory() for k, s in splits.items()}
+
+
+def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device: torch.device):
+    """Splits ready for the trainer; with dataset.streaming=true the train split is streamed."""
+    if not ds.get("streaming", False):
+        return place_splits(load_splits(data_dir, spec, tasks), device)
+    if "train" not in spec.splits:
+        raise MtlrecError(f"{data_dir / 'spec.json'}: no 'train' split to stream")
+    train = StreamingSplit(
+        data_dir / spec.splits["train"],
+        spec,
+        tasks,
+        shuffle_buffer=ds.get("shuffle_buffer", 262_144),
+        prefetch=ds.get("prefetch", 4),
+        read_rows=ds.get("read_rows", 65_536),
+    )
+    log.info(
+        "data: train streamed from %s (%s rows, %d row groups; shuffle buffer %s rows)",
+        train.path,
+        f"{len(train):,}",
+        train.num_row_groups,
+        f"{train.shuffle_buffer:,}",
+    )
+    return {
+        "train": train,
+        **place_splits(load_splits(data_dir, spec, tasks, ("val", "test")), device),
+    }
 
 
 def print_metrics_table(console: Console, val: dict[str, float], test: dict[str, float]) -> None:
@@ -270,7 +298,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
     model, loss_tasks = build_model(config["model"], spec, selected)
     model.to(device)
     targets = eval_targets(loss_tasks, model.output_types, spec)
-    splits = place_splits(load_splits(data_dir, spec, tuple(t.task for t in targets)), device)
+    splits = load_data(config["dataset"], data_dir, spec, tuple(t.task for t in targets), device)
     run_dir.write_json(ENV_FILE, environment(device))
     metric_logger = build_logger(config.get("logger"), run_dir.path, config)
 

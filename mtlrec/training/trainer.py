@@ -20,8 +20,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mtlrec.data.loader import SplitTensors
+from mtlrec.data.loader import Batch, SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import gate_statistics
@@ -53,6 +54,8 @@ class TrainerConfig:
     progress: Any = "auto"
     deterministic: bool = False
     nan_check_every: int = 100
+    precision: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -82,6 +85,10 @@ class TrainerConfig:
             raise MtlrecError(
                 f"trainer.nan_check_every must be an integer >= 1, got {self.nan_check_every!r}"
             )
+        if self.precision not in ("fp32", "bf16"):
+            raise MtlrecError(f"trainer.precision '{self.precision}' is unknown; use fp32 or bf16")
+        if not isinstance(self.compile, bool):
+            raise MtlrecError(f"trainer.compile must be true or false, got {self.compile!r}")
         if self.num_threads is not None and (
             not isinstance(self.num_threads, int) or self.num_threads < 1
         ):
@@ -176,6 +183,12 @@ class NonFiniteWatch:
         )
 
 
+def gather(split: SplitTensors, idx: torch.Tensor, on_device: bool) -> Batch:
+    """Rows `idx` of a split; index_select is several times faster than split[idx] on CPU."""
+    idx = idx if on_device else idx.cpu()
+    return Batch(*(t.index_select(0, idx) for t in (split.sparse, split.dense, split.labels)))
+
+
 class Trainer:
     def __init__(
         self,
@@ -214,6 +227,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
         self.train_time, self.train_rows = 0.0, 0
+        # trainer.compile: the compiled module shares parameters with self.model (state_dicts,
+        # checkpoints and the optimizer see the plain model).
+        self.forward = torch.compile(model) if cfg.compile else model
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         emb = [
@@ -229,7 +245,18 @@ class Trainer:
             # L2 on embeddings as the optimizer's (coupled) weight decay of the table: no per-step work.
             groups.append({"params": emb, "weight_decay": self.cfg.embedding_l2})
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        return opt_cls(groups, lr=self.cfg.lr)
+        try:
+            # The fused kernel updates every parameter in one pass: ~5-9x faster steps on CPU than
+            # the default per-tensor loop (a large share of a small model's step time).
+            return opt_cls(groups, lr=self.cfg.lr, fused=True)
+        except (RuntimeError, TypeError):  # device or torch version without a fused kernel
+            return opt_cls(groups, lr=self.cfg.lr)
+
+    def autocast(self) -> torch.autocast:
+        """trainer.precision=bf16: matmuls in bfloat16 (losses and metrics stay float32)."""
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        )
 
     # -- progress -----------------------------------------------------------------------------
     def _progress(self) -> Progress:
@@ -259,7 +286,12 @@ class Trainer:
             loss_sums = resume["loss_sums"].to(self.device)
             counts = resume["counts"].to(self.device)
         else:
-            perm = torch.randperm(n, generator=self.order_generator).to(self.device)
+            # Streaming shuffles inside its reader (from the same generator): no permutation here.
+            perm = (
+                torch.empty(0, dtype=torch.long)
+                if isinstance(train, StreamingSplit)
+                else torch.randperm(n, generator=self.order_generator)
+            ).to(self.device)
             first_step, prior_seconds = 0, 0.0
             loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
             counts = torch.zeros(len(self.loss_tasks), device=self.device)
@@ -269,10 +301,15 @@ class Trainer:
             f"epoch {epoch}", total=steps, completed=first_step, loss="-", speed="-"
         )
         start = last_update = time.perf_counter()
-        on_device = train.labels.device == self.device
-        for step in range(first_step, steps):
-            idx = perm[step * bs : (step + 1) * bs]
-            batch = train.take(idx if on_device else idx.cpu())
+        on_device = not isinstance(train, StreamingSplit) and train.labels.device == self.device
+        if isinstance(train, StreamingSplit):  # dataset.streaming: batches come from the reader
+            batches = train.batches(bs, self.order_generator)
+        else:
+            batches = (
+                gather(train, perm[step * bs : (step + 1) * bs], on_device)
+                for step in range(first_step, steps)
+            )
+        for step, batch in zip(range(first_step, steps), batches, strict=True):
             if not on_device:
                 batch = type(batch)(
                     *(
@@ -280,7 +317,8 @@ class Trainer:
                         for t in (batch.sparse, batch.dense, batch.labels)
                     )
                 )
-            outputs = self.model(batch.sparse, batch.dense)
+            with self.autocast():
+                outputs = self.forward(batch.sparse, batch.dense)
             means, extra, sums, cnts = self.objective.losses(outputs, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(means, self.model, extra)
@@ -493,7 +531,8 @@ class Trainer:
                 t.to(self.device, non_blocking=True)
                 for t in (batch.sparse, batch.dense, batch.labels)
             )
-            out = self.model(sparse, dense)
+            with self.autocast():
+                out = self.forward(sparse, dense)
             _, sums, cnts = self.objective(out, labels)
             loss_sums += sums
             counts += cnts

@@ -1,0 +1,203 @@
+"""`dataset.streaming=true`: the training split read from parquet while training, in bounded memory.
+
+A background thread reads the file in chunks of `read_rows` rows (parquet row groups in a shuffled
+order) and converts them to tensors; a queue of at most `prefetch` chunks sits between it and the
+training loop. The loop fills a shuffle buffer of `shuffle_buffer` rows, permutes it, cuts full
+batches and carries the remainder (< one batch) into the next buffer. Rows held at any time:
+
+    peak rows ~ shuffle_buffer + batch_size + (prefetch + 2) * read_rows
+
+independent of the file's size. Every row is seen exactly once per epoch and every batch but the
+last of the epoch is full, so an epoch has ceil(rows / batch_size) steps as in memory.
+
+Shuffling is block-wise (row-group order, then rows within the buffer), which is weaker than a
+global permutation when the file is sorted; when `shuffle_buffer` holds the whole file, the epoch
+order is `torch.randperm(rows, generator)`, exactly the in-memory order, so training is
+bit-identical to `dataset.streaming=false` (tests/data/test_streaming.py checks this).
+Validation and test splits stay in memory (they are scored as whole splits anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mtlrec.data.loader import Batch, _check_binary_labels, _check_numeric
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+
+log = logging.getLogger(__name__)
+_END = object()
+
+
+class StreamingSplit:
+    """A parquet split iterated as shuffled batches without loading it whole."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        spec: DatasetSpec,
+        tasks: tuple[TaskSpec, ...] = (),
+        shuffle_buffer: int = 262_144,
+        prefetch: int = 4,
+        read_rows: int = 65_536,
+        shuffle: bool = True,
+    ):
+        for key, value in (
+            ("shuffle_buffer", shuffle_buffer),
+            ("prefetch", prefetch),
+            ("read_rows", read_rows),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MtlrecError(f"dataset.{key} must be an integer >= 1, got {value!r}")
+        self.path, self.spec, self.tasks = Path(path), spec, tasks
+        self.shuffle_buffer, self.prefetch, self.read_rows = shuffle_buffer, prefetch, read_rows
+        self.shuffle = shuffle
+        if not self.path.is_file():
+            raise MtlrecError(
+                f"{self.path}: split file not found; prepare the dataset first or fix dataset.path"
+            )
+        try:
+            meta = pq.ParquetFile(self.path).metadata
+        except (pa.ArrowInvalid, OSError) as e:
+            raise MtlrecError(f"{self.path}: not a readable parquet file ({e})") from None
+        schema = meta.schema.to_arrow_schema()
+        self.columns = [f.name for f in spec.features] + list(spec.labels)
+        missing = [c for c in self.columns if c not in schema.names]
+        if missing:
+            raise MtlrecError(
+                f"{self.path}: missing column(s) {missing} required by the dataset spec"
+            )
+        for f in spec.sparse:
+            _check_numeric(self.path, schema, f.name, "sparse", integer=True)
+        for f in spec.dense:
+            _check_numeric(self.path, schema, f.name, "dense", integer=False)
+        for c in spec.labels:
+            _check_numeric(self.path, schema, c, "label", integer=False)
+        self.num_rows, self.num_row_groups = meta.num_rows, meta.num_row_groups
+        if self.num_rows == 0:
+            raise MtlrecError(f"{self.path}: the split is empty (0 rows)")
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    # -- reading (background thread) ----------------------------------------------------------
+    def _convert(self, rb: pa.RecordBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One chunk -> (sparse fused ids, dense, labels), validated like the in-memory loader."""
+        spec, n, where = self.spec, rb.num_rows, f"{self.path}"
+        names = rb.schema.names
+        sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
+        for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
+            col = rb.column(names.index(f.name))
+            if col.null_count:
+                raise MtlrecError(f"{where}: sparse column '{f.name}' has missing values")
+            ids = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            if (ids < 0).any():
+                raise MtlrecError(
+                    f"{where}: sparse column '{f.name}' has negative ids (min {ids.min()}); ids must be >= 0"
+                )
+            beyond = ids >= f.vocab_size
+            if beyond.any():
+                if f.oov_id is None:
+                    raise MtlrecError(
+                        f"{where}: sparse column '{f.name}' has ids >= vocab_size {f.vocab_size} "
+                        f"(max {ids.max()}) and no oov_id in the spec"
+                    )
+                ids = np.where(beyond, f.oov_id, ids)
+            sparse[:, j] = ids + offset
+        dense = np.empty((n, len(spec.dense)), dtype=np.float32)
+        for j, f in enumerate(spec.dense):
+            values = rb.column(names.index(f.name)).to_numpy(zero_copy_only=False)
+            dense[:, j] = values.astype(np.float32)
+            if not np.isfinite(dense[:, j]).all():
+                raise MtlrecError(f"{where}: dense column '{f.name}' has NaN/inf/missing values")
+        labels = np.empty((n, len(spec.labels)), dtype=np.float32)
+        for j, c in enumerate(spec.labels):
+            labels[:, j] = rb.column(names.index(c)).to_numpy(zero_copy_only=False)
+            if not np.isfinite(labels[:, j]).all():
+                raise MtlrecError(f"{where}: label column '{c}' has NaN/inf/missing values")
+        _check_binary_labels(self.path, spec, self.tasks, labels)
+        return torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels)
+
+    def _read(self, row_groups: list[int], out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            pf = pq.ParquetFile(self.path)
+            for rb in pf.iter_batches(
+                batch_size=self.read_rows, row_groups=row_groups, columns=self.columns
+            ):
+                item = self._convert(rb)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(_END)
+        except BaseException as e:  # handed to the training loop, which raises it
+            out.put(e)
+
+    def chunks(self, row_groups: list[int]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Chunks of the given row groups, read ahead by a background thread."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._read, args=(row_groups, q, stop), daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # the loop stopped early (error, interrupt): let the reader finish and go
+            stop.set()
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    q.get(timeout=0.05)
+            thread.join()
+
+    # -- batches (training loop) --------------------------------------------------------------
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of batches: every row once, all batches full except the last."""
+        whole_file = self.shuffle_buffer >= self.num_rows
+        order = list(range(self.num_row_groups))
+        if self.shuffle and not whole_file:
+            order = torch.randperm(self.num_row_groups, generator=generator).tolist()
+        held: list[tuple[torch.Tensor, ...]] = []
+        rows = 0
+        for chunk in self.chunks(order):
+            held.append(chunk)
+            rows += chunk[0].shape[0]
+            if rows >= self.shuffle_buffer + batch_size:
+                held, rows = yield from self._flush(held, batch_size, generator, final=False)
+        yield from self._flush(held, batch_size, generator, final=True)
+
+    def _flush(self, held, batch_size: int, generator: torch.Generator, final: bool):
+        """Batches from the buffer; returns what is left (fewer rows than one batch)."""
+        if not held:
+            return [], 0
+        buf = [
+            torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*held, strict=True)
+        ]
+        n = buf[0].shape[0]
+        perm = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        usable = n if final else n - n % batch_size
+        for start in range(0, usable, batch_size):
+            idx = perm[start : min(start + batch_size, usable)]
+            yield Batch(*(t.index_select(0, idx) for t in buf))
+        if usable == n:
+            return [], 0
+        rest = perm[usable:]
+        return [tuple(t.index_select(0, rest) for t in buf)], n - usable
