@@ -1,0 +1,241 @@
+"""PNG plots of compared runs (`mtlrec compare ... --plot DIR`; extra `plot`: matplotlib).
+
+Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hydra/config.yaml):
+
+* `learning_curves.png`: per run, the monitored validation metric and the training loss per epoch;
+* `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
+  (default: the first compared metric) against the parameter, mean +- sample std over the seeds
+  of each point, one line per combination of the other swept values;
+* `moe_gates.png`: for runs whose history.csv has MoE gate columns `gate/{task}/expert_{e}`, a
+  heatmap per run of the mean gate weight per task x expert at the best epoch (mean over the
+  validation rows, as logged by the trainer). A row of one bright cell is a task that uses one
+  expert; identical rows for every task mean the tasks share experts, i.e. MMoE degenerates
+  into shared-bottom; a dark column is an expert nobody uses (collapse).
+
+matplotlib runs on its Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mtlrec.errors import MtlrecError
+
+if TYPE_CHECKING:
+    from mtlrec.runs.compare import Run
+
+GATE_COLUMN = re.compile(r"^gate/(?P<task>.+)/expert_(?P<expert>\d+)$")
+MAX_CURVES = 24  # more lines than this are unreadable; the rest are left out (said in the title)
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MtlrecError(
+            'plots need matplotlib: pip install "mtlrec[plot]" (or drop --plot)'
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(run: Run, keys: list[str], names: dict[str, str]) -> str:
+    if not keys:
+        return run.path.name
+    return " ".join(f"{names[k]}={_short(run.config.get(k))}" for k in keys)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_")
+
+
+def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list, list, list]:
+    """(tasks, experts, weights[t][e]) from the history row of `epoch` (None = last row)."""
+    if not history:
+        return [], [], []
+    row = next((r for r in history if r.get("epoch") == epoch), history[-1])
+    cells: dict[tuple[str, int], float] = {}
+    for key, value in row.items():
+        m = GATE_COLUMN.match(key)
+        if m and isinstance(value, (int, float)) and not math.isnan(value):
+            cells[(m["task"], int(m["expert"]))] = float(value)
+    tasks = list(dict.fromkeys(t for t, _ in cells))
+    experts = sorted({e for _, e in cells})
+    weights = [[cells.get((t, e), math.nan) for e in experts] for t in tasks]
+    return tasks, experts, weights
+
+
+def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
+    curves = [r for r in runs if r.history][:MAX_CURVES]
+    if not curves:
+        return None
+    monitor = next((r.monitor for r in curves if r.monitor), None)
+    if monitor is None:  # no completed run: take the first val metric of the history
+        monitor = next((k for k in curves[0].history[0] if k.startswith("val/")), None)
+    fig, (ax_val, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in curves:
+        epochs = [row["epoch"] for row in run.history]
+        label = labels[run.path]
+        if monitor:
+            ax_val.plot(
+                epochs, [row.get(monitor, math.nan) for row in run.history], "o-", ms=3, label=label
+            )
+        ax_loss.plot(
+            epochs,
+            [row.get("train/loss", math.nan) for row in run.history],
+            "o-",
+            ms=3,
+            label=label,
+        )
+    from matplotlib.ticker import MaxNLocator
+
+    ax_val.set(title=f"{monitor} per epoch", xlabel="epoch", ylabel=monitor)
+    ax_loss.set(title="train/loss per epoch", xlabel="epoch", ylabel="train/loss")
+    for ax in (ax_val, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left_out = len([r for r in runs if r.history]) - len(curves)
+    if left_out > 0:
+        fig.suptitle(f"first {len(curves)} runs ({left_out} more not drawn)")
+    ax_val.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metric_vs_params(
+    plt, runs: list[Run], keys: list[str], names: dict[str, str], metric: str, out: Path
+) -> list[Path]:
+    """One PNG per numeric swept key (seed excluded): metric mean +- std over seeds per value."""
+    done = [r for r in runs if metric in r.metrics]
+    written = []
+    for key in keys:
+        if key in ("seed", "data_order_seed"):
+            continue
+        values = [r.config.get(key) for r in done]
+        if not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            continue
+        others = [k for k in keys if k not in (key, "seed", "data_order_seed")]
+        lines: dict[str, dict[float, list[float]]] = {}
+        for run in done:
+            line = " ".join(f"{names[k]}={_short(run.config.get(k))}" for k in others) or metric
+            lines.setdefault(line, {}).setdefault(float(run.config[key]), []).append(
+                run.metrics[metric]
+            )
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for line, points in lines.items():
+            xs = sorted(points)
+            means = [statistics.fmean(points[x]) for x in xs]
+            stds = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
+            counts = sorted({len(points[x]) for x in xs})
+            n = f" (n={counts[0]})" if len(counts) == 1 else f" (n={counts[0]}-{counts[-1]})"
+            ax.errorbar(xs, means, yerr=stds, fmt="o-", capsize=4, label=line + n)
+        if len(set(values)) > 2 and min(values) > 0 and max(values) / min(values) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({float(v) for v in values}))
+        ax.set_xticklabels([_short(v) for v in sorted({float(v) for v in values})])
+        ax.set(
+            title=f"{metric} vs {names[key]} (mean ± std over seeds)",
+            xlabel=key,
+            ylabel=metric,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out / f"{_safe(metric)}_vs_{_safe(names[key])}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
+    panels = []
+    for run in runs:
+        tasks, experts, weights = gate_matrix(run.history, run.info.get("best_epoch"))
+        if tasks and len(experts) > 0:
+            panels.append((run, tasks, experts, weights))
+    panels = panels[:MAX_CURVES]
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    width = max(3.6, 0.55 * max(len(p[2]) for p in panels) + 2.2)
+    height = max(2.0, 0.5 * max(len(p[1]) for p in panels) + 1.4)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(width * cols + 1.5, height * rows + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (run, tasks, experts, weights) in zip(axes.flat, panels, strict=False):
+        image = ax.imshow(weights, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=7)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        ax.set_xlabel("expert", fontsize=8)
+        epoch = run.info.get("best_epoch")
+        ax.set_title(f"{labels[run.path]}\n(epoch {epoch if epoch else 'last'})", fontsize=8)
+        if len(experts) <= 8:
+            for t in range(len(tasks)):
+                for e in range(len(experts)):
+                    w = weights[t][e]
+                    ax.text(
+                        e,
+                        t,
+                        f"{w:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if w > 0.6 else "white",
+                    )
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mean gate weight")
+    fig.suptitle("MoE gates: mean weight per task x expert")
+    path = out / "moe_gates.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
+    """Write every plot that the runs have data for; returns the written paths."""
+    from mtlrec.runs.compare import default_metrics, differing_keys, short_names
+
+    plt = require_matplotlib()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = differing_keys(runs)
+    names = short_names(keys)
+    shown = [k for k in keys if k not in ("data_order_seed",)]
+    labels = {r.path: _label(r, shown, names) for r in runs}
+    if len(set(labels.values())) < len(labels):  # e.g. no differing keys: fall back to dir names
+        labels = {r.path: f"{r.path.parent.name}/{r.path.name}" for r in runs}
+    written = []
+    curves = plot_learning_curves(plt, runs, labels, out_dir)
+    if curves:
+        written.append(curves)
+    metric = (metrics or default_metrics(runs) or [None])[0]
+    if metric:
+        written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
+    gates = plot_gates(plt, runs, labels, out_dir)
+    if gates:
+        written.append(gates)
+    return written
