@@ -8,6 +8,7 @@ from typing import Any
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.models.aitm import AITM
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.cvr_base import CvrBase
 from mtlrec.models.esmm import Esmm
@@ -26,6 +27,7 @@ MODELS: dict[str, type[MultiTaskModel]] = {
     "cvr_base": CvrBase,
     "omoe": OMoE,
     "ple": PLE,
+    "aitm": AITM,
 }
 
 

@@ -14,13 +14,34 @@ sample-selection bias of training CVR on clicked rows only. pCTCVR is returned a
 in log space (log pCTCVR = log pCTR + log pCVR), so its loss never takes the log of a product that
 underflowed to 0.
 
+Generalized (ESM2-style path decomposition, Wen et al., SIGIR 2020): a `chain` of n label columns
+s_1 .. s_n, each over all impressions and 1 only when every earlier step happened (e.g.
+[click, cart, purchase]). One tower per step gives the conditional probability, and each step's
+probability is the product of the conditionals up to it:
+
+    c_k    = sigmoid(tower_k(.))           p(s_k | s_{k-1}, impression)     (c_1 = p(s_1 | impression))
+    p(s_k) = c_1 * c_2 * ... * c_k         p(s_k | impression)
+    loss   = sum_k w_k BCE(p(s_k), s_k) over all impressions
+
+Output names: for the default 2-step funnel (chain: null) ctr, cvr, ctcvr as above; for an explicit
+chain, p(s_k) is named after its label column (e.g. `purchase`) and c_k (k >= 2) is
+`{s_k}_given_{s_(k-1)}` (e.g. `purchase_given_cart`). The loss tasks are the p(s_k).
+
+Backbone below the towers (`backbone`): `mlp` = every tower reads the shared embedding (the paper);
+`mmoe` = shared experts with one softmax gate per step, tower k reads its mixture; `ple` = PLE
+extraction levels (see ple.py), tower k reads its task representation. With mmoe/ple the model
+returns "gates" [B, steps, experts] too (the gate of step k's tower is logged under the k-th loss
+task, e.g. gate/ctcvr/... is the CVR tower's gate).
+
 Config keys (conf/model/esmm.yaml): embedding_dim, embedding_init_std, tower_dims, ctr_tower_dims,
-cvr_tower_dims, activation, dropout, batch_norm, ctr_weight, ctcvr_weight.
-Outputs: ctr, cvr, ctcvr (logits).
+cvr_tower_dims, activation, dropout, batch_norm, ctr_weight, ctcvr_weight, chain, chain_weights,
+backbone, num_experts, expert_dims, num_levels, num_shared_experts, num_specific_experts.
+Outputs: ctr, cvr, ctcvr (logits) for the default funnel; see above for a chain.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +49,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel, require_funnel
-from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, check_dims
+from mtlrec.models.layers import (
+    MLP,
+    CommonConfig,
+    FeatureEmbedding,
+    MixtureOfExperts,
+    check_dims,
+    check_positive,
+)
+from mtlrec.models.ple import PleExtractor, check_ple_experts
+
+BACKBONES = ("mlp", "mmoe", "ple")
 
 
 @dataclass
@@ -39,12 +71,86 @@ class EsmmConfig(CommonConfig):
     cvr_tower_dims: list[int] | None = None
     ctr_weight: float = 1.0
     ctcvr_weight: float = 1.0
+    chain: list[str] | None = None
+    chain_weights: list[float] | None = None
+    backbone: str = "mlp"
+    num_experts: int = 8
+    expert_dims: list[int] = field(default_factory=lambda: [64, 32])
+    num_levels: int = 1
+    num_shared_experts: int = 2
+    num_specific_experts: int = 1
 
     def validate(self) -> None:
         super().validate()
         check_dims("model.tower_dims", self.tower_dims)
         check_dims("model.ctr_tower_dims", self.ctr_tower_dims or self.tower_dims)
         check_dims("model.cvr_tower_dims", self.cvr_tower_dims or self.tower_dims)
+        check_chain(self.chain, self.chain_weights)
+        if self.backbone not in BACKBONES:
+            raise MtlrecError(
+                f"model.backbone '{self.backbone}' is unknown; use one of {list(BACKBONES)}"
+            )
+        if self.backbone != "mlp":
+            check_dims("model.expert_dims", self.expert_dims)
+            check_positive("model.num_experts", self.num_experts)
+            check_positive("model.num_levels", self.num_levels)
+            check_ple_experts(self.num_shared_experts, self.num_specific_experts)
+
+
+def check_chain(chain: list[str] | None, weights: list[float] | None) -> None:
+    if chain is not None:
+        chain = list(chain)
+        if len(chain) < 2 or not all(isinstance(c, str) and c for c in chain):
+            raise MtlrecError(
+                f"model.chain must list two or more label columns, e.g. [click, cart, purchase]; got {chain}"
+            )
+        if len(set(chain)) != len(chain):
+            raise MtlrecError(f"model.chain lists a label column twice: {chain}")
+    if weights is not None:
+        n = len(chain) if chain is not None else 2
+        if len(weights) != n or not all(
+            isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights
+        ):
+            raise MtlrecError(
+                f"model.chain_weights must hold {n} numbers >= 0 (one per chain step), got {list(weights)}"
+            )
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    label: str  # label column: 1 iff this step (and so every earlier one) happened
+    output: str  # name of p(step | impression): a loss task and an output
+    conditional: str  # name of p(step | previous step): the step tower's output
+    weight: float
+
+
+def resolve_chain(
+    spec: DatasetSpec,
+    chain: list[str] | None,
+    weights: list[float] | None,
+    model: str,
+    funnel_weights: tuple[float, float] = (1.0, 1.0),
+) -> list[ChainStep]:
+    """The steps of a conversion chain: the dataset's click -> conversion funnel when `chain` is
+    null (outputs ctr, cvr, ctcvr), else the named label columns."""
+    if chain is None:
+        f = require_funnel(spec, model)
+        w = list(weights) if weights is not None else list(funnel_weights)
+        return [
+            ChainStep(f.click, "ctr", "ctr", float(w[0])),
+            ChainStep(f.conversion, "ctcvr", "cvr", float(w[1])),
+        ]
+    missing = [c for c in chain if c not in spec.labels]
+    if missing:
+        raise MtlrecError(
+            f"model.chain: column(s) {missing} are not labels of dataset '{spec.name}'; "
+            f"its labels are {list(spec.labels)}"
+        )
+    w = list(weights) if weights is not None else [1.0] * len(chain)
+    return [
+        ChainStep(c, c, c if k == 0 else f"{c}_given_{chain[k - 1]}", float(w[k]))
+        for k, c in enumerate(chain)
+    ]
 
 
 def product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
@@ -64,21 +170,47 @@ class Esmm(MultiTaskModel):
     def loss_tasks(
         cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: EsmmConfig
     ) -> tuple[TaskSpec, ...]:
-        funnel = require_funnel(spec, "esmm")
-        return (
-            TaskSpec("ctr", funnel.click, "binary", weight=cfg.ctr_weight),
-            TaskSpec("ctcvr", funnel.conversion, "binary", weight=cfg.ctcvr_weight),
+        steps = resolve_chain(
+            spec, cfg.chain, cfg.chain_weights, "esmm", (cfg.ctr_weight, cfg.ctcvr_weight)
         )
+        return tuple(TaskSpec(s.output, s.label, "binary", weight=s.weight) for s in steps)
 
     def __init__(self, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], cfg: EsmmConfig):
         super().__init__()
-        self.output_types = {"ctr": "binary", "cvr": "binary", "ctcvr": "binary"}
+        self.steps = resolve_chain(
+            spec, cfg.chain, cfg.chain_weights, "esmm", (cfg.ctr_weight, cfg.ctcvr_weight)
+        )
+        names = [s.conditional for s in self.steps] + [s.output for s in self.steps]
+        self.output_types = {name: "binary" for name in names}
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
         in_dim = self.embedding.out_dim
-        towers = {
-            "ctr": cfg.ctr_tower_dims or cfg.tower_dims,
-            "cvr": cfg.cvr_tower_dims or cfg.tower_dims,
-        }
+        n, act, drop, bn = len(self.steps), cfg.activation, cfg.dropout, cfg.batch_norm
+        self.backbone: nn.Module | None = None
+        if cfg.backbone == "mmoe":
+            self.backbone = MixtureOfExperts(
+                in_dim, cfg.num_experts, cfg.expert_dims, n, (), act, drop, bn
+            )
+        elif cfg.backbone == "ple":
+            self.backbone = PleExtractor(
+                in_dim,
+                n,
+                cfg.num_levels,
+                cfg.num_shared_experts,
+                cfg.num_specific_experts,
+                cfg.expert_dims,
+                act,
+                drop,
+                bn,
+            )
+        if self.backbone is not None:
+            in_dim = self.backbone.out_dim
+        if cfg.chain is None:
+            towers = {
+                "ctr": cfg.ctr_tower_dims or cfg.tower_dims,
+                "cvr": cfg.cvr_tower_dims or cfg.tower_dims,
+            }
+        else:
+            towers = {s.conditional: cfg.tower_dims for s in self.steps}
         self.towers = nn.ModuleDict()
         for name, dims in towers.items():
             body = MLP(in_dim, dims, cfg.activation, cfg.dropout, cfg.batch_norm)
@@ -86,6 +218,21 @@ class Esmm(MultiTaskModel):
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         e = self.embedding(sparse, dense)
-        ctr = self.towers["ctr"](e).squeeze(-1)
-        cvr = self.towers["cvr"](e).squeeze(-1)
-        return {"ctr": ctr, "cvr": cvr, "ctcvr": product_logit(ctr, cvr)}
+        out: dict[str, torch.Tensor] = {}
+        if isinstance(self.backbone, MixtureOfExperts):
+            reps, gates = self.backbone(e)  # [steps, B, H], [steps, B, E]
+            out["gates"] = gates.transpose(0, 1)
+        elif self.backbone is not None:
+            reps, out["gates"] = self.backbone(e)
+        else:
+            reps = [e] * len(self.steps)  # the paper: every tower reads the shared embedding
+        cumulative = None
+        for k, step in enumerate(self.steps):
+            conditional = self.towers[step.conditional](reps[k]).squeeze(-1)
+            out[step.conditional] = conditional
+            # p(s_k) = p(s_{k-1}) * p(s_k | s_{k-1}), as a logit computed in log space
+            cumulative = (
+                conditional if cumulative is None else product_logit(cumulative, conditional)
+            )
+            out[step.output] = cumulative
+        return out
