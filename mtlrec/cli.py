@@ -20,12 +20,19 @@ commands:
              (`--config-dir my_conf dataset=my_data` for your own data; overwrite=true to redo)
   compare    one table of run dirs (single runs, sweeps), e.g. `mtlrec compare outputs/multirun/DATE/TIME`
              (--metric, --sort, --filter k=v, --group-by-seed, --format csv|markdown|json, --plot DIR)
+  evaluate   metrics of a run's best checkpoint: `mtlrec evaluate RUN_DIR [--split test | --data PATH]`
+  predict    score a parquet file: `mtlrec predict RUN_DIR --input X.parquet --output Y.parquet`
+             (--batch-size N rows at a time, --id-columns COL... copied to the output)
+  export     a standalone model: `mtlrec export RUN_DIR --format torchscript|onnx` (checked within 1e-5)
 """
 
 # Subcommands other than train: name -> "module:function" taking argv (list[str]) -> exit code.
 COMMANDS: dict[str, str] = {
     "prepare": "mtlrec.data.prepare:main",
     "compare": "mtlrec.runs.compare:main",
+    "evaluate": "mtlrec.inference:evaluate_main",
+    "predict": "mtlrec.inference:predict_main",
+    "export": "mtlrec.inference:export_main",
 }
 
 
