@@ -77,3 +77,26 @@ def write_events(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     df.iloc[600:800].to_csv(raw / "val.csv", index=False)
     df.iloc[800:].to_csv(raw / "test.csv", index=False)
     return raw, df
+
+
+def prepare(overrides: list[str], overwrite: bool = False):
+    """`mtlrec prepare` in-process: compose conf/prepare.yaml with the overrides, then prepare."""
+    from mtlrec.data.prepare import compose_prepare, prepare_dataset
+
+    cfg = compose_prepare(overrides)
+    return prepare_dataset(cfg["dataset"], overwrite=overwrite)
+
+
+def train(run_dir: Path, overrides: list[str]) -> dict:
+    """`mtlrec train` in-process (composed config, real Trainer); returns metrics.json."""
+    import json
+
+    from hydra import compose, initialize_config_module
+
+    from mtlrec.experiment import run
+
+    base = ["device=cpu", "trainer.num_threads=1", "trainer.progress=false"]
+    with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*base, *overrides])
+    run(cfg, run_dir)
+    return json.loads((run_dir / "metrics.json").read_text())
