@@ -210,15 +210,18 @@ def predict(
         raise MtlrecError(f"{input_path}: not a readable parquet file ({e})") from None
     names = reader.schema_arrow.names
     needed = [f.name for f in spec.features]
-    missing = [c for c in [*needed, *id_columns] if c not in names]
-    if missing:
-        raise MtlrecError(
-            f"{input_path}: missing column(s) {missing} (the model needs {needed}; ids asked: {list(id_columns)})"
-        )
     outputs = list(model.output_types)
     clash = sorted(set(id_columns) & set(outputs))
     if clash:
         raise MtlrecError(f"--id-columns {clash} clash with the model's output columns {outputs}")
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise MtlrecError(
+            f"{input_path}: missing column(s) {missing} that the model needs as input features"
+        )
+    missing = [c for c in id_columns if c not in names]
+    if missing:
+        raise MtlrecError(f"{input_path}: has no column(s) {missing} asked for by --id-columns")
     for f in spec.features:
         typ = reader.schema_arrow.field(f.name).type
         ok = (

@@ -1,0 +1,223 @@
+"""mtlrec evaluate / predict / export on a real (tiny) trained run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import run_training
+from mtlrec.data.datasets import resolve_dataset_dir
+from mtlrec.data.loader import load_split
+from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.inference import encode_features, evaluate, export, predict, score
+from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An ESMM run (outputs ctr, cvr, ctcvr) and its dataset dir."""
+    run_dir, metrics = run_training(tmp_path_factory.mktemp("inference"), [])
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    data_dir = resolve_dataset_dir(payload["config"]["dataset"])
+    return run_dir, metrics, data_dir
+
+
+def test_evaluate_reproduces_the_runs_own_test_and_val_metrics_exactly(trained):
+    run_dir, metrics, data_dir = trained
+    want_test = {k: v for k, v in metrics["metrics"].items() if k.startswith("test/")}
+    want_val = {k: v for k, v in metrics["metrics"].items() if k.startswith("val/")}
+    assert len(want_test) >= 8
+    assert evaluate(run_dir) == want_test
+    assert evaluate(run_dir, split="val") == want_val
+    assert evaluate(run_dir, data=str(data_dir)) == want_test  # a prepared dir: its test split
+
+    # Through the real CLI, as JSON.
+    out = subprocess.run(
+        [sys.executable, "-m", "mtlrec", "evaluate", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == want_test
+
+
+def test_evaluate_errors_are_one_line(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    with pytest.raises(MtlrecError, match=r"--split nope: the run's dataset has splits"):
+        evaluate(run_dir, split="nope")
+    with pytest.raises(MtlrecError, match=f"^{tmp_path / 'x'}: no such run dir$"):
+        evaluate(tmp_path / "x")
+    other = tmp_path / "other"
+    other.mkdir()
+    spec = DatasetSpec.load(data_dir)
+    changed = DatasetSpec(
+        name=spec.name,
+        features=(FeatureSpec("user_id", "sparse", 7), *spec.features[1:]),
+        labels=spec.labels,
+        tasks=spec.tasks,
+        funnel=spec.funnel,
+        splits=spec.splits,
+    )
+    changed.save(other)
+    with pytest.raises(
+        MtlrecError, match="its features differ from the ones the model was trained"
+    ):
+        evaluate(run_dir, data=str(other))
+
+
+def _model(run_dir: Path):
+    return model_from_checkpoint(load_checkpoint(run_dir / "checkpoints" / "best.pt"))
+
+
+def test_predict_streams_batches_and_matches_the_model(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    model, spec, _ = _model(run_dir)
+    table = pq.read_table(data_dir / spec.splits["test"])
+    table = table.append_column("request_id", pa.array(np.arange(table.num_rows) * 10))
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src, row_group_size=128)
+    dst = tmp_path / "out.parquet"
+    rows, outputs = predict(run_dir, src, dst, batch_size=100, id_columns=["request_id"])
+    assert rows == table.num_rows == 600 and outputs == ["ctr", "cvr", "ctcvr"]
+    got = pq.read_table(dst)
+    assert got.column_names == ["request_id", "ctr", "cvr", "ctcvr"]
+    assert got.schema.field("ctr").type == pa.float32()
+    assert got.column("request_id").to_pylist() == list(range(0, 6000, 10))
+    split = load_split(data_dir / spec.splits["test"], spec)
+    want = score(model, split.sparse, split.dense)
+    for name in outputs:
+        p = got.column(name).to_numpy()
+        assert ((p >= 0) & (p <= 1)).all()
+        np.testing.assert_allclose(p, want[name], rtol=0, atol=1e-6)
+    # ESMM: pCTCVR = pCTR * pCVR.
+    np.testing.assert_allclose(
+        got.column("ctcvr").to_numpy(),
+        got.column("ctr").to_numpy() * got.column("cvr").to_numpy(),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_predict_cli_and_bad_input_leaves_nothing_half_written(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    spec = DatasetSpec.load(data_dir)
+    table = pq.read_table(data_dir / spec.splits["test"])
+    ids = table.column("user_id").to_numpy().copy()
+    ids[450] = 10**9  # an unseen user in the 5th batch; the spec has no oov_id for user_id
+    bad = table.set_column(table.schema.get_field_index("user_id"), "user_id", pa.array(ids))
+    src, dst = tmp_path / "bad.parquet", tmp_path / "out.parquet"
+    pq.write_table(bad, src)
+    out = subprocess.run(
+        [sys.executable, "-m", "mtlrec", "predict", str(run_dir), "--input", str(src)]
+        + ["--output", str(dst), "--batch-size", "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"mtlrec predict: error: {src} (rows from 400): sparse column 'user_id' has 1 values "
+        "outside [0, 20000) (e.g. 1000000000) and the feature spec has no oov_id to map them to"
+    )
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]  # no output, no temp
+
+    with pytest.raises(MtlrecError, match=r"missing column\(s\) \['item_id'\]"):
+        predict(run_dir, _without(table, "item_id", tmp_path), dst)
+    with pytest.raises(MtlrecError, match=r"--id-columns \['ctr'\] clash"):
+        predict(run_dir, src, dst, id_columns=["ctr"])
+
+
+def _without(table: pa.Table, column: str, where: Path) -> Path:
+    path = where / f"no_{column}.parquet"
+    pq.write_table(table.drop([column]), path)
+    return path
+
+
+def test_unseen_categorical_values_map_to_the_oov_id():
+    spec = DatasetSpec(
+        name="t",
+        features=(
+            FeatureSpec("a", "sparse", vocab_size=5, oov_id=0),
+            FeatureSpec("b", "sparse", vocab_size=3),
+            FeatureSpec("x", "dense"),
+        ),
+        labels=("y",),
+        tasks=(TaskSpec("y", "y"),),
+    )
+    batch = pa.table(
+        {
+            "a": pa.array([1, 7, -1, None], type=pa.int64()),
+            "b": pa.array([0, 1, 2, 2], type=pa.int32()),
+            "x": pa.array([0.5, 1.0, 2.0, 3.0]),
+        }
+    )
+    sparse, dense = encode_features(batch, spec, "t.parquet")
+    assert sparse.tolist() == [[1, 5], [0, 6], [0, 7], [0, 7]]  # b is offset by vocab(a) = 5
+    assert dense.dtype == torch.float32 and dense[:, 0].tolist() == [0.5, 1.0, 2.0, 3.0]
+    no_oov = batch.set_column(1, "b", pa.array([0, 3, 1, 1]))
+    with pytest.raises(MtlrecError) as info:
+        encode_features(no_oov, spec, "t.parquet")
+    assert str(info.value) == (
+        "t.parquet: sparse column 'b' has 1 values outside [0, 3) (e.g. 3) and the feature spec "
+        "has no oov_id to map them to"
+    )
+
+
+def _real_inputs(run_dir: Path, data_dir: Path):
+    model, spec, _ = _model(run_dir)
+    table = pq.read_table(data_dir / spec.splits["test"])
+    raw = np.stack([table.column(f.name).to_numpy() for f in spec.sparse], 1).astype(np.int64)
+    dense = np.stack([table.column(f.name).to_numpy() for f in spec.dense], 1).astype(np.float32)
+    split = load_split(data_dir / spec.splits["test"], spec)
+    want = score(model, split.sparse, split.dense)
+    return raw, dense, np.stack([want[n] for n in model.output_types], 1)
+
+
+def test_export_torchscript_is_standalone_and_matches(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    result = export(run_dir, "torchscript", tmp_path / "ts")
+    assert result["max_abs_diff"] <= 1e-5 and result["outputs"] == ["ctr", "cvr", "ctcvr"]
+    info = json.loads((tmp_path / "ts" / "export.json").read_text())
+    assert info["outputs"]["columns"] == ["ctr", "cvr", "ctcvr"]
+    assert DatasetSpec.load(tmp_path / "ts").features == _model(run_dir)[1].features
+    loaded = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    raw, dense, want = _real_inputs(run_dir, data_dir)
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(raw), torch.from_numpy(dense)).numpy()
+    assert got.shape == (600, 3)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mtlrec", "export", str(run_dir), "--format", "torchscript"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "check: torchscript vs PyTorch on 1,024 sample rows: max |diff|" in out.stdout
+    assert out.stdout.rstrip().endswith("<= 1e-05: OK")
+    assert (run_dir / "export" / "model.pt").is_file()
+
+
+def test_export_onnx_matches_in_onnxruntime(trained, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run_dir, _, data_dir = trained
+    result = export(run_dir, "onnx", tmp_path / "onnx")
+    assert result["max_abs_diff"] <= 1e-5
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    raw, dense, want = _real_inputs(run_dir, data_dir)
+    got = session.run(None, {"sparse_ids": raw, "dense": dense})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
