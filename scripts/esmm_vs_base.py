@@ -46,12 +46,10 @@ def main() -> None:
                 "device=cpu",
                 f"hydra.run.dir={run_dir}",
             ]
-            subprocess.run(
-                cmd,
-                check=True,
-                capture_output=True,
-                env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
-            )
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
             results.setdefault(model, []).append(
                 json.loads((run_dir / "metrics.json").read_text())["metrics"]
             )
