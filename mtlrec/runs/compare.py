@@ -627,8 +627,11 @@ def main(argv: list[str]) -> int:
     if args.plot:
         from mtlrec.runs.plots import write_plots
 
-        for path in write_plots(runs, Path(args.plot), table.metric_columns):
+        written = write_plots(runs, Path(args.plot), table.metric_columns)
+        for path in written:
             print(f"wrote {path}", file=sys.stderr)
+        if not written:
+            print("no plots written: no compared run has a history.csv yet", file=sys.stderr)
     return 0
 
 

@@ -143,27 +143,30 @@ def parallel_jobs(launcher: Any, cpu_count: int) -> int:
     return 1
 
 
-def job_thread_share(cpu_count: int | None = None) -> int | None:
-    """Torch threads for this job when it runs inside a Hydra sweep, else None (leave as is).
+def thread_share(mode: str, launcher: Any, cpu_count: int) -> int | None:
+    """Torch threads for one job of a sweep, or None to leave torch's default.
 
+    * single runs and sequential sweeps: None (the job has the machine to itself);
     * submitit launchers: `hydra.launcher.cpus_per_task` when set (the CPUs the job was given);
-    * joblib launcher: cores // parallel jobs, at least 1;
-    * sequential sweeps and single runs: None.
+    * joblib launcher: cores // parallel jobs, at least 1.
     """
+    if str(mode) != "RunMode.MULTIRUN":
+        return None
+    target = str(OmegaConf.select(launcher, "_target_", default="") or "")
+    if "submitit" in target.lower():
+        cpus = OmegaConf.select(launcher, "cpus_per_task", default=None)
+        return int(cpus) if cpus else None
+    parallel = parallel_jobs(launcher, cpu_count)
+    if parallel <= 1:
+        return None
+    return max(1, cpu_count // parallel)
+
+
+def job_thread_share() -> int | None:
+    """`thread_share` for the Hydra job running in this process (None outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if str(hydra_cfg.mode) != "RunMode.MULTIRUN":
-        return None
-    launcher = hydra_cfg.launcher
-    target = str(OmegaConf.select(launcher, "_target_", default="") or "")
-    if "submitit" in target.lower():
-        cpus = OmegaConf.select(launcher, "cpus_per_task", default=None)
-        return int(cpus) if cpus else None
-    cpu_count = cpu_count or os.cpu_count() or 1
-    parallel = parallel_jobs(launcher, cpu_count)
-    if parallel <= 1:
-        return None
-    return max(1, cpu_count // parallel)
+    return thread_share(str(hydra_cfg.mode), hydra_cfg.launcher, os.cpu_count() or 1)
