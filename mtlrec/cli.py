@@ -79,6 +79,76 @@ def translate_resume(args: list[str]) -> list[str]:
     return [*replay, *mine, f"resume='{run_dir}'", f"hydra.run.dir='{run_dir}'"]
 
 
+def check_overrides(args: list[str]) -> None:
+    """Compose a single run's config first, so that an unknown config name or key is one line.
+
+    Hydra reports these over several lines (option lists, search path); this says the same in
+    one: `unknown model 'foo'; valid: esmm, mmoe, ...` / `unknown key 'trainer.lr_typo' ...`.
+    Only for single runs with plain overrides; anything else is left to Hydra as it is.
+    """
+    if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
+        return
+    overrides = [a for a in args if not _override_key(a).startswith("hydra")]
+    from hydra import compose, initialize_config_module
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    try:
+        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except MissingConfigException as e:
+        first = str(e).splitlines()[0]  # In 'train': Could not find 'model/foo'
+        missing = first.split("Could not find", 1)[-1].strip().strip("'")
+        group, _, name = missing.rpartition("/")
+        if e.options and group:
+            raise ValueError(
+                f"unknown {group} '{name}'; valid: {', '.join(e.options)} (config group {group}/)"
+            ) from None
+        raise ValueError(str(e).splitlines()[0]) from None
+    except ConfigCompositionException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Could not override '"):
+            key = lines[0].split("'")[1]
+            raise ValueError(
+                f"unknown key '{key}' in override: {_key_hint(key, overrides)}"
+            ) from None
+        raise ValueError("; ".join(lines[:2])) from None
+    except OverrideParseException as e:
+        bad = [a for a in overrides if "=" in a]
+        raise ValueError(
+            f"cannot parse the override(s) {bad}: {str(e).splitlines()[0]} "
+            "(quote values with brackets or spaces, e.g. 'model.expert_dims=[64,32]')"
+        ) from None
+    except Exception:  # anything else: Hydra explains it itself when it runs
+        return
+    del cfg
+
+
+def _key_hint(key: str, overrides: list[str]) -> str:
+    """`did you mean 'trainer.lr'? trainer has [...]` for a mistyped override key."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    try:
+        rest = [o for o in overrides if _override_key(o) != key]
+        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=rest)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:
+        node = None
+    keys = sorted(str(k) for k in node) if hasattr(node, "keys") else []
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""
+    where = f"{parent} has" if parent else "the config has"
+    return f"{hint}{where} {keys}; to add a new key use +{key}=..."
+
+
 def main(argv: list[str] | None = None) -> None:
     # Small models on few cores: OpenMP's default busy-wait makes threads spin against each other
     # and against parallel jobs (up to ~26x slower with 2 threads when the other core is busy).
@@ -99,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             rest = translate_resume(rest)
+            check_overrides(rest)
         except ValueError as e:  # before Hydra: print the one line ourselves
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
