@@ -117,7 +117,14 @@ def check_overrides(args: list[str]) -> None:
             ) from None
         raise ValueError("; ".join(lines[:2])) from None
     except OverrideParseException as e:
-        bad = [a for a in overrides if "=" in a]
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser, bad = OverridesParser.create(), []
+        for a in overrides:
+            try:
+                parser.parse_override(a)
+            except Exception:  # the grammar raises HydraException for single overrides
+                bad.append(a)
         raise ValueError(
             f"cannot parse the override(s) {bad}: {str(e).splitlines()[0]} "
             "(quote values with brackets or spaces, e.g. 'model.expert_dims=[64,32]')"
