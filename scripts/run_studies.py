@@ -1,0 +1,129 @@
+"""Run the model-zoo and balancing studies of docs/results.md and print their tables.
+
+    python scripts/run_studies.py                       # all three studies, into outputs/studies/
+    python scripts/run_studies.py --study balance       # one of: mmoe_synthetic, census, balance
+    python scripts/run_studies.py --tables-only         # re-read finished runs, print the tables
+
+Each study is one or more `mtlrec train -m experiment=...` sweeps (one thread per run, one run at a
+time: this is a 2-core machine) followed by `mtlrec compare` over its runs (mean +- std over seeds).
+The MMoE synthetic study runs each model as its own sweep so that its sizes can be
+parameter-matched: 8 experts of [16] for omoe/mmoe vs one bottom of [128] for shared_bottom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COMMON = ["trainer.num_threads=1", "device=cpu", "trainer.progress=false"]
+
+STUDIES: dict[str, dict] = {
+    "mmoe_synthetic": {
+        "sweeps": {
+            "shared_bottom": [
+                "experiment=mmoe_synthetic_study",
+                "model=shared_bottom",
+                "model.bottom_dims=[128]",
+            ],
+            "omoe": [
+                "experiment=mmoe_synthetic_study",
+                "model=omoe",
+                "model.num_experts=8",
+                "model.expert_dims=[16]",
+            ],
+            "mmoe": [
+                "experiment=mmoe_synthetic_study",
+                "model=mmoe",
+                "model.num_experts=8",
+                "model.expert_dims=[16]",
+            ],
+        },
+        "compare": [
+            "--metric",
+            "test/task1_mse",
+            "--metric",
+            "test/task2_mse",
+            "--metric",
+            "test/mean_mse",
+            "--sort",
+            "model",
+            "--group-by-seed",
+        ],
+    },
+    "census": {
+        "sweeps": {"all": ["experiment=census_models"]},
+        "compare": [
+            "--metric",
+            "test/income_auc",
+            "--metric",
+            "test/marital_auc",
+            "--sort",
+            "model",
+            "--group-by-seed",
+        ],
+    },
+    "balance": {
+        "sweeps": {"all": ["experiment=balance_study"]},
+        "compare": [
+            "--metric",
+            "test/ctr_auc",
+            "--metric",
+            "test/cvr_auc",
+            "--metric",
+            "test/cvr_auc_entire",
+            "--metric",
+            "test/ctcvr_auc",
+            "--sort",
+            "balance",
+            "--group-by-seed",
+        ],
+    },
+}
+
+
+def sh(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def prepare_census() -> None:
+    raw = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "census-income-kdd"
+    sh(["mtlrec", "prepare", "dataset=census", f"dataset.raw_dir={raw}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--study", choices=[*STUDIES, "all"], default="all")
+    ap.add_argument("--out", default="outputs/studies")
+    ap.add_argument("--tables-only", action="store_true")
+    args = ap.parse_args(argv)
+    names = list(STUDIES) if args.study == "all" else [args.study]
+    for name in names:
+        study, root = STUDIES[name], Path(args.out) / name
+        if not args.tables_only:
+            if name == "census":
+                prepare_census()
+            for part, overrides in study["sweeps"].items():
+                sh(["mtlrec", "train", "-m", *overrides, *COMMON, f"hydra.sweep.dir={root / part}"])
+        table = root / "table.md"
+        sh(
+            [
+                "mtlrec",
+                "compare",
+                str(root),
+                "--format",
+                "markdown",
+                "--output",
+                str(table),
+                *study["compare"],
+            ]
+        )
+        print(table.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
