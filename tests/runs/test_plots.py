@@ -1,0 +1,101 @@
+"""`compare --plot`: real PNGs from run dirs, checked as images (size, not blank, colours)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from runs_helpers import base_config, write_run
+
+from mtlrec.errors import MtlrecError
+from mtlrec.runs.compare import load_runs, main
+from mtlrec.runs.plots import gate_matrix, write_plots
+
+
+def history(seed: int, experts: int, epochs: int = 4) -> list[dict]:
+    rows = []
+    for epoch in range(1, epochs + 1):
+        row = {
+            "epoch": epoch,
+            "train/loss": 1.0 / epoch + 0.01 * seed,
+            "val/mean_auc": 0.6 + 0.02 * epoch,
+        }
+        for task in ("ctr", "cvr"):
+            # ctr prefers expert 0, cvr the last expert: the heatmap must show it
+            weights = [1.0] * experts
+            weights[0 if task == "ctr" else -1] = 3.0
+            for e, w in enumerate(weights):
+                row[f"gate/{task}/expert_{e}"] = w / sum(weights)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    job = 0
+    for experts in (1, 2, 4):
+        for seed in (1, 2):
+            auc = 0.7 + 0.01 * experts + 0.005 * seed
+            write_run(
+                root / str(job),
+                base_config(model__num_experts=experts, seed=seed),
+                {"test/mean_auc": auc, "test/ctr_auc": auc},
+                history=history(seed, experts),
+                overrides=[f"model.num_experts={experts}", f"seed={seed}"],
+            )
+            job += 1
+    return root
+
+
+def assert_real_png(path, min_width=400):
+    from matplotlib import image
+
+    pixels = image.imread(path)
+    height, width = pixels.shape[:2]
+    assert width >= min_width and height >= 250, (path, pixels.shape)
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05, f"{path}: (nearly) blank image"
+    colours = {tuple(c) for c in (rgb[:: max(1, len(rgb) // 20000)] * 255).astype(int).tolist()}
+    assert len(colours) > 20, f"{path}: only {len(colours)} colours"
+
+
+def test_write_plots_learning_curves_metric_vs_param_and_gates(sweep, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    written = write_plots(load_runs([sweep]), out)
+    assert [p.name for p in written] == [
+        "learning_curves.png",
+        "test_mean_auc_vs_num_experts.png",
+        "moe_gates.png",
+    ]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000
+        assert_real_png(path)
+
+
+def test_gate_matrix_reads_the_best_epoch_row():
+    rows = history(seed=1, experts=4, epochs=3)
+    rows[1]["gate/ctr/expert_0"] = 0.99  # epoch 2 only
+    tasks, experts, weights = gate_matrix(rows, epoch=2)
+    assert tasks == ["ctr", "cvr"] and experts == [0, 1, 2, 3]
+    assert weights[0][0] == 0.99
+    assert weights[1] == [1 / 6, 1 / 6, 1 / 6, 3 / 6]
+    assert gate_matrix(rows, epoch=None)[2][0][0] == 0.5  # last row
+
+
+def test_compare_plot_flag(sweep, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main([str(sweep), "--plot", str(tmp_path / "p"), "--format", "csv"]) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {tmp_path / 'p' / 'moe_gates.png'}" in err
+    assert len(list((tmp_path / "p").glob("*.png"))) == 3
+
+
+def test_without_matplotlib_one_line_names_the_extra(sweep, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(MtlrecError) as e:
+        main([str(sweep), "--plot", str(tmp_path / "p")])
+    assert str(e.value) == 'plots need matplotlib: pip install "mtlrec[plot]" (or drop --plot)'
+    assert not (tmp_path / "p").exists()
