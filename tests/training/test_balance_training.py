@@ -62,3 +62,37 @@ def test_fixed_weights_override_and_single_task_models(train_tiny):
             ["model=single_task", "model.bottom_dims=[8]", "balance=gradnorm", "trainer.epochs=1"],
             name="st2",
         )
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "dataset", "sweep_keys"),
+    [
+        (
+            "mmoe_synthetic_study",
+            "mmoe",
+            "mmoe_synthetic",
+            {"model", "dataset.correlation", "seed"},
+        ),
+        ("census_models", "mmoe", "census", {"model", "seed"}),
+        ("balance_study", "mmoe", "synthetic_ccp", {"balance", "seed"}),
+    ],
+)
+def test_study_presets_compose(preset, model, dataset, sweep_keys):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[f"experiment={preset}"], return_hydra_config=True
+        )
+    assert cfg.model.name == model and cfg.dataset.name == dataset and cfg.balance.name == "fixed"
+    assert set(cfg.hydra.sweeper.params) == sweep_keys
+    # every swept model accepts the preset's model keys
+    if "model" in sweep_keys:
+        for name in str(cfg.hydra.sweeper.params.model).split(","):
+            with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+                c = compose(
+                    config_name="train", overrides=[f"experiment={preset}", f"model={name}"]
+                )
+            from mtlrec.models import model_config
+
+            model_config(dict(c.model))
