@@ -1024,13 +1024,13 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
         raise MtlrecError(f"config: {msg}") from None
 
 
-def print_summary(result: Result, console=None) -> None:
+def print_summary(result: Result, console=None, config_dir: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     spec = result.spec
-    splits = Table(title=f"{spec.name}: prepared at {result.path}")
+    splits = Table(title=f"{spec.name}: rows and label rates per split")
     splits.add_column("split")
     splits.add_column("rows", justify="right")
     for t in spec.tasks:
@@ -1065,7 +1065,10 @@ def print_summary(result: Result, console=None) -> None:
     if dense:
         shown = ", ".join(dense[:8]) + (f", ... ({len(dense)} in all)" if len(dense) > 8 else "")
         console.print(f"dense: {shown}")
-    console.print(f"train with: mtlrec train dataset={spec.name}")
+    # Plain prints: paths and commands must not be wrapped to the terminal width.
+    print(f"prepared {spec.name} at {result.path}")
+    extra = f"--config-dir {config_dir} " if config_dir else ""
+    print(f"train with: mtlrec train {extra}dataset={spec.name}")
 
 
 def main(argv: list[str]) -> int:
@@ -1091,5 +1094,5 @@ def main(argv: list[str]) -> int:
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
     result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
-    print_summary(result)
+    print_summary(result, config_dir=args.config_dir)
     return 0
