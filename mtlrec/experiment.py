@@ -35,6 +35,7 @@ from mtlrec.models import build_model
 from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
 from mtlrec.runs.sweep import job_thread_share
+from mtlrec.training import distributed
 from mtlrec.training.checkpoint import (
     BEST,
     check_compatible,
@@ -170,6 +171,7 @@ RESUME_MAY_CHANGE = (
     "trainer.progress",
     "trainer.num_threads",
     "trainer.nan_check_every",
+    "trainer.devices",  # epoch-end checkpoints only (distributed.check_resume_world)
     "checkpoint.",
 )
 
@@ -195,7 +197,8 @@ def check_resume_config(original: dict, new: dict, path: Path) -> None:
         shown = ", ".join(f"{k}={b[k]!r} (was {a[k]!r})" for k in changed[:4])
         raise MtlrecError(
             f"resume={path}: the override(s) {shown} differ from the run's config; with resume only "
-            "trainer.epochs, trainer.progress, trainer.num_threads and checkpoint.* may change "
+            "trainer.epochs, trainer.progress, trainer.num_threads, trainer.devices and "
+            "checkpoint.* may change "
             "(start a new run for anything else)"
         )
 
@@ -205,7 +208,10 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
 
     With `cfg.resume` set, continue the run in `run_dir_path` from its last complete checkpoint.
     """
-    run_dir = RunDir(run_dir_path)
+    if distributed.should_spawn(cfg):  # trainer.devices=N: N ranks run this function; we wait
+        return distributed.spawn(run, cfg, run_dir_path)
+    rank = distributed.process_rank()
+    run_dir = RunDir(run_dir_path, read_only=not rank.is_main)  # rank 0 alone writes
     started = time.time()
     resume = OmegaConf.select(cfg, "resume", default=None)
     if resume:
@@ -289,18 +295,33 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
     elif (share := job_thread_share()) is not None:
         torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (runs/sweep.py)
     device = resolve_device(config["device"])
+    device = distributed.setup(device, config, trainer_cfg.num_threads is not None)
     set_deterministic(bool(trainer_cfg.deterministic))
     seed_everything(int(cfg.seed))
 
-    data_dir = resolve_dataset_dir(config["dataset"])
+    with distributed.main_first():  # rank 0 generates a missing dataset, then the others read it
+        data_dir = resolve_dataset_dir(config["dataset"])
     spec = DatasetSpec.load(data_dir)
     selected = spec.select_tasks(config["dataset"].get("tasks"))
     model, loss_tasks = build_model(config["model"], spec, selected)
     model.to(device)
     targets = eval_targets(loss_tasks, model.output_types, spec)
     splits = load_data(config["dataset"], data_dir, spec, tuple(t.task for t in targets), device)
-    run_dir.write_json(ENV_FILE, environment(device))
-    metric_logger = build_logger(config.get("logger"), run_dir.path, config)
+    ranks = distributed.current()
+    parallel = ranks.describe(trainer_cfg.batch_size)
+    run_dir.write_json(ENV_FILE, {**environment(device), "distributed": parallel})
+    metric_logger = build_logger(
+        config.get("logger") if ranks.is_main else None, run_dir.path, config
+    )
+    if ranks.active:
+        log.info(
+            "data parallel: %d rank(s) (%s, %s), batch %d per rank, effective batch %d",
+            ranks.world_size,
+            ranks.launcher,
+            ranks.backend,
+            trainer_cfg.batch_size,
+            parallel["effective_batch_size"],
+        )
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run dir: %s", run_dir.path)
@@ -371,7 +392,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
 
     trainer.stop = stop
     trainer.checkpoint_every = every
-    trainer.on_checkpoint = on_checkpoint
+    trainer.on_checkpoint = on_checkpoint if ranks.is_main else None
     resume_state = None
     if resume_payload is not None:
         check_compatible(resume_payload, resume_path, config["model"]["name"], spec)
@@ -383,9 +404,10 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
                 f"{resume_path}: optimizer state does not fit the model ({e})"
             ) from None
         resume_state = resume_payload["train_state"]
+        distributed.check_resume_world(resume_state, resume_path)
         history[:] = resume_state["history"]
     try:
-        result = trainer.fit(splits, on_epoch_end, resume=resume_state)
+        result = trainer.fit(splits, on_epoch_end if ranks.is_main else None, resume=resume_state)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
         metric_logger.finish("interrupted" if interrupted else "failed")
@@ -413,8 +435,11 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
         num_parameters=n_params,
         device=str(device),
         num_threads=torch.get_num_threads(),
+        world_size=ranks.world_size,
+        effective_batch_size=parallel["effective_batch_size"],
     )
     metric_logger.finish("completed", final)
-    print_metrics_table(console, val_metrics, test_metrics)
+    if ranks.is_main:
+        print_metrics_table(console, val_metrics, test_metrics)
     log.info("test: %s", "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())))
     return float(result.best_value)

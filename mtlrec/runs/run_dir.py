@@ -74,8 +74,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        # Ranks > 0 of a data-parallel run read the run dir but never write it (rank 0 does).
+        self.read_only = read_only
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
@@ -91,6 +93,8 @@ class RunDir:
         return self.path / CHECKPOINT_DIR
 
     def write_json(self, name: str, obj: Any) -> None:
+        if self.read_only:
+            return
         atomic_write_json(self.path / name, obj)
 
     def read_metrics(self) -> dict:
@@ -101,10 +105,12 @@ class RunDir:
         """Merge fields into metrics.json (read-modify-write, atomically)."""
         data = self.read_metrics()
         data.update(fields)
-        self.write_json(METRICS_FILE, data)
+        self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
         return data
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
+        if self.read_only:
+            return
         columns: list[str] = []
         for row in rows:
             columns += [k for k in row if k not in columns]
@@ -119,7 +125,8 @@ class RunDir:
 
     def save_checkpoint(self, name: str, payload: dict) -> Path:
         path = self.checkpoints / name
-        atomic_torch_save(payload, path)
+        if not self.read_only:
+            atomic_torch_save(payload, path)
         return path
 
 
@@ -138,6 +145,8 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if OmegaConf.select(config, "resume", default=None):
             return
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            return  # torchrun: rank 0 checks the run dir; the other ranks join the run it starts
         run_dir = Path(str(config.hydra.run.dir))
         if holds_a_run(run_dir):
             _refuse(

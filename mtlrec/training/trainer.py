@@ -26,6 +26,7 @@ from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import gate_statistics
+from mtlrec.training import distributed
 from mtlrec.training.balance import make_balancer
 from mtlrec.training.checkpoint import rng_state, set_rng_state
 from mtlrec.training.metrics import HIGHER_IS_BETTER, EvalTarget, split_metrics
@@ -56,6 +57,7 @@ class TrainerConfig:
     nan_check_every: int = 100
     precision: str = "fp32"
     compile: bool = False
+    devices: int = 1  # data-parallel ranks (mtlrec.training.distributed)
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -230,6 +232,17 @@ class Trainer:
         # trainer.compile: the compiled module shares parameters with self.model (state_dicts,
         # checkpoints and the optimizer see the plain model).
         self.forward = torch.compile(model) if cfg.compile else model
+        # Data parallel (trainer.devices / torchrun): training goes through DDP, prediction does not
+        # (ranks predict different numbers of batches). Single process: train_forward is forward.
+        self.dist = distributed.current()
+        self.train_forward, self.grad_sync = distributed.data_parallel(
+            model,
+            self.forward,
+            device,
+            self.balancer,
+            str((balance or {}).get("name")),
+            cfg.compile,
+        )
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         emb = [
@@ -262,6 +275,7 @@ class Trainer:
     def _progress(self) -> Progress:
         show = self.cfg.progress
         enabled = self.console.is_terminal if show == "auto" else bool(show)
+        enabled = enabled and self.dist.is_main
         return Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -277,7 +291,7 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------
     def train_epoch(self, train: SplitTensors, epoch: int, progress: Progress) -> dict[str, float]:
         self.model.train()
-        n, bs = len(train), self.cfg.batch_size
+        n, bs = len(train), self.cfg.batch_size * self.dist.world_size  # global batch
         steps = math.ceil(n / bs)
         resume, self._resume_epoch = self._resume_epoch, None
         if resume is not None:  # continue a mid-epoch checkpoint: same order, same partial sums
@@ -285,6 +299,9 @@ class Trainer:
             first_step, prior_seconds = int(resume["step"]), float(resume["epoch_seconds"])
             loss_sums = resume["loss_sums"].to(self.device)
             counts = resume["counts"].to(self.device)
+            if not self.dist.is_main:  # rank 0 carries the partial sums of all ranks
+                loss_sums.zero_()
+                counts.zero_()
         else:
             # Streaming shuffles inside its reader (from the same generator): no permutation here.
             perm = (
@@ -306,7 +323,7 @@ class Trainer:
             batches = train.batches(bs, self.order_generator)
         else:
             batches = (
-                gather(train, perm[step * bs : (step + 1) * bs], on_device)
+                gather(train, distributed.shard(perm[step * bs : (step + 1) * bs]), on_device)
                 for step in range(first_step, steps)
             )
         for step, batch in zip(range(first_step, steps), batches, strict=True):
@@ -317,11 +334,12 @@ class Trainer:
                         for t in (batch.sparse, batch.dense, batch.labels)
                     )
                 )
-            with self.autocast():
-                outputs = self.forward(batch.sparse, batch.dense)
+            with self.autocast(), self.grad_sync.forward_context():
+                outputs = self.train_forward(batch.sparse, batch.dense)
             means, extra, sums, cnts = self.objective.losses(outputs, batch.labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(means, self.model, extra)
+            self.grad_sync.after_backward()
             if self.cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip_norm)
             self.optimizer.step()
@@ -331,7 +349,7 @@ class Trainer:
             self.global_step += 1
             if (step + 1) % check_every == 0:
                 watch.check(epoch, self.loss_tasks, self.last_checkpoint)
-            stop = self.stop is not None and self.stop.requested
+            stop = distributed.any_rank(self.stop is not None and self.stop.requested)
             every = self.checkpoint_every
             if stop or (every and self.global_step % every == 0 and step + 1 < steps):
                 watch.check(epoch, self.loss_tasks, self.last_checkpoint)  # never save NaN weights
@@ -339,8 +357,8 @@ class Trainer:
                 state.update(
                     step=step + 1,
                     perm=perm.cpu(),
-                    loss_sums=loss_sums.cpu(),
-                    counts=counts.cpu(),
+                    loss_sums=distributed.all_reduce_sum(loss_sums.clone()).cpu(),
+                    counts=distributed.all_reduce_sum(counts.clone()).cpu(),
                     epoch_seconds=prior_seconds + time.perf_counter() - start,
                 )
                 self._save(state)
@@ -362,6 +380,8 @@ class Trainer:
         progress.remove_task(bar)
         watch.check(epoch, self.loss_tasks, self.last_checkpoint)
         seconds = prior_seconds + time.perf_counter() - start
+        distributed.all_reduce_sum(loss_sums)  # the epoch's sums over every rank's rows
+        distributed.all_reduce_sum(counts)
         per_task = (loss_sums / counts.clamp_min(1)).tolist()
         row = {f"train/{t.name}_loss": v for t, v in zip(self.loss_tasks, per_task, strict=True)}
         row["train/loss"] = float(
@@ -399,6 +419,7 @@ class Trainer:
             "train_time": self.train_time,
             "train_rows": self.train_rows,
             "balancer": {k: v.detach().cpu() for k, v in self.balancer.state_dict().items()},
+            "world_size": self.dist.world_size,
         }
 
     def load_training_state(self, state: dict[str, Any]) -> int:
@@ -467,6 +488,7 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch}
                 row.update(self.train_epoch(train, epoch, progress))
                 row.update(self.balancer.end_epoch())  # weight/{task}: the epoch's task weights
+                distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
                 self.train_time += row["train_seconds"]
                 self.train_rows += len(train)
                 val_metrics = self.evaluate(val, "val")
@@ -496,14 +518,14 @@ class Trainer:
                     state = self.training_state(epoch)
                     on_epoch_end(row, is_best, state)
                     self._save_note(state)
-                if stopper.should_stop:
+                if distributed.decide(stopper.should_stop):  # rank 0's decision
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
                         self.monitor,
                         stopper.patience,
                     )
                     break
-                if self.stop is not None and self.stop.requested:
+                if distributed.any_rank(self.stop is not None and self.stop.requested):
                     self._interrupted(epoch, None)
         self.model.load_state_dict(self.best_state)
         return FitResult(
@@ -521,12 +543,17 @@ class Trainer:
         """Predictions of every output over a split (probabilities for binary outputs), and aux sums."""
         self.model.eval()
         n, bs = len(split), self.cfg.eval_batch_size
-        outputs = {name: torch.empty(n, device=self.device) for name in self.model.output_types}
+        # Data parallel: this rank predicts rows [lo, hi) (whole eval batches), then all ranks
+        # gather every row in order; one process: lo, hi = 0, n.
+        lo, hi = distributed.eval_block(n, bs)
+        outputs = {
+            name: torch.empty(hi - lo, device=self.device) for name in self.model.output_types
+        }
         gate_sum = None
         loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
         counts = torch.zeros(len(self.loss_tasks), device=self.device)
-        for start in range(0, n, bs):
-            batch = split.slice(start, min(start + bs, n))
+        for start in range(lo, hi, bs):
+            batch = split.slice(start, min(start + bs, hi))
             sparse, dense, labels = (
                 t.to(self.device, non_blocking=True)
                 for t in (batch.sparse, batch.dense, batch.labels)
@@ -538,12 +565,16 @@ class Trainer:
             counts += cnts
             for name, kind in self.model.output_types.items():
                 value = out[name].float()
-                outputs[name][start : start + len(labels)] = (
+                outputs[name][start - lo : start - lo + len(labels)] = (
                     torch.sigmoid(value) if kind == "binary" else value
                 )
             if "gates" in out:
                 g = out["gates"].float().sum(0)
                 gate_sum = g if gate_sum is None else gate_sum + g
+        outputs = distributed.gather_rows(outputs, n)
+        distributed.all_reduce_sum(loss_sums)
+        distributed.all_reduce_sum(counts)
+        gate_sum = distributed.sum_optional(gate_sum)
         aux: dict[str, Any] = {
             "loss": float((self.objective.weights * loss_sums / counts.clamp_min(1)).sum().item())
         }
