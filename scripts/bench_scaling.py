@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--threads", str(args.threads)]  # fmt: skip
             for o in args.override:
                 cmd += ["--override", o]
-            subprocess.run(cmd, check=True, env=env)
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
             res |= json.loads(out.read_text())
         res["rss_over_tensors"] = (res["peak_rss_mib"] - res["baseline_rss_mib"]) / res[
             "tensor_mib"
