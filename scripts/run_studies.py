@@ -3,6 +3,8 @@
     python scripts/run_studies.py                       # all three studies, into outputs/studies/
     python scripts/run_studies.py --study balance       # one of: mmoe_synthetic, census, balance
     python scripts/run_studies.py --tables-only         # re-read finished runs, print the tables
+    python scripts/run_studies.py --study mmoe_synthetic --out outputs/studies_50k dataset.num_rows=50000
+                                                        # extra overrides go to every sweep
 
 Each study is one or more `mtlrec train -m experiment=...` sweeps (one thread per run, one run at a
 time: this is a 2-core machine) followed by `mtlrec compare` over its runs (mean +- std over seeds).
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", choices=[*STUDIES, "all"], default="all")
     ap.add_argument("--out", default="outputs/studies")
     ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every sweep")
     args = ap.parse_args(argv)
     names = list(STUDIES) if args.study == "all" else [args.study]
     for name in names:
@@ -107,7 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             if name == "census":
                 prepare_census()
             for part, overrides in study["sweeps"].items():
-                sh(["mtlrec", "train", "-m", *overrides, *COMMON, f"hydra.sweep.dir={root / part}"])
+                sh(
+                    [
+                        "mtlrec",
+                        "train",
+                        "-m",
+                        *overrides,
+                        *COMMON,
+                        *args.overrides,
+                        f"hydra.sweep.dir={root / part}",
+                    ]
+                )
         table = root / "table.md"
         sh(
             [
