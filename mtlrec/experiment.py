@@ -295,7 +295,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
     elif (share := job_thread_share()) is not None:
         torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (runs/sweep.py)
     device = resolve_device(config["device"])
-    device = distributed.setup(device, config, trainer_cfg.num_threads is not None)
+    device = distributed.setup(device, config, trainer_cfg.num_threads is not None, run_dir.path)
     set_deterministic(bool(trainer_cfg.deterministic))
     seed_everything(int(cfg.seed))
 

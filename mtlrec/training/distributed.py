@@ -139,7 +139,9 @@ def _timeout() -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
-def setup(device: torch.device, cfg: Any, threads_chosen: bool) -> torch.device:
+def setup(
+    device: torch.device, cfg: Any, threads_chosen: bool, run_dir: Path | None = None
+) -> torch.device:
     """Start the process group of a spawned / torchrun rank; returns the rank's device.
 
     nccl on CUDA (rank r uses cuda:LOCAL_RANK), gloo on CPU. A CPU rank whose thread count was not
@@ -186,7 +188,23 @@ def setup(device: torch.device, cfg: Any, threads_chosen: bool) -> torch.device:
     if ctx.launcher == "torchrun":
         quiet_other_ranks(ctx.rank)
         atexit.register(teardown)
+        _check_same_run_dir(run_dir)
     return device
+
+
+def _check_same_run_dir(run_dir: Path | None) -> None:
+    """torchrun starts N Hydra jobs: with the default timestamped hydra.run.dir each would get
+    its own dir, so every rank must be given the same one."""
+    if run_dir is None:
+        return
+    dirs: list[Any] = [None] * current().world_size
+    dist.all_gather_object(dirs, str(Path(run_dir).resolve()))
+    if len(set(dirs)) > 1:
+        raise MtlrecError(
+            f"the {len(dirs)} torchrun ranks got different run dirs ({dirs[0]}, ...); give every "
+            "rank the same one: add hydra.run.dir=DIR to the command (on a shared file system "
+            "for several nodes)"
+        )
 
 
 def teardown() -> None:
