@@ -185,6 +185,7 @@ def _real_inputs(run_dir: Path, data_dir: Path):
     return raw, dense, np.stack([want[n] for n in model.output_types], 1)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # deprecated in torch 2.13, still asked for
 def test_export_torchscript_is_standalone_and_matches(trained, tmp_path):
     run_dir, _, data_dir = trained
     result = export(run_dir, "torchscript", tmp_path / "ts")
