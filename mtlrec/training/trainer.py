@@ -186,9 +186,21 @@ class NonFiniteWatch:
 
 
 def gather(split: SplitTensors, idx: torch.Tensor, on_device: bool) -> Batch:
-    """Rows `idx` of a split; index_select is several times faster than split[idx] on CPU."""
+    """Rows `idx` of a split; index_select is several times faster than split[idx] on CPU.
+
+    From pinned host memory (a split too large for the GPU) the rows land in pinned buffers, so
+    the non_blocking copy to the GPU that follows is truly asynchronous (torch's caching host
+    allocator keeps a buffer alive until its copy is done).
+    """
+    tensors = (split.sparse, split.dense, split.labels)
     idx = idx if on_device else idx.cpu()
-    return Batch(*(t.index_select(0, idx) for t in (split.sparse, split.dense, split.labels)))
+    if on_device or not split.labels.is_pinned():
+        return Batch(*(t.index_select(0, idx) for t in tensors))
+    out = []
+    for t in tensors:
+        buf = torch.empty((idx.numel(), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+        out.append(torch.index_select(t, 0, idx, out=buf))
+    return Batch(*out)
 
 
 class Trainer:
@@ -322,8 +334,9 @@ class Trainer:
         if isinstance(train, StreamingSplit):  # dataset.streaming: batches come from the reader
             batches = train.batches(bs, self.order_generator)
         else:
+            order = perm if on_device else perm.cpu()  # one copy per epoch, no sync per step
             batches = (
-                gather(train, distributed.shard(perm[step * bs : (step + 1) * bs]), on_device)
+                gather(train, distributed.shard(order[step * bs : (step + 1) * bs]), on_device)
                 for step in range(first_step, steps)
             )
         for step, batch in zip(range(first_step, steps), batches, strict=True):
