@@ -169,4 +169,12 @@ def job_thread_share() -> int | None:
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    return thread_share(str(hydra_cfg.mode), hydra_cfg.launcher, os.cpu_count() or 1)
+    return thread_share(str(hydra_cfg.mode), hydra_cfg.launcher, usable_cores())
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset / cgroup cpusets / SLURM), not all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
