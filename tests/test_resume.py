@@ -20,7 +20,7 @@ from mtlrec.training.checkpoint import LAST, PREVIOUS, load_resumable
 from mtlrec.training.objective import Objective
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
-BATCH = ["trainer.batch_size=32"]  # 2,800 train rows -> 88 steps per epoch
+BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 88 steps per epoch; dropout draws RNG
 STEPS_PER_EPOCH = 88
 
 
@@ -274,3 +274,14 @@ def test_resume_translation_replays_the_original_overrides(tmp_path, monkeypatch
         translate_resume(["-m", "resume=r"])
     with pytest.raises(ValueError, match=r"resume=nowhere: no such run dir"):
         translate_resume(["resume=nowhere"])
+
+
+def test_resume_a_finished_run_with_more_epochs_equals_the_longer_run(tmp_path, straight):
+    """trainer.epochs may grow on resume: 1 epoch + resume to 2 == 2 epochs straight."""
+    from mtlrec.experiment import run
+
+    run_dir = tmp_path / "run"
+    run(compose_train([*TINY, *BATCH, "trainer.epochs=1"]), run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
+    run(compose_train([*TINY, *BATCH, "trainer.epochs=2", f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, straight[0])
