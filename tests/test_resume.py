@@ -285,3 +285,25 @@ def test_resume_a_finished_run_with_more_epochs_equals_the_longer_run(tmp_path, 
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
     run(compose_train([*TINY, *BATCH, "trainer.epochs=2", f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, straight[0])
+
+
+def test_streamed_epoch_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
+    """dataset.streaming: the interrupted epoch is replayed from its first draw, skipping the
+    batches already trained (row-group order and buffer shuffles are drawn lazily)."""
+    from mtlrec.experiment import run
+
+    stream = [
+        "dataset.streaming=true",
+        "dataset.shuffle_buffer=500",
+        "dataset.read_rows=300",
+        "dataset.prefetch=2",
+    ]
+    ref_dir, _ = run_training(tmp_path, [*BATCH, *stream], name="straight_stream")
+    monkeypatch.setattr(StopAfter, "k", STEPS_PER_EPOCH + 40)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="after epoch 2 step 39/88"):
+        run(compose_train([*TINY, *BATCH, *stream]), run_dir)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *BATCH, *stream, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, ref_dir)

@@ -8,6 +8,7 @@ most a few times a second). Best weights are kept in memory and restored before 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -306,7 +307,10 @@ class Trainer:
         n, bs = len(train), self.cfg.batch_size * self.dist.world_size  # global batch
         steps = math.ceil(n / bs)
         resume, self._resume_epoch = self._resume_epoch, None
+        # The order generator as the epoch began: a streamed epoch is replayed from it on resume.
+        epoch_order_state = self.order_generator.get_state()
         if resume is not None:  # continue a mid-epoch checkpoint: same order, same partial sums
+            epoch_order_state = resume.get("epoch_order_generator", epoch_order_state)
             perm = resume["perm"].to(self.device)
             first_step, prior_seconds = int(resume["step"]), float(resume["epoch_seconds"])
             loss_sums = resume["loss_sums"].to(self.device)
@@ -332,7 +336,9 @@ class Trainer:
         start = last_update = time.perf_counter()
         on_device = not isinstance(train, StreamingSplit) and train.labels.device == self.device
         if isinstance(train, StreamingSplit):  # dataset.streaming: batches come from the reader
-            batches = train.batches(bs, self.order_generator)
+            if first_step:  # resume: replay the epoch's draws, skip the batches already trained
+                self.order_generator.set_state(epoch_order_state)
+            batches = itertools.islice(train.batches(bs, self.order_generator), first_step, None)
         else:
             order = perm if on_device else perm.cpu()  # one copy per epoch, no sync per step
             batches = (
@@ -370,6 +376,7 @@ class Trainer:
                 state.update(
                     step=step + 1,
                     perm=perm.cpu(),
+                    epoch_order_generator=epoch_order_state,
                     loss_sums=distributed.all_reduce_sum(loss_sums.clone()).cpu(),
                     counts=distributed.all_reduce_sum(counts.clone()).cpu(),
                     epoch_seconds=prior_seconds + time.perf_counter() - start,
