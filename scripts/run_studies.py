@@ -96,6 +96,31 @@ def prepare_census() -> None:
     sh(["mtlrec", "prepare", "dataset=census", f"dataset.raw_dir={raw}"])
 
 
+def weights_table(root: Path) -> str:
+    """Task weights of the last epoch (history.csv) per balancing method, mean over seeds."""
+    import pandas as pd
+    import yaml
+
+    rows = []
+    for hist in sorted(root.glob("*/*/history.csv")):
+        cfg = yaml.safe_load((hist.parent / ".hydra" / "config.yaml").read_text())
+        last = pd.read_csv(hist).iloc[-1]
+        row = {"balance": cfg["balance"]["name"], "seed": cfg["seed"], "epochs": int(last["epoch"])}
+        for col in last.index:
+            if col.startswith(("weight/", "log_var/", "pcgrad/", "train/extra_loss")):
+                row[col] = float(last[col])
+        rows.append(row)
+    df = pd.DataFrame(rows).drop(columns="seed").groupby("balance", sort=True).mean()
+    lines = [
+        "| balance | " + " | ".join(df.columns) + " |",
+        "| --- |" + " ---: |" * len(df.columns),
+    ]
+    for method, r in df.iterrows():
+        cells = ["" if pd.isna(v) else f"{v:.4f}" for v in r]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", choices=[*STUDIES, "all"], default="all")
@@ -135,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         print(table.read_text())
+        if name == "balance":
+            weights = weights_table(root)
+            (root / "weights.md").write_text(weights + "\n")
+            print(weights)
     return 0
 
 
