@@ -108,7 +108,17 @@ def evaluate(
     targets = eval_targets(tasks, model.output_types, spec)
     tensors = load_split(path, spec, tuple(t.task for t in targets))
     trainer_cfg = TrainerConfig(**config["trainer"])
-    trainer = Trainer(model, spec, tasks, targets, trainer_cfg, torch.device("cpu"), 0)
+    trainer = Trainer(
+        model,
+        spec,
+        tasks,
+        targets,
+        trainer_cfg,
+        torch.device("cpu"),
+        0,
+        None,
+        config.get("balance"),
+    )
     return strip_gates(trainer.evaluate(tensors, name))
 
 
