@@ -385,6 +385,9 @@ class GradNorm(_NeedsShared):
     def backward(
         self, losses: torch.Tensor, model: nn.Module, extra: torch.Tensor | None = None
     ) -> None:
+        if self.num_tasks == 1:  # one task: nothing to balance (e.g. model=cvr_base)
+            (self.task_weights.detach() * losses).sum().add(self._track_extra(extra)).backward()
+            return
         if self._params is None:
             self._discover(losses, model)
             self._layer = self.last_shared_layer()

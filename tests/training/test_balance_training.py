@@ -57,6 +57,12 @@ def test_fixed_weights_override_and_single_task_models(train_tiny):
         name="st",
     )
     assert metrics["status"] == "completed"
+    # one task (cvr_base): gradnorm has nothing to balance and trains like fixed
+    _, metrics = train_tiny(
+        ["model=cvr_base", "model.tower_dims=[8]", "balance=gradnorm", "trainer.epochs=1"],
+        name="one",
+    )
+    assert metrics["status"] == "completed"
     with pytest.raises(MtlrecError, match="balance=gradnorm needs a layer shared by the tasks"):
         train_tiny(
             ["model=single_task", "model.bottom_dims=[8]", "balance=gradnorm", "trainer.epochs=1"],
