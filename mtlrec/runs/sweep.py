@@ -41,10 +41,17 @@ from mtlrec.runs.run_dir import METRICS_FILE, RunDir
 log = logging.getLogger("mtlrec")
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def _is_multirun(config: DictConfig) -> bool:
     return str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.MULTIRUN"
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    from mtlrec.training.signals import TrainingInterrupted
+
+    return isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -69,9 +76,22 @@ class SweepReport(Callback):
         exc = job_return._return_value
         run_dir = Path(str(config.hydra.runtime.output_dir))
         metrics = _read_metrics(run_dir)
-        if metrics.get("status") != "failed":
+        if metrics.get("status") in (None, "running"):
             # Failed before experiment.run could record it (e.g. while importing): record it here.
             RunDir(run_dir).update_metrics(status="failed", error=_one_line(exc))
+        if _is_interrupt(exc):
+            # Ctrl-C / SIGTERM stops the sweep, not just this job. In-process (basic launcher) the
+            # remaining jobs would start next, so leave now; other launchers get the signal
+            # themselves (joblib's workers share the terminal's process group, SLURM cancels).
+            launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+            if launcher == BASIC_LAUNCHER:
+                print(
+                    f"mtlrec train: sweep stopped: {run_dir}: {exc}; the remaining jobs were not run",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(getattr(exc, "exit_code", 130))
+            return
         if not isinstance(exc, MtlrecError):
             # The sweep goes on, so this is the only place the traceback is shown.
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

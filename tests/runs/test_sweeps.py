@@ -125,6 +125,26 @@ def test_exception_before_the_run_is_recorded_and_turned_into_nan(tmp_path):
     assert exit_info.value.code == 1
 
 
+def test_an_interrupted_job_stops_an_in_process_sweep(tmp_path):
+    from mtlrec.runs.run_dir import RunDir
+    from mtlrec.runs.sweep import BASIC_LAUNCHER
+    from mtlrec.training.signals import TrainingInterrupted
+
+    config = _job_config(tmp_path)
+    config.hydra.launcher = {"_target_": BASIC_LAUNCHER}
+    RunDir(tmp_path / "sweep" / "3").update_metrics(
+        status="interrupted", error="stopped by SIGTERM"
+    )
+    ret = JobReturn(
+        status=JobStatus.FAILED, _return_value=TrainingInterrupted("stopped by SIGTERM", 15)
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        SweepReport().on_job_end(config, ret)
+    assert exit_info.value.code == 143
+    metrics = json.loads((tmp_path / "sweep" / "3" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted"  # not overwritten with failed
+
+
 def test_other_sweepers_keep_the_failure(tmp_path):
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     config = _job_config(tmp_path, sweeper=optuna)
