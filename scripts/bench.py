@@ -19,7 +19,7 @@ Measured per system (medians over `--repeats` repetitions, systems interleaved: 
 system, then rep 2, ... so that load from other jobs on the machine hits all systems alike):
   train samples/s  training rows x epochs / seconds spent in training epochs (no validation)
   eval samples/s   test rows / seconds to predict the whole test split and compute its AUCs
-  peak RSS         ru_maxrss of the system's process (data, model, framework, everything)
+  peak RSS         VmHWM of the system's process (data, model, framework, everything)
   test AUC         per task on the test split, at the end of training (mtlrec: at its best
                    validation epoch, as `mtlrec train` reports it)
 and each throughput as a ratio to the bare loop's. Threads (torch.set_num_threads, OMP/MKL env)
@@ -84,6 +84,19 @@ WORKLOADS = {
     "synthetic_ccp": {"model": "esmm", "tower_dims": [16, 8], "embedding_dim": 16, "epochs": 1},
 }
 LR, BATCH, EVAL_BATCH, EMB_STD = 1e-3, 1024, 8192, 0.01
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss would also count the
+    high-water mark inherited from the parent process across fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,7 +561,7 @@ def worker_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     import sklearn.metrics  # noqa: F401  (imported before any timed section)
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = peak_rss_mib()
     wl = json.loads(args.wl)
     data, out = Path(args.data), Path(args.out)
     if args.worker.startswith("mtlrec"):
@@ -560,8 +573,8 @@ def worker_main(args: argparse.Namespace) -> int:
         res = worker_deepctr(data, wl, args.threads)
     else:
         res = worker_rechub(data, wl, args.threads, out.parent)
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res["import_rss_mib"] = base_rss / 1024
+    res["peak_rss_mib"] = peak_rss_mib()
+    res["import_rss_mib"] = base_rss
     res["torch"] = torch.__version__
     out.write_text(json.dumps(res))
     return 0

@@ -32,6 +32,15 @@ OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
 
 
 def rss_mib() -> float:
+    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss would also count the
+    high-water mark inherited from the parent process across fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

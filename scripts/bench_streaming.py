@@ -37,6 +37,19 @@ OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
 SMALL_EVAL_ROWS = 50_000
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss would also count the
+    high-water mark inherited from the parent process across fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -98,7 +111,7 @@ def worker(path: Path, streaming: bool, args) -> dict:
 
     Trainer.train_epoch = timed_epoch
     torch.set_num_threads(args.threads)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_rss_mib()
     overrides = OVERRIDES + [
         "dataset=prepared", f"dataset.path={path}", f"trainer.num_threads={args.threads}",
         f"dataset.streaming={str(streaming).lower()}", f"dataset.shuffle_buffer={args.shuffle_buffer}",
@@ -124,7 +137,7 @@ def worker(path: Path, streaming: bool, args) -> dict:
         "train_samples_per_s": m["train_samples_per_s"],
         # training rows per process-CPU second (1 epoch: rows = samples/s x wall seconds)
         "train_cpu_samples_per_s": m["train_samples_per_s"] * wall_epoch / cpu_s[0],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "baseline_rss_mib": baseline,
         "rss_samples": samples,
         "test_ctr_auc": m["metrics"]["test/ctr_auc"],
