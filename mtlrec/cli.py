@@ -83,7 +83,8 @@ def check_overrides(args: list[str]) -> None:
     """Compose a single run's config first, so that an unknown config name or key is one line.
 
     Hydra reports these over several lines (option lists, search path); this says the same in
-    one: `unknown model 'foo'; valid: esmm, mmoe, ...` / `unknown key 'trainer.lr_typo' ...`.
+    one: `Could not find 'model/foo': unknown model 'foo'; valid: esmm, mmoe, ...` /
+    `Could not override 'trainer.lrr': no such key; did you mean 'trainer.lr'? ...`.
     Only for single runs with plain overrides; anything else is left to Hydra as it is.
     """
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
@@ -105,7 +106,7 @@ def check_overrides(args: list[str]) -> None:
         group, _, name = missing.rpartition("/")
         if e.options and group:
             raise ValueError(
-                f"unknown {group} '{name}'; valid: {', '.join(e.options)} (config group {group}/)"
+                f"Could not find '{missing}': unknown {group} '{name}'; valid: {', '.join(e.options)}"
             ) from None
         raise ValueError(str(e).splitlines()[0]) from None
     except ConfigCompositionException as e:
@@ -113,7 +114,7 @@ def check_overrides(args: list[str]) -> None:
         if lines and lines[0].startswith("Could not override '"):
             key = lines[0].split("'")[1]
             raise ValueError(
-                f"unknown key '{key}' in override: {_key_hint(key, overrides)}"
+                f"Could not override '{key}': no such key; {_key_hint(key, overrides)}"
             ) from None
         raise ValueError("; ".join(lines[:2])) from None
     except OverrideParseException as e:

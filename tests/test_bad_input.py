@@ -95,11 +95,13 @@ def assert_nothing_half_written(root: Path) -> None:
 CLI_CASES = {
     "unknown model": (
         ["model=foo"],
-        "mtlrec train: error: unknown model 'foo'; valid: aitm, cvr_base, esmm, mmoe",
+        "mtlrec train: error: Could not find 'model/foo': unknown model 'foo'; valid: aitm, "
+        "cvr_base, esmm, mmoe",
     ),
     "typo in an override key": (
         ["trainer.lrr=0.1"],
-        "mtlrec train: error: unknown key 'trainer.lrr' in override: did you mean 'trainer.lr'?",
+        "mtlrec train: error: Could not override 'trainer.lrr': no such key; did you mean "
+        "'trainer.lr'?",
     ),
     "batch_size=0": (["trainer.batch_size=0"], "trainer.batch_size must be an integer >= 1, got 0"),
 }
@@ -134,7 +136,7 @@ def test_cli_bad_labels_then_full_error_shows_the_traceback(tiny_dir, tmp_path):
 def test_full_error_shows_the_traceback(tmp_path):
     full = mtlrec(["train", "model=foo"], tmp_path, full_error=True)
     assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr
-    assert "ValueError: unknown model 'foo'" in full.stderr
+    assert "ValueError: Could not find 'model/foo': unknown model 'foo'" in full.stderr
 
 
 def test_cli_unwritable_output_dir(tmp_path):
@@ -449,10 +451,10 @@ def test_random_spec_dicts_parse_or_fail_with_one_clear_line(d):
     [
         (
             "dataset=foo",
-            "unknown dataset 'foo'; valid: aliccp, aliexpress, census, mmoe_synthetic, prepared, "
-            "synthetic_ccp (config group dataset/)",
+            "Could not find 'dataset/foo': unknown dataset 'foo'; valid: aliccp, aliexpress, "
+            "census, mmoe_synthetic, prepared, synthetic_ccp",
         ),
-        ("device=tpu", "unknown device 'tpu'; valid: auto, cpu, cuda (config group device/)"),
+        ("device=tpu", "Could not find 'device/tpu': unknown device 'tpu'; valid: auto, cpu, cuda"),
         ("trainer.lr=[1", "cannot parse the override(s) ['trainer.lr=[1']"),
     ],
 )
