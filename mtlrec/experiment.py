@@ -307,6 +307,7 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
     model.to(device)
     targets = eval_targets(loss_tasks, model.output_types, spec)
     splits = load_data(config["dataset"], data_dir, spec, tuple(t.task for t in targets), device)
+    splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     ranks = distributed.current()
     parallel = ranks.describe(trainer_cfg.batch_size)
     run_dir.write_json(ENV_FILE, {**environment(device), "distributed": parallel})

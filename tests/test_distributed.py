@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,39 @@ def test_single_process_collectives_are_identities():
     assert distributed.shard(idx) is idx
     out = {"ctr": torch.arange(3.0)}
     assert distributed.gather_rows(out, 3) is out
+
+
+def test_streamed_train_split_shards_row_groups_across_ranks(tmp_path):
+    """dataset.streaming with 2 ranks: rank r reads row groups r, r+2, ...; both ranks run the
+    same number of full batches (min over ranks of rows // b) and never share a row."""
+    import pyarrow.parquet as pq
+
+    from mtlrec.data.loader import load_split
+    from mtlrec.data.spec import DatasetSpec
+    from mtlrec.data.streaming import StreamingSplit
+    from mtlrec.data.synthetic_ccp import ensure_prepared
+
+    path = ensure_prepared(tmp_path / "ccp", 4000, 0)
+    spec = DatasetSpec.load(path)
+    regrouped = tmp_path / "train_rg.parquet"  # 2800 rows: 9 groups of 300 + one of 100
+    pq.write_table(pq.read_table(path / spec.splits["train"]), regrouped, row_group_size=300)
+    split = StreamingSplit(regrouped, spec, shuffle_buffer=500, prefetch=2, read_rows=128)
+    streams = [distributed.RankStream(split, 256, r, 2) for r in (0, 1)]
+    assert [s.rows_per_rank for s in streams] == [[1500, 1300]] * 2
+    assert [s.steps for s in streams] == [5, 5] and len(streams[0]) == 5 * 256 * 2
+    assert streams[1].groups == [1, 3, 5, 7, 9]
+
+    def rows(sparse, dense):
+        return Counter((*a.tolist(), *b.tolist()) for a, b in zip(sparse, dense, strict=True))
+
+    whole = load_split(regrouped, spec)
+    read = Counter()
+    for stream in streams:
+        batches = list(stream.batches(512, torch.Generator().manual_seed(0)))
+        assert [b.labels.shape[0] for b in batches] == [256] * 5
+        for b in batches:
+            read += rows(b.sparse, b.dense)
+    # 2 x 1280 rows, none read more often than the file holds it (the data has 2 duplicate rows)
+    assert read.total() == 2 * 5 * 256 and not read - rows(whole.sparse, whole.dense)
+    with pytest.raises(MtlrecError, match="needs at least 12 parquet row groups"):
+        distributed.RankStream(split, 256, 0, 12)
