@@ -77,7 +77,7 @@ STUDIES: dict[str, dict] = {
             "--metric",
             "test/cvr_auc_entire",
             "--metric",
-            "test/ctcvr_auc",
+            "test/mean_auc",
             "--sort",
             "balance",
             "--group-by-seed",
