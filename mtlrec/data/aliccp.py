@@ -180,7 +180,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         name=str(cfg.get("name") or "aliccp"),
         path=Path(str(cfg["path"])).expanduser(),
         sources=sources,
-        read=ReadOptions(format="csv", block_size_mb=float(cfg.get("block_size_mb") or 16.0)),
+        read=ReadOptions(format="csv", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
         sparse=list(SPARSE_FIELDS),
         dense=list(DENSE_COLUMNS),
         targets=[

@@ -177,7 +177,7 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             delimiter=",",
             header=False,
             column_names=COLUMNS,
-            block_size_mb=float(cfg.get("block_size_mb") or 16.0),
+            block_size_mb=float(cfg.get("block_size_mb") or 1.0),
         ),
         sparse=sparse,
         dense=dense,

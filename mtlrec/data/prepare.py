@@ -92,7 +92,7 @@ class ReadOptions:
     delimiter: str | None = None
     header: bool = True
     column_names: tuple[str, ...] | None = None
-    block_size_mb: float = 16.0
+    block_size_mb: float = 1.0
 
 
 @dataclass
@@ -241,7 +241,7 @@ def read_options(cfg: Mapping[str, Any]) -> ReadOptions:
     header = bool(_key(cfg, "header", True))
     if not header and not names:
         raise MtlrecError("dataset.header is false: list the columns in dataset.column_names")
-    block = float(_key(cfg, "block_size_mb", 16.0))
+    block = float(_key(cfg, "block_size_mb", 1.0))
     if not block > 0:
         raise MtlrecError(f"dataset.block_size_mb must be > 0, got {block}")
     return ReadOptions(
@@ -628,26 +628,36 @@ def column_cuts(plan: Plan) -> tuple[float, float]:
 
 
 class ValueCounter:
-    """Value counts of one sparse field over many blocks, merged in arrow (bounded by the vocab)."""
+    """Value counts of one sparse field over many blocks, merged in arrow.
+
+    Per-block counts are merged into one table as soon as they hold as many entries as the
+    merged table (and at least 100k): memory stays within a small multiple of the number of
+    distinct values, and the merging work is amortized over the blocks.
+    """
 
     def __init__(self) -> None:
         self.parts: list[pa.Table] = []
+        self.pending = 0
+        self.merged_rows = 0
 
     def add(self, values: pa.Array) -> None:
         if len(values) == 0:
             return
         vc = pc.value_counts(values)
-        self.parts.append(
-            pa.table({"v": vc.field("values"), "c": vc.field("counts").cast(pa.int64())})
-        )
-        if len(self.parts) >= 32:
-            self.parts = [self.merged()]
+        part = pa.table({"v": vc.field("values"), "c": vc.field("counts").cast(pa.int64())})
+        self.parts.append(part)
+        self.pending += part.num_rows
+        if self.pending >= max(100_000, self.merged_rows):
+            merged = self.merged()
+            self.parts, self.pending, self.merged_rows = [merged], 0, merged.num_rows
 
     def merged(self) -> pa.Table:
         if not self.parts:
             return pa.table({"v": pa.array([], pa.string()), "c": pa.array([], pa.int64())})
+        if len(self.parts) == 1:
+            return self.parts[0]
         t = pa.concat_tables(self.parts).group_by("v").aggregate([("c", "sum")])
-        return t.rename_columns(["v", "c"])
+        return t.rename_columns(["v", "c"]).combine_chunks()
 
 
 @dataclass
