@@ -423,11 +423,11 @@ def spawn(target: Callable[[Any, str], float], cfg: Any, run_dir: str | Path) ->
         rank = getattr(failure, "error_index", "?")
         name, is_user, tb, signum = "", False, "", 0
         text = f"rank {rank} of {world} died: {failure}"
-    metrics = RunDir(run_dir)
-    if metrics.read_metrics().get("status") in (None, "running"):
-        metrics.update_metrics(status="failed", error=text)
-    if name == "TrainingInterrupted":
+    if name == "TrainingInterrupted":  # rank 0 recorded status=interrupted and its checkpoint
         raise TrainingInterrupted(text, signum or int(signal.SIGINT))
+    # The root cause, also when rank 0 already recorded its own consequence of it (e.g. gloo's
+    # "Connection closed by peer" after rank 1 died).
+    RunDir(run_dir).update_metrics(status="failed", error=text)
     if is_user:
         raise MtlrecError(text)
     raise RankFailed(f"{text}\n{tb}".rstrip())
