@@ -18,7 +18,12 @@ pinned peer); a peer that cannot be installed is skipped with one line saying wh
 Measured per system (medians over `--repeats` repetitions, systems interleaved: rep 1 of every
 system, then rep 2, ... so that load from other jobs on the machine hits all systems alike):
   train samples/s  training rows x epochs / seconds spent in training epochs (no validation)
-  eval samples/s   test rows / seconds to predict the whole test split and compute its AUCs
+  eval samples/s   test rows / median seconds (of 3) to predict the whole test split (every output's
+                   probabilities; mtlrec: Trainer.predict, which its test evaluation runs);
+                   AUCs are computed after the timer stops, for every system alike
+  per CPU s        the same rows / process CPU seconds (user + system) of that phase: on a
+                   shared machine the wall clock also counts time spent waiting for a core,
+                   CPU time mostly does not (1 thread), so these ratios are the steadier ones
   peak RSS         VmHWM of the system's process (data, model, framework, everything)
   test AUC         per task on the test split, at the end of training (mtlrec: at its best
                    validation epoch, as `mtlrec train` reports it)
@@ -226,6 +231,20 @@ def _load(data: Path) -> tuple[dict, dict]:
     return meta, arrays
 
 
+EVAL_REPEATS = 3  # the test split is predicted this many times; medians reported
+
+
+def _timed(fn):
+    """(median wall seconds, median CPU seconds, last result) of EVAL_REPEATS calls of fn()."""
+    walls, cpus = [], []
+    for _ in range(EVAL_REPEATS):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus), result
+
+
 def _aucs(meta: dict, labels: np.ndarray, probs: dict[str, np.ndarray]) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
@@ -239,10 +258,16 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
     from mtlrec.experiment import run
     from mtlrec.training.trainer import Trainer
 
-    # Process CPU seconds of the training epochs and of the test evaluation, besides mtlrec's own
-    # wall-clock figures: on a shared machine the wall clock also counts waiting for a core.
-    cpu = {"train": 0.0, "test": 0.0}
-    plain_epoch, plain_evaluate = Trainer.train_epoch, Trainer.evaluate
+    # Process CPU seconds of the training epochs and wall + CPU seconds of Trainer.predict on the
+    # test split (what `mtlrec train`'s test evaluation and `mtlrec predict` run; metric
+    # computation is left out for every system). CPU time besides wall time: on a shared machine
+    # the wall clock also counts waiting for a core.
+    cpu: dict = {"train": 0.0, "in_test": False}
+    plain_epoch, plain_evaluate, plain_predict = (
+        Trainer.train_epoch,
+        Trainer.evaluate,
+        Trainer.predict,
+    )
 
     def timed_epoch(self, *a, **kw):
         c0 = time.process_time()
@@ -250,14 +275,23 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
         cpu["train"] += time.process_time() - c0
         return row
 
-    def timed_evaluate(self, split, name, *a, **kw):
-        c0 = time.process_time()
-        out = plain_evaluate(self, split, name, *a, **kw)
-        if name == "test":
-            cpu["test"] += time.process_time() - c0
-        return out
+    def flagged_evaluate(self, split, name, *a, **kw):
+        cpu["in_test"] = name == "test"
+        try:
+            return plain_evaluate(self, split, name, *a, **kw)
+        finally:
+            cpu["in_test"] = False
 
-    Trainer.train_epoch, Trainer.evaluate = timed_epoch, timed_evaluate
+    def timed_predict(self, split, *a, **kw):
+        if cpu["in_test"]:  # the run's own test evaluation: keep what it needs to time it again
+            cpu["trainer"], cpu["split"] = self, split
+        return plain_predict(self, split, *a, **kw)
+
+    Trainer.train_epoch, Trainer.evaluate, Trainer.predict = (
+        timed_epoch,
+        flagged_evaluate,
+        timed_predict,
+    )
     meta = json.loads((data / "meta.json").read_text())
     model = [f"model={wl['model']}", f"model.embedding_dim={wl['embedding_dim']}"]
     model.append(f"model.tower_dims={wl['tower_dims']}".replace(" ", ""))
@@ -281,6 +315,7 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
     with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     run(cfg, run_dir)
+    test_wall, test_cpu, _ = _timed(lambda: plain_predict(cpu["trainer"], cpu["split"]))
     m = json.loads((run_dir / "metrics.json").read_text())
     aucs = {name: m["metrics"][f"test/{name}_auc"] for name, _, _ in meta["auc"]}
     import csv
@@ -291,10 +326,10 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
         n_train, n_test = len(z["train_labels"]), len(z["test_labels"])
     return {
         "train_samples_per_cpu_s": n_train * wl["epochs"] / cpu["train"],
-        "eval_samples_per_cpu_s": n_test / cpu["test"],
+        "eval_samples_per_cpu_s": n_test / test_cpu,
         "epoch_train_samples_per_s": epochs,
         "train_samples_per_s": m["train_samples_per_s"],
-        "eval_samples_per_s": m["eval_samples_per_s"],
+        "eval_samples_per_s": n_test / test_wall,
         "auc": aucs,
         "threads": torch.get_num_threads(),
         "overrides": overrides,
@@ -392,24 +427,25 @@ def worker_bare(data: Path, wl: dict, threads: int) -> dict:
         train_time += time.perf_counter() - t0
     train_cpu = time.process_time() - c0
     sparse, dense, labels = split["test"]
-    t0, c0 = time.perf_counter(), time.process_time()
-    model.eval()
-    with torch.no_grad():
-        outs = [
-            model(sparse[i : i + EVAL_BATCH], dense[i : i + EVAL_BATCH])
-            for i in range(0, len(labels), EVAL_BATCH)
-        ]
-    logits = [torch.cat([o[k] for o in outs]) for k in range(2)]
-    if wl["model"] == "mmoe":
-        probs = {
-            name: torch.sigmoid(lg).numpy()
-            for (name, _, _), lg in zip(meta["auc"], logits, strict=True)
-        }
-    else:
+
+    def predict():
+        model.eval()
+        with torch.no_grad():
+            outs = [
+                model(sparse[i : i + EVAL_BATCH], dense[i : i + EVAL_BATCH])
+                for i in range(0, len(labels), EVAL_BATCH)
+            ]
+        logits = [torch.cat([o[k] for o in outs]) for k in range(2)]
+        if wl["model"] == "mmoe":
+            return {
+                name: torch.sigmoid(lg).numpy()
+                for (name, _, _), lg in zip(meta["auc"], logits, strict=True)
+            }
         p_ctr = torch.sigmoid(logits[0])
-        probs = {"ctr": p_ctr.numpy(), "ctcvr": (p_ctr * torch.sigmoid(logits[1])).numpy()}
+        return {"ctr": p_ctr.numpy(), "ctcvr": (p_ctr * torch.sigmoid(logits[1])).numpy()}
+
+    eval_time, eval_cpu, probs = _timed(predict)
     aucs = _aucs(meta, labels.numpy(), probs)
-    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "train_samples_per_s": n * wl["epochs"] / train_time,
         "eval_samples_per_s": len(labels) / eval_time,
@@ -452,10 +488,8 @@ def worker_deepctr(data: Path, wl: dict, threads: int) -> dict:
     model.fit(x_of("train"), y, batch_size=BATCH, epochs=wl["epochs"], verbose=0)
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     labels = a["test_labels"]
-    t0, c0 = time.perf_counter(), time.process_time()
-    pred = model.predict(x_of("test"), batch_size=EVAL_BATCH)
+    eval_time, eval_cpu, pred = _timed(lambda: model.predict(x_of("test"), batch_size=EVAL_BATCH))
     aucs = _aucs(meta, labels, {name: pred[:, k] for k, name in enumerate(names)})
-    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "train_samples_per_s": n * wl["epochs"] / train_time,
         "eval_samples_per_s": len(labels) / eval_time,
@@ -518,7 +552,9 @@ def worker_rechub(data: Path, wl: dict, threads: int, tmp: Path) -> dict:
             lab = a[f"{s}_labels"]
             return np.stack([lab[:, cols[1]], lab[:, cols[0]], lab[:, cols[1]]], 1)
 
-        model = ESMM(feats, [], {"dims": wl["tower_dims"]}, {"dims": wl["tower_dims"]})
+        user = [f for f in feats if f.name.startswith("user")]
+        item = [f for f in feats if not f.name.startswith("user")]
+        model = ESMM(user, item, {"dims": wl["tower_dims"]}, {"dims": wl["tower_dims"]})
     task_types = ["classification"] * (len(names) if wl["model"] == "mmoe" else 3)
     train_dl, _, _ = DataGenerator(x_of("train"), y_of("train")).generate_dataloader(
         x_of("val"), y_of("val"), x_of("test"), y_of("test"), batch_size=BATCH
@@ -536,15 +572,17 @@ def worker_rechub(data: Path, wl: dict, threads: int, tmp: Path) -> dict:
             trainer.train_one_epoch(train_dl)
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     labels = a["test_labels"]
-    t0, c0 = time.perf_counter(), time.process_time()
-    with contextlib.redirect_stderr(io.StringIO()):
-        pred = np.asarray(trainer.predict(model, test_dl))
+
+    def predict():
+        with contextlib.redirect_stderr(io.StringIO()):
+            return np.asarray(trainer.predict(model, test_dl))
+
+    eval_time, eval_cpu, pred = _timed(predict)
     if wl["model"] == "mmoe":
         probs = {name: pred[:, k] for k, name in enumerate(names)}
     else:
         probs = {"ctr": pred[:, 1], "ctcvr": pred[:, 2]}
     aucs = _aucs(meta, labels, probs)
-    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "train_samples_per_s": n * wl["epochs"] / train_time,
         "eval_samples_per_s": len(labels) / eval_time,
