@@ -121,6 +121,35 @@ def weights_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def gate_table(root: Path) -> str:
+    """MMoE's two task gates at the last epoch: total variation distance between them and each
+    task's gate entropy, mean +- std over seeds per correlation (history.csv gate/ columns)."""
+    import pandas as pd
+    import yaml
+
+    rows = []
+    for hist in sorted(root.glob("mmoe/*/history.csv")):
+        cfg = yaml.safe_load((hist.parent / ".hydra" / "config.yaml").read_text())
+        last = pd.read_csv(hist).iloc[-1]
+        g1 = last.filter(regex=r"^gate/task1/expert_").to_numpy(dtype=float)
+        g2 = last.filter(regex=r"^gate/task2/expert_").to_numpy(dtype=float)
+        rows.append(
+            {
+                "correlation": cfg["dataset"]["correlation"],
+                "tv_distance": 0.5 * abs(g1 - g2).sum(),
+                "entropy_task1": float(last["gate/entropy/task1"]),
+                "entropy_task2": float(last["gate/entropy/task2"]),
+            }
+        )
+    df = pd.DataFrame(rows).groupby("correlation")
+    mean, std = df.mean(), df.std()
+    lines = ["| correlation | " + " | ".join(mean.columns) + " |", "| --- |" + " ---: |" * 3]
+    for p, r in mean.iterrows():
+        cells = [f"{r[c]:.3f} ± {std.loc[p, c]:.3f}" for c in mean.columns]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", choices=[*STUDIES, "all"], default="all")
@@ -160,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         print(table.read_text())
+        if name == "mmoe_synthetic":
+            gates = gate_table(root)
+            (root / "gates.md").write_text(gates + "\n")
+            print(gates)
         if name == "balance":
             weights = weights_table(root)
             (root / "weights.md").write_text(weights + "\n")
