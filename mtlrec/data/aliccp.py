@@ -144,6 +144,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     source = str(cfg.get("source") or "processed")
     seed = int(cfg.get("split_seed") or 0)
     info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
+    source_names = None
     if source == "processed":
         files = dict(cfg.get("files") or {})
         missing = [s for s in ("train", "val", "test") if not files.get(s)]
@@ -168,6 +169,10 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
             )
             info[f"raw_{part}"] = counts
         val_share = float(cfg.get("test_val_fraction") or 0.5)
+        source_names = [
+            f"{paths['train_skeleton']} + {paths['train_common']}",
+            f"{paths['test_skeleton']} + {paths['test_common']}",
+        ]
         sources = [
             RawSource(converted / "train.csv", split="train"),
             RawSource(
@@ -192,6 +197,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         split_by="files",
         split_seed=seed,
         info=info,
+        source_names=source_names,
     )
     set_dense_options(plan, cfg)
     return plan

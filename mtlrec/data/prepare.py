@@ -119,6 +119,8 @@ class Plan:
     raw_columns: list[str] | None = None
     # Turns a block of raw string columns into feature + label columns (e.g. derives labels).
     transform: Callable[[pa.Table], pa.Table] | None = None
+    # How spec.info names the sources (e.g. the raw release files behind converted ones).
+    source_names: list[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -797,7 +799,7 @@ class SplitSummary:
     oov: dict[str, int] = field(default_factory=dict)  # field -> rows mapped to the oov id
 
 
-def encode_block(plan: Plan, fitted: Fitted, block: Block, codes: np.ndarray) -> pa.Table:
+def encode_block(plan: Plan, fitted: Fitted, block: Block) -> pa.Table:
     source = plan.sources[block.source_index]
     table = block.table
     cols: dict[str, pa.Array] = {}
@@ -825,7 +827,6 @@ def encode_block(plan: Plan, fitted: Fitted, block: Block, codes: np.ndarray) ->
                     f"{source.path}: {block.where(source, i)}: label column '{c}' of binary task '{task}' holds {y[i]:g}; binary labels must be 0 or 1"
                 )
         cols[c] = pa.array(y.astype(np.float32))
-    del codes
     return pa.table(cols)
 
 
@@ -838,7 +839,7 @@ def encode(
         for i in range(len(plan.sources)):
             for block in plan_blocks(plan, i):
                 codes = split_codes(plan, block, cuts)
-                encoded = encode_block(plan, fitted, block, codes)
+                encoded = encode_block(plan, fitted, block)
                 for k, split in enumerate(SPLITS):
                     mask = codes == k
                     if not mask.any():
@@ -947,8 +948,10 @@ def run_plan(plan: Plan, out_dir: Path) -> Result:
     info = {
         **plan.info,
         "sources": [
-            {"file": str(s.path), **({"split": s.split} if s.split else {"fractions": s.fractions})}
-            for s in plan.sources
+            {"file": name, **({"split": s.split} if s.split else {"fractions": s.fractions})}
+            for s, name in zip(
+                plan.sources, plan.source_names or [str(s.path) for s in plan.sources], strict=True
+            )
         ],
         "split": {"by": plan.split_by, "seed": plan.split_seed}
         | ({"column": plan.split_column, "cuts": list(cuts)} if cuts else {}),
@@ -1024,7 +1027,7 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
         cdir = Path(config_dir).expanduser().resolve()
         if not cdir.is_dir():
             raise MtlrecError(f"{config_dir}: --config-dir is not a directory")
-        overrides.append(f"hydra.searchpath=[file://{cdir}]")
+        overrides.append(f"hydra.searchpath=['file://{cdir}']")
     try:
         with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
             cfg = compose(config_name="prepare", overrides=overrides)

@@ -110,6 +110,10 @@ def test_aliccp_from_the_raw_release_prepares_and_trains(tmp_path):
     assert result.summary["val"].rows + result.summary["test"].rows == 200
     assert spec.info["raw_train"] == {"rows": 400, "dropped_conversion_without_click": 0}
     assert not (result.path / "_converted").exists()
+    assert (
+        spec.info["sources"][0]["file"]
+        == f"{raw / 'sample_skeleton_train.csv'} + {raw / 'common_features_train.csv'}"
+    )
     assert spec.funnel.click == "click" and spec.funnel.conversion == "purchase"
     vocab = {f.name: f.vocab_size for f in spec.sparse}
     assert vocab["205"] == 5 and vocab["301"] == 2  # 4 item ids + OOV; 301 absent: "" + OOV

@@ -282,3 +282,13 @@ def test_config_mistakes(events, tmp_path):
     files["test"] = {"file": "test.csv", "fractions": {"val": 0.5, "test": 0.5}}
     result = prepare_dataset(byo_config(raw, out, files=files))
     assert result.summary["val"].rows + result.summary["test"].rows == 200
+
+
+def test_prepare_command_needs_a_dataset():
+    from mtlrec.data.prepare import main
+
+    with pytest.raises(MtlrecError) as e:
+        main(["overwrite=true"])
+    assert str(e.value) == (
+        "say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: aliccp, aliexpress, census, mmoe_synthetic"
+    )
