@@ -92,11 +92,17 @@ def main() -> None:
         for r in range(args.repeat):
             for name, extra in variants.items():
                 results[name].append(sweep(args, extra, cache.resolve(), work, f"{name}-{r}"))
-                print(f"round {r + 1} {name}: {results[name][-1]['wall_s']:.1f} s", file=sys.stderr)
+                results[name][-1]["load_avg_1min_after"] = os.getloadavg()[0]
+                print(
+                    f"round {r + 1} {name}: {results[name][-1]['wall_s']:.1f} s "
+                    f"(1-min load average after: {os.getloadavg()[0]:.1f})",
+                    file=sys.stderr,
+                )
     base = statistics.median(x["wall_s"] for x in results["sequential"])
     print(
         f"\n{args.jobs}-job MMoE sweep, synthetic_ccp {args.rows:,} rows, {args.epochs} epochs, "
-        f"{cores} cores, median of {args.repeat} rounds\n"
+        f"{cores} cores, median of {args.repeat} rounds; 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f} (other processes compete for the cores when it is above 2)\n"
     )
     print("| variant | threads per job | sweep wall s | vs sequential | train samples/s per job |")
     print("| --- | --- | ---: | ---: | ---: |")

@@ -74,24 +74,29 @@ def test_sweep_two_complete_job_dirs_and_compare_csv(tmp_path):
     assert "seed" not in rows[0]
 
 
-def test_failed_job_is_recorded_and_the_sweep_goes_on_then_exits_1(tmp_path):
+def test_failed_jobs_are_recorded_and_the_sweep_goes_on_then_exits_1(tmp_path):
+    """Bad values (jobs 0, 1) and a NaN loss (job 3, lr=1e12): each recorded in its own dir, the
+    good job (2) still runs, and the end of the sweep names all three failures; exit status 1."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "model=mmoe", "model.num_experts=0,1,-1", "trainer.epochs=1", *TINY_CLI]
-    proc = mtlrec("train", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    args = ["-m", "model=mmoe", "model.num_experts=0,1", "trainer.lr=0.001,1e12"]
+    args += ["trainer.epochs=1", *TINY_CLI, f"hydra.sweep.dir={sweep}"]
+    proc = mtlrec("train", *args, cwd=tmp_path)
     assert proc.returncode == 1
-    error0 = "model.num_experts must be an integer >= 1, got 0"
-    error2 = "model.num_experts must be an integer >= 1, got -1"
-    for job, error in (("0", error0), ("2", error2)):
+    bad_value = "model.num_experts must be an integer >= 1, got 0"
+    errors = {}
+    for job in ("0", "1", "3"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "failed"
-        assert metrics["error"] == error
-    assert_complete(sweep / "1")  # ran after a failed job
-    tail = proc.stderr.strip().splitlines()[-3:]
+        errors[job] = metrics["error"]
+    assert errors["0"] == errors["1"] == bad_value
+    assert errors["3"].startswith("epoch 1 step ")
+    assert "training loss of task(s) ['ctr', 'cvr'] is NaN/inf" in errors["3"]
+    assert_complete(sweep / "2")  # ran after two failed jobs
+    tail = proc.stderr.strip().splitlines()[-4:]
     assert tail == [
-        "mtlrec train: error: 2 of 3 sweep job(s) did not complete "
+        "mtlrec train: error: 3 of 4 sweep job(s) did not complete "
         "(see each dir's metrics.json and train.log):",
-        f"  {sweep / '0'}: failed: {error0}",
-        f"  {sweep / '2'}: failed: {error2}",
+        *[f"  {sweep / job}: failed: {errors[job]}" for job in ("0", "1", "3")],
     ]
 
 
