@@ -334,6 +334,12 @@ def _resolve_key(key: str, runs: list[Run], names: dict[str, str]) -> str:
     all_keys = {k for r in runs for k in r.config}
     if key in all_keys:
         return key
+    for full, short in names.items():  # the column names of the table work too
+        if short == key:
+            return full
+    for suffix in (".name", ".type"):  # model -> model.name, device -> device.type
+        if key + suffix in all_keys:
+            return key + suffix
     matches = [k for k in all_keys if k.endswith("." + key)]
     if len(matches) == 1:
         return matches[0]

@@ -157,6 +157,14 @@ def test_cli_formats_sort_filter_output(sweep, tmp_path, capsys):
     assert float(rows[1]["test/mean_auc_mean"]) == pytest.approx(0.775)
     assert float(rows[1]["test/mean_auc_std"]) == pytest.approx(statistics.stdev([0.75, 0.8]))
 
+    main(
+        [str(sweep), "--filter", "model=mmoe", "--filter", "model.num_experts=2", "--format", "csv"]
+    )
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["n"] for r in rows] == ["3"]  # the three seeds of 2 experts, grouped
+    with pytest.raises(MtlrecError, match=r"^--filter model=esmm: no run matches$"):
+        main([str(sweep), "--filter", "model=esmm"])
+
     main([str(sweep), "--filter", "status=failed"])
     text = capsys.readouterr().out
     assert "1 run(s)" in text and "loss is nan" in text and "failed" in text
