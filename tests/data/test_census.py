@@ -97,6 +97,11 @@ def test_paper_protocol_with_both_files_and_labels_removed_from_inputs(raw, tmp_
         _sum(result.path, "val", "marital") + _sum(result.path, "test", "marital")
         == test_counts["marital"]
     )
+    metrics = train(
+        tmp_path / "run",
+        [f"data_dir={tmp_path}", "dataset=census", "model=mmoe", "trainer.epochs=1"],
+    )
+    assert metrics["status"] == "completed" and "test/marital_auc" in metrics["metrics"]
 
 
 def test_task_group_2_and_test_file_only(raw, tmp_path):
