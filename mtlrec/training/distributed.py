@@ -451,6 +451,15 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def any_rank_every(flag: bool, step: int, every: int) -> bool:
+    """`any_rank` at every `every`-th step, False in between (the flag is looked at again later);
+    a single process just returns the flag. A signal reaches every rank, so the ranks stop
+    together within `every` steps instead of paying a collective and a GPU sync per step."""
+    if not current().active:
+        return flag
+    return step % every == 0 and any_rank(flag)
+
+
 def decide(flag: bool) -> bool:
     """Rank 0's decision, on every rank (early stopping)."""
     ctx = current()

@@ -368,7 +368,10 @@ class Trainer:
             self.global_step += 1
             if (step + 1) % check_every == 0:
                 watch.check(epoch, self.loss_tasks, self.last_checkpoint)
-            stop = distributed.any_rank(self.stop is not None and self.stop.requested)
+            # Ranks agree on a stop every check_every steps (a collective + host sync on GPUs).
+            stop = distributed.any_rank_every(
+                self.stop is not None and self.stop.requested, step + 1, check_every
+            )
             every = self.checkpoint_every
             if stop or (every and self.global_step % every == 0 and step + 1 < steps):
                 watch.check(epoch, self.loss_tasks, self.last_checkpoint)  # never save NaN weights
