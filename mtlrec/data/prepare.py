@@ -575,7 +575,8 @@ def numeric(block: Block, source: RawSource, col: str, what: str) -> np.ndarray:
                     raise MtlrecError(
                         f"{source.path}: {block.where(source, i)}: {what} column '{col}' holds {v[:40]!r}, not a number"
                     ) from None
-            raise
+            # Every value parses in Python (e.g. spellings arrow rejects): use Python's parse.
+            return np.array([math.nan if v is None else float(v) for v in values], np.float64)
     elif not (
         pa.types.is_integer(arr.type)
         or pa.types.is_floating(arr.type)
