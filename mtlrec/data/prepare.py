@@ -8,7 +8,8 @@ The dataset config (conf/dataset/NAME.yaml, or the user's own) is the one `mtlre
 `path` is where the prepared dataset lives; the raw-file keys next to it say how to build it.
 
 Pipeline (bounded memory: only vocabularies and a few numbers per dense column are held; rows
-stream through in blocks of `block_size_mb` read by pyarrow):
+stream through in blocks of `block_size_mb`, default 1 MB: pyarrow's CSV reader keeps ~32 blocks
+in flight, so bigger blocks cost memory, not much speed; see scripts/bench_prepare.py):
 
     pass 1 (fit, train rows only):  value counts per sparse field; count, sum, sum of squares,
                                     min, max per dense column (and of log1p for log1p_standardize)
