@@ -210,3 +210,12 @@ def test_streamed_train_split_shards_row_groups_across_ranks(tmp_path):
     assert read.total() == 2 * 5 * 256 and not read - rows(whole.sparse, whole.dense)
     with pytest.raises(MtlrecError, match="needs at least 12 parquet row groups"):
         distributed.RankStream(split, 256, 0, 12)
+
+
+def test_bad_devices_value_is_one_line_before_anything_is_written(tmp_path):
+    from conftest import run_training
+
+    with pytest.raises(MtlrecError) as err:
+        run_training(tmp_path, ["trainer.devices=0"])
+    assert str(err.value) == "trainer.devices must be an integer >= 1, got 0"
+    assert not (tmp_path / "run").exists()
