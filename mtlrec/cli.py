@@ -158,6 +158,16 @@ def _key_hint(key: str, overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (startup, evaluation, predict)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print("mtlrec: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main(argv: list[str] | None = None) -> None:
     # Small models on few cores: OpenMP's default busy-wait makes threads spin against each other
     # and against parallel jobs (up to ~26x slower with 2 threads when the other core is busy).
     # Must be set before torch loads; users can still override it.

@@ -45,7 +45,7 @@ from mtlrec.training.checkpoint import (
     save_last,
 )
 from mtlrec.training.metrics import eval_targets
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
+from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import Trainer, TrainerConfig, strip_gates
 
 log = logging.getLogger("mtlrec")
@@ -237,10 +237,11 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt):  # a second signal: stopped at once, no new checkpoint
             e = TrainingInterrupted("stopped at once by a second signal", 2)
-        run_dir.update_metrics(
-            status="interrupted", error=str(e), wall_seconds=time.time() - started
-        )
-        log.warning("%s; continue with: mtlrec train resume=%s", e, run_dir.path)
+        with shielded():
+            run_dir.update_metrics(
+                status="interrupted", error=str(e), wall_seconds=time.time() - started
+            )
+            log.warning("%s; continue with: mtlrec train resume=%s", e, run_dir.path)
         raise e from None
     except MtlrecError as e:
         run_dir.update_metrics(status="failed", error=str(e), wall_seconds=time.time() - started)
