@@ -336,7 +336,7 @@ def _worker(
                 type(e).__name__,
                 isinstance(e, MtlrecError),
                 str(e),
-                traceback.format_exc(),
+                traceback.format_exc()[-20_000:],  # a pipe holds ~64 KiB: never block on it
                 int(getattr(e, "signum", 0) or 0),
             )
         )
