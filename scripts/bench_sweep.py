@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,15 +50,21 @@ def sweep(args, extra: list[str], data_dir: Path, work: Path, name: str) -> dict
         *extra,
     ]
     env = dict(os.environ, MTLREC_DATA_DIR=str(data_dir), OMP_WAIT_POLICY="PASSIVE")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=work)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the sweep and every process it waited for (joblib's workers included):
+    # what the sweep cost, much less sensitive than wall time to other load on the machine.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
     jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
     assert len(jobs) == args.jobs and all(j["status"] == "completed" for j in jobs)
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "threads": sorted({j["num_threads"] for j in jobs}),
         "train_samples_per_s": statistics.fmean(j["train_samples_per_s"] for j in jobs),
     }
@@ -104,20 +111,27 @@ def main() -> None:
         f"{cores} cores, median of {args.repeat} rounds; 1-min load average at the end "
         f"{os.getloadavg()[0]:.1f} (other processes compete for the cores when it is above 2)\n"
     )
-    print("| variant | threads per job | sweep wall s | vs sequential | train samples/s per job |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print(
+        "| variant | threads per job | sweep wall s | vs sequential | sweep CPU s "
+        "| train samples/s per job |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     summary = {}
     for name, runs in results.items():
         wall = statistics.median(x["wall_s"] for x in runs)
         speed = statistics.median(x["train_samples_per_s"] for x in runs)
+        cpu = statistics.median(x["cpu_s"] for x in runs)
         threads = ",".join(str(t) for t in runs[0]["threads"])
         summary[name] = {
+            "cpu_s": cpu,
             "wall_s": wall,
             "ratio": wall / base,
             "threads": threads,
             "samples_per_s": speed,
         }
-        print(f"| {name} | {threads} | {wall:.1f} | {wall / base:.2f}x | {speed:,.0f} |")
+        print(
+            f"| {name} | {threads} | {wall:.1f} | {wall / base:.2f}x | {cpu:.1f} | {speed:,.0f} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -441,7 +441,10 @@ class Trainer:
             "best_state": {k: v.detach().cpu().clone() for k, v in self.best_state.items()},
             "train_time": self.train_time,
             "train_rows": self.train_rows,
-            "balancer": {k: v.detach().cpu() for k, v in self.balancer.state_dict().items()},
+            "balancer": {
+                k: v.detach().cpu() if torch.is_tensor(v) else v
+                for k, v in self.balancer.state_dict().items()
+            },
             "world_size": self.dist.world_size,
         }
 
