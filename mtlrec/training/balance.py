@@ -260,6 +260,13 @@ class PCGrad(_NeedsShared):
         self.register_buffer("conflicts", torch.zeros(()), persistent=False)
         self.pairs = 0
 
+    def get_extra_state(self) -> dict:
+        # the projection order's generator, so a resumed run draws the same orders
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     @staticmethod
     def project(grads: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
         """PCGrad on flattened task gradients [T, P]: the sum of the projected gradients [P].

@@ -181,3 +181,15 @@ def test_extra_loss_is_added_unbalanced_and_logged():
     assert model.theta.grad.tolist() == [0.0, 5.0]
     row = bal.end_epoch()
     assert row["train/extra_loss"] == 0.0  # theta = 0
+
+
+def test_pcgrad_projection_order_survives_a_checkpoint():
+    tasks = tuple(TaskSpec(n, n) for n in "abcd")
+    first = make_balancer({"name": "pcgrad", "seed": 3}, tasks, Toy())
+    torch.randperm(3, generator=first.generator)  # advance the order generator
+    state = first.state_dict()
+    second = make_balancer({"name": "pcgrad", "seed": 99}, tasks, Toy())
+    second.load_state_dict(state)
+    assert torch.equal(
+        torch.randperm(3, generator=first.generator), torch.randperm(3, generator=second.generator)
+    )
