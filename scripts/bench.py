@@ -112,7 +112,60 @@ def _write_arrays(out: Path, splits: dict, meta: dict) -> None:
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
+def _arrays_from_prepared(prepared: Path) -> tuple[dict, dict]:
+    """A prepared mtlrec dataset's splits as numpy arrays (per-field ids, dense, labels) + meta."""
+    import pyarrow.parquet as pq
+
+    from mtlrec.data.spec import DatasetSpec
+
+    spec = DatasetSpec.load(prepared)
+    arrays = {}
+    for s, fname in spec.splits.items():
+        t = pq.read_table(prepared / fname)
+        arrays[s] = {
+            "sparse": np.stack([t[f.name].to_numpy() for f in spec.sparse], 1).astype(np.int64),
+            "dense": np.stack([t[f.name].to_numpy() for f in spec.dense], 1).astype(np.float32),
+            "labels": np.stack([t[c].to_numpy() for c in spec.labels], 1).astype(np.float32),
+        }
+    meta = {
+        "sparse": [f.name for f in spec.sparse],
+        "vocabs": [f.vocab_size for f in spec.sparse],
+        "dense": [f.name for f in spec.dense],
+        "labels": list(spec.labels),
+    }
+    return arrays, meta
+
+
+def census_tag() -> str:
+    import mtlrec.cli
+
+    return "census-prepared" if "prepare" in mtlrec.cli.COMMANDS else "census-simple"
+
+
 def prepare_census(out: Path) -> None:
+    """The census workload: `mtlrec prepare dataset=census` when this mtlrec has it (issue 3),
+    else the simple loader below; either way one prepared dir for mtlrec + arrays for the rest."""
+    import mtlrec.cli
+
+    if "prepare" not in mtlrec.cli.COMMANDS:
+        return prepare_census_simple(out)
+    env = dict(os.environ, MTLREC_DATA_DIR=str(out / "mtlrec-prepare"))
+    cmd = [sys.executable, "-m", "mtlrec", "prepare", "dataset=census",
+           f"dataset.raw_dir={CENSUS_FILE.parent}"]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    prepared = out / "mtlrec-prepare" / "census-g1"
+    arrays, meta = _arrays_from_prepared(prepared)
+    li = {c: i for i, c in enumerate(meta["labels"])}
+    meta |= {
+        "workload": "census",
+        "source": "mtlrec prepare dataset=census (train-only vocabularies, 60/20/20 split, seed 0)",
+        "auc": [["income", li["income"], None], ["marital", li["marital"], None]],
+        "mtlrec_overrides": ["dataset=census", f"dataset.path={prepared}"],
+    }
+    _write_arrays(out, arrays, meta)
+
+
+def prepare_census_simple(out: Path) -> None:
     """census-income.test.gz -> prepared mtlrec dataset (out/prepared) + out/arrays.npz."""
     import pandas as pd
     import pyarrow as pa
@@ -174,6 +227,7 @@ def prepare_census(out: Path) -> None:
     spec.save(prepared)
     meta = {
         "workload": "census",
+        "source": "scripts/bench.py's own loader (ids over the whole file, 60/20/20 split, seed 0)",
         "sparse": sparse_names,
         "vocabs": vocabs,
         "dense": dense_names,
@@ -187,28 +241,14 @@ def prepare_census(out: Path) -> None:
 
 def prepare_synthetic(out: Path, rows: int) -> None:
     """mtlrec's synthetic_ccp generator (in this process) -> out/prepared + out/arrays.npz."""
-    import pyarrow.parquet as pq
-
-    from mtlrec.data.spec import DatasetSpec
     from mtlrec.data.synthetic_ccp import ensure_prepared
 
     prepared = ensure_prepared(out / "prepared", rows, 0)
-    spec = DatasetSpec.load(prepared)
-    arrays = {}
-    for s, fname in spec.splits.items():
-        t = pq.read_table(prepared / fname)
-        arrays[s] = {
-            "sparse": np.stack([t[f.name].to_numpy() for f in spec.sparse], 1).astype(np.int64),
-            "dense": np.stack([t[f.name].to_numpy() for f in spec.dense], 1).astype(np.float32),
-            "labels": np.stack([t[c].to_numpy() for c in spec.labels], 1).astype(np.float32),
-        }
-    li = {c: i for i, c in enumerate(spec.labels)}
-    meta = {
+    arrays, meta = _arrays_from_prepared(prepared)
+    li = {c: i for i, c in enumerate(meta["labels"])}
+    meta |= {
         "workload": "synthetic_ccp",
-        "sparse": [f.name for f in spec.sparse],
-        "vocabs": [f.vocab_size for f in spec.sparse],
-        "dense": [f.name for f in spec.dense],
-        "labels": list(spec.labels),
+        "source": f"mtlrec's synthetic_ccp generator, {rows} rows, seed 0 (70/15/15)",
         "auc": [["ctr", li["click"], None], ["ctcvr", li["conversion"], None]],
         "funnel": [li["click"], li["conversion"]],
         "mtlrec_overrides": [
@@ -791,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         wl = dict(WORKLOADS[name])
         if args.epochs:
             wl["epochs"] = args.epochs
-        tag = "census" if name == "census" else f"synthetic_ccp-{args.rows}"
+        tag = census_tag() if name == "census" else f"synthetic_ccp-{args.rows}"
         data = work / "data" / tag
         if not (data / "arrays.npz").exists():
             print(f"preparing {tag} in {data} ...", flush=True)
@@ -807,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             subprocess.run([sys.executable, "-c", code], check=True)
         meta = json.loads((data / "meta.json").read_text())
+        print(f"data: {meta.get('source', '?')}", flush=True)
         runs: dict[str, list[dict]] = {s: [] for s in systems if s not in skipped}
         for rep in range(args.repeats):
             for s in runs:
@@ -825,7 +866,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{tag}] rep {rep + 1} {s:14s} {brief[0]}", flush=True)
         rows = [summarize(s, r) for s, r in runs.items()]
         rows += [{"system": s, "error": why} for s, why in skipped.items()]
-        desc = f"{name} ({wl['model']}, {wl['epochs']} epoch(s), batch {BATCH}, Adam {LR:g})"
+        desc = (
+            f"{name} ({wl['model']}, {wl['epochs']} epoch(s), batch {BATCH}, Adam {LR:g}; "
+            f"{len(meta['vocabs'])} sparse + {len(meta['dense'])} dense features; "
+            f"data: {meta.get('source', '?')})"
+        )
         text = table(name, wl, rows, meta)
         print(f"\n{desc}\n{text}\n", flush=True)
         md += [f"**{desc}**", "", text, ""]
