@@ -339,6 +339,13 @@ def test_resume_refuses_other_overrides_and_foreign_files(short_run, tmp_path):
     torch.save({"weights": 1}, run_dir / "checkpoints" / "last.pt")
     with pytest.raises(MtlrecError, match=r"last.pt: not an mtlrec checkpoint$"):
         load_resumable(run_dir / "checkpoints")
+    torch.save({"format": "mtlrec-checkpoint", "epoch": 1}, run_dir / "checkpoints" / "last.pt")
+    with pytest.raises(MtlrecError) as info:
+        load_resumable(run_dir / "checkpoints")
+    assert str(info.value) == (
+        f"{run_dir / 'checkpoints' / 'last.pt'}: checkpoint is incomplete (no ['model_name', "
+        "'model_state', 'config', 'dataset_spec', 'loss_tasks']); use an older checkpoint"
+    )
     with pytest.raises(MtlrecError, match=f"resume={tmp_path} but the run dir is {run_dir}"):
         run(compose_train([*TINY, f"resume={tmp_path}"]), run_dir)
 

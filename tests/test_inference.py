@@ -39,6 +39,7 @@ def test_evaluate_reproduces_the_runs_own_test_and_val_metrics_exactly(trained):
     assert evaluate(run_dir) == want_test
     assert evaluate(run_dir, split="val") == want_val
     assert evaluate(run_dir, data=str(data_dir)) == want_test  # a prepared dir: its test split
+    assert evaluate(run_dir, data=str(data_dir / "test.parquet")) == want_test  # one file
 
     # Through the real CLI, as JSON.
     out = subprocess.run(

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 FORMAT = "mtlrec-checkpoint"
 VERSION = 1
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+# What every complete checkpoint holds (make_payload writes them all).
+REQUIRED = ("epoch", "model_name", "model_state", "config", "dataset_spec", "loss_tasks")
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -132,6 +134,11 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise MtlrecError(f"{path}: not an mtlrec checkpoint")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise MtlrecError(
+            f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
+        )
     return payload
 
 
