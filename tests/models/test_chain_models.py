@@ -220,7 +220,6 @@ def test_esmm_chain_with_ple_backbone_trains_with_uncertainty_weighting(train_ti
 
 
 def test_aitm_cli_subprocess_logs_calibrator_and_weights(tmp_path):
-    env_data = tmp_path / "data"
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -237,15 +236,8 @@ def test_aitm_cli_subprocess_logs_calibrator_and_weights(tmp_path):
         "device=cpu",
         f"hydra.run.dir={out}",
     ]
-    import os
-
-    r = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MTLREC_DATA_DIR": str(env_data)},
-        timeout=240,
-    )
+    # the session's test data dir (conftest sets MTLREC_DATA_DIR): the tiny data is reused
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "test/ctcvr_auc" in metrics["metrics"]
