@@ -61,6 +61,15 @@ def translate_resume(args: list[str]) -> list[str]:
     if not run_dir.is_dir():
         raise ValueError(f"resume={value}: no such run dir")
     saved = run_dir / ".hydra" / "overrides.yaml"
+    from datetime import datetime
+
+    from mtlrec.runs.run_dir import RESUME_ACCEPTED
+
+    # Each resume attempt records its config in its own .hydra/resume-<time>/ (the original .hydra/
+    # stays as the run started); the latest attempt that got to train holds the overrides to replay.
+    accepted = sorted((run_dir / ".hydra").glob(f"resume-*/{RESUME_ACCEPTED}"))
+    if accepted:
+        saved = accepted[-1].parent / "overrides.yaml"
     if not saved.is_file():
         raise ValueError(f"resume={value}: not a run dir of `mtlrec train` ({saved} is missing)")
     for a in args:
@@ -74,9 +83,17 @@ def translate_resume(args: list[str]) -> list[str]:
     replay = [
         o
         for o in original
-        if _override_key(o) not in mine_keys and _override_key(o) not in ("resume", "hydra.run.dir")
+        if _override_key(o) not in mine_keys
+        and _override_key(o) not in ("resume", "hydra.run.dir", "hydra.output_subdir")
     ]
-    return [*replay, *mine, f"resume='{run_dir}'", f"hydra.run.dir='{run_dir}'"]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [
+        *replay,
+        *mine,
+        f"resume='{run_dir}'",
+        f"hydra.run.dir='{run_dir}'",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]
 
 
 def check_overrides(args: list[str]) -> None:

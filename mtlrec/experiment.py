@@ -33,7 +33,7 @@ from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.runs.loggers import build_logger
-from mtlrec.runs.run_dir import ENV_FILE, RunDir
+from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.training import distributed
 from mtlrec.training.checkpoint import (
@@ -254,6 +254,18 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
         raise
 
 
+def mark_resume_accepted(run_dir: Path) -> None:
+    """Mark this resume attempt's .hydra/resume-*/ dir as accepted: the next resume replays its
+    overrides (cli.translate_resume). A refused attempt leaves no mark, so it changes nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # called in-process, without a Hydra job
+        return
+    subdir = HydraConfig.get().output_subdir
+    if subdir and Path(subdir).name.startswith("resume-"):
+        (run_dir / subdir / RESUME_ACCEPTED).write_text("")
+
+
 def set_deterministic(on: bool) -> None:
     """trainer.deterministic: PyTorch's deterministic algorithms (they matter on GPUs; CPU kernels
     used here are deterministic already). cuBLAS needs a fixed workspace for reproducible GEMMs."""
@@ -408,6 +420,8 @@ def _run(cfg: DictConfig, run_dir: RunDir, started: float, stop: StopRequest) ->
         resume_state = resume_payload["train_state"]
         distributed.check_resume_world(resume_state, resume_path)
         history[:] = resume_state["history"]
+        if ranks.is_main:
+            mark_resume_accepted(run_dir.path)
     try:
         result = trainer.fit(splits, on_epoch_end if ranks.is_main else None, resume=resume_state)
     except BaseException as e:

@@ -263,12 +263,15 @@ def test_resume_translation_replays_the_original_overrides(tmp_path, monkeypatch
         "- model=mmoe\n- trainer.epochs=2\n- resume=/old\n"
     )
     monkeypatch.chdir(tmp_path)
-    assert translate_resume(["resume=r", "trainer.epochs=4"]) == [
+    args = translate_resume(["resume=r", "trainer.epochs=4"])
+    assert args[:4] == [
         "model=mmoe",
         "trainer.epochs=4",
         f"resume='{run_dir}'",
         f"hydra.run.dir='{run_dir}'",
     ]
+    # each attempt records its config in its own .hydra/resume-<time>/ (tests/test_resume_record.py)
+    assert len(args) == 5 and args[4].startswith("hydra.output_subdir=.hydra/resume-")
     assert translate_resume(["model=esmm"]) == ["model=esmm"]
     with pytest.raises(ValueError, match="cannot be combined with -m"):
         translate_resume(["-m", "resume=r"])

@@ -34,6 +34,8 @@ HISTORY_FILE = "history.csv"
 ENV_FILE = "env.json"
 CHECKPOINT_DIR = "checkpoints"
 RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
+# Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
+RESUME_ACCEPTED = "ACCEPTED"
 
 
 def _atomic_write(path: Path, write) -> None:
