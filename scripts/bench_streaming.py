@@ -8,7 +8,7 @@ row groups of 65,536 rows; val and test are kept small (50,000 rows each) so tha
 split differs between sizes. Every run is a fresh process through mtlrec's real code path
 (experiment.run); in-memory and streaming runs alternate. The streaming reader holds at most
 
-    shuffle_buffer + batch_size + (prefetch + 2) * read_rows  rows
+    shuffle_buffer + batch_size + (prefetch + 2) * read_rows + row_group_rows  rows
 
 (the "allowed prefetch" below, in rows and MiB of tensors); the smallest file is about 5x that.
 Reported per run: train samples/s (streaming as a ratio to in-memory on the same file; target
@@ -35,6 +35,7 @@ OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
              "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.patience=null",
              "trainer.progress=false", "trainer.epochs=1", "device=cpu", "seed=0"]  # fmt: skip
 SMALL_EVAL_ROWS = 50_000
+ROW_GROUP = 65_536
 
 
 def peak_rss_mib() -> float:
@@ -77,9 +78,9 @@ def make_files(work: Path, source_rows: int, sizes: list[int]) -> dict[int, Path
                 )
             with pq.ParquetWriter(d / "train.parquet", pf.schema_arrow) as w:
                 left = rows
-                for rb in pf.iter_batches(batch_size=65_536):
+                for rb in pf.iter_batches(batch_size=ROW_GROUP):
                     rb = rb.slice(0, min(left, rb.num_rows))
-                    w.write_batch(rb, row_group_size=65_536)
+                    w.write_batch(rb, row_group_size=ROW_GROUP)
                     left -= rb.num_rows
                     if left == 0:
                         break
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(r) for r in args.train_rows.split(",")]
     files = make_files(work, args.source_rows, sizes)
     row_bytes = 8 * 11 + 4 * 3 + 4 * 3  # synthetic_ccp: 11 sparse int64, 3 dense, 3 labels
-    held = args.shuffle_buffer + 1024 + (args.prefetch + 2) * args.read_rows
+    held = args.shuffle_buffer + 1024 + (args.prefetch + 2) * args.read_rows + ROW_GROUP
     print(
         f"threads={args.threads} OMP_WAIT_POLICY=PASSIVE; allowed prefetch: {held:,} rows "
         f"({held * row_bytes / 2**20:.0f} MiB of tensors): shuffle_buffer={args.shuffle_buffer} "

@@ -1,13 +1,14 @@
 """`dataset.streaming=true`: the training split read from parquet while training, in bounded memory.
 
-A background thread reads the file in chunks of `read_rows` rows (parquet row groups in a shuffled
-order) and converts them to tensors; a queue of at most `prefetch` chunks sits between it and the
-training loop. The loop fills a shuffle buffer of `shuffle_buffer` rows, permutes it, cuts full
-batches and carries the remainder (< one batch) into the next buffer. Rows held at any time:
+A background thread reads the file one parquet row group at a time (in a shuffled order), cuts it
+into chunks of at most `read_rows` rows and converts them to tensors; a queue of at most `prefetch`
+chunks sits between it and the training loop. The loop fills a shuffle buffer of `shuffle_buffer`
+rows, permutes it, cuts full batches and carries the remainder (< one batch) into the next buffer.
+Rows held at any time:
 
-    peak rows ~ shuffle_buffer + batch_size + (prefetch + 2) * read_rows
+    peak rows ~ shuffle_buffer + batch_size + (prefetch + 2) * read_rows + row_group_rows
 
-independent of the file's size. Every row is seen exactly once per epoch and every batch but the
+independent of the file's size (write prepared files with moderate row groups, e.g. 64k rows). Every row is seen exactly once per epoch and every batch but the
 last of the epoch is full, so an epoch has ceil(rows / batch_size) steps as in memory.
 
 Shuffling is block-wise (row-group order, then rows within the buffer), which is weaker than a
@@ -131,18 +132,21 @@ class StreamingSplit:
     def _read(self, row_groups: list[int], out: queue.Queue, stop: threading.Event) -> None:
         try:
             pf = pq.ParquetFile(self.path)
-            for rb in pf.iter_batches(
-                batch_size=self.read_rows, row_groups=row_groups, columns=self.columns
-            ):
-                item = self._convert(rb)
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+            # One row group at a time, cut into chunks: ParquetFile.iter_batches kept its decoded
+            # buffers alive across row groups here (pyarrow 26: +230 MiB over 6.5M rows).
+            for g in row_groups:
+                group = pf.read_row_group(g, columns=self.columns)
+                for rb in group.to_batches(max_chunksize=self.read_rows):
+                    item = self._convert(rb)
+                    while not stop.is_set():
+                        try:
+                            out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                del group
             out.put(_END)
         except BaseException as e:  # handed to the training loop, which raises it
             out.put(e)
