@@ -1,7 +1,7 @@
 """dataset.streaming=true against in-memory training: memory stays flat as the file grows.
 
-    python scripts/bench_streaming.py                 # train files of 1.5M and 7M rows, ESMM, 1 thread
-    python scripts/bench_streaming.py --train-rows 1500000 --repeats 3
+    python scripts/bench_streaming.py                 # train files of 1.9M and 7M rows, ESMM, 1 thread
+    python scripts/bench_streaming.py --train-rows 1900000 --repeats 3
 
 The train files are cut from one generated synthetic_ccp dataset (--source-rows) and rewritten with
 row groups of 65,536 rows; val and test are kept small (50,000 rows each) so that only the train
@@ -10,7 +10,7 @@ split differs between sizes. Every run is a fresh process through mtlrec's real 
 
     shuffle_buffer + batch_size + (prefetch + 2) * read_rows + row_group_rows  rows
 
-(the "allowed prefetch" below, in rows and MiB of tensors); the smallest file is about 5x that.
+(the "allowed prefetch" below, in rows and MiB of tensors); the smallest file is over 5x that.
 Reported per run: train samples/s (streaming as a ratio to in-memory on the same file; target
 >= 0.7), peak RSS, and the RSS sampled every 0.25 s while training (min-max), which is flat for
 streaming and grows with the file in memory.
@@ -147,7 +147,7 @@ def worker(path: Path, streaming: bool, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train-rows", default="1500000,7000000")
+    p.add_argument("--train-rows", default="1900000,7000000")
     p.add_argument("--source-rows", type=int, default=10_000_000)
     p.add_argument("--shuffle-buffer", type=int, default=100_000)
     p.add_argument("--prefetch", type=int, default=4)
