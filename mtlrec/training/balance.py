@@ -30,12 +30,18 @@ weights) are trained by the run's optimizer and saved in checkpoints with its bu
                  then g = sum_i g_i; task-specific parameters get their plain gradient sum. The
                  task gradients are of w_k L_k (fixed weights).
 
-Shared parameters are found once, at the first step, by looking at the per-task gradients: a
-parameter tensor is shared if at least one of its elements gets a non-zero gradient from two or
-more tasks. (Packed per-task towers or gates - one tensor holding every task's slice - are thus
-task-specific, as they should be.) GradNorm's "last shared layer" is the last shared parameter
-with two or more dimensions (a weight matrix) in registration order, i.e. the shared layer
-closest to the towers.
+Shared parameters are found once, at the first step, from the per-task gradients: a parameter
+tensor is shared if at least one of its elements gets a non-zero gradient from two or more tasks
+(so packed per-task towers or gates - one tensor holding every task's slice - are task-specific),
+and within a shared tensor, rows (dim 0) that exactly one task touches are that task's slice (PLE's
+task-specific experts stored next to the shared ones) and are summed, not projected. Known
+limitation of this first-step rule: a hidden unit of a shared layer that only one task happened to
+reach in the first batch (e.g. a ReLU unit active only on non-clicked rows, which a clicked-rows
+task never sees) is treated as that task's too. GradNorm's "last shared layer" is the last shared
+weight matrix (not a bias) in registration order, its norm taken over the shared rows: the experts'
+output layer for MMoE and PLE, the bottom's last layer for shared-bottom, the CTR tower's output
+layer for ESMM (both of its losses go through it), and the shared gate for OMoE (registered after
+its experts).
 """
 
 from __future__ import annotations
@@ -221,13 +227,30 @@ def task_gradients(
     return out
 
 
+def shared_rows(
+    params: list[nn.Parameter], grads: list[list[torch.Tensor | None]]
+) -> list[torch.Tensor | None]:
+    """Which parts of each parameter the tasks share, from per-task gradients.
+
+    None: the parameter is task-specific (no element gets a non-zero gradient from two tasks).
+    Else a bool mask over its rows (dim 0): False for rows only ONE task touches - the slices of
+    one task inside a packed tensor (e.g. PLE's task-specific experts stored with the shared ones,
+    or per-task gate rows) - True for rows two or more tasks touch, or none (yet).
+    """
+    out: list[torch.Tensor | None] = []
+    for i, p in enumerate(params):
+        nonzero = [g[i] != 0 for g in grads if g[i] is not None]
+        if len(nonzero) < 2 or not bool((torch.stack(nonzero).sum(0) >= 2).any()):
+            out.append(None)
+            continue
+        touched = torch.stack([nz.reshape(p.shape[0], -1).any(1) for nz in nonzero]).sum(0)
+        out.append(touched != 1)
+    return out
+
+
 def find_shared(params: list[nn.Parameter], grads: list[list[torch.Tensor | None]]) -> list[bool]:
     """A parameter is shared if some element gets a non-zero gradient from two or more tasks."""
-    shared = []
-    for i in range(len(params)):
-        masks = [g[i] != 0 for g in grads if g[i] is not None]
-        shared.append(len(masks) >= 2 and bool((torch.stack(masks).sum(0) >= 2).any()))
-    return shared
+    return [m is not None for m in shared_rows(params, grads)]
 
 
 class _NeedsShared(Balancer):
@@ -236,17 +259,20 @@ class _NeedsShared(Balancer):
     def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, cfg: Mapping[str, Any]):
         super().__init__(tasks, model, cfg)
         self._params: list[nn.Parameter] | None = None
-        self._shared: list[bool] | None = None
+        self._names: list[str] = []
+        self._rows: list[torch.Tensor | None] = []
 
     def _discover(self, losses: torch.Tensor, model: nn.Module) -> list[list[torch.Tensor | None]]:
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         grads = task_gradients(losses, params)
-        self._params, self._shared = params, find_shared(params, grads)
+        self._params, self._names = params, [n for n, _ in named]
+        self._rows = shared_rows(params, grads)
         return grads
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        assert self._params is not None and self._shared is not None
-        return [p for p, s in zip(self._params, self._shared, strict=True) if s]
+        assert self._params is not None
+        return [p for p, m in zip(self._params, self._rows, strict=True) if m is not None]
 
 
 @_register("pcgrad")
@@ -292,30 +318,22 @@ class PCGrad(_NeedsShared):
             grads = self._discover(weighted, model)
         else:
             grads = task_gradients(weighted, self._params)
-        params, shared = self._params, self._shared
-        assert params is not None and shared is not None
+        params, rows = self._params, self._rows
+        assert params is not None
         extra_grads: list[torch.Tensor | None] = [None] * len(params)
         extra = self._track_extra(extra)
         if isinstance(extra, torch.Tensor):
             extra_grads = list(torch.autograd.grad(extra, params, allow_unused=True))
         t = self.num_tasks
-        idx = [i for i, s in enumerate(shared) if s]
+        idx = [i for i, m in enumerate(rows) if m is not None]
+
+        def shared_part(k: int, i: int) -> torch.Tensor:
+            g = grads[k][i]
+            return (g if g is not None else torch.zeros_like(params[i]))[rows[i]].reshape(-1)
+
+        merged_rows: dict[int, torch.Tensor] = {}
         if idx:
-            flat = torch.stack(
-                [
-                    torch.cat(
-                        [
-                            (
-                                grads[k][i]
-                                if grads[k][i] is not None
-                                else torch.zeros_like(params[i])
-                            ).reshape(-1)
-                            for i in idx
-                        ]
-                    )
-                    for k in range(t)
-                ]
-            )
+            flat = torch.stack([torch.cat([shared_part(k, i) for i in idx]) for k in range(t)])
             orders = []
             for i in range(t):
                 others = [j for j in range(t) if j != i]
@@ -327,18 +345,21 @@ class PCGrad(_NeedsShared):
             self.pairs += t * (t - 1) // 2
             offset = 0
             for i in idx:
-                n = params[i].numel()
-                grads[0][i] = merged[offset : offset + n].view_as(params[i])
-                for k in range(1, t):
-                    grads[k][i] = None
+                shape = (int(rows[i].sum()), *params[i].shape[1:])
+                n = math.prod(shape)
+                merged_rows[i] = merged[offset : offset + n].view(shape)
                 offset += n
         for i, p in enumerate(params):
+            # plain sum of the task gradients; on shared rows, the projected sum instead
             parts = [grads[k][i] for k in range(t) if grads[k][i] is not None]
+            if not parts and extra_grads[i] is None:
+                continue
+            g = torch.stack(parts).sum(0) if parts else torch.zeros_like(p)
+            if i in merged_rows:
+                g[rows[i]] = merged_rows[i]
             if extra_grads[i] is not None:
-                parts.append(extra_grads[i])
-            if parts:
-                g = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
-                p.grad = g if p.grad is None else p.grad + g
+                g = g + extra_grads[i]
+            p.grad = g if p.grad is None else p.grad + g
 
     def end_epoch(self) -> dict[str, float]:
         row = super().end_epoch()
@@ -361,10 +382,18 @@ class GradNorm(_NeedsShared):
         self.task_weights = nn.Parameter(torch.ones(self.num_tasks))
         self.register_buffer("initial_losses", torch.full((self.num_tasks,), math.nan))
         self._have_initial = False
-        self._layer: nn.Parameter | None = None
+        self._layer: int | None = None  # index into the model's parameters
 
-    def last_shared_layer(self) -> nn.Parameter:
-        matrices = [p for p in self.shared_parameters() if p.dim() >= 2]
+    def last_shared_layer(self) -> int:
+        """Index of the last shared weight matrix (not a bias) in registration order."""
+        assert self._params is not None
+        matrices = [
+            i
+            for i, (p, name, m) in enumerate(
+                zip(self._params, self._names, self._rows, strict=True)
+            )
+            if m is not None and p.dim() >= 2 and not name.endswith("bias")
+        ]
         if not matrices:
             raise MtlrecError(
                 "balance=gradnorm needs a layer shared by the tasks, and this model shares none "
@@ -402,11 +431,13 @@ class GradNorm(_NeedsShared):
             self.initial_losses.copy_(losses.detach())
             self._have_initial = True
         self.renormalize()
-        assert self._layer is not None
+        assert self._layer is not None and self._params is not None
+        layer, rows = self._params[self._layer], self._rows[self._layer]
         norms = []
         for k in range(self.num_tasks):
-            (g,) = torch.autograd.grad(losses[k], self._layer, retain_graph=True, allow_unused=True)
-            norms.append(g.norm() if g is not None else losses.new_zeros(()))
+            (g,) = torch.autograd.grad(losses[k], layer, retain_graph=True, allow_unused=True)
+            # the norm over the layer's shared rows (a packed tensor's task slices excluded)
+            norms.append(g[rows].norm() if g is not None else losses.new_zeros(()))
         grad_w, _ = self.weight_gradient(losses, torch.stack(norms))
         total = (self.task_weights.detach() * losses).sum() + self._track_extra(extra)
         total.backward()

@@ -45,10 +45,12 @@ def test_pcgrad_projects_two_conflicting_gradients():
     # g1' = g1 + 1/2 g2 = (0.5, 0.5);  g2' = g2 + 1/1 g1 = (0, 1);  sum = (0.5, 1.5)
     flat = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
     assert PCGrad.project(flat, [[1], [0]]).tolist() == [0.5, 1.5]
+    # in a model: g1 = (1, 0.5), g2 = (-1, 1), g1.g2 = -0.5
+    # g1' = g1 + 0.5/2 g2 = (0.75, 0.75);  g2' = g2 + 0.5/1.25 g1 = (-0.6, 1.2);  sum (0.15, 1.95)
     model = Toy()
     bal = make_balancer({"name": "pcgrad", "seed": 0}, TWO, model)
-    bal.backward(model.losses([1.0, 0.0], [-1.0, 1.0]), model)
-    assert model.theta.grad.tolist() == [0.5, 1.5]
+    bal.backward(model.losses([1.0, 0.5], [-1.0, 1.0]), model)
+    assert torch.allclose(model.theta.grad, torch.tensor([0.15, 1.95]))
     assert model.heads.grad.tolist() == [3.0, 3.0]  # task-specific: plain sum, not projected
     assert bal.shared_parameters() == [model.theta]
 
@@ -70,6 +72,37 @@ def test_pcgrad_three_tasks_order_matters_and_is_seeded():
     # task 2: vs 0: dot 0 -> no change; vs 1: dot -1, |g1|^2=2 -> (0,-1)+.5(-1,1) = (-.5,-.5)
     g2 = torch.tensor([-0.5, -0.5])
     assert torch.allclose(out, g0 + g1 + g2)
+
+
+def test_packed_tensor_projects_only_its_shared_rows():
+    """Rows 0 and 1 of w belong to one task each (like PLE's task-specific experts packed with
+    the shared one in row 2): PCGrad must not leak a projection into them."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.ones(3, 2))
+    a = torch.tensor([1.0, 0.5])
+    b = torch.tensor([-1.0, 1.0])
+    losses = torch.stack(
+        [
+            (model.w[0] * a).sum() + (model.w[2] * a).sum(),
+            (model.w[1] * b).sum() + (model.w[2] * b).sum(),
+        ]
+    )
+    bal = make_balancer({"name": "pcgrad"}, TWO, model)
+    bal.backward(losses, model)
+    assert bal._rows[0].tolist() == [False, False, True]
+    assert torch.allclose(model.w.grad[0], a) and torch.allclose(model.w.grad[1], b)
+    assert torch.allclose(model.w.grad[2], torch.tensor([0.15, 1.95]))  # as in the case above
+    # GradNorm's gradient norms are taken over the shared row only: ||a|| and ||b||
+    gn = make_balancer({"name": "gradnorm", "alpha": 0.0}, TWO, model)
+    losses = torch.stack(
+        [
+            (model.w[0] * a).sum() + (model.w[2] * a).sum(),
+            (model.w[1] * b).sum() + (model.w[2] * b).sum(),
+        ]
+    )
+    gn.backward(losses, model)
+    # alpha 0: target = mean(G) = (||a|| + ||b||)/2; G_a = ||a|| = 1.118 < target -> grad -||a||
+    assert torch.allclose(gn.task_weights.grad, torch.tensor([-a.norm(), b.norm()]))
 
 
 def test_find_shared_treats_packed_per_task_slices_as_task_specific():
