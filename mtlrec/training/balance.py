@@ -33,8 +33,9 @@ weights) are trained by the run's optimizer and saved in checkpoints with its bu
 Shared parameters are found once, at the first step, from the per-task gradients: a parameter
 tensor is shared if at least one of its elements gets a non-zero gradient from two or more tasks
 (so packed per-task towers or gates - one tensor holding every task's slice - are task-specific),
-and within a shared tensor, rows (dim 0) that exactly one task touches are that task's slice (PLE's
-task-specific experts stored next to the shared ones) and are summed, not projected. Known
+and within a shared layer (not an embedding table), rows (dim 0) that exactly one task touches are
+that task's slice (PLE's task-specific experts stored next to the shared ones) and are summed, not
+projected. Known
 limitation of this first-step rule: a hidden unit of a shared layer that only one task happened to
 reach in the first batch (e.g. a ReLU unit active only on non-clicked rows, which a clicked-rows
 task never sees) is treated as that task's too. GradNorm's "last shared layer" is the last shared
@@ -228,20 +229,27 @@ def task_gradients(
 
 
 def shared_rows(
-    params: list[nn.Parameter], grads: list[list[torch.Tensor | None]]
+    params: list[nn.Parameter],
+    grads: list[list[torch.Tensor | None]],
+    whole: frozenset[int] = frozenset(),
 ) -> list[torch.Tensor | None]:
     """Which parts of each parameter the tasks share, from per-task gradients.
 
     None: the parameter is task-specific (no element gets a non-zero gradient from two tasks).
     Else a bool mask over its rows (dim 0): False for rows only ONE task touches - the slices of
     one task inside a packed tensor (e.g. PLE's task-specific experts stored with the shared ones,
-    or per-task gate rows) - True for rows two or more tasks touch, or none (yet).
+    or per-task gate rows) - True for rows two or more tasks touch, or none (yet). Parameters whose
+    index is in `whole` (embedding tables: a row is an id, which any task may see in a later batch)
+    are never split.
     """
     out: list[torch.Tensor | None] = []
     for i, p in enumerate(params):
         nonzero = [g[i] != 0 for g in grads if g[i] is not None]
         if len(nonzero) < 2 or not bool((torch.stack(nonzero).sum(0) >= 2).any()):
             out.append(None)
+            continue
+        if i in whole:
+            out.append(torch.ones(p.shape[0], dtype=torch.bool, device=p.device))
             continue
         touched = torch.stack([nz.reshape(p.shape[0], -1).any(1) for nz in nonzero]).sum(0)
         out.append(touched != 1)
@@ -267,7 +275,9 @@ class _NeedsShared(Balancer):
         params = [p for _, p in named]
         grads = task_gradients(losses, params)
         self._params, self._names = params, [n for n, _ in named]
-        self._rows = shared_rows(params, grads)
+        tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        whole = frozenset(i for i, p in enumerate(params) if id(p) in tables)
+        self._rows = shared_rows(params, grads, whole)
         return grads
 
     def shared_parameters(self) -> list[nn.Parameter]:
