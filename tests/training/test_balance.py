@@ -226,3 +226,14 @@ def test_pcgrad_projection_order_survives_a_checkpoint():
     assert torch.equal(
         torch.randperm(3, generator=first.generator), torch.randperm(3, generator=second.generator)
     )
+
+
+def test_embedding_table_is_shared_whole():
+    """An embedding row is an id any task may see later: never split into task rows."""
+    model = nn.Module()
+    model.emb = nn.Embedding(3, 2)
+    rows_a, rows_b = model.emb(torch.tensor([0, 2])), model.emb(torch.tensor([1, 2]))
+    losses = torch.stack([rows_a.sum(), rows_b.sum()])
+    bal = make_balancer({"name": "pcgrad"}, TWO, model)
+    bal.backward(losses, model)
+    assert bal._rows[0].tolist() == [True, True, True]
