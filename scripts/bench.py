@@ -31,11 +31,12 @@ and each throughput as a ratio to the bare loop's. Threads (torch.set_num_thread
 and OMP_WAIT_POLICY are fixed for every process and printed.
 
 Workloads
-  census         UCI census-income (KDD) test file (../shared/data/census-income-kdd), split
-                 60/20/20 at random (seed 0); tasks income > 50K and never married; 32 categorical
-                 fields (ids by first appearance over the whole file), 7 numeric fields
-                 (log1p for money columns, standardized on train). MMoE: 8 experts [16], linear
-                 gates, towers [8], embedding 4, Adam 1e-3, batch 1024, 5 epochs.
+  census         UCI census-income (KDD) test file (../shared/data/census-income-kdd), prepared by
+                 `mtlrec prepare dataset=census` (60/20/20 at random, seed 0; vocabularies from
+                 train; tasks income > 50K and never married; 32 categorical + 7 numeric fields).
+                 Without `mtlrec prepare`, the script's own loader makes the same split (ids over
+                 the whole file). MMoE: 8 experts [16], linear gates, towers [8], embedding 4,
+                 Adam 1e-3, batch 1024, 5 epochs.
   synthetic_ccp  mtlrec's embedded generator at --rows rows (default 1M; 70/15/15); ESMM with
                  towers [16, 8], embedding 16, Adam 1e-3, batch 1024 (1 epoch by default: the
                  slowest peer needs minutes per epoch). torch-rechub's ESMM takes sparse
