@@ -20,35 +20,16 @@ Outputs: one per task, named after the task; tasks may mix binary and regression
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.layers import (
-    CommonConfig,
-    FeatureEmbedding,
-    GroupedMLP,
-    MixtureOfExperts,
-    check_dims,
-    check_positive,
-)
+from mtlrec.models.layers import FeatureEmbedding, GroupedMLP, MixtureOfExperts
+from mtlrec.models.mmoe import MMoEConfig
 
 
-@dataclass
-class OMoEConfig(CommonConfig):
-    num_experts: int = 8
-    expert_dims: list[int] = field(default_factory=lambda: [64, 32])
-    gate_dims: list[int] = field(default_factory=list)
-    tower_dims: list[int] = field(default_factory=lambda: [32])
-
-    def validate(self) -> None:
-        super().validate()
-        check_positive("model.num_experts", self.num_experts)
-        check_dims("model.expert_dims", self.expert_dims)
-        check_dims("model.gate_dims", self.gate_dims, allow_empty=True)
-        check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+class OMoEConfig(MMoEConfig):
+    """The same keys as MMoE: only the number of gates differs."""
 
 
 class OMoE(MultiTaskModel):
