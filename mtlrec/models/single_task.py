@@ -15,24 +15,16 @@ tower_dims, activation, dropout, batch_norm. Outputs: one per task, named after 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.layers import CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
+from mtlrec.models.shared_bottom import SharedBottomConfig
 
 
-@dataclass
-class SingleTaskConfig(CommonConfig):
-    bottom_dims: list[int] = field(default_factory=lambda: [64, 32])
-    tower_dims: list[int] = field(default_factory=lambda: [32])
-
-    def validate(self) -> None:
-        super().validate()
-        check_dims("model.bottom_dims", self.bottom_dims)
-        check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+class SingleTaskConfig(SharedBottomConfig):
+    """The same keys as shared-bottom; here every task gets its own bottom."""
 
 
 class SingleTask(MultiTaskModel):
