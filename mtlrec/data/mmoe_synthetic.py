@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec, TaskSpec
+from mtlrec.data.synthetic_ccp import write_random_splits
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
@@ -112,20 +112,9 @@ def write_prepared(
 ) -> DatasetSpec:
     x, y1, y2 = generate(num_rows, input_dim, correlation, seed)
     order = np.random.default_rng([seed, input_dim, 3]).permutation(num_rows)
-    n_train = int(round(num_rows * SPLIT_FRACTIONS["train"]))
-    n_val = int(round(num_rows * SPLIT_FRACTIONS["val"]))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, num_rows),
-    }
     spec = dataset_spec(name, num_rows, input_dim, correlation, seed)
-    for split, (lo, hi) in bounds.items():
-        rows = np.sort(order[lo:hi])
-        cols = {f"x{i}": x[rows, i] for i in range(input_dim)}
-        cols["y1"], cols["y2"] = y1[rows], y2[rows]
-        pq.write_table(pa.table(cols), directory / spec.splits[split])
-    spec.save(directory)
+    columns = {f"x{i}": x[:, i] for i in range(input_dim)} | {"y1": y1, "y2": y2}
+    write_random_splits(directory, columns, spec, SPLIT_FRACTIONS, order)
     return spec
 
 

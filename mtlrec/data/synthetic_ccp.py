@@ -203,22 +203,37 @@ def dataset_spec(num_rows: int, seed: int) -> DatasetSpec:
     )
 
 
-def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
-    cols = generate(num_rows, seed)
-    order = np.random.default_rng(seed + 1).permutation(num_rows)
-    n_train = int(round(num_rows * SPLIT_FRACTIONS["train"]))
-    n_val = int(round(num_rows * SPLIT_FRACTIONS["val"]))
+def write_random_splits(
+    directory: Path,
+    columns: dict[str, np.ndarray],
+    spec: DatasetSpec,
+    fractions: dict[str, float],
+    order: np.ndarray,
+) -> None:
+    """Write generated columns as the spec's train/val/test parquet files, then spec.json.
+
+    The splits are consecutive pieces of the seeded row permutation `order`, sized by `fractions`;
+    within a split, rows keep their generated order. Shared by the embedded generators.
+    """
+    n = len(order)
+    n_train = int(round(n * fractions["train"]))
+    n_val = int(round(n * fractions["val"]))
     bounds = {
         "train": (0, n_train),
         "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, num_rows),
+        "test": (n_train + n_val, n),
     }
-    spec = dataset_spec(num_rows, seed)
     for split, (lo, hi) in bounds.items():
         rows = np.sort(order[lo:hi])
-        table = pa.table({name: values[rows] for name, values in cols.items()})
+        table = pa.table({name: values[rows] for name, values in columns.items()})
         pq.write_table(table, directory / spec.splits[split])
     spec.save(directory)
+
+
+def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
+    order = np.random.default_rng(seed + 1).permutation(num_rows)
+    spec = dataset_spec(num_rows, seed)
+    write_random_splits(directory, generate(num_rows, seed), spec, SPLIT_FRACTIONS, order)
 
 
 def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
