@@ -8,6 +8,7 @@ one gather per tensor, no per-sample `__getitem__` and no collate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,6 @@ class SplitTensors:
         )
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False)
-
-
 def _check_numeric(path: Path, schema: pa.Schema, name: str, what: str, integer: bool) -> None:
     typ = schema.field(name).type
     ok = (
@@ -109,14 +106,30 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     if n == 0:
         raise MtlrecError(f"{path}: the split is empty (0 rows)")
 
+    sparse, dense, labels = encode_columns(path, spec, tasks, table.column, n)
+    return SplitTensors(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels))
+
+
+def encode_columns(
+    path: Path,
+    spec: DatasetSpec,
+    tasks: tuple[TaskSpec, ...],
+    column: Callable[[str], pa.Array | pa.ChunkedArray],
+    n: int,
+    log_oov: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (sparse fused ids, dense, labels) arrays from the spec's `n`-row columns of `path`.
+
+    Shared by the in-memory loader (a whole table) and the streaming reader (one chunk at a time).
+    """
     sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
     for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
-        col = table.column(f.name)
+        col = column(f.name)
         if col.null_count:
             raise MtlrecError(
                 f"{path}: sparse column '{f.name}' has {col.null_count} missing values"
             )
-        ids = _column(table, f.name).astype(np.int64, copy=False)
+        ids = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         if (ids < 0).any():
             raise MtlrecError(
                 f"{path}: sparse column '{f.name}' has {(ids < 0).sum()} negative ids (min {ids.min()}); ids must be >= 0"
@@ -128,20 +141,21 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
                     f"{path}: sparse column '{f.name}' has {beyond.sum()} ids >= vocab_size {f.vocab_size} "
                     f"(max {ids.max()}) and no oov_id in the spec"
                 )
-            log.warning(
-                "%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d",
-                path.name,
-                f.name,
-                beyond.sum(),
-                f.oov_id,
-            )
+            if log_oov:
+                log.warning(
+                    "%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d",
+                    path.name,
+                    f.name,
+                    beyond.sum(),
+                    f.oov_id,
+                )
             ids = np.where(beyond, f.oov_id, ids)
         sparse[:, j] = ids + offset
 
     dense = np.empty((n, len(spec.dense)), dtype=np.float32)
     for j, f in enumerate(spec.dense):
         with np.errstate(over="ignore"):  # beyond float32's range -> inf, reported just below
-            values = _column(table, f.name).astype(np.float32)
+            values = column(f.name).to_numpy(zero_copy_only=False).astype(np.float32)
         bad = ~np.isfinite(values)
         if bad.any():
             raise MtlrecError(
@@ -152,13 +166,13 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     labels = np.empty((n, len(spec.labels)), dtype=np.float32)
     for j, c in enumerate(spec.labels):
         with np.errstate(over="ignore"):
-            values = _column(table, c).astype(np.float32)
+            values = column(c).to_numpy(zero_copy_only=False).astype(np.float32)
         bad = ~np.isfinite(values)
         if bad.any():
             raise MtlrecError(f"{path}: label column '{c}' has {bad.sum()} NaN/inf/missing values")
         labels[:, j] = values
     _check_binary_labels(path, spec, tasks, labels)
-    return SplitTensors(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels))
+    return sparse, dense, labels
 
 
 def _check_binary_labels(

@@ -27,12 +27,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mtlrec.data.loader import Batch, _check_binary_labels, _check_numeric
+from mtlrec.data.loader import Batch, _check_numeric, encode_columns
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -94,39 +93,10 @@ class StreamingSplit:
     # -- reading (background thread) ----------------------------------------------------------
     def _convert(self, rb: pa.RecordBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One chunk -> (sparse fused ids, dense, labels), validated like the in-memory loader."""
-        spec, n, where = self.spec, rb.num_rows, f"{self.path}"
-        names = rb.schema.names
-        sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
-        for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
-            col = rb.column(names.index(f.name))
-            if col.null_count:
-                raise MtlrecError(f"{where}: sparse column '{f.name}' has missing values")
-            ids = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            if (ids < 0).any():
-                raise MtlrecError(
-                    f"{where}: sparse column '{f.name}' has negative ids (min {ids.min()}); ids must be >= 0"
-                )
-            beyond = ids >= f.vocab_size
-            if beyond.any():
-                if f.oov_id is None:
-                    raise MtlrecError(
-                        f"{where}: sparse column '{f.name}' has ids >= vocab_size {f.vocab_size} "
-                        f"(max {ids.max()}) and no oov_id in the spec"
-                    )
-                ids = np.where(beyond, f.oov_id, ids)
-            sparse[:, j] = ids + offset
-        dense = np.empty((n, len(spec.dense)), dtype=np.float32)
-        for j, f in enumerate(spec.dense):
-            values = rb.column(names.index(f.name)).to_numpy(zero_copy_only=False)
-            dense[:, j] = values.astype(np.float32)
-            if not np.isfinite(dense[:, j]).all():
-                raise MtlrecError(f"{where}: dense column '{f.name}' has NaN/inf/missing values")
-        labels = np.empty((n, len(spec.labels)), dtype=np.float32)
-        for j, c in enumerate(spec.labels):
-            labels[:, j] = rb.column(names.index(c)).to_numpy(zero_copy_only=False)
-            if not np.isfinite(labels[:, j]).all():
-                raise MtlrecError(f"{where}: label column '{c}' has NaN/inf/missing values")
-        _check_binary_labels(self.path, spec, self.tasks, labels)
+        # OOV mappings are not logged per chunk (the in-memory loader logs them per split).
+        sparse, dense, labels = encode_columns(
+            self.path, self.spec, self.tasks, rb.column, rb.num_rows, log_oov=False
+        )
         return torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels)
 
     def _read(self, row_groups: list[int], out: queue.Queue, stop: threading.Event) -> None:
