@@ -19,29 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench import peak_rss_mib  # scripts/ is sys.path[0] when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
              "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.patience=null",
              "trainer.progress=false", "device=cpu", "seed=0"]  # fmt: skip
-
-
-def rss_mib() -> float:
-    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss would also count the
-    high-water mark inherited from the parent process across fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def generate(path: Path, rows: int) -> dict:
@@ -52,7 +40,7 @@ def generate(path: Path, rows: int) -> dict:
         return json.loads(record.read_text())
     t0 = time.perf_counter()
     ensure_prepared(path, rows, 0)
-    res = {"generate_s": time.perf_counter() - t0, "generate_peak_rss_mib": rss_mib()}
+    res = {"generate_s": time.perf_counter() - t0, "generate_peak_rss_mib": peak_rss_mib()}
     record.write_text(json.dumps(res))
     return res
 
@@ -78,7 +66,7 @@ def train(path: Path, rows: int, epochs: int, threads: int, extra: list[str]) ->
 
     Trainer.train_epoch = timed_epoch
     torch.set_num_threads(threads)
-    baseline = rss_mib()  # torch + mtlrec imported, no data yet
+    baseline = peak_rss_mib()  # torch + mtlrec imported, no data yet
     spec = DatasetSpec.load(path)
     overrides = OVERRIDES + [
         "dataset=synthetic_ccp", f"dataset.num_rows={rows}", f"dataset.path={path}",
@@ -104,7 +92,7 @@ def train(path: Path, rows: int, epochs: int, threads: int, extra: list[str]) ->
         "wall_s": wall,
         "tensor_mib": rows * row_bytes / 2**20,
         "baseline_rss_mib": baseline,
-        "peak_rss_mib": rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "test_ctr_auc": metrics["metrics"]["test/ctr_auc"],
     }
 

@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,25 +29,14 @@ import threading
 import time
 from pathlib import Path
 
+from bench import peak_rss_mib  # scripts/ is sys.path[0] when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
              "trainer.batch_size=1024", "trainer.lr=0.001", "trainer.patience=null",
              "trainer.progress=false", "trainer.epochs=1", "device=cpu", "seed=0"]  # fmt: skip
 SMALL_EVAL_ROWS = 50_000
 ROW_GROUP = 65_536
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS: VmHWM of /proc/self/status (ru_maxrss would also count the
-    high-water mark inherited from the parent process across fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mib() -> float:
