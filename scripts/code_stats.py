@@ -1,0 +1,168 @@
+"""The shape of the code: longest functions and modules, import circles, upward imports.
+
+    python scripts/code_stats.py            # report
+    python scripts/code_stats.py --check    # exit 1 if a limit is broken (tests/test_code_shape.py)
+
+Limits (the project's style): no function longer than 80 lines, no module longer than 500 lines, no
+import circle between mtlrec modules (lazy imports count), and no import from a lower layer
+(mtlrec.data, mtlrec.models, mtlrec.training) into a higher one (mtlrec.runs, mtlrec.commands,
+mtlrec.cli, mtlrec.experiment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "mtlrec"
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+LOWER = ("mtlrec.data", "mtlrec.models", "mtlrec.training")
+HIGHER = ("mtlrec.runs", "mtlrec.commands", "mtlrec.cli", "mtlrec.experiment")
+
+
+@dataclass(frozen=True)
+class Sized:
+    where: str
+    lines: int
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(ROOT.rglob("*.py")) if "conf" not in p.parts}
+
+
+def functions(path: Path) -> list[Sized]:
+    tree = ast.parse(path.read_text())
+    return [
+        Sized(
+            f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name}",
+            node.end_lineno - node.lineno + 1,
+        )  # type: ignore[operator]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """mtlrec modules `name` imports anywhere (lazy imports inside functions count too: a lazy
+    import is still an arrow between layers), except under `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m in known and m != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import circles (one representative path per strongly connected component)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            # a package importing its own submodules is not a circle worth reporting
+            if len(comp) > 1 and not all(c.startswith(min(comp, key=len)) for c in comp):
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    def layer(m: str, names: tuple[str, ...]) -> bool:
+        return any(m == n or m.startswith(n + ".") for n in names)
+
+    return sorted(
+        f"{a} -> {b}"
+        for a, deps in graph.items()
+        for b in deps
+        if layer(a, LOWER) and layer(b, HIGHER)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a limit is broken")
+    args = parser.parse_args(argv)
+    mods = modules()
+    funcs = sorted((f for p in mods.values() for f in functions(p)), key=lambda f: -f.lines)
+    sizes = sorted(
+        (
+            Sized(str(p.relative_to(ROOT.parent)), len(p.read_text().splitlines()))
+            for p in mods.values()
+        ),
+        key=lambda s: -s.lines,
+    )
+    graph = {n: imports_of(p, n, set(mods)) for n, p in mods.items()}
+    circles, ups = cycles(graph), upward(graph)
+    print(
+        f"longest function: {funcs[0].where} ({funcs[0].lines} lines; limit {MAX_FUNCTION_LINES})"
+    )
+    print(f"longest module:   {sizes[0].where} ({sizes[0].lines} lines; limit {MAX_MODULE_LINES})")
+    long_funcs = [f for f in funcs if f.lines > MAX_FUNCTION_LINES]
+    long_mods = [s for s in sizes if s.lines > MAX_MODULE_LINES]
+    for f in long_funcs:
+        print(f"  function over the limit: {f.where} ({f.lines})")
+    for s in long_mods:
+        print(f"  module over the limit: {s.where} ({s.lines})")
+    for c in circles:
+        print(f"  import circle: {' <-> '.join(c)}")
+    for u in ups:
+        print(f"  upward import: {u}")
+    print(
+        f"{len(mods)} modules, {len(funcs)} functions; {len(circles)} circle(s), {len(ups)} upward import(s)"
+    )
+    broken = long_funcs or long_mods or circles or ups
+    return 1 if args.check and broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
