@@ -23,6 +23,8 @@ commands:
   evaluate   metrics of a run's best checkpoint: `mtlrec evaluate RUN_DIR [--split test | --data PATH]`
   predict    score a parquet file: `mtlrec predict RUN_DIR --input X.parquet --output Y.parquet`
              (--batch-size N rows at a time, --id-columns COL... copied to the output)
+  tune       hyper-parameter search (Optuna): `mtlrec tune mmoe [overrides] [--trials N] [--jobs N]`
+             (searches in conf/search/; `--study-dir DIR` resumes an interrupted study)
   export     a standalone model: `mtlrec export RUN_DIR --format torchscript|onnx` (checked within 1e-5)
 """
 
@@ -33,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "mtlrec.inference:evaluate_main",
     "predict": "mtlrec.inference:predict_main",
     "export": "mtlrec.inference:export_main",
+    "tune": "mtlrec.tuning.command:main",
 }
 
 
