@@ -1,0 +1,210 @@
+"""The optimizer of a run: fused Adam for dense parameters, a row-wise one for large embeddings.
+
+`trainer.embedding_optimizer` picks how the embedding tables train:
+
+- `adam`: the tables are ordinary parameters of the fused (Adam|AdamW) optimizer. Every step
+  computes a dense gradient for the whole table and updates every row: O(vocabulary) per step.
+- `sparse_adam`: lazy Adam (torch.optim.SparseAdam). The backward pass yields a sparse gradient
+  holding only the rows the batch used, and only those rows' moments and weights change. A row
+  absent from a batch keeps its weight AND its moments: dense Adam would still move it by its
+  decaying momentum, lazy Adam does not (its bias correction uses the table's global step).
+- `adagrad`: row-wise Adagrad (torch.optim.Adagrad on sparse gradients): per-row squared-gradient
+  sums, rows absent from a batch unchanged.
+- `auto` (default): `sparse_adam` for tables of more than `SPARSE_FROM_ROWS` rows, `adam` for the
+  rest. Measured (docs/performance.md, scripts/bench_vocab.py): on small tables the dense fused
+  update is faster than building sparse gradients; on large ones the dense update dominates.
+
+Weight decay never applies to sparse tables (SparseAdam has none); `trainer.embedding_l2` is a
+loss penalty on the rows a batch uses, so it works with every choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mtlrec.errors import MtlrecError
+
+EmbeddingOptimizer = Literal["auto", "adam", "sparse_adam", "adagrad"]
+SPARSE_FROM_ROWS = 1_000_000
+STATE_TENSORS = {"adam": 2, "sparse_adam": 2, "adagrad": 1}  # per-row tensors of optimizer state
+
+
+def embedding_tables(model: nn.Module) -> list[nn.Embedding]:
+    return [m for m in model.modules() if isinstance(m, nn.Embedding)]
+
+
+def table_choice(table: nn.Embedding, choice: EmbeddingOptimizer) -> str:
+    if choice == "auto":
+        return "sparse_adam" if table.num_embeddings > SPARSE_FROM_ROWS else "adam"
+    return choice
+
+
+class MultiOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one (dense fused Adam + a sparse one for the tables).
+
+    `param_groups` lists every group; `add_param_group` goes to the first (dense) optimizer, so a
+    balancer's learned weights train with Adam. The state dict keeps one entry per optimizer.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        # torch.optim.Optimizer.__init__ is not called: the parts hold the state.
+        self.defaults = optimizers[0].defaults
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        merged: dict[Any, Any] = {}
+        for opt in self.optimizers:
+            merged.update(opt.state)
+        return merged
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.optimizers[0].add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        parts = state_dict.get("optimizers")
+        if parts is None:  # a checkpoint of one plain optimizer (before the sparse path)
+            parts = [state_dict]
+        if len(parts) != len(self.optimizers):
+            raise ValueError(
+                f"the checkpoint has {len(parts)} optimizer(s), this run {len(self.optimizers)} "
+                "(was trainer.embedding_optimizer changed?)"
+            )
+        for opt, part in zip(self.optimizers, parts, strict=True):
+            opt.load_state_dict(part)
+
+
+def dense_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    try:
+        # The fused kernel updates every parameter in one pass: ~5-9x faster steps on CPU than
+        # the default per-tensor loop (a large share of a small model's step time).
+        return cls(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # device or torch version without a fused kernel
+        return cls(groups, lr=lr)
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    embedding_optimizer: EmbeddingOptimizer = "adam",
+    embedding_weight_decay: float = 0.0,
+) -> MultiOptimizer:
+    """Dense parameters on (fused) Adam/AdamW; each embedding table on its chosen optimizer.
+
+    Tables chosen for a sparse optimizer get `sparse=True`, so their backward pass produces sparse
+    gradients (the model's embedding layer must call the module, or F.embedding(sparse=True)).
+    """
+    tables = embedding_tables(model)
+    by_choice: dict[str, list[nn.Parameter]] = {"adam": [], "sparse_adam": [], "adagrad": []}
+    for table in tables:
+        choice = table_choice(table, embedding_optimizer)
+        table.sparse = choice != "adam"
+        by_choice[choice].extend(table.parameters())
+    in_tables = {id(p) for t in tables for p in t.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in in_tables]
+    groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": weight_decay}]
+    if by_choice["adam"]:
+        groups.append({"params": by_choice["adam"], "weight_decay": embedding_weight_decay})
+    parts = [dense_optimizer(name, groups, lr)]
+    if by_choice["sparse_adam"]:
+        parts.append(torch.optim.SparseAdam(by_choice["sparse_adam"], lr=lr))
+    if by_choice["adagrad"]:
+        parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=lr))
+    return MultiOptimizer(parts)
+
+
+def has_sparse_grads(params: Iterable[nn.Parameter]) -> bool:
+    return any(p.grad is not None and p.grad.is_sparse for p in params)
+
+
+def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_ for a mix of dense and sparse gradients (the same total norm)."""
+    params = [p for p in params if p.grad is not None]
+    if not has_sparse_grads(params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    squares = []
+    for p in params:
+        grad = p.grad
+        assert grad is not None
+        if grad.is_sparse:
+            grad = grad.coalesce()  # duplicate rows add up before the norm
+            p.grad = grad
+            squares.append(grad.values().pow(2).sum())
+        else:
+            squares.append(grad.pow(2).sum())
+    total = torch.stack(squares).sum().sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        assert p.grad is not None
+        p.grad.mul_(scale)
+    return total
+
+
+def table_bytes(model: nn.Module, embedding_optimizer: EmbeddingOptimizer) -> tuple[int, int]:
+    """(bytes of the embedding tables, bytes of their optimizer state), as allocated at start."""
+    weights = state = 0
+    for table in embedding_tables(model):
+        size = table.weight.numel() * table.weight.element_size()
+        weights += size
+        state += size * STATE_TENSORS[table_choice(table, embedding_optimizer)]
+    return weights, state
+
+
+def check_fits(
+    model: nn.Module, embedding_optimizer: EmbeddingOptimizer, free_bytes: int, where: str
+) -> str:
+    """One line with the numbers if tables + optimizer state exceed `free_bytes`; else a summary."""
+    weights, state = table_bytes(model, embedding_optimizer)
+    need = weights + state
+    summary = (
+        f"embedding tables {weights / 2**20:,.1f} MiB + optimizer state {state / 2**20:,.1f} MiB"
+    )
+    if need > free_bytes:
+        raise MtlrecError(
+            f"{summary} = {need / 2**30:.2f} GiB do not fit in the {free_bytes / 2**30:.2f} GiB "
+            f"free on {where}; use feature hashing (hash_buckets), a smaller model.embedding_dim, "
+            "trainer.embedding_optimizer=adagrad (one state tensor instead of two) or device=cpu"
+        )
+    return summary
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on `device`: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return math.inf  # type: ignore[return-value]  # unknown: never refuse
+
+
+def sparse_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    for table in embedding_tables(model):
+        if table.sparse:
+            yield from table.parameters()

@@ -1,0 +1,121 @@
+"""mtlrec.training.optimizers: dense fused Adam + row-wise (lazy) Adam / Adagrad for embeddings."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mtlrec.errors import MtlrecError
+from mtlrec.training import optimizers as opt
+
+
+class Tiny(nn.Module):
+    def __init__(self, rows: int = 5, dim: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = nn.Embedding(rows, dim)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.table(ids)).sum()
+
+
+def train(model: Tiny, optimizer, batches: list[list[int]], clip: float | None = None):
+    for ids in batches:
+        optimizer.zero_grad()
+        model(torch.tensor(ids)).backward()
+        if clip is not None:
+            opt.clip_grad_norm(model.parameters(), clip)
+        optimizer.step()
+
+
+def test_lazy_adam_equals_adam_when_every_row_is_in_every_batch():
+    dense, lazy = Tiny(), Tiny()
+    o_dense = opt.build_optimizer(dense, "adam", 0.01, 0.0, "adam")
+    o_lazy = opt.build_optimizer(lazy, "adam", 0.01, 0.0, "sparse_adam")
+    assert lazy.table.sparse and not dense.table.sparse
+    train(dense, o_dense, [[0, 1, 2, 3, 4]] * 3)
+    train(lazy, o_lazy, [[0, 1, 2, 3, 4]] * 3)
+    torch.testing.assert_close(lazy.table.weight, dense.table.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(lazy.head.weight, dense.head.weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("choice", ["sparse_adam", "adagrad"])
+def test_rows_absent_from_a_batch_do_not_move(choice):
+    model = Tiny()
+    optimizer = opt.build_optimizer(model, "adam", 0.01, 0.0, choice)
+    train(model, optimizer, [[0, 1, 2, 3, 4]])
+    before = model.table.weight.detach().clone()
+    train(model, optimizer, [[0, 1]] * 3)
+    after = model.table.weight.detach()
+    assert torch.equal(after[2:], before[2:])
+    assert not torch.equal(after[:2], before[:2])
+    dense = Tiny()
+    o_dense = opt.build_optimizer(dense, "adam", 0.01, 0.0, "adam")
+    train(dense, o_dense, [[0, 1, 2, 3, 4]])
+    before = dense.table.weight.detach().clone()
+    train(dense, o_dense, [[0, 1]] * 3)
+    assert not torch.equal(dense.table.weight.detach()[2:], before[2:])  # momentum moves them
+
+
+def test_state_dict_resumes_exactly():
+    model = Tiny()
+    optimizer = opt.build_optimizer(model, "adam", 0.01, 0.0, "sparse_adam")
+    train(model, optimizer, [[0, 1], [2, 3]])
+    twin = copy.deepcopy(model)
+    twin_opt = opt.build_optimizer(twin, "adam", 0.01, 0.0, "sparse_adam")
+    twin_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    train(model, optimizer, [[1, 4], [0, 0]])
+    train(twin, twin_opt, [[1, 4], [0, 0]])
+    assert torch.equal(model.table.weight, twin.table.weight)
+    assert torch.equal(model.head.weight, twin.head.weight)
+
+
+def test_old_single_optimizer_state_loads_and_a_changed_choice_is_refused():
+    model = Tiny()
+    plain = torch.optim.Adam(
+        [{"params": [model.head.weight, model.head.bias]}, {"params": [model.table.weight]}],
+        lr=0.01,
+    )
+    train(model, plain, [[0, 1]])
+    multi = opt.build_optimizer(model, "adam", 0.01, 0.0, "adam")
+    multi.load_state_dict(plain.state_dict())
+    assert multi.state_dict()["optimizers"][0]["state"].keys() == plain.state_dict()["state"].keys()
+    sparse = opt.build_optimizer(Tiny(), "adam", 0.01, 0.0, "sparse_adam")
+    with pytest.raises(ValueError, match="the checkpoint has 1 optimizer"):
+        sparse.load_state_dict(plain.state_dict())
+
+
+def test_clipping_sparse_gradients_equals_clipping_dense_ones():
+    dense, lazy = Tiny(), Tiny()
+    lazy.table.sparse = True
+    for m in (dense, lazy):
+        m(torch.tensor([0, 0, 3])).backward()  # a repeated row: its gradients add up
+    n_dense = torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.1)
+    n_lazy = opt.clip_grad_norm(lazy.parameters(), 0.1)
+    torch.testing.assert_close(n_lazy, n_dense)
+    torch.testing.assert_close(lazy.table.weight.grad.to_dense(), dense.table.weight.grad)
+    torch.testing.assert_close(lazy.head.weight.grad, dense.head.weight.grad)
+
+
+def test_auto_picks_sparse_only_for_large_tables():
+    small, large = nn.Embedding(10, 2), nn.Embedding(opt.SPARSE_FROM_ROWS + 1, 1)
+    assert opt.table_choice(small, "auto") == "adam"
+    assert opt.table_choice(large, "auto") == "sparse_adam"
+    assert opt.table_choice(large, "adam") == "adam"
+
+
+def test_memory_report_and_a_table_too_large_is_one_line():
+    model = Tiny(rows=1000, dim=8)  # 32,000 bytes of weights
+    assert opt.table_bytes(model, "adam") == (32_000, 64_000)
+    assert opt.table_bytes(model, "adagrad") == (32_000, 32_000)
+    assert opt.check_fits(model, "adam", 10**9, "cpu").startswith("embedding tables 0.0 MiB")
+    with pytest.raises(MtlrecError) as e:
+        opt.check_fits(model, "adam", 50_000, "cuda:0")
+    assert str(e.value).startswith(
+        "embedding tables 0.0 MiB + optimizer state 0.1 MiB = 0.00 GiB do not fit in the 0.00 GiB "
+        "free on cuda:0; use feature hashing"
+    )
