@@ -1,0 +1,124 @@
+"""Train samples/s and peak RSS as one field's vocabulary grows: dense Adam vs the sparse path.
+
+    python scripts/bench_vocab.py                                   # 10k, 1M, 5M, 20M ids
+    python scripts/bench_vocab.py --vocab 10000,5000000 --rows 200000 --epochs 1
+
+The data is the same at every size: synthetic_ccp (generated once), whose `item_id` field (10k ids) is
+spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) with
+spec.json's vocab_size set to V. Only the table grows; rows, batches and labels stay identical. For
+each size and each `trainer.embedding_optimizer` (adam = dense gradient + fused Adam on the whole
+table; sparse_adam = sparse gradient + lazy Adam on the rows a batch uses), `mtlrec train` runs in
+its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
+reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC.
+
+Targets (issue 16): samples/s at 5M ids >= 0.8x samples/s at 10k ids (the sparse path), and RSS
+growing only by the table and its optimizer state (2 x the table for Adam's two moments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELD = "item_id"
+MODEL = ["model=mmoe", "model.num_experts=4", "model.expert_dims=[32]", "model.tower_dims=[16]",
+         "model.embedding_dim=16", "trainer.batch_size=1024", "trainer.patience=null",
+         "trainer.progress=false", "trainer.num_threads=1", "device=cpu", "seed=0"]  # fmt: skip
+
+
+def base_dataset(work: Path, rows: int) -> Path:
+    from mtlrec.data.synthetic_ccp import ensure_prepared
+
+    path = work / f"synthetic_ccp-{rows}"
+    if not (path / "spec.json").is_file():
+        ensure_prepared(path, rows, 0)
+    return path
+
+
+def widen(base: Path, work: Path, vocab: int) -> Path:
+    """A copy of `base` whose FIELD ids are spread over `vocab` ids (same rows, same labels)."""
+    out = work / f"{base.name}-v{vocab}"
+    if (out / "spec.json").is_file():
+        return out
+    tmp = work / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec = json.loads((base / "spec.json").read_text())
+    field = next(f for f in spec["features"] if f["name"] == FIELD)
+    if vocab < field["vocab_size"]:
+        raise SystemExit(f"--vocab {vocab} is below {FIELD}'s own {field['vocab_size']} ids")
+    field["vocab_size"] = vocab
+    (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
+    for split_file in spec["splits"].values():
+        table = pq.read_table(base / split_file)
+        ids = table.column(FIELD).to_numpy().astype("int64")
+        spread = (ids * 7919) % vocab  # injective: 7919 is prime and no V here is its multiple
+        table = table.set_column(table.schema.get_field_index(FIELD), FIELD, [spread])
+        pq.write_table(table, tmp / split_file)
+    tmp.rename(out)
+    return out
+
+
+def train(data: Path, run_dir: Path, optimizer: str, epochs: int) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "mtlrec", "train", "dataset=prepared", f"dataset.path={data}",
+               *MODEL, f"trainer.epochs={epochs}", f"trainer.embedding_optimizer={optimizer}",
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        "samples_per_s": metrics["train_samples_per_s"],
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "val_mean_auc": metrics["metrics"].get("val/mean_auc"),
+        "test_mean_auc": metrics["metrics"].get("test/mean_auc"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", default="10000,1000000,5000000,20000000")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--optimizers", default="adam,sparse_adam")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_vocab")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    base = base_dataset(args.work, args.rows)
+    sizes = [int(v) for v in args.vocab.split(",")]
+    results = []
+    for vocab in sizes:
+        data = widen(base, args.work, vocab)
+        for optimizer in args.optimizers.split(","):
+            res = train(data, args.work / "runs" / f"{vocab}-{optimizer}", optimizer, args.epochs)
+            results.append({"vocab": vocab, "optimizer": optimizer, **res})
+            print(json.dumps(results[-1]), flush=True)
+    print_table(results, sizes[0])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_table(results: list[dict], smallest: int) -> None:
+    base = {r["optimizer"]: r for r in results if r["vocab"] == smallest}
+    print(f"\n| vocab | optimizer | train samples/s | vs {smallest:,} ids | peak RSS MiB | "
+          "test mean AUC |\n| ---: | --- | ---: | ---: | ---: | ---: |")  # fmt: skip
+    for r in results:
+        ratio = r["samples_per_s"] / base[r["optimizer"]]["samples_per_s"]
+        auc = "" if r["test_mean_auc"] is None else f"{r['test_mean_auc']:.4f}"
+        print(f"| {r['vocab']:,} | {r['optimizer']} | {r['samples_per_s']:,.0f} | {ratio:.2f}x | "
+              f"{r['peak_rss_mib']:,.0f} | {auc} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
