@@ -129,26 +129,19 @@ def _params(cfg: Mapping[str, Any]) -> tuple[int, int, float, int]:
 
 def ensure_prepared(cfg: Mapping[str, Any]) -> Path:
     """The cached dataset dir of this parameter set, generated first when missing."""
-    from mtlrec.data.prepare import staged_dir
+    from mtlrec.data.prepare.publish import generate_once
 
     path = Path(str(cfg["path"])).expanduser()
     if (path / SPEC_FILE).is_file():
         return path
-    if path.exists():
-        raise MtlrecError(
-            f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun"
-        )
     n, d, p, seed = _params(cfg)
     check_params(n, d, p)
-    log.info("Generating mmoe_synthetic (n=%d, d=%d, p=%g, seed %d) into %s", n, d, p, seed, path)
-    try:
-        with staged_dir(path, overwrite=False) as tmp:
-            write_prepared(tmp, str(cfg.get("name") or "mmoe_synthetic"), n, d, p, seed)
-    except (MtlrecError, OSError):
-        if (path / SPEC_FILE).is_file():  # a parallel sweep job generated it first
-            return path
-        raise
-    return path
+    name = str(cfg.get("name") or "mmoe_synthetic")
+    return generate_once(
+        path,
+        lambda tmp: write_prepared(tmp, name, n, d, p, seed),
+        f"mmoe_synthetic (n={n}, d={d}, p={p:g}, seed {seed})",
+    )
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path):

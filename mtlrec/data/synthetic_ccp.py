@@ -46,9 +46,6 @@ probabilities p_click, p_cvr, p_ctcvr. Split 70/15/15 at random (seeded) into tr
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -239,9 +236,12 @@ def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
 def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
     """The dataset directory, generating it first if it is not cached yet.
 
-    Generation writes into a temporary sibling directory that is renamed into place when complete,
-    so an interrupted run never leaves a half-written dataset that a later run would pick up.
+    Generation goes through the prepare pipeline's staged dir (mtlrec.data.prepare.publish): an
+    interrupted run never leaves a half-written dataset that a later run would pick up, and
+    parallel jobs generating the same dataset reuse the first one's.
     """
+    from mtlrec.data.prepare.publish import generate_once
+
     path = Path(path).expanduser()
     if (path / SPEC_FILE).is_file():
         version = DatasetSpec.load(path).info.get("generator_version")
@@ -251,32 +251,10 @@ def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
                 f"version {GENERATOR_VERSION}; remove the directory to regenerate it"
             )
         return path
-    if path.exists():
-        raise MtlrecError(
-            f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun"
-        )
     if num_rows < 100:
         raise MtlrecError(f"dataset.num_rows must be >= 100, got {num_rows}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MtlrecError(
-            f"{path.parent}: cannot create the data cache dir ({e.strerror}); set MTLREC_DATA_DIR or data_dir"
-        ) from None
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        log.info("Generating synthetic_ccp (%d rows, seed %d) into %s", num_rows, seed, path)
-        write_prepared(tmp, num_rows, seed)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (
-                path / SPEC_FILE
-            ).is_file():  # someone else's half-made dir: never merge into it
-                raise
-            # A parallel job generated the same dataset first; ours is identical, drop it.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return generate_once(
+        path,
+        lambda tmp: write_prepared(tmp, num_rows, seed),
+        f"synthetic_ccp ({num_rows} rows, seed {seed})",
+    )
