@@ -4,19 +4,45 @@ One rule for every path that brings labels in (prepare, the Ali-CCP raw converte
 loader and the streaming reader): rows where a later label is 1 but the earlier one is 0 are
 either one error line with their counts (`dataset.funnel_violations: error`, the default) or
 dropped with a logged count (`dataset.funnel_violations: drop`). Which pairs are checked:
-`mtlrec.data.prepare.plan.funnel_pairs` (the funnel's click -> conversion and every binary task
-learned on the rows where another label is 1).
+`funnel_pairs` (the funnel's click -> conversion and every binary task learned on the rows where
+another label is 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from mtlrec.errors import MtlrecError
 
 Pair = tuple[str, str]
+POLICIES = ("error", "drop")
+
+
+def funnel_pairs(funnel: Any, tasks: Iterable[Any]) -> list[Pair]:
+    """(earlier, later) label columns where `later` = 1 needs `earlier` = 1.
+
+    The funnel's click -> conversion, and every binary task learned on the rows where another
+    label is 1 (`where: click`): its label is a later step of that chain. The counterfactual
+    `conversion_if_clicked` is exempt: it is defined on every impression.
+    """
+    pairs: list[Pair] = []
+    if funnel is not None:
+        pairs.append((funnel.click, funnel.conversion))
+    for t in tasks:
+        if t.type == "binary" and t.where and (t.where, t.label) not in pairs:
+            pairs.append((t.where, t.label))
+    return pairs
+
+
+def check_policy(policy: Any) -> str:
+    if policy not in POLICIES:
+        raise MtlrecError(
+            f"dataset.funnel_violations={policy!r}: expected one of {', '.join(POLICIES)}"
+        )
+    return policy
 
 
 def violation_mask(

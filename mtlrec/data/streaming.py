@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mtlrec.data import funnel
 from mtlrec.data.loader import Batch, _check_numeric, encode_columns
+from mtlrec.data.prepare.publish import hold_dataset
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -51,6 +54,7 @@ class StreamingSplit:
         prefetch: int = 4,
         read_rows: int = 65_536,
         shuffle: bool = True,
+        funnel_violations: str = "error",
     ):
         for key, value in (
             ("shuffle_buffer", shuffle_buffer),
@@ -86,6 +90,42 @@ class StreamingSplit:
         self.num_rows, self.num_row_groups = meta.num_rows, meta.num_row_groups
         if self.num_rows == 0:
             raise MtlrecError(f"{self.path}: the split is empty (0 rows)")
+        self.funnel_violations = funnel.check_policy(funnel_violations)
+        self.num_rows -= self._funnel_scan()
+        # Held for the reader's life: `mtlrec prepare ... overwrite=true` refuses to swap the
+        # dataset under it (the split is reopened every epoch).
+        self._hold = hold_dataset(self.path.parent)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the hold on the dataset dir (also done when the object goes away)."""
+        fd, self._hold = getattr(self, "_hold", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def _funnel_scan(self) -> int:
+        """Rows breaking the funnel, counted up front (label columns only): with policy error
+        that is one line before the first step, with drop the epoch's true row count."""
+        pairs = funnel.funnel_pairs(self.spec.funnel, self.tasks)
+        if not pairs:
+            return 0
+        cols = sorted({c for pair in pairs for c in pair})
+        table = pq.read_table(self.path, columns=cols)
+        mask, counts = funnel.violation_mask(
+            lambda c: table.column(c).to_numpy(), pairs, table.num_rows
+        )
+        bad = int(mask.sum())
+        if bad and self.funnel_violations == "error":
+            funnel.raise_violations(str(self.path), counts, table.num_rows)
+        if bad:
+            log.warning(
+                "%s: dropping %s while streaming (funnel_violations=drop)",
+                self.path,
+                funnel.describe(counts),
+            )
+        return bad
 
     def __len__(self) -> int:
         return self.num_rows
@@ -95,7 +135,13 @@ class StreamingSplit:
         """One chunk -> (sparse fused ids, dense, labels), validated like the in-memory loader."""
         # OOV mappings are not logged per chunk (the in-memory loader logs them per split).
         sparse, dense, labels = encode_columns(
-            self.path, self.spec, self.tasks, rb.column, rb.num_rows, log_oov=False
+            self.path,
+            self.spec,
+            self.tasks,
+            rb.column,
+            rb.num_rows,
+            log_oov=False,
+            funnel_violations=self.funnel_violations,
         )
         return torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels)
 

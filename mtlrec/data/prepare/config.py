@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mtlrec.data.funnel import check_policy
 from mtlrec.data.prepare.plan import (
-    FUNNEL_POLICIES,
     SPLITS,
     TRANSFORMS,
     Plan,
@@ -177,12 +177,7 @@ def split_options(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def funnel_policy(cfg: Mapping[str, Any]) -> str:
     """dataset.funnel_violations: error (default) | drop."""
-    policy = str(_key(cfg, "funnel_violations", "error"))
-    if policy not in FUNNEL_POLICIES:
-        raise MtlrecError(
-            f"dataset.funnel_violations={policy!r}: expected one of {', '.join(FUNNEL_POLICIES)}"
-        )
-    return policy
+    return check_policy(_key(cfg, "funnel_violations", "error"))
 
 
 def generic_plan(cfg: Mapping[str, Any]) -> Plan:

@@ -9,13 +9,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from mtlrec.data.funnel import POLICIES, funnel_pairs
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 
 SPLITS = ("train", "val", "test")
 TRANSFORMS = ("none", "standardize", "log1p_standardize", "minmax")
 VOCAB_FILE = "vocab.parquet"
 OOV_ID = 0
-FUNNEL_POLICIES = ("error", "drop")
+FUNNEL_POLICIES = POLICIES
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,3 @@ class Plan:
             cols.append(self.split_column)
         return cols
 
-
-def funnel_pairs(funnel: FunnelSpec | None, tasks: Any) -> list[tuple[str, str]]:
-    """(earlier, later) label columns where `later` = 1 needs `earlier` = 1.
-
-    The funnel's click -> conversion, and every binary task learned on the rows where another
-    label is 1 (`where: click`): its label is a later step of that chain. The counterfactual
-    `conversion_if_clicked` is exempt: it is defined on every impression.
-    """
-    pairs: list[tuple[str, str]] = []
-    if funnel is not None:
-        pairs.append((funnel.click, funnel.conversion))
-    for t in tasks:
-        if t.type == "binary" and t.where and (t.where, t.label) not in pairs:
-            pairs.append((t.where, t.label))
-    return pairs
