@@ -34,7 +34,7 @@ def test_every_source_has_a_typed_config_and_a_way_to_build(name):
     cls = SOURCES[name]
     assert cls.name == name
     assert dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, DatasetConfig)
-    assert STREAMING_KEYS <= {f.name for f in dataclasses.fields(cls.Config)}
+    assert {f.name for f in dataclasses.fields(cls.Config)} >= STREAMING_KEYS
     assert cls.generated or cls.preparable or name == "prepared"
 
 
@@ -140,7 +140,9 @@ def throwaway_source():
                 splits={s: f"{s}.parquet" for s in ("train", "val", "test")},
             )
             for s in spec.splits:
-                pd.DataFrame({"x": [0.5] * n, "y": [0, 1] * (n // 2)}).to_parquet(path / f"{s}.parquet")
+                pd.DataFrame({"x": [0.5] * n, "y": [0, 1] * (n // 2)}).to_parquet(
+                    path / f"{s}.parquet"
+                )
             spec.save(path)
             return spec
 

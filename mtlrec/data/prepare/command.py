@@ -45,6 +45,7 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
 
 def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> dict[str, Any]:
     """The resolved `prepare` config (conf/prepare.yaml + the user's overrides), as a dict."""
+    import yaml
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -63,6 +64,9 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise MtlrecError(f"config: {msg}") from None
+    except yaml.YAMLError as e:  # a dataset yaml of the user's that does not parse
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise MtlrecError(f"config: not valid YAML: {msg}") from None
 
 
 def _splits_table(result: Result):

@@ -101,4 +101,3 @@ class Plan:
         if self.split_by == "column" and self.split_column not in cols:
             cols.append(self.split_column)
         return cols
-
