@@ -112,13 +112,17 @@ class StreamingSplit:
         if not pairs:
             return 0
         cols = sorted({c for pair in pairs for c in pair})
-        table = pq.read_table(self.path, columns=cols)
-        mask, counts = funnel.violation_mask(
-            lambda c: table.column(c).to_numpy(), pairs, table.num_rows
-        )
-        bad = int(mask.sum())
+        pf = pq.ParquetFile(self.path)
+        bad, counts = 0, {}
+        for g in range(self.num_row_groups):  # one row group of label columns at a time
+            group = pf.read_row_group(g, columns=cols)
+            mask, part = funnel.violation_mask(
+                lambda c, t=group: t.column(c).to_numpy(), pairs, group.num_rows
+            )
+            bad += int(mask.sum())
+            funnel.add_counts(counts, part)
         if bad and self.funnel_violations == "error":
-            funnel.raise_violations(str(self.path), counts, table.num_rows)
+            funnel.raise_violations(str(self.path), counts, self.num_rows)
         if bad:
             log.warning(
                 "%s: dropping %s while streaming (funnel_violations=drop)",

@@ -169,3 +169,12 @@ def test_dataset_yamls_need_no_registry_edit():
     for name in DATASET_YAMLS:
         raw = yaml.safe_load((REPO / "conf" / "dataset" / f"{name}.yaml").read_text())
         assert (raw.get("preparer") or raw["name"]) in SOURCES
+
+
+def test_preparing_a_generated_dataset_says_how_it_is_made():
+    cfg = compose_prepare(["dataset=synthetic_ccp"])["dataset"]
+    with pytest.raises(MtlrecError) as e:
+        prepare_dataset(cfg)
+    assert str(e.value) == (
+        "dataset 'synthetic_ccp' is generated on first use: `mtlrec train dataset=synthetic_ccp` makes it; there is nothing to prepare"
+    )

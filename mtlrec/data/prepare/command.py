@@ -28,6 +28,10 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
 
     name = cfg.get("name")
     source = source_for(cfg)
+    if not source.preparable and source.generated:
+        raise MtlrecError(
+            f"dataset '{name}' is generated on first use: `mtlrec train dataset={name}` makes it; there is nothing to prepare"
+        )
     if not source.preparable:
         raise MtlrecError(
             f"dataset '{name}': dataset.preparer is '{cfg.get('preparer')}'; use one of {preparable_sources()} (csv for your own files)"

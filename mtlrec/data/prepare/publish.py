@@ -151,11 +151,16 @@ def _swap(tmp: Path, path: Path, overwrite: bool, tag: str) -> None:
         except FileExistsError:
             raise _exists_error(path, raced=True) from None
         return
-    with _exclusive(path):
-        old = path.parent / f".{path.name}.old-{tag}"
-        os.rename(path, old)
-        os.rename(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    old = path.parent / f".{path.name}.old-{tag}"
+    try:
+        with _exclusive(path):
+            os.rename(path, old)
+            try:
+                _rename_noreplace(tmp, path)
+            except FileExistsError:  # a prepare without overwrite published into the gap
+                raise _exists_error(path, raced=True) from None
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
