@@ -211,7 +211,7 @@ def _items(value: object, key: str) -> list:
     """A list of JSON objects (features, tasks)."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
         raise MtlrecError(f"{key}={value!r:.80}: expected a list of objects")
-    return value
+    return list(value)
 
 
 def check_task(task: TaskSpec, labels: tuple[str, ...], source: str) -> None:

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
+def _column_of(table: pa.Table):
+    return lambda name: table.column(name).to_numpy()
+
+
 class StreamingSplit:
     """A parquet split iterated as shuffled batches without loading it whole."""
 
@@ -113,12 +117,11 @@ class StreamingSplit:
             return 0
         cols = sorted({c for pair in pairs for c in pair})
         pf = pq.ParquetFile(self.path)
-        bad, counts = 0, {}
+        bad = 0
+        counts: dict[tuple[str, str], int] = {}
         for g in range(self.num_row_groups):  # one row group of label columns at a time
             group = pf.read_row_group(g, columns=cols)
-            mask, part = funnel.violation_mask(
-                lambda c, t=group: t.column(c).to_numpy(), pairs, group.num_rows
-            )
+            mask, part = funnel.violation_mask(_column_of(group), pairs, group.num_rows)
             bad += int(mask.sum())
             funnel.add_counts(counts, part)
         if bad and self.funnel_violations == "error":

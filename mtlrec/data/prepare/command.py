@@ -64,7 +64,7 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
     try:
         with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
             cfg = compose(config_name="prepare", overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise MtlrecError(f"config: {msg}") from None

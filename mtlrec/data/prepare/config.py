@@ -90,7 +90,7 @@ def parse_targets(cfg: Mapping[str, Any]) -> list[TaskSpec]:
             TaskSpec(
                 name=str(name),
                 label=str(t["label"]),
-                type=typ,
+                type="binary" if typ == "binary" else "regression",
                 where=None if t.get("where") is None else str(t["where"]),
                 weight=float(t.get("weight", 1.0)),
             )
@@ -180,6 +180,14 @@ def funnel_policy(cfg: Mapping[str, Any]) -> str:
     return check_policy(_key(cfg, "funnel_violations", "error"))
 
 
+def _boundaries(values: Any) -> tuple[float, float] | None:
+    if not values:
+        return None
+    if not isinstance(values, (list, tuple)) or len(values) != 2:
+        raise MtlrecError(f"dataset.split.boundaries must be [train_end, val_end], got {values!r}")
+    return float(values[0]), float(values[1])
+
+
 def generic_plan(cfg: Mapping[str, Any]) -> Plan:
     """The plan of a `preparer: csv` dataset config (bring-your-own data); see README."""
     name = str(cfg.get("name") or "")
@@ -203,21 +211,14 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
         split_seed=int(_key(split, "seed", 0)),
         split_column=None if split.get("column") is None else str(split["column"]),
         split_fractions=None if by == "files" else sources[0].fractions,
-        split_boundaries=tuple(float(b) for b in split["boundaries"])
-        if split.get("boundaries")
-        else None,
+        split_boundaries=_boundaries(split.get("boundaries")),
         info={"preparer": "csv"},
         funnel_violations=funnel_policy(cfg),
     )
-    if by == "column":
-        if not plan.split_column:
-            raise MtlrecError(
-                "dataset.split.by=column needs dataset.split.column (a time/order column)"
-            )
-        if plan.split_boundaries is not None and len(plan.split_boundaries) != 2:
-            raise MtlrecError(
-                f"dataset.split.boundaries must be [train_end, val_end], got {list(plan.split_boundaries)}"
-            )
+    if by == "column" and not plan.split_column:
+        raise MtlrecError(
+            "dataset.split.by=column needs dataset.split.column (a time/order column)"
+        )
     set_dense_options(plan, cfg)
     return plan
 

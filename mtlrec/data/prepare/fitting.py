@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -137,7 +138,7 @@ def dense_values(plan: Plan, block: Block, col: str) -> np.ndarray:
 class Fitted:
     vocab: dict[str, pa.Array]  # field -> values with ids 1..V (index + 1)
     counts: dict[str, pa.Array]
-    dense: dict[str, dict[str, float]]  # column -> transform parameters
+    dense: dict[str, dict[str, Any]]  # column -> transform name, fill value and parameters
     train_rows: int
 
 

@@ -98,6 +98,6 @@ class Plan:
         if self.raw_columns is not None:
             return list(self.raw_columns)
         cols = [*self.sparse, *self.dense, *self.labels]
-        if self.split_by == "column" and self.split_column not in cols:
+        if self.split_by == "column" and self.split_column and self.split_column not in cols:
             cols.append(self.split_column)
         return cols

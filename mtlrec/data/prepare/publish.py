@@ -74,7 +74,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(path: Path) -> list[Path]:
     """Remove `.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings of `path` whose process is gone."""
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for kind in ("tmp", "old"):

@@ -48,6 +48,7 @@ def split_codes(plan: Plan, block: Block, cuts: tuple[float, float] | None) -> n
     if source.split is not None:
         return np.full(n, SPLITS.index(source.split), dtype=np.int8)
     if plan.split_by == "column":
+        assert plan.split_column is not None and cuts is not None  # checked by generic_plan
         t = numeric(block, source, plan.split_column, "split")
         if np.isnan(t).any():
             i = int(np.flatnonzero(np.isnan(t))[0])
@@ -56,7 +57,7 @@ def split_codes(plan: Plan, block: Block, cuts: tuple[float, float] | None) -> n
             )
         return np.where(t < cuts[0], 0, np.where(t < cuts[1], 1, 2)).astype(np.int8)
     u = row_uniforms(plan.split_seed, block.source_index, block.first_row, n)
-    return _by_fractions(u, source.fractions)
+    return _by_fractions(u, source.fractions or {})
 
 
 def column_cuts(plan: Plan) -> tuple[float, float]:
@@ -67,10 +68,12 @@ def column_cuts(plan: Plan) -> tuple[float, float]:
     """
     if plan.split_boundaries is not None:
         return plan.split_boundaries
+    column = plan.split_column
+    assert column is not None  # checked by generic_plan
     parts = []
     for i, s in enumerate(plan.sources):
-        for block in iter_blocks(plan, i, [plan.split_column]):
-            parts.append(numeric(block, s, plan.split_column, "split"))
+        for block in iter_blocks(plan, i, [column]):
+            parts.append(numeric(block, s, column, "split"))
     t = np.sort(np.concatenate(parts))
     t = t[~np.isnan(t)]
     fr = plan.split_fractions or {}
