@@ -178,3 +178,28 @@ def test_preparing_a_generated_dataset_says_how_it_is_made():
     assert str(e.value) == (
         "dataset 'synthetic_ccp' is generated on first use: `mtlrec train dataset=synthetic_ccp` makes it; there is nothing to prepare"
     )
+
+
+def test_a_misspelt_key_is_one_line_and_exit_1_through_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "conf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(
+        f"name: mine\npreparer: csv\npath: {tmp_path / 'out'}\nfiles: [a.csv]\nsparse: [u]\n"
+        "targets: {ctr: {label: click}}\ndense_transfrom: none\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "mtlrec", "prepare", "--config-dir", str(tmp_path / "conf")]
+    out = subprocess.run(
+        [*cmd, "dataset=mine"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "mtlrec prepare: error: dataset.dense_transfrom is not a key of dataset "
+        "(did you mean dataset.dense_transform?)"
+    ), out.stderr
+    assert not (tmp_path / "out").exists()
