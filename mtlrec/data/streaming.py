@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -100,14 +99,10 @@ class StreamingSplit:
         # dataset under it (the split is reopened every epoch).
         self._hold = hold_dataset(self.path.parent)
 
-    def __del__(self) -> None:
-        self.close()
-
     def close(self) -> None:
-        """Release the hold on the dataset dir (also done when the object goes away)."""
-        fd, self._hold = getattr(self, "_hold", None), None
-        if fd is not None:
-            os.close(fd)
+        """Drop this reader's hold on the dataset dir (released when no copy holds it; also
+        when the object goes away)."""
+        self._hold = None
 
     def _funnel_scan(self) -> int:
         """Rows breaking the funnel, counted up front (label columns only): with policy error

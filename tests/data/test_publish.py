@@ -166,3 +166,24 @@ def test_a_dataset_yaml_that_does_not_parse_is_one_line(tmp_path):
     msg = str(e.value)
     assert msg.startswith("config: not valid YAML: while parsing a flow mapping")
     assert f"{conf / 'bad.yaml'}" in msg and "\n" not in msg
+
+
+def test_a_copied_reader_shares_the_hold_until_the_last_copy_goes(tmp_path):
+    """The distributed reader copies a StreamingSplit's attributes: the hold must survive
+    the original and be released exactly once."""
+    import copy
+    import gc
+
+    raw, _ = write_events(tmp_path)
+    out = tmp_path / "data" / "events"
+    prepare_dataset(byo_config(raw, out))
+    spec = DatasetSpec.load(out)
+    stream = StreamingSplit(out / "train.parquet", spec, spec.tasks)
+    twin = copy.copy(stream)
+    del stream
+    gc.collect()
+    with pytest.raises(MtlrecError, match="a running job is reading this dataset"):
+        prepare_dataset(byo_config(raw, out), overwrite=True)
+    del twin
+    gc.collect()
+    prepare_dataset(byo_config(raw, out), overwrite=True)

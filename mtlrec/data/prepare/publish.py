@@ -88,8 +88,24 @@ def clean_stale(path: Path) -> list[Path]:
     return removed
 
 
-def hold_dataset(path: Path) -> int | None:
-    """A shared lock on a prepared dataset dir for as long as the returned fd stays open.
+class DatasetHold:
+    """An open, shared-locked fd of a dataset dir; closed when the last reference goes away
+    (objects that copy their reader's attributes share it safely)."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def hold_dataset(path: Path) -> DatasetHold | None:
+    """A shared lock on a prepared dataset dir for as long as the returned hold is referenced.
 
     Readers that come back to the files later (the streaming reader reopens its split every
     epoch) hold it, so that `mtlrec prepare ... overwrite=true` refuses instead of swapping
@@ -104,7 +120,7 @@ def hold_dataset(path: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
-    return fd
+    return DatasetHold(fd)
 
 
 @contextlib.contextmanager
