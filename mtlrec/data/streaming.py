@@ -16,6 +16,12 @@ global permutation when the file is sorted; when `shuffle_buffer` holds the whol
 order is `torch.randperm(rows, generator)`, exactly the in-memory order, so training is
 bit-identical to `dataset.streaming=false` (tests/data/test_streaming.py checks this).
 Validation and test splits stay in memory (they are scored as whole splits anyway).
+
+Before the first batch the label columns are scanned once for funnel violations (a conversion
+without a click, mtlrec.data.funnel): one error line with their counts, or, with
+funnel_violations="drop", the epoch's row count without them. For its life the reader holds a
+shared lock on the dataset dir, so `mtlrec prepare ... overwrite=true` refuses to replace the
+files it reopens every epoch.
 """
 
 from __future__ import annotations
