@@ -18,8 +18,10 @@ raw: the original release. `sample_skeleton_{train,test}.csv` lines are
     plus those of its common_feature_index (user-side features shared by many samples).
     `convert_raw` turns a skeleton + common-features pair into the processed form: per field the
     feature_id of its first entry (sparse; "" when the sample has none) and, for the 8 dense
-    fields, that entry's value. Rows with conversion=1 but click=0 are dropped (a purchase needs a
-    click on the funnel ESMM models) and counted in spec.info. The train release becomes the
+    fields, that entry's value. Rows with conversion=1 but click=0 break the funnel ESMM models (a
+    purchase needs a click): with `funnel_violations: drop` (conf/dataset/aliccp.yaml's default)
+    they are dropped and counted in spec.info, with `error` they stop the prepare in one line, the
+    same rule as for the processed CSVs. The train release becomes the
     train split; the test release is split 1:1 at random (seeded) into val and test.
 
 Tasks: ctr = click over all impressions; cvr = purchase over clicked impressions; the funnel
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mtlrec.data import funnel
 from mtlrec.data.prepare import (
     Plan,
     RawSource,
@@ -43,6 +47,7 @@ from mtlrec.data.prepare import (
     run_plan,
     set_dense_options,
 )
+from mtlrec.data.prepare.config import funnel_policy
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -53,6 +58,7 @@ SPARSE_FIELDS = (
 DENSE_FIELDS = ("109_14", "110_14", "127_14", "150_14", "508", "509", "702", "853")
 DENSE_COLUMNS = tuple(f"D{f}" for f in DENSE_FIELDS)
 LABELS = ("click", "purchase")
+log = logging.getLogger(__name__)
 ENTRY_SEP, FIELD_SEP, VALUE_SEP = "\x01", "\x02", "\x03"
 
 
@@ -98,8 +104,14 @@ def read_common(path: Path) -> dict[str, str]:
     return common
 
 
-def convert_raw(skeleton: Path, common_path: Path, out_csv: Path) -> dict[str, int]:
-    """One skeleton + common-features pair -> a processed-format CSV. Returns row counts."""
+def convert_raw(
+    skeleton: Path, common_path: Path, out_csv: Path, funnel_violations: str = "drop"
+) -> dict[str, int]:
+    """One skeleton + common-features pair -> a processed-format CSV. Returns row counts.
+
+    Rows with conversion=1 but click=0 are dropped and counted (`funnel_violations="drop"`), or,
+    with "error", make it fail with one line counting them (mtlrec.data.funnel, as everywhere).
+    """
     common = read_common(common_path)
     counts = {"rows": 0, "dropped_conversion_without_click": 0}
     with _open(skeleton) as f, open(out_csv, "w", newline="") as out:
@@ -134,6 +146,11 @@ def convert_raw(skeleton: Path, common_path: Path, out_csv: Path) -> dict[str, i
                 ]
             )
             counts["rows"] += 1
+    bad = counts["dropped_conversion_without_click"]
+    if funnel_violations == "error":
+        funnel.raise_violations(str(skeleton), {("click", "conversion"): bad}, counts["rows"] + bad)
+    elif bad:
+        log.warning("%s: dropped %d rows with conversion=1 but click=0", skeleton, bad)
     if counts["rows"] == 0:
         raise MtlrecError(f"{skeleton}: the skeleton file has no usable rows")
     return counts
@@ -143,6 +160,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     source = str(cfg.get("source") or "processed")
     seed = int(cfg.get("split_seed") or 0)
+    policy = funnel_policy(cfg)
     info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
     source_names = None
     if source == "processed":
@@ -165,7 +183,10 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         converted.mkdir()
         for part in ("train", "test"):
             counts = convert_raw(
-                paths[f"{part}_skeleton"], paths[f"{part}_common"], converted / f"{part}.csv"
+                paths[f"{part}_skeleton"],
+                paths[f"{part}_common"],
+                converted / f"{part}.csv",
+                funnel_violations=policy,
             )
             info[f"raw_{part}"] = counts
         val_share = float(cfg.get("test_val_fraction") or 0.5)
@@ -196,6 +217,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         min_count=int(cfg.get("min_count") or 1),
         split_by="files",
         split_seed=seed,
+        funnel_violations=policy,
         info=info,
         source_names=source_names,
     )

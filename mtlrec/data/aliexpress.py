@@ -26,6 +26,7 @@ from mtlrec.data.prepare import (
     run_plan,
     set_dense_options,
 )
+from mtlrec.data.prepare.config import funnel_policy
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -72,6 +73,7 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         min_count=int(cfg.get("min_count") or 1),
         split_by="files",
         split_seed=int(cfg.get("split_seed") or 0),
+        funnel_violations=funnel_policy(cfg),
         info={
             "preparer": "aliexpress",
             "source": "AliExpress (Tianchi 74690)",

@@ -119,18 +119,12 @@ def make_transform(tasks: tuple[str, ...], education_positive: set[str], keep: l
     return transform
 
 
-def build_plan(cfg: Mapping[str, Any]) -> Plan:
-    group = cfg.get("task_group", 1)
-    if group not in TASK_GROUPS:
-        raise MtlrecError(
-            f"dataset.task_group must be 1 (income + marital) or 2 (education + marital), got {group!r}"
-        )
-    tasks = TASK_GROUPS[group]
+def census_sources(cfg: Mapping[str, Any]) -> tuple[list[RawSource], str, bool]:
+    """(raw sources, protocol description, whether it is the paper's protocol)."""
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     train_path = find_raw(raw_dir, str(cfg["train_file"]))
     test_path = find_raw(raw_dir, str(cfg["test_file"]))
     split = dict(cfg.get("split") or {})
-    seed = int(split.get("seed", 0))
     if test_path is None:
         raise MtlrecError(
             f"{raw_dir / cfg['test_file']}[.gz]: census test file not found; download it from UCI (see docs/datasets.md) or set dataset.raw_dir"
@@ -140,15 +134,30 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             RawSource(train_path, split="train"),
             RawSource(test_path, fractions={"val": 0.5, "test": 0.5}),
         ]
-        protocol = "paper: train on census-income.data, test file split 1:1 into val/test"
-    else:
-        fractions = check_fractions(
-            "dataset.split.fractions",
-            split.get("fractions") or {"train": 0.6, "val": 0.2, "test": 0.2},
+        return (
+            sources,
+            "paper: train on census-income.data, test file split 1:1 into val/test",
+            True,
         )
-        sources = [RawSource(test_path, fractions=fractions)]
-        share = "/".join(f"{round(v * 100)}" for v in fractions.values())
-        protocol = f"NOT the paper protocol: only {test_path.name} present, seeded {share} random split of it"
+    fractions = check_fractions(
+        "dataset.split.fractions",
+        split.get("fractions") or {"train": 0.6, "val": 0.2, "test": 0.2},
+    )
+    share = "/".join(f"{round(v * 100)}" for v in fractions.values())
+    protocol = (
+        f"NOT the paper protocol: only {test_path.name} present, seeded {share} random split of it"
+    )
+    return [RawSource(test_path, fractions=fractions)], protocol, False
+
+
+def build_plan(cfg: Mapping[str, Any]) -> Plan:
+    group = cfg.get("task_group", 1)
+    if group not in TASK_GROUPS:
+        raise MtlrecError(
+            f"dataset.task_group must be 1 (income + marital) or 2 (education + marital), got {group!r}"
+        )
+    tasks = TASK_GROUPS[group]
+    sources, protocol, paper = census_sources(cfg)
     dense = [str(c) for c in cfg.get("dense") or []]
     removed = {LABEL_SOURCES[t] for t in tasks} | {INSTANCE_WEIGHT}
     removed |= {str(c) for c in cfg.get("exclude") or []}
@@ -184,7 +193,7 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         targets=[TaskSpec(t, t, "binary") for t in tasks],
         min_count=int(cfg.get("min_count") or 1),
         split_by="random",
-        split_seed=seed,
+        split_seed=int(dict(cfg.get("split") or {}).get("seed", 0)),
         raw_columns=[
             c
             for c in COLUMNS
@@ -196,7 +205,7 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             "source": "UCI Census-Income (KDD)",
             "task_group": group,
             "protocol": protocol,
-            "paper_protocol": train_path is not None,
+            "paper_protocol": paper,
             "education_positive": sorted(education_positive),
         },
     )

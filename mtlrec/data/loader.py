@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mtlrec.data import funnel
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -79,8 +80,17 @@ def _check_numeric(path: Path, schema: pa.Schema, name: str, what: str, integer:
         raise MtlrecError(f"{path}: {what} column '{name}' has type {typ}; it must hold {need}")
 
 
-def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) -> SplitTensors:
-    """Read one prepared split and validate it against the spec (and the tasks trained on it)."""
+def load_split(
+    path: Path,
+    spec: DatasetSpec,
+    tasks: tuple[TaskSpec, ...] = (),
+    funnel_violations: str = "error",
+) -> SplitTensors:
+    """Read one prepared split and validate it against the spec (and the tasks trained on it).
+
+    Rows breaking the funnel (mtlrec.data.funnel) are one error line with their counts, or, with
+    `funnel_violations="drop"` (dataset.funnel_violations), dropped with a logged count.
+    """
     path = Path(path)
     if not path.is_file():
         raise MtlrecError(
@@ -106,7 +116,9 @@ def load_split(path: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...] = ()) 
     if n == 0:
         raise MtlrecError(f"{path}: the split is empty (0 rows)")
 
-    sparse, dense, labels = encode_columns(path, spec, tasks, table.column, n)
+    sparse, dense, labels = encode_columns(
+        path, spec, tasks, table.column, n, funnel_violations=funnel_violations
+    )
     return SplitTensors(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels))
 
 
@@ -117,10 +129,12 @@ def encode_columns(
     column: Callable[[str], pa.Array | pa.ChunkedArray],
     n: int,
     log_oov: bool = True,
+    funnel_violations: str = "error",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (sparse fused ids, dense, labels) arrays from the spec's `n`-row columns of `path`.
 
     Shared by the in-memory loader (a whole table) and the streaming reader (one chunk at a time).
+    With funnel_violations="drop", rows breaking the funnel are left out (fewer than `n` rows).
     """
     sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
     for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
@@ -172,7 +186,35 @@ def encode_columns(
             raise MtlrecError(f"{path}: label column '{c}' has {bad.sum()} NaN/inf/missing values")
         labels[:, j] = values
     _check_binary_labels(path, spec, tasks, labels)
+    keep = _funnel_keep(path, spec, tasks, labels, funnel_violations, log_drops=log_oov)
+    if keep is not None:
+        return sparse[keep], dense[keep], labels[keep]
     return sparse, dense, labels
+
+
+def _funnel_keep(
+    path: Path,
+    spec: DatasetSpec,
+    tasks: tuple[TaskSpec, ...],
+    labels: np.ndarray,
+    policy: str,
+    log_drops: bool = True,
+) -> np.ndarray | None:
+    """None when every row keeps the funnel; else the rows to keep (policy drop) or one error."""
+    pairs = funnel.funnel_pairs(spec.funnel, tasks)
+    if not pairs:
+        return None
+    funnel.check_policy(policy)
+    bad, counts = funnel.violation_mask(
+        lambda c: labels[:, spec.label_index(c)], pairs, labels.shape[0]
+    )
+    if not bad.any():
+        return None
+    if policy == "error":
+        funnel.raise_violations(str(path), counts, labels.shape[0])
+    if log_drops:
+        log.warning("%s: dropped %s (funnel_violations=drop)", path, funnel.describe(counts))
+    return ~bad
 
 
 def _check_binary_labels(
@@ -198,7 +240,11 @@ def _check_binary_labels(
 
 
 def load_splits(
-    directory: Path, spec: DatasetSpec, tasks: tuple[TaskSpec, ...], names=("train", "val", "test")
+    directory: Path,
+    spec: DatasetSpec,
+    tasks: tuple[TaskSpec, ...],
+    names=("train", "val", "test"),
+    funnel_violations: str = "error",
 ) -> dict[str, SplitTensors]:
     directory = Path(directory)
     out = {}
@@ -207,5 +253,5 @@ def load_splits(
             raise MtlrecError(
                 f"{directory / 'spec.json'}: no '{name}' split; the spec lists {sorted(spec.splits)}"
             )
-        out[name] = load_split(directory / spec.splits[name], spec, tasks)
+        out[name] = load_split(directory / spec.splits[name], spec, tasks, funnel_violations)
     return out

@@ -19,21 +19,26 @@ grows with p and is ~1 at p = 1 (only the noise differs).
 
 Stored: dense features x0..x{d-1}, regression labels y1, y2 (tasks task1, task2), split 80/10/10
 at random (seeded).
+
+Generation and writing run CHUNK_ROWS rows at a time, so memory is bounded by a chunk plus 9
+bytes per row (the seeded split permutation); the rows are bit-identical to drawing x, then
+eps_1, then eps_2 in one go (the streams of eps_1 and eps_2 start where x and eps_1 end, found
+by one pass that draws and drops them).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from mtlrec.data.generated import SPLIT_NAMES, SplitWriter, split_sizes
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec, TaskSpec
-from mtlrec.data.synthetic_ccp import write_random_splits
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ SCALE_C = 1.0
 NUM_SINES_M = 10
 NOISE_VARIANCE = 0.01
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+CHUNK_ROWS = 1 << 16  # rows made at a time (any value gives the same data)
 
 
 def check_params(num_rows: int, input_dim: int, correlation: float) -> None:
@@ -65,23 +71,57 @@ def task_weights(input_dim: int, correlation: float, seed: int) -> tuple[np.ndar
     return w1, w2
 
 
-def generate(
+def _chunks(num_rows: int) -> Iterator[int]:
+    for start in range(0, num_rows, CHUNK_ROWS):
+        yield min(CHUNK_ROWS, num_rows - start)
+
+
+def _after(rng: np.random.Generator, draw) -> np.random.Generator:
+    """A generator in the state `rng` is left in by `draw(rng, rows)` over all chunks."""
+    skip = np.random.Generator(type(rng.bit_generator)())
+    skip.bit_generator.state = rng.bit_generator.state
+    draw(skip)
+    return skip
+
+
+def iter_chunks(
     num_rows: int, input_dim: int, correlation: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x [n, d] float32, y1 [n], y2 [n]) of the generator above."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x [rows, d] float32, y1, y2) of the generator above, CHUNK_ROWS rows at a time."""
     check_params(num_rows, input_dim, correlation)
     w1, w2 = task_weights(input_dim, correlation, seed)
     shape_rng = np.random.default_rng([seed, input_dim, 1])
     a = shape_rng.normal(size=NUM_SINES_M)
     b = shape_rng.normal(size=NUM_SINES_M)
-    rng = np.random.default_rng([seed, input_dim, 2])
-    x = rng.normal(size=(num_rows, input_dim))
-    ys = []
-    for w in (w1, w2):
-        z = x @ w
-        y = z + np.sin(np.outer(z, a) + b).sum(axis=1)
-        ys.append(y + rng.normal(0.0, math.sqrt(NOISE_VARIANCE), size=num_rows))
-    return x.astype(np.float32), ys[0].astype(np.float32), ys[1].astype(np.float32)
+    noise_sd = math.sqrt(NOISE_VARIANCE)
+    x_rng = np.random.default_rng([seed, input_dim, 2])
+
+    def skip_x(r):
+        for rows in _chunks(num_rows):
+            r.normal(size=(rows, input_dim))
+
+    def skip_noise(r):
+        for rows in _chunks(num_rows):
+            r.normal(0.0, noise_sd, size=rows)
+
+    noise1 = _after(x_rng, skip_x)
+    noise2 = _after(noise1, skip_noise)
+    for rows in _chunks(num_rows):
+        x = x_rng.normal(size=(rows, input_dim))
+        ys = []
+        for w, noise in ((w1, noise1), (w2, noise2)):
+            z = x @ w
+            y = z + np.sin(np.outer(z, a) + b).sum(axis=1)
+            ys.append((y + noise.normal(0.0, noise_sd, size=rows)).astype(np.float32))
+        yield x.astype(np.float32), ys[0], ys[1]
+
+
+def generate(
+    num_rows: int, input_dim: int, correlation: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x [n, d] float32, y1 [n], y2 [n]) of the generator above, in memory."""
+    parts = list(iter_chunks(num_rows, input_dim, correlation, seed))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
 
 
 def dataset_spec(
@@ -107,14 +147,31 @@ def dataset_spec(
     )
 
 
+def split_codes(num_rows: int, input_dim: int, seed: int) -> np.ndarray:
+    """0/1/2 (train/val/test) per row: consecutive pieces of a seeded permutation of the rows."""
+    order = np.random.default_rng([seed, input_dim, 3]).permutation(num_rows)
+    codes = np.empty(num_rows, dtype=np.int8)
+    lo = 0
+    for k, size in enumerate(split_sizes(num_rows, SPLIT_FRACTIONS)):
+        codes[order[lo : lo + size]] = k
+        lo += size
+    assert len(SPLIT_NAMES) == 3
+    return codes
+
+
 def write_prepared(
     directory: Path, name: str, num_rows: int, input_dim: int, correlation: float, seed: int
 ) -> DatasetSpec:
-    x, y1, y2 = generate(num_rows, input_dim, correlation, seed)
-    order = np.random.default_rng([seed, input_dim, 3]).permutation(num_rows)
     spec = dataset_spec(name, num_rows, input_dim, correlation, seed)
-    columns = {f"x{i}": x[:, i] for i in range(input_dim)} | {"y1": y1, "y2": y2}
-    write_random_splits(directory, columns, spec, SPLIT_FRACTIONS, order)
+    codes = split_codes(num_rows, input_dim, seed)
+    start = 0
+    with SplitWriter(directory, spec) as writer:
+        for x, y1, y2 in iter_chunks(num_rows, input_dim, correlation, seed):
+            rows = len(y1)
+            columns = {f"x{i}": x[:, i] for i in range(input_dim)} | {"y1": y1, "y2": y2}
+            writer.write(columns, codes[start : start + rows])
+            start += rows
+    spec.save(directory)
     return spec
 
 
@@ -129,26 +186,19 @@ def _params(cfg: Mapping[str, Any]) -> tuple[int, int, float, int]:
 
 def ensure_prepared(cfg: Mapping[str, Any]) -> Path:
     """The cached dataset dir of this parameter set, generated first when missing."""
-    from mtlrec.data.prepare import staged_dir
+    from mtlrec.data.prepare.publish import generate_once
 
     path = Path(str(cfg["path"])).expanduser()
     if (path / SPEC_FILE).is_file():
         return path
-    if path.exists():
-        raise MtlrecError(
-            f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun"
-        )
     n, d, p, seed = _params(cfg)
     check_params(n, d, p)
-    log.info("Generating mmoe_synthetic (n=%d, d=%d, p=%g, seed %d) into %s", n, d, p, seed, path)
-    try:
-        with staged_dir(path, overwrite=False) as tmp:
-            write_prepared(tmp, str(cfg.get("name") or "mmoe_synthetic"), n, d, p, seed)
-    except (MtlrecError, OSError):
-        if (path / SPEC_FILE).is_file():  # a parallel sweep job generated it first
-            return path
-        raise
-    return path
+    name = str(cfg.get("name") or "mmoe_synthetic")
+    return generate_once(
+        path,
+        lambda tmp: write_prepared(tmp, name, n, d, p, seed),
+        f"mmoe_synthetic (n={n}, d={d}, p={p:g}, seed {seed})",
+    )
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path):

@@ -11,8 +11,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from mtlrec.config_schema import build, check_value
 from mtlrec.errors import MtlrecError
 
 SPEC_FILE = "spec.json"
@@ -125,15 +126,26 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "spec") -> DatasetSpec:
+        """The spec of a parsed spec.json; a missing key or a wrong type is one line naming it."""
+        if not isinstance(d, dict):
+            raise MtlrecError(f"{source}: malformed dataset spec (not a JSON object); re-create it")
         try:
             spec = cls(
-                name=d["name"],
-                features=tuple(FeatureSpec(**f) for f in d["features"]),
-                labels=tuple(d["labels"]),
-                tasks=tuple(TaskSpec(**t) for t in d["tasks"]),
-                funnel=FunnelSpec(**d["funnel"]) if d.get("funnel") else None,
-                splits=dict(d.get("splits", {})),
-                info=dict(d.get("info", {})),
+                name=check_value(str, d["name"], f"{source}: name"),
+                features=tuple(
+                    build(FeatureSpec, f, f"{source}: features[{i}]")
+                    for i, f in enumerate(_items(d["features"], f"{source}: features"))
+                ),
+                labels=tuple(check_value(list[str], d["labels"], f"{source}: labels")),
+                tasks=tuple(
+                    build(TaskSpec, t, f"{source}: tasks[{i}]")
+                    for i, t in enumerate(_items(d["tasks"], f"{source}: tasks"))
+                ),
+                funnel=build(FunnelSpec, d["funnel"], f"{source}: funnel")
+                if d.get("funnel")
+                else None,
+                splits=check_value(dict[str, str], d.get("splits", {}), f"{source}: splits"),
+                info=check_value(dict[str, Any], d.get("info", {}), f"{source}: info"),
             )
         except (KeyError, TypeError) as e:
             raise MtlrecError(f"{source}: malformed dataset spec ({e}); re-create it") from None
@@ -193,6 +205,13 @@ class DatasetSpec:
                     raise MtlrecError(
                         f"{source}: funnel column '{col}' is not among labels {list(self.labels)}"
                     )
+
+
+def _items(value: object, key: str) -> list:
+    """A list of JSON objects (features, tasks)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+        raise MtlrecError(f"{key}={value!r:.80}: expected a list of objects")
+    return list(value)
 
 
 def check_task(task: TaskSpec, labels: tuple[str, ...], source: str) -> None:

@@ -16,6 +16,12 @@ global permutation when the file is sorted; when `shuffle_buffer` holds the whol
 order is `torch.randperm(rows, generator)`, exactly the in-memory order, so training is
 bit-identical to `dataset.streaming=false` (tests/data/test_streaming.py checks this).
 Validation and test splits stay in memory (they are scored as whole splits anyway).
+
+Before the first batch the label columns are scanned once for funnel violations (a conversion
+without a click, mtlrec.data.funnel): one error line with their counts, or, with
+funnel_violations="drop", the epoch's row count without them. For its life the reader holds a
+shared lock on the dataset dir, so `mtlrec prepare ... overwrite=true` refuses to replace the
+files it reopens every epoch.
 """
 
 from __future__ import annotations
@@ -31,12 +37,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mtlrec.data import funnel
 from mtlrec.data.loader import Batch, _check_numeric, encode_columns
+from mtlrec.data.prepare.publish import hold_dataset
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
 _END = object()
+
+
+def _column_of(table: pa.Table):
+    return lambda name: table.column(name).to_numpy()
 
 
 class StreamingSplit:
@@ -51,6 +63,7 @@ class StreamingSplit:
         prefetch: int = 4,
         read_rows: int = 65_536,
         shuffle: bool = True,
+        funnel_violations: str = "error",
     ):
         for key, value in (
             ("shuffle_buffer", shuffle_buffer),
@@ -86,6 +99,41 @@ class StreamingSplit:
         self.num_rows, self.num_row_groups = meta.num_rows, meta.num_row_groups
         if self.num_rows == 0:
             raise MtlrecError(f"{self.path}: the split is empty (0 rows)")
+        self.funnel_violations = funnel.check_policy(funnel_violations)
+        self.num_rows -= self._funnel_scan()
+        # Held for the reader's life: `mtlrec prepare ... overwrite=true` refuses to swap the
+        # dataset under it (the split is reopened every epoch).
+        self._hold = hold_dataset(self.path.parent)
+
+    def close(self) -> None:
+        """Drop this reader's hold on the dataset dir (released when no copy holds it; also
+        when the object goes away)."""
+        self._hold = None
+
+    def _funnel_scan(self) -> int:
+        """Rows breaking the funnel, counted up front (label columns only): with policy error
+        that is one line before the first step, with drop the epoch's true row count."""
+        pairs = funnel.funnel_pairs(self.spec.funnel, self.tasks)
+        if not pairs:
+            return 0
+        cols = sorted({c for pair in pairs for c in pair})
+        pf = pq.ParquetFile(self.path)
+        bad = 0
+        counts: dict[tuple[str, str], int] = {}
+        for g in range(self.num_row_groups):  # one row group of label columns at a time
+            group = pf.read_row_group(g, columns=cols)
+            mask, part = funnel.violation_mask(_column_of(group), pairs, group.num_rows)
+            bad += int(mask.sum())
+            funnel.add_counts(counts, part)
+        if bad and self.funnel_violations == "error":
+            funnel.raise_violations(str(self.path), counts, self.num_rows)
+        if bad:
+            log.warning(
+                "%s: dropping %s while streaming (funnel_violations=drop)",
+                self.path,
+                funnel.describe(counts),
+            )
+        return bad
 
     def __len__(self) -> int:
         return self.num_rows
@@ -95,7 +143,13 @@ class StreamingSplit:
         """One chunk -> (sparse fused ids, dense, labels), validated like the in-memory loader."""
         # OOV mappings are not logged per chunk (the in-memory loader logs them per split).
         sparse, dense, labels = encode_columns(
-            self.path, self.spec, self.tasks, rb.column, rb.num_rows, log_oov=False
+            self.path,
+            self.spec,
+            self.tasks,
+            rb.column,
+            rb.num_rows,
+            log_oov=False,
+            funnel_violations=self.funnel_violations,
         )
         return torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels)
 

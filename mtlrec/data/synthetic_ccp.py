@@ -10,63 +10,71 @@ Fields (vocabulary sizes)
     item:    item_id (10,000; Zipf 1.1), item_category (50), item_brand (500),
              item_price_level (10) - attributes are fixed functions of item_id
     context: hour (24), device (4), position (10; uniform slot on the result page)
-    dense:   user_activity (log-normal per user, standardized), item_price (log price, standardized),
-             item_rating (per item, standardized)
+    dense:   user_activity (log-normal per user), item_price (log price per item), item_rating
+             (per item); each standardized with its exact mean and std over impressions (the
+             id frequencies weight the per-user / per-item values), so no pass over the rows
 
 Generating formulas (every table below is drawn once from the generator seed)
     a_f[v] ~ N(0, s_f^2)                          click effect of value v of sparse field f
     c_f[v] = r_f a_f[v] + sqrt(1 - r_f^2) e_f[v]    conversion effect, e_f[v] ~ N(0, s_f^2):
                                                   correlated with, but not equal to, the click effect
     P_u, Q_i, Z_i ~ N(0, I_8);  R_i = 0.9 Q_i + sqrt(0.19) Z_i     user / item latent tastes
-    click_logit = b_click + sum_f a_f[x_f] + 0.8 <P_u, Q_i>/sqrt(8) - 0.25 position + 0.3 user_activity
+    price_i = (1 + item_price_level_i) * exp(N(0, 0.3^2))          the price follows its level
+    click_logit = b_click + sum_f a_f[x_f] + 0.8 <P_u, Q_i>/sqrt(8)
+                  - 0.25 position + 0.3 user_activity - 0.2 item_price
     cvr_logit   = b_cvr   + sum_f c_f[x_f] + 0.8 <P_u, R_i>/sqrt(8) - 0.6 item_price + 0.4 item_rating
     p_click = sigmoid(click_logit),  p_cvr = sigmoid(cvr_logit),  p_ctcvr = p_click * p_cvr
     click ~ Bernoulli(p_click),  conversion_if_clicked ~ Bernoulli(p_cvr),
     conversion = click * conversion_if_clicked      (no conversion without a click)
 
-Scales s_f and correlations r_f (USER_FIELDS, ITEM_FIELDS, CONTEXT_FIELDS below): user_id 0.7/0.9,
-item_id 0.8/0.9, item_category and item_brand 0.3/0.9, user_age 0.3/0.3, user_gender 0.1/0.5,
-user_city 0.2/0.5, item_price_level 0.2/0.0, hour and device 0.2/0.5, position 0 (its effect is the
-explicit -0.25 position term, on clicks only). Most conversion signal sits in the high-cardinality
-ids, whose conversion effects track their click effects: a model that learns the id embeddings from
-all impressions (ESMM's shared embedding) can use them for CVR; one that sees clicked rows only
-(about 4.5% of the data) cannot.
+(CLICK_TERMS and CVR_TERMS below hold the explicit coefficients; a test checks this text against
+them.) Scales s_f and correlations r_f (USER_FIELDS, ITEM_FIELDS, CONTEXT_FIELDS below): user_id
+0.7/0.9, item_id 0.8/0.9, item_category and item_brand 0.3/0.9, user_age 0.3/0.3, user_gender
+0.1/0.5, user_city 0.2/0.5, item_price_level 0.2/0.0, hour and device 0.2/0.5, position 0 (its
+effect is the explicit -0.25 position term, on clicks only). Most conversion signal sits in the
+high-cardinality ids, whose conversion effects track their click effects: a model that learns the
+id embeddings from all impressions (ESMM's shared embedding) can use them for CVR; one that sees
+clicked rows only (about 4.5% of the data) cannot.
 
 b_click is set by bisection so that mean(p_click) = 4.5%, b_cvr so that the conversion rate among
-clicks, sum(p_click p_cvr) / sum(p_click), is 10%. Position drives clicks only and price pushes
-clicks and conversions in opposite directions (cheap items are clicked more; expensive ones convert
-less): the clicked rows are a biased sample of the impressions, which is what a CVR model trained
-on clicked rows only (cvr_base) gets wrong and ESMM avoids.
+clicks, sum(p_click p_cvr) / sum(p_click), is 10%, both over the first CALIBRATION_ROWS rows (all
+rows of a dataset up to that size). Position drives clicks only and price pushes clicks and
+conversions in the same direction with different strength (-0.2 on clicks, -0.6 on conversions:
+expensive items are clicked a little less and converted much less): the clicked rows are a biased
+sample of the impressions, which is what a CVR model trained on clicked rows only (cvr_base) gets
+wrong and ESMM avoids.
 
-Stored per impression besides the features: click, conversion, conversion_if_clicked (the
-counterfactual label, so CVR can be scored over the entire impression space) and the true
-probabilities p_click, p_cvr, p_ctcvr. Split 70/15/15 at random (seeded) into train/val/test.
+Generation runs in chunks of CHUNK_ROWS rows (bounded memory whatever num_rows): chunk k's rows
+come from its own stream seeded by (seed, 1, k), the tables from (seed, 0). Stored per impression
+besides the features: click, conversion, conversion_if_clicked (the counterfactual label, so CVR
+can be scored over the entire impression space) and the true probabilities p_click, p_cvr,
+p_ctcvr. Split 70/15/15 at random (seeded, exact sizes) into train/val/test.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from mtlrec.data.generated import SequentialSplit, SplitWriter, split_sizes
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
 
 # Bump when the generated data changes: cached copies of another version are refused, never reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 TARGET_CTR = 0.045
 TARGET_CVR_AMONG_CLICKS = 0.10
 LATENT_DIM = 8
 LATENT_CORRELATION = 0.9  # correlation of the item tastes driving clicks (Q) and conversions (R)
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+CHUNK_ROWS = 1 << 18  # rows generated at a time (part of the generator: changing it changes data)
+CALIBRATION_ROWS = 8 * CHUNK_ROWS  # rows the offsets b_click, b_cvr are calibrated on
 
 # field -> (vocabulary size, click-effect scale s_f, click/conversion effect correlation r_f)
 USER_FIELDS = {
@@ -82,18 +90,12 @@ ITEM_FIELDS = {
     "item_price_level": (10, 0.2, 0.0),
 }
 CONTEXT_FIELDS = {"hour": (24, 0.2, 0.5), "device": (4, 0.2, 0.5), "position": (10, 0.0, 0.0)}
+SPARSE_FIELDS = {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}
 DENSE_FIELDS = ("user_activity", "item_price", "item_rating")
-
-
-def _zipf_sample(rng: np.random.Generator, vocab: int, exponent: float, n: int) -> np.ndarray:
-    """Ids whose frequencies fall off like 1/rank^exponent; which id gets which rank is random."""
-    weights = 1.0 / np.arange(1, vocab + 1) ** exponent
-    ranked = rng.choice(vocab, size=n, p=weights / weights.sum())
-    return rng.permutation(vocab)[ranked]
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-    return ((x - x.mean()) / (x.std() + 1e-12)).astype(np.float32)
+# The explicit (non-embedding) terms of the two logits: column -> coefficient.
+CLICK_TERMS = {"position": -0.25, "user_activity": 0.3, "item_price": -0.2}
+CVR_TERMS = {"item_price": -0.6, "item_rating": 0.4}
+LATENT_SCALE = 0.8
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -111,77 +113,144 @@ def _bisect_offset(target_fn, target: float, lo: float = -30.0, hi: float = 30.0
     return (lo + hi) / 2
 
 
-def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
-    """All columns of the dataset (features, labels, true probabilities), row order random."""
-    rng = np.random.default_rng(seed)
-    n = num_rows
-    cols: dict[str, np.ndarray] = {}
+@dataclass
+class Tables:
+    """Everything fixed per user / item / field value, drawn once from the seed."""
 
-    users = _zipf_sample(rng, USER_FIELDS["user_id"][0], 1.05, n)
-    items = _zipf_sample(rng, ITEM_FIELDS["item_id"][0], 1.1, n)
-    cols["user_id"], cols["item_id"] = users, items
-    for name in ("user_age", "user_gender", "user_city"):
-        cols[name] = rng.integers(0, USER_FIELDS[name][0], size=USER_FIELDS["user_id"][0])[users]
-    for name in ("item_category", "item_brand", "item_price_level"):
-        cols[name] = rng.integers(0, ITEM_FIELDS[name][0], size=ITEM_FIELDS["item_id"][0])[items]
+    user_cdf: np.ndarray  # impression probability of each user, cumulated
+    item_cdf: np.ndarray
+    attributes: dict[str, np.ndarray]  # user_* / item_* field -> value per user / item
+    dense: dict[str, np.ndarray]  # dense column -> standardized value per user / item
+    click_effect: dict[str, np.ndarray]  # field -> a_f per value
+    cvr_effect: dict[str, np.ndarray]  # field -> c_f per value
+    p_user: np.ndarray
+    q_item: np.ndarray
+    r_item: np.ndarray
+
+
+def _zipf(rng: np.random.Generator, vocab: int, exponent: float) -> np.ndarray:
+    """Per-id probabilities falling off like 1/rank^exponent; which id gets which rank is random."""
+    weights = 1.0 / np.arange(1, vocab + 1) ** exponent
+    prob = np.empty(vocab)
+    prob[rng.permutation(vocab)] = weights / weights.sum()
+    return prob
+
+
+def _standardized(values: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Per-id values standardized with their exact mean/std over impressions (ids drawn by prob)."""
+    mean = float(prob @ values)
+    std = float(np.sqrt(prob @ (values - mean) ** 2))
+    return ((values - mean) / (std + 1e-12)).astype(np.float32)
+
+
+def draw_tables(seed: int) -> Tables:
+    rng = np.random.default_rng([seed, 0])
+    n_users, n_items = USER_FIELDS["user_id"][0], ITEM_FIELDS["item_id"][0]
+    user_p, item_p = _zipf(rng, n_users, 1.05), _zipf(rng, n_items, 1.1)
+    attributes = {
+        name: rng.integers(0, vocab, size=n_users if name in USER_FIELDS else n_items)
+        for name, (vocab, _, _) in {**USER_FIELDS, **ITEM_FIELDS}.items()
+        if name not in ("user_id", "item_id")
+    }
+    activity = rng.lognormal(0.0, 0.7, size=n_users)
+    price = (1.0 + attributes["item_price_level"]) * np.exp(rng.normal(0.0, 0.3, size=n_items))
+    rating = rng.normal(0.0, 1.0, size=n_items)
+    dense = {
+        "user_activity": _standardized(np.log(activity), user_p),
+        "item_price": _standardized(np.log(price), item_p),
+        "item_rating": _standardized(rating, item_p),
+    }
+    click_effect, cvr_effect = {}, {}
+    for name, (vocab, scale, corr) in SPARSE_FIELDS.items():
+        a = rng.normal(0.0, scale, size=vocab)
+        click_effect[name] = a
+        cvr_effect[name] = corr * a + np.sqrt(1.0 - corr**2) * rng.normal(0.0, scale, size=vocab)
+    p_user = rng.normal(size=(n_users, LATENT_DIM))
+    q_item = rng.normal(size=(n_items, LATENT_DIM))
+    z = rng.normal(size=q_item.shape)
+    r_item = LATENT_CORRELATION * q_item + np.sqrt(1 - LATENT_CORRELATION**2) * z
+    return Tables(
+        np.cumsum(user_p), np.cumsum(item_p), attributes, dense, click_effect, cvr_effect,
+        p_user, q_item, r_item,
+    )  # fmt: skip
+
+
+def _draw_ids(cdf: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n), side="right"), len(cdf) - 1)
+
+
+def chunk_features(tables: Tables, seed: int, k: int, n: int):
+    """Chunk k's n rows: feature columns, both logits without offsets, and its row stream."""
+    rng = np.random.default_rng([seed, 1, k])
+    users, items = _draw_ids(tables.user_cdf, rng, n), _draw_ids(tables.item_cdf, rng, n)
+    cols: dict[str, np.ndarray] = {"user_id": users, "item_id": items}
+    for name, values in tables.attributes.items():
+        cols[name] = values[users if name in USER_FIELDS else items]
     for name, (vocab, _, _) in CONTEXT_FIELDS.items():
         cols[name] = rng.integers(0, vocab, size=n)
+    cols["user_activity"] = tables.dense["user_activity"][users]
+    cols["item_price"] = tables.dense["item_price"][items]
+    cols["item_rating"] = tables.dense["item_rating"][items]
+    click_logit = sum(tables.click_effect[f][cols[f]] for f in SPARSE_FIELDS)
+    cvr_logit = sum(tables.cvr_effect[f][cols[f]] for f in SPARSE_FIELDS)
+    scale = LATENT_SCALE / np.sqrt(LATENT_DIM)
+    p_u = tables.p_user[users]
+    click_logit = click_logit + scale * np.einsum("nk,nk->n", p_u, tables.q_item[items])
+    cvr_logit = cvr_logit + scale * np.einsum("nk,nk->n", p_u, tables.r_item[items])
+    click_logit += sum(c * cols[name] for name, c in CLICK_TERMS.items())
+    cvr_logit += sum(c * cols[name] for name, c in CVR_TERMS.items())
+    return cols, click_logit, cvr_logit, rng
 
-    # Dense features: fixed per user / per item, price follows the item's price level.
-    activity = rng.lognormal(0.0, 0.7, size=USER_FIELDS["user_id"][0])[users]
-    price_of_item = (
-        np.exp(rng.normal(0.0, 0.3, size=ITEM_FIELDS["item_id"][0]))
-        * (1.0 + np.arange(10))[rng.integers(0, 10, size=ITEM_FIELDS["item_id"][0])]
-    )
-    rating = rng.normal(0.0, 1.0, size=ITEM_FIELDS["item_id"][0])[items]
-    cols["user_activity"] = _standardize(np.log(activity))
-    cols["item_price"] = _standardize(np.log(price_of_item[items]))
-    cols["item_rating"] = _standardize(rating)
 
-    click_logit = np.zeros(n)
-    cvr_logit = np.zeros(n)
-    for name, (vocab, scale, corr) in {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}.items():
-        a = rng.normal(0.0, scale, size=vocab)
-        c = corr * a + np.sqrt(1.0 - corr**2) * rng.normal(0.0, scale, size=vocab)
-        click_logit += a[cols[name]]
-        cvr_logit += c[cols[name]]
+def chunk_sizes(num_rows: int) -> list[int]:
+    full, rest = divmod(num_rows, CHUNK_ROWS)
+    return [CHUNK_ROWS] * full + ([rest] if rest else [])
 
-    p_user = rng.normal(size=(USER_FIELDS["user_id"][0], LATENT_DIM))
-    q_item = rng.normal(size=(ITEM_FIELDS["item_id"][0], LATENT_DIM))
-    r_item = LATENT_CORRELATION * q_item + np.sqrt(1 - LATENT_CORRELATION**2) * rng.normal(
-        size=q_item.shape
-    )
-    scale = 0.8 / np.sqrt(LATENT_DIM)
-    click_logit += scale * np.einsum("nk,nk->n", p_user[users], q_item[items])
-    cvr_logit += scale * np.einsum("nk,nk->n", p_user[users], r_item[items])
-    click_logit += -0.25 * cols["position"] + 0.3 * cols["user_activity"] - 0.2 * cols["item_price"]
-    cvr_logit += -0.6 * cols["item_price"] + 0.4 * cols["item_rating"]
 
+def calibrate(tables: Tables, seed: int, num_rows: int) -> tuple[float, float]:
+    """(b_click, b_cvr) from the logits of the first CALIBRATION_ROWS rows."""
+    clicks, cvrs = [], []
+    for k, n in enumerate(chunk_sizes(min(num_rows, CALIBRATION_ROWS))):
+        _, click_logit, cvr_logit, _ = chunk_features(tables, seed, k, n)
+        clicks.append(click_logit)
+        cvrs.append(cvr_logit)
+    click_logit, cvr_logit = np.concatenate(clicks), np.concatenate(cvrs)
     b_click = _bisect_offset(lambda b: _sigmoid(click_logit + b).mean(), TARGET_CTR)
     p_click = _sigmoid(click_logit + b_click)
     b_cvr = _bisect_offset(
         lambda b: (p_click * _sigmoid(cvr_logit + b)).sum() / p_click.sum(), TARGET_CVR_AMONG_CLICKS
     )
-    p_cvr = _sigmoid(cvr_logit + b_cvr)
+    return b_click, b_cvr
 
-    click = (rng.random(n) < p_click).astype(np.int8)
-    conversion_if_clicked = (rng.random(n) < p_cvr).astype(np.int8)
-    cols["click"] = click
-    cols["conversion"] = click * conversion_if_clicked
-    cols["conversion_if_clicked"] = conversion_if_clicked
-    cols["p_click"] = p_click.astype(np.float32)
-    cols["p_cvr"] = p_cvr.astype(np.float32)
-    cols["p_ctcvr"] = (p_click * p_cvr).astype(np.float32)
-    for name in {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}:
-        cols[name] = cols[name].astype(np.int32)
-    return cols
+
+def iter_chunks(num_rows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's columns (features, labels, true probabilities), CHUNK_ROWS rows at a time."""
+    tables = draw_tables(seed)
+    b_click, b_cvr = calibrate(tables, seed, num_rows)
+    for k, n in enumerate(chunk_sizes(num_rows)):
+        cols, click_logit, cvr_logit, rng = chunk_features(tables, seed, k, n)
+        p_click, p_cvr = _sigmoid(click_logit + b_click), _sigmoid(cvr_logit + b_cvr)
+        click = (rng.random(n) < p_click).astype(np.int8)
+        conversion_if_clicked = (rng.random(n) < p_cvr).astype(np.int8)
+        out = {name: cols[name].astype(np.int32) for name in SPARSE_FIELDS}
+        out |= {name: cols[name] for name in DENSE_FIELDS}
+        out["click"] = click
+        out["conversion"] = click * conversion_if_clicked
+        out["conversion_if_clicked"] = conversion_if_clicked
+        out["p_click"] = p_click.astype(np.float32)
+        out["p_cvr"] = p_cvr.astype(np.float32)
+        out["p_ctcvr"] = (p_click * p_cvr).astype(np.float32)
+        yield out
+
+
+def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
+    """All columns of the dataset in memory (tests, small sizes); the writer streams chunks."""
+    chunks = list(iter_chunks(num_rows, seed))
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 def dataset_spec(num_rows: int, seed: int) -> DatasetSpec:
-    features = [
-        FeatureSpec(name, "sparse", vocab)
-        for name, (vocab, _, _) in {**USER_FIELDS, **ITEM_FIELDS, **CONTEXT_FIELDS}.items()
-    ]
+    features = [FeatureSpec(name, "sparse", vocab) for name, (vocab, _, _) in SPARSE_FIELDS.items()]
     features += [FeatureSpec(name, "dense") for name in DENSE_FIELDS]
     return DatasetSpec(
         name="synthetic_ccp",
@@ -203,45 +272,27 @@ def dataset_spec(num_rows: int, seed: int) -> DatasetSpec:
     )
 
 
-def write_random_splits(
-    directory: Path,
-    columns: dict[str, np.ndarray],
-    spec: DatasetSpec,
-    fractions: dict[str, float],
-    order: np.ndarray,
-) -> None:
-    """Write generated columns as the spec's train/val/test parquet files, then spec.json.
-
-    The splits are consecutive pieces of the seeded row permutation `order`, sized by `fractions`;
-    within a split, rows keep their generated order. Shared by the embedded generators.
-    """
-    n = len(order)
-    n_train = int(round(n * fractions["train"]))
-    n_val = int(round(n * fractions["val"]))
-    bounds = {
-        "train": (0, n_train),
-        "val": (n_train, n_train + n_val),
-        "test": (n_train + n_val, n),
-    }
-    for split, (lo, hi) in bounds.items():
-        rows = np.sort(order[lo:hi])
-        table = pa.table({name: values[rows] for name, values in columns.items()})
-        pq.write_table(table, directory / spec.splits[split])
-    spec.save(directory)
-
-
 def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
-    order = np.random.default_rng(seed + 1).permutation(num_rows)
+    """Generate chunk by chunk into the spec's split files (exact 70/15/15 sizes), then spec.json."""
     spec = dataset_spec(num_rows, seed)
-    write_random_splits(directory, generate(num_rows, seed), spec, SPLIT_FRACTIONS, order)
+    splitter = SequentialSplit(
+        split_sizes(num_rows, SPLIT_FRACTIONS), np.random.default_rng([seed, 2])
+    )
+    with SplitWriter(directory, spec) as writer:
+        for columns in iter_chunks(num_rows, seed):
+            writer.write(columns, splitter.codes(len(columns["click"])))
+    spec.save(directory)
 
 
 def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
     """The dataset directory, generating it first if it is not cached yet.
 
-    Generation writes into a temporary sibling directory that is renamed into place when complete,
-    so an interrupted run never leaves a half-written dataset that a later run would pick up.
+    Generation goes through the prepare pipeline's staged dir (mtlrec.data.prepare.publish): an
+    interrupted run never leaves a half-written dataset that a later run would pick up, and
+    parallel jobs generating the same dataset reuse the first one's.
     """
+    from mtlrec.data.prepare.publish import generate_once
+
     path = Path(path).expanduser()
     if (path / SPEC_FILE).is_file():
         version = DatasetSpec.load(path).info.get("generator_version")
@@ -251,32 +302,10 @@ def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
                 f"version {GENERATOR_VERSION}; remove the directory to regenerate it"
             )
         return path
-    if path.exists():
-        raise MtlrecError(
-            f"{path}: exists but holds no {SPEC_FILE} (an incomplete dataset?); remove it and rerun"
-        )
     if num_rows < 100:
         raise MtlrecError(f"dataset.num_rows must be >= 100, got {num_rows}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MtlrecError(
-            f"{path.parent}: cannot create the data cache dir ({e.strerror}); set MTLREC_DATA_DIR or data_dir"
-        ) from None
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        log.info("Generating synthetic_ccp (%d rows, seed %d) into %s", num_rows, seed, path)
-        write_prepared(tmp, num_rows, seed)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (
-                path / SPEC_FILE
-            ).is_file():  # someone else's half-made dir: never merge into it
-                raise
-            # A parallel job generated the same dataset first; ours is identical, drop it.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return generate_once(
+        path,
+        lambda tmp: write_prepared(tmp, num_rows, seed),
+        f"synthetic_ccp ({num_rows} rows, seed {seed})",
+    )

@@ -76,3 +76,28 @@ def test_prepare_command_generates_it_and_bad_p_is_one_line(tmp_path):
     with pytest.raises(MtlrecError) as e:
         prepare([f"data_dir={tmp_path}", "dataset=mmoe_synthetic", "dataset.correlation=1.5"])
     assert str(e.value) == "dataset.correlation must be in [-1, 1], got 1.5"
+
+
+def test_chunked_generation_equals_drawing_everything_at_once(tmp_path, monkeypatch):
+    """One chunk holding every row is the one-go draw (x, then eps_1, then eps_2); any chunk size
+    gives the same rows and the same split files."""
+    import pandas as pd
+
+    from mtlrec.data import mmoe_synthetic
+
+    monkeypatch.setattr(mmoe_synthetic, "CHUNK_ROWS", 10**9)
+    whole = mmoe_synthetic.generate(1000, 6, 0.3, 7)
+    (tmp_path / "a").mkdir()
+    mmoe_synthetic.write_prepared(tmp_path / "a", "m", 1000, 6, 0.3, 7)
+    monkeypatch.setattr(mmoe_synthetic, "CHUNK_ROWS", 97)
+    chunked = mmoe_synthetic.generate(1000, 6, 0.3, 7)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "b").mkdir()
+    mmoe_synthetic.write_prepared(tmp_path / "b", "m", 1000, 6, 0.3, 7)
+    for split in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "a" / f"{split}.parquet"),
+            pd.read_parquet(tmp_path / "b" / f"{split}.parquet"),
+        )
+    assert len(pd.read_parquet(tmp_path / "b" / "val.parquet")) == 100

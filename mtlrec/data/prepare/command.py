@@ -1,0 +1,181 @@
+"""`mtlrec prepare`: compose the prepare config, build the dataset through its source, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mtlrec.data.prepare.pipeline import Result
+from mtlrec.data.prepare.plan import SPLITS
+from mtlrec.data.prepare.publish import staged_dir
+from mtlrec.errors import MtlrecError
+
+
+def preparable_sources() -> list[str]:
+    from mtlrec.data.sources import SOURCES
+
+    return sorted(name for name, cls in SOURCES.items() if cls.preparable)
+
+
+def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
+    """Prepare the dataset a (resolved) dataset config describes, atomically, at cfg['path']."""
+    from mtlrec.data.sources import source_for, validate_dataset_config
+
+    name = cfg.get("name")
+    source = source_for(cfg)
+    if not source.preparable and source.generated:
+        raise MtlrecError(
+            f"dataset '{name}' is generated on first use: `mtlrec train dataset={name}` makes it; there is nothing to prepare"
+        )
+    if not source.preparable:
+        raise MtlrecError(
+            f"dataset '{name}': dataset.preparer is '{cfg.get('preparer')}'; use one of {preparable_sources()} (csv for your own files)"
+        )
+    if not cfg.get("path"):
+        raise MtlrecError(
+            f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
+        )
+    validate_dataset_config(cfg)
+    path = Path(str(cfg["path"])).expanduser()
+    with staged_dir(path, overwrite) as tmp:
+        result = source.prepare(cfg, tmp)
+    return replace(result, path=path)
+
+
+def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> dict[str, Any]:
+    """The resolved `prepare` config (conf/prepare.yaml + the user's overrides), as a dict."""
+    import yaml
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    if config_dir is not None:
+        cdir = Path(config_dir).expanduser().resolve()
+        if not cdir.is_dir():
+            raise MtlrecError(f"{config_dir}: --config-dir is not a directory")
+        overrides.append(f"hydra.searchpath=['file://{cdir}']")
+    try:
+        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+            cfg = compose(config_name="prepare", overrides=overrides)
+        return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise MtlrecError(f"config: {msg}") from None
+    except yaml.YAMLError as e:  # a dataset yaml of the user's that does not parse
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise MtlrecError(f"config: not valid YAML: {msg}") from None
+
+
+def _splits_table(result: Result):
+    from rich.table import Table
+
+    spec = result.spec
+    table = Table(title=f"{spec.name}: rows and label rates per split")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for t in spec.tasks:
+        where = f" | {t.where}=1" if t.where else ""
+        table.add_column(f"{t.name} ({t.label}{where})", justify="right")
+    for name in SPLITS:
+        s = result.summary[name]
+        row = [name, f"{s.rows:,}"]
+        for t in spec.tasks:
+            space = s.space.get(t.name, 0)
+            value = s.positives.get(t.name, 0.0) / space if space else math.nan
+            row.append(f"{'pos ' if t.type == 'binary' else 'mean '}{value:.4f}")
+        table.add_row(*row)
+    return table
+
+
+def _fields_table(result: Result):
+    from rich.table import Table
+
+    table = Table(title="sparse fields (id 0 = out of vocabulary)")
+    table.add_column("field")
+    table.add_column("vocab", justify="right")
+    for name in SPLITS:
+        table.add_column(f"oov {name}", justify="right")
+    for c, size in result.vocab_sizes.items():
+        rates = (
+            f"{result.summary[s].oov.get(c, 0) / max(1, result.summary[s].rows):.2%}"
+            for s in SPLITS
+        )
+        table.add_row(c, f"{size:,}", *rates)
+    return table
+
+
+def train_hint(name: str, config_dir: str | None, overrides: Sequence[str] = ()) -> str:
+    """The `mtlrec train` command for the dataset just prepared, with the prepare overrides that
+    shape the dataset (its path may depend on them) and without prepare-only ones."""
+    kept = [
+        o
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~") not in ("dataset", "overwrite")
+        and not o.startswith("hydra.")
+    ]
+    parts = ["mtlrec", "train"]
+    if config_dir:
+        parts += ["--config-dir", config_dir]
+    parts += [f"dataset={name}", *kept]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def print_summary(
+    result: Result, console=None, config_dir: str | None = None, overrides: Sequence[str] = ()
+) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    spec = result.spec
+    console.print(_splits_table(result))
+    if result.vocab_sizes:
+        console.print(_fields_table(result))
+    dense = [f.name for f in spec.dense]
+    if dense:
+        shown = ", ".join(dense[:8]) + (f", ... ({len(dense)} in all)" if len(dense) > 8 else "")
+        console.print(f"dense: {shown}")
+    dropped = {s: result.summary[s].dropped for s in SPLITS if result.summary[s].dropped}
+    if dropped:
+        print(f"dropped rows breaking the funnel (funnel_violations=drop): {dropped}")
+    # Plain prints: paths and commands must not be wrapped to the terminal width.
+    print(f"prepared {spec.name} at {result.path}")
+    dataset = next(
+        (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "dataset"),
+        spec.name,
+    )
+    print(f"train with: {train_hint(dataset, config_dir, overrides)}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mtlrec prepare",
+        description="Turn a dataset's raw files into parquet splits + spec.json under the data dir.",
+        epilog="e.g. mtlrec prepare dataset=census dataset.raw_dir=../shared/data/census-income-kdd",
+    )
+    parser.add_argument(
+        "--config-dir", help="a directory of your own configs (holding dataset/NAME.yaml)"
+    )
+    parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides: dataset=NAME key=value ...")
+    args = parser.parse_args(argv)
+    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in args.overrides):
+        built_in = ", ".join(n for n in preparable_sources() if n != "csv")
+        raise MtlrecError(
+            f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
+        )
+    cfg = compose_prepare(args.overrides, args.config_dir)
+    if args.cfg:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
+    result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
+    print_summary(result, config_dir=args.config_dir, overrides=args.overrides)
+    return 0

@@ -1,0 +1,157 @@
+"""Pass 2 over every row: sparse value -> id, dense fill + transform, label checks, one writer per split."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mtlrec.data import funnel
+from mtlrec.data.prepare.fitting import Fitted, dense_values, sparse_values
+from mtlrec.data.prepare.plan import OOV_ID, SPLITS, Plan
+from mtlrec.data.prepare.reading import Block, numeric, plan_blocks
+from mtlrec.data.prepare.splitting import split_codes
+from mtlrec.errors import MtlrecError
+
+log = logging.getLogger(__name__)
+
+
+def apply_transform(x: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    t = p["transform"]
+    if t == "standardize":
+        return (x - p["mean"]) / p["std"]
+    if t == "log1p_standardize":
+        return (np.log1p(x) - p["mean"]) / p["std"]
+    if t == "minmax":
+        span = p["max"] - p["min"]
+        return (x - p["min"]) / span if span > 0 else np.zeros_like(x)
+    return x
+
+
+@dataclass
+class SplitSummary:
+    rows: int = 0
+    positives: dict[str, float] = field(default_factory=dict)  # task -> sum of labels in its space
+    space: dict[str, int] = field(default_factory=dict)  # task -> rows in its sample space
+    oov: dict[str, int] = field(default_factory=dict)  # field -> rows mapped to the oov id
+    dropped: int = 0  # rows dropped for breaking the funnel (funnel_violations=drop)
+
+
+def encode_block(plan: Plan, fitted: Fitted, block: Block) -> pa.Table:
+    source = plan.sources[block.source_index]
+    table = block.table
+    cols: dict[str, pa.Array] = {}
+    for c in plan.sparse:
+        idx = pc.index_in(sparse_values(table, c), value_set=fitted.vocab[c])
+        ids = pc.fill_null(pc.add(idx, 1), OOV_ID)
+        cols[c] = ids.cast(pa.int32())
+    for c in plan.dense:
+        cols[c] = pa.array(
+            apply_transform(dense_values(plan, block, c), fitted.dense[c]).astype(np.float32)
+        )
+    for c in plan.labels:
+        y = numeric(block, source, c, "label")
+        if np.isnan(y).any():
+            i = int(np.flatnonzero(np.isnan(y))[0])
+            raise MtlrecError(
+                f"{source.path}: {block.where(source, i)}: label column '{c}' is empty"
+            )
+        if c in plan.binary_columns:
+            bad = (y != 0) & (y != 1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                task = next((t.name for t in plan.targets if c in (t.label, t.where)), "funnel")
+                raise MtlrecError(
+                    f"{source.path}: {block.where(source, i)}: label column '{c}' of binary task '{task}' holds {y[i]:g}; binary labels must be 0 or 1"
+                )
+        cols[c] = pa.array(y.astype(np.float32))
+    return pa.table(cols)
+
+
+@dataclass
+class _Writers:
+    """One parquet writer per split, opened on the split's first rows."""
+
+    out_dir: Path
+    open: dict[str, pq.ParquetWriter] = field(default_factory=dict)
+
+    def write(self, split: str, part: pa.Table) -> None:
+        if split not in self.open:
+            self.open[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", part.schema)
+        self.open[split].write_table(part)
+
+    def close(self) -> None:
+        for w in self.open.values():
+            w.close()
+
+
+def encode(
+    plan: Plan, fitted: Fitted, cuts: tuple[float, float] | None, out_dir: Path
+) -> dict[str, SplitSummary]:
+    summary = {s: SplitSummary() for s in SPLITS}
+    violations: dict[tuple[str, str], int] = {}
+    writers = _Writers(out_dir)
+    try:
+        for i in range(len(plan.sources)):
+            for block in plan_blocks(plan, i):
+                codes = split_codes(plan, block, cuts)
+                encoded = encode_block(plan, fitted, block)
+                encoded, codes = _funnel_rows(plan, encoded, codes, violations, summary)
+                for k, split in enumerate(SPLITS):
+                    mask = codes == k
+                    if not mask.any():
+                        continue
+                    part = encoded.filter(pa.array(mask))
+                    writers.write(split, part)
+                    _summarize(plan, summary[split], part)
+    finally:
+        writers.close()
+    if plan.funnel_violations == "error":
+        rows = sum(s.rows for s in summary.values())
+        funnel.raise_violations(f"dataset '{plan.name}'", violations, rows)
+    elif any(violations.values()):
+        log.warning(
+            "dataset '%s': dropped %s (funnel_violations=drop)",
+            plan.name,
+            funnel.describe(violations),
+        )
+    for split, s in summary.items():
+        if s.rows == 0:
+            raise MtlrecError(
+                f"dataset '{plan.name}': the {split} split received no rows; check dataset.files / dataset.split"
+            )
+    return summary
+
+
+def _funnel_rows(plan, encoded, codes, violations, summary):
+    """Count the rows breaking the funnel; with funnel_violations=drop, drop them."""
+    if not plan.funnel_pairs:
+        return encoded, codes
+    bad, counts = funnel.violation_mask(
+        lambda c: encoded.column(c).to_numpy(), plan.funnel_pairs, encoded.num_rows
+    )
+    funnel.add_counts(violations, counts)
+    if plan.funnel_violations != "drop" or not bad.any():
+        return encoded, codes
+    for k, split in enumerate(SPLITS):
+        summary[split].dropped += int((bad & (codes == k)).sum())
+    return encoded.filter(pa.array(~bad)), codes[~bad]
+
+
+def _summarize(plan: Plan, s: SplitSummary, part: pa.Table) -> None:
+    s.rows += part.num_rows
+    for c in plan.sparse:
+        s.oov[c] = s.oov.get(c, 0) + int(pc.sum(pc.equal(part.column(c), OOV_ID)).as_py() or 0)
+    for t in plan.targets:
+        y = part.column(t.label).to_numpy()
+        if t.where:
+            y = y[part.column(t.where).to_numpy() == 1]
+        s.positives[t.name] = s.positives.get(t.name, 0.0) + float(y.sum())
+        s.space[t.name] = s.space.get(t.name, 0) + len(y)

@@ -1,0 +1,105 @@
+"""The shape of a dataset source: a typed Config plus a raw preparer and/or generate-on-first-use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from mtlrec.data.spec import SPEC_FILE
+from mtlrec.errors import MtlrecError
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset config has (conf/dataset/*.yaml), whatever builds the dataset."""
+
+    name: str = ""
+    path: str | None = None  # the prepared dataset dir (what `mtlrec train` reads)
+    tasks: list[str] | None = None  # task names to train on (null = all of the dataset's)
+    preparer: str | None = None  # which source builds it (default: the one named like `name`)
+    funnel_violations: Literal["error", "drop"] = "error"
+    # Streaming settings (read by the trainer; they stay here until they get their own group).
+    streaming: bool = False
+    shuffle_buffer: int = 262_144
+    prefetch: int = 4
+    read_rows: int = 65_536
+
+    def validate(self) -> None:
+        for key in ("shuffle_buffer", "prefetch", "read_rows"):
+            value = getattr(self, key)
+            if value < 1:
+                raise MtlrecError(f"dataset.{key} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
+class RawFilesConfig(DatasetConfig):
+    """Keys of datasets that `mtlrec prepare` builds from raw files (see mtlrec.data.prepare)."""
+
+    raw_dir: str | None = None
+    min_count: int = 1
+    dense_transform: str = (
+        "standardize"  # checked per column by prepare (one line naming the column)
+    )
+    dense_transforms: dict[str, str] | None = None
+    dense_fill: float = 0.0
+    dense_fills: dict[str, float] | None = None
+    block_size_mb: float = 1.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.min_count < 1:
+            raise MtlrecError(f"dataset.min_count must be >= 1, got {self.min_count}")
+        if not self.block_size_mb > 0:
+            raise MtlrecError(f"dataset.block_size_mb must be > 0, got {self.block_size_mb}")
+
+
+@dataclass
+class ReadConfig(RawFilesConfig):
+    """Raw files whose parsing the config describes (csv | tsv | parquet)."""
+
+    format: Literal["auto", "csv", "tsv", "parquet"] = "auto"
+    delimiter: str | None = None
+    header: bool = True
+    column_names: list[str] | None = None
+
+
+class DatasetSource:
+    """One kind of dataset. Subclasses set `name`, `Config` and implement prepare and/or generate.
+
+    - `prepare(cfg, out_dir)`: build the prepared dataset from raw files into the staging dir
+      `out_dir` (what `mtlrec prepare dataset=NAME` runs); returns a prepare Result.
+    - `generate(cfg)`: make the dataset on first use (`generated = True`) and return its dir.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[DatasetConfig]] = DatasetConfig
+    generated: ClassVar[bool] = False
+    preparable: ClassVar[bool] = False
+
+    def prepare(self, cfg: Mapping[str, Any], out_dir: Path):
+        raise MtlrecError(f"dataset '{cfg.get('name')}': `mtlrec prepare` cannot build it")
+
+    def generate(self, cfg: Mapping[str, Any]) -> Path:
+        raise NotImplementedError
+
+    def resolve(self, cfg: Mapping[str, Any]) -> Path:
+        """The directory of the configured dataset, ready to load."""
+        if self.generated:
+            return self.generate(cfg)
+        name = cfg.get("name")
+        if not cfg.get("path"):
+            raise MtlrecError(
+                f"dataset '{name}': dataset.path is not set; point it at a prepared dataset directory"
+            )
+        path = Path(str(cfg["path"])).expanduser()
+        if not path.exists():
+            raise MtlrecError(
+                f"{path}: data dir of dataset '{name}' does not exist; run `mtlrec prepare dataset={name}` or fix dataset.path"
+            )
+        if not (path / SPEC_FILE).is_file():
+            raise MtlrecError(
+                f"{path}: holds no {SPEC_FILE}, so dataset '{name}' is not prepared; run `mtlrec prepare dataset={name}`"
+            )
+        return path

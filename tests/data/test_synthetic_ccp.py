@@ -1,0 +1,167 @@
+"""The embedded dataset: stated rates, invariants, determinism, caching."""
+
+import numpy as np
+import pytest
+
+from mtlrec.data import synthetic_ccp
+from mtlrec.data.spec import DatasetSpec
+from mtlrec.errors import MtlrecError
+
+
+@pytest.fixture(scope="module")
+def columns():
+    return synthetic_ccp.generate(60_000, seed=0)
+
+
+def test_rates_are_as_documented(columns):
+    click, conversion = columns["click"], columns["conversion"]
+    assert 0.03 <= click.mean() <= 0.06
+    cvr_among_clicks = conversion[click == 1].mean()
+    assert 0.05 <= cvr_among_clicks <= 0.15
+    # the generator calibrates the true probabilities exactly
+    assert columns["p_click"].mean() == pytest.approx(0.045, rel=1e-3)
+
+
+def test_no_conversion_without_click(columns):
+    assert not ((columns["conversion"] == 1) & (columns["click"] == 0)).any()
+    np.testing.assert_array_equal(
+        columns["conversion"], columns["click"] * columns["conversion_if_clicked"]
+    )
+    np.testing.assert_allclose(columns["p_ctcvr"], columns["p_click"] * columns["p_cvr"], rtol=1e-6)
+
+
+def test_sample_selection_effect(columns):
+    """Clicked impressions are a biased sample: their true CVR is higher than that of all impressions,
+    and click and conversion propensities are correlated but far from identical."""
+    clicked = columns["click"] == 1
+    assert columns["p_cvr"][clicked].mean() > 1.3 * columns["p_cvr"].mean()
+    r = np.corrcoef(np.log(columns["p_click"]), np.log(columns["p_cvr"]))[0, 1]
+    assert 0.2 < r < 0.9
+
+
+def test_zipf_like_ids(columns):
+    counts = np.sort(np.bincount(columns["item_id"], minlength=10_000))[::-1]
+    assert counts[0] > 50 * np.median(counts[counts > 0])  # a heavy head
+    assert columns["item_id"].max() < 10_000 and columns["user_id"].max() < 20_000
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a, b, c = (synthetic_ccp.generate(2000, seed=s) for s in (5, 5, 6))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["p_click"], c["p_click"])
+
+
+def test_ensure_prepared_writes_once_and_reuses(tmp_path):
+    path = tmp_path / "ccp"
+    assert synthetic_ccp.ensure_prepared(path, 3000, seed=1) == path
+    spec = DatasetSpec.load(path)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "spec.json",
+        "test.parquet",
+        "train.parquet",
+        "val.parquet",
+    ]
+    assert spec.funnel.conversion_if_clicked == "conversion_if_clicked"
+    assert [t.name for t in spec.tasks] == ["ctr", "cvr"] and spec.tasks[1].where == "click"
+    mtime = (path / "train.parquet").stat().st_mtime_ns
+    synthetic_ccp.ensure_prepared(path, 3000, seed=1)
+    assert (path / "train.parquet").stat().st_mtime_ns == mtime
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_split_sizes(tmp_path):
+    import pyarrow.parquet as pq
+
+    path = synthetic_ccp.ensure_prepared(tmp_path / "ccp", 1000, seed=2)
+    rows = {s: pq.read_metadata(path / f"{s}.parquet").num_rows for s in ("train", "val", "test")}
+    assert rows == {"train": 700, "val": 150, "test": 150}
+
+
+def test_incomplete_dir_is_refused(tmp_path):
+    (tmp_path / "ccp").mkdir()
+    with pytest.raises(MtlrecError, match="holds no spec.json"):
+        synthetic_ccp.ensure_prepared(tmp_path / "ccp", 1000, seed=0)
+
+
+def test_other_generator_version_is_refused(tmp_path, monkeypatch):
+    path = synthetic_ccp.ensure_prepared(tmp_path / "ccp", 1000, seed=0)
+    monkeypatch.setattr(synthetic_ccp, "GENERATOR_VERSION", 99)
+    with pytest.raises(MtlrecError, match="generator version 3, this mtlrec makes version 99"):
+        synthetic_ccp.ensure_prepared(path, 1000, seed=0)
+
+
+def _formula(name: str) -> str:
+    """The docstring's text of one logit's formula (up to the next formula line)."""
+    import re
+
+    m = re.search(rf"\n    {name}\s+=(.*?)\n    (?:p_click|cvr_logit)", synthetic_ccp.__doc__, re.S)
+    return " ".join(m.group(1).split())
+
+
+@pytest.mark.parametrize(
+    ("logit", "terms"),
+    [("click_logit", synthetic_ccp.CLICK_TERMS), ("cvr_logit", synthetic_ccp.CVR_TERMS)],
+)
+def test_docstring_formula_is_the_code(logit, terms):
+    text = _formula(logit)
+    for column, coef in terms.items():
+        assert f"{'-' if coef < 0 else '+'} {abs(coef):g} {column}" in text, (column, text)
+    # and nothing explicit the code does not have
+    assert text.count(" - ") + text.count(" + ") == len(terms) + 2  # + the effects and latent sums
+
+
+def test_price_lowers_both_logits_by_the_stated_amounts():
+    """Counterfactual: the same rows with every item's price 1 std higher."""
+    tables = synthetic_ccp.draw_tables(0)
+    _, click, cvr, _ = synthetic_ccp.chunk_features(tables, 0, 0, 5000)
+    tables.dense["item_price"] = tables.dense["item_price"] + 1.0
+    _, click_up, cvr_up, _ = synthetic_ccp.chunk_features(tables, 0, 0, 5000)
+    np.testing.assert_allclose(click_up - click, -0.2, atol=1e-6)
+    np.testing.assert_allclose(cvr_up - cvr, -0.6, atol=1e-6)
+
+
+def test_item_price_follows_item_price_level():
+    tables = synthetic_ccp.draw_tables(0)
+    level = tables.attributes["item_price_level"]
+    price = tables.dense["item_price"]
+    assert np.corrcoef(np.log1p(level), price)[0, 1] > 0.9
+    means = [price[level == v].mean() for v in range(10)]
+    assert means == sorted(means)
+
+
+def test_chunked_generation_is_deterministic_and_splits_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_ccp, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(synthetic_ccp, "CALIBRATION_ROWS", 4000)
+    n = 10_500
+    cols = synthetic_ccp.generate(n, seed=4)
+    assert len(cols["click"]) == n
+    assert cols["p_click"][:4000].mean() == pytest.approx(0.045, rel=1e-3)  # calibration rows
+    # A full chunk's features depend on (seed, chunk) only, not on how many rows follow.
+    other = synthetic_ccp.generate(3000, seed=4)
+    for name in ("user_id", "item_id", "position", "item_price"):
+        np.testing.assert_array_equal(other[name], cols[name][:3000])
+    import pyarrow.parquet as pq
+
+    synthetic_ccp.write_prepared(tmp_path, n, seed=4)
+    parts = {
+        s: pq.read_table(tmp_path / f"{s}.parquet").to_pandas() for s in ("train", "val", "test")
+    }
+    assert {s: len(t) for s, t in parts.items()} == {"train": 7350, "val": 1575, "test": 1575}
+    assert pq.ParquetFile(tmp_path / "train.parquet").metadata.num_row_groups == 11  # one per chunk
+    # Every generated row lands in exactly one split, in generated order.
+    written = np.sort(np.concatenate([t.p_click.to_numpy() for t in parts.values()]))
+    np.testing.assert_array_equal(written, np.sort(cols["p_click"]))
+
+
+def test_sequential_split_sizes_are_exact_and_unbiased():
+    from mtlrec.data.generated import SequentialSplit
+
+    hits = np.zeros(3000)
+    for seed in range(200):
+        splitter = SequentialSplit((2100, 450, 450), np.random.default_rng(seed))
+        codes = np.concatenate([splitter.codes(k) for k in (1000, 1000, 999, 1)])
+        assert np.bincount(codes, minlength=3).tolist() == [2100, 450, 450]
+        hits += codes == 0
+    # every row is train with probability 0.7, wherever it sits (200 draws: sd 0.032)
+    assert abs(hits[:1000].mean() / 200 - 0.7) < 0.01 and abs(hits[2000:].mean() / 200 - 0.7) < 0.01
