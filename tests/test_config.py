@@ -52,7 +52,7 @@ def test_mmoe_sizes_are_plain_lists():
 def test_dataset_path_follows_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("MTLREC_DATA_DIR", str(tmp_path))
     cfg = compose_train(["dataset.num_rows=5000", "dataset.generator_seed=3"])
-    assert cfg.dataset.path == f"{tmp_path}/synthetic_ccp-v2-n5000-s3"
+    assert cfg.dataset.path == f"{tmp_path}/synthetic_ccp-v3-n5000-s3"
 
 
 @pytest.mark.parametrize("override", ["trainer.epoch=3", "model.num_expert=2", "foo=1"])
