@@ -1,8 +1,9 @@
 """Checkpoints: everything needed to rebuild the model without the original config files.
 
 A checkpoint holds the model and optimizer state, the epoch, the resolved run config, the dataset
-spec and the trained tasks, plus whatever training state the trainer adds (history, early
-stopping, RNG states).
+spec and the trained tasks, plus the `TrainState` an exact resume needs (epoch, step, permutation,
+RNG states, early stopping, history, balancer state, partial loss sums). This module is the one
+place that builds and reads checkpoint payloads; the key constants below name their fields.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,58 @@ log = logging.getLogger(__name__)
 FORMAT = "mtlrec-checkpoint"
 VERSION = 1
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+# Payload keys.
+FORMAT_KEY, VERSION_KEY, EPOCH_KEY, MODEL_NAME_KEY = "format", "version", "epoch", "model_name"
+MODEL_KEY, OPTIMIZER_KEY, CONFIG_KEY = "model_state", "optimizer_state", "config"
+SPEC_KEY, TASKS_KEY, TRAIN_STATE_KEY = "dataset_spec", "loss_tasks", "train_state"
+MONITOR_KEY, SEED_KEY, DATA_ORDER_SEED_KEY = "monitor", "seed", "data_order_seed"
 # What every complete checkpoint holds (make_payload writes them all).
-REQUIRED = ("epoch", "model_name", "model_state", "config", "dataset_spec", "loss_tasks")
+REQUIRED = (EPOCH_KEY, MODEL_NAME_KEY, MODEL_KEY, CONFIG_KEY, SPEC_KEY, TASKS_KEY)
+
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimizer that an exact resume needs.
+
+    `step` is None for a state taken at the end of `epoch` (after validation). A mid-epoch state
+    adds `step` (steps done in the epoch), the epoch's permutation, the order generator as the
+    epoch began (a streamed epoch is replayed from it) and the partial loss sums of all ranks.
+    Stored in a checkpoint as a plain dict under TRAIN_STATE_KEY (`to_dict` / `from_dict`).
+    """
+
+    epoch: int
+    global_step: int
+    order_generator: torch.Tensor
+    rng: dict[str, Any]
+    early_stopping: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    train_time: float
+    train_rows: int
+    balancer: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    step: int | None = None
+    perm: torch.Tensor | None = None
+    epoch_order_generator: torch.Tensor | None = None
+    loss_sums: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    epoch_seconds: float = 0.0
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.step is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.mid_epoch:  # an epoch-end state carries no partial epoch
+            for key in ("perm", "epoch_order_generator", "loss_sums", "counts", "epoch_seconds"):
+                out.pop(key)
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -98,20 +150,52 @@ def make_payload(
     spec: DatasetSpec,
     loss_tasks: tuple[TaskSpec, ...],
     epoch: int,
-    **state: Any,
+    train_state: TrainState | None = None,
+    **info: Any,
 ) -> dict:
+    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed)."""
     return {
-        "format": FORMAT,
-        "version": VERSION,
-        "epoch": epoch,
-        "model_name": config["model"]["name"],
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-        "config": config,
-        "dataset_spec": spec.to_dict(),
-        "loss_tasks": [t.__dict__.copy() for t in loss_tasks],
-        **state,
+        FORMAT_KEY: FORMAT,
+        VERSION_KEY: VERSION,
+        EPOCH_KEY: epoch,
+        MODEL_NAME_KEY: config["model"]["name"],
+        MODEL_KEY: {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        OPTIMIZER_KEY: optimizer.state_dict() if optimizer is not None else None,
+        CONFIG_KEY: config,
+        SPEC_KEY: spec.to_dict(),
+        TASKS_KEY: [t.__dict__.copy() for t in loss_tasks],
+        **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
+        **info,
     }
+
+
+def resume_state(payload: dict, path: Path) -> TrainState:
+    """The TrainState of a resumable checkpoint (also one written before TrainState existed)."""
+    if TRAIN_STATE_KEY not in payload:
+        raise MtlrecError(
+            f"{path}: checkpoint has no training state (written by an older mtlrec); "
+            "it cannot be resumed, start a new run"
+        )
+    return TrainState.from_dict(payload[TRAIN_STATE_KEY])
+
+
+def restore_training(
+    payload: dict,
+    path: Path,
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    model_name: str,
+    spec: DatasetSpec,
+) -> TrainState:
+    """Load a resumable checkpoint's weights and optimizer state; returns its TrainState."""
+    state = resume_state(payload, path)
+    check_compatible(payload, path, model_name, spec)
+    load_weights(model, payload[MODEL_KEY], path)
+    try:
+        optimizer.load_state_dict(payload[OPTIMIZER_KEY])
+    except (ValueError, KeyError) as e:
+        raise MtlrecError(f"{path}: optimizer state does not fit the model ({e})") from None
+    return state
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -132,7 +216,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise MtlrecError(
             f"{path}: checkpoint is truncated or corrupt ({type(e).__name__}); use an older checkpoint"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get(FORMAT_KEY) != FORMAT:
         raise MtlrecError(f"{path}: not an mtlrec checkpoint")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
@@ -144,12 +228,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def check_compatible(payload: dict, path: Path, model_name: str, spec: DatasetSpec) -> None:
     """Refuse a checkpoint of another model or of data with other features (one clear line)."""
-    if payload.get("model_name") != model_name:
+    if payload.get(MODEL_NAME_KEY) != model_name:
         raise MtlrecError(
-            f"{path}: checkpoint holds model '{payload.get('model_name')}', not '{model_name}'; "
+            f"{path}: checkpoint holds model '{payload.get(MODEL_NAME_KEY)}', not '{model_name}'; "
             "use the run's own model or start a new run"
         )
-    saved = [(f["name"], f["kind"], f["vocab_size"]) for f in payload["dataset_spec"]["features"]]
+    saved = [(f["name"], f["kind"], f["vocab_size"]) for f in payload[SPEC_KEY]["features"]]
     now = [(f.name, f.kind, f.vocab_size) for f in spec.features]
     if saved != now:
         diff = [f"{a} != {b}" for a, b in zip(saved, now, strict=False) if a != b]
@@ -173,9 +257,9 @@ def model_from_checkpoint(
     payload: dict,
 ) -> tuple[MultiTaskModel, DatasetSpec, tuple[TaskSpec, ...]]:
     """Rebuild the trained model (weights loaded, eval mode) from a checkpoint payload."""
-    spec = DatasetSpec.from_dict(payload["dataset_spec"], source="checkpoint")
-    tasks = tuple(TaskSpec(**t) for t in payload["loss_tasks"])
-    model, _ = build_model(payload["config"]["model"], spec, tasks)
-    load_weights(model, payload["model_state"], payload.get("path", "checkpoint"))
+    spec = DatasetSpec.from_dict(payload[SPEC_KEY], source="checkpoint")
+    tasks = tuple(TaskSpec(**t) for t in payload[TASKS_KEY])
+    model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
+    load_weights(model, payload[MODEL_KEY], payload.get("path", "checkpoint"))
     model.eval()
     return model, spec, tasks
