@@ -313,7 +313,9 @@ def test_streamed_epoch_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     assert_same_run(run_dir, ref_dir)
 
 
-def test_checkpoint_written_before_tail_batch_and_train_state_resumes_exactly(tmp_path, monkeypatch):
+def test_checkpoint_written_before_tail_batch_and_train_state_resumes_exactly(
+    tmp_path, monkeypatch
+):
     """A mid-epoch last.pt in the layout mtlrec wrote before TrainState (history, early stopping
     and step duplicated at the top level; no trainer.tail_batch in its config, so its short last
     batch trained on its own) continues exactly as that run would have gone on."""
@@ -330,7 +332,9 @@ def test_checkpoint_written_before_tail_batch_and_train_state_resumes_exactly(tm
     payload = torch.load(last, weights_only=False)
     del payload["config"]["trainer"]["tail_batch"]
     state = payload["train_state"]
-    payload.update(step=state["step"], history=state["history"], early_stopping=state["early_stopping"])
+    payload.update(
+        step=state["step"], history=state["history"], early_stopping=state["early_stopping"]
+    )
     torch.save(payload, last)
 
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
