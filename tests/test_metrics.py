@@ -116,3 +116,15 @@ def test_auc_is_nan_not_an_error_when_a_split_has_one_class():
     )
     assert math.isnan(m["val/cvr_auc"]) and math.isnan(m["val/mean_auc"])
     assert math.isfinite(m["val/cvr_logloss"])
+
+
+def test_docs_metrics_table_matches_the_registry():
+    from pathlib import Path
+
+    from mtlrec.metric_registry import METRICS, docs_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    assert docs_table() in doc
+    for name, metric in METRICS.items():
+        word = "higher" if metric.direction == "max" else "lower"
+        assert f"| `{name}` | {word} is better | {metric.definition} |" in doc
