@@ -40,7 +40,9 @@ from mtlrec.training import distributed
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.checkpoint import (
     BEST,
+    RESUME_MAY_CHANGE,
     TrainState,
+    check_resume_config,
     load_resumable,
     make_payload,
     restore_training,
@@ -51,7 +53,15 @@ from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
-__all__ = ["RunRecorder", "TrainerConfig", "load_data", "place_splits", "run"]
+__all__ = [
+    "RESUME_MAY_CHANGE",
+    "RunRecorder",
+    "TrainerConfig",
+    "check_resume_config",
+    "load_data",
+    "place_splits",
+    "run",
+]
 
 log = logging.getLogger("mtlrec")
 
@@ -121,48 +131,6 @@ def print_metrics_table(console: Console, val: dict[str, float], test: dict[str,
         v, t = val.get(f"val/{name}", math.nan), test.get(f"test/{name}", math.nan)
         table.add_row(name, f"{v:.5f}", f"{t:.5f}")
     console.print(table)
-
-
-# What `mtlrec train resume=RUN_DIR ...` may change: everything else must equal the original run's
-# config (the resume continues the same experiment). trainer.epochs may grow to train longer.
-RESUME_MAY_CHANGE = (
-    "resume",
-    "data_dir",
-    "dataset.path",
-    "trainer.epochs",
-    "trainer.progress",
-    "trainer.num_threads",
-    "trainer.nan_check_every",
-    "trainer.devices",  # epoch-end checkpoints only (distributed.check_resume_world)
-    "checkpoint.",
-)
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
-def check_resume_config(original: dict, new: dict, path: Path) -> None:
-    """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
-    a, b = _flatten(original), _flatten(new)
-    changed = [
-        k
-        for k in sorted(set(a) & set(b))
-        if a[k] != b[k] and not any(k == m or k.startswith(m) for m in RESUME_MAY_CHANGE if m)
-    ]
-    if changed:
-        shown = ", ".join(f"{k}={b[k]!r} (was {a[k]!r})" for k in changed[:4])
-        raise MtlrecError(
-            f"resume={path}: the override(s) {shown} differ from the run's config; with resume only "
-            "trainer.epochs, trainer.progress, trainer.num_threads, trainer.devices and "
-            "checkpoint.* may change "
-            "(start a new run for anything else)"
-        )
 
 
 def mark_resume_accepted(run_dir: Path) -> None:

@@ -8,11 +8,13 @@ place that builds and reads checkpoint payloads; the key constants below name th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import random
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ FORMAT_KEY, VERSION_KEY, EPOCH_KEY, MODEL_NAME_KEY = "format", "version", "epoch
 MODEL_KEY, OPTIMIZER_KEY, CONFIG_KEY = "model_state", "optimizer_state", "config"
 SPEC_KEY, TASKS_KEY, TRAIN_STATE_KEY = "dataset_spec", "loss_tasks", "train_state"
 MONITOR_KEY, SEED_KEY, DATA_ORDER_SEED_KEY = "monitor", "seed", "data_order_seed"
+INTEGRITY_KEY = "tensor_sha256"  # {tensor path: SHA-256}, checked on every load
 # What every complete checkpoint holds (make_payload writes them all).
 REQUIRED = (EPOCH_KEY, MODEL_NAME_KEY, MODEL_KEY, CONFIG_KEY, SPEC_KEY, TASKS_KEY)
 
@@ -84,11 +87,57 @@ class TrainState:
         return cls(**{k: v for k, v in state.items() if k in known})
 
 
+# What `mtlrec train resume=RUN_DIR ...` may change: everything else must equal the original run's
+# config (the resume continues the same experiment). trainer.epochs may grow to train longer.
+RESUME_MAY_CHANGE = (
+    "resume",
+    "data_dir",
+    "dataset.path",
+    "trainer.epochs",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.nan_check_every",
+    "trainer.devices",  # epoch-end checkpoints only (distributed.check_resume_world)
+    "checkpoint.",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def check_resume_config(original: dict, new: dict, path: Path) -> None:
+    """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
+    a, b = _flatten(original), _flatten(new)
+    changed = [
+        k
+        for k in sorted(set(a) & set(b))
+        if a[k] != b[k] and not any(k == m or k.startswith(m) for m in RESUME_MAY_CHANGE if m)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}={b[k]!r} (was {a[k]!r})" for k in changed[:4])
+        raise MtlrecError(
+            f"resume={path}: the override(s) {shown} differ from the run's config; with resume only "
+            "trainer.epochs, trainer.progress, trainer.num_threads, trainer.devices and "
+            "checkpoint.* may change "
+            "(start a new run for anything else)"
+        )
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
-    """The states of every random generator a run draws from (torch CPU/CUDA, numpy, python)."""
+    """The states of every random generator a run draws from (torch CPU/CUDA, numpy, python).
+
+    numpy's key array is stored as a tensor, so the checkpoint loads with weights_only=True.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -98,7 +147,10 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    if torch.is_tensor(keys):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, *rest))
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -154,7 +206,7 @@ def make_payload(
     **info: Any,
 ) -> dict:
     """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed)."""
-    return {
+    payload = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: VERSION,
         EPOCH_KEY: epoch,
@@ -167,6 +219,48 @@ def make_payload(
         **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
         **info,
     }
+    payload[INTEGRITY_KEY] = {name: tensor_digest(t) for name, t in _tensors(payload)}
+    return payload
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a payload with its path (`model_state/embedding.tables.0.weight`)."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    data = flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(data.numpy())
+    return h.hexdigest()
+
+
+def verify_tensors(payload: dict, path: Path) -> None:
+    """Every tensor equals its SHA-256 in the payload (checkpoints from before it: not checked)."""
+    expected = payload.get(INTEGRITY_KEY)
+    if expected is None:
+        return
+    body = {k: v for k, v in payload.items() if k != INTEGRITY_KEY}
+    found = dict(_tensors(body))
+    for name in sorted(set(expected) | set(found)):
+        if (
+            name not in found
+            or name not in expected
+            or tensor_digest(found[name]) != expected[name]
+        ):
+            raise MtlrecError(
+                f"{path}: tensor {name} does not match its SHA-256 in the checkpoint (the file is "
+                "corrupt); use an older checkpoint"
+            )
 
 
 def resume_state(payload: dict, path: Path) -> TrainState:
@@ -204,7 +298,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: unpickling runs no code; numpy arrays are allowed for the RNG state of
+        # checkpoints written before it was stored as a tensor.
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (
         RuntimeError,
         EOFError,
@@ -223,7 +320,17 @@ def load_checkpoint(path: str | Path) -> dict:
         raise MtlrecError(
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
+    verify_tensors(payload, path)
     return payload
+
+
+_NUMPY_GLOBALS = [
+    # what numpy arrays unpickle with (numpy >= 2 names its module numpy._core)
+    (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 
 def check_compatible(payload: dict, path: Path, model_name: str, spec: DatasetSpec) -> None:

@@ -123,7 +123,7 @@ def test_docs_metrics_table_matches_the_registry():
 
     from mtlrec.metric_registry import METRICS, docs_table
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     assert docs_table() in doc
     for name, metric in METRICS.items():
         word = "higher" if metric.direction == "max" else "lower"
