@@ -59,7 +59,7 @@ class TrainerConfig:
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
-        for key in ("batch_size", "eval_batch_size", "epochs"):
+        for key in ("batch_size", "eval_batch_size", "epochs", "devices"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
