@@ -228,3 +228,24 @@ def test_warns_when_the_best_epoch_is_the_last(train_tiny, caplog):
         )
     assert metrics["stopped_early"] and metrics["best_epoch"] < metrics["epochs_run"]
     assert "still improving" not in caplog.text
+
+
+def test_evaluator_needs_no_optimizer_and_equals_the_trainers_evaluation():
+    from mtlrec.data.loader import SplitTensors
+    from mtlrec.training.evaluator import Evaluator
+
+    spec, trainer = _toy_trainer("mmoe", TrainerConfig(eval_batch_size=100))
+    b = _batch(spec, 250, seed=3)
+    split = SplitTensors(b.sparse, b.dense, b.labels)
+    evaluator = Evaluator(
+        trainer.model, spec, trainer.loss_tasks, trainer.targets, torch.device("cpu"), 100
+    )
+    assert not hasattr(evaluator, "optimizer") and not hasattr(evaluator, "balancer")
+    alone, via_trainer = evaluator.evaluate(split, "val"), trainer.evaluate(split, "val")
+    assert alone == via_trainer
+    assert {"val/ctr_auc", "val/cvr_auc", "val/mean_auc", "val/loss", "val/ctr_loss"} <= set(alone)
+    predictions, _ = evaluator.predict(split)
+    assert (
+        predictions["ctr"].shape == (250,)
+        and ((predictions["ctr"] > 0) & (predictions["ctr"] < 1)).all()
+    )
