@@ -11,7 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.progress import Progress
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
@@ -23,6 +24,22 @@ if TYPE_CHECKING:
     from mtlrec.training.trainer import Trainer
 
 
+def make_progress(console: Console, show: Any, is_main: bool) -> Progress:
+    """The epoch progress bar: trainer.progress auto (only on a terminal) | true | false."""
+    enabled = console.is_terminal if show == "auto" else bool(show)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} samples/s"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and is_main),
+        transient=True,
+    )
+
+
 class EpochRun:
     def __init__(
         self,
@@ -31,8 +48,9 @@ class EpochRun:
         epoch: int,
         progress: Progress,
         resume: TrainState | None,
+        hooks: Any = None,
     ):
-        self.trainer, self.epoch, self.progress = trainer, epoch, progress
+        self.trainer, self.epoch, self.progress, self.hooks = trainer, epoch, progress, hooks
         self.plan = trainer.plan(train)
         device, n_tasks = trainer.device, len(trainer.loss_tasks)
         generator = trainer.order_generator
@@ -90,7 +108,7 @@ class EpochRun:
         if stop or (every and trainer.global_step % every == 0 and step + 1 < steps):
             # never save NaN weights
             self.watch.check(self.epoch, trainer.loss_tasks, trainer.last_checkpoint)
-            trainer.save_mid_epoch(self.state(step + 1), trainer._hooks)
+            trainer.save_mid_epoch(self.state(step + 1), self.hooks)
             if stop:
                 self.progress.remove_task(self.bar)
                 trainer.interrupted(self.epoch, step + 1, steps)

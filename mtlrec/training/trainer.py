@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from mtlrec.data.loader import Batch, SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -40,7 +40,7 @@ from mtlrec.training.monitoring import (
 )
 from mtlrec.training.objective import Objective, clip_per_task, embedding_l2_penalty
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.train_epoch import EpochRun
+from mtlrec.training.train_epoch import EpochRun, make_progress
 
 __all__ = [
     "EarlyStopping",
@@ -111,6 +111,7 @@ class Trainer:
         self.order_generator = torch.Generator().manual_seed(data_order_seed)
         self.console = console or Console(stderr=True)
         self.last_checkpoint = "none (no checkpoint was written yet)"
+        self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
         self.global_step = 0
         self.stopper = EarlyStopping(self.mode, cfg.patience)
         self.history: list[dict[str, Any]] = []
@@ -175,20 +176,7 @@ class Trainer:
         )
 
     def _progress(self) -> Progress:
-        show = self.cfg.progress
-        enabled = self.console.is_terminal if show == "auto" else bool(show)
-        enabled = enabled and self.dist.is_main
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]} samples/s"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not enabled,
-            transient=True,
-        )
+        return make_progress(self.console, self.cfg.progress, self.dist.is_main)
 
     # -- training -----------------------------------------------------------------------------
     def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,10 +203,12 @@ class Trainer:
         bs = self.cfg.batch_size * self.dist.world_size  # global batch
         return EpochPlan(len(train), bs, self.cfg.tail_batch)
 
-    def train_epoch(self, train: SplitTensors, epoch: int, progress: Progress) -> dict[str, float]:
+    def train_epoch(
+        self, train: SplitTensors, epoch: int, progress: Progress, hooks: FitHooks | None = None
+    ) -> dict[str, float]:
         """Train one epoch (or the rest of a resumed one); its history row's train/ columns."""
         self.model.train()
-        run = EpochRun(self, train, epoch, progress, self._resume_epoch)
+        run = EpochRun(self, train, epoch, progress, self._resume_epoch, hooks)
         self._resume_epoch = None
         on_device = not isinstance(train, StreamingSplit) and train.labels.device == self.device
         batches = epoch_batches(
@@ -228,8 +218,6 @@ class Trainer:
             sums, counts = self.step(batch if on_device else to_device(batch, self.device))
             run.after_step(step, sums, counts)
         return run.finish()
-
-    _resume_epoch: TrainState | None = None
 
     # -- resumable state -----------------------------------------------------------------------
     def training_state(self, epoch: int) -> TrainState:
@@ -298,7 +286,6 @@ class Trainer:
         on interruption). `resume` is a TrainState to continue from: the same epochs, batches and
         RNG draws follow as in the uninterrupted run.
         """
-        self._hooks = hooks
         train, val = splits["train"], splits["val"]
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
         self.history, self.best_state = [], copy.deepcopy(self.model.state_dict())
@@ -311,7 +298,7 @@ class Trainer:
         t0 = time.perf_counter()
         with self._progress() as progress:
             for epoch in range(first_epoch, self.cfg.epochs + 1):
-                row = self._epoch(train, val, epoch, progress, t0)
+                row = self._epoch(train, val, epoch, progress, t0, hooks)
                 if hooks is not None:
                     state = self.training_state(epoch)
                     hooks.on_epoch_end(row, row.pop("_is_best"), state)
@@ -337,10 +324,12 @@ class Trainer:
             time.perf_counter() - t0,
         )
 
-    def _epoch(self, train: Any, val: Any, epoch: int, progress: Progress, t0: float) -> dict:
+    def _epoch(
+        self, train: Any, val: Any, epoch: int, progress: Progress, t0: float, hooks: Any
+    ) -> dict:
         """Train and validate one epoch; its history row (with `_is_best` for fit)."""
         row: dict[str, Any] = {"epoch": epoch}
-        row.update(self.train_epoch(train, epoch, progress))
+        row.update(self.train_epoch(train, epoch, progress, hooks))
         row.update(self.balancer.end_epoch())  # weight/{task}: the epoch's task weights
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
@@ -365,8 +354,6 @@ class Trainer:
             f"{row['train_samples_per_s']:,.0f}",
         )
         return {**row, "_is_best": is_best}
-
-    _hooks: FitHooks | None = None
 
     # -- evaluation (delegated) ------------------------------------------------------------------
     def task_weights(self) -> torch.Tensor:
