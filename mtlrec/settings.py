@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from hydra.experimental.callback import Callback
@@ -237,6 +238,37 @@ def validate_dataset(dataset: Mapping[str, Any]) -> None:
     # the `dataset` mapping (its typed Config) here, one line per error, when it is merged. <<<
 
 
+def check_monitor_produced(settings: RunSettings) -> None:
+    """trainer.monitor against the metrics the run will produce, when the dataset's spec is at
+    hand without preparing anything (a prepared dir, or the embedded synthetic_ccp generator).
+    Otherwise the trainer checks it once the data is there, still before epoch 1."""
+    if settings.trainer.monitor == "auto":
+        return
+    import torch
+
+    from mtlrec.data.spec import SPEC_FILE, DatasetSpec
+    from mtlrec.data.synthetic_ccp import dataset_spec
+    from mtlrec.models import model_config
+    from mtlrec.training.metrics import eval_targets
+    from mtlrec.training.monitoring import produced_val_metrics, resolve_monitor
+
+    ds = settings.dataset
+    path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
+    if path is not None and (path / SPEC_FILE).is_file():
+        spec = DatasetSpec.load(path)
+    elif ds.get("name") == "synthetic_ccp":
+        spec = dataset_spec(int(ds["num_rows"]), int(ds.get("generator_seed", 0)))
+    else:
+        return
+    selected = spec.select_tasks(ds.get("tasks"))
+    cls, model_cfg = model_config(settings.config["model"])
+    tasks = cls.loss_tasks(spec, selected, model_cfg)
+    with torch.device("meta"):  # only its output names and types: no memory, no init cost
+        outputs = cls(spec, tasks, model_cfg).output_types
+    targets = eval_targets(tasks, outputs, spec, selected)
+    resolve_monitor(settings.trainer, tasks, produced_val_metrics(targets, tasks))
+
+
 class SettingsCheck(Callback):
     """Hydra callback: validate the run's settings before Hydra writes anything (one line, exit 1).
 
@@ -246,7 +278,7 @@ class SettingsCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            RunSettings.from_config(config)
+            check_monitor_produced(RunSettings.from_config(config))
         except MtlrecError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

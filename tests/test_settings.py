@@ -29,7 +29,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("override, message", CASES, ids=[c[0] for c in CASES])
+NOT_PRODUCED = (
+    "model=cvr_base trainer.monitor=val/ctr_auc",
+    "trainer.monitor='val/ctr_auc': this run produces no such validation metric; choose one of "
+    "['val/cvr_auc', 'val/cvr_auc_entire', 'val/cvr_logloss', 'val/cvr_logloss_entire', "
+    "'val/cvr_loss', 'val/loss', 'val/mean_auc', 'val/mean_logloss']",
+)
+
+
+@pytest.mark.parametrize(
+    "override, message", [*CASES, NOT_PRODUCED], ids=[c[0] for c in [*CASES, NOT_PRODUCED]]
+)
 def test_bad_setting_is_one_line_exit_1_and_no_run_dir(tmp_path, override, message):
     run_dir = tmp_path / "outputs" / "run"
     proc = subprocess.run(
@@ -59,6 +69,19 @@ def test_run_settings_raise_the_same_line_in_process(override, message):
     with pytest.raises(MtlrecError) as info:
         RunSettings.from_config(compose_train(override.split()))
     assert str(info.value) == message
+
+
+def test_a_monitor_the_model_does_not_produce_is_found_from_the_spec_alone():
+    """cvr_base predicts cvr only: checked from synthetic_ccp's spec and a meta-device model,
+    before any data is generated or loaded."""
+    from mtlrec.settings import check_monitor_produced
+
+    override, message = NOT_PRODUCED
+    settings = RunSettings.from_config(compose_train(override.split()))
+    with pytest.raises(MtlrecError) as info:
+        check_monitor_produced(settings)
+    assert str(info.value) == message
+    check_monitor_produced(RunSettings.from_config(compose_train(["trainer.monitor=val/ctr_auc"])))
 
 
 def test_settings_of_the_default_config_are_typed():

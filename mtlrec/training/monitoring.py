@@ -18,6 +18,13 @@ from mtlrec.errors import MtlrecError
 from mtlrec.settings import TrainerConfig
 
 
+def produced_val_metrics(targets: list, loss_tasks: tuple[TaskSpec, ...]) -> list[str]:
+    """The validation metric keys a run with these targets and tasks writes every epoch."""
+    from mtlrec.training.metrics import metric_keys
+
+    return [*metric_keys("val", targets), "val/loss", *(f"val/{t.name}_loss" for t in loss_tasks)]
+
+
 def resolve_monitor(
     cfg: TrainerConfig, loss_tasks: tuple[TaskSpec, ...], produced: list[str] | None = None
 ) -> tuple[str, str]:

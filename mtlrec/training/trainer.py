@@ -31,11 +31,12 @@ from mtlrec.training.balance import make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
 from mtlrec.training.evaluator import Evaluator, strip_gates
-from mtlrec.training.metrics import EvalTarget, metric_keys
+from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import (
     EarlyStopping,
     NonFiniteLoss,
     NonFiniteWatch,
+    produced_val_metrics,
     resolve_monitor,
 )
 from mtlrec.training.objective import Objective, clip_per_task, embedding_l2_penalty
@@ -98,8 +99,7 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.stop, self.checkpoint_every = stop, checkpoint_every  # checkpoint.every_n_steps
         self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
-        produced = metric_keys("val", targets) + ["val/loss"]
-        produced += [f"val/{t.name}_loss" for t in loss_tasks]
+        produced = produced_val_metrics(targets, loss_tasks)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks, produced)
         self.optimizer = self._make_optimizer()
         # Task balancing (conf/balance/): learned weights train with the model's optimizer.
