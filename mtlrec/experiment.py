@@ -186,12 +186,13 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
         run_dir.update_metrics(status="failed", error=str(e), wall_seconds=time.time() - started)
         log.error("%s", e)
         raise
-    except Exception as e:  # a RankFailed from spawn included: recorded here, once
-        first = str(e).splitlines()[0] if str(e) else ""
+    except distributed.RankFailed as e:  # spawn: a rank died; its first line names rank and cause
+        first = str(e).splitlines()[0]
+        run_dir.update_metrics(status="failed", error=first, wall_seconds=time.time() - started)
+        raise
+    except Exception as e:
         run_dir.update_metrics(
-            status="failed",
-            error=f"{type(e).__name__}: {first}",
-            wall_seconds=time.time() - started,
+            status="failed", error=f"{type(e).__name__}: {e}", wall_seconds=time.time() - started
         )
         raise
 
