@@ -249,3 +249,20 @@ def test_evaluator_needs_no_optimizer_and_equals_the_trainers_evaluation():
         predictions["ctr"].shape == (250,)
         and ((predictions["ctr"] > 0) & (predictions["ctr"] < 1)).all()
     )
+
+
+@pytest.mark.parametrize(
+    "tail, sizes", [("merge", [4, 4, 4, 5]), ("drop", [4, 4, 4, 4]), ("keep", [4, 4, 4, 4, 1])]
+)
+def test_a_streamed_epoch_merges_or_drops_its_tail_like_in_memory(tail, sizes):
+    from mtlrec.training.batches import merge_tail
+
+    rows = torch.arange(17)
+    stream = (
+        Batch(rows[i : i + 4, None], rows[i : i + 4, None].float(), rows[i : i + 4, None].float())
+        for i in range(0, 17, 4)
+    )
+    plan = EpochPlan(17, 4, tail)
+    out = list(merge_tail(stream, plan))
+    assert [len(b.sparse) for b in out] == sizes and len(out) == plan.steps
+    assert torch.cat([b.sparse[:, 0] for b in out]).tolist() == list(range(sum(sizes)))
