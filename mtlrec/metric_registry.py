@@ -34,7 +34,13 @@ METRICS: dict[str, Metric] = {
         Metric("logloss", "min", "mean binary cross-entropy of the predicted probabilities"),
         Metric("mse", "min", "mean squared error"),
         Metric("mae", "min", "mean absolute error"),
-        Metric("loss", "min", "the weighted training objective (what the optimizer minimizes)"),
+        Metric(
+            "loss",
+            "min",
+            "`{split}/loss`: the task-weighted objective sum_t w_t L_t the optimizer minimizes "
+            "(w_t: the balancer's task weights in effect); `{split}/{task}_loss`: task t's mean "
+            "loss L_t over its sample space (BCE with logits or squared error)",
+        ),
     )
 }
 
@@ -67,3 +73,11 @@ def direction(key: str) -> Direction | None:
     """'max' if higher is better, 'min' if lower is better, None for a key that is no metric."""
     parsed = parse(key)
     return None if parsed is None else parsed.metric.direction
+
+
+def docs_table() -> str:
+    """The metric table of docs/metrics.md (tests check the doc holds exactly this)."""
+    words = {"max": "higher is better", "min": "lower is better"}
+    rows = ["| metric | direction | definition |", "|---|---|---|"]
+    rows += [f"| `{m.name}` | {words[m.direction]} | {m.definition} |" for m in METRICS.values()]
+    return "\n".join(rows)

@@ -6,8 +6,9 @@ from omegaconf import OmegaConf
 
 from conftest import compose_train
 from mtlrec.models import MODELS, model_config
+from mtlrec.settings import RunSettings
 
-MODEL_NAMES = ["esmm", "mmoe", "shared_bottom", "single_task", "cvr_base"]
+MODEL_NAMES = sorted(MODELS)  # every registered model: a new one is picked up here
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -23,6 +24,15 @@ def test_every_model_and_dataset_compose(model, dataset):
     cls, typed = model_config(OmegaConf.to_container(cfg.model, resolve=True))
     assert cls is MODELS[model]
     assert typed.embedding_dim == 16
+    # ... and every value of its YAML has the type its Config declares (mtlrec.settings).
+    settings = RunSettings.from_config(cfg)
+    assert type(settings.model) is cls.Config and settings.model == typed
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
+def test_every_device_yaml_is_a_typed_device_config(device):
+    settings = RunSettings.from_config(compose_train([f"device={device}"]))
+    assert (settings.device.type, settings.device.index) == (device, 0)
 
 
 def test_primary_config_defaults():

@@ -1,17 +1,21 @@
 """Checkpoints: everything needed to rebuild the model without the original config files.
 
 A checkpoint holds the model and optimizer state, the epoch, the resolved run config, the dataset
-spec and the trained tasks, plus whatever training state the trainer adds (history, early
-stopping, RNG states).
+spec and the trained tasks, plus the `TrainState` an exact resume needs (epoch, step, permutation,
+RNG states, early stopping, history, balancer state, partial loss sums). This module is the one
+place that builds and reads checkpoint payloads; the key constants below name their fields.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import random
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +32,112 @@ log = logging.getLogger(__name__)
 FORMAT = "mtlrec-checkpoint"
 VERSION = 1
 LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+# Payload keys.
+FORMAT_KEY, VERSION_KEY, EPOCH_KEY, MODEL_NAME_KEY = "format", "version", "epoch", "model_name"
+MODEL_KEY, OPTIMIZER_KEY, CONFIG_KEY = "model_state", "optimizer_state", "config"
+SPEC_KEY, TASKS_KEY, TRAIN_STATE_KEY = "dataset_spec", "loss_tasks", "train_state"
+MONITOR_KEY, SEED_KEY, DATA_ORDER_SEED_KEY = "monitor", "seed", "data_order_seed"
+INTEGRITY_KEY = "tensor_sha256"  # {tensor path: SHA-256}, checked on every load
 # What every complete checkpoint holds (make_payload writes them all).
-REQUIRED = ("epoch", "model_name", "model_state", "config", "dataset_spec", "loss_tasks")
+REQUIRED = (EPOCH_KEY, MODEL_NAME_KEY, MODEL_KEY, CONFIG_KEY, SPEC_KEY, TASKS_KEY)
+
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimizer that an exact resume needs.
+
+    `step` is None for a state taken at the end of `epoch` (after validation). A mid-epoch state
+    adds `step` (steps done in the epoch), the epoch's permutation, the order generator as the
+    epoch began (a streamed epoch is replayed from it) and the partial loss sums of all ranks.
+    Stored in a checkpoint as a plain dict under TRAIN_STATE_KEY (`to_dict` / `from_dict`).
+    """
+
+    epoch: int
+    global_step: int
+    order_generator: torch.Tensor
+    rng: dict[str, Any]
+    early_stopping: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    train_time: float
+    train_rows: int
+    balancer: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    step: int | None = None
+    perm: torch.Tensor | None = None
+    epoch_order_generator: torch.Tensor | None = None
+    loss_sums: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    epoch_seconds: float = 0.0
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.step is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.mid_epoch:  # an epoch-end state carries no partial epoch
+            for key in ("perm", "epoch_order_generator", "loss_sums", "counts", "epoch_seconds"):
+                out.pop(key)
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+
+# What `mtlrec train resume=RUN_DIR ...` may change: everything else must equal the original run's
+# config (the resume continues the same experiment). trainer.epochs may grow to train longer.
+RESUME_MAY_CHANGE = (
+    "resume",
+    "data_dir",
+    "dataset.path",
+    "trainer.epochs",
+    "trainer.progress",
+    "trainer.num_threads",
+    "trainer.nan_check_every",
+    "trainer.devices",  # epoch-end checkpoints only (distributed.check_resume_world)
+    "checkpoint.",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def check_resume_config(original: dict, new: dict, path: Path) -> None:
+    """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
+    a, b = _flatten(original), _flatten(new)
+    changed = [
+        k
+        for k in sorted(set(a) & set(b))
+        if a[k] != b[k] and not any(k == m or k.startswith(m) for m in RESUME_MAY_CHANGE if m)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}={b[k]!r} (was {a[k]!r})" for k in changed[:4])
+        raise MtlrecError(
+            f"resume={path}: the override(s) {shown} differ from the run's config; with resume only "
+            "trainer.epochs, trainer.progress, trainer.num_threads, trainer.devices and "
+            "checkpoint.* may change "
+            "(start a new run for anything else)"
+        )
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    """The states of every random generator a run draws from (torch CPU/CUDA, numpy, python)."""
+    """The states of every random generator a run draws from (torch CPU/CUDA, numpy, python).
+
+    numpy's key array is stored as a tensor, so the checkpoint loads with weights_only=True.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -46,7 +147,10 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    if torch.is_tensor(keys):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, *rest))
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -98,20 +202,94 @@ def make_payload(
     spec: DatasetSpec,
     loss_tasks: tuple[TaskSpec, ...],
     epoch: int,
-    **state: Any,
+    train_state: TrainState | None = None,
+    **info: Any,
 ) -> dict:
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "epoch": epoch,
-        "model_name": config["model"]["name"],
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-        "config": config,
-        "dataset_spec": spec.to_dict(),
-        "loss_tasks": [t.__dict__.copy() for t in loss_tasks],
-        **state,
+    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed)."""
+    payload = {
+        FORMAT_KEY: FORMAT,
+        VERSION_KEY: VERSION,
+        EPOCH_KEY: epoch,
+        MODEL_NAME_KEY: config["model"]["name"],
+        MODEL_KEY: {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        OPTIMIZER_KEY: optimizer.state_dict() if optimizer is not None else None,
+        CONFIG_KEY: config,
+        SPEC_KEY: spec.to_dict(),
+        TASKS_KEY: [t.__dict__.copy() for t in loss_tasks],
+        **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
+        **info,
     }
+    payload[INTEGRITY_KEY] = {name: tensor_digest(t) for name, t in _tensors(payload)}
+    return payload
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a payload with its path (`model_state/embedding.tables.0.weight`)."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}/{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    data = flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(data.numpy())
+    return h.hexdigest()
+
+
+def verify_tensors(payload: dict, path: Path) -> None:
+    """Every tensor equals its SHA-256 in the payload (checkpoints from before it: not checked)."""
+    expected = payload.get(INTEGRITY_KEY)
+    if expected is None:
+        return
+    body = {k: v for k, v in payload.items() if k != INTEGRITY_KEY}
+    found = dict(_tensors(body))
+    for name in sorted(set(expected) | set(found)):
+        if (
+            name not in found
+            or name not in expected
+            or tensor_digest(found[name]) != expected[name]
+        ):
+            raise MtlrecError(
+                f"{path}: tensor {name} does not match its SHA-256 in the checkpoint (the file is "
+                "corrupt); use an older checkpoint"
+            )
+
+
+def resume_state(payload: dict, path: Path) -> TrainState:
+    """The TrainState of a resumable checkpoint (also one written before TrainState existed)."""
+    if TRAIN_STATE_KEY not in payload:
+        raise MtlrecError(
+            f"{path}: checkpoint has no training state (written by an older mtlrec); "
+            "it cannot be resumed, start a new run"
+        )
+    return TrainState.from_dict(payload[TRAIN_STATE_KEY])
+
+
+def restore_training(
+    payload: dict,
+    path: Path,
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    model_name: str,
+    spec: DatasetSpec,
+) -> TrainState:
+    """Load a resumable checkpoint's weights and optimizer state; returns its TrainState."""
+    state = resume_state(payload, path)
+    check_compatible(payload, path, model_name, spec)
+    load_weights(model, payload[MODEL_KEY], path)
+    try:
+        optimizer.load_state_dict(payload[OPTIMIZER_KEY])
+    except (ValueError, KeyError) as e:
+        raise MtlrecError(f"{path}: optimizer state does not fit the model ({e})") from None
+    return state
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -120,7 +298,10 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: unpickling runs no code; numpy arrays are allowed for the RNG state of
+        # checkpoints written before it was stored as a tensor.
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (
         RuntimeError,
         EOFError,
@@ -132,24 +313,34 @@ def load_checkpoint(path: str | Path) -> dict:
         raise MtlrecError(
             f"{path}: checkpoint is truncated or corrupt ({type(e).__name__}); use an older checkpoint"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get(FORMAT_KEY) != FORMAT:
         raise MtlrecError(f"{path}: not an mtlrec checkpoint")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise MtlrecError(
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
+    verify_tensors(payload, path)
     return payload
+
+
+_NUMPY_GLOBALS = [
+    # what numpy arrays unpickle with (numpy >= 2 names its module numpy._core)
+    (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 
 def check_compatible(payload: dict, path: Path, model_name: str, spec: DatasetSpec) -> None:
     """Refuse a checkpoint of another model or of data with other features (one clear line)."""
-    if payload.get("model_name") != model_name:
+    if payload.get(MODEL_NAME_KEY) != model_name:
         raise MtlrecError(
-            f"{path}: checkpoint holds model '{payload.get('model_name')}', not '{model_name}'; "
+            f"{path}: checkpoint holds model '{payload.get(MODEL_NAME_KEY)}', not '{model_name}'; "
             "use the run's own model or start a new run"
         )
-    saved = [(f["name"], f["kind"], f["vocab_size"]) for f in payload["dataset_spec"]["features"]]
+    saved = [(f["name"], f["kind"], f["vocab_size"]) for f in payload[SPEC_KEY]["features"]]
     now = [(f.name, f.kind, f.vocab_size) for f in spec.features]
     if saved != now:
         diff = [f"{a} != {b}" for a, b in zip(saved, now, strict=False) if a != b]
@@ -173,9 +364,9 @@ def model_from_checkpoint(
     payload: dict,
 ) -> tuple[MultiTaskModel, DatasetSpec, tuple[TaskSpec, ...]]:
     """Rebuild the trained model (weights loaded, eval mode) from a checkpoint payload."""
-    spec = DatasetSpec.from_dict(payload["dataset_spec"], source="checkpoint")
-    tasks = tuple(TaskSpec(**t) for t in payload["loss_tasks"])
-    model, _ = build_model(payload["config"]["model"], spec, tasks)
-    load_weights(model, payload["model_state"], payload.get("path", "checkpoint"))
+    spec = DatasetSpec.from_dict(payload[SPEC_KEY], source="checkpoint")
+    tasks = tuple(TaskSpec(**t) for t in payload[TASKS_KEY])
+    model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
+    load_weights(model, payload[MODEL_KEY], payload.get("path", "checkpoint"))
     model.eval()
     return model, spec, tasks

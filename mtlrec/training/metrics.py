@@ -1,7 +1,11 @@
 """Metrics over a WHOLE split (never averaged per batch), named `{split}/{task}_{metric}`.
 
 Binary tasks: auc, logloss. Regression tasks: mse, mae. `{split}/mean_<metric>` averages a metric
-over the tasks the model is trained on. For funnel (click -> conversion) data, every model output
+over the DATASET's evaluation tasks (its tasks, or the `dataset.tasks` selection), each scored on
+its own sample space, so every model on the same data averages the same tasks; model-specific
+outputs (ESMM's ctcvr) keep their own columns and stay out of the mean. A model that cannot score a
+dataset task (cvr_base predicts cvr only) averages the dataset tasks it scores. Directions and
+definitions: mtlrec.metric_registry, docs/metrics.md. For funnel (click -> conversion) data, every model output
 named ctr / cvr / ctcvr is also scored the ESMM paper's way: ctr and ctcvr on all impressions, cvr on
 clicked impressions, and `cvr_*_entire` on all impressions against the counterfactual label
 `conversion_if_clicked` when the data has it.
@@ -19,19 +23,35 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 
 BINARY_METRICS = ("auc", "logloss")
 REGRESSION_METRICS = ("mse", "mae")
-HIGHER_IS_BETTER = {"auc"}
 
 
 @dataclass(frozen=True)
 class EvalTarget:
     task: TaskSpec
     suffix: str = ""  # e.g. "_entire": cvr scored over all impressions
+    in_mean: bool = False  # one of the dataset's evaluation tasks: part of `mean_*`
 
     def key(self, metric: str) -> str:
         return f"{self.task.name}_{metric}{self.suffix}"
 
 
 def eval_targets(
+    loss_tasks: tuple[TaskSpec, ...],
+    output_types: dict[str, str],
+    spec: DatasetSpec,
+    dataset_tasks: tuple[TaskSpec, ...] | None = None,
+) -> list[EvalTarget]:
+    """What a split is scored on: the trained tasks, funnel outputs, and the dataset's tasks
+    (`dataset_tasks`, default all of the spec's tasks), which `mean_*` averages."""
+    targets = _scored(loss_tasks, output_types, spec)
+    evaluated = {t.name for t in (spec.tasks if dataset_tasks is None else dataset_tasks)}
+    return [
+        EvalTarget(t.task, t.suffix, in_mean=not t.suffix and t.task.name in evaluated)
+        for t in targets
+    ]
+
+
+def _scored(
     loss_tasks: tuple[TaskSpec, ...], output_types: dict[str, str], spec: DatasetSpec
 ) -> list[EvalTarget]:
     targets = [EvalTarget(t) for t in loss_tasks]
@@ -53,6 +73,17 @@ def eval_targets(
                 targets.append(target)
                 seen.add((target.task.name, target.suffix))
     return targets
+
+
+def metric_keys(split: str, targets: list[EvalTarget]) -> list[str]:
+    """The keys `split_metrics` writes for these targets (checked against trainer.monitor)."""
+    keys, means = [], []
+    for target in targets:
+        names = BINARY_METRICS if target.task.type == "binary" else REGRESSION_METRICS
+        keys += [f"{split}/{target.key(m)}" for m in names]
+        if target.in_mean:
+            means += [m for m in names if m not in means]
+    return keys + [f"{split}/mean_{m}" for m in BINARY_METRICS + REGRESSION_METRICS if m in means]
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -95,12 +126,11 @@ def split_metrics(
             out[f"{split}/{target.key('mae')}"] = (
                 float(np.mean(np.abs(err))) if y.size else math.nan
             )
-    trained = {t.name for t in loss_tasks}
     for metric in BINARY_METRICS + REGRESSION_METRICS:
         values = [
             out[f"{split}/{t.key(metric)}"]
             for t in targets
-            if t.task.name in trained and not t.suffix and f"{split}/{t.key(metric)}" in out
+            if t.in_mean and f"{split}/{t.key(metric)}" in out
         ]
         finite = [v for v in values if math.isfinite(v)]
         if values:

@@ -12,12 +12,14 @@ and outside task balancing, to the total.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.models.layers import FeatureEmbedding
 
 
 class Objective(nn.Module):
@@ -76,3 +78,52 @@ class Objective(nn.Module):
         sums, counts = self.per_task(outputs, labels)
         extra = self.extra_loss(outputs, labels) if self.extra_loss is not None else None
         return sums / counts.clamp_min(1.0), extra, sums, counts
+
+
+def embedding_l2_penalty(model: nn.Module, sparse: torch.Tensor) -> torch.Tensor:
+    """sum ||E[r]||^2 over the embedding rows r the batch uses (each row once), every table.
+
+    trainer.embedding_l2 times this is added to the loss: rows no batch uses get no gradient
+    from it, so under Adam they do not move (unlike weight decay of the whole table).
+    """
+    total = sparse.new_zeros((), dtype=torch.float32)
+    for module in model.modules():
+        rows_of = getattr(module, "rows_used", None)  # per table: (weight, row ids of the batch)
+        if callable(rows_of):
+            for weight, ids in rows_of(sparse):
+                total = total + weight.index_select(0, torch.unique(ids)).float().pow(2).sum()
+        elif isinstance(module, FeatureEmbedding):
+            for weight, ids in _feature_embedding_rows(module, sparse):
+                total = total + weight.index_select(0, torch.unique(ids)).float().pow(2).sum()
+    return total
+
+
+def _feature_embedding_rows(module: FeatureEmbedding, sparse: torch.Tensor):
+    """The table rows FeatureEmbedding.forward looks up (same id mapping as its forward)."""
+    for j, table in enumerate(module.tables):
+        if module.single_group:
+            ids = sparse
+        else:
+            ids = sparse[:, getattr(module, f"fields_{j}")] + getattr(module, f"delta_{j}")
+        yield table.weight, ids.reshape(-1)
+
+
+def clip_per_task(
+    groups: list[list[tuple[nn.Parameter, Any]]], max_norm: float, eps: float = 1e-6
+) -> None:
+    """Clip the gradient norm of each task's network on its own (T independent models).
+
+    `groups[k]` lists (parameter, index) pairs task k owns; `index` selects its part of a
+    parameter shared side by side (e.g. a column block of a fused table), None for the whole.
+    """
+    for group in groups:
+        grads = []
+        for param, index in group:
+            if param.grad is not None:
+                grads.append(param.grad if index is None else param.grad[index])
+        if not grads:
+            continue
+        norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+        scale = (max_norm / (norm + eps)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.to(g.dtype))

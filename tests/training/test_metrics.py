@@ -60,15 +60,40 @@ def test_values_match_sklearn_on_each_sample_space():
     assert m["test/ctcvr_logloss"] == pytest.approx(
         log_loss(labels[:, 1], preds["ctcvr"]), rel=1e-9
     )
-    # the mean is over the TRAINED tasks (ctr, ctcvr), not the evaluation-only cvr
-    assert m["test/mean_auc"] == pytest.approx((m["test/ctr_auc"] + m["test/ctcvr_auc"]) / 2)
+    # the mean is over the DATASET's tasks (ctr, cvr on clicks), not ESMM's extra ctcvr output
+    assert m["test/mean_auc"] == pytest.approx((m["test/ctr_auc"] + m["test/cvr_auc"]) / 2)
+
+
+def test_mean_metrics_average_the_same_dataset_tasks_for_every_model():
+    """ESMM trains ctr + ctcvr, MMoE ctr + cvr: on the same predictions both means are equal."""
+    labels, preds = data()
+    outputs = {"ctr": "binary", "cvr": "binary", "ctcvr": "binary"}
+    esmm_tasks = (TaskSpec("ctr", "click"), TaskSpec("ctcvr", "conversion"))
+    esmm = split_metrics(
+        "val", preds, labels, eval_targets(esmm_tasks, outputs, SPEC), SPEC, esmm_tasks
+    )
+    mmoe_tasks = SPEC.tasks
+    mmoe = split_metrics(
+        "val", preds, labels, eval_targets(mmoe_tasks, outputs, SPEC), SPEC, mmoe_tasks
+    )
+    for metric in ("auc", "logloss"):
+        assert esmm[f"val/mean_{metric}"] == mmoe[f"val/mean_{metric}"]
+        assert esmm[f"val/mean_{metric}"] == pytest.approx(
+            (esmm[f"val/ctr_{metric}"] + esmm[f"val/cvr_{metric}"]) / 2, rel=1e-12
+        )
+    assert "val/ctcvr_auc" in esmm  # the model's extra keeps its own column
 
 
 def test_regression_metrics():
     labels, preds = data()
     task = TaskSpec("spend", "spend", "regression")
     m = split_metrics(
-        "val", preds, labels, eval_targets((task,), {"spend": "regression"}, SPEC), SPEC, (task,)
+        "val",
+        preds,
+        labels,
+        eval_targets((task,), {"spend": "regression"}, SPEC, dataset_tasks=(task,)),
+        SPEC,
+        (task,),
     )
     err = preds["spend"] - labels[:, 3]
     assert m["val/spend_mse"] == pytest.approx(np.mean(err**2))
@@ -80,14 +105,26 @@ def test_regression_metrics():
 def test_auc_is_nan_not_an_error_when_a_split_has_one_class():
     labels, preds = data()
     labels[:, 1] = 0  # no conversions at all
-    task = TaskSpec("ctcvr", "conversion")
+    task = TaskSpec("cvr", "conversion", where="click")
     m = split_metrics(
         "val",
         preds,
         labels,
-        [t for t in eval_targets((task,), {"ctcvr": "binary"}, SPEC)],
+        [t for t in eval_targets((task,), {"cvr": "binary"}, SPEC)],
         SPEC,
         (task,),
     )
-    assert math.isnan(m["val/ctcvr_auc"]) and math.isnan(m["val/mean_auc"])
-    assert math.isfinite(m["val/ctcvr_logloss"])
+    assert math.isnan(m["val/cvr_auc"]) and math.isnan(m["val/mean_auc"])
+    assert math.isfinite(m["val/cvr_logloss"])
+
+
+def test_docs_metrics_table_matches_the_registry():
+    from pathlib import Path
+
+    from mtlrec.metric_registry import METRICS, docs_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    assert docs_table() in doc
+    for name, metric in METRICS.items():
+        word = "higher" if metric.direction == "max" else "lower"
+        assert f"| `{name}` | {word} is better | {metric.definition} |" in doc

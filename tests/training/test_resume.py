@@ -20,8 +20,9 @@ from mtlrec.training.checkpoint import LAST, PREVIOUS, load_resumable
 from mtlrec.training.objective import Objective
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
-BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 88 steps per epoch; dropout draws RNG
-STEPS_PER_EPOCH = 88
+BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 87 steps per epoch; dropout draws RNG
+# 2800 train rows / 32 = 87.5: trainer.tail_batch=merge adds the 16-row tail to step 87.
+STEPS_PER_EPOCH = 87
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, straig
     assert metrics["error"].startswith("SIGINT: training stopped after epoch 1 step ")
     state = torch.load(run_dir / "checkpoints" / LAST, weights_only=False)["train_state"]
     assert state["epoch"] == 1 and 5 <= state["step"] < STEPS_PER_EPOCH  # really mid-epoch
-    assert state["perm"].shape == (STEPS_PER_EPOCH * 32 - 16,)  # 2,800 rows
+    assert state["perm"].shape == (2800,)  # every train row
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
 
     resumed = subprocess.run(
@@ -305,8 +306,40 @@ def test_streamed_epoch_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(StopAfter, "k", STEPS_PER_EPOCH + 40)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="after epoch 2 step 39/88"):
+    with pytest.raises(TrainingInterrupted, match=f"after epoch 2 step 39/{STEPS_PER_EPOCH}"):
         run(compose_train([*TINY, *BATCH, *stream]), run_dir)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
     run(compose_train([*TINY, *BATCH, *stream, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, ref_dir)
+
+
+def test_checkpoint_written_before_tail_batch_and_train_state_resumes_exactly(
+    tmp_path, monkeypatch
+):
+    """A mid-epoch last.pt in the layout mtlrec wrote before TrainState (history, early stopping
+    and step duplicated at the top level; no trainer.tail_batch in its config, so its short last
+    batch trained on its own) continues exactly as that run would have gone on."""
+    from mtlrec.experiment import run
+
+    keep = [*BATCH, "trainer.tail_batch=keep"]
+    ref_dir, _ = run_training(tmp_path, keep, name="straight_keep")
+    monkeypatch.setattr(StopAfter, "k", 88 + 1 + 20)  # 88 steps (87 full + the tail), then 20
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="after epoch 2 step 20/88"):
+        run(compose_train([*TINY, *keep]), run_dir)
+    last = run_dir / "checkpoints" / LAST
+    payload = torch.load(last, weights_only=False)
+    del payload["config"]["trainer"]["tail_batch"]
+    state = payload["train_state"]
+    payload.update(
+        step=state["step"], history=state["history"], early_stopping=state["early_stopping"]
+    )
+    kind, keys, *rest = state["rng"]["numpy"]  # numpy's RNG state as a numpy array, as then
+    state["rng"]["numpy"] = (kind, keys.numpy().astype("uint32"), *rest)
+    del payload["tensor_sha256"]  # no per-tensor hashes then
+    torch.save(payload, last)
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *BATCH, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, ref_dir)

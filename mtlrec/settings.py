@@ -1,0 +1,286 @@
+"""The typed settings of one training run, validated once, before anything is written.
+
+`RunSettings.from_config(cfg)` turns the composed `mtlrec train` config into typed groups
+(trainer, checkpoint, device, model, balance, seeds, resume) through `mtlrec.config_schema.build`,
+or raises ONE MtlrecError line naming the key, the value and what is allowed:
+
+    trainer.grad_clip_norm='abc': expected a number or null
+    seed='abc': expected an integer
+    trainer.monitor='val/foo': not a metric; expected val/<task>_<metric> with <metric> one of ...
+
+`SettingsCheck` (a Hydra callback, conf/train.yaml) runs it at `on_run_start`, before Hydra
+creates the run dir, so a wrong value never leaves a half-made run behind. `experiment.run` builds
+the same settings again (tests and sweeps call it without the callback).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mtlrec import metric_registry
+from mtlrec.config_schema import build, check_keys, check_value
+from mtlrec.errors import MtlrecError
+
+
+@dataclass
+class TrainerConfig:
+    """conf/trainer/*.yaml"""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    epochs: int = 5
+    grad_clip_norm: float | None = None
+    monitor: str = "auto"
+    mode: str = "auto"
+    patience: int | None = 2
+    num_threads: int | None = None
+    progress: Any = "auto"
+    deterministic: bool = False
+    nan_check_every: int = 100
+    precision: str = "fp32"
+    compile: bool = False
+    devices: int = 1  # data-parallel ranks (mtlrec.training.distributed)
+    # The last short batch of an epoch: merged into the one before (every row trains, no batch of
+    # one row reaches batch norm), dropped, or kept as its own step (mtlrec.training.batches).
+    tail_batch: Literal["merge", "drop", "keep"] = "merge"
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
+        for key in ("batch_size", "eval_batch_size", "epochs", "devices"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise MtlrecError(f"trainer.lr must be > 0, got {self.lr!r}")
+        for key in ("weight_decay", "embedding_l2"):
+            if not getattr(self, key) >= 0:
+                raise MtlrecError(f"trainer.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise MtlrecError(
+                f"trainer.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm!r}"
+            )
+        if self.mode not in ("auto", "max", "min"):
+            raise MtlrecError(f"trainer.mode must be auto, max or min, got {self.mode!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise MtlrecError(
+                f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}"
+            )
+        if isinstance(self.nan_check_every, bool) or not (
+            isinstance(self.nan_check_every, int) and self.nan_check_every >= 1
+        ):
+            raise MtlrecError(
+                f"trainer.nan_check_every must be an integer >= 1, got {self.nan_check_every!r}"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise MtlrecError(f"trainer.precision '{self.precision}' is unknown; use fp32 or bf16")
+        if not isinstance(self.compile, bool):
+            raise MtlrecError(f"trainer.compile must be true or false, got {self.compile!r}")
+        if self.num_threads is not None and (
+            not isinstance(self.num_threads, int) or self.num_threads < 1
+        ):
+            raise MtlrecError(
+                f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}"
+            )
+        check_monitor_name(self.monitor, self.mode)
+
+
+def check_monitor_name(monitor: str, mode: str) -> None:
+    """trainer.monitor is `auto` or a validation metric the registry knows (its direction)."""
+    if monitor == "auto":
+        return
+    parsed = metric_registry.parse(monitor)
+    if parsed is None or parsed.split != "val":
+        known = ", ".join(metric_registry.METRICS)
+        raise MtlrecError(
+            f"trainer.monitor={monitor!r}: not a validation metric; expected auto or "
+            f"val/<task>_<metric> (e.g. val/ctr_auc, val/mean_auc, val/loss) with <metric> one of {known}"
+        )
+
+
+@dataclass
+class CheckpointConfig:
+    """`checkpoint:` in conf/train.yaml."""
+
+    every_n_steps: int | None = None  # also write checkpoints/last.pt every N training steps
+
+    def validate(self) -> None:
+        if self.every_n_steps is not None and self.every_n_steps < 1:
+            raise MtlrecError(
+                f"checkpoint.every_n_steps must be an integer >= 1 or null, got {self.every_n_steps!r}"
+            )
+
+
+@dataclass
+class DeviceConfig:
+    """conf/device/*.yaml"""
+
+    type: Literal["auto", "cpu", "cuda"] = "auto"
+    index: int = 0
+
+    def validate(self) -> None:
+        if self.index < 0:
+            raise MtlrecError(f"device.index must be an integer >= 0, got {self.index}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run reads from its config, typed and checked."""
+
+    config: dict[str, Any]  # the resolved plain config (saved in every checkpoint)
+    trainer: TrainerConfig
+    checkpoint: CheckpointConfig
+    device: DeviceConfig
+    seed: int
+    data_order_seed: int
+    resume: str | None
+    model: Any  # the model's typed Config (mtlrec.models)
+    balance: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.config["model"]["name"])
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+        config = plain_config(cfg)
+        seed = check_value(int, config.get("seed", 0), "seed")
+        order_seed = check_value(int, config.get("data_order_seed", seed), "data_order_seed")
+        resume = check_value(str | None, config.get("resume"), "resume")
+        dataset = dict(config.get("dataset") or {})
+        validate_dataset(dataset)
+        return cls(
+            config=config,
+            trainer=build(TrainerConfig, config.get("trainer"), "trainer"),
+            checkpoint=build(CheckpointConfig, config.get("checkpoint"), "checkpoint"),
+            device=build(DeviceConfig, config.get("device"), "device"),
+            seed=seed,
+            data_order_seed=order_seed,
+            resume=resume or None,
+            model=model_settings(config.get("model") or {}),
+            balance=balance_settings(config.get("balance")),
+            dataset=dataset,
+        )
+
+
+def plain_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain containers, without Hydra's own `hydra` node."""
+    if not isinstance(cfg, DictConfig):
+        return {k: v for k, v in dict(cfg).items() if k != "hydra"}
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        value = cfg[key]  # a child node keeps its parent: interpolations resolve as in the run
+        out[str(key)] = (
+            OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        )
+    return out
+
+
+def model_settings(model_cfg: Mapping[str, Any]) -> Any:
+    """The model's typed Config: every key type-checked, never coerced (`batch_norm=abc` fails)."""
+    from mtlrec.models import MODELS, model_config
+
+    name = model_cfg.get("name")
+    if name not in MODELS:
+        raise MtlrecError(f"model.name '{name}' is unknown; valid models: {sorted(MODELS)}")
+    typed = build(MODELS[name].Config, model_cfg, "model")
+    model_config(model_cfg)  # the model area's own checks (combinations of keys)
+    return typed
+
+
+def balance_settings(balance_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The balance group: a known balancer and only its keys (typed by its Config when it has one)."""
+    from mtlrec.training.balance import BALANCERS
+
+    cfg = dict(balance_cfg or {"name": "fixed"})
+    name = cfg.get("name", "fixed")
+    if name not in BALANCERS:
+        raise MtlrecError(f"balance.name '{name}' is unknown; valid: {sorted(BALANCERS)}")
+    cls = BALANCERS[name]
+    config_cls = getattr(cls, "Config", None)
+    if config_cls is not None:
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        build(
+            config_cls,
+            cfg if "name" in names else {k: v for k, v in cfg.items() if k != "name"},
+            "balance",
+        )
+    else:
+        check_keys(cfg, ["name", *cls.keys], "balance")
+    return cfg
+
+
+def validate_dataset(dataset: Mapping[str, Any]) -> None:
+    """The `dataset` group's values that the run itself reads."""
+    if "num_rows" in dataset:
+        rows = check_value(int, dataset["num_rows"], "dataset.num_rows")
+        if rows < 1:
+            raise MtlrecError(f"dataset.num_rows must be an integer >= 1, got {rows}")
+    # >>> DATASET-SOURCE VALIDATION: the dataset-source registry (mtlrec.data) checks the rest of
+    # the `dataset` mapping (its typed Config) here, one line per error, when it is merged. <<<
+
+
+def check_monitor_produced(settings: RunSettings) -> None:
+    """trainer.monitor against the metrics the run will produce, when the dataset's spec is at
+    hand without preparing anything (a prepared dir, or the embedded synthetic_ccp generator).
+    Otherwise the trainer checks it once the data is there, still before epoch 1."""
+    if settings.trainer.monitor == "auto":
+        return
+    import torch
+
+    from mtlrec.data.spec import SPEC_FILE, DatasetSpec
+    from mtlrec.data.synthetic_ccp import dataset_spec
+    from mtlrec.models import model_config
+    from mtlrec.training.metrics import eval_targets
+    from mtlrec.training.monitoring import produced_val_metrics, resolve_monitor
+
+    ds = settings.dataset
+    path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
+    if path is not None and (path / SPEC_FILE).is_file():
+        spec = DatasetSpec.load(path)
+    elif ds.get("name") == "synthetic_ccp":
+        spec = dataset_spec(int(ds["num_rows"]), int(ds.get("generator_seed", 0)))
+    else:
+        return
+    selected = spec.select_tasks(ds.get("tasks"))
+    cls, model_cfg = model_config(settings.config["model"])
+    tasks = cls.loss_tasks(spec, selected, model_cfg)
+    with torch.device("meta"):  # only its output names and types: no memory, no init cost
+        outputs = cls(spec, tasks, model_cfg).output_types
+    targets = eval_targets(tasks, outputs, spec, selected)
+    resolve_monitor(settings.trainer, tasks, produced_val_metrics(targets, tasks))
+
+
+class SettingsCheck(Callback):
+    """Hydra callback: validate the run's settings before Hydra writes anything (one line, exit 1).
+
+    Hydra turns exceptions raised in callbacks into warnings, so the check prints its line and
+    exits itself (as RunDirGuard does). HYDRA_FULL_ERROR=1 keeps the traceback.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_monitor_produced(RunSettings.from_config(config))
+        except MtlrecError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"mtlrec train: error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None

@@ -1,0 +1,124 @@
+"""Whole-split evaluation and prediction of a model: no optimizer, no balancer, no DDP wrapper.
+
+`Evaluator(model, spec, loss_tasks, targets, device).evaluate(split, "val")` returns the split's
+metrics (mtlrec.training.metrics), `{split}/loss` (the weighted objective) and each task's
+`{split}/{task}_loss`; `predict(split)` returns every output's predictions. Under data
+parallelism each rank predicts a block of whole eval batches and the rows are gathered in order,
+so metrics equal a single process's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlrec.data.loader import SplitTensors
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.layers import gate_statistics
+from mtlrec.training import distributed
+from mtlrec.training.metrics import EvalTarget, split_metrics
+from mtlrec.training.objective import Objective
+
+
+class Evaluator:
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        spec: DatasetSpec,
+        loss_tasks: tuple[TaskSpec, ...],
+        targets: list[EvalTarget],
+        device: torch.device,
+        eval_batch_size: int = 8192,
+        precision: str = "fp32",
+        forward: Any = None,
+        objective: Objective | None = None,
+    ):
+        self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
+        self.device, self.eval_batch_size, self.precision = device, eval_batch_size, precision
+        self.forward = forward if forward is not None else model  # e.g. a torch.compile'd model
+        self.objective = objective or Objective(
+            loss_tasks, spec, getattr(model, "extra_loss", None)
+        ).to(device)
+
+    def autocast(self) -> torch.autocast:
+        """trainer.precision=bf16: matmuls in bfloat16 (losses and metrics stay float32)."""
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
+
+    @torch.no_grad()
+    def predict(
+        self, split: SplitTensors, task_weights: torch.Tensor | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Predictions of every output over a split (probabilities for binary outputs), and aux:
+        `loss` (task-weighted sum of per-task mean losses), `task_losses`, `gates` (mean gates)."""
+        self.model.eval()
+        n, bs = len(split), self.eval_batch_size
+        # Data parallel: this rank predicts rows [lo, hi) (whole eval batches), then all ranks
+        # gather every row in order; one process: lo, hi = 0, n.
+        lo, hi = distributed.eval_block(n, bs)
+        outputs = {
+            name: torch.empty(hi - lo, device=self.device) for name in self.model.output_types
+        }
+        gate_sum = None
+        loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
+        counts = torch.zeros(len(self.loss_tasks), device=self.device)
+        for start in range(lo, hi, bs):
+            batch = split.slice(start, min(start + bs, hi))
+            sparse, dense, labels = (
+                t.to(self.device, non_blocking=True)
+                for t in (batch.sparse, batch.dense, batch.labels)
+            )
+            with self.autocast():
+                out = self.forward(sparse, dense)
+            _, sums, cnts = self.objective(out, labels)
+            loss_sums += sums
+            counts += cnts
+            for name, kind in self.model.output_types.items():
+                value = out[name].float()
+                outputs[name][start - lo : start - lo + len(labels)] = (
+                    torch.sigmoid(value) if kind == "binary" else value
+                )
+            if "gates" in out:
+                g = out["gates"].float().sum(0)
+                gate_sum = g if gate_sum is None else gate_sum + g
+        outputs = distributed.gather_rows(outputs, n)
+        distributed.all_reduce_sum(loss_sums)
+        distributed.all_reduce_sum(counts)
+        gate_sum = distributed.sum_optional(gate_sum)
+        weights = self.objective.weights if task_weights is None else task_weights.to(self.device)
+        per_task = loss_sums / counts.clamp_min(1)
+        aux: dict[str, Any] = {
+            "loss": float((weights * per_task).sum().item()),
+            "task_losses": per_task.tolist(),
+        }
+        if gate_sum is not None:
+            aux["gates"] = (gate_sum / n).cpu().numpy()  # mean gate weight [tasks, experts]
+        return {k: v.cpu().numpy() for k, v in outputs.items()}, aux
+
+    def evaluate(
+        self, split: SplitTensors, name: str, task_weights: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """`{name}/...` metrics of a whole split; `task_weights` weigh `{name}/loss` (default:
+        the tasks' own weights; the trainer passes its balancer's current weights)."""
+        predictions, aux = self.predict(split, task_weights)
+        metrics = split_metrics(
+            name, predictions, split.labels.cpu().numpy(), self.targets, self.spec, self.loss_tasks
+        )
+        metrics[f"{name}/loss"] = aux["loss"]
+        for task, value in zip(self.loss_tasks, aux["task_losses"], strict=True):
+            metrics[f"{name}/{task.name}_loss"] = float(value)
+        if "gates" in aux:
+            for k, task in enumerate(self.loss_tasks):
+                for e, w in enumerate(aux["gates"][k]):
+                    metrics[f"gate/{task.name}/expert_{e}"] = float(w)
+            # expert collapse: entropy of each task's mean gate, mean use of each expert
+            metrics.update(gate_statistics(aux["gates"], [t.name for t in self.loss_tasks]))
+        return metrics
+
+
+def strip_gates(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("gate/")}

@@ -1,0 +1,117 @@
+"""What the fit loop watches: the monitored metric (early stopping) and non-finite losses.
+
+The monitored metric's direction comes from `mtlrec.metric_registry` (never from a name's last
+token: `val/cvr_auc_entire` is an AUC, higher is better), and the monitor must be one of the
+metrics this run produces; both are checked before epoch 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mtlrec import metric_registry
+from mtlrec.data.spec import TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.settings import TrainerConfig
+
+
+def produced_val_metrics(targets: list, loss_tasks: tuple[TaskSpec, ...]) -> list[str]:
+    """The validation metric keys a run with these targets and tasks writes every epoch."""
+    from mtlrec.training.metrics import metric_keys
+
+    return [*metric_keys("val", targets), "val/loss", *(f"val/{t.name}_loss" for t in loss_tasks)]
+
+
+def resolve_monitor(
+    cfg: TrainerConfig, loss_tasks: tuple[TaskSpec, ...], produced: list[str] | None = None
+) -> tuple[str, str]:
+    """(metric key, max|min) used for early stopping and the best checkpoint.
+
+    `produced`: the validation metric keys this run writes; a monitor outside them is one line.
+    """
+    monitor = cfg.monitor
+    if monitor == "auto":
+        monitor = "val/mean_auc" if any(t.type == "binary" for t in loss_tasks) else "val/mean_mse"
+        if produced is not None and monitor not in produced:
+            monitor = "val/loss"  # e.g. no scored dataset task: the weighted objective
+    elif produced is not None and monitor not in produced:
+        raise MtlrecError(
+            f"trainer.monitor={monitor!r}: this run produces no such validation metric; "
+            f"choose one of {sorted(produced)}"
+        )
+    mode = cfg.mode
+    if mode == "auto":
+        direction = metric_registry.direction(monitor)
+        if direction is None:
+            raise MtlrecError(
+                f"trainer.monitor={monitor!r}: its direction is unknown; set trainer.mode=max or min"
+            )
+        mode = direction
+    return monitor, mode
+
+
+@dataclass
+class EarlyStopping:
+    mode: str
+    patience: int | None
+    best_value: float = math.nan
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return math.isnan(self.best_value) or (
+            value > self.best_value if self.mode == "max" else value < self.best_value
+        )
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Record an epoch's value; True if it is the new best."""
+        if self.improved(value):
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+class NonFiniteLoss(MtlrecError):
+    """A training loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+class NonFiniteWatch:
+    """Remembers the first training step whose per-task loss is NaN/inf, on the device.
+
+    `update` is a few tiny device ops and never syncs with the host, so on a GPU the loop keeps
+    running ahead; `check` reads the flag (one sync) every `trainer.nan_check_every` steps, before
+    every checkpoint and at the end of the epoch, and names the first bad step and task(s).
+    """
+
+    def __init__(self, n_tasks: int, first_step: int, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_tasks = torch.zeros(n_tasks, dtype=torch.bool, device=device)
+        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+
+    def update(self, per_task_sums: torch.Tensor) -> None:
+        bad = ~torch.isfinite(per_task_sums)
+        new = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(new, self.step, self.first_bad)
+        self.bad_tasks = torch.where(new, bad, self.bad_tasks)
+        self.step += 1
+
+    def check(self, epoch: int, tasks: tuple[TaskSpec, ...], last_checkpoint: str) -> None:
+        first = int(self.first_bad.item())
+        if first < 0:
+            return
+        names = [t.name for t, b in zip(tasks, self.bad_tasks.tolist(), strict=True) if b]
+        raise NonFiniteLoss(
+            f"epoch {epoch} step {first + 1}: training loss of task(s) {names} is NaN/inf; "
+            f"stopped, the last good checkpoint is {last_checkpoint}; "
+            "lower trainer.lr or set trainer.grad_clip_norm"
+        )

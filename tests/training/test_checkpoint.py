@@ -1,0 +1,112 @@
+"""Checkpoint integrity: per-tensor SHA-256 checked on load, weights_only unpickling, fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from mtlrec.errors import MtlrecError
+from mtlrec.training.checkpoint import (
+    BEST,
+    FORMAT,
+    INTEGRITY_KEY,
+    LAST,
+    PREVIOUS,
+    TrainState,
+    load_checkpoint,
+    load_resumable,
+    tensor_digest,
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import run_training
+
+    return run_training(tmp_path_factory.mktemp("ckpt"), ["trainer.epochs=2"])[0]
+
+
+def flip_a_byte_of(path, tensor: torch.Tensor) -> None:
+    """Corrupt one byte inside the stored data of `tensor` (the zip stores tensors uncompressed;
+    the first copy is model_state's, pickled before the train state's best weights)."""
+    raw = bytearray(path.read_bytes())
+    data = tensor.contiguous().numpy().tobytes()
+    at = raw.find(data)
+    assert at >= 0
+    raw[at + len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def largest_weight(payload: dict) -> tuple[str, torch.Tensor]:
+    return max(payload["model_state"].items(), key=lambda kv: kv[1].numel())
+
+
+def test_every_tensor_has_its_sha256_and_a_flipped_byte_is_named(run_dir, tmp_path):
+    payload = load_checkpoint(run_dir / "checkpoints" / BEST)
+    hashes = payload[INTEGRITY_KEY]
+    name, weight = largest_weight(payload)
+    assert hashes[f"model_state/{name}"] == tensor_digest(weight)
+    assert "train_state/order_generator" in hashes
+    assert len(hashes) > len(payload["model_state"])  # optimizer and train state too
+
+    copy = tmp_path / BEST
+    copy.write_bytes((run_dir / "checkpoints" / BEST).read_bytes())
+    flip_a_byte_of(copy, weight)
+    with pytest.raises(MtlrecError) as info:
+        load_checkpoint(copy)
+    assert str(info.value) == (
+        f"{copy}: tensor model_state/{name} does not match its SHA-256 in the checkpoint (the "
+        "file is corrupt); use an older checkpoint"
+    )
+
+
+def test_a_corrupt_last_falls_back_to_previous_with_a_warning(run_dir, tmp_path, caplog):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for name in (LAST, PREVIOUS):
+        (ckpts / name).write_bytes((run_dir / "checkpoints" / name).read_bytes())
+    name, weight = largest_weight(load_checkpoint(ckpts / LAST))
+    flip_a_byte_of(ckpts / LAST, weight)
+    with caplog.at_level(logging.WARNING):
+        payload, path = load_resumable(ckpts)
+    assert path == ckpts / PREVIOUS and payload["train_state"]["epoch"] == 1
+    assert f"{ckpts / LAST}: tensor model_state/{name} does not match its SHA-256" in caplog.text
+    assert f"falling back to {ckpts / PREVIOUS}" in caplog.text
+
+
+class Payload:
+    """Not a tensor, dict or list: unpickling it would run code."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "x": Payload()}, path)
+    with pytest.raises(MtlrecError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: checkpoint is truncated or corrupt (UnpicklingError); use an older checkpoint"
+    )
+
+
+def test_train_state_round_trips_and_an_epoch_end_state_has_no_partial_epoch():
+    state = TrainState(
+        epoch=3,
+        global_step=30,
+        order_generator=torch.Generator().get_state(),
+        rng={},
+        early_stopping={"best_epoch": 2},
+        history=[{"epoch": 1}],
+        best_state={},
+        train_time=1.5,
+        train_rows=300,
+    )
+    d = state.to_dict()
+    assert not state.mid_epoch and "perm" not in d and "loss_sums" not in d
+    assert TrainState.from_dict({**d, "unknown_old_key": 1}) == state
+    mid = TrainState.from_dict({**d, "step": 4, "perm": torch.arange(3), "epoch_seconds": 0.5})
+    assert mid.mid_epoch and torch.equal(mid.to_dict()["perm"], torch.arange(3))
