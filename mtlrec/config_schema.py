@@ -52,6 +52,8 @@ def check_keys(values: Mapping[str, Any], known: Sequence[str], prefix: str) -> 
 
 def build(cls: type[T], values: Mapping[str, Any] | None, prefix: str) -> T:
     """An instance of dataclass `cls` from `values`; unknown keys and wrong types are one line."""
+    if values is not None and not isinstance(values, Mapping):
+        raise MtlrecError(f"{prefix}={values!r}: expected a mapping of keys")
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     check_keys(values, list(fields), prefix)

@@ -234,8 +234,9 @@ def validate_dataset(dataset: Mapping[str, Any]) -> None:
         rows = check_value(int, dataset["num_rows"], "dataset.num_rows")
         if rows < 1:
             raise MtlrecError(f"dataset.num_rows must be an integer >= 1, got {rows}")
-    # >>> DATASET-SOURCE VALIDATION: the dataset-source registry (mtlrec.data) checks the rest of
-    # the `dataset` mapping (its typed Config) here, one line per error, when it is merged. <<<
+    from mtlrec.data.sources import validate_dataset_config
+
+    validate_dataset_config(dataset)  # the source's typed Config: one line per wrong key or type
 
 
 def check_monitor_produced(settings: RunSettings) -> None:

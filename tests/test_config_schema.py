@@ -60,6 +60,11 @@ def test_unknown_key_suggests_the_nearest():
     assert "did you mean" not in str(e.value)
 
 
+def test_a_group_that_is_no_mapping_is_one_line():
+    with pytest.raises(MtlrecError, match=r"^trainer='0': expected a mapping of keys$"):
+        build(Example, "0", "trainer")  # type: ignore[arg-type]
+
+
 def test_values_are_kept_not_coerced_between_kinds():
     cfg = build(Example, {"lr": 1, "dims": [8, 4], "shape": [3], "patience": None}, "trainer")
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)

@@ -51,8 +51,11 @@ def place_splits(splits: dict, device: torch.device) -> dict:
 
 def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device: torch.device):
     """Splits ready for the trainer; with dataset.streaming=true the train split is streamed."""
+    violations = ds.get("funnel_violations", "error")  # dataset.funnel_violations: error | drop
     if not ds.get("streaming", False):
-        return place_splits(load_splits(data_dir, spec, tasks), device)
+        return place_splits(
+            load_splits(data_dir, spec, tasks, funnel_violations=violations), device
+        )
     if "train" not in spec.splits:
         raise MtlrecError(f"{data_dir / 'spec.json'}: no 'train' split to stream")
     train = StreamingSplit(
@@ -62,6 +65,7 @@ def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device:
         shuffle_buffer=ds.get("shuffle_buffer", 262_144),
         prefetch=ds.get("prefetch", 4),
         read_rows=ds.get("read_rows", 65_536),
+        funnel_violations=violations,
     )
     log.info(
         "data: train streamed from %s (%s rows, %d row groups; shuffle buffer %s rows)",
@@ -72,7 +76,10 @@ def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device:
     )
     return {
         "train": train,
-        **place_splits(load_splits(data_dir, spec, tasks, ("val", "test")), device),
+        **place_splits(
+            load_splits(data_dir, spec, tasks, ("val", "test"), funnel_violations=violations),
+            device,
+        ),
     }
 
 
