@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from mtlrec.commands import COMMANDS, ERROR, OK, SIGNAL_BASE, USAGE, CommandParser, load
+from mtlrec.commands.pipes import PipeGuard
 from mtlrec.commands.train import check_overrides, translate_resume
 
 __all__ = ["COMMANDS", "check_overrides", "main", "translate_resume"]
@@ -161,29 +162,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Must be set before torch loads; users can still override it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     install_signal_handlers()
+    guard = PipeGuard(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
     try:
-        code = run(sys.argv[1:] if argv is None else argv)
-        sys.stdout.flush()  # here, so that a closed pipe is seen while we can still handle it
+        code = _main(sys.argv[1:] if argv is None else argv)
+        guard.flush()  # here, so that a closed pipe is seen while we can still handle it
+    finally:
+        sys.stdout = guard.stream
+    if guard.broken and code == OK:
+        code = SIGNAL_BASE + signal.SIGPIPE
+    sys.exit(code)
+
+
+def _main(argv: Sequence[str]) -> int:
+    try:
+        return run(argv)
+    except SystemExit as e:  # Hydra and argparse end with sys.exit
+        return exit_status(e)
     except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM outside a training loop
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"mtlrec: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
-        code = SIGNAL_BASE + signum
-    except BrokenPipeError:
-        code = closed_pipe()
-    except SystemExit as e:  # Hydra and argparse end with sys.exit
-        code = exit_status(e)
-    sys.exit(code)
-
-
-def closed_pipe() -> int:
-    """The reader of our output went away (`| head`): stop quietly. stdout now points at
-    /dev/null, so the interpreter's last flush does not report the broken pipe again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return SIGNAL_BASE + signal.SIGPIPE
+        return SIGNAL_BASE + signum
 
 
 def exit_status(e: SystemExit) -> int:

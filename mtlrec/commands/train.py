@@ -40,8 +40,27 @@ def run(argv: list[str]) -> int:
     sys.argv = ["mtlrec" if completing else "mtlrec train", *args]
     from mtlrec.train import main as train_main
 
-    train_main()
+    try:
+        train_main()
+    except SystemExit as e:
+        return job_exit(e)
     return OK
+
+
+def job_exit(e: SystemExit) -> int:
+    """How a Hydra job ended. A single run that failed with an MtlrecError ends with
+    `SystemExit(1) from error` (mtlrec.train), so Hydra prints none of its header/footer: the
+    error's line is printed here, once, unless the run's log has already shown it."""
+    from mtlrec.errors import MtlrecError, reported
+
+    cause = e.__cause__
+    if e.code != ERROR or not isinstance(cause, MtlrecError):
+        raise e
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise cause
+    if not reported(cause):
+        print(cause, file=sys.stderr)
+    return ERROR
 
 
 def _override_key(arg: str) -> str:
