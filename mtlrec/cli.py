@@ -92,10 +92,12 @@ def _Formatter(prog: str):
 def run(argv: Sequence[str]) -> int:
     """Parse the command line, run the command, return the exit status."""
     argv = list(argv)
-    if argv[:1] in (["-sc"], ["--shell-completion"]):  # asked by the completion script
-        from mtlrec.commands import completion
+    if argv[:1] in (["-sc"], ["--shell-completion"]):
+        from mtlrec.commands import completion, train
 
-        return completion.answer(os.environ.get("COMP_LINE", "mtlrec "), _comp_point())
+        if argv[1:2] == ["query=bash"]:  # asked by the completion script on every <Tab>
+            return completion.answer(os.environ.get("COMP_LINE", "mtlrec "), _comp_point())
+        return train.run(argv)  # install=bash, uninstall=bash, ...: Hydra's own business
     parser, parsers = build_parser()
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
     parser.parse_args(argv[:at])  # -h, -V, or a wrong option (exit 2)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,8 @@ def export(
     with torch.no_grad():
         expected = wrapper(sparse, dense).numpy()
     model_file = out_dir / ("model.pt" if fmt == "torchscript" else "model.onnx")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{model_file.name}.", suffix=".tmp")
-    os.close(fd)
+    # A new temp file (not mkstemp's 0600): the model file gets the user's umask like any other.
+    tmp = str(out_dir / f".{model_file.name}.export-{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         if fmt == "torchscript":
             got = _export_torchscript(wrapper, sparse, dense, tmp)

@@ -198,6 +198,7 @@ def test_sc_reaches_hydra(tmp_path):
     )
     assert "unknown command" not in out.stderr
     assert mtlrec("completion", "bash", cwd=tmp_path).stdout == out.stdout
+    assert mtlrec("-sc", "install=bash", cwd=tmp_path).stdout == out.stdout
     query = mtlrec("-sc", "query=bash", cwd=tmp_path, env=env(COMP_LINE="mtlrec train dataset="))
     assert query.returncode == 0
     assert (

@@ -332,3 +332,14 @@ def test_evaluate_json_through_head(trained):
     )
     assert out.stdout == "{\n" and out.stderr == ""
     assert out.returncode in (0, 141)
+
+
+def test_export_model_file_follows_the_umask_and_leaves_no_temp(trained, tmp_path):
+    run_dir, _, _ = trained
+    old = os.umask(0o027)
+    try:
+        export(run_dir, "torchscript", tmp_path / "ts", sample_rows=64)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ts" / "model.pt").stat().st_mode & 0o777 == 0o640
+    assert not [p.name for p in (tmp_path / "ts").iterdir() if p.name.endswith(".tmp")]
