@@ -40,17 +40,19 @@ def _raise_stopped(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers() -> dict:
     """From the first moment, SIGINT and SIGTERM end mtlrec with one line and exit 130/143.
 
     Without this, a SIGTERM during the first seconds (imports, config composition, before the
     training loop installs its graceful-stop handlers) kills the process with no message and a
     raw status -15. A disposition that is not the default (SIG_IGN set by whoever started
-    mtlrec, e.g. `nohup` or a background job) is left as it is.
+    mtlrec, e.g. `nohup` or a background job) is left as it is. Returns what it replaced.
     """
+    previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
-            signal.signal(signum, _raise_stopped)
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    return previous
 
 
 def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
@@ -163,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # and against parallel jobs (up to ~26x slower with 2 threads when the other core is busy).
     # Must be set before torch loads; users can still override it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    install_signal_handlers()
+    replaced = install_signal_handlers()
     guard = PipeGuard(sys.stdout)
     sys.stdout = guard  # type: ignore[assignment]
     try:
@@ -171,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         guard.flush()  # here, so that a closed pipe is seen while we can still handle it
     finally:
         sys.stdout = guard.stream
+        for signum, handler in replaced.items():  # a caller in the same process gets its own back
+            signal.signal(signum, handler)
     if guard.broken and code == OK:
         code = SIGNAL_BASE + signal.SIGPIPE
     sys.exit(code)

@@ -204,3 +204,16 @@ def test_sc_reaches_hydra(tmp_path):
     assert (
         "dataset=synthetic_ccp" in query.stdout.split() and "dataset=census" in query.stdout.split()
     )
+
+
+def test_main_in_process_gives_the_callers_signal_handlers_back():
+    code = (
+        "import signal\nfrom mtlrec.cli import main\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+        "try:\n    main(['-V'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+        " signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env())
+    assert out.stdout == f"mtlrec {__version__}\nexit 0\nTrue True\n", out.stderr
