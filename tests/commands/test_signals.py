@@ -121,19 +121,21 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, seconds: float = 120
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_sigterm_during_startup_exits_143_with_one_line(tmp_path):
-    """Sent as soon as mtlrec catches SIGTERM: it is still importing and composing the config
-    (seconds before the training loop installs its own handlers)."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_startup_exits_128_plus_n_with_one_line(tmp_path, signum):
+    """Sent as soon as mtlrec catches SIGTERM (its start-up handlers are in place): it is still
+    importing and composing the config, seconds before the training loop's own handlers."""
     proc = _start(["train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     try:
         _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), proc, "SIGTERM handler", 60)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
-    assert err == "mtlrec: interrupted (SIGTERM)\n" and out == ""
+    assert proc.returncode == 128 + signum, err
+    assert err == f"mtlrec: interrupted ({signal.Signals(signum).name})\n" and out == ""
+    assert not (tmp_path / "run").exists()  # stopped before the run dir was made
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
