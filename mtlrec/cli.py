@@ -46,7 +46,8 @@ def install_signal_handlers() -> dict:
     Without this, a SIGTERM during the first seconds (imports, config composition, before the
     training loop installs its graceful-stop handlers) kills the process with no message and a
     raw status -15. A disposition that is not the default (SIG_IGN set by whoever started
-    mtlrec, e.g. `nohup` or a background job) is left as it is. Returns what it replaced.
+    mtlrec, e.g. SIGINT in a script's background job) is left as it is. Returns what it
+    replaced.
     """
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
