@@ -23,6 +23,8 @@ from mtlrec.errors import MtlrecError
 from mtlrec.inference import encode_features, evaluate, export, predict, score
 from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
 
+from .helpers import BAR, run_in_pty, screen_segments
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -343,3 +345,27 @@ def test_export_model_file_follows_the_umask_and_leaves_no_temp(trained, tmp_pat
         os.umask(old)
     assert (tmp_path / "ts" / "model.pt").stat().st_mode & 0o777 == 0o640
     assert not [p.name for p in (tmp_path / "ts").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_predict_draws_a_progress_bar_on_a_terminal_only(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = data_dir / DatasetSpec.load(data_dir).splits["test"]
+    dst = tmp_path / "a.parquet"
+    args = [
+        "predict",
+        str(run_dir),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--batch-size",
+        "50",
+    ]
+    code, out = run_in_pty([sys.executable, "-m", "mtlrec", *args], tmp_path)
+    summary = f"{dst}: 600 rows, columns ['ctr', 'cvr', 'ctcvr']"
+    assert code == 0, out
+    assert BAR in out and summary in screen_segments(out)
+    assert not [s for s in screen_segments(out) if BAR in s and "rows, columns" in s]
+    dst.unlink()
+    plain = _predict_cli(run_dir, src, dst, "--batch-size", "50")  # stdout is a pipe: no bar
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, summary + "\n", "")
