@@ -1,240 +1,212 @@
-"""The `mtlrec` command: one CLI, subcommands.
+"""The `mtlrec` command: one CLI, one module per subcommand (mtlrec/commands/<name>.py).
 
-mtlrec train [hydra overrides]       train (Hydra: -m, --cfg, --info, hydra.run.dir=... all work)
-mtlrec --version
+    mtlrec COMMAND [args]               e.g. mtlrec train model=mmoe trainer.epochs=5
+    mtlrec help COMMAND                 the same as `mtlrec COMMAND --help`
+    mtlrec -V | --version
+    mtlrec completion bash              the shell completion script
+
+Exit status, the same for every command: 0 done, 1 an error (ONE line on stderr, no traceback
+unless HYDRA_FULL_ERROR=1), 2 a wrong command line, 128 + N when signal N stopped it (130 SIGINT,
+141 the reading end of a pipe closed, e.g. `mtlrec compare ... | head -1`, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 
-USAGE = """usage: mtlrec <command> [args]
+from mtlrec.commands import COMMANDS, ERROR, OK, SIGNAL_BASE, USAGE, CommandParser, load
+from mtlrec.commands.pipes import PipeGuard
+from mtlrec.commands.train import check_overrides, translate_resume
 
-commands:
-  train      train a model; Hydra overrides, e.g. `mtlrec train model=mmoe trainer.epochs=5`
-             (`mtlrec train --help` lists the config groups, `--cfg job` shows the config)
-             `mtlrec train resume=RUN_DIR [trainer.epochs=N]` continues an interrupted run
-  prepare    raw files -> a prepared dataset, e.g. `mtlrec prepare dataset=census dataset.raw_dir=DIR`
-             (`--config-dir my_conf dataset=my_data` for your own data; overwrite=true to redo)
-  compare    one table of run dirs (single runs, sweeps), e.g. `mtlrec compare outputs/multirun/DATE/TIME`
-             (--metric, --sort, --filter k=v, --group-by-seed, --format csv|markdown|json, --plot DIR)
-  evaluate   metrics of a run's best checkpoint: `mtlrec evaluate RUN_DIR [--split test | --data PATH]`
-  predict    score a parquet file: `mtlrec predict RUN_DIR --input X.parquet --output Y.parquet`
-             (--batch-size N rows at a time, --id-columns COL... copied to the output)
-  tune       hyper-parameter search (Optuna): `mtlrec tune mmoe [overrides] [--trials N] [--jobs N]`
-             (searches in conf/search/; `--study-dir DIR` resumes an interrupted study)
-  export     a standalone model: `mtlrec export RUN_DIR --format torchscript|onnx` (checked within 1e-5)
-"""
+__all__ = ["COMMANDS", "check_overrides", "main", "translate_resume"]
 
-# Subcommands other than train: name -> "module:function" taking argv (list[str]) -> exit code.
-COMMANDS: dict[str, str] = {
-    "prepare": "mtlrec.data.prepare:main",
-    "compare": "mtlrec.runs.compare:main",
-    "evaluate": "mtlrec.inference:evaluate_main",
-    "predict": "mtlrec.inference:predict_main",
-    "export": "mtlrec.inference:export_main",
-    "tune": "mtlrec.tuning.command:main",
-}
+EPILOG = """\
+`mtlrec help COMMAND` (or `mtlrec COMMAND --help`) shows a command's arguments.
+exit status: 0 ok, 1 error, 2 wrong command line, 130 SIGINT, 141 closed pipe, 143 SIGTERM."""
 
 
-def _override_key(arg: str) -> str:
-    return arg.split("=", 1)[0].lstrip("+~")
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while no training loop was listening (start-up, evaluation...)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def translate_resume(args: list[str]) -> list[str]:
-    """`resume=RUN_DIR` -> the original run's overrides + yours + hydra.run.dir=RUN_DIR.
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
-    The run continues in its own directory with its own config: the overrides it was started
-    with (RUN_DIR/.hydra/overrides.yaml) are replayed, yours come after them (mtlrec.experiment
-    checks that only trainer.epochs, trainer.progress, trainer.num_threads and checkpoint.* change).
+
+def install_signal_handlers() -> dict:
+    """From the first moment, SIGINT and SIGTERM end mtlrec with one line and exit 130/143.
+
+    Without this, a SIGTERM during the first seconds (imports, config composition, before the
+    training loop installs its graceful-stop handlers) kills the process with no message and a
+    raw status -15. A disposition that is not the default (SIG_IGN set by whoever started
+    mtlrec, e.g. SIGINT in a script's background job) is left as it is. Returns what it
+    replaced.
     """
-    given = [a for a in args if _override_key(a) == "resume"]
-    if not given:
-        return args
-    value = given[-1].split("=", 1)[1].strip().strip("'\"")
-    if value in ("", "null"):
-        return args
-    if any(a in ("-m", "--multirun") for a in args):
-        raise ValueError("resume= continues one run; it cannot be combined with -m/--multirun")
-    if "'" in value:
-        raise ValueError(f"resume={value}: run dir paths with a quote (') are not supported")
-    run_dir = Path(value).expanduser().absolute()
-    if not run_dir.is_dir():
-        raise ValueError(f"resume={value}: no such run dir")
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    from datetime import datetime
-
-    from mtlrec.runs.run_dir import RESUME_ACCEPTED
-
-    # Each resume attempt records its config in its own .hydra/resume-<time>/ (the original .hydra/
-    # stays as the run started); the latest attempt that got to train holds the overrides to replay.
-    accepted = sorted((run_dir / ".hydra").glob(f"resume-*/{RESUME_ACCEPTED}"))
-    if accepted:
-        saved = accepted[-1].parent / "overrides.yaml"
-    if not saved.is_file():
-        raise ValueError(f"resume={value}: not a run dir of `mtlrec train` ({saved} is missing)")
-    for a in args:
-        if _override_key(a) == "hydra.run.dir":
-            raise ValueError("resume= sets hydra.run.dir itself (the run continues in its own dir)")
-    import yaml
-
-    original = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])]
-    mine = [a for a in args if _override_key(a) != "resume"]
-    mine_keys = {_override_key(a) for a in mine if "=" in a}
-    replay = [
-        o
-        for o in original
-        if _override_key(o) not in mine_keys
-        and _override_key(o) not in ("resume", "hydra.run.dir", "hydra.output_subdir")
-    ]
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return [
-        *replay,
-        *mine,
-        f"resume='{run_dir}'",
-        f"hydra.run.dir='{run_dir}'",
-        f"hydra.output_subdir=.hydra/resume-{stamp}",
-    ]
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    return previous
 
 
-def check_overrides(args: list[str]) -> None:
-    """Compose a single run's config first, so that an unknown config name or key is one line.
+def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
+    """The top-level parser and one subparser per command."""
+    from mtlrec import __version__
 
-    Hydra reports these over several lines (option lists, search path); this says the same in
-    one: `Could not find 'model/foo': unknown model 'foo'; valid: esmm, mmoe, ...` /
-    `Could not override 'trainer.lrr': no such key; did you mean 'trainer.lr'? ...`.
-    Only for single runs with plain overrides; anything else is left to Hydra as it is.
-    """
-    if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
-        return
-    overrides = [a for a in args if not _override_key(a).startswith("hydra")]
-    from hydra import compose, initialize_config_module
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
+    parser = CommandParser(
+        prog="mtlrec",
+        description="Config-driven experiments with multi-task recommendation models.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
     )
+    parser.add_argument("-V", "--version", action="version", version=f"mtlrec {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CommandParser, title="commands"
+    )
+    parsers: dict[str, CommandParser] = {}
+    for name in COMMANDS:
+        module = load(name)
+        parsers[name] = sub.add_parser(
+            name,
+            help=module.SUMMARY,
+            description=(module.__doc__ or "").strip().splitlines()[0],
+            epilog=getattr(module, "EPILOG", None),
+            add_help=not module.FORWARDS,
+            formatter_class=_Formatter,
+        )
+        module.configure(parsers[name])
+    sub.add_parser("help", help="a command's arguments: `mtlrec help COMMAND`")
+    return parser, parsers
 
+
+def _Formatter(prog: str):
+    import argparse
+
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=16, width=100)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse the command line, run the command, return the exit status."""
+    argv = list(argv)
+    if argv[:1] in (["-sc"], ["--shell-completion"]):
+        from mtlrec.commands import completion, train
+
+        if argv[1:2] == ["query=bash"]:  # asked by the completion script on every <Tab>
+            return completion.answer(os.environ.get("COMP_LINE", "mtlrec "), _comp_point())
+        return train.run(argv)  # install=bash, uninstall=bash, ...: Hydra's own business
+    parser, parsers = build_parser()
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    parser.parse_args(argv[:at])  # -h, -V, or a wrong option (exit 2)
+    if at == len(argv):
+        parser.print_usage(sys.stderr)
+        return USAGE
+    name, rest = argv[at], argv[at + 1 :]
+    if name == "help":
+        return show_help(parser, parsers, rest)
+    if name not in COMMANDS:
+        return unknown_command(name)
+    module = load(name)
+    args = rest if module.FORWARDS else parsers[name].parse_args(rest)
     try:
-        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
-    except MissingConfigException as e:
-        first = str(e).splitlines()[0]  # In 'train': Could not find 'model/foo'
-        missing = first.split("Could not find", 1)[-1].strip().strip("'")
-        group, _, name = missing.rpartition("/")
-        if e.options and group:
-            raise ValueError(
-                f"Could not find '{missing}': unknown {group} '{name}'; valid: {', '.join(e.options)}"
-            ) from None
-        raise ValueError(str(e).splitlines()[0]) from None
-    except ConfigCompositionException as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        if lines and lines[0].startswith("Could not override '"):
-            key = lines[0].split("'")[1]
-            raise ValueError(
-                f"Could not override '{key}': no such key; {_key_hint(key, overrides)}"
-            ) from None
-        raise ValueError("; ".join(lines[:2])) from None
-    except OverrideParseException as e:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parser, bad = OverridesParser.create(), []
-        for a in overrides:
-            try:
-                parser.parse_override(a)
-            except Exception:  # the grammar raises HydraException for single overrides
-                bad.append(a)
-        raise ValueError(
-            f"cannot parse the override(s) {bad}: {str(e).splitlines()[0]} "
-            "(quote values with brackets or spaces, e.g. 'model.expert_dims=[64,32]')"
-        ) from None
-    except Exception:  # anything else: Hydra explains it itself when it runs
-        return
-    del cfg
+        return int(module.run(args) or OK)
+    except Exception as e:
+        if not _user_error(e) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"mtlrec {name}: error: {e}", file=sys.stderr)
+        return ERROR
 
 
-def _key_hint(key: str, overrides: list[str]) -> str:
-    """`did you mean 'trainer.lr'? trainer has [...]` for a mistyped override key."""
+def show_help(parser: CommandParser, parsers: dict[str, CommandParser], rest: list[str]) -> int:
+    if not rest:
+        parser.print_help()
+        return OK
+    name = rest[0]
+    if name not in COMMANDS:
+        return unknown_command(name)
+    module = load(name)
+    if module.FORWARDS:  # Hydra's help for train, the module's own parser for the others
+        return int(module.run(["--help"]) or OK)
+    parsers[name].print_help()
+    return OK
+
+
+def unknown_command(name: str) -> int:
     import difflib
 
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    parent, _, leaf = key.rpartition(".")
-    try:
-        rest = [o for o in overrides if _override_key(o) != key]
-        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=rest)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-    except Exception:
-        node = None
-    keys = sorted(str(k) for k in node) if hasattr(node, "keys") else []
-    close = difflib.get_close_matches(leaf, keys, n=1)
-    hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""
-    where = f"{parent} has" if parent else "the config has"
-    return f"{hint}{where} {keys}; to add a new key use +{key}=..."
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    print(
+        f"mtlrec: unknown command '{name}'; {hint}commands: {', '.join(COMMANDS)} "
+        "(see `mtlrec --help`)",
+        file=sys.stderr,
+    )
+    return USAGE
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (startup, evaluation, predict)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print("mtlrec: interrupted", file=sys.stderr)
-        sys.exit(130)
+def _user_error(e: BaseException) -> bool:
+    from mtlrec.errors import MtlrecError  # imported only when something went wrong
+
+    return isinstance(e, MtlrecError)
 
 
-def _main(argv: list[str] | None = None) -> None:
+def _comp_point() -> int | None:
+    point = os.environ.get("COMP_POINT", "")
+    return int(point) if point.isdigit() else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     # Small models on few cores: OpenMP's default busy-wait makes threads spin against each other
     # and against parallel jobs (up to ~26x slower with 2 threads when the other core is busy).
     # Must be set before torch loads; users can still override it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        sys.exit(0 if argv else 2)
-    if argv[0] == "--version":
-        from mtlrec import __version__
-
-        print(f"mtlrec {__version__}")
-        return
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        from mtlrec.train import main as train_main
-
-        try:
-            rest = translate_resume(rest)
-            check_overrides(rest)
-        except ValueError as e:  # before Hydra: print the one line ourselves
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"mtlrec train: error: {e}", file=sys.stderr)
-            sys.exit(1)
-        sys.argv = [f"{os.path.basename(sys.argv[0])} train", *rest]
-        train_main()
-        return
-    if command not in COMMANDS:
-        print(
-            f"mtlrec: unknown command '{command}'; commands: {', '.join(['train', *sorted(COMMANDS)])}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    import importlib
-
-    from mtlrec.errors import MtlrecError
-
-    module, func = COMMANDS[command].split(":")
+    replaced = install_signal_handlers()
+    guard = PipeGuard(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
     try:
-        code = getattr(importlib.import_module(module), func)(rest)
-    except MtlrecError as e:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        guard.flush()  # here, so that a closed pipe is seen while we can still handle it
+    finally:
+        sys.stdout = guard.stream
+        for signum, handler in replaced.items():  # a caller in the same process gets its own back
+            signal.signal(signum, handler)
+    if guard.broken and code == OK:
+        code = SIGNAL_BASE + signal.SIGPIPE
+    sys.exit(code)
+
+
+def _main(argv: Sequence[str]) -> int:
+    try:
+        return run(argv)
+    except SystemExit as e:  # Hydra and argparse end with sys.exit
+        return exit_status(e)
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM outside a training loop
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"mtlrec {command}: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code or 0)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"mtlrec: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return SIGNAL_BASE + signum
+
+
+def exit_status(e: SystemExit) -> int:
+    """SystemExit -> status. A run stopped by signals exits 128 + the LAST signal it got (a
+    second SIGTERM stops at once; the run reports 130 for that, the shell convention is 143)."""
+    if e.code is None:
+        return OK
+    if not isinstance(e.code, int):
+        print(e.code, file=sys.stderr)
+        return ERROR
+    stops = sys.modules.get("mtlrec.training.signals")
+    last = stops.last_received() if stops is not None else None
+    if e.code == SIGNAL_BASE + signal.SIGINT and last is not None:
+        return SIGNAL_BASE + last
+    return e.code
 
 
 if __name__ == "__main__":

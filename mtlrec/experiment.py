@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rich
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -308,7 +309,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     model.to(device)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
-    console = Console(stderr=False)
+    console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.
     trainer = Trainer(
         model,

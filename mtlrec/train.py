@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from mtlrec.errors import MtlrecError
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtlrec.conf", config_name="train")
@@ -21,3 +24,9 @@ def main(cfg: DictConfig) -> float:
     except TrainingInterrupted as e:
         # Logged by run(); exit like a signal would (130 SIGINT, 143 SIGTERM), without a traceback.
         raise SystemExit(e.exit_code) from None
+    except MtlrecError as e:
+        # A single run: the error is already on stderr, once (mtlrec.commands.train.job_exit);
+        # exit 1 without Hydra's header and footer around it. Sweeps go on to the next job.
+        if HydraConfig.get().mode == RunMode.RUN:
+            raise SystemExit(1) from e
+        raise

@@ -20,6 +20,14 @@ from mtlrec.errors import MtlrecError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Every signal the handlers below saw, in order: `mtlrec` reads the last one to exit with
+# 128 + its number (a second SIGTERM stops at once and must still exit 143, not 130).
+received: list[int] = []
+
+
+def last_received() -> int | None:
+    return received[-1] if received else None
+
 
 class TrainingInterrupted(MtlrecError):
     """Training stopped on request after writing a resumable checkpoint."""
@@ -49,7 +57,12 @@ def shielded() -> Iterator[None]:
 
 
 class StopRequest:
-    """Context manager installing the two-stage handlers (main thread only; elsewhere a no-op)."""
+    """Context manager installing the two-stage handlers (main thread only; elsewhere a no-op).
+
+    On exit (and on the second signal) each signal gets back exactly the disposition it had on
+    entry, whatever that was: Python's default_int_handler, SIG_DFL, SIG_IGN (SIGINT is ignored
+    in background jobs of a non-interactive shell) or the handler `mtlrec` installs at start.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -68,8 +81,10 @@ class StopRequest:
         self.signum = signum
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         if self.signum is not None:
-            # Second signal: give up now. Restore the defaults so a third one kills the process.
+            # Second signal: give up now. Restore what was there before, so a third one is handled
+            # as it would have been without us (by default: the process ends).
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum

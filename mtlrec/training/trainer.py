@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import rich
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -109,7 +110,7 @@ class Trainer:
                 {"params": list(self.balancer.parameters()), "weight_decay": 0.0}
             )
         self.order_generator = torch.Generator().manual_seed(data_order_seed)
-        self.console = console or Console(stderr=True)
+        self.console = console or rich.get_console()
         self.last_checkpoint = "none (no checkpoint was written yet)"
         self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
         self.global_step = 0

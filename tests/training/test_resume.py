@@ -202,6 +202,9 @@ def test_nan_loss_stops_naming_task_and_step_and_keeps_last_good_checkpoint(tmp_
 def test_second_signal_stops_at_once_and_never_tears_a_checkpoint(tmp_path, monkeypatch):
     from mtlrec.runs import run_dir as run_dir_module
 
+    # Whatever dispositions this process started with (SIGINT is ignored in a background job):
+    # the request restores exactly those.
+    before = {s: signal.getsignal(s) for s in signals.SIGNALS}
     stop = StopRequest()
     with stop:
         assert signal.getsignal(signal.SIGTERM) == stop._handle
@@ -209,8 +212,8 @@ def test_second_signal_stops_at_once_and_never_tears_a_checkpoint(tmp_path, monk
         assert stop.requested and stop.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             stop._handle(signal.SIGINT, None)  # the second one: at once
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
 
     # A second Ctrl-C that lands in the middle of writing last.pt: the old file survives whole.
     from mtlrec.experiment import run
@@ -243,6 +246,7 @@ def test_signal_handlers_are_inert_off_the_main_thread():
     import threading
 
     seen = []
+    before = signal.getsignal(signal.SIGINT)
 
     def body():
         with StopRequest():
@@ -251,7 +255,7 @@ def test_signal_handlers_are_inert_off_the_main_thread():
     t = threading.Thread(target=body)
     t.start()
     t.join()
-    assert seen == [signal.default_int_handler]
+    assert seen == [before]
     assert signals.SIGNALS == (signal.SIGINT, signal.SIGTERM)
 
 

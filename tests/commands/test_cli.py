@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mtlrec(*args, cwd, env_extra=None, timeout=180):
@@ -146,5 +146,8 @@ def test_the_wheel_ships_the_configs(tmp_path):
         "mtlrec/conf/dataset/synthetic_ccp.yaml",
         "mtlrec/conf/hydra/job_logging/mtlrec.yaml",
         "mtlrec/cli.py",
+        "mtlrec/commands/__init__.py",  # pyproject's packages list must name mtlrec.commands
+        "mtlrec/commands/train.py",
+        "mtlrec/inference/__init__.py",  # ... and mtlrec.inference
     ):
         assert needed in names, needed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference import encode_features, evaluate, export, predict, score
 from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+from .helpers import BAR, run_in_pty, screen_segments
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +227,145 @@ def test_export_onnx_matches_in_onnxruntime(trained, tmp_path):
     raw, dense, want = _real_inputs(run_dir, data_dir)
     got = session.run(None, {"sparse_ids": raw, "dense": dense})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+# -- predict never overwrites, never half-writes, cleans up after a killed predict ---------------
+def _predict_cli(run_dir: Path, src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mtlrec", "predict", str(run_dir), "--input", str(src)]
+        + ["--output", str(dst), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_predict_refuses_an_existing_output_unless_overwrite(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = data_dir / DatasetSpec.load(data_dir).splits["test"]
+    dst = tmp_path / "out.parquet"
+    dst.write_bytes(b"precious")
+    out = _predict_cli(run_dir, src, dst)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (
+        f"mtlrec predict: error: --output {dst}: already exists; pass --overwrite to replace it\n"
+    )
+    assert dst.read_bytes() == b"precious"
+    out = _predict_cli(run_dir, src, dst, "--overwrite")
+    assert out.returncode == 0, out.stderr
+    assert pq.read_table(dst).num_rows == 600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]  # no temp left
+
+
+def test_predict_output_mode_follows_the_umask(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = data_dir / DatasetSpec.load(data_dir).splits["test"]
+    old = os.umask(0o027)
+    try:
+        predict(run_dir, src, tmp_path / "out.parquet")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.parquet").stat().st_mode & 0o777 == 0o640
+
+
+def test_predict_refuses_its_input_and_a_directory_as_output(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = tmp_path / "in.parquet"
+    shutil.copy(data_dir / DatasetSpec.load(data_dir).splits["test"], src)
+    before = src.read_bytes()
+    for same in (src, tmp_path / "." / "in.parquet"):
+        for overwrite in (False, True):
+            with pytest.raises(MtlrecError) as info:
+                predict(run_dir, src, same, overwrite=overwrite)
+            assert str(info.value) == (
+                f"--output {same} is the --input file; write the predictions to another file"
+            )
+    assert src.read_bytes() == before
+    with pytest.raises(MtlrecError) as info:
+        predict(run_dir, src, tmp_path)
+    assert str(info.value) == (
+        f"--output {tmp_path}: is a directory; name a file, e.g. {tmp_path / 'predictions.parquet'}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+def test_predict_removes_the_temp_files_of_killed_predicts(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = data_dir / DatasetSpec.load(data_dir).splits["test"]
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()  # a pid that no longer runs
+    stale = tmp_path / f".out.parquet.predict-{gone}-0a1b2c3d.tmp"
+    live = tmp_path / f".other.parquet.predict-{os.getpid()}-0a1b2c3d.tmp"  # a running predict's
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    predict(run_dir, src, tmp_path / "out.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.parquet"]
+
+
+def test_evaluate_json_into_a_closed_pipe_ends_quietly(trained):
+    run_dir, _, _ = trained
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head -1` has already left
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "mtlrec", "evaluate", str(run_dir), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (out.returncode, out.stderr) == (141, "")
+
+
+def test_evaluate_json_through_head(trained):
+    run_dir, _, _ = trained
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"set -o pipefail; {sys.executable} -m mtlrec evaluate '{run_dir}' --json | head -1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout == "{\n" and out.stderr == ""
+    assert out.returncode in (0, 141)
+
+
+def test_export_model_file_follows_the_umask_and_leaves_no_temp(trained, tmp_path):
+    run_dir, _, _ = trained
+    old = os.umask(0o027)
+    try:
+        export(run_dir, "torchscript", tmp_path / "ts", sample_rows=64)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ts" / "model.pt").stat().st_mode & 0o777 == 0o640
+    assert not [p.name for p in (tmp_path / "ts").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_predict_draws_a_progress_bar_on_a_terminal_only(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = data_dir / DatasetSpec.load(data_dir).splits["test"]
+    dst = tmp_path / "a.parquet"
+    args = [
+        "predict",
+        str(run_dir),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--batch-size",
+        "50",
+    ]
+    code, out = run_in_pty([sys.executable, "-m", "mtlrec", *args], tmp_path)
+    summary = f"{dst}: 600 rows, columns ['ctr', 'cvr', 'ctcvr']"
+    assert code == 0, out
+    assert BAR in out and summary in screen_segments(out)
+    assert not [s for s in screen_segments(out) if BAR in s and "rows, columns" in s]
+    dst.unlink()
+    plain = _predict_cli(run_dir, src, dst, "--batch-size", "50")  # stdout is a pipe: no bar
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, summary + "\n", "")

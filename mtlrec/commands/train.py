@@ -1,0 +1,201 @@
+"""`mtlrec train [hydra overrides]`: train a model. The arguments go untouched to Hydra.
+
+Everything Hydra offers works: `-m` sweeps, `--cfg job`, `--info`, `--help`, `hydra.run.dir=...`,
+`-sc install=bash` (shell completion). Before Hydra runs, two steps of mtlrec's own:
+`resume=RUN_DIR` becomes the run's original overrides (translate_resume), and a single run's
+config is composed once so that an unknown name or key is one line (check_overrides).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from mtlrec.commands import ERROR, OK
+
+SUMMARY = "train a model (Hydra overrides: model=mmoe trainer.epochs=5; resume=RUN_DIR)"
+FORWARDS = True
+EPILOG = """`mtlrec train --help` lists the config groups, `--cfg job` shows the composed config,
+`mtlrec train resume=RUN_DIR [trainer.epochs=N]` continues an interrupted run."""
+
+
+def configure(parser) -> None:
+    """Nothing to declare: Hydra parses train's arguments."""
+
+
+def run(argv: list[str]) -> int:
+    args = list(argv)
+    try:
+        args = translate_resume(args)
+        check_overrides(args)
+    except ValueError as e:  # before Hydra: print the one line ourselves, nothing is written
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"mtlrec train: error: {e}", file=sys.stderr)
+        return ERROR
+    # Hydra reads sys.argv. Its completion script names the program by basename(argv[0]): that
+    # must be `mtlrec`; elsewhere (usage lines) `mtlrec train` reads better.
+    completing = any(a in ("-sc", "--shell-completion") for a in args)
+    sys.argv = ["mtlrec" if completing else "mtlrec train", *args]
+    from mtlrec.train import main as train_main
+
+    try:
+        train_main()
+    except SystemExit as e:
+        return job_exit(e)
+    return OK
+
+
+def job_exit(e: SystemExit) -> int:
+    """How a Hydra job ended. A single run that failed with an MtlrecError ends with
+    `SystemExit(1) from error` (mtlrec.train), so Hydra prints none of its header/footer: the
+    error's line is printed here, once, unless the run's log has already shown it."""
+    from mtlrec.errors import MtlrecError, reported
+
+    cause = e.__cause__
+    if e.code != ERROR or not isinstance(cause, MtlrecError):
+        raise e
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise cause
+    if not reported(cause):
+        print(cause, file=sys.stderr)
+    return ERROR
+
+
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def translate_resume(args: list[str]) -> list[str]:
+    """`resume=RUN_DIR` -> the original run's overrides + yours + hydra.run.dir=RUN_DIR.
+
+    The run continues in its own directory with its own config: the overrides it was started
+    with (RUN_DIR/.hydra/overrides.yaml) are replayed, yours come after them (mtlrec.experiment
+    checks that only trainer.epochs, trainer.progress, trainer.num_threads and checkpoint.* change).
+    """
+    given = [a for a in args if _override_key(a) == "resume"]
+    if not given:
+        return args
+    value = given[-1].split("=", 1)[1].strip().strip("'\"")
+    if value in ("", "null"):
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ValueError("resume= continues one run; it cannot be combined with -m/--multirun")
+    if "'" in value:
+        raise ValueError(f"resume={value}: run dir paths with a quote (') are not supported")
+    run_dir = Path(value).expanduser().absolute()
+    if not run_dir.is_dir():
+        raise ValueError(f"resume={value}: no such run dir")
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    from datetime import datetime
+
+    from mtlrec.runs.run_dir import RESUME_ACCEPTED
+
+    # Each resume attempt records its config in its own .hydra/resume-<time>/ (the original .hydra/
+    # stays as the run started); the latest attempt that got to train holds the overrides to replay.
+    accepted = sorted((run_dir / ".hydra").glob(f"resume-*/{RESUME_ACCEPTED}"))
+    if accepted:
+        saved = accepted[-1].parent / "overrides.yaml"
+    if not saved.is_file():
+        raise ValueError(f"resume={value}: not a run dir of `mtlrec train` ({saved} is missing)")
+    for a in args:
+        if _override_key(a) == "hydra.run.dir":
+            raise ValueError("resume= sets hydra.run.dir itself (the run continues in its own dir)")
+    import yaml
+
+    original = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])]
+    mine = [a for a in args if _override_key(a) != "resume"]
+    mine_keys = {_override_key(a) for a in mine if "=" in a}
+    replay = [
+        o
+        for o in original
+        if _override_key(o) not in mine_keys
+        and _override_key(o) not in ("resume", "hydra.run.dir", "hydra.output_subdir")
+    ]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return [
+        *replay,
+        *mine,
+        f"resume='{run_dir}'",
+        f"hydra.run.dir='{run_dir}'",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose a single run's config first, so that an unknown config name or key is one line.
+
+    Hydra reports these over several lines (option lists, search path); this says the same in
+    one: `Could not find 'model/foo': unknown model 'foo'; valid: esmm, mmoe, ...` /
+    `Could not override 'trainer.lrr': no such key; did you mean 'trainer.lr'? ...`.
+    Only for single runs with plain overrides; anything else is left to Hydra as it is.
+    """
+    if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
+        return
+    overrides = [a for a in args if not _override_key(a).startswith("hydra")]
+    from hydra import compose, initialize_config_module
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    try:
+        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except MissingConfigException as e:
+        first = str(e).splitlines()[0]  # In 'train': Could not find 'model/foo'
+        missing = first.split("Could not find", 1)[-1].strip().strip("'")
+        group, _, name = missing.rpartition("/")
+        if e.options and group:
+            raise ValueError(
+                f"Could not find '{missing}': unknown {group} '{name}'; valid: {', '.join(e.options)}"
+            ) from None
+        raise ValueError(str(e).splitlines()[0]) from None
+    except ConfigCompositionException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Could not override '"):
+            key = lines[0].split("'")[1]
+            raise ValueError(
+                f"Could not override '{key}': no such key; {_key_hint(key, overrides)}"
+            ) from None
+        raise ValueError("; ".join(lines[:2])) from None
+    except OverrideParseException as e:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser, bad = OverridesParser.create(), []
+        for a in overrides:
+            try:
+                parser.parse_override(a)
+            except Exception:  # the grammar raises HydraException for single overrides
+                bad.append(a)
+        raise ValueError(
+            f"cannot parse the override(s) {bad}: {str(e).splitlines()[0]} "
+            "(quote values with brackets or spaces, e.g. 'model.expert_dims=[64,32]')"
+        ) from None
+    except Exception:  # anything else: Hydra explains it itself when it runs
+        return
+    del cfg
+
+
+def _key_hint(key: str, overrides: list[str]) -> str:
+    """`did you mean 'trainer.lr'? trainer has [...]` for a mistyped override key."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    try:
+        rest = [o for o in overrides if _override_key(o) != key]
+        with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=rest)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:
+        node = None
+    keys = sorted(str(k) for k in node) if hasattr(node, "keys") else []
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""
+    where = f"{parent} has" if parent else "the config has"
+    return f"{hint}{where} {keys}; to add a new key use +{key}=..."
