@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
 
 if TYPE_CHECKING:
-    from mtlrec.runs.compare import Run
+    from mtlrec.runs.records import Run
 
 GATE_COLUMN = re.compile(r"^gate/(?P<task>.+)/expert_(?P<expert>\d+)$")
 MAX_CURVES = 24  # more lines than this are unreadable; the rest are left out (said in the title)
@@ -124,14 +125,14 @@ def plot_metric_vs_params(
     done = [r for r in runs if metric in r.metrics]
     written = []
     for key in keys:
-        if key in ("seed", "data_order_seed"):
+        if key in SEED_KEYS:
             continue
         values = [r.config.get(key) for r in done]
         if not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
         ):
             continue
-        others = [k for k in keys if k not in (key, "seed", "data_order_seed")]
+        others = [k for k in keys if k != key and k not in SEED_KEYS]
         lines: dict[str, dict[float, list[float]]] = {}
         for run in done:
             line = " ".join(f"{names[k]}={_short(run.config.get(k))}" for k in others) or metric
@@ -217,8 +218,6 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
 
 def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
     """Write every plot that the runs have data for; returns the written paths."""
-    from mtlrec.runs.compare import default_metrics, differing_keys, short_names
-
     plt = require_matplotlib()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

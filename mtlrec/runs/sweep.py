@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.run_dir import METRICS_FILE, RunDir
+from mtlrec.runs.records import METRICS_FILE, natural_key
 
 log = logging.getLogger("mtlrec")
 
@@ -78,6 +78,8 @@ class SweepReport(Callback):
         metrics = _read_metrics(run_dir)
         if metrics.get("status") in (None, "running"):
             # Failed before experiment.run could record it (e.g. while importing): record it here.
+            from mtlrec.runs.run_dir import RunDir
+
             RunDir(run_dir).update_metrics(status="failed", error=_one_line(exc))
         if _is_interrupt(exc):
             # Ctrl-C / SIGTERM stops the sweep, not just this job. In-process (basic launcher) the
@@ -144,11 +146,7 @@ def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
     for metrics_path in Path(sweep_dir).rglob(METRICS_FILE):
         jobs.append((metrics_path.parent, _read_metrics(metrics_path.parent)))
 
-    def key(item: tuple[Path, dict]) -> tuple:
-        rel = item[0].relative_to(sweep_dir).parts
-        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in rel)
-
-    return sorted(jobs, key=key)
+    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 
 
 def parallel_jobs(launcher: Any, cpu_count: int) -> int:
