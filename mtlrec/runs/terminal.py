@@ -1,32 +1,36 @@
-"""The compare table on a terminal: `wide` (one row per run) or `long` (one block per run).
+"""The compare table on a terminal: `wide` (one row per run) or `long` (one column per run).
 
-Nothing is ever cut: a wide table is laid out at its full width (rich never shrinks a column,
-so `0.4932 ± 0.0804` cannot turn into `0.4932 ± 0.0`); when that is wider than the terminal,
-`auto` switches to the long layout, which fits any width:
+Nothing is ever cut: rich never gets to shrink a column (a shrunk column is how
+`0.4932 ± 0.0804` turned into `0.4932 ± 0.0` on a 100-column terminal). With `auto`:
 
-    0  completed
-      num_experts    2
-      test/mean_auc  0.7000
-      ...
+1. the wide table, when its full width fits the terminal;
+2. else the wide table with its headers broken after `/` (`test/` over `cvr_auc`), when that fits;
+3. else `long`: the table transposed (one row per column of the wide table, one column per
+   run), in as many blocks of runs, one under the other, as the width needs.
 
-Colours (red failed, yellow unfinished rows, bold headers) only when `color` is set, which
-`mtlrec compare` does for a terminal only (never in a pipe or a file).
+`--layout wide` always gives the wide table at its full width (the terminal wraps the lines).
+Colours (bold headers, cyan metrics, red failed and yellow unfinished runs) only when `color`
+is set, which `mtlrec compare` does on a terminal only (never in a pipe or a file).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 from mtlrec.runs.render import format_cell
 from mtlrec.runs.table import NUMERIC_COLUMNS, Table
 
-ERROR_WIDTH = 60  # error messages fold at this width in the wide layout (they are not numbers)
+ERROR_WIDTH = 60  # error messages fold at this width (they are not numbers)
 UNLIMITED = 100_000
+DEFAULT_WIDTH = 100  # --layout long without a known width (a pipe)
+# Trailing blanks of a line, also when colour codes follow them.
+TRAILING_BLANKS = re.compile(r" +((?:\x1b\[[0-9;]*m)*)$")
 
 
 def status_style(status: str) -> str | None:
-    if status.startswith("failed") or ", " in status and "failed" in status:
+    if "failed" in status:
         return "red"
     if "completed" in status and "," not in status:
         return None
@@ -47,22 +51,33 @@ def _console(width: int, color: bool):
     )
 
 
-def _output(console) -> str:
+def _print(renderables: list, width: int, color: bool) -> str:
+    console = _console(width, color)
+    for item in renderables:
+        console.print(item)
     text = console.file.getvalue()
-    return "\n".join(line.rstrip() for line in text.split("\n"))
+    return "\n".join(TRAILING_BLANKS.sub(r"\1", line) for line in text.split("\n"))
 
 
-def wide(table: Table, color: bool) -> str:
-    """One row per run, every column at the width of its longest cell."""
+def _title(table: Table) -> str:
+    return f"{len(table.rows)} {'group' if table.grouped else 'run'}(s)"
+
+
+def _header(column: str, split: bool) -> str:
+    return column.replace("/", "/\n", 1) if split and "/" in column else column
+
+
+def wide(table: Table, color: bool, split_headers: bool = False) -> str:
+    """One row per run, every column at the width of its longest cell (or header line)."""
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    rich_table = RichTable(title=f"{len(table.rows)} {'group' if table.grouped else 'run'}(s)")
+    rich_table = RichTable(title=_title(table))
     for c in table.columns:
         numeric = c in table.metric_columns or c in NUMERIC_COLUMNS
         is_error = c == "error"
         rich_table.add_column(
-            c,
+            _header(c, split_headers),
             justify="right" if numeric else "left",
             overflow="fold",
             no_wrap=not is_error,
@@ -70,43 +85,64 @@ def wide(table: Table, color: bool) -> str:
             style="cyan" if c in table.metric_columns else None,
         )
     for row in table.rows:
-        style = status_style(str(row.get("status", "")))
         cells = [Text(format_cell(row.get(c), c)) for c in table.columns]
-        rich_table.add_row(*cells, style=style)
-    console = _console(UNLIMITED, color)
-    console.print(rich_table)
-    return _output(console)
+        rich_table.add_row(*cells, style=status_style(str(row.get("status", ""))))
+    return _print([rich_table], UNLIMITED, color)
 
 
-def _title(row: dict[str, Any], index: int, table: Table) -> str:
-    if "run" in row:
-        return str(row["run"])
-    return f"group {index + 1}"
+def _labels(table: Table) -> list[str]:
+    if "run" in table.columns:
+        return [str(row.get("run", "")) for row in table.rows]
+    return [f"group {i + 1}" for i in range(len(table.rows))]
+
+
+def _chunks(widths: list[int], key_width: int, width: int) -> list[list[int]]:
+    """Runs per block so that a block fits `width`: a rich box is 1 + sum(column + 3) wide."""
+    chunks: list[list[int]] = []
+    used = 0
+    for i, w in enumerate(widths):
+        if chunks and used + w + 3 <= width:
+            chunks[-1].append(i)
+            used += w + 3
+        else:
+            chunks.append([i])
+            used = 1 + key_width + 3 + w + 3
+    return chunks
 
 
 def long(table: Table, width: int, color: bool) -> str:
-    """One block per run: a title line (run label and status), then `column  value` lines."""
+    """Transposed: one row per column of the wide table, one column per run, in blocks."""
+    from rich.table import Table as RichTable
     from rich.text import Text
 
-    shown = [c for c in table.columns if c not in ("run", "status")]
-    key_width = max((len(c) for c in shown), default=0)
-    console = _console(max(width, key_width + 20), color)
-    kind = "group" if table.grouped else "run"
-    console.print(Text(f"{len(table.rows)} {kind}(s)", style="bold"))
-    for index, row in enumerate(table.rows):
-        status = str(row.get("status", ""))
-        console.print()
-        title = Text(_title(row, index, table), style="bold")
-        title.append(f"  {status}", style=status_style(status) or "green")
-        console.print(title)
-        for c in shown:
-            cell = format_cell(row.get(c), c)
-            if cell == "":
-                continue
-            line = Text(f"  {c:<{key_width}}  ")
-            line.append(cell, style="cyan" if c in table.metric_columns else None)
-            console.print(line, overflow="fold")
-    return _output(console)
+    fields = [c for c in table.columns if c != "run"]
+    labels = _labels(table)
+    cells = [[format_cell(row.get(c), c) for c in fields] for row in table.rows]
+    key_width = max((len(c) for c in fields), default=0)
+    room = max(8, width - key_width - 7)  # the widest a single run's column may be
+    widths = [
+        min(room, max([len(labels[i])] + [len(v) for v in cells[i]])) for i in range(len(labels))
+    ]
+    blocks: list[Any] = [Text(_title(table), style="bold")]
+    for chunk in _chunks(widths, key_width, width):
+        block = RichTable(show_header=True, title=None)
+        block.add_column("", style="bold", no_wrap=True)
+        for i in chunk:
+            style = status_style(str(table.rows[i].get("status", "")))
+            block.add_column(
+                Text(labels[i], style=style or ""),
+                justify="right",
+                overflow="fold",
+                max_width=room,
+            )
+        for f, field in enumerate(fields):
+            metric = field in table.metric_columns
+            block.add_row(
+                Text(field),
+                *[Text(cells[i][f], style="cyan" if metric else "") for i in chunk],
+            )
+        blocks.append(block)
+    return _print(blocks, max(width, key_width + 20), color)
 
 
 def natural_width(rendered: str) -> int:
@@ -118,8 +154,11 @@ def natural_width(rendered: str) -> int:
 def render_terminal(table: Table, width: int | None, layout: str, color: bool) -> str:
     """`layout` auto: wide when it fits in `width` (None: no limit), else long."""
     if layout == "long":
-        return long(table, width or 100, color)
+        return long(table, width or DEFAULT_WIDTH, color)
     text = wide(table, color)
-    if layout == "auto" and width is not None and natural_width(text) > width:
-        return long(table, width, color)
-    return text
+    if layout == "wide" or width is None or natural_width(text) <= width:
+        return text
+    text = wide(table, color, split_headers=True)
+    if natural_width(text) <= width:
+        return text
+    return long(table, width, color)
