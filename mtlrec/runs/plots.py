@@ -6,13 +6,16 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
 * `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
   (default: the first compared metric) against the parameter, mean +- sample std over the seeds
   of each point, one line per combination of the other swept values;
+* `<metric>_by_<key>.png` for every swept categorical value (model, balancer, ...): bars of the
+  metric, mean ± std over seeds (runs/plot_bars.py);
 * `moe_gates.png`: for runs whose history.csv has MoE gate columns `gate/{task}/expert_{e}`, a
   heatmap per run of the mean gate weight per task x expert at the best epoch (mean over the
   validation rows, as logged by the trainer). A row of one bright cell is a task that uses one
   expert; identical rows for every task mean the tasks share experts, i.e. MMoE degenerates
   into shared-bottom; a dark column is an expert nobody uses (collapse).
 
-matplotlib runs on its Agg backend: no display needed.
+Legends sit outside the axes; training losses (and metrics that are better low) use a log y axis
+when every value is positive. matplotlib runs on its Agg backend: no display needed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.metric_registry import direction
 from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
+from mtlrec.runs.plot_bars import plot_bars
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run
@@ -103,19 +108,32 @@ def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path 
     from matplotlib.ticker import MaxNLocator
 
     ax_val.set(title=f"{monitor} per epoch", xlabel="epoch", ylabel=monitor)
-    ax_loss.set(title="train/loss per epoch", xlabel="epoch", ylabel="train/loss")
+    ax_loss.set(title="train/loss per epoch (log scale)", xlabel="epoch", ylabel="train/loss")
     for ax in (ax_val, ax_loss):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    log_scale_if_positive(ax_loss)
     left_out = len([r for r in runs if r.history]) - len(curves)
     if left_out > 0:
         fig.suptitle(f"first {len(curves)} runs ({left_out} more not drawn)")
-    ax_val.legend(fontsize=7, loc="best")
+    legend_outside(ax_loss)
     fig.tight_layout()
     path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def legend_outside(ax) -> None:
+    """The legend right of the axes: it never hides a curve, however many runs there are."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def log_scale_if_positive(ax) -> None:
+    """Losses fall by orders of magnitude: log y, when every drawn value is > 0."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if not math.isnan(y)]
+    if ys and min(ys) > 0:
+        ax.set_yscale("log")
 
 
 def plot_metric_vs_params(
@@ -157,10 +175,12 @@ def plot_metric_vs_params(
             ylabel=metric,
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        legend_outside(ax)
+        if direction(metric) == "min":
+            log_scale_if_positive(ax)
         fig.tight_layout()
         path = out / f"{_safe(metric)}_vs_{_safe(names[key])}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
@@ -234,6 +254,7 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     metric = (metrics or default_metrics(runs) or [None])[0]
     if metric:
         written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
+        written += plot_bars(plt, runs, keys, names, metric, out_dir)
     gates = plot_gates(plt, runs, labels, out_dir)
     if gates:
         written.append(gates)

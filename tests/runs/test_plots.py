@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from runs_helpers import base_config, write_run
+from runs_helpers import assert_real_png, base_config, write_run
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.compare import load_runs, main
@@ -46,18 +46,6 @@ def sweep(tmp_path):
             )
             job += 1
     return root
-
-
-def assert_real_png(path, min_width=400):
-    from matplotlib import image
-
-    pixels = image.imread(path)
-    height, width = pixels.shape[:2]
-    assert width >= min_width and height >= 250, (path, pixels.shape)
-    rgb = pixels[..., :3].reshape(-1, 3)
-    assert rgb.std() > 0.05, f"{path}: (nearly) blank image"
-    colours = {tuple(c) for c in (rgb[:: max(1, len(rgb) // 20000)] * 255).astype(int).tolist()}
-    assert len(colours) > 20, f"{path}: only {len(colours)} colours"
 
 
 def test_write_plots_learning_curves_metric_vs_param_and_gates(sweep, tmp_path):
