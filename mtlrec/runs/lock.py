@@ -58,6 +58,8 @@ class DirLock:
         if self.depth > 0 or os.getpid() != self.owner:
             return
         _HELD.pop(self.directory, None)
+        if self.fd < 0:  # no lock could be taken (see claim)
+            return
         try:
             if _same_file(self.fd, self.path):
                 self.path.unlink()  # while still locked: nobody can take a half-removed lock
@@ -164,14 +166,34 @@ def claim(directory: str | Path, hint: str = "wait for it to end or pick another
         return held
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
+    try:
+        fd = _claim_fd(path, directory, hint)
+    except OSError as e:
+        if e.errno not in NO_LOCKS:
+            raise
+        # Some network file systems have no flock: run, but say the dir is not protected.
+        print(
+            f"warning: {directory}: this file system cannot lock files ({e.strerror}); "
+            "nothing stops a second process from writing into this dir",
+            file=sys.stderr,
+            flush=True,
+        )
+        fd = -1
+    lock = DirLock(directory, fd, os.getpid())
+    _HELD[directory] = lock
+    return lock
+
+
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _claim_fd(path: Path, directory: Path, hint: str) -> int:
     for _ in range(50):
         fd = _create_locked(path)
         if fd is None:
             fd = _take_existing(path, directory, hint)
         if fd is not None:
-            lock = DirLock(directory, fd, os.getpid())
-            _HELD[directory] = lock
-            return lock
+            return fd
     raise MtlrecError(f"{path}: could not take the lock (it keeps changing); try again")
 
 

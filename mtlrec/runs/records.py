@@ -21,7 +21,6 @@ with. Imports nothing heavy: no torch, no pandas, no mtlrec.training.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -29,6 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from mtlrec.runs.files import flatten, load_config, read_history, read_overrides
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -137,6 +138,15 @@ def read_summary(run_dir: Path) -> RunSummary:
     return RunSummary.from_json(json.loads(path.read_text()))
 
 
+def read_info(run_dir: Path) -> dict[str, Any]:
+    """metrics.json as written, or {} when it is missing or unreadable (a half-copied dir)."""
+    try:
+        data = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 # --- reading run dirs --------------------------------------------------------------------------
 
 
@@ -227,54 +237,6 @@ def natural_key(path: Path) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(path).parts]
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"num_experts": 4}} -> {"model.num_experts": 4}; lists stay values."""
-    if not isinstance(obj, dict):
-        return {prefix[:-1]: obj} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _load_config(path: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception:
-        # An interpolation that needs the original environment (a custom resolver, a missing
-        # env var): keep the unresolved text rather than failing.
-        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
-def _number(text: str) -> Any:
-    if text == "":
-        return math.nan
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _read_overrides(path: Path) -> list[str]:
-    import yaml
-
-    return [str(o) for o in yaml.safe_load(path.read_text()) or []]
-
-
 def _read_info(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text()) or {}
     RunSummary.from_json(data)  # not a JSON object: reported as a problem of the run
@@ -285,8 +247,8 @@ def read_run(path: Path) -> Run:
     """One run dir -> Run. A missing or unreadable file is recorded, never raised."""
     run = Run(path=Path(path))
     readers = (
-        (HYDRA_CONFIG, lambda p: setattr(run, "config", flatten(_load_config(p)))),
-        (HYDRA_OVERRIDES, lambda p: setattr(run, "overrides", _read_overrides(p))),
+        (HYDRA_CONFIG, lambda p: setattr(run, "config", flatten(load_config(p)))),
+        (HYDRA_OVERRIDES, lambda p: setattr(run, "overrides", read_overrides(p))),
         (METRICS_FILE, lambda p: setattr(run, "info", _read_info(p))),
         (HISTORY_FILE, lambda p: setattr(run, "history", read_history(p))),
     )

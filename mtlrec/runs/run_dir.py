@@ -206,7 +206,9 @@ def _claim_or_refuse(directory: Path, hint: str) -> lock.DirLock:
         return lock.claim(directory, hint)
     except MtlrecError as e:
         _refuse(str(e))
-        raise  # (not reached)
+    except OSError as e:
+        _refuse(f"{directory}: cannot create its lock file {lock.LOCK_FILE} ({e.strerror})")
+    raise AssertionError("not reached")
 
 
 def _refuse(message: str) -> None:

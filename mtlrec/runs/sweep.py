@@ -24,7 +24,6 @@ threads = cores // parallel jobs (at least 1). With OpenMP's busy-waiting thread
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.records import METRICS_FILE, natural_key
+from mtlrec.runs.records import METRICS_FILE, natural_key, read_info
 
 log = logging.getLogger("mtlrec")
 
@@ -91,7 +90,7 @@ class SweepReport(Callback):
             return
         exc = job_return._return_value
         run_dir = Path(str(config.hydra.runtime.output_dir))
-        metrics = _read_metrics(run_dir)
+        metrics = read_info(run_dir)
         if metrics.get("status") in (None, "running"):
             # Failed before experiment.run could record it (e.g. while importing): record it here.
             from mtlrec.runs.run_dir import RunDir
@@ -169,18 +168,11 @@ def _mtime(path: Path) -> float:
     return (path / METRICS_FILE).stat().st_mtime
 
 
-def _read_metrics(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
     """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
     jobs = []
     for metrics_path in Path(sweep_dir).rglob(METRICS_FILE):
-        jobs.append((metrics_path.parent, _read_metrics(metrics_path.parent)))
+        jobs.append((metrics_path.parent, read_info(metrics_path.parent)))
 
     return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 

@@ -119,3 +119,19 @@ def test_many_processes_racing_for_one_dir_get_exactly_one_owner(tmp_path):
     codes = [p.wait(timeout=30) for p in procs]
     assert sorted(answers) == ["owner"] + ["refused"] * 5
     assert sorted(codes) == [0] + [1] * 5
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch, capfd):
+    import errno
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)
+    held = claim(tmp_path / "nfs")
+    assert capfd.readouterr().err == (
+        f"warning: {tmp_path / 'nfs'}: this file system cannot lock files (No locks available); "
+        "nothing stops a second process from writing into this dir\n"
+    )
+    held.release()
+    assert os.listdir(tmp_path / "nfs") == []  # no temp file left either

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from runs_helpers import TINY_CLI
 
+from mtlrec.runs.lock import owner_pid
 from mtlrec.runs.sweep_stop import children
 
 LONG = ["trainer.epochs=500", "trainer.patience=null"]
@@ -70,6 +71,9 @@ def test_sigterm_to_a_joblib_sweep_stops_every_worker_and_reports(tmp_path):
     _wait_for([sweep / "0" / "history.csv", sweep / "1" / "history.csv"], proc, err)
     tree = children(proc.pid)
     assert len(tree) >= 2  # the two workers (and loky's helpers)
+    # The sweep's process owns the sweep dir; each worker owns the job dir it runs.
+    assert owner_pid(sweep) == proc.pid
+    assert {owner_pid(sweep / "0"), owner_pid(sweep / "1")} <= set(tree)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     lines = err.read_text().splitlines()
@@ -93,6 +97,7 @@ def test_sigterm_to_a_sequential_sweep_says_the_remaining_jobs_were_not_run(tmp_
     sweep = tmp_path / "sweep"
     proc, err = _start(tmp_path, "seed=1,2", f"hydra.sweep.dir={sweep}")
     _wait_for([sweep / "0" / "history.csv"], proc, err)
+    assert owner_pid(sweep) == owner_pid(sweep / "0") == proc.pid  # jobs run in-process
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     last = err.read_text().splitlines()[-1]
