@@ -46,6 +46,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
             differing.append(key)
     for group in ("model", "dataset"):
         _drop_group_defaults(differing, runs, group)
+    _drop_derived(differing, runs)
     # data_order_seed follows seed by default (${seed}): a second column would say nothing new.
     if "data_order_seed" in differing and all(
         same(r.config.get("data_order_seed"), r.config.get("seed")) for r in runs
@@ -74,6 +75,36 @@ def _drop_group_defaults(differing: list[str], runs: list[Run], group: str) -> N
             for members in by_name.values()
         )
         if not varies:
+            differing.remove(key)
+
+
+def _override_keys(runs: list[Run]) -> set[str]:
+    return {o.split("=", 1)[0].lstrip("+~") for run in runs for o in run.overrides}
+
+
+def _one_to_one(runs: list[Run], a: str, b: str) -> bool:
+    """Whether each value of `a` goes with one value of `b` and back, in every run having both."""
+    forward: dict[str, set[str]] = {}
+    backward: dict[str, set[str]] = {}
+    for run in runs:
+        if a in run.config and b in run.config:
+            va = json.dumps(run.config[a], sort_keys=True, default=str)
+            vb = json.dumps(run.config[b], sort_keys=True, default=str)
+            forward.setdefault(va, set()).add(vb)
+            backward.setdefault(vb, set()).add(va)
+    return bool(forward) and all(len(v) == 1 for v in [*forward.values(), *backward.values()])
+
+
+def _drop_derived(differing: list[str], runs: list[Run]) -> None:
+    """A key nobody overrode whose value follows one-to-one from an overridden key (e.g.
+    `dataset.files: synth_p${dataset.p}.csv` with `dataset.p=1,2` swept) is no axis of its own.
+    Keys inside an overridden config group (`model=mmoe` -> model.*) are left alone."""
+    overridden = _override_keys(runs)
+    swept = [k for k in differing if k in overridden]
+    for key in [k for k in differing if k not in overridden]:
+        if any(key.startswith(o + ".") for o in overridden):
+            continue
+        if any(_one_to_one(runs, axis, key) for axis in swept):
             differing.remove(key)
 
 

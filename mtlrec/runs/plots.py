@@ -2,7 +2,9 @@
 
 Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hydra/config.yaml):
 
-* `learning_curves.png`: per run, the monitored validation metric and the training loss per epoch;
+* `learning_curves.png`: the monitored validation metric and the training loss per epoch, one
+  colour per configuration: the runs of one configuration with different seeds are thin lines of
+  that colour, with their mean and a ± std band (runs/plot_curves.py);
 * `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
   (default: the first compared metric) against the parameter, mean +- sample std over the seeds
   of each point, one line per combination of the other swept values;
@@ -29,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
 from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
-from mtlrec.runs.plot_bars import plot_bars
+from mtlrec.runs.plot_bars import plot_bars, safe_name
+from mtlrec.runs.plot_curves import (
+    legend_outside,
+    log_scale_if_positive,
+    plot_learning_curves,
+    seed_group_labels,
+)
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run
@@ -63,8 +71,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_")
+_safe = safe_name
 
 
 def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list, list, list]:
@@ -81,59 +88,6 @@ def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list,
     experts = sorted({e for _, e in cells})
     weights = [[cells.get((t, e), math.nan) for e in experts] for t in tasks]
     return tasks, experts, weights
-
-
-def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
-    curves = [r for r in runs if r.history][:MAX_CURVES]
-    if not curves:
-        return None
-    monitor = next((r.monitor for r in curves if r.monitor), None)
-    if monitor is None:  # no completed run: take the first val metric of the history
-        monitor = next((k for k in curves[0].history[0] if k.startswith("val/")), None)
-    fig, (ax_val, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in curves:
-        epochs = [row["epoch"] for row in run.history]
-        label = labels[run.path]
-        if monitor:
-            ax_val.plot(
-                epochs, [row.get(monitor, math.nan) for row in run.history], "o-", ms=3, label=label
-            )
-        ax_loss.plot(
-            epochs,
-            [row.get("train/loss", math.nan) for row in run.history],
-            "o-",
-            ms=3,
-            label=label,
-        )
-    from matplotlib.ticker import MaxNLocator
-
-    ax_val.set(title=f"{monitor} per epoch", xlabel="epoch", ylabel=monitor)
-    ax_loss.set(title="train/loss per epoch (log scale)", xlabel="epoch", ylabel="train/loss")
-    for ax in (ax_val, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    log_scale_if_positive(ax_loss)
-    left_out = len([r for r in runs if r.history]) - len(curves)
-    if left_out > 0:
-        fig.suptitle(f"first {len(curves)} runs ({left_out} more not drawn)")
-    legend_outside(ax_loss)
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def legend_outside(ax) -> None:
-    """The legend right of the axes: it never hides a curve, however many runs there are."""
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-
-
-def log_scale_if_positive(ax) -> None:
-    """Losses fall by orders of magnitude: log y, when every drawn value is > 0."""
-    ys = [y for line in ax.get_lines() for y in line.get_ydata() if not math.isnan(y)]
-    if ys and min(ys) > 0:
-        ax.set_yscale("log")
 
 
 def plot_metric_vs_params(
@@ -248,7 +202,7 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     if len(set(labels.values())) < len(labels):  # e.g. no differing keys: fall back to dir names
         labels = {r.path: f"{r.path.parent.name}/{r.path.name}" for r in runs}
     written = []
-    curves = plot_learning_curves(plt, runs, labels, out_dir)
+    curves = plot_learning_curves(plt, runs, seed_group_labels(runs, keys, names), out_dir)
     if curves:
         written.append(curves)
     metric = (metrics or default_metrics(runs) or [None])[0]

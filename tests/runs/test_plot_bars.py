@@ -11,7 +11,7 @@ from runs_helpers import assert_real_png, base_config, write_run
 from mtlrec.runs.compare import load_runs
 from mtlrec.runs.keys import differing_keys, short_names
 from mtlrec.runs.plot_bars import bar_figure
-from mtlrec.runs.plots import plot_learning_curves, write_plots
+from mtlrec.runs.plots import plot_learning_curves, seed_group_labels, write_plots
 
 matplotlib = pytest.importorskip("matplotlib")
 
@@ -29,7 +29,8 @@ def models(tmp_path):
     for job, ((model, seed), auc) in enumerate(AUC.items()):
         cfg = base_config(model__name=model, seed=seed)
         history = [
-            {"epoch": e, "train/loss": 0.5 / e**2, "val/mean_auc": auc - 0.1 / e} for e in (1, 2, 3)
+            {"epoch": e, "train/loss": 0.5 / e**2 + 0.01 * seed, "val/mean_auc": auc - 0.1 / e}
+            for e in (1, 2, 3)
         ]
         write_run(
             root / str(job),
@@ -85,12 +86,25 @@ def test_write_plots_writes_the_bar_chart_and_a_log_loss_axis(models, tmp_path):
 
     plt = KeepFigure()
     runs = load_runs([models])
-    plot_learning_curves(plt, runs, {r.path: r.path.name for r in runs}, tmp_path)
+    keys = differing_keys(runs)
+    labels = seed_group_labels(runs, keys, short_names(keys))
+    assert sorted(set(labels.values())) == ["model=esmm", "model=mmoe", "model=ple"]
+    plot_learning_curves(plt, runs, labels, tmp_path)
     ax_val, ax_loss = plt.fig.axes
     assert (ax_val.get_yscale(), ax_loss.get_yscale()) == ("linear", "log")
     plt.fig.canvas.draw()
-    assert ax_loss.get_legend().get_window_extent().x0 >= ax_loss.get_window_extent().x1
-    assert len(ax_loss.get_legend().get_texts()) == len(AUC)
+    legend = ax_loss.get_legend()
+    assert legend.get_window_extent().x0 >= ax_loss.get_window_extent().x1  # outside
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["model=esmm (n=3)", "model=mmoe (n=3)", "model=ple (n=2)"]
+    # one colour per model: its mean line, and a ± std band per seed group
+    mean_lines = {
+        line.get_label(): line for line in ax_loss.get_lines() if line.get_label() in texts
+    }
+    assert len({tuple(line.get_color()) for line in mean_lines.values()}) == 3
+    esmm = mean_lines["model=esmm (n=3)"]
+    assert list(esmm.get_ydata()) == pytest.approx([0.5 / e**2 + 0.02 for e in (1, 2, 3)])
+    assert len(ax_loss.collections) == 3 and len(ax_val.collections) == 3
     _plt().close(plt.fig)
 
 
