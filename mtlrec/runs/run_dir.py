@@ -140,6 +140,7 @@ class RunDirGuard(Callback):
 
     def __init__(self) -> None:
         self.job_lock: lock.DirLock | None = None
+        self.own_lock: lock.DirLock | None = None  # the run dir's or the sweep dir's
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if int(os.environ.get("RANK", "0") or 0) > 0:
@@ -158,6 +159,11 @@ class RunDirGuard(Callback):
         if not resume and holds_a_run(run_dir):
             claimed.release()
             _refuse(_holds_a_run_message(run_dir))
+        self.own_lock = claimed
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # (A run that ends by SystemExit, e.g. a signal, releases at the process's exit.)
+        self._release_own()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -168,6 +174,15 @@ class RunDirGuard(Callback):
         if _holds_sweep_runs(sweep_dir):
             claimed.release()
             _refuse(_holds_sweep_message(sweep_dir))
+        self.own_lock = claimed
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release_own()
+
+    def _release_own(self) -> None:
+        if self.own_lock is not None:
+            self.own_lock.release()
+            self.own_lock = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Each job of a sweep owns its job dir while it runs (in the job's own process, whatever
