@@ -52,6 +52,22 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return flat
 
 
+def typed_params(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """The flat config with numbers and booleans kept as such (TensorBoard's HPARAMS tab sorts
+    and filters them); lists as JSON, null as "null"."""
+    from mtlrec.runs.files import flatten
+
+    typed: dict[str, bool | int | float | str] = {}
+    for key, value in flatten(dict(config)).items():
+        if isinstance(value, (bool, int, float, str)):
+            typed[key] = value
+        elif isinstance(value, (list, tuple, dict)):
+            typed[key] = json.dumps(value)
+        else:
+            typed[key] = "null" if value is None else str(value)
+    return typed
+
+
 def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a history row / metrics dict (epoch excluded: it is the step)."""
     out = {}
@@ -118,7 +134,7 @@ class TensorBoardLogger(RunLogger):
             ) from None
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self.params = flatten_config(config)
+        self.params = typed_params(config)
         self.writer.add_text(
             "config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0
         )
