@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -30,7 +31,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs import lock
-from mtlrec.runs.atomic import atomic_write, atomic_write_json, atomic_write_text
+from mtlrec.runs.atomic import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temps,
+)
 from mtlrec.runs.records import (
     CHECKPOINT_DIR,
     ENV_FILE,
@@ -79,6 +85,14 @@ class RunDir:
             raise MtlrecError(
                 f"{self.path}: the run dir is not writable ({e.strerror}); set hydra.run.dir to a writable place"
             ) from None
+        if not read_only:
+            removed = remove_stale_temps(self.path) + remove_stale_temps(self.checkpoints)
+            if removed:
+                logging.getLogger("mtlrec").warning(
+                    "removed %d temp file(s) left by killed processes: %s",
+                    len(removed),
+                    ", ".join(p.name for p in removed),
+                )
 
     @property
     def checkpoints(self) -> Path:

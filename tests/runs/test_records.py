@@ -198,3 +198,22 @@ def test_file_names_have_one_home():
     assert sweep.METRICS_FILE is records.METRICS_FILE
     assert not hasattr(compare, "METRICS_FILE") or compare.METRICS_FILE is records.METRICS_FILE
     assert (records.BEST, records.LAST, records.PREVIOUS) == ("best.pt", "last.pt", "last.prev.pt")
+
+
+def test_temp_files_of_killed_processes_are_removed_when_the_run_dir_opens(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    stale = ckpts / f".last.pt.{dead.pid}-0badc0de.tmp"
+    stale.write_bytes(b"x" * 1000)  # a checkpoint write that was killed half way
+    live = tmp_path / f".metrics.json.{os.getpid()}-00000001.tmp"  # our own: being written
+    live.write_text("{")
+    other = tmp_path / ".notes.tmp"  # not a name the atomic writers use: not ours to remove
+    other.write_text("")
+    with caplog.at_level("WARNING", logger="mtlrec"):
+        RunDir(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert caplog.messages == [f"removed 1 temp file(s) left by killed processes: {stale.name}"]
+    RunDir(tmp_path, read_only=True)  # a read-only rank removes nothing
+    assert live.exists()
