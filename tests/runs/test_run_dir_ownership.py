@@ -80,7 +80,7 @@ def test_two_trains_into_one_dir_at_once_one_runs_the_other_touches_nothing(tmp_
 def test_resuming_a_run_that_is_still_training_is_refused(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     first = _train(
-        "trainer.epochs=500", "trainer.patience=null", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        "trainer.epochs=5000", "trainer.patience=null", f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     try:
         deadline = time.time() + 120

@@ -18,7 +18,7 @@ from runs_helpers import TINY_CLI
 from mtlrec.runs.lock import owner_pid
 from mtlrec.runs.sweep_stop import children
 
-LONG = ["trainer.epochs=500", "trainer.patience=null"]
+LONG = ["trainer.epochs=5000", "trainer.patience=null"]  # stopped by the test long before
 
 
 def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
