@@ -1,4 +1,5 @@
-"""`learning_curves.png`: the monitored validation metric and the training loss per epoch.
+"""`learning_curves.png`: the monitored validation metric and the training loss per epoch;
+`task_curves.png`: the validation metric of the monitored kind per task (one panel per task).
 
 One colour per configuration (the compared runs' differing config values, seeds aside): the
 runs of a configuration that differ only in their seed are drawn as thin lines of its colour,
@@ -14,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mtlrec.metric_registry import parse
 from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:
@@ -124,6 +126,54 @@ def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path 
     legend_outside(ax_loss)
     fig.tight_layout()
     path = out / "learning_curves.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def task_keys(runs: list[Run], monitor: str | None) -> list[str]:
+    """The per-task validation keys of the monitored metric kind in the histories, e.g.
+    val/ctr_auc, val/cvr_auc, val/cvr_auc_entire for val/mean_auc (the mean itself left out)."""
+    wanted = parse(monitor) if monitor else None
+    keys: list[str] = []
+    for run in runs:
+        for key in run.history[0] if run.history else {}:
+            parsed = parse(key)
+            if (
+                parsed is not None
+                and parsed.split == "val"
+                and parsed.task not in (None, "mean")
+                and (wanted is None or parsed.metric == wanted.metric)
+                and key not in keys
+            ):
+                keys.append(key)
+    return keys
+
+
+def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
+    """One panel per task metric, the same colours as learning_curves.png; needs >= 2 tasks."""
+    groups = _groups(runs, labels)
+    monitor = next((r.monitor for g in groups.values() for r in g if r.monitor), None)
+    keys = task_keys([r for g in groups.values() for r in g], monitor)
+    if len(keys) < 2:
+        return None
+    shown = dict(list(groups.items())[:MAX_GROUPS])
+    cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for i, (label, members) in enumerate(shown.items()):
+            text = f"{label} (n={len(members)})" if len(members) > 1 else label
+            _draw(ax, members, key, cmap(i % cmap.N), text)
+        ax.set(title=key, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(keys) :]:
+        ax.axis("off")
+    legend_outside(axes.flat[cols - 1])
+    fig.suptitle("validation metric per task and epoch")
+    fig.tight_layout()
+    path = out / "task_curves.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -5,6 +5,7 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
 * `learning_curves.png`: the monitored validation metric and the training loss per epoch, one
   colour per configuration: the runs of one configuration with different seeds are thin lines of
   that colour, with their mean and a ± std band (runs/plot_curves.py);
+* `task_curves.png`: the same per task (val/ctr_auc, val/cvr_auc, ...), one panel each;
 * `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
   (default: the first compared metric) against the parameter, mean +- sample std over the seeds
   of each point, one line per combination of the other swept values;
@@ -36,6 +37,7 @@ from mtlrec.runs.plot_curves import (
     legend_outside,
     log_scale_if_positive,
     plot_learning_curves,
+    plot_task_curves,
     seed_group_labels,
 )
 
@@ -202,9 +204,13 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     if len(set(labels.values())) < len(labels):  # e.g. no differing keys: fall back to dir names
         labels = {r.path: f"{r.path.parent.name}/{r.path.name}" for r in runs}
     written = []
-    curves = plot_learning_curves(plt, runs, seed_group_labels(runs, keys, names), out_dir)
-    if curves:
-        written.append(curves)
+    groups = seed_group_labels(runs, keys, names)
+    for curves in (
+        plot_learning_curves(plt, runs, groups, out_dir),
+        plot_task_curves(plt, runs, groups, out_dir),
+    ):
+        if curves:
+            written.append(curves)
     metric = (metrics or default_metrics(runs) or [None])[0]
     if metric:
         written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
