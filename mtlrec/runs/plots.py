@@ -15,7 +15,8 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
   heatmap per run of the mean gate weight per task x expert at the best epoch (mean over the
   validation rows, as logged by the trainer). A row of one bright cell is a task that uses one
   expert; identical rows for every task mean the tasks share experts, i.e. MMoE degenerates
-  into shared-bottom; a dark column is an expert nobody uses (collapse).
+  into shared-bottom; a dark column is an expert nobody uses (collapse). For PLE the experts are
+  labelled `task.i` (task-specific) and `shared.j`, for the last of its levels.
 
 Legends sit outside the axes; training losses (and metrics that are better low) use a log y axis
 when every value is positive. matplotlib runs on its Agg backend: no display needed.
@@ -142,6 +143,22 @@ def plot_metric_vs_params(
     return written
 
 
+def expert_labels(config: dict, tasks: list[str], experts: list[int]) -> tuple[list[str], int]:
+    """Tick labels of the gate heatmap's experts, and how many are task-specific (0: none).
+
+    PLE logs its last level's gates in a global expert order: expert e < T*S (S =
+    model.num_specific_experts) is task e // S's own expert, the others are shared."""
+    specific = config.get("model.num_specific_experts")
+    if config.get("model.name") != "ple" or not isinstance(specific, int) or specific < 1:
+        return [str(e) for e in experts], 0
+    own = len(tasks) * specific
+    names = [
+        f"{tasks[e // specific]}.{e % specific}" if e < own else f"shared.{e - own}"
+        for e in experts
+    ]
+    return names, own
+
+
 def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
     panels = []
     for run in runs:
@@ -166,11 +183,17 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
         ax.axis("off")
     for ax, (run, tasks, experts, weights) in zip(axes.flat, panels, strict=False):
         image = ax.imshow(weights, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=7)
+        names, own = expert_labels(run.config, tasks, experts)
+        ax.set_xticks(range(len(experts)), names, fontsize=7, rotation=45 if own else 0)
         ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
-        ax.set_xlabel("expert", fontsize=8)
+        if own:  # PLE: a line between the task-specific experts and the shared ones
+            ax.axvline(own - 0.5, color="white", lw=1.5)
+        ax.set_xlabel("expert (task-specific | shared)" if own else "expert", fontsize=8)
         epoch = run.info.get("best_epoch")
-        ax.set_title(f"{labels[run.path]}\n(epoch {epoch if epoch else 'last'})", fontsize=8)
+        levels = run.config.get("model.num_levels")
+        where = f", last of {levels} levels" if own and levels else ""
+        title = f"{labels[run.path]}\n(epoch {epoch if epoch else 'last'}{where})"
+        ax.set_title(title, fontsize=8)
         if len(experts) <= 8:
             for t in range(len(tasks)):
                 for e in range(len(experts)):
