@@ -9,6 +9,11 @@ The run dir (metrics.json, history.csv) is always the record; a logger only mirr
   status, tags for the run dir (extra `mlflow`). MLflow's local file store `./mlruns` by default,
   a tracking URI (sqlite:///mlflow.db, http://...) when `logger.tracking_uri` is set.
 
+Every logger is a class in `LOGGERS` (name -> class) with a typed `Config` dataclass: the
+`logger` config group is checked against it (`build(cls.Config, cfg.logger, "logger")`), so a
+wrong `logger.*` key or type is one line. A new logger is a class here (or a module that adds
+itself to LOGGERS) and a `conf/logger/<name>.yaml` holding its Config's fields.
+
 All loggers share one small interface: `log_epoch(row)` at the end of every epoch and
 `finish(status, metrics)` once. MLflow / TensorBoard names may not hold every character of
 ours, so names pass through `_safe_name` (`gate/ctr/expert_0` stays as is).
@@ -22,12 +27,15 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from mtlrec.config_schema import build
 from mtlrec.errors import MtlrecError
 
-LOGGERS = ("none", "tensorboard", "mlflow")
+# metrics.json fields that are bookkeeping, not results: never mirrored as final/* metrics.
+NOT_METRICS = ("schema_version",)
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -44,6 +52,22 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return flat
 
 
+def typed_params(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """The flat config with numbers and booleans kept as such (TensorBoard's HPARAMS tab sorts
+    and filters them); lists as JSON, null as "null"."""
+    from mtlrec.runs.files import flatten
+
+    typed: dict[str, bool | int | float | str] = {}
+    for key, value in flatten(dict(config)).items():
+        if isinstance(value, (bool, int, float, str)):
+            typed[key] = value
+        elif isinstance(value, (list, tuple, dict)):
+            typed[key] = json.dumps(value)
+        else:
+            typed[key] = "null" if value is None else str(value)
+    return typed
+
+
 def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a history row / metrics dict (epoch excluded: it is the step)."""
     out = {}
@@ -57,7 +81,7 @@ def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
 
 def _final_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     """metrics.json -> {"final/test/ctr_auc": ..., "final/best_epoch": ..., ...}."""
-    metrics = metrics or {}
+    metrics = {k: v for k, v in (metrics or {}).items() if k not in NOT_METRICS}
     values = {**_numeric(metrics), **_numeric(metrics.get("metrics") or {})}
     return {f"final/{k}": v for k, v in values.items()}
 
@@ -68,7 +92,18 @@ def _safe_name(name: str) -> str:
 
 
 class RunLogger:
-    """No-op logger: the interface every logger implements."""
+    """No-op logger (`logger=none`): the interface every logger implements."""
+
+    name: ClassVar[str] = "none"
+
+    @dataclass
+    class Config:
+        name: str = "none"
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
+        """The logger for a checked Config, the run dir and the run's resolved config."""
+        return cls()
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         """One history row (per-epoch train losses, val metrics, gates, speed); step = row["epoch"]."""
@@ -78,6 +113,17 @@ class RunLogger:
 
 
 class TensorBoardLogger(RunLogger):
+    name: ClassVar[str] = "tensorboard"
+
+    @dataclass
+    class Config:
+        name: str = "tensorboard"
+        log_dir: str | None = None  # None = <run dir>/tensorboard
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
+        return cls(Path(cfg.log_dir) if cfg.log_dir else Path(run_dir) / "tensorboard", config)
+
     def __init__(self, log_dir: Path, config: Mapping[str, Any]):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -88,7 +134,7 @@ class TensorBoardLogger(RunLogger):
             ) from None
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self.params = flatten_config(config)
+        self.params = typed_params(config)
         self.writer.add_text(
             "config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0
         )
@@ -110,6 +156,30 @@ class TensorBoardLogger(RunLogger):
 
 
 class MlflowLogger(RunLogger):
+    name: ClassVar[str] = "mlflow"
+
+    @dataclass
+    class Config:
+        name: str = "mlflow"
+        tracking_uri: str | None = None  # None = MLflow's local file store ./mlruns
+        experiment_name: str = "mtlrec"
+        run_name: str | None = None  # None = the run dir's path below the current dir
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
+        run_dir = Path(run_dir).resolve()
+        try:
+            default_name = str(run_dir.relative_to(Path.cwd()))
+        except ValueError:
+            default_name = str(run_dir)
+        return cls(
+            tracking_uri=cfg.tracking_uri,
+            experiment_name=cfg.experiment_name,
+            run_name=cfg.run_name or default_name,
+            config=config,
+            tags={"mtlrec.run_dir": str(run_dir)},
+        )
+
     def __init__(
         self,
         tracking_uri: str | None,
@@ -169,27 +239,44 @@ class MlflowLogger(RunLogger):
         self.client.set_terminated(self.run_id, mlflow_status)
 
 
+LOGGERS: dict[str, type[RunLogger]] = {
+    cls.name: cls for cls in (RunLogger, TensorBoardLogger, MlflowLogger)
+}
+
+
+def _plain(logger_cfg: Any) -> dict[str, Any]:
+    if logger_cfg is None:
+        return {}
+    if not isinstance(logger_cfg, Mapping):
+        try:  # an OmegaConf node
+            from omegaconf import OmegaConf
+
+            return dict(OmegaConf.to_container(logger_cfg, resolve=True))  # type: ignore[arg-type]
+        except Exception:
+            raise MtlrecError(
+                f"logger={logger_cfg!r}: expected a logger config group ({', '.join(LOGGERS)})"
+            ) from None
+    return dict(logger_cfg)
+
+
+def logger_config(logger_cfg: Mapping[str, Any] | None) -> tuple[type[RunLogger], Any]:
+    """(logger class, its checked Config) for the `logger` config group; one line per error:
+
+    logger.name 'wandb' is unknown; use one of: none, tensorboard, mlflow
+    logger.trackin_uri is not a key of logger (did you mean logger.tracking_uri?); ...
+    logger.experiment_name=3: expected a string
+    """
+    values = _plain(logger_cfg)
+    name = values.get("name", "none")
+    if not isinstance(name, str) or name not in LOGGERS:
+        raise MtlrecError(f"logger.name '{name}' is unknown; use one of: {', '.join(LOGGERS)}")
+    cls = LOGGERS[name]
+    return cls, build(cls.Config, values, "logger")
+
+
 def build_logger(
     logger_cfg: Mapping[str, Any] | None, run_dir: Path, config: Mapping[str, Any]
 ) -> RunLogger:
     """The logger chosen by the `logger` config group (None or name none = no-op)."""
-    name = str((logger_cfg or {}).get("name", "none"))
-    if name == "none":
-        return RunLogger()
-    if name == "tensorboard":
-        log_dir = logger_cfg.get("log_dir") or Path(run_dir) / "tensorboard"
-        return TensorBoardLogger(Path(log_dir), config)
-    if name == "mlflow":
-        run_dir = Path(run_dir).resolve()
-        try:
-            default_name = str(run_dir.relative_to(Path.cwd()))
-        except ValueError:
-            default_name = str(run_dir)
-        return MlflowLogger(
-            tracking_uri=logger_cfg.get("tracking_uri"),
-            experiment_name=str(logger_cfg.get("experiment_name") or "mtlrec"),
-            run_name=str(logger_cfg.get("run_name") or default_name),
-            config=config,
-            tags={"mtlrec.run_dir": str(run_dir)},
-        )
-    raise MtlrecError(f"logger.name '{name}' is unknown; use one of: {', '.join(LOGGERS)}")
+    cls, cfg = logger_config(logger_cfg)
+    return cls.from_config(cfg, Path(run_dir), config)

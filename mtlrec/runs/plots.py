@@ -2,17 +2,24 @@
 
 Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hydra/config.yaml):
 
-* `learning_curves.png`: per run, the monitored validation metric and the training loss per epoch;
+* `learning_curves.png`: the monitored validation metric and the training loss per epoch, one
+  colour per configuration: the runs of one configuration with different seeds are thin lines of
+  that colour, with their mean and a ± std band (runs/plot_curves.py);
+* `task_curves.png`: the same per task (val/ctr_auc, val/cvr_auc, ...), one panel each;
 * `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
   (default: the first compared metric) against the parameter, mean +- sample std over the seeds
   of each point, one line per combination of the other swept values;
+* `<metric>_by_<key>.png` for every swept categorical value (model, balancer, ...): bars of the
+  metric, mean ± std over seeds (runs/plot_bars.py);
 * `moe_gates.png`: for runs whose history.csv has MoE gate columns `gate/{task}/expert_{e}`, a
   heatmap per run of the mean gate weight per task x expert at the best epoch (mean over the
   validation rows, as logged by the trainer). A row of one bright cell is a task that uses one
   expert; identical rows for every task mean the tasks share experts, i.e. MMoE degenerates
-  into shared-bottom; a dark column is an expert nobody uses (collapse).
+  into shared-bottom; a dark column is an expert nobody uses (collapse). For PLE the experts are
+  labelled `task.i` (task-specific) and `shared.j`, for the last of its levels.
 
-matplotlib runs on its Agg backend: no display needed.
+Legends sit outside the axes; training losses (and metrics that are better low) use a log y axis
+when every value is positive. matplotlib runs on its Agg backend: no display needed.
 """
 
 from __future__ import annotations
@@ -24,9 +31,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.metric_registry import direction
+from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
+from mtlrec.runs.plot_bars import plot_bars, safe_name
+from mtlrec.runs.plot_curves import (
+    legend_outside,
+    log_scale_if_positive,
+    plot_learning_curves,
+    plot_task_curves,
+    seed_group_labels,
+)
 
 if TYPE_CHECKING:
-    from mtlrec.runs.compare import Run
+    from mtlrec.runs.records import Run
 
 GATE_COLUMN = re.compile(r"^gate/(?P<task>.+)/expert_(?P<expert>\d+)$")
 MAX_CURVES = 24  # more lines than this are unreadable; the rest are left out (said in the title)
@@ -57,8 +74,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_")
+_safe = safe_name
 
 
 def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list, list, list]:
@@ -77,46 +93,6 @@ def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list,
     return tasks, experts, weights
 
 
-def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
-    curves = [r for r in runs if r.history][:MAX_CURVES]
-    if not curves:
-        return None
-    monitor = next((r.monitor for r in curves if r.monitor), None)
-    if monitor is None:  # no completed run: take the first val metric of the history
-        monitor = next((k for k in curves[0].history[0] if k.startswith("val/")), None)
-    fig, (ax_val, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in curves:
-        epochs = [row["epoch"] for row in run.history]
-        label = labels[run.path]
-        if monitor:
-            ax_val.plot(
-                epochs, [row.get(monitor, math.nan) for row in run.history], "o-", ms=3, label=label
-            )
-        ax_loss.plot(
-            epochs,
-            [row.get("train/loss", math.nan) for row in run.history],
-            "o-",
-            ms=3,
-            label=label,
-        )
-    from matplotlib.ticker import MaxNLocator
-
-    ax_val.set(title=f"{monitor} per epoch", xlabel="epoch", ylabel=monitor)
-    ax_loss.set(title="train/loss per epoch", xlabel="epoch", ylabel="train/loss")
-    for ax in (ax_val, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left_out = len([r for r in runs if r.history]) - len(curves)
-    if left_out > 0:
-        fig.suptitle(f"first {len(curves)} runs ({left_out} more not drawn)")
-    ax_val.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_metric_vs_params(
     plt, runs: list[Run], keys: list[str], names: dict[str, str], metric: str, out: Path
 ) -> list[Path]:
@@ -124,14 +100,14 @@ def plot_metric_vs_params(
     done = [r for r in runs if metric in r.metrics]
     written = []
     for key in keys:
-        if key in ("seed", "data_order_seed"):
+        if key in SEED_KEYS:
             continue
         values = [r.config.get(key) for r in done]
         if not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
         ):
             continue
-        others = [k for k in keys if k not in (key, "seed", "data_order_seed")]
+        others = [k for k in keys if k != key and k not in SEED_KEYS]
         lines: dict[str, dict[float, list[float]]] = {}
         for run in done:
             line = " ".join(f"{names[k]}={_short(run.config.get(k))}" for k in others) or metric
@@ -156,13 +132,31 @@ def plot_metric_vs_params(
             ylabel=metric,
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        legend_outside(ax)
+        if direction(metric) == "min":
+            log_scale_if_positive(ax)
         fig.tight_layout()
         path = out / f"{_safe(metric)}_vs_{_safe(names[key])}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
+
+
+def expert_labels(config: dict, tasks: list[str], experts: list[int]) -> tuple[list[str], int]:
+    """Tick labels of the gate heatmap's experts, and how many are task-specific (0: none).
+
+    PLE logs its last level's gates in a global expert order: expert e < T*S (S =
+    model.num_specific_experts) is task e // S's own expert, the others are shared."""
+    specific = config.get("model.num_specific_experts")
+    if config.get("model.name") != "ple" or not isinstance(specific, int) or specific < 1:
+        return [str(e) for e in experts], 0
+    own = len(tasks) * specific
+    names = [
+        f"{tasks[e // specific]}.{e % specific}" if e < own else f"shared.{e - own}"
+        for e in experts
+    ]
+    return names, own
 
 
 def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
@@ -189,11 +183,17 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
         ax.axis("off")
     for ax, (run, tasks, experts, weights) in zip(axes.flat, panels, strict=False):
         image = ax.imshow(weights, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(experts)), [str(e) for e in experts], fontsize=7)
+        names, own = expert_labels(run.config, tasks, experts)
+        ax.set_xticks(range(len(experts)), names, fontsize=7, rotation=45 if own else 0)
         ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
-        ax.set_xlabel("expert", fontsize=8)
+        if own:  # PLE: a line between the task-specific experts and the shared ones
+            ax.axvline(own - 0.5, color="white", lw=1.5)
+        ax.set_xlabel("expert (task-specific | shared)" if own else "expert", fontsize=8)
         epoch = run.info.get("best_epoch")
-        ax.set_title(f"{labels[run.path]}\n(epoch {epoch if epoch else 'last'})", fontsize=8)
+        levels = run.config.get("model.num_levels")
+        where = f", last of {levels} levels" if own and levels else ""
+        title = f"{labels[run.path]}\n(epoch {epoch if epoch else 'last'}{where})"
+        ax.set_title(title, fontsize=8)
         if len(experts) <= 8:
             for t in range(len(tasks)):
                 for e in range(len(experts)):
@@ -217,8 +217,6 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
 
 def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
     """Write every plot that the runs have data for; returns the written paths."""
-    from mtlrec.runs.compare import default_metrics, differing_keys, short_names
-
     plt = require_matplotlib()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,12 +227,17 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     if len(set(labels.values())) < len(labels):  # e.g. no differing keys: fall back to dir names
         labels = {r.path: f"{r.path.parent.name}/{r.path.name}" for r in runs}
     written = []
-    curves = plot_learning_curves(plt, runs, labels, out_dir)
-    if curves:
-        written.append(curves)
+    groups = seed_group_labels(runs, keys, names)
+    for curves in (
+        plot_learning_curves(plt, runs, groups, out_dir),
+        plot_task_curves(plt, runs, groups, out_dir),
+    ):
+        if curves:
+            written.append(curves)
     metric = (metrics or default_metrics(runs) or [None])[0]
     if metric:
         written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
+        written += plot_bars(plt, runs, keys, names, metric, out_dir)
     gates = plot_gates(plt, runs, labels, out_dir)
     if gates:
         written.append(gates)

@@ -2,13 +2,15 @@
 
     <run dir>/
       .hydra/            config.yaml, hydra.yaml, overrides.yaml (written by Hydra)
+      .mtlrec.lock       held by the process that owns the dir (runs/lock.py)
       train.log          the log of the run
       env.json           versions, device, threads
       history.csv        one row per epoch
       metrics.json       status, seed, best epoch, val/test metrics at the best epoch, speed
       checkpoints/       best.pt, last.pt (model, optimizer, config, dataset spec, ...)
 
-A reader never sees a half-written file: it sees the old version or the new one.
+A reader never sees a half-written file: it sees the old version or the new one (runs/atomic.py).
+The names and metrics.json's schema (RunSummary) live in runs/records.py.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,51 +30,45 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
+from mtlrec.runs import lock
+from mtlrec.runs.atomic import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temps,
+)
+from mtlrec.runs.records import (
+    CHECKPOINT_DIR,
+    ENV_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RESUME_ACCEPTED,
+    RUN_MARKERS,
+    RunSummary,
+    holds_a_run,
+    json_safe,
+)
 
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-ENV_FILE = "env.json"
-CHECKPOINT_DIR = "checkpoints"
-RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
-# Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
-RESUME_ACCEPTED = "ACCEPTED"
+__all__ = [
+    "CHECKPOINT_DIR",
+    "ENV_FILE",
+    "HISTORY_FILE",
+    "METRICS_FILE",
+    "RESUME_ACCEPTED",
+    "RUN_MARKERS",
+    "RunDir",
+    "RunDirGuard",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "holds_a_run",
+]
 
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf are not JSON: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+_json_safe = json_safe  # older name
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 class RunDir:
@@ -89,6 +85,14 @@ class RunDir:
             raise MtlrecError(
                 f"{self.path}: the run dir is not writable ({e.strerror}); set hydra.run.dir to a writable place"
             ) from None
+        if not read_only:
+            removed = remove_stale_temps(self.path) + remove_stale_temps(self.checkpoints)
+            if removed:
+                logging.getLogger("mtlrec").warning(
+                    "removed %d temp file(s) left by killed processes: %s",
+                    len(removed),
+                    ", ".join(p.name for p in removed),
+                )
 
     @property
     def checkpoints(self) -> Path:
@@ -103,10 +107,15 @@ class RunDir:
         path = self.path / METRICS_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def read_summary(self) -> RunSummary:
+        return RunSummary.from_json(self.read_metrics())
+
     def update_metrics(self, **fields: Any) -> dict:
-        """Merge fields into metrics.json (read-modify-write, atomically)."""
-        data = self.read_metrics()
-        data.update(fields)
+        """Merge fields into metrics.json (read-modify-write, atomically); returns its content.
+
+        Every field must be declared in records.RunSummary (a TypeError names the others)."""
+        summary = self.read_summary().updated(**fields)
+        data = summary.to_json()
         self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
         return data
 
@@ -132,41 +141,107 @@ class RunDir:
         return path
 
 
-def holds_a_run(path: Path) -> bool:
-    return any((Path(path) / m).exists() for m in RUN_MARKERS)
-
-
 class RunDirGuard(Callback):
-    """Refuses to start a run in a directory that already holds one, and checks it is writable.
+    """Owns the run dir (or sweep dir) for the process's life, and refuses to reuse one.
 
-    Runs before Hydra creates the job dir or writes .hydra/, so nothing of the old run is touched.
-    `resume=RUN_DIR` is the one way to continue in an existing run dir. Hydra turns exceptions
-    raised in callbacks into warnings, so the guard reports its one line and exits itself.
+    Runs before Hydra creates the job dir or writes .hydra/, so a refused start touches nothing
+    of the old run. The dir is claimed with an exclusive lock (runs/lock.py): a second
+    `mtlrec train` into the same dir, or a resume of a run that is still training, stops with
+    one line and exit 1. `resume=RUN_DIR` is the one way to continue in an existing run dir.
+    Hydra turns exceptions raised in callbacks into warnings, so the guard prints its one line
+    and exits itself.
     """
 
+    def __init__(self) -> None:
+        self.job_lock: lock.DirLock | None = None
+        self.own_lock: lock.DirLock | None = None  # the run dir's or the sweep dir's
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if OmegaConf.select(config, "resume", default=None):
-            return
         if int(os.environ.get("RANK", "0") or 0) > 0:
             return  # torchrun: rank 0 checks the run dir; the other ranks join the run it starts
         run_dir = Path(str(config.hydra.run.dir))
-        if holds_a_run(run_dir):
-            _refuse(
-                f"{run_dir}: already holds a run (metrics.json/checkpoints); pick another hydra.run.dir (runs are never overwritten)"
-            )
+        resume = OmegaConf.select(config, "resume", default=None)
         _refuse_unwritable(run_dir, "hydra.run.dir")
+        # The claim comes first: while another process owns the dir, that is what the user
+        # hears about (not whatever files it has written so far).
+        hint = (
+            "wait for that run to end (or stop it) before resuming it"
+            if resume
+            else "wait for it to end or pick another hydra.run.dir"
+        )
+        claimed = _claim_or_refuse(run_dir, hint)
+        if not resume and holds_a_run(run_dir):
+            claimed.release()
+            _refuse(_holds_a_run_message(run_dir))
+        self.own_lock = claimed
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # (A run that ends by SystemExit, e.g. a signal, releases at the process's exit.)
+        self._release_own()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir() if p.is_dir()):
-            _refuse(
-                f"{sweep_dir}: already holds the runs of a sweep; pick another hydra.sweep.dir (runs are never overwritten)"
-            )
         _refuse_unwritable(sweep_dir, "hydra.sweep.dir")
+        claimed = _claim_or_refuse(
+            sweep_dir, "wait for that sweep to end or pick another hydra.sweep.dir"
+        )
+        if _holds_sweep_runs(sweep_dir):
+            claimed.release()
+            _refuse(_holds_sweep_message(sweep_dir))
+        self.own_lock = claimed
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release_own()
+
+    def _release_own(self) -> None:
+        if self.own_lock is not None:
+            self.own_lock.release()
+            self.own_lock = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Each job of a sweep owns its job dir while it runs (in the job's own process, whatever
+        # the launcher), so `mtlrec train resume=SWEEP/3` waits for job 3 to end.
+        if str(OmegaConf.select(config, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+            return
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        self.job_lock = _claim_or_refuse(job_dir, "wait for it to end")
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.job_lock is not None:
+            self.job_lock.release()
+            self.job_lock = None
+
+
+def _holds_a_run_message(run_dir: Path) -> str:
+    return (
+        f"{run_dir}: already holds a run (metrics.json/checkpoints); pick another "
+        "hydra.run.dir (runs are never overwritten)"
+    )
+
+
+def _holds_sweep_runs(sweep_dir: Path) -> bool:
+    return sweep_dir.is_dir() and any(holds_a_run(p) for p in sweep_dir.iterdir() if p.is_dir())
+
+
+def _holds_sweep_message(sweep_dir: Path) -> str:
+    return (
+        f"{sweep_dir}: already holds the runs of a sweep; pick another hydra.sweep.dir "
+        "(runs are never overwritten)"
+    )
+
+
+def _claim_or_refuse(directory: Path, hint: str) -> lock.DirLock:
+    try:
+        return lock.claim(directory, hint)
+    except MtlrecError as e:
+        _refuse(str(e))
+    except OSError as e:
+        _refuse(f"{directory}: cannot create its lock file {lock.LOCK_FILE} ({e.strerror})")
+    raise AssertionError("not reached")
 
 
 def _refuse(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
     raise SystemExit(1)
 
 

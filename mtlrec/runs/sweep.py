@@ -10,6 +10,8 @@ hydra.callbacks) changes that for multiruns:
   job's result is then turned into a completed one returning NaN, so the remaining batches still
   run. Other sweepers (Optuna) keep the failure: they handle failed trials themselves
   (`hydra.sweeper.max_failure_rate`).
+* `on_multirun_start` with the joblib launcher: SIGTERM to the sweep's process stops every
+  worker, kills loky's helpers and prints the report (runs/sweep_stop.py).
 * `on_multirun_end` (the sweep's own process, after the last job): reads the job dirs on disk and,
   when any job of this sweep did not complete, prints one line per such job (dir, status, error)
   and exits with status 1.
@@ -21,7 +23,7 @@ threads = cores // parallel jobs (at least 1). With OpenMP's busy-waiting thread
 
 from __future__ import annotations
 
-import json
+import atexit
 import logging
 import math
 import os
@@ -36,7 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.run_dir import METRICS_FILE, RunDir
+from mtlrec.runs.records import METRICS_FILE, natural_key, read_info
 
 log = logging.getLogger("mtlrec")
 
@@ -65,19 +67,34 @@ class SweepReport(Callback):
 
     def __init__(self) -> None:
         self.started = 0.0
+        self.reported = False
+        self.sweep_dir = Path()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Job dirs written before this sweep started (a reused hydra.sweep.dir) are not reported.
         self.started = time.time() - 1.0
+        self.reported = False
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if launcher == BASIC_LAUNCHER:
+            # A job interrupted by a signal may leave through SystemExit (train.py exits 130/143),
+            # which Hydra does not hand to on_job_end: say it when the process ends.
+            self.sweep_dir = Path(str(config.hydra.sweep.dir))
+            atexit.register(self._stopped_line)
+        if "joblib" in launcher.lower():
+            from mtlrec.runs import sweep_stop
+
+            sweep_stop.install(config, self.started)  # SIGTERM stops the workers too
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config) or job_return.status != JobStatus.FAILED:
             return
         exc = job_return._return_value
         run_dir = Path(str(config.hydra.runtime.output_dir))
-        metrics = _read_metrics(run_dir)
+        metrics = read_info(run_dir)
         if metrics.get("status") in (None, "running"):
             # Failed before experiment.run could record it (e.g. while importing): record it here.
+            from mtlrec.runs.run_dir import RunDir
+
             RunDir(run_dir).update_metrics(status="failed", error=_one_line(exc))
         if _is_interrupt(exc):
             # Ctrl-C / SIGTERM stops the sweep, not just this job. In-process (basic launcher) the
@@ -85,11 +102,8 @@ class SweepReport(Callback):
             # themselves (joblib's workers share the terminal's process group, SLURM cancels).
             launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
             if launcher == BASIC_LAUNCHER:
-                print(
-                    f"mtlrec train: sweep stopped: {run_dir}: {exc}; the remaining jobs were not run",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _print_stopped(run_dir, str(exc))
+                self.reported = True
                 raise SystemExit(getattr(exc, "exit_code", 130))
             return
         if not isinstance(exc, MtlrecError):
@@ -101,7 +115,22 @@ class SweepReport(Callback):
             job_return.status = JobStatus.COMPLETED
             job_return.return_value = math.nan
 
+    def _stopped_line(self) -> None:
+        """At exit of an in-process sweep that did not end: name the interrupted job."""
+        if self.reported:
+            return
+        stopped = [
+            (path, metrics)
+            for path, metrics in sweep_jobs(self.sweep_dir)
+            if metrics.get("status") == "interrupted" and _mtime(path) >= self.started
+        ]
+        if stopped:
+            path, metrics = stopped[-1]
+            _print_stopped(path, str(metrics.get("error") or "interrupted"))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.reported = True  # the sweep ended: nothing was stopped
+        atexit.unregister(self._stopped_line)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         bad = [
             (path, metrics)
@@ -127,28 +156,25 @@ class SweepReport(Callback):
         raise SystemExit(1)
 
 
+def _print_stopped(run_dir: Path, reason: str) -> None:
+    print(
+        f"mtlrec train: sweep stopped: {run_dir}: {reason}; the remaining jobs were not run",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _mtime(path: Path) -> float:
     return (path / METRICS_FILE).stat().st_mtime
-
-
-def _read_metrics(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
     """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
     jobs = []
     for metrics_path in Path(sweep_dir).rglob(METRICS_FILE):
-        jobs.append((metrics_path.parent, _read_metrics(metrics_path.parent)))
+        jobs.append((metrics_path.parent, read_info(metrics_path.parent)))
 
-    def key(item: tuple[Path, dict]) -> tuple:
-        rel = item[0].relative_to(sweep_dir).parts
-        return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in rel)
-
-    return sorted(jobs, key=key)
+    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 
 
 def parallel_jobs(launcher: Any, cpu_count: int) -> int:

@@ -82,3 +82,17 @@ def base_config(**changes) -> dict:
             node = node[p]
         node[last] = value
     return cfg
+
+
+def assert_real_png(path, min_width=400):
+    """A real picture: big enough, not blank, many colours (read back with matplotlib)."""
+    from matplotlib import image
+
+    pixels = image.imread(path)
+    height, width = pixels.shape[:2]
+    assert width >= min_width and height >= 250, (path, pixels.shape)
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05, f"{path}: (nearly) blank image"
+    colours = {tuple(c) for c in (rgb[:: max(1, len(rgb) // 20000)] * 255).astype(int).tolist()}
+    assert len(colours) > 20, f"{path}: only {len(colours)} colours"
+    return pixels

@@ -211,3 +211,29 @@ def test_table_render_has_one_row_per_run(sweep):
     assert "6 run(s)" in text
     assert text.count("completed") == 5 and text.count("failed") == 1
     assert "0.8000" in text
+
+
+def test_a_value_derived_from_a_swept_override_is_no_axis_of_its_own(tmp_path):
+    """`dataset.files: synth_p${dataset.p}.csv` with `dataset.p=1,2` swept: one column, p."""
+    root = tmp_path / "sweep"
+    for job, (p, seed) in enumerate([(1, 1), (1, 2), (2, 1), (2, 2)]):
+        cfg = base_config(seed=seed)
+        cfg["dataset"].update(p=p, files=f"synth_p{p}.csv")
+        write_run(
+            root / str(job),
+            cfg,
+            {"test/mean_auc": 0.7 + p / 100},
+            overrides=[f"dataset.p={p}", f"seed={seed}"],
+        )
+    runs = load_runs([root])
+    assert differing_keys(runs) == ["dataset.p", "seed"]
+    table = build_table(runs, group_by_seed=True)
+    assert table.columns[:2] == ["p", "test/mean_auc"]
+    # A value nobody overrode that does NOT follow one-to-one from the swept one stays a column.
+    write_run(
+        root / "4",
+        {**base_config(seed=3), "dataset": {**base_config()["dataset"], "p": 2, "files": "x.csv"}},
+        {"test/mean_auc": 0.5},
+        overrides=["dataset.p=2", "seed=3"],
+    )
+    assert differing_keys(load_runs([root])) == ["dataset.p", "seed", "dataset.files"]

@@ -51,6 +51,19 @@ def test_tensorboard_mirrors_history_and_final_metrics(train_tiny):
     assert final[0].value == pytest.approx(metrics["metrics"]["test/mean_auc"], rel=1e-6)
     assert "config/text_summary" in events.Tags()["tensors"]
     assert events.Scalars("final/best_epoch")[0].value == metrics["best_epoch"]
+    # hparams keep their types, so the HPARAMS tab can sort and filter numbers and booleans.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["model.num_experts"].number_value == 2.0
+    assert hparams["trainer.lr"].number_value == pytest.approx(0.001)
+    assert hparams["model.expert_dims"].string_value == "[64, 32]"
+    assert hparams["status"].string_value == "completed"
+    # torch's add_hparams tests int before bool, so a boolean arrives as the number 0/1.
+    assert hparams["trainer.deterministic"].WhichOneof("kind") == "number_value"
+    assert hparams["trainer.deterministic"].number_value == 0.0
+    assert hparams["seed"].number_value == 42.0
 
 
 def test_mlflow_mirrors_params_history_final_metrics_and_status(train_tiny, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from runs_helpers import base_config, write_run
+from runs_helpers import assert_real_png, base_config, write_run
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.compare import load_runs, main
@@ -48,18 +48,6 @@ def sweep(tmp_path):
     return root
 
 
-def assert_real_png(path, min_width=400):
-    from matplotlib import image
-
-    pixels = image.imread(path)
-    height, width = pixels.shape[:2]
-    assert width >= min_width and height >= 250, (path, pixels.shape)
-    rgb = pixels[..., :3].reshape(-1, 3)
-    assert rgb.std() > 0.05, f"{path}: (nearly) blank image"
-    colours = {tuple(c) for c in (rgb[:: max(1, len(rgb) // 20000)] * 255).astype(int).tolist()}
-    assert len(colours) > 20, f"{path}: only {len(colours)} colours"
-
-
 def test_write_plots_learning_curves_metric_vs_param_and_gates(sweep, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "plots"
@@ -99,3 +87,42 @@ def test_without_matplotlib_one_line_names_the_extra(sweep, tmp_path, monkeypatc
         main([str(sweep), "--plot", str(tmp_path / "p")])
     assert str(e.value) == 'plots need matplotlib: pip install "mtlrec[plot]" (or drop --plot)'
     assert not (tmp_path / "p").exists()
+
+
+def test_ple_gates_name_task_specific_and_shared_experts(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mtlrec.runs.plots import expert_labels, plot_gates, require_matplotlib
+
+    config = {"model.name": "ple", "model.num_specific_experts": 2, "model.num_levels": 2}
+    assert expert_labels(config, ["ctr", "cvr"], [0, 1, 2, 3, 4]) == (
+        ["ctr.0", "ctr.1", "cvr.0", "cvr.1", "shared.0"],
+        4,
+    )
+    assert expert_labels({"model.name": "mmoe"}, ["ctr"], [0, 1]) == (["0", "1"], 0)
+
+    cfg = base_config(model__name="ple")
+    cfg["model"].update(num_specific_experts=2, num_shared_experts=1, num_levels=2)
+    run_dir = write_run(tmp_path / "ple", cfg, {"test/mean_auc": 0.7}, history=history(1, 5))
+    (run,) = load_runs([run_dir])
+
+    class KeepFigure:
+        def __getattr__(self, name):
+            return getattr(require_matplotlib(), name)
+
+        def close(self, fig):
+            self.fig = fig
+
+    plt = KeepFigure()
+    path = plot_gates(plt, [run], {run.path: "ple"}, tmp_path)
+    assert_real_png(path, min_width=300)
+    ax = plt.fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "ctr.0",
+        "ctr.1",
+        "cvr.0",
+        "cvr.1",
+        "shared.0",
+    ]
+    assert ax.get_title() == "ple\n(epoch 4, last of 2 levels)"
+    assert ax.get_xlabel() == "expert (task-specific | shared)"
+    require_matplotlib().close(plt.fig)

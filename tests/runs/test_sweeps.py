@@ -122,7 +122,11 @@ def test_exception_before_the_run_is_recorded_and_turned_into_nan(tmp_path):
     report.on_multirun_start(config)
     report.on_job_end(config, ret)
     metrics = json.loads((tmp_path / "sweep" / "3" / "metrics.json").read_text())
-    assert metrics == {"status": "failed", "error": "RuntimeError: loss is nan"}
+    assert metrics == {
+        "schema_version": 2,
+        "status": "failed",
+        "error": "RuntimeError: loss is nan",
+    }
     assert ret.status == JobStatus.COMPLETED and math.isnan(ret.return_value)
 
     with pytest.raises(SystemExit) as exit_info:

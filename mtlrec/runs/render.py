@@ -1,0 +1,119 @@
+"""A compare Table as text: csv, json, markdown (files, scripts) or a terminal table.
+
+The csv/json cells hold the full-precision numbers (repr of the float); the table and markdown
+cells round them to 4 decimals (`mean ± std` for seed groups). The terminal table comes in two
+layouts (runs/terminal.py): `wide` (one row per run) and `long` (one block of `column value`
+lines per run, for narrow terminals); `auto` picks long when wide does not fit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from mtlrec.runs.table import Table
+
+FORMATS = ("table", "csv", "markdown", "json")
+LAYOUTS = ("auto", "wide", "long")
+
+
+def format_cell(value: Any, column: str) -> str:
+    """The text of one table/markdown cell."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        mean, std = value
+        return f"{mean:.4f} ± {std:.4f}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if column == "samples_per_s":
+            return f"{value:,.0f}"
+        if column == "wall_s":
+            return f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def to_json(table: Table) -> str:
+    out = []
+    for row in table.rows:
+        item = {}
+        for c in table.columns:
+            v = row.get(c)
+            if isinstance(v, tuple):
+                v = {"mean": v[0], "std": v[1]}
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            item[c] = v
+        out.append(item)
+    return json.dumps(out, indent=2) + "\n"
+
+
+def csv_columns(table: Table) -> list[str]:
+    """Seed-group metric columns become two: `<metric>_mean`, `<metric>_std`."""
+    columns = []
+    for c in table.columns:
+        grouped_metric = table.grouped and c in table.metric_columns
+        columns += [f"{c}_mean", f"{c}_std"] if grouped_metric else [c]
+    return columns
+
+
+def _csv_cells(table: Table, row: dict[str, Any]) -> list[str]:
+    cells = []
+    for c in table.columns:
+        v = row.get(c)
+        if table.grouped and c in table.metric_columns:
+            cells += ["", ""] if v is None else [repr(v[0]), repr(v[1])]
+        elif isinstance(v, float):
+            cells.append("" if math.isnan(v) else repr(v))
+        elif isinstance(v, (list, dict)):
+            cells.append(json.dumps(v))
+        else:
+            cells.append("" if v is None else str(v))
+    return cells
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(csv_columns(table))
+    for row in table.rows:
+        writer.writerow(_csv_cells(table, row))
+    return buf.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |"]
+    align = ["---:" if c in table.metric_columns else "---" for c in table.columns]
+    lines.append("| " + " | ".join(align) + " |")
+    for row in table.rows:
+        cells = [format_cell(row.get(c), c).replace("|", "\\|") for c in table.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(
+    table: Table,
+    fmt: str,
+    width: int | None = None,
+    layout: str = "auto",
+    color: bool = False,
+) -> str:
+    """The table as text in `fmt`; for `table`: `width` None = no limit (wide at full width)."""
+    if fmt == "json":
+        return to_json(table)
+    if fmt == "csv":
+        return to_csv(table)
+    if fmt == "markdown":
+        return to_markdown(table)
+    from mtlrec.runs.terminal import render_terminal
+
+    return render_terminal(table, width=width, layout=layout, color=color)
