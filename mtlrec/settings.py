@@ -163,6 +163,10 @@ class RunSettings:
         resume = check_value(str | None, config.get("resume"), "resume")
         dataset = dict(config.get("dataset") or {})
         validate_dataset(dataset)
+        if config.get("logger") is not None:
+            from mtlrec.runs.loggers import logger_config
+
+            logger_config(config["logger"])  # a wrong logger.* key or type: one line, no run dir
         return cls(
             config=config,
             trainer=build(TrainerConfig, config.get("trainer"), "trainer"),
