@@ -17,7 +17,7 @@ from .helpers import lines, mtlrec
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 SECTION = "## Exactly what you see, through the real command"
 # Rows whose error is found inside the run (after Hydra started the job).
-IN_RUN = {"batch size 0 (inside the run)", "no experts (inside the run)"}
+IN_RUN = {"a task the data does not have (inside the run)"}
 
 
 def doc_rows() -> dict[str, tuple[str, str]]:
