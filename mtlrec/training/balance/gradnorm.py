@@ -48,8 +48,9 @@ class GradNorm(SharedParamsBalancer):
                 raise MtlrecError(f"balance.alpha must be >= 0, got {self.alpha!r}")
 
     def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, config: Config):
-        self.alpha = float(config.alpha)
+        self._layer = -1  # the last shared layer's index, set by check_layout (in __init__)
         super().__init__(tasks, model, config)
+        self.alpha = float(config.alpha)
         self.task_weights = nn.Parameter(torch.ones(self.num_tasks))
         self.register_buffer("initial_losses", torch.full((self.num_tasks,), math.nan))
         self._have_initial = False
