@@ -50,6 +50,7 @@ class Balancer(nn.Module):
     name: ClassVar[str] = "fixed"
     Config: ClassVar[type]
     writes_grads: ClassVar[bool] = False
+    static_weights: torch.Tensor  # buffers, declared for the type checker
 
     def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, config: Any):
         super().__init__()

@@ -23,6 +23,11 @@ from mtlrec.training.balance.base import Balancer, register
 
 @register("dwa")
 class DynamicWeightAverage(Balancer):
+    weights: torch.Tensor
+    previous: torch.Tensor
+    epoch_sum: torch.Tensor
+    epoch_steps: torch.Tensor
+
     @dataclass(frozen=True)
     class Config:
         temperature: float = 2.0  # softness of the weighting (large = equal weights)

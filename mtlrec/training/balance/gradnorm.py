@@ -39,6 +39,8 @@ from mtlrec.training.distributed.collectives import (
 
 @register("gradnorm")
 class GradNorm(SharedParamsBalancer):
+    initial_losses: torch.Tensor
+
     @dataclass(frozen=True)
     class Config:
         alpha: float = 1.5  # pull towards equal training rates (0 = equal gradient norms)
@@ -100,7 +102,7 @@ class GradNorm(SharedParamsBalancer):
         excluded), from the per-task gradients averaged over the ranks."""
         assert self._params is not None
         layer, rows = self._params[self._layer], self._rows[self._layer]
-        grads = []
+        grads: list[torch.Tensor | None] = []
         for k in range(self.num_tasks):
             (g,) = torch.autograd.grad(losses[k], layer, retain_graph=True, allow_unused=True)
             grads.append(g if g is not None else torch.zeros_like(layer))

@@ -28,6 +28,8 @@ Grads = list[torch.Tensor | None]
 
 @register("pcgrad")
 class PCGrad(SharedParamsBalancer):
+    conflicts: torch.Tensor
+
     @dataclass(frozen=True)
     class Config:
         seed: int = 0  # seeds the random order in which each task is projected onto the others
@@ -104,7 +106,7 @@ class PCGrad(SharedParamsBalancer):
         plain: Grads = []
         for i in range(len(params)):
             parts = [grads[k][i] for k in range(t) if grads[k][i] is not None]
-            plain.append(torch.stack(parts).sum(0) if parts else None)
+            plain.append(torch.stack([p for p in parts if p is not None]).sum(0) if parts else None)
         return flat, plain
 
     def backward(
@@ -116,9 +118,9 @@ class PCGrad(SharedParamsBalancer):
         assert params is not None
         grads = task_gradients(weighted, params)
         extra_grads: Grads = [None] * len(params)
-        extra = self._track_extra(extra)
-        if isinstance(extra, torch.Tensor):
-            extra_grads = list(torch.autograd.grad(extra, params, allow_unused=True))
+        extra_term = self._track_extra(extra)
+        if isinstance(extra_term, torch.Tensor):
+            extra_grads = list(torch.autograd.grad(extra_term, params, allow_unused=True))
         idx = [i for i, m in enumerate(rows) if m is not None]
         flat, plain = self._local_parts(grads, idx)
         # Average over the ranks BEFORE projecting (one all-reduce; identity in one process).
@@ -130,11 +132,14 @@ class PCGrad(SharedParamsBalancer):
             # plain sum of the task gradients; on shared rows, the projected sum instead
             if plain[i] is None and extra_grads[i] is None:
                 continue
-            g = plain[i] if plain[i] is not None else torch.zeros_like(p)
+            g = plain[i]
+            if g is None:
+                g = torch.zeros_like(p)
             if i in merged_rows:
                 g[rows[i]] = merged_rows[i]
-            if extra_grads[i] is not None:
-                g = g + extra_grads[i]
+            e = extra_grads[i]
+            if e is not None:
+                g = g + e
             p.grad = g if p.grad is None else p.grad + g
 
     def end_epoch(self) -> dict[str, float]:

@@ -41,7 +41,7 @@ def task_gradients(
     losses: torch.Tensor, params: list[nn.Parameter]
 ) -> list[list[torch.Tensor | None]]:
     """Per-task gradients [task][param] (None where a task does not reach a parameter)."""
-    out = []
+    out: list[list[torch.Tensor | None]] = []
     for k in range(len(losses)):
         grads = torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True)
         out.append(list(grads))
@@ -63,7 +63,7 @@ def shared_rows(
     """
     out: list[torch.Tensor | None] = []
     for i, p in enumerate(params):
-        nonzero = [g[i] != 0 for g in grads if g[i] is not None]
+        nonzero = [torch.ne(t, 0) for t in (g[i] for g in grads) if t is not None]
         if len(nonzero) < 2 or not bool((torch.stack(nonzero).sum(0) >= 2).any()):
             out.append(None)
             continue
@@ -117,8 +117,9 @@ def probe_inputs(
     sparse = torch.zeros(rows, columns, dtype=torch.long)
     for j in groups:
         # the table sees sparse + delta: draw the table row, subtract the field's delta
+        table: nn.Embedding = embedding.tables[j]  # type: ignore[assignment]
         table_rows = torch.randint(
-            embedding.tables[j].num_embeddings, (rows, len(fields[j])), generator=generator
+            table.num_embeddings, (rows, len(fields[j])), generator=generator
         )
         sparse[:, fields[j]] = table_rows - getattr(embedding, f"delta_{j}").cpu()
     dense = torch.randn(rows, embedding.num_dense, generator=generator)

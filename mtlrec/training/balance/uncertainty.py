@@ -24,6 +24,8 @@ from mtlrec.training.balance.base import Balancer, register
 
 @register("uncertainty")
 class Uncertainty(Balancer):
+    scale: torch.Tensor
+
     @dataclass(frozen=True)
     class Config:
         init_log_var: float = 0.0  # initial s_k of every task (0: weight 1 for binary tasks)

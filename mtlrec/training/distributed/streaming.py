@@ -4,8 +4,8 @@ the parquet row groups r, r+W, r+2W, ... of the train file."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -61,7 +61,7 @@ class RankStream(StreamingSplit):
         b = global_batch // self.world
         order = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator)]
         held, rows, done = [], 0, 0
-        chunks = self.chunks(order)
+        chunks = cast(Generator, self.chunks(order))  # a generator: closed in `finally`
         try:
             for chunk in chunks:
                 held.append(chunk)
