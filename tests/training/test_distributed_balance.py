@@ -105,7 +105,7 @@ def two_ranks(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_every_gradient_writing_balancer_is_listed():
-    assert WRITERS == ["gradnorm", "pcgrad"]
+    assert {"gradnorm", "pcgrad"} <= set(WRITERS)  # a new one is picked up from the registry
     assert not any(BALANCERS[n].writes_grads for n in ("fixed", "uncertainty", "dwa"))
 
 

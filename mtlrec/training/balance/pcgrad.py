@@ -105,8 +105,8 @@ class PCGrad(SharedParamsBalancer):
             flat = torch.stack([torch.cat([shared_part(k, i) for i in idx]) for k in range(t)])
         plain: Grads = []
         for i in range(len(params)):
-            parts = [grads[k][i] for k in range(t) if grads[k][i] is not None]
-            plain.append(torch.stack([p for p in parts if p is not None]).sum(0) if parts else None)
+            parts = [g for g in (grads[k][i] for k in range(t)) if g is not None]
+            plain.append(torch.stack(parts).sum(0) if parts else None)
         return flat, plain
 
     def backward(
