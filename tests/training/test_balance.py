@@ -199,8 +199,8 @@ def test_fixed_weights_and_errors():
     )
     with pytest.raises(MtlrecError) as e:
         make_balancer({"name": "dwa", "alpha": 1.0}, TWO, model)
-    assert (
-        str(e.value) == "balance=dwa has no key(s) ['alpha']; its keys are ['name', 'temperature']"
+    assert str(e.value) == (
+        "balance.alpha is not a key of balance=dwa; its keys are ['name', 'temperature']"
     )
     with pytest.raises(MtlrecError, match="balance.name 'nope' is unknown"):
         make_balancer({"name": "nope"}, TWO, model)

@@ -1,0 +1,92 @@
+"""Task balancing: how the per-task losses of a step become one backward pass (`balance=` group).
+
+    fixed        sum_k w_k L_k with the tasks' (or balance.weights') weights      fixed.py
+    uncertainty  Kendall, Gal & Cipolla, CVPR 2018: learned log-variances          uncertainty.py
+    gradnorm     Chen et al., ICML 2018: weights from gradient norms               gradnorm.py
+    dwa          Liu, Johns & Davison, CVPR 2019: weights from loss ratios         dwa.py
+    pcgrad       Yu et al., NeurIPS 2020: gradient surgery on shared parameters    pcgrad.py
+
+Each module holds one balancer class (formula and paper in its docstring) with its `Config`
+dataclass and `writes_grads` flag (base.py); the shared-parameter detection PCGrad and GradNorm
+use is in sharing.py. Every module of this package is imported here, so a balancer registers
+itself: adding one is its code file plus conf/balance/<name>.yaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from torch import nn
+
+from mtlrec.config_schema import build, suggest
+from mtlrec.data.spec import TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.training.balance.base import BALANCERS, Balancer, register
+from mtlrec.training.balance.sharing import (
+    SharedLayout,
+    find_shared,
+    shared_rows,
+    structural_layout,
+    task_gradients,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from mtlrec.training.balance.dwa import DynamicWeightAverage  # noqa: E402
+from mtlrec.training.balance.fixed import Fixed  # noqa: E402
+from mtlrec.training.balance.gradnorm import GradNorm  # noqa: E402
+from mtlrec.training.balance.pcgrad import PCGrad  # noqa: E402
+from mtlrec.training.balance.uncertainty import Uncertainty  # noqa: E402
+
+
+def balance_config(cfg: Mapping[str, Any] | None) -> tuple[type[Balancer], Any]:
+    """(the balancer class, its typed Config) from the `balance` mapping; one line per error
+    (unknown name, unknown key, wrong type, value out of range). Builds nothing."""
+    values = dict(cfg or {"name": "fixed"})
+    name = values.pop("name", "fixed")
+    if name not in BALANCERS:
+        raise MtlrecError(
+            f"balance.name '{name}' is unknown{suggest(str(name), sorted(BALANCERS))}; "
+            f"valid: {sorted(BALANCERS)}"
+        )
+    cls = BALANCERS[name]
+    known = ["name", *(f.name for f in fields(cls.Config))]
+    for key in values:
+        if key not in known:
+            hint = suggest(str(key), known).replace("mean ", "mean balance.")
+            raise MtlrecError(
+                f"balance.{key} is not a key of balance={name}{hint}; its keys are {sorted(known)}"
+            )
+    return cls, build(cls.Config, values, "balance")
+
+
+def make_balancer(
+    cfg: Mapping[str, Any] | None, tasks: tuple[TaskSpec, ...], model: nn.Module
+) -> Balancer:
+    """The balancer named by the `balance` config group (None = fixed task weights)."""
+    cls, config = balance_config(cfg)
+    return cls(tasks, model, config)
+
+
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "DynamicWeightAverage",
+    "Fixed",
+    "GradNorm",
+    "PCGrad",
+    "SharedLayout",
+    "Uncertainty",
+    "balance_config",
+    "find_shared",
+    "make_balancer",
+    "register",
+    "shared_rows",
+    "structural_layout",
+    "task_gradients",
+]
