@@ -11,8 +11,8 @@ Conversion Rate", SIGIR 2018.
 
 Both losses are over ALL impressions; there is no loss on pCVR itself, which is how ESMM avoids the
 sample-selection bias of training CVR on clicked rows only. pCTCVR is returned as a logit computed
-in log space (log pCTCVR = log pCTR + log pCVR), so its loss never takes the log of a product that
-underflowed to 0.
+in log space (mtlrec.models.logspace.product_logit), so its loss never takes the log of a product
+that underflowed to 0 and its gradients stay finite for confident towers.
 
 Generalized (ESM2-style path decomposition, Wen et al., SIGIR 2020): a `chain` of n label columns
 s_1 .. s_n, each over all impressions and 1 only when every earlier step happened (e.g.
@@ -45,7 +45,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -59,7 +58,9 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.logspace import product_logit
 from mtlrec.models.ple import PleExtractor, check_ple_experts
+from mtlrec.models.registry import register
 
 BACKBONES = ("mlp", "mmoe", "ple")
 
@@ -153,16 +154,7 @@ def resolve_chain(
     ]
 
 
-def product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
-    """logit(sigmoid(a) * sigmoid(b)), computed in log space without underflow."""
-    log_p = (F.logsigmoid(logit_a) + F.logsigmoid(logit_b)).clamp(max=-1e-12)
-    # log(1 - p) from log p: two formulas, each accurate on its side of p = 1/2.
-    log_1mp = torch.where(
-        log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p))
-    )
-    return log_p - log_1mp
-
-
+@register("esmm")
 class Esmm(MultiTaskModel):
     Config = EsmmConfig
 

@@ -32,6 +32,7 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -49,6 +50,7 @@ class MMoEConfig(CommonConfig):
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
 
 
+@register("mmoe")
 class MMoE(MultiTaskModel):
     Config = MMoEConfig
 

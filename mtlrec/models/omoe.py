@@ -26,12 +26,14 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP, MixtureOfExperts
 from mtlrec.models.mmoe import MMoEConfig
+from mtlrec.models.registry import register
 
 
 class OMoEConfig(MMoEConfig):
     """The same keys as MMoE: only the number of gates differs."""
 
 
+@register("omoe")
 class OMoE(MultiTaskModel):
     Config = OMoEConfig
 

@@ -43,6 +43,7 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -175,6 +176,7 @@ class PleExtractor(nn.Module):
         return task_out, full.transpose(0, 1)
 
 
+@register("ple")
 class PLE(MultiTaskModel):
     Config = PLEConfig
 

@@ -18,6 +18,7 @@ import torch
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SharedBottomConfig(CommonConfig):
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
 
 
+@register("shared_bottom")
 class SharedBottom(MultiTaskModel):
     Config = SharedBottomConfig
 

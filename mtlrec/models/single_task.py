@@ -20,6 +20,7 @@ import torch
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
+from mtlrec.models.registry import register
 from mtlrec.models.shared_bottom import SharedBottomConfig
 
 
@@ -27,6 +28,7 @@ class SingleTaskConfig(SharedBottomConfig):
     """The same keys as shared-bottom; here every task gets its own bottom."""
 
 
+@register("single_task")
 class SingleTask(MultiTaskModel):
     Config = SingleTaskConfig
 

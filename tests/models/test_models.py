@@ -209,7 +209,10 @@ def test_feature_embedding_mixed_sizes_map_ids_to_the_right_rows():
         ),
         ({"name": "esmm", "dropout": 1.5}, "model.dropout must be in [0, 1), got 1.5"),
         ({"name": "esmm", "activation": "swish2"}, "model.activation 'swish2' is unknown"),
-        ({"name": "mmoe", "num_expert": 2}, "model 'mmoe' has no key(s) ['num_expert']"),
+        (
+            {"name": "mmoe", "num_expert": 2},
+            "model.num_expert is not a key of model (did you mean model.num_experts?)",
+        ),
         (
             {"name": "foo"},
             "model.name 'foo' is unknown; valid models: ['aitm', 'cvr_base', 'esmm', ",
