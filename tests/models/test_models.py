@@ -5,7 +5,7 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models import build_model
+from mtlrec.models import MODELS, build_model
 from mtlrec.models.esmm import product_logit
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
 
@@ -215,7 +215,7 @@ def test_feature_embedding_mixed_sizes_map_ids_to_the_right_rows():
         ),
         (
             {"name": "foo"},
-            "model.name 'foo' is unknown; valid models: ['aitm', 'cvr_base', 'esmm', ",
+            f"model.name 'foo' is unknown; valid models: {sorted(MODELS)}",
         ),
     ],
 )
