@@ -205,6 +205,7 @@ class Esmm(MultiTaskModel):
         self.backbone = mixture_backbone(cfg, in_dim, n)
         if self.backbone is not None:
             in_dim = self.backbone.out_dim
+        self.tower_in_dim = in_dim
         if cfg.chain is None:
             towers = {
                 "ctr": cfg.ctr_tower_dims or cfg.tower_dims,
@@ -236,6 +237,13 @@ class Esmm(MultiTaskModel):
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         reps, fm = self.step_inputs(sparse, dense, out)
+        self.chain_outputs(reps, fm, out)
+        return out
+
+    def chain_outputs(
+        self, reps: list[torch.Tensor], fm: torch.Tensor | None, out: dict[str, torch.Tensor]
+    ) -> None:
+        """Each step's conditional logit and the chain's products, into `out`."""
         cumulative = None
         for k, step in enumerate(self.steps):
             conditional = self.towers[step.conditional](reps[k]).squeeze(-1)
@@ -247,7 +255,6 @@ class Esmm(MultiTaskModel):
                 conditional if cumulative is None else product_logit(cumulative, conditional)
             )
             out[step.output] = cumulative
-        return out
 
 
 def mixture_backbone(cfg: EsmmConfig, in_dim: int, steps: int) -> nn.Module | None:
