@@ -96,3 +96,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, con
     a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model_state"]
     b = torch.load(straight_dir / "checkpoints" / "last.pt", weights_only=False)["model_state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "config", ["division", "snr_aver", "escm2_dr", "mmoe_attention", "esmm_dcn"]
+)
+def test_new_models_export_to_torchscript(tmp_path, config):
+    from mtlrec.inference import export
+
+    run_dir, _ = run_training(tmp_path, [*CONFIGS[config][0], *SMALL])
+    result = export(run_dir, "torchscript", tmp_path / "ts", sample_rows=64)
+    assert result["max_abs_diff"] <= 1e-5
+    assert "cvr_clamped" not in result["outputs"] and "gates" not in result["outputs"]
