@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
+
+from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.config_schema import build
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -25,11 +27,9 @@ __all__ = ["MODELS", "build_model", "model_config", "register"]
 
 
 def _plain(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict of plain values (an OmegaConf node is resolved and converted)."""
-    if hasattr(model_cfg, "_get_node"):  # an OmegaConf DictConfig, without importing omegaconf here
-        from omegaconf import OmegaConf
-
-        return dict(OmegaConf.to_container(model_cfg, resolve=True))  # type: ignore[arg-type]
+    """A plain dict of plain values (a composed DictConfig is resolved and converted)."""
+    if isinstance(model_cfg, DictConfig):
+        return cast(dict[str, Any], OmegaConf.to_container(model_cfg, resolve=True))
     return dict(model_cfg)
 
 

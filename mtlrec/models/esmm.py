@@ -204,7 +204,7 @@ class Esmm(MultiTaskModel):
         )
         self.backbone = mixture_backbone(cfg, in_dim, n)
         if self.backbone is not None:
-            in_dim = self.backbone.out_dim
+            in_dim = int(self.backbone.out_dim)  # type: ignore[arg-type]
         self.tower_in_dim = in_dim
         if cfg.chain is None:
             towers = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +225,8 @@ class FeatureEmbedding(nn.Module):
                 ids = sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
             # index_select instead of table(ids): same values, but its backward (index_add) is
             # several times faster on CPU than embedding_dense_backward (sort + per-id loop).
-            emb = table.weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1)
+            weight = cast(torch.Tensor, table.weight)
+            emb = weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1)
             dim = self.group_dims[j]
             if self.copies == 1:
                 parts.append(emb.reshape(batch, -1))

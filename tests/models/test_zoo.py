@@ -88,6 +88,11 @@ def test_esmm_ns_gives_each_tower_its_own_embedding():
     out["cvr"].sum().backward()
     emb = model.embedding.tables[0].weight.grad.view(15, 2, 4)
     assert emb[:, 0].abs().sum() == 0 and emb[:, 1].abs().sum() > 0  # only the CVR tower's copy
+    for backbone in ("deepfm", "dcn"):  # each tower's own FM term / cross layers
+        ns, _ = build(name="esmm", tower_dims=[8], share_embedding=False, backbone=backbone)
+        ns(*inputs())["ctr"].sum().backward()
+        for p in ns.interaction.parameters():
+            assert p.grad[1].abs().sum() == 0  # the CVR step's slice gets no CTR gradient
     with pytest.raises(MtlrecError, match="^model.share_embedding=false needs model.backbone"):
         build(name="esmm", share_embedding=False, backbone="mmoe")
 
