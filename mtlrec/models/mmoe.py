@@ -82,6 +82,11 @@ class MMoEConfig(MoEConfig):
         if self.gate not in GATES:
             raise MtlrecError(f"model.gate '{self.gate}' is unknown; use one of {list(GATES)}")
         check_positive("model.attention_dim", self.attention_dim)
+        if self.gate == "attention" and self.gate_dims:
+            raise MtlrecError(
+                f"model.gate_dims={list(self.gate_dims)} applies to gate=softmax only (an attention "
+                f"gate has no input network); set model.gate_dims=[]"
+            )
         check_backbone(self.backbone, self.cross_layers)
 
 

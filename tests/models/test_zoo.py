@@ -123,6 +123,10 @@ def test_mmoe_with_attention_gates_returns_them_as_gates():
     assert out["gates"].shape == (B, 2, 3)
     torch.testing.assert_close(out["gates"].sum(-1), torch.ones(B, 2))
     assert not hasattr(model.gates, "linears")  # no input-side gate network
+    with pytest.raises(MtlrecError, match=r"^model.gate_dims=\[4\] applies to gate=softmax only"):
+        build(name="mmoe", gate="attention", gate_dims=[4])
+    with pytest.raises(MtlrecError, match=r"^model.gate 'dot' is unknown; use one of"):
+        build(name="mmoe", gate="dot")
 
 
 # -- DeepFM / DCN-v2 ----------------------------------------------------------------------------
@@ -290,3 +294,46 @@ def test_snr_routes_subnetworks_through_codes(connection):
     torch.manual_seed(5)
     sampled = model(sparse, dense)["gates"][0]
     assert not torch.equal(sampled, z) and ((sampled >= 0) & (sampled <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"name": "escm2", "regularizer": "snips"},
+            "model.regularizer 'snips' is unknown; use one of ['ips', 'dr']",
+        ),
+        (
+            {"name": "escm2", "propensity_clip": 0.0},
+            "model.propensity_clip must be in (0, 1] (the floor of pCTR used as the click "
+            "propensity), got 0.0",
+        ),
+        (
+            {"name": "escm2", "chain": ["click", "conversion"]},
+            "model=escm2 works on the click -> conversion funnel only; model.chain must be null, "
+            "got ['click', 'conversion']",
+        ),
+        (
+            {"name": "snr", "connection": "max"},
+            "model.connection 'max' is unknown; use one of ['trans', 'aver']",
+        ),
+        (
+            {"name": "snr", "gamma": 0.1},
+            "model.gamma must be < 0 and model.zeta > 1 (the stretch interval around [0, 1]), "
+            "got gamma=0.1, zeta=1.1",
+        ),
+        (
+            {"name": "shared_bottom", "backbone": "din"},
+            "model.backbone 'din' is unknown; use one of ['mlp', 'deepfm', 'dcn']",
+        ),
+        (
+            {"name": "esmm", "backbone": "dcn", "cross_layers": 0},
+            "model.cross_layers must be an integer >= 1, got 0",
+        ),
+        ({"name": "snr", "l0_weight": "big"}, "model.l0_weight='big': expected a number"),
+    ],
+)
+def test_zoo_config_errors_are_one_exact_line(cfg, message):
+    with pytest.raises(MtlrecError) as err:
+        build(**cfg)
+    assert str(err.value) == message
