@@ -56,6 +56,22 @@ def command(model: list[str], seed: int, args: argparse.Namespace, run_dir: Path
     ]
 
 
+def clamped_fraction(run_dir: Path) -> float:
+    """DIVISION: the fraction of test rows whose pCTCVR / pCTR was above 1 and clamped."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from mtlrec.inference import encode_features
+    from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model, spec, _ = model_from_checkpoint(payload)
+    test = Path(payload["config"]["dataset"]["path"]) / spec.splits["test"]
+    sparse, dense = encode_features(pq.read_table(test), spec, str(test))
+    with torch.no_grad():
+        return float(model(sparse, dense)["cvr_clamped"].mean())
+
+
 def cell(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "-"
 
@@ -97,6 +113,9 @@ def main() -> None:
     for name, runs in results.items():
         cells = [cell([r[k] for r in runs if r.get(k) is not None]) for k in METRICS]
         print(f"| {name} | " + " | ".join(cells) + f" | {len(runs)} |")
+    if "DIVISION" in results:
+        fractions = [clamped_fraction(out / f"DIVISION-{seed}") for seed in args.seeds]
+        print(f"\nDIVISION: test rows with pCTCVR > pCTR (clamped to pCVR = 1): {cell(fractions)}")
 
 
 if __name__ == "__main__":
