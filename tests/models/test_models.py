@@ -6,6 +6,7 @@ import torch
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import MODELS, build_model
+from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.esmm import product_logit
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
 
@@ -149,7 +150,18 @@ def test_grouped_mlp_equals_independent_linears():
         torch.testing.assert_close(y[g], h @ mlp.linears[1].weight[g] + mlp.linears[1].bias[g])
 
 
-@pytest.mark.parametrize("name", ["shared_bottom", "single_task", "mmoe"])
+# generic models train on the dataset's tasks: they keep MultiTaskModel.loss_tasks
+GENERIC = sorted(
+    n for n, cls in MODELS.items() if cls.loss_tasks.__func__ is MultiTaskModel.loss_tasks.__func__
+)
+
+
+def test_generic_models_come_from_the_registry():
+    assert {"mmoe", "omoe", "ple", "shared_bottom", "single_task", "snr"} <= set(GENERIC)
+    assert "esmm" not in GENERIC and "cvr_base" not in GENERIC
+
+
+@pytest.mark.parametrize("name", GENERIC)
 def test_generic_models_shapes(name):
     model, tasks = build({"name": name})
     out = model(*batch(n=5))
