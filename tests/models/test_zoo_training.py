@@ -108,3 +108,13 @@ def test_new_models_export_to_torchscript(tmp_path, config):
     result = export(run_dir, "torchscript", tmp_path / "ts", sample_rows=64)
     assert result["max_abs_diff"] <= 1e-5
     assert "cvr_clamped" not in result["outputs"] and "gates" not in result["outputs"]
+
+
+@pytest.mark.parametrize("config", sorted(c for c, (_, shares) in CONFIGS.items() if shares))
+def test_new_shared_models_train_under_gradnorm(tmp_path, config):
+    """GradNorm needs a last shared layer: every new model that shares parameters has one."""
+    run_dir, metrics = run_training(tmp_path, [*CONFIGS[config][0], *SMALL, "balance=gradnorm"])
+    assert metrics["status"] == "completed"
+    weights = pd.read_csv(run_dir / "history.csv").filter(like="weight/")
+    assert weights.shape[1] == 2  # renormalised to sum to the number of tasks
+    assert math.isclose(weights.iloc[0].sum(), 2.0, rel_tol=1e-4)
