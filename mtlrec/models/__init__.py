@@ -11,7 +11,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mtlrec.config_schema import build
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -27,10 +27,14 @@ __all__ = ["MODELS", "build_model", "model_config", "register"]
 
 
 def _plain(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain dict of plain values (a composed DictConfig is resolved and converted)."""
+    """A plain dict of plain values: OmegaConf nodes (the whole mapping or its values, as in
+    `dict(cfg.model)`) are resolved and converted, so type checks see lists, not ListConfigs."""
     if isinstance(model_cfg, DictConfig):
         return cast(dict[str, Any], OmegaConf.to_container(model_cfg, resolve=True))
-    return dict(model_cfg)
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+        for k, v in model_cfg.items()
+    }
 
 
 def model_config(model_cfg: Mapping[str, Any]) -> tuple[type[MultiTaskModel], CommonConfig]:

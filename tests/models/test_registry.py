@@ -86,6 +86,14 @@ def test_wrong_types_are_one_line_never_coerced(name):
     assert str(err.value) == f"model.{lists[0]}=64: expected a list of integers"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_composed_config_in_any_form_builds_the_same(name):
+    node = compose_train([f"model={name}"]).model
+    want = model_config(composed(name))[1]
+    assert model_config(node)[1] == want  # the DictConfig itself
+    assert model_config(dict(node))[1] == want  # a dict holding ListConfig values
+
+
 def test_the_issue_examples_through_a_composed_config():
     with pytest.raises(MtlrecError, match=r"^model.expert_dims=64: expected a list of integers$"):
         model_config(compose_train(["model=mmoe", "model.expert_dims=64"]).model)
