@@ -337,3 +337,9 @@ def test_zoo_config_errors_are_one_exact_line(cfg, message):
     with pytest.raises(MtlrecError) as err:
         build(**cfg)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("name", ["esmm", "mmoe", "shared_bottom", "single_task"])
+def test_default_backbone_adds_no_parameters_so_old_checkpoints_load(name):
+    model, _ = build(name=name)
+    assert not [k for k in model.state_dict() if k.startswith("interaction.")]
