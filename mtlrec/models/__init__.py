@@ -1,49 +1,54 @@
-"""Model registry: config name -> model class. Each model lives in its own file."""
+"""Model registry: config name -> model class. Each model lives in its own file.
+
+Every module of this package is imported here once, so each model's `@register("name")` runs;
+`MODELS` is then the full list (tests and docs take it from here, never from a hand-written list).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mtlrec.config_schema import build
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models.aitm import AITM
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.cvr_base import CvrBase
-from mtlrec.models.esmm import Esmm
 from mtlrec.models.layers import CommonConfig
-from mtlrec.models.mmoe import MMoE
-from mtlrec.models.omoe import OMoE
-from mtlrec.models.ple import PLE
-from mtlrec.models.shared_bottom import SharedBottom
-from mtlrec.models.single_task import SingleTask
+from mtlrec.models.registry import MODELS, register
 
-MODELS: dict[str, type[MultiTaskModel]] = {
-    "esmm": Esmm,
-    "mmoe": MMoE,
-    "shared_bottom": SharedBottom,
-    "single_task": SingleTask,
-    "cvr_base": CvrBase,
-    "omoe": OMoE,
-    "ple": PLE,
-    "aitm": AITM,
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["MODELS", "build_model", "model_config", "register"]
+
+
+def _plain(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict of plain values: OmegaConf nodes (the whole mapping or its values, as in
+    `dict(cfg.model)`) are resolved and converted, so type checks see lists, not ListConfigs."""
+    if isinstance(model_cfg, DictConfig):
+        return cast(dict[str, Any], OmegaConf.to_container(model_cfg, resolve=True))
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+        for k, v in model_cfg.items()
+    }
 
 
 def model_config(model_cfg: Mapping[str, Any]) -> tuple[type[MultiTaskModel], CommonConfig]:
-    """The model class and its validated typed config, from the `model` config group."""
-    name = model_cfg.get("name")
+    """The model class and its typed config, from the `model` config group.
+
+    Every key and type is checked by `config_schema.build` (one line naming key, value and what
+    is allowed; never coerced), then the Config's `validate()` checks ranges.
+    """
+    values = _plain(model_cfg)
+    name = values.get("name")
     if name not in MODELS:
         raise MtlrecError(f"model.name '{name}' is unknown; valid models: {sorted(MODELS)}")
     cls = MODELS[name]
-    known = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(model_cfg) - known)
-    if unknown:
-        raise MtlrecError(f"model '{name}' has no key(s) {unknown}; its keys are {sorted(known)}")
-    cfg = cls.Config(**dict(model_cfg))  # a plain dict: OmegaConf.to_container(resolve=True)
-    cfg.validate()
-    return cls, cfg
+    return cls, build(cls.Config, values, "model")
 
 
 def build_model(

@@ -47,6 +47,7 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -86,6 +87,7 @@ class AdaptiveInformationTransfer(nn.Module):
         return (w.unsqueeze(-1) * self.h3(u)).sum(1), w
 
 
+@register("aitm")
 class AITM(MultiTaskModel):
     Config = AitmConfig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ class MultiTaskModel(nn.Module):
 
     @classmethod
     def loss_tasks(
-        cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: CommonConfig
+        cls, spec: DatasetSpec, selected: tuple[TaskSpec, ...], cfg: Any
     ) -> tuple[TaskSpec, ...]:
         """The tasks whose losses train the model; by default the dataset's (selected) tasks."""
         if not selected:

@@ -22,6 +22,7 @@ from torch import nn
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel, require_funnel
 from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, check_dims
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CvrBaseConfig(CommonConfig):
         check_dims("model.tower_dims", self.tower_dims)
 
 
+@register("cvr_base")
 class CvrBase(MultiTaskModel):
     Config = CvrBaseConfig
 

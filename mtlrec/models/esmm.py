@@ -11,8 +11,8 @@ Conversion Rate", SIGIR 2018.
 
 Both losses are over ALL impressions; there is no loss on pCVR itself, which is how ESMM avoids the
 sample-selection bias of training CVR on clicked rows only. pCTCVR is returned as a logit computed
-in log space (log pCTCVR = log pCTR + log pCVR), so its loss never takes the log of a product that
-underflowed to 0.
+in log space (mtlrec.models.logspace.product_logit), so its loss never takes the log of a product
+that underflowed to 0 and its gradients stay finite for confident towers.
 
 Generalized (ESM2-style path decomposition, Wen et al., SIGIR 2020): a `chain` of n label columns
 s_1 .. s_n, each over all impressions and 1 only when every earlier step happened (e.g.
@@ -29,13 +29,20 @@ chain, p(s_k) is named after its label column (e.g. `purchase`) and c_k (k >= 2)
 
 Backbone below the towers (`backbone`): `mlp` = every tower reads the shared embedding (the paper);
 `mmoe` = shared experts with one softmax gate per step, tower k reads its mixture; `ple` = PLE
-extraction levels (see ple.py), tower k reads its task representation. With mmoe/ple the model
-returns "gates" [B, steps, experts] too (the gate of step k's tower is logged under the k-th loss
-task, e.g. gate/ctcvr/... is the CVR tower's gate).
+extraction levels (see ple.py), tower k reads its task representation; `deepfm` / `dcn` = the
+feature-interaction backbones of interaction.py (an FM term added to every tower's logit / DCN-v2
+cross layers the towers read). With mmoe/ple the model returns "gates" [B, steps, experts] too
+(the gate of step k's tower is logged under the k-th loss task, e.g. gate/ctcvr/... is the CVR
+tower's gate).
+
+ESMM-NS (the paper's ablation, `share_embedding: false`): every tower gets its own embedding
+table, so the CTR task no longer transfers what it learns from the many clicks to the CVR tower
+(only the product in the CTCVR loss links them). Needs backbone mlp, deepfm or dcn.
 
 Config keys (conf/model/esmm.yaml): embedding_dim, embedding_init_std, tower_dims, ctr_tower_dims,
 cvr_tower_dims, activation, dropout, batch_norm, ctr_weight, ctcvr_weight, chain, chain_weights,
-backbone, num_experts, expert_dims, num_levels, num_shared_experts, num_specific_experts.
+backbone, num_experts, expert_dims, num_levels, num_shared_experts, num_specific_experts,
+share_embedding, cross_layers.
 Outputs: ctr, cvr, ctcvr (logits) for the default funnel; see above for a chain.
 """
 
@@ -45,12 +52,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel, require_funnel
+from mtlrec.models.interaction import BACKBONES as INTERACTION_BACKBONES
+from mtlrec.models.interaction import FeatureInteraction, check_backbone
 from mtlrec.models.layers import (
     MLP,
     CommonConfig,
@@ -59,9 +67,11 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.logspace import product_logit
 from mtlrec.models.ple import PleExtractor, check_ple_experts
+from mtlrec.models.registry import register
 
-BACKBONES = ("mlp", "mmoe", "ple")
+BACKBONES = ("mlp", "mmoe", "ple", *INTERACTION_BACKBONES[1:])
 
 
 @dataclass
@@ -79,6 +89,8 @@ class EsmmConfig(CommonConfig):
     num_levels: int = 1
     num_shared_experts: int = 2
     num_specific_experts: int = 1
+    share_embedding: bool = True
+    cross_layers: int = 2
 
     def validate(self) -> None:
         super().validate()
@@ -86,11 +98,13 @@ class EsmmConfig(CommonConfig):
         check_dims("model.ctr_tower_dims", self.ctr_tower_dims or self.tower_dims)
         check_dims("model.cvr_tower_dims", self.cvr_tower_dims or self.tower_dims)
         check_chain(self.chain, self.chain_weights)
-        if self.backbone not in BACKBONES:
+        check_backbone(self.backbone, self.cross_layers, BACKBONES)
+        if not self.share_embedding and self.backbone in ("mmoe", "ple"):
             raise MtlrecError(
-                f"model.backbone '{self.backbone}' is unknown; use one of {list(BACKBONES)}"
+                f"model.share_embedding=false needs model.backbone mlp, deepfm or dcn (a "
+                f"{self.backbone} backbone mixes one shared input), got {self.backbone}"
             )
-        if self.backbone != "mlp":
+        if self.backbone in ("mmoe", "ple"):
             check_dims("model.expert_dims", self.expert_dims)
             check_positive("model.num_experts", self.num_experts)
             check_positive("model.num_levels", self.num_levels)
@@ -153,16 +167,7 @@ def resolve_chain(
     ]
 
 
-def product_logit(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
-    """logit(sigmoid(a) * sigmoid(b)), computed in log space without underflow."""
-    log_p = (F.logsigmoid(logit_a) + F.logsigmoid(logit_b)).clamp(max=-1e-12)
-    # log(1 - p) from log p: two formulas, each accurate on its side of p = 1/2.
-    log_1mp = torch.where(
-        log_p > -0.6931471805599453, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p))
-    )
-    return log_p - log_1mp
-
-
+@register("esmm")
 class Esmm(MultiTaskModel):
     Config = EsmmConfig
 
@@ -182,28 +187,25 @@ class Esmm(MultiTaskModel):
         )
         names = [s.conditional for s in self.steps] + [s.output for s in self.steps]
         self.output_types = {name: "binary" for name in names}
-        self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        n = len(self.steps)
+        self.shared = cfg.share_embedding
+        self.embedding = FeatureEmbedding(
+            spec, cfg.embedding_dim, cfg.embedding_init_std, copies=1 if self.shared else n
+        )
         in_dim = self.embedding.out_dim
-        n, act, drop, bn = len(self.steps), cfg.activation, cfg.dropout, cfg.batch_norm
-        self.backbone: nn.Module | None = None
-        if cfg.backbone == "mmoe":
-            self.backbone = MixtureOfExperts(
-                in_dim, cfg.num_experts, cfg.expert_dims, n, (), act, drop, bn
-            )
-        elif cfg.backbone == "ple":
-            self.backbone = PleExtractor(
-                in_dim,
-                n,
-                cfg.num_levels,
-                cfg.num_shared_experts,
-                cfg.num_specific_experts,
-                cfg.expert_dims,
-                act,
-                drop,
-                bn,
-            )
+        self.interaction = FeatureInteraction(
+            cfg.backbone if cfg.backbone in INTERACTION_BACKBONES else "mlp",
+            spec,
+            cfg.embedding_dim,
+            in_dim,
+            n,
+            cfg.cross_layers,
+            groups=1 if self.shared else n,
+        )
+        self.backbone = mixture_backbone(cfg, in_dim, n)
         if self.backbone is not None:
-            in_dim = self.backbone.out_dim
+            in_dim = int(self.backbone.out_dim)  # type: ignore[arg-type]
+        self.tower_in_dim = in_dim
         if cfg.chain is None:
             towers = {
                 "ctr": cfg.ctr_tower_dims or cfg.tower_dims,
@@ -216,23 +218,60 @@ class Esmm(MultiTaskModel):
             body = MLP(in_dim, dims, cfg.activation, cfg.dropout, cfg.batch_norm)
             self.towers[name] = nn.Sequential(body, nn.Linear(body.out_dim, 1))
 
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        e = self.embedding(sparse, dense)
-        out: dict[str, torch.Tensor] = {}
+    def step_inputs(
+        self, sparse: torch.Tensor, dense: torch.Tensor, out: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """What each step's tower reads, and the FM logit term per step (deepfm) or None."""
+        x, fm = self.interaction(self.embedding(sparse, dense))
         if isinstance(self.backbone, MixtureOfExperts):
-            reps, gates = self.backbone(e)  # [steps, B, H], [steps, B, E]
+            reps, gates = self.backbone(x)  # [steps, B, H], [steps, B, E]
             out["gates"] = gates.transpose(0, 1)
-        elif self.backbone is not None:
-            reps, out["gates"] = self.backbone(e)
-        else:
-            reps = [e] * len(self.steps)  # the paper: every tower reads the shared embedding
+            return list(reps), fm
+        if self.backbone is not None:
+            reps, out["gates"] = self.backbone(x)
+            return list(reps), fm
+        if self.shared:
+            return [x] * len(self.steps), fm  # the paper: every tower reads the shared embedding
+        return list(x), fm  # ESMM-NS: tower k reads its own embedding [steps, B, in]
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        reps, fm = self.step_inputs(sparse, dense, out)
+        self.chain_outputs(reps, fm, out)
+        return out
+
+    def chain_outputs(
+        self, reps: list[torch.Tensor], fm: torch.Tensor | None, out: dict[str, torch.Tensor]
+    ) -> None:
+        """Each step's conditional logit and the chain's products, into `out`."""
         cumulative = None
         for k, step in enumerate(self.steps):
             conditional = self.towers[step.conditional](reps[k]).squeeze(-1)
+            if fm is not None:
+                conditional = conditional + fm[k]
             out[step.conditional] = conditional
             # p(s_k) = p(s_{k-1}) * p(s_k | s_{k-1}), as a logit computed in log space
             cumulative = (
                 conditional if cumulative is None else product_logit(cumulative, conditional)
             )
             out[step.output] = cumulative
-        return out
+
+
+def mixture_backbone(cfg: EsmmConfig, in_dim: int, steps: int) -> nn.Module | None:
+    """The mmoe / ple backbone below the towers, or None."""
+    act, drop, bn = cfg.activation, cfg.dropout, cfg.batch_norm
+    if cfg.backbone == "mmoe":
+        return MixtureOfExperts(in_dim, cfg.num_experts, cfg.expert_dims, steps, (), act, drop, bn)
+    if cfg.backbone == "ple":
+        return PleExtractor(
+            in_dim,
+            steps,
+            cfg.num_levels,
+            cfg.num_shared_experts,
+            cfg.num_specific_experts,
+            cfg.expert_dims,
+            act,
+            drop,
+            bn,
+        )
+    return None

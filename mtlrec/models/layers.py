@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec
@@ -65,6 +67,23 @@ def check_dims(key: str, dims: Sequence[int], allow_empty: bool = False) -> list
     return dims
 
 
+class BatchNorm1d(nn.BatchNorm1d):
+    """Batch norm that is safe on a training batch of 0 or 1 rows.
+
+    The statistics of a single row are undefined (torch raises "Expected more than 1 value per
+    channel"), so such a batch is normalized with the running statistics, as in eval mode, and
+    leaves them (and num_batches_tracked) untouched; the affine weight and bias still learn. Every
+    other batch behaves exactly like nn.BatchNorm1d. The check is on the shape: no host sync.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] <= 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> activation -> [Dropout] for each size in `dims`."""
 
@@ -80,7 +99,7 @@ class MLP(nn.Sequential):
         for d in dims:
             layers.append(nn.Linear(in_dim, d))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(d))
+                layers.append(BatchNorm1d(d))
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -135,9 +154,7 @@ class GroupedMLP(nn.Module):
             else:
                 self.linears.append(GroupedLinear(groups, in_dim, d))
             hidden = out_dim is None or i < len(sizes) - 1
-            self.norms.append(
-                nn.BatchNorm1d(groups * d) if batch_norm and hidden else nn.Identity()
-            )
+            self.norms.append(BatchNorm1d(groups * d) if batch_norm and hidden else nn.Identity())
             in_dim = d
         self.num_hidden = len(dims)
         self.act = ACTIVATIONS[activation]() if self.num_hidden else nn.Identity()
@@ -208,7 +225,8 @@ class FeatureEmbedding(nn.Module):
                 ids = sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
             # index_select instead of table(ids): same values, but its backward (index_add) is
             # several times faster on CPU than embedding_dense_backward (sort + per-id loop).
-            emb = table.weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1)
+            weight = cast(torch.Tensor, table.weight)
+            emb = weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1)
             dim = self.group_dims[j]
             if self.copies == 1:
                 parts.append(emb.reshape(batch, -1))

@@ -25,13 +25,15 @@ import torch
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP, MixtureOfExperts
-from mtlrec.models.mmoe import MMoEConfig
+from mtlrec.models.mmoe import MoEConfig
+from mtlrec.models.registry import register
 
 
-class OMoEConfig(MMoEConfig):
-    """The same keys as MMoE: only the number of gates differs."""
+class OMoEConfig(MoEConfig):
+    """MMoE's expert/gate/tower keys: only the number of gates differs."""
 
 
+@register("omoe")
 class OMoE(MultiTaskModel):
     Config = OMoEConfig
 

@@ -43,6 +43,7 @@ from mtlrec.models.layers import (
     check_dims,
     check_positive,
 )
+from mtlrec.models.registry import register
 
 
 @dataclass
@@ -74,6 +75,9 @@ def check_ple_experts(num_shared: int, num_specific: int) -> None:
 
 class ExtractionLevel(nn.Module):
     """One PLE level (a CGC): T*S task-specific + Sh shared experts, T task gates, [a shared gate]."""
+
+    expert_input: torch.Tensor  # buffers, declared for the type checker
+    task_experts: torch.Tensor
 
     def __init__(
         self,
@@ -167,7 +171,7 @@ class PleExtractor(nn.Module):
             task_out, shared_out, gates = lvl(x)
             if shared_out is not None:
                 x = torch.cat([task_out, shared_out.unsqueeze(0)], 0)  # [T + 1, B, H]
-        last = self.levels[-1]
+        last: ExtractionLevel = self.levels[-1]  # type: ignore[assignment]
         # Scatter each task's gate weights into the global expert order (0 = not visible).
         t, b, _ = gates.shape
         full = gates.new_zeros(t, b, last.num_experts)
@@ -175,6 +179,7 @@ class PleExtractor(nn.Module):
         return task_out, full.transpose(0, 1)
 
 
+@register("ple")
 class PLE(MultiTaskModel):
     Config = PLEConfig
 

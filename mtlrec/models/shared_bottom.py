@@ -5,8 +5,11 @@ Caruana, "Multitask Learning", Machine Learning 28, 1997; the baseline of the MM
     h   = bottom(Embedding(sparse) ++ dense)        one MLP (bottom_dims) shared by all tasks
     y_k = tower_k(h)                                one tower per task (tower_dims, then one output)
 
+Backbone (`backbone`, interaction.py): `deepfm` adds each task's scaled FM term to its logit, `dcn`
+puts DCN-v2 cross layers below the bottom.
+
 Config keys (conf/model/shared_bottom.yaml): embedding_dim, embedding_init_std, bottom_dims,
-tower_dims, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+tower_dims, backbone, cross_layers, activation, dropout, batch_norm. Outputs: one per task, named after the task.
 """
 
 from __future__ import annotations
@@ -17,20 +20,26 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.interaction import FeatureInteraction, check_backbone
 from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+from mtlrec.models.registry import register
 
 
 @dataclass
 class SharedBottomConfig(CommonConfig):
     bottom_dims: list[int] = field(default_factory=lambda: [64, 32])
     tower_dims: list[int] = field(default_factory=lambda: [32])
+    backbone: str = "mlp"
+    cross_layers: int = 2
 
     def validate(self) -> None:
         super().validate()
         check_dims("model.bottom_dims", self.bottom_dims)
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
+        check_backbone(self.backbone, self.cross_layers)
 
 
+@register("shared_bottom")
 class SharedBottom(MultiTaskModel):
     Config = SharedBottomConfig
 
@@ -39,6 +48,14 @@ class SharedBottom(MultiTaskModel):
         self.output_names = [t.output_name for t in tasks]
         self.output_types = {t.output_name: t.type for t in tasks}
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        self.interaction = FeatureInteraction(
+            cfg.backbone,
+            spec,
+            cfg.embedding_dim,
+            self.embedding.out_dim,
+            len(tasks),
+            cfg.cross_layers,
+        )
         self.bottom = MLP(
             self.embedding.out_dim, cfg.bottom_dims, cfg.activation, cfg.dropout, cfg.batch_norm
         )
@@ -54,6 +71,8 @@ class SharedBottom(MultiTaskModel):
         )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.bottom(self.embedding(sparse, dense))
-        y = self.towers(h).squeeze(-1)  # [T, B]
+        x, fm = self.interaction(self.embedding(sparse, dense))
+        y = self.towers(self.bottom(x)).squeeze(-1)  # [T, B]
+        if fm is not None:
+            y = y + fm
         return {name: y[k] for k, name in enumerate(self.output_names)}

@@ -9,8 +9,11 @@ as one batched computation: the embedding table stores T embeddings per id side 
 bottoms and towers are grouped MLPs. Training them together is the same as training T models
 alone, because the total loss is a sum and Adam's updates are per parameter.
 
+Backbone (`backbone`, interaction.py): `deepfm` adds to each task's logit the FM term of ITS OWN
+embedding, `dcn` gives each task its own cross layers: still nothing shared.
+
 Config keys (conf/model/single_task.yaml): embedding_dim, embedding_init_std, bottom_dims,
-tower_dims, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+tower_dims, backbone, cross_layers, activation, dropout, batch_norm. Outputs: one per task, named after the task.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.interaction import FeatureInteraction
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
+from mtlrec.models.registry import register
 from mtlrec.models.shared_bottom import SharedBottomConfig
 
 
@@ -27,6 +32,7 @@ class SingleTaskConfig(SharedBottomConfig):
     """The same keys as shared-bottom; here every task gets its own bottom."""
 
 
+@register("single_task")
 class SingleTask(MultiTaskModel):
     Config = SingleTaskConfig
 
@@ -36,6 +42,9 @@ class SingleTask(MultiTaskModel):
         self.output_types = {t.output_name: t.type for t in tasks}
         n = len(tasks)
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std, copies=n)
+        self.interaction = FeatureInteraction(
+            cfg.backbone, spec, cfg.embedding_dim, self.embedding.out_dim, n, cfg.cross_layers, n
+        )
         self.nets = GroupedMLP(
             n,
             self.embedding.out_dim,
@@ -47,5 +56,8 @@ class SingleTask(MultiTaskModel):
         )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        y = self.nets(self.embedding(sparse, dense)).squeeze(-1)  # [T, B]
+        x, fm = self.interaction(self.embedding(sparse, dense))  # [T, B, in], [T, B] or None
+        y = self.nets(x).squeeze(-1)  # [T, B]
+        if fm is not None:
+            y = y + fm
         return {name: y[k] for k, name in enumerate(self.output_names)}

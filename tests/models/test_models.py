@@ -5,7 +5,8 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models import build_model
+from mtlrec.models import MODELS, build_model
+from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.esmm import product_logit
 from mtlrec.models.layers import FeatureEmbedding, GroupedMLP
 
@@ -149,7 +150,18 @@ def test_grouped_mlp_equals_independent_linears():
         torch.testing.assert_close(y[g], h @ mlp.linears[1].weight[g] + mlp.linears[1].bias[g])
 
 
-@pytest.mark.parametrize("name", ["shared_bottom", "single_task", "mmoe"])
+# generic models train on the dataset's tasks: they keep MultiTaskModel.loss_tasks
+GENERIC = sorted(
+    n for n, cls in MODELS.items() if cls.loss_tasks.__func__ is MultiTaskModel.loss_tasks.__func__
+)
+
+
+def test_generic_models_come_from_the_registry():
+    assert {"mmoe", "omoe", "ple", "shared_bottom", "single_task", "snr"} <= set(GENERIC)
+    assert "esmm" not in GENERIC and "cvr_base" not in GENERIC
+
+
+@pytest.mark.parametrize("name", GENERIC)
 def test_generic_models_shapes(name):
     model, tasks = build({"name": name})
     out = model(*batch(n=5))
@@ -209,10 +221,13 @@ def test_feature_embedding_mixed_sizes_map_ids_to_the_right_rows():
         ),
         ({"name": "esmm", "dropout": 1.5}, "model.dropout must be in [0, 1), got 1.5"),
         ({"name": "esmm", "activation": "swish2"}, "model.activation 'swish2' is unknown"),
-        ({"name": "mmoe", "num_expert": 2}, "model 'mmoe' has no key(s) ['num_expert']"),
+        (
+            {"name": "mmoe", "num_expert": 2},
+            "model.num_expert is not a key of model (did you mean model.num_experts?)",
+        ),
         (
             {"name": "foo"},
-            "model.name 'foo' is unknown; valid models: ['aitm', 'cvr_base', 'esmm', ",
+            f"model.name 'foo' is unknown; valid models: {sorted(MODELS)}",
         ),
     ],
 )
