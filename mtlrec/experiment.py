@@ -183,13 +183,12 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
             )
             log.warning("%s; continue with: mtlrec train resume=%s", e, run_dir.path)
         raise e from None
+    except distributed.RankFailed as e:  # spawn: a rank failed; `text` names the rank and cause
+        run_dir.update_metrics(status="failed", error=e.text, wall_seconds=time.time() - started)
+        raise
     except MtlrecError as e:
         run_dir.update_metrics(status="failed", error=str(e), wall_seconds=time.time() - started)
         log.error("%s", e)
-        raise
-    except distributed.RankFailed as e:  # spawn: a rank died; its first line names rank and cause
-        first = str(e).splitlines()[0]
-        run_dir.update_metrics(status="failed", error=first, wall_seconds=time.time() - started)
         raise
     except Exception as e:
         run_dir.update_metrics(

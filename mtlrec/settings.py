@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec import metric_registry
-from mtlrec.config_schema import build, check_keys, check_value
+from mtlrec.config_schema import build, check_value
 from mtlrec.errors import MtlrecError
 
 
@@ -209,26 +209,12 @@ def model_settings(model_cfg: Mapping[str, Any]) -> Any:
 
 
 def balance_settings(balance_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The balance group: a known balancer and only its keys (typed by its Config when it has one)."""
-    from mtlrec.training.balance import BALANCERS
+    """The balance group: a known balancer and only its keys, typed by its Config (one line per
+    error, before anything is written)."""
+    from mtlrec.training.balance import balance_config
 
     cfg = dict(balance_cfg or {"name": "fixed"})
-    name = cfg.get("name", "fixed")
-    if name not in BALANCERS:
-        raise MtlrecError(f"balance.name '{name}' is unknown; valid: {sorted(BALANCERS)}")
-    cls = BALANCERS[name]
-    config_cls = getattr(cls, "Config", None)
-    if config_cls is not None:
-        import dataclasses
-
-        names = {f.name for f in dataclasses.fields(config_cls)}
-        build(
-            config_cls,
-            cfg if "name" in names else {k: v for k, v in cfg.items() if k != "name"},
-            "balance",
-        )
-    else:
-        check_keys(cfg, ["name", *cls.keys], "balance")
+    balance_config(cfg)
     return cfg
 
 

@@ -27,7 +27,7 @@ from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.loader import load_split
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models import model_config
+from mtlrec.models import MODELS, model_config
 from mtlrec.training.checkpoint import check_compatible, load_checkpoint, load_resumable
 from mtlrec.training.trainer import TrainerConfig
 
@@ -179,8 +179,7 @@ CONFIG_CASES = [
     (["model.embedding_dim=0"], "model.embedding_dim must be an integer >= 1, got 0"),
     (
         ["model.name=foo"],
-        "model.name 'foo' is unknown; valid models: ['aitm', 'cvr_base', 'esmm', 'mmoe', 'omoe', "
-        "'ple', 'shared_bottom', 'single_task']",
+        f"model.name 'foo' is unknown; valid models: {sorted(MODELS)}",
     ),
     (["trainer.batch_size=0"], "trainer.batch_size must be an integer >= 1, got 0"),
     (["trainer.lr=0"], "trainer.lr must be > 0, got 0"),

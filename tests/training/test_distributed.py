@@ -142,6 +142,7 @@ def test_a_failing_rank_stops_every_rank_and_is_reported_once(tmp_path):
             "dataset.num_rows=4000",
             "trainer.num_threads=1",
             "trainer.epochs=1",
+            "trainer.batch_size=512",  # 2,800 train rows: several steps per rank
             "trainer.devices=2",
             "device=cpu",
             f"hydra.run.dir={run_dir}",
@@ -159,9 +160,8 @@ def test_a_failing_rank_stops_every_rank_and_is_reported_once(tmp_path):
     assert "Traceback" not in proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # spawn writes no file: it raises RankFailed, whose `text` is the line above
-    # (test_rank_failures_become_one_rank_failed); recording that text as metrics.json's
-    # `error` is the caller's (experiment.run). Rank 0 marked the run failed itself.
-    assert metrics["status"] == "failed"
+    # (test_rank_failures_become_one_rank_failed); experiment.run records that text.
+    assert (metrics["status"], metrics["error"]) == ("failed", message)
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
