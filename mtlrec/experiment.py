@@ -306,6 +306,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     spec = DatasetSpec.load(data_dir)
     selected = spec.select_tasks(dataset.get("tasks"))
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
+    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
@@ -323,7 +324,8 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         stop=stop,
         checkpoint_every=settings.checkpoint.every_n_steps,
     )
-    splits = load_data(dataset, data_dir, spec, tuple(t.task for t in targets), device)
+    tasks = tuple(t.task for t in targets)
+    splits = load_data(dataset, data_dir, spec, tasks, device, trainer_cfg.data_on_device)
     splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     parallel = distributed.current().describe(trainer_cfg.batch_size)
     run_dir.write_json(ENV_FILE, {**environment(device), "distributed": parallel})
@@ -332,6 +334,18 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     )
     log_run(built, settings, run_dir)
     return built
+
+
+def check_embedding_memory(model: torch.nn.Module, choice: str, device: torch.device) -> str:
+    """Tables + optimizer state against the device's free memory, before either is allocated
+    there (on the CPU the tables exist already: only their optimizer state is still to come)."""
+    from mtlrec.training.optimizers import check_fits, free_memory, table_bytes
+
+    free = free_memory(device)
+    if device.type == "cpu":
+        weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
+        free += weights
+    return check_fits(model, choice, free, str(device))  # type: ignore[arg-type]
 
 
 def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:

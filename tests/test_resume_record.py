@@ -2,7 +2,7 @@
 
 import json
 
-from test_cli import mtlrec
+from commands.helpers import mtlrec
 
 from conftest import TINY
 from mtlrec.cli import translate_resume

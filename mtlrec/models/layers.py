@@ -226,7 +226,11 @@ class FeatureEmbedding(nn.Module):
             # index_select instead of table(ids): same values, but its backward (index_add) is
             # several times faster on CPU than embedding_dense_backward (sort + per-id loop).
             weight = cast(torch.Tensor, table.weight)
-            emb = weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1)
+            if table.sparse:  # a row-wise optimizer (trainer.embedding_optimizer): O(batch) grads
+                emb = F.embedding(ids.reshape(-1), weight, sparse=True)
+            else:
+                emb = weight.index_select(0, ids.reshape(-1))
+            emb = emb.view(batch, ids.shape[1], -1)
             dim = self.group_dims[j]
             if self.copies == 1:
                 parts.append(emb.reshape(batch, -1))

@@ -61,3 +61,27 @@ class SingleTask(MultiTaskModel):
         if fm is not None:
             y = y + fm
         return {name: y[k] for k, name in enumerate(self.output_names)}
+
+    def task_parameter_groups(self) -> list[list[tuple[torch.nn.Parameter, object]]]:
+        """Which parameters, and which part of each, task k's network owns: (param, index) pairs.
+
+        The trainer clips `trainer.grad_clip_norm` per task network with these (joint clipping
+        would let one task's gradients shrink another's: no longer T independent models).
+        Indices are basic slices, so `grad[index]` is a view that clipping scales in place.
+        """
+        groups: list[list[tuple[torch.nn.Parameter, object]]] = []
+        emb, n = self.embedding, len(self.output_names)
+        for k in range(n):
+            group: list[tuple[torch.nn.Parameter, object]] = []
+            for table, dim in zip(emb.tables, emb.group_dims, strict=True):
+                group.append((table.weight, (slice(None), slice(k * dim, (k + 1) * dim))))
+            for linear in self.nets.linears:
+                group += [(linear.weight, k), (linear.bias, k)]
+            for norm in self.nets.norms:
+                for p in norm.parameters():
+                    d = p.shape[0] // self.nets.groups
+                    group.append((p, slice(k * d, (k + 1) * d)))
+            # per-task interaction parameters (grouped cross layers, FM scales) lead with T
+            group += [(p, k) for p in self.interaction.parameters() if p.shape[0] == n]
+            groups.append(group)
+        return groups

@@ -32,13 +32,14 @@ from mtlrec.training import distributed
 log = logging.getLogger("mtlrec")
 
 
-def place_splits(splits: dict, device: torch.device) -> dict:
-    """Move whole splits to the GPU when they fit comfortably; else pin them for async copies."""
+def place_splits(splits: dict, device: torch.device, on_device: str | bool = "auto") -> dict:
+    """Move whole splits to the GPU when they fit comfortably (or trainer.data_on_device=true);
+    else pin them in host memory for async copies (or trainer.data_on_device=false)."""
     if device.type != "cuda":
         return splits
     total = sum(s.nbytes for s in splits.values())
     free, _ = torch.cuda.mem_get_info(device)
-    if total < 0.5 * free:
+    if on_device is True or (on_device == "auto" and total < 0.5 * free):
         log.info("data: %.1f MiB moved to %s once", total / 2**20, device)
         return {k: s.to(device) for k, s in splits.items()}
     log.info(
@@ -49,12 +50,19 @@ def place_splits(splits: dict, device: torch.device) -> dict:
     return {k: s.pin_memory() for k, s in splits.items()}
 
 
-def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device: torch.device):
+def load_data(
+    ds: dict,
+    data_dir: Path,
+    spec: DatasetSpec,
+    tasks: tuple,
+    device: torch.device,
+    on_device: str | bool = "auto",
+):
     """Splits ready for the trainer; with dataset.streaming=true the train split is streamed."""
     violations = ds.get("funnel_violations", "error")  # dataset.funnel_violations: error | drop
     if not ds.get("streaming", False):
         return place_splits(
-            load_splits(data_dir, spec, tasks, funnel_violations=violations), device
+            load_splits(data_dir, spec, tasks, funnel_violations=violations), device, on_device
         )
     if "train" not in spec.splits:
         raise MtlrecError(f"{data_dir / 'spec.json'}: no 'train' split to stream")
@@ -79,6 +87,7 @@ def load_data(ds: dict, data_dir: Path, spec: DatasetSpec, tasks: tuple, device:
         **place_splits(
             load_splits(data_dir, spec, tasks, ("val", "test"), funnel_violations=violations),
             device,
+            on_device,
         ),
     }
 

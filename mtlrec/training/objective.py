@@ -93,8 +93,15 @@ def embedding_l2_penalty(model: nn.Module, sparse: torch.Tensor) -> torch.Tensor
             for weight, ids in rows_of(sparse):
                 total = total + weight.index_select(0, torch.unique(ids)).float().pow(2).sum()
         elif isinstance(module, FeatureEmbedding):
-            for weight, ids in _feature_embedding_rows(module, sparse):
-                total = total + weight.index_select(0, torch.unique(ids)).float().pow(2).sum()
+            for table, ids in _feature_embedding_rows(module, sparse):
+                rows = torch.unique(ids)
+                # a table on a sparse optimizer needs a sparse gradient from the penalty too
+                picked = (
+                    F.embedding(rows, table.weight, sparse=True)
+                    if table.sparse
+                    else table.weight.index_select(0, rows)
+                )
+                total = total + picked.float().pow(2).sum()
     return total
 
 
@@ -105,7 +112,7 @@ def _feature_embedding_rows(module: FeatureEmbedding, sparse: torch.Tensor):
             ids = sparse
         else:
             ids = sparse[:, getattr(module, f"fields_{j}")] + getattr(module, f"delta_{j}")
-        yield table.weight, ids.reshape(-1)
+        yield table, ids.reshape(-1)
 
 
 def clip_per_task(

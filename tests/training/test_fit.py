@@ -149,34 +149,8 @@ def test_embedding_l2_is_a_penalty_on_the_rows_a_batch_uses():
     assert not torch.equal(after[used], before[used])
 
 
-def single_task_parameter_groups(model):
-    """Which parameters (and which part of them) each task network of single_task owns.
-
-    The method helper models is asked to add as `SingleTask.task_parameter_groups`.
-    """
-    groups = []
-    emb = model.embedding
-    for k in range(len(model.output_names)):
-        group = []
-        for table, dim in zip(emb.tables, emb.group_dims, strict=True):
-            group.append((table.weight, (slice(None), slice(k * dim, (k + 1) * dim))))
-        for linear in model.nets.linears:
-            group += [(linear.weight, k), (linear.bias, k)]
-        for norm in model.nets.norms:
-            for p in norm.parameters():
-                d = p.shape[0] // model.nets.groups
-                group.append((p, slice(k * d, (k + 1) * d)))
-        groups.append(group)
-    return groups
-
-
-def test_single_task_with_clipping_keeps_the_tasks_independent(monkeypatch):
+def test_single_task_with_clipping_keeps_the_tasks_independent():
     """Per-task-network clipping: CVR labels never move the CTR network (joint clipping did)."""
-    from mtlrec.models.single_task import SingleTask
-
-    monkeypatch.setattr(
-        SingleTask, "task_parameter_groups", single_task_parameter_groups, raising=False
-    )
     cfg = TrainerConfig(grad_clip_norm=0.05, lr=1e-2)
     predictions = []
     for flip in (False, True):

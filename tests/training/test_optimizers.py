@@ -119,3 +119,64 @@ def test_memory_report_and_a_table_too_large_is_one_line():
         "embedding tables 0.0 MiB + optimizer state 0.1 MiB = 0.00 GiB do not fit in the 0.00 GiB "
         "free on cuda:0; use feature hashing"
     )
+
+
+# -- through a real run --------------------------------------------------------------------------
+SPARSE = ["model=mmoe", "trainer.embedding_optimizer=sparse_adam", "trainer.batch_size=64"]
+
+
+def test_a_sparse_run_interrupted_and_resumed_equals_one_never_stopped(tmp_path, monkeypatch):
+    """Lazy Adam's per-row state is in the checkpoint: a resume mid-epoch is exact."""
+    import json
+
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+    from mtlrec.training.signals import StopRequest, TrainingInterrupted
+
+    straight = tmp_path / "straight"
+    run(compose_train([*TINY, *SPARSE]), straight)
+
+    class StopAt(StopRequest):
+        polls = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAt.polls += 1
+            if StopAt.polls >= 60:  # mid-epoch 2 (43 steps per epoch)
+                self.signum = 15
+            return self.signum is not None
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAt)
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train([*TINY, *SPARSE]), stopped)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *SPARSE, f"resume={stopped}"]), stopped)
+    a = json.loads((straight / "metrics.json").read_text())["metrics"]
+    b = json.loads((stopped / "metrics.json").read_text())["metrics"]
+    assert a == b and a["test/mean_auc"] > 0.5
+    weights = [
+        torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model_state"]
+        for d in (straight, stopped)
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_sparse_tables_with_a_gradient_writing_balancer_is_one_line(tmp_path):
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+
+    with pytest.raises(MtlrecError) as e:
+        run(compose_train([*TINY, *SPARSE, "balance=pcgrad"]), tmp_path / "run")
+    assert str(e.value) == (
+        "balance=pcgrad projects dense per-task gradients and cannot take the sparse embedding "
+        "gradients of trainer.embedding_optimizer=sparse_adam; use "
+        "trainer.embedding_optimizer=adam with it"
+    )
+
+
+def test_auto_keeps_dense_adam_for_the_embedded_data(train_tiny):
+    """auto switches to lazy Adam only above 1M rows: small tables keep today's dense path."""
+    _, auto = train_tiny(["model=mmoe"], name="auto")
+    _, adam = train_tiny(["model=mmoe", "trainer.embedding_optimizer=adam"], name="adam")
+    assert auto["metrics"] == adam["metrics"]
