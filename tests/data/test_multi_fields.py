@@ -240,3 +240,53 @@ def test_field_option_mistakes_are_one_line(tmp_path, edit, message):
     with pytest.raises(MtlrecError) as e:
         prepare_dataset(cfg)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_the_summary_names_truncation_and_hash_collisions(rich, capsys):
+    from rich.console import Console
+
+    from mtlrec.data.prepare import print_summary
+
+    _, _, _, result = rich
+    console = Console(record=True, width=250)
+    print_summary(result, console=console)
+    text = console.export_text()
+    cut = sum(result.summary[s].truncated["genres"] for s in SPLITS)
+    assert f"bag max_len 3: {cut:,} rows truncated" in text
+    assert "sequence max_len 5" in text and "ids of item" in text
+    assert "hashed into 64 buckets, all buckets taken" in text
+
+
+def test_byo_funnel_with_counterfactual_labels_gives_cvr_auc_entire(tmp_path):
+    from mtlrec.training.metrics import eval_targets
+
+    rng = np.random.default_rng(0)
+    for s in SPLITS:
+        n = 200
+        click = (rng.random(n) < 0.4).astype(int)
+        would_buy = (rng.random(n) < 0.3).astype(int)
+        pd.DataFrame(
+            {
+                "item": rng.integers(0, 9, size=n),
+                "click": click,
+                "buy": click * would_buy,
+                "buy_if_clicked": would_buy,
+            }
+        ).to_csv(tmp_path / f"{s}.csv", index=False)
+    cfg = {
+        "name": "funnel_byo",
+        "preparer": "csv",
+        "path": str(tmp_path / "prepared"),
+        "raw_dir": str(tmp_path),
+        "files": {s: f"{s}.csv" for s in SPLITS},
+        "sparse": ["item"],
+        "targets": {"ctr": "click", "cvr": {"label": "buy", "where": "click"}},
+        "funnel": {"click": "click", "conversion": "buy", "conversion_if_clicked": "buy_if_clicked"},
+    }
+    spec = prepare_dataset(cfg).spec
+    assert spec.labels == ("click", "buy", "buy_if_clicked")
+    assert spec.funnel.conversion_if_clicked == "buy_if_clicked"
+    test = load_split(tmp_path / "prepared" / "test.parquet", spec, spec.tasks)
+    assert test.labels[:, 2].sum() > test.labels[:, 1].sum()  # counterfactual: not only clicked
+    targets = eval_targets(spec.tasks, {"ctr": "binary", "cvr": "binary"}, spec)
+    assert "cvr_auc_entire" in [t.key("auc") for t in targets]
