@@ -281,7 +281,11 @@ def test_byo_funnel_with_counterfactual_labels_gives_cvr_auc_entire(tmp_path):
         "files": {s: f"{s}.csv" for s in SPLITS},
         "sparse": ["item"],
         "targets": {"ctr": "click", "cvr": {"label": "buy", "where": "click"}},
-        "funnel": {"click": "click", "conversion": "buy", "conversion_if_clicked": "buy_if_clicked"},
+        "funnel": {
+            "click": "click",
+            "conversion": "buy",
+            "conversion_if_clicked": "buy_if_clicked",
+        },
     }
     spec = prepare_dataset(cfg).spec
     assert spec.labels == ("click", "buy", "buy_if_clicked")
