@@ -105,14 +105,13 @@ def _fields_table(result: Result):
         table.add_column(f"oov {name}", justify="right")
     table.add_column("notes")
     for c, size in result.vocab_sizes.items():
-        f = spec.feature(c)
-        per = (lambda s: result.summary[s].values.get(c, 0)) if f.multi else None
-
-        def rate(s: str, c: str = c, per=per) -> str:
-            total = per(s) if per else result.summary[s].rows
-            return f"{result.summary[s].oov.get(c, 0) / max(1, total):.2%}"
-
-        table.add_row(c, f"{size:,}", *(rate(s) for s in SPLITS), field_notes(spec, result, c))
+        multi = spec.feature(c).multi
+        rates = []
+        for s in SPLITS:
+            split = result.summary[s]
+            total = split.values.get(c, 0) if multi else split.rows
+            rates.append(f"{split.oov.get(c, 0) / max(1, total):.2%}")
+        table.add_row(c, f"{size:,}", *rates, field_notes(spec, result, c))
     return table
 
 
