@@ -52,7 +52,8 @@ def test_history_holds_only_earlier_ratings_and_genres_are_the_flags(tmp_path):
         got = [h for h in conv.history[k].split("|") if h]
         assert got == want, k
     assert conv.history[0] == conv.history[1]  # same second: neither sees the other
-    flags = [line.rstrip("\n").split("|")[5:] for line in open(tmp_path / "raw" / "u.item")]
+    lines = (tmp_path / "raw" / "u.item").read_text(encoding="latin-1").splitlines()
+    flags = [line.split("|")[5:] for line in lines]
     item = int(raw.item_id[3])
     want = [g for g, f in zip(GENRES, flags[item - 1], strict=True) if f == "1"]
     assert conv.genres[3].split("|") == (want or [""])
