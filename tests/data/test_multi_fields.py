@@ -294,3 +294,38 @@ def test_byo_funnel_with_counterfactual_labels_gives_cvr_auc_entire(tmp_path):
     assert test.labels[:, 2].sum() > test.labels[:, 1].sum()  # counterfactual: not only clicked
     targets = eval_targets(spec.tasks, {"ctr": "binary", "cvr": "binary"}, spec)
     assert "cvr_auc_entire" in [t.key("auc") for t in targets]
+
+
+def test_parquet_list_columns_and_a_hashed_bag(tmp_path):
+    import pyarrow as pa
+
+    rows = {
+        "item": ["a", "b", "a", "c"] * 10,
+        "tags": [["x", "y"], [], None, ["y", "z", "x"]] * 10,
+        "codes": [[3, 4], [4], [], [5, 3, 3]] * 10,
+        "y": [0, 1, 0, 1] * 10,
+    }
+    for s in SPLITS:
+        pq.write_table(pa.table(rows), tmp_path / f"{s}.parquet")
+    cfg = {
+        "name": "lists",
+        "preparer": "csv",
+        "path": str(tmp_path / "prepared"),
+        "raw_dir": str(tmp_path),
+        "files": {s: f"{s}.parquet" for s in SPLITS},
+        "sparse": ["item"],
+        "bags": {"tags": {"max_len": 2}, "codes": {"max_len": 3, "hash_buckets": 7}},
+        "targets": {"y": "y"},
+    }
+    spec = prepare_dataset(cfg).spec
+    test = load_split(tmp_path / "prepared" / "test.parquet", spec, spec.tasks)
+    tags = vocab_of(tmp_path, "tags")
+    off = spec.vocab_offsets
+    a, b = spec.layout.sparse["tags"]
+    assert test.sparse[3, a:b].tolist() == [tags["y"] + off["tags"], tags["z"] + off["tags"]]
+    assert test.sparse[1, a:b].tolist() == [-1, -1] and test.sparse[2, a:b].tolist() == [-1, -1]
+    a, b = spec.layout.sparse["codes"]
+    want = [1 + reference_hash(v) % 7 + off["codes"] for v in ("5", "3", "3")]
+    assert test.sparse[3, a:b].tolist() == want
+    assert spec.feature("codes").vocab_size == 8 and spec.feature("codes").hash_buckets == 7
+    assert spec.info["truncated_rows"]["tags"]["test"] == 10
