@@ -329,3 +329,24 @@ def test_parquet_list_columns_and_a_hashed_bag(tmp_path):
     assert test.sparse[3, a:b].tolist() == want
     assert spec.feature("codes").vocab_size == 8 and spec.feature("codes").hash_buckets == 7
     assert spec.info["truncated_rows"]["tags"]["test"] == 10
+
+
+def test_field_embedding_reads_a_prepared_batch(rich):
+    from mtlrec.models.features import FieldEmbedding
+
+    tmp, _, _, result = rich
+    spec = result.spec
+    test = load_split(tmp / "prepared" / "test.parquet", spec, spec.tasks)
+    batch = test.slice(0, 16)
+    torch.manual_seed(0)
+    emb = FieldEmbedding(spec, 4, init_std=1.0)
+    out = emb(batch.sparse, batch.dense)
+    # groups first (user + history), then item, device, genres, tags, then price
+    assert emb.out_dim == 4 * 5 + 1 and out.shape == (16, 21)
+    w = emb.tables[0].weight.detach()
+    ids, weights = batch.sparse[:, 6:10], batch.dense[:, 1:5]
+    tags = (w[ids.clamp(min=0)] * (weights * (ids >= 0)).unsqueeze(-1)).sum(1)
+    assert torch.allclose(out[:, 16:20], tags, atol=1e-6)
+    assert torch.equal(out[:, 20], batch.dense[:, 0])
+    out.sum().backward()
+    assert emb.tables[0].weight.grad.abs().sum() > 0

@@ -189,3 +189,47 @@ def test_backward_reaches_bag_rows_only_where_not_padded():
     out.sum().backward()
     grad = emb.tables[0].weight.grad
     assert grad[4].tolist() == [1.0, 1.0] and grad[0].abs().sum() == 0 and grad[5].abs().sum() == 0
+
+
+def test_target_attention_with_copies_attends_per_copy():
+    spec = make_spec(
+        [
+            FeatureSpec("item", "sparse", 5),
+            FeatureSpec(
+                "hist", "sequence", 5, max_len=3, shares_vocab_with="item",
+                pooling="target_attention", target="item",
+            ),
+        ]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    emb = FieldEmbedding(spec, 2, init_std=1.0, copies=2, attention_hidden=(4,))
+    sparse = torch.tensor([[1, 2, 3, -1], [4, 0, -1, -1]])
+    out = emb(sparse, torch.zeros(2, 0))
+    assert out.shape == (2, 2, 4)
+    w = emb.tables[0].weight.detach()
+    att = emb.attention["hist"]
+    mask = sparse[:, 1:] >= 0
+    for c in range(2):
+        rows = w[:, 2 * c : 2 * c + 2]
+        q, k = rows[sparse[:, 0]], rows[sparse[:, 1:].clamp(min=0)]
+        assert torch.allclose(out[c, :, :2], q)
+        assert torch.allclose(out[c, :, 2:], att(q, k, mask), atol=1e-6)
+
+
+def test_an_old_spec_without_the_new_keys_loads_with_todays_layout():
+    old = {
+        "name": "old",
+        "features": [
+            {"name": "a", "kind": "sparse", "vocab_size": 3, "oov_id": 0, "embedding_dim": None},
+            {"name": "b", "kind": "sparse", "vocab_size": 4, "oov_id": None, "embedding_dim": None},
+            {"name": "x", "kind": "dense", "vocab_size": 0, "oov_id": None, "embedding_dim": None},
+        ],
+        "labels": ["y"],
+        "tasks": [{"name": "y", "label": "y"}],
+        "version": 1,
+    }
+    spec = DatasetSpec.from_dict(old)
+    assert spec.field_offsets == [0, 3] and spec.total_vocab == 7
+    assert spec.layout.sparse_width == 2 and spec.layout.dense_width == 1
+    assert spec.multi == () and spec.feature_groups == {}
+    assert spec.parquet_columns == ["a", "b", "x", "y"]
