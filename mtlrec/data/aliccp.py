@@ -188,13 +188,8 @@ def convert_raw(
     return counts
 
 
-def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
-    source = str(cfg.get("source") or "processed")
-    seed = int(cfg.get("split_seed") or 0)
-    policy = funnel_policy(cfg)
-    info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
-    source_names = None
+def bag_fields_of(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
+    """dataset.bags, checked: Ali-CCP fields, raw source only."""
     bags = frozenset(str(b) for b in cfg.get("bags") or ())
     unknown = sorted(bags - set(SPARSE_FIELDS))
     if unknown:
@@ -205,6 +200,17 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         raise MtlrecError(
             "dataset.bags needs dataset.source=raw (the processed CSVs hold one value per field)"
         )
+    return bags
+
+
+def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
+    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
+    source = str(cfg.get("source") or "processed")
+    seed = int(cfg.get("split_seed") or 0)
+    policy = funnel_policy(cfg)
+    info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
+    source_names = None
+    bags = bag_fields_of(cfg, source)
     sparse, bag_fields, dense_cols = columns(bags)
     if source == "processed":
         files = dict(cfg.get("files") or {})

@@ -39,7 +39,7 @@ class _Multi:
     weights: tuple[int, int] | None
     dim: int
     pool: str
-    target_col: int | None
+    target: str | None  # the single-id field a target-attention sequence attends from
 
 
 class FieldEmbedding(nn.Module):
@@ -112,14 +112,12 @@ class FieldEmbedding(nn.Module):
     def _multi(self, spec, f: FeatureSpec, table_of, dim_of, layout) -> _Multi:
         owner = f.shares_vocab_with or f.name
         table, delta = table_of[owner]
-        target_col = None
         if f.pool == "target_attention":
             assert f.target is not None  # DatasetSpec.validate checks it
             if dim_of[f.target] != dim_of[f.name]:
                 raise MtlrecError(
                     f"feature '{f.name}': target attention needs its target '{f.target}' to have the same embedding size ({dim_of[f.target]} != {dim_of[f.name]})"
                 )
-            target_col = [s.name for s in spec.sparse].index(f.target)
         return _Multi(
             f.name,
             table,
@@ -128,7 +126,7 @@ class FieldEmbedding(nn.Module):
             layout.weights.get(f.name),
             dim_of[f.name],
             f.pool,
-            target_col,
+            f.target if f.pool == "target_attention" else None,
         )
 
     # -- forward -------------------------------------------------------------------------------
@@ -160,9 +158,9 @@ class FieldEmbedding(nn.Module):
             weights = dense[:, m.weights[0] : m.weights[1]] if m.weights else None
             # Elementwise over the last axis, so the copies ride along untouched.
             return masked_pool(emb, mask, m.pool, weights)
-        assert m.target_col is not None
-        t_table, t_delta = self.single_table[list(self.single_col)[m.target_col]]
-        q = self._lookup(t_table, sparse[:, m.target_col] + t_delta)  # [B, dim * copies]
+        assert m.target is not None
+        t_table, t_delta = self.single_table[m.target]
+        q = self._lookup(t_table, sparse[:, self.single_col[m.target]] + t_delta)  # [B, d * copies]
         batch, length, c, d = ids.shape[0], ids.shape[1], self.copies, m.dim
         # Each copy attends on its own: copies become extra rows of the batch.
         k = emb.view(batch, length, c, d).transpose(1, 2).reshape(batch * c, length, d)
