@@ -25,14 +25,16 @@ import pyarrow.parquet as pq
 import torch
 
 from mtlrec.data.prepare.plan import VOCAB_FILE, LabelMap, MultiField, Plan, RawSource, ReadOptions
-from mtlrec.data.spec import DatasetSpec
+from mtlrec.data.spec import PAD_ID, DatasetSpec
 from mtlrec.errors import MtlrecError
 
 ENCODERS_FILE = "encoders.json"
 ENCODERS_VERSION = 1
 
 
-def write_encoders(plan: Plan, fitted, out_dir: Path) -> Path:
+def write_encoders(plan: Plan, fitted, out_dir: Path, spec: DatasetSpec | None = None) -> Path:
+    """encoders.json; with the spec, also the model input layout (columns of sparse / dense)."""
+    layout = spec.layout if spec is not None else None
     doc = {
         "version": ENCODERS_VERSION,
         "preparer": plan.info.get("preparer"),
@@ -46,6 +48,16 @@ def write_encoders(plan: Plan, fitted, out_dir: Path) -> Path:
         "label_maps": {c: asdict(m) for c, m in plan.label_maps.items()},
         "vocab_file": VOCAB_FILE,
     }
+    if layout is not None:
+        doc["layout"] = {
+            "sparse": {k: list(v) for k, v in layout.sparse.items()},
+            "dense": {k: list(v) for k, v in layout.dense.items()},
+            "weights": {k: list(v) for k, v in layout.weights.items()},
+            "sparse_width": layout.sparse_width,
+            "dense_width": layout.dense_width,
+            "pad_id": PAD_ID,
+            "vocab_offsets": spec.vocab_offsets,
+        }
     path = Path(out_dir) / ENCODERS_FILE
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path

@@ -142,6 +142,18 @@ def test_encode_raw_equals_the_prepared_rows_bit_for_bit(rich):
     assert report2.labels is None
 
 
+def test_encoders_json_holds_the_input_layout(rich):
+    import json
+
+    tmp, _, _, result = rich
+    doc = json.loads((tmp / "prepared" / "encoders.json").read_text())
+    assert doc["replayable"] is True and doc["hash_buckets"] == {"device": 64}
+    assert doc["layout"]["sparse"]["history"] == [10, 15] and doc["layout"]["pad_id"] == -1
+    assert doc["layout"]["vocab_offsets"]["history"] == doc["layout"]["vocab_offsets"]["item"]
+    assert doc["label_maps"] == {"income": {"positive": [">50K"], "negative": ["<=50K"]}}
+    assert doc["dense"]["price"]["transform"] == "standardize"
+
+
 def test_encode_raw_maps_unseen_values_to_oov_and_counts_them(rich):
     tmp, _, _, result = rich
     spec = result.spec

@@ -131,6 +131,6 @@ def run_plan(plan: Plan, out_dir: Path) -> Result:
     write_vocab(plan, fitted, out_dir)
     spec = build_spec(plan, fitted, summary, cuts)
     spec.validate(str(out_dir / SPEC_FILE))
-    write_encoders(plan, fitted, out_dir)
+    write_encoders(plan, fitted, out_dir, spec)
     spec.save(out_dir)
     return Result(plan.path, spec, summary, vocab_sizes(plan, fitted))
