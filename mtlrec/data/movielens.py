@@ -10,7 +10,8 @@ Raw files (the ml-100k download, Latin-1 text):
 
 Each rating is a row: sparse user_id, item_id, gender, occupation, zip3 (first 3 digits of the zip
 code); dense age; genres, the movie's genres, as a bag; history, the items the user rated strictly
-before this rating's timestamp (oldest first in the converted file, at most `history_len`), as a
+before this rating's timestamp (oldest first in the converted parquet file, a list column, at
+most `history_len`), as a
 sequence sharing item_id's vocabulary and embedding rows, pooled by target attention over the
 candidate item (DIN). Ratings at the same second as the row are not in its history, so no row sees
 its own or a simultaneous label (no leakage).
@@ -21,13 +22,14 @@ Split by time: the oldest `split.fractions.train` of the ratings train, then val
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mtlrec.data.prepare import (
     Plan,
@@ -94,30 +96,41 @@ def read_table(
     return df
 
 
-def histories(ratings: pd.DataFrame, max_len: int) -> list[str]:
-    """Per rating: the user's items rated strictly earlier, oldest first, at most max_len."""
-    order = np.lexsort(
-        (ratings["item_id"].to_numpy(), ratings["ts"].to_numpy(), ratings["user_id"].to_numpy())
-    )
-    users = ratings["user_id"].to_numpy()[order]
-    ts = ratings["ts"].to_numpy()[order]
-    items = ratings["item_id"].astype(str).to_numpy()[order]
-    out = np.empty(len(order), dtype=object)
-    n = len(order)
-    # Position of the first row of the same (user, timestamp) run, and of the user's first row.
+def histories(ratings: pd.DataFrame, max_len: int) -> pa.ListArray:
+    """Per rating: the user's items rated strictly earlier, oldest first, at most max_len.
+
+    Whole-array index arithmetic: ratings sorted by (user, time, item); a row's history is the
+    slice from max(user's first row, first row of its (user, second) run - max_len) up to that
+    run's first row, so ratings in the same second never see each other.
+    """
+    users, ts, items = (ratings[c].to_numpy() for c in ("user_id", "ts", "item_id"))
+    order = np.lexsort((items, ts, users))
+    users, ts, n = users[order], ts[order], len(order)
     new_user = np.r_[True, users[1:] != users[:-1]]
     new_run = new_user | np.r_[True, ts[1:] != ts[:-1]]
     user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
     run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
-    for k in range(n):  # a converter pass over 100k rows, not the training loop
-        lo = max(user_start[k], run_start[k] - max_len)
-        out[k] = "|".join(items[lo : run_start[k]])
-    result = np.empty(n, dtype=object)
-    result[order] = out
-    return result.tolist()
+    lo_sorted = np.maximum(user_start, run_start - max_len)
+    lo, lengths = np.empty(n, np.int64), np.empty(n, np.int64)
+    lo[order], lengths[order] = lo_sorted, run_start - lo_sorted  # back to the file's row order
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.repeat(lo - offsets[:-1], lengths) + np.arange(offsets[-1])
+    values = pa.array(items[order].astype(str)).take(pa.array(flat))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
 
 
-def convert(raw_dir: Path, cfg: Mapping[str, Any], out_csv: Path) -> dict[str, int]:
+def genre_lists(items: pd.DataFrame, item_ids: pd.Series) -> pa.ListArray:
+    """The genres of each rated item (from u.item's 0/1 flags, in u.item's genre order)."""
+    flags = items[list(GENRES)].to_numpy() == 1
+    _, cols = np.nonzero(flags)  # row-major: each item's genres in order
+    offsets = np.concatenate([[0], np.cumsum(flags.sum(1))]).astype(np.int32)
+    per_item = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.array(GENRES)[cols]))
+    position = pd.Index(items["item_id"]).get_indexer(item_ids)
+    return per_item.take(pa.array(position))
+
+
+def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, int]:
+    """The three raw files -> one parquet file of rating rows (genres, history: list columns)."""
     files = {
         k: raw_file(raw_dir, str(cfg.get(f"{k}_file") or d), f"dataset.{k}_file")
         for k, d in (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))
@@ -135,17 +148,15 @@ def convert(raw_dir: Path, cfg: Mapping[str, Any], out_csv: Path) -> dict[str, i
             raise MtlrecError(
                 f"{files['ratings']}: line {i + 1}: {what} {ids.iloc[i]} is not in {path.name}"
             )
-    flags = items[list(GENRES)].to_numpy() == 1
-    genre_names = np.array(GENRES)
-    items["genres"] = ["|".join(genre_names[row]) for row in flags]
-    df = ratings.merge(users, on="user_id", how="left").merge(
-        items[["item_id", "genres"]], on="item_id", how="left"
-    )
+    df = ratings.merge(users, on="user_id", how="left")  # keeps the ratings' order
     df["zip3"] = df["zip"].str[:3]
-    df["history"] = histories(ratings, int(cfg.get("history_len") or 50)) if len(df) else []
     threshold = float(cfg.get("like_threshold") or 4)
-    df["like"] = (df["rating"] >= threshold).astype(int)
-    df[list(CONVERTED)].to_csv(out_csv, index=False, quoting=csv.QUOTE_MINIMAL)
+    df["like"] = (df["rating"] >= threshold).astype(np.int64)
+    plain = [c for c in CONVERTED if c not in ("genres", "history")]
+    table = pa.Table.from_pandas(df[plain], preserve_index=False)
+    table = table.append_column("genres", genre_lists(items, ratings["item_id"]))
+    table = table.append_column("history", histories(ratings, int(cfg.get("history_len") or 50)))
+    pq.write_table(table.select(list(CONVERTED)), out_path)
     return {
         "ratings": len(df),
         "users": int(users.user_id.nunique()),
@@ -157,7 +168,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     converted = out_dir / "_converted"
     converted.mkdir(exist_ok=True)
-    counts = convert(raw_dir, cfg, converted / "ratings.csv")
+    counts = convert(raw_dir, cfg, converted / "ratings.parquet")
     fractions = check_fractions(
         "dataset.split.fractions",
         (cfg.get("split") or {}).get("fractions") or {"train": 0.8, "val": 0.1, "test": 0.1},
@@ -167,8 +178,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     plan = Plan(
         name=str(cfg.get("name") or "movielens"),
         path=Path(str(cfg["path"])).expanduser(),
-        sources=[RawSource(converted / "ratings.csv", fractions=fractions)],
-        read=ReadOptions(format="csv", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
+        sources=[RawSource(converted / "ratings.parquet", fractions=fractions)],
+        read=ReadOptions(format="parquet", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
         sparse=["user_id", "item_id", "gender", "occupation", "zip3"],
         dense=["age"],
         targets=[TaskSpec("rating", "rating", "regression"), TaskSpec("like", "like", "binary")],

@@ -39,25 +39,25 @@ def write_ml100k(d, n_ratings=600, n_users=20, n_items=40, seed=0):
 
 def test_history_holds_only_earlier_ratings_and_genres_are_the_flags(tmp_path):
     raw = write_ml100k(tmp_path / "raw")
-    out = tmp_path / "conv.csv"
+    out = tmp_path / "conv.parquet"
     counts = convert(tmp_path / "raw", {"history_len": 5}, out)
     assert counts == {"ratings": 600, "users": 20, "items": 40}
-    conv = pd.read_csv(out, dtype=str, keep_default_na=False)
+    conv = pq.read_table(out).to_pandas()
     for k in range(0, 600, 7):
         u, t = raw.user_id[k], raw.ts[k]
         earlier = raw[(raw.user_id == u) & (raw.ts < t)].sort_values(
             ["ts", "item_id"], kind="stable"
         )
         want = [str(i) for i in earlier.item_id][-5:]
-        got = [h for h in conv.history[k].split("|") if h]
-        assert got == want, k
-    assert conv.history[0] == conv.history[1]  # same second: neither sees the other
+        assert list(conv.history[k]) == want, k
+    assert list(conv.history[0]) == list(conv.history[1])  # same second: neither sees the other
     lines = (tmp_path / "raw" / "u.item").read_text(encoding="latin-1").splitlines()
     flags = [line.split("|")[5:] for line in lines]
     item = int(raw.item_id[3])
     want = [g for g, f in zip(GENRES, flags[item - 1], strict=True) if f == "1"]
-    assert conv.genres[3].split("|") == (want or [""])
-    assert conv.like.tolist() == [str(int(r >= 4)) for r in raw.rating]
+    assert list(conv.genres[3]) == want
+    assert conv.like.tolist() == [int(r >= 4) for r in raw.rating]
+    assert conv.user_id.tolist() == raw.user_id.tolist() and conv.ts.tolist() == raw.ts.tolist()
 
 
 def test_movielens_prepares_with_a_time_split_and_both_tasks(tmp_path):
@@ -94,5 +94,5 @@ def test_a_malformed_ratings_line_is_one_line(tmp_path):
     with open(tmp_path / "raw" / "u.data", "a") as f:
         f.write("3\t7\tfive\t880000000\n")
     with pytest.raises(MtlrecError) as e:
-        convert(tmp_path / "raw", {}, tmp_path / "c.csv")
+        convert(tmp_path / "raw", {}, tmp_path / "c.parquet")
     assert str(e.value) == f"{tmp_path / 'raw' / 'u.data'}: line 21: rating 'five' is not a number"
