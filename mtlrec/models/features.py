@@ -43,6 +43,9 @@ class _Multi:
 
 
 class FieldEmbedding(nn.Module):
+    """Embeds and pools every field of `spec` (see the module docstring); `attention_hidden`: the
+    hidden sizes of the DIN activation unit of target-attention sequences."""
+
     def __init__(
         self,
         spec: DatasetSpec,
