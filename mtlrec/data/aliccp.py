@@ -18,7 +18,10 @@ raw: the original release. `sample_skeleton_{train,test}.csv` lines are
     plus those of its common_feature_index (user-side features shared by many samples).
     `convert_raw` turns a skeleton + common-features pair into the processed form: per field the
     feature_id of its first entry (sparse; "" when the sample has none) and, for the 8 dense
-    fields, that entry's value. Rows with conversion=1 but click=0 break the funnel ESMM models (a
+    fields, that entry's value. Fields listed in `dataset.bags` (the multi-valued ones, e.g.
+    210 and the 14-day histories 109_14, 110_14, 127_14, 150_14) keep ALL their entries instead,
+    as a weighted bag `feature:value|feature:value|...` (at most `dataset.bag_max_len` values,
+    pooled by their weights), and get no D column. Rows with conversion=1 but click=0 break the funnel ESMM models (a
     purchase needs a click): with `funnel_violations: drop` (conf/dataset/aliccp.yaml's default)
     they are dropped and counted in spec.info, with `error` they stop the prepare in one line, the
     same rule as for the processed CSVs. The train release becomes the
@@ -33,7 +36,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ from mtlrec.data.prepare import (
     set_dense_options,
 )
 from mtlrec.data.prepare.config import funnel_policy
+from mtlrec.data.prepare.plan import MultiField
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -67,9 +71,12 @@ def _open(path: Path):
     return opener(path, "rt", encoding="utf-8", newline="")
 
 
-def parse_entries(text: str, path: Path, line: int) -> dict[str, tuple[str, str]]:
-    """feature_list -> {field_id: (feature_id, value)} of the fields mtlrec uses (first entry wins)."""
-    out: dict[str, tuple[str, str]] = {}
+def parse_entries(
+    text: str, path: Path, line: int, bags: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """feature_list -> {field_id: (feature_id, value)} of the fields mtlrec uses (first entry
+    wins); a field of `bags` maps to the list of all its (feature_id, value) entries."""
+    out: dict[str, Any] = {}
     if not text:
         return out
     for entry in text.split(ENTRY_SEP):
@@ -80,12 +87,32 @@ def parse_entries(text: str, path: Path, line: int) -> dict[str, tuple[str, str]
             raise MtlrecError(
                 f"{path}: line {line}: malformed feature entry {entry[:40]!r}; expected field\\x02feature\\x03value"
             ) from None
-        if field in SPARSE_FIELDS and field not in out:
+        if field in bags:
+            out.setdefault(field, []).append((feature, value))
+        elif field in SPARSE_FIELDS and field not in out:
             out[field] = (feature, value)
     return out
 
 
-def read_common(path: Path) -> dict[str, str]:
+def _serialize(entries: dict[str, Any]) -> str:
+    items = []
+    for k, v in entries.items():
+        for feature, value in v if isinstance(v, list) else [v]:
+            items.append(f"{k}{FIELD_SEP}{feature}{VALUE_SEP}{value}")
+    return ENTRY_SEP.join(items)
+
+
+def columns(bags: frozenset[str]) -> tuple[list[str], list[str], list[str]]:
+    """(single-id fields, bag fields, D columns) of the converted CSV."""
+    sparse = [f for f in SPARSE_FIELDS if f not in bags]
+    return (
+        sparse,
+        [f for f in SPARSE_FIELDS if f in bags],
+        [f"D{f}" for f in DENSE_FIELDS if f not in bags],
+    )
+
+
+def read_common(path: Path, bags: frozenset[str] = frozenset()) -> dict[str, str]:
     """common_feature_index -> its feature list, kept only for the used fields (as text: compact)."""
     common: dict[str, str] = {}
     with _open(path) as f:
@@ -95,28 +122,32 @@ def read_common(path: Path) -> dict[str, str]:
                 raise MtlrecError(
                     f"{path}: line {number}: malformed row, expected 3 comma-separated fields (index,num_features,feature_list), got {len(parts)}"
                 )
-            entries = parse_entries(parts[2], path, number)
-            common[parts[0]] = ENTRY_SEP.join(
-                f"{k}{FIELD_SEP}{v[0]}{VALUE_SEP}{v[1]}" for k, v in entries.items()
-            )
+            common[parts[0]] = _serialize(parse_entries(parts[2], path, number, bags))
     if not common:
         raise MtlrecError(f"{path}: the common-features file has no rows")
     return common
 
 
 def convert_raw(
-    skeleton: Path, common_path: Path, out_csv: Path, funnel_violations: str = "drop"
+    skeleton: Path,
+    common_path: Path,
+    out_csv: Path,
+    funnel_violations: str = "drop",
+    bags: Sequence[str] = (),
 ) -> dict[str, int]:
     """One skeleton + common-features pair -> a processed-format CSV. Returns row counts.
 
     Rows with conversion=1 but click=0 are dropped and counted (`funnel_violations="drop"`), or,
     with "error", make it fail with one line counting them (mtlrec.data.funnel, as everywhere).
     """
-    common = read_common(common_path)
+    bag_set = frozenset(bags)
+    common = read_common(common_path, bag_set)
+    sparse, bag_fields, dense_cols = columns(bag_set)
+    dense_fields = [c[1:] for c in dense_cols]
     counts = {"rows": 0, "dropped_conversion_without_click": 0}
     with _open(skeleton) as f, open(out_csv, "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow([*LABELS, *SPARSE_FIELDS, *DENSE_COLUMNS])
+        writer.writerow([*LABELS, *sparse, *bag_fields, *dense_cols])
         for number, line in enumerate(f, start=1):
             parts = line.rstrip("\r\n").split(",", 5)
             if len(parts) != 6:
@@ -135,14 +166,15 @@ def convert_raw(
             if conversion == "1" and click == "0":
                 counts["dropped_conversion_without_click"] += 1
                 continue
-            entries = parse_entries(common[index], common_path, 0)
-            entries.update(parse_entries(features, skeleton, number))
+            entries = parse_entries(common[index], common_path, 0, bag_set)
+            entries.update(parse_entries(features, skeleton, number, bag_set))
             writer.writerow(
                 [
                     click,
                     conversion,
-                    *(entries[k][0] if k in entries else "" for k in SPARSE_FIELDS),
-                    *(entries[k][1] if k in entries else "" for k in DENSE_FIELDS),
+                    *(entries[k][0] if k in entries else "" for k in sparse),
+                    *("|".join(f"{i}:{v}" for i, v in entries.get(k, [])) for k in bag_fields),
+                    *(entries[k][1] if k in entries else "" for k in dense_fields),
                 ]
             )
             counts["rows"] += 1
@@ -156,6 +188,21 @@ def convert_raw(
     return counts
 
 
+def bag_fields_of(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
+    """dataset.bags, checked: Ali-CCP fields, raw source only."""
+    bags = frozenset(str(b) for b in cfg.get("bags") or ())
+    unknown = sorted(bags - set(SPARSE_FIELDS))
+    if unknown:
+        raise MtlrecError(
+            f"dataset.bags: {unknown} are not Ali-CCP fields; use some of {list(SPARSE_FIELDS)}"
+        )
+    if bags and source != "raw":
+        raise MtlrecError(
+            "dataset.bags needs dataset.source=raw (the processed CSVs hold one value per field)"
+        )
+    return bags
+
+
 def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     source = str(cfg.get("source") or "processed")
@@ -163,6 +210,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     policy = funnel_policy(cfg)
     info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
     source_names = None
+    bags = bag_fields_of(cfg, source)
+    sparse, bag_fields, dense_cols = columns(bags)
     if source == "processed":
         files = dict(cfg.get("files") or {})
         missing = [s for s in ("train", "val", "test") if not files.get(s)]
@@ -187,6 +236,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
                 paths[f"{part}_common"],
                 converted / f"{part}.csv",
                 funnel_violations=policy,
+                bags=sorted(bags),
             )
             info[f"raw_{part}"] = counts
         val_share = float(cfg.get("test_val_fraction") or 0.5)
@@ -207,8 +257,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         path=Path(str(cfg["path"])).expanduser(),
         sources=sources,
         read=ReadOptions(format="csv", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
-        sparse=list(SPARSE_FIELDS),
-        dense=list(DENSE_COLUMNS),
+        sparse=sparse,
+        dense=dense_cols,
         targets=[
             TaskSpec("ctr", "click", "binary"),
             TaskSpec("cvr", "purchase", "binary", where="click"),
@@ -221,6 +271,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
         info=info,
         source_names=source_names,
     )
+    max_len = int(cfg.get("bag_max_len") or 50)
+    plan.multi = [MultiField(b, "bag", max_len=max_len, weighted=True) for b in bag_fields]
     set_dense_options(plan, cfg)
     return plan
 

@@ -1,7 +1,9 @@
 """Prepared parquet -> contiguous tensors, validated on load; batches are index slices.
 
-Each split becomes three tensors: `sparse` int64 [N, F] (ids already offset into one fused
-embedding table), `dense` float32 [N, D] and `labels` float32 [N, L]. A batch is `split.take(idx)`:
+Each split becomes three tensors: `sparse` int64 [N, C] (ids already offset into one fused
+embedding table), `dense` float32 [N, E] and `labels` float32 [N, L]. Bag and sequence fields
+(parquet list columns) ride in `max_len` extra columns each, padded with -1, and the weights of
+weighted bags in `max_len` extra dense columns: `DatasetSpec.layout` says which column is what. A batch is `split.take(idx)`:
 one gather per tensor, no per-sample `__getitem__` and no collate.
 """
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from mtlrec.data import funnel
-from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,32 @@ def _check_numeric(path: Path, schema: pa.Schema, name: str, what: str, integer:
         raise MtlrecError(f"{path}: {what} column '{name}' has type {typ}; it must hold {need}")
 
 
+def _check_list(path: Path, schema: pa.Schema, name: str, what: str, integer: bool) -> None:
+    typ = schema.field(name).type
+    if not (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        raise MtlrecError(
+            f"{path}: {what} column '{name}' has type {typ}; it must be a list column"
+        )
+    _check_numeric(path, pa.schema([pa.field(name, typ.value_type)]), name, what, integer)
+
+
+def check_schema(path: Path, schema: pa.Schema, spec: DatasetSpec) -> None:
+    """The split file holds every column the spec needs, with the right types (one line if not)."""
+    missing = [c for c in spec.parquet_columns if c not in schema.names]
+    if missing:
+        raise MtlrecError(f"{path}: missing column(s) {missing} required by the dataset spec")
+    for f in spec.sparse:
+        _check_numeric(path, schema, f.name, "sparse", integer=True)
+    for f in spec.dense:
+        _check_numeric(path, schema, f.name, "dense", integer=False)
+    for f in spec.multi:
+        _check_list(path, schema, f.name, f.kind, integer=True)
+        if f.weighted:
+            _check_list(path, schema, f.name + WEIGHT_SUFFIX, "weight", integer=False)
+    for c in spec.labels:
+        _check_numeric(path, schema, c, "label", integer=False)
+
+
 def load_split(
     path: Path,
     spec: DatasetSpec,
@@ -100,17 +129,8 @@ def load_split(
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise MtlrecError(f"{path}: not a readable parquet file ({e})") from None
-    needed = [f.name for f in spec.features] + list(spec.labels)
-    missing = [c for c in needed if c not in schema.names]
-    if missing:
-        raise MtlrecError(f"{path}: missing column(s) {missing} required by the dataset spec")
-    for f in spec.sparse:
-        _check_numeric(path, schema, f.name, "sparse", integer=True)
-    for f in spec.dense:
-        _check_numeric(path, schema, f.name, "dense", integer=False)
-    for c in spec.labels:
-        _check_numeric(path, schema, c, "label", integer=False)
-
+    check_schema(path, schema, spec)
+    needed = spec.parquet_columns
     table = pq.read_table(path, columns=needed)
     n = table.num_rows
     if n == 0:
@@ -136,38 +156,42 @@ def encode_columns(
     Shared by the in-memory loader (a whole table) and the streaming reader (one chunk at a time).
     With funnel_violations="drop", rows breaking the funnel are left out (fewer than `n` rows).
     """
-    sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
-    for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
+    layout = spec.layout
+    offsets = spec.vocab_offsets
+    sparse = np.empty((n, layout.sparse_width), dtype=np.int64)
+    dense = np.empty((n, layout.dense_width), dtype=np.float32)
+    for f in spec.sparse:
         col = column(f.name)
         if col.null_count:
             raise MtlrecError(
                 f"{path}: sparse column '{f.name}' has {col.null_count} missing values"
             )
         ids = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        if (ids < 0).any():
-            raise MtlrecError(
-                f"{path}: sparse column '{f.name}' has {(ids < 0).sum()} negative ids (min {ids.min()}); ids must be >= 0"
+        sparse[:, layout.sparse[f.name][0]] = _checked_ids(path, f, ids, log_oov) + offsets[f.name]
+    for f in spec.multi:
+        a, b = layout.sparse[f.name]
+        values, rows, pos = _list_positions(path, f, column(f.name), n)
+        ids = _checked_ids(path, f, values.astype(np.int64, copy=False), log_oov)
+        block = np.full((n, f.max_len), PAD_ID, dtype=np.int64)
+        block[rows, pos] = ids + offsets[f.name]
+        sparse[:, a:b] = block
+        if f.weighted:
+            w_values, w_rows, w_pos = _list_positions(
+                path, f, column(f.name + WEIGHT_SUFFIX), n, what="weights"
             )
-        beyond = ids >= f.vocab_size
-        if beyond.any():
-            if f.oov_id is None:
+            if not (np.array_equal(w_rows, rows) and np.array_equal(w_pos, pos)):
                 raise MtlrecError(
-                    f"{path}: sparse column '{f.name}' has {beyond.sum()} ids >= vocab_size {f.vocab_size} "
-                    f"(max {ids.max()}) and no oov_id in the spec"
+                    f"{path}: column '{f.name}{WEIGHT_SUFFIX}' does not hold one weight per id of '{f.name}'"
                 )
-            if log_oov:
-                log.warning(
-                    "%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d",
-                    path.name,
-                    f.name,
-                    beyond.sum(),
-                    f.oov_id,
-                )
-            ids = np.where(beyond, f.oov_id, ids)
-        sparse[:, j] = ids + offset
+            c, d = layout.weights[f.name]
+            weights = np.zeros((n, f.max_len), dtype=np.float32)
+            weights[rows, pos] = w_values.astype(np.float32)
+            if not np.isfinite(weights).all():
+                raise MtlrecError(f"{path}: column '{f.name}{WEIGHT_SUFFIX}' has NaN/inf weights")
+            dense[:, c:d] = weights
 
-    dense = np.empty((n, len(spec.dense)), dtype=np.float32)
-    for j, f in enumerate(spec.dense):
+    for f in spec.dense:
+        j = layout.dense[f.name][0]
         with np.errstate(over="ignore"):  # beyond float32's range -> inf, reported just below
             values = column(f.name).to_numpy(zero_copy_only=False).astype(np.float32)
         bad = ~np.isfinite(values)
@@ -190,6 +214,56 @@ def encode_columns(
     if keep is not None:
         return sparse[keep], dense[keep], labels[keep]
     return sparse, dense, labels
+
+
+def _checked_ids(path: Path, f: FeatureSpec, ids: np.ndarray, log_oov: bool) -> np.ndarray:
+    """Per-field ids checked against the vocabulary (beyond it -> the oov id, or one error)."""
+    if (ids < 0).any():
+        raise MtlrecError(
+            f"{path}: {f.kind} column '{f.name}' has {(ids < 0).sum()} negative ids (min {ids.min()}); ids must be >= 0"
+        )
+    beyond = ids >= f.vocab_size
+    if beyond.any():
+        if f.oov_id is None:
+            raise MtlrecError(
+                f"{path}: {f.kind} column '{f.name}' has {beyond.sum()} ids >= vocab_size {f.vocab_size} "
+                f"(max {ids.max()}) and no oov_id in the spec"
+            )
+        if log_oov:
+            log.warning(
+                "%s: column '%s': %d ids beyond the vocabulary mapped to oov id %d",
+                path.name,
+                f.name,
+                beyond.sum(),
+                f.oov_id,
+            )
+        ids = np.where(beyond, f.oov_id, ids)
+    return ids
+
+
+def _list_positions(
+    path: Path, f: FeatureSpec, col: pa.Array | pa.ChunkedArray, n: int, what: str = "ids"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat values, row of each value, position in its row) of a list column, no Python loop."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count:
+        col = pc.fill_null(col, pa.scalar([], col.type))
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    if lengths.max(initial=0) > f.max_len:
+        raise MtlrecError(
+            f"{path}: {f.kind} column '{f.name}' has a row with {lengths.max()} {what}, more than max_len {f.max_len}"
+        )
+    flat = pc.list_flatten(col)
+    if flat.null_count:
+        raise MtlrecError(
+            f"{path}: {f.kind} column '{f.name}' has {flat.null_count} missing {what}"
+        )
+    values = flat.to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(len(values), dtype=np.int64) - np.repeat(starts, lengths)
+    return values, rows, pos
 
 
 def _funnel_keep(

@@ -19,13 +19,25 @@ from mtlrec.errors import MtlrecError
 SPEC_FILE = "spec.json"
 SPEC_VERSION = 1
 
-FeatureKind = Literal["sparse", "dense"]
+FeatureKind = Literal["sparse", "dense", "bag", "sequence"]
 TaskType = Literal["binary", "regression"]
+MULTI_KINDS = ("bag", "sequence")
+POOLINGS = ("sum", "mean", "max", "weighted_sum", "target_attention")
+# Parquet column of a weighted bag's per-value weights (a list column parallel to its ids).
+WEIGHT_SUFFIX = "__weights"
+PAD_ID = -1  # padding of bag/sequence id columns in the `sparse` tensor
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One input column. Sparse: integer ids in [0, vocab_size). Dense: one float32 value."""
+    """One input column.
+
+    sparse: one integer id in [0, vocab_size). dense: one float32 value. bag: up to `max_len` ids
+    (a parquet list column; with `weighted`, per-value weights in the list column NAME__weights).
+    sequence: a bag ordered newest first, usually sharing the vocabulary and embedding rows of a
+    single-id field (`shares_vocab_with`). `pooling` says how the field becomes one vector
+    (target_attention: DIN attention of the single-id field `target` over the sequence).
+    """
 
     name: str
     kind: FeatureKind
@@ -34,6 +46,38 @@ class FeatureSpec:
     oov_id: int | None = None
     # Per-field embedding size; None means the model's `embedding_dim`.
     embedding_dim: int | None = None
+    max_len: int = 0
+    weighted: bool = False
+    shares_vocab_with: str | None = None
+    pooling: str | None = None  # None: mean (weighted_sum for weighted bags)
+    target: str | None = None
+    hash_buckets: int | None = None  # ids are a stable hash of the value (no vocabulary)
+
+    @property
+    def multi(self) -> bool:
+        return self.kind in MULTI_KINDS
+
+    @property
+    def pool(self) -> str:
+        if self.pooling:
+            return self.pooling
+        return "weighted_sum" if self.weighted else "mean"
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Which columns of the model's `sparse` [B, C] and `dense` [B, E] tensors belong to which field.
+
+    sparse: the single-id fields (spec order), then `max_len` columns per bag/sequence field (spec
+    order, padded with -1). dense: the dense features, then `max_len` weight columns per weighted
+    bag (0 where padded).
+    """
+
+    sparse: dict[str, tuple[int, int]]  # field -> [start, stop) in the sparse tensor
+    dense: dict[str, tuple[int, int]]  # dense feature -> [start, stop) in the dense tensor
+    weights: dict[str, tuple[int, int]]  # weighted bag -> its weight columns in the dense tensor
+    sparse_width: int
+    dense_width: int
 
 
 @dataclass(frozen=True)
@@ -80,10 +124,62 @@ class DatasetSpec:
     funnel: FunnelSpec | None = None
     splits: dict[str, str] = field(default_factory=dict)  # split name -> parquet file name
     info: dict = field(default_factory=dict)  # free-form provenance (generator, protocol, ...)
+    # Group name -> embedded fields whose vectors are summed into one (the ESMM paper's pooling).
+    feature_groups: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def sparse(self) -> tuple[FeatureSpec, ...]:
+        """The single-id fields."""
         return tuple(f for f in self.features if f.kind == "sparse")
+
+    @property
+    def multi(self) -> tuple[FeatureSpec, ...]:
+        """The bag and sequence fields, in spec order."""
+        return tuple(f for f in self.features if f.multi)
+
+    @property
+    def vocab_owners(self) -> tuple[FeatureSpec, ...]:
+        """Fields with embedding rows of their own: single-id fields, then unshared bags/sequences."""
+        return self.sparse + tuple(f for f in self.multi if not f.shares_vocab_with)
+
+    @property
+    def vocab_offsets(self) -> dict[str, int]:
+        """Start of each embedded field's ids in the fused id space (a shared one: its owner's)."""
+        out, total = {}, 0
+        for f in self.vocab_owners:
+            out[f.name] = total
+            total += f.vocab_size
+        for f in self.multi:
+            if f.shares_vocab_with:
+                out[f.name] = out[f.shares_vocab_with]
+        return out
+
+    @property
+    def layout(self) -> ColumnLayout:
+        sparse = {}
+        for j, f in enumerate(self.sparse):
+            sparse[f.name] = (j, j + 1)
+        at = len(self.sparse)
+        for f in self.multi:
+            sparse[f.name] = (at, at + f.max_len)
+            at += f.max_len
+        dense = {f.name: (j, j + 1) for j, f in enumerate(self.dense)}
+        weights, dat = {}, len(self.dense)
+        for f in self.multi:
+            if f.weighted:
+                weights[f.name] = (dat, dat + f.max_len)
+                dat += f.max_len
+        return ColumnLayout(sparse, dense, weights, at, dat)
+
+    def feature(self, name: str) -> FeatureSpec:
+        return next(f for f in self.features if f.name == name)
+
+    @property
+    def parquet_columns(self) -> list[str]:
+        """Every column a split file holds: features, weight lists of weighted bags, labels."""
+        cols = [f.name for f in self.features]
+        cols += [f.name + WEIGHT_SUFFIX for f in self.multi if f.weighted]
+        return cols + list(self.labels)
 
     @property
     def dense(self) -> tuple[FeatureSpec, ...]:
@@ -100,7 +196,7 @@ class DatasetSpec:
 
     @property
     def total_vocab(self) -> int:
-        return sum(f.vocab_size for f in self.sparse)
+        return sum(f.vocab_size for f in self.vocab_owners)
 
     def label_index(self, column: str) -> int:
         return self.labels.index(column)
@@ -146,6 +242,11 @@ class DatasetSpec:
                 else None,
                 splits=check_value(dict[str, str], d.get("splits", {}), f"{source}: splits"),
                 info=check_value(dict[str, Any], d.get("info", {}), f"{source}: info"),
+                feature_groups=check_value(
+                    dict[str, list[str]],
+                    d.get("feature_groups") or {},
+                    f"{source}: feature_groups",
+                ),
             )
         except (KeyError, TypeError) as e:
             raise MtlrecError(f"{source}: malformed dataset spec ({e}); re-create it") from None
@@ -179,12 +280,14 @@ class DatasetSpec:
         if overlap:
             raise MtlrecError(f"{source}: column(s) {overlap} are both a feature and a label")
         for f in self.features:
-            if f.kind not in ("sparse", "dense"):
+            if f.kind not in ("sparse", "dense", *MULTI_KINDS):
                 raise MtlrecError(
-                    f"{source}: feature '{f.name}' has kind '{f.kind}'; use sparse|dense"
+                    f"{source}: feature '{f.name}' has kind '{f.kind}'; use sparse|dense|bag|sequence"
                 )
-            if f.kind == "sparse" and f.vocab_size < 1:
-                raise MtlrecError(f"{source}: sparse feature '{f.name}' needs vocab_size >= 1")
+            if f.kind != "dense" and f.vocab_size < 1:
+                raise MtlrecError(f"{source}: {f.kind} feature '{f.name}' needs vocab_size >= 1")
+            if f.multi:
+                check_multi(self, f, source)
             if f.oov_id is not None and not 0 <= f.oov_id < f.vocab_size:
                 raise MtlrecError(
                     f"{source}: feature '{f.name}' oov_id {f.oov_id} is outside [0, {f.vocab_size})"
@@ -195,6 +298,7 @@ class DatasetSpec:
             raise MtlrecError(f"{source}: the dataset has no features")
         for t in self.tasks:
             check_task(t, self.labels, source)
+        check_groups(self, source)
         if self.funnel is not None:
             for col in (
                 self.funnel.click,
@@ -231,3 +335,46 @@ def check_task(task: TaskSpec, labels: tuple[str, ...], source: str) -> None:
         raise MtlrecError(
             f"{source}: task '{task.name}' weight must be a finite number >= 0, got {task.weight}"
         )
+
+
+def check_multi(spec: DatasetSpec, f: FeatureSpec, source: str) -> None:
+    """A bag/sequence field's keys are consistent with the rest of the spec."""
+    where = f"{source}: {f.kind} feature '{f.name}'"
+    if f.max_len < 1:
+        raise MtlrecError(f"{where} needs max_len >= 1, got {f.max_len}")
+    if f.pool not in POOLINGS:
+        raise MtlrecError(f"{where}: pooling '{f.pool}' is unknown; use one of {list(POOLINGS)}")
+    if f.pool == "weighted_sum" and not f.weighted:
+        raise MtlrecError(f"{where}: pooling weighted_sum needs weighted: true (id:weight values)")
+    singles = {s.name: s for s in spec.sparse}
+    for key, other in (("shares_vocab_with", f.shares_vocab_with), ("target", f.target)):
+        if other is not None and other not in singles:
+            raise MtlrecError(
+                f"{where}: {key} '{other}' is not a single-id sparse feature; use one of {sorted(singles)}"
+            )
+    if f.shares_vocab_with and singles[f.shares_vocab_with].vocab_size != f.vocab_size:
+        raise MtlrecError(
+            f"{where}: vocab_size {f.vocab_size} differs from its shared field '{f.shares_vocab_with}' ({singles[f.shares_vocab_with].vocab_size})"
+        )
+    if (f.pool == "target_attention") != (f.target is not None):
+        raise MtlrecError(
+            f"{where}: pooling target_attention and `target: <sparse field>` go together"
+        )
+
+
+def check_groups(spec: DatasetSpec, source: str) -> None:
+    embedded = {f.name for f in spec.features if f.kind != "dense"}
+    seen: dict[str, str] = {}
+    for group, names in spec.feature_groups.items():
+        if not names:
+            raise MtlrecError(f"{source}: feature_groups.{group} lists no fields")
+        for n in names:
+            if n not in embedded:
+                raise MtlrecError(
+                    f"{source}: feature_groups.{group}: '{n}' is not a sparse/bag/sequence feature; use one of {sorted(embedded)}"
+                )
+            if n in seen:
+                raise MtlrecError(
+                    f"{source}: feature_groups: '{n}' is in both '{seen[n]}' and '{group}'"
+                )
+            seen[n] = group

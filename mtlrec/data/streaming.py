@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtlrec.data import funnel
-from mtlrec.data.loader import Batch, _check_numeric, encode_columns
+from mtlrec.data.loader import Batch, check_schema, encode_columns
 from mtlrec.data.prepare.publish import hold_dataset
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
@@ -84,18 +84,8 @@ class StreamingSplit:
         except (pa.ArrowInvalid, OSError) as e:
             raise MtlrecError(f"{self.path}: not a readable parquet file ({e})") from None
         schema = meta.schema.to_arrow_schema()
-        self.columns = [f.name for f in spec.features] + list(spec.labels)
-        missing = [c for c in self.columns if c not in schema.names]
-        if missing:
-            raise MtlrecError(
-                f"{self.path}: missing column(s) {missing} required by the dataset spec"
-            )
-        for f in spec.sparse:
-            _check_numeric(self.path, schema, f.name, "sparse", integer=True)
-        for f in spec.dense:
-            _check_numeric(self.path, schema, f.name, "dense", integer=False)
-        for c in spec.labels:
-            _check_numeric(self.path, schema, c, "label", integer=False)
+        self.columns = spec.parquet_columns
+        check_schema(self.path, schema, spec)
         self.num_rows, self.num_row_groups = meta.num_rows, meta.num_row_groups
         if self.num_rows == 0:
             raise MtlrecError(f"{self.path}: the split is empty (0 rows)")

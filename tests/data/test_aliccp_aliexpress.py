@@ -168,3 +168,47 @@ def test_aliexpress_samples_prepare_and_train(tmp_path):
         [f"data_dir={tmp_path}", "dataset=aliexpress", "model=shared_bottom", "trainer.epochs=1"],
     )
     assert metrics["status"] == "completed"
+
+
+def test_raw_converter_keeps_every_value_of_bag_fields_with_weights(tmp_path):
+    (tmp_path / "common.csv").write_text(
+        f"cf1,3,{entry('101', 'u7', 1.0)}\x01{entry('109_14', 'b3', 0.25)}\x01{entry('109_14', 'b5', 2.0)}\n"
+    )
+    (tmp_path / "skeleton.csv").write_text(
+        f"1,1,0,cf1,2,{entry('210', 'n1', 1.0)}\x01{entry('205', 'i9', 1.0)}\x01{entry('210', 'n2', 0.5)}\n"
+        f"2,0,0,cf1,1,{entry('205', 'i8', 1.0)}\n"
+    )
+    convert_raw(
+        tmp_path / "skeleton.csv",
+        tmp_path / "common.csv",
+        tmp_path / "out.csv",
+        bags=["109_14", "210"],
+    )
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "D109_14" not in rows[0] and "D508" in rows[0]
+    assert rows[0]["109_14"] == "b3:0.25|b5:2.0" and rows[0]["210"] == "n1:1.0|n2:0.5"
+    assert rows[1]["109_14"] == "b3:0.25|b5:2.0" and rows[1]["210"] == ""
+    assert rows[0]["101"] == "u7" and rows[1]["205"] == "i8"
+
+
+def test_aliccp_raw_with_bags_prepares_weighted_bags(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_raw(raw, "train", 200, 1)
+    write_raw(raw, "test", 100, 2)
+    result = prepare(
+        [
+            f"data_dir={tmp_path}",
+            "dataset=aliccp",
+            "dataset.source=raw",
+            f"dataset.raw_dir={raw}",
+            "dataset.bags=['109_14','150_14']",
+            "dataset.bag_max_len=4",
+        ]
+    )
+    spec = DatasetSpec.load(result.path)
+    bag = spec.feature("109_14")
+    assert (bag.kind, bag.weighted, bag.max_len, bag.pool) == ("bag", True, 4, "weighted_sum")
+    assert "D109_14" not in [f.name for f in spec.dense] and "D508" in [f.name for f in spec.dense]
+    assert spec.layout.weights == {"109_14": (6, 10), "150_14": (10, 14)}

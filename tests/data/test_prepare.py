@@ -290,5 +290,5 @@ def test_prepare_command_needs_a_dataset():
     with pytest.raises(MtlrecError) as e:
         main(["overwrite=true"])
     assert str(e.value) == (
-        "say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: aliccp, aliexpress, census, mmoe_synthetic"
+        "say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: aliccp, aliexpress, census, mmoe_synthetic, movielens"
     )

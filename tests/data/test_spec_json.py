@@ -57,7 +57,7 @@ def _set(*keys_value):
         (_set("splits", ["train.parquet"]), "splits=['train.parquet']: expected a mapping"),
         (
             _set("features", 1, "kind", "float"),
-            "features[1].kind='float': expected one of sparse, dense",
+            "features[1].kind='float': expected one of sparse, dense, bag, sequence",
         ),
         (_set("tasks", 0, "weight", "1"), "tasks[0].weight='1': expected a number"),
         (_set("funnel", "click", 1), "funnel.click=1: expected a string"),

@@ -97,18 +97,39 @@ def _splits_table(result: Result):
 def _fields_table(result: Result):
     from rich.table import Table
 
-    table = Table(title="sparse fields (id 0 = out of vocabulary)")
+    spec = result.spec
+    table = Table(title="embedded fields (id 0 = out of vocabulary; bags/sequences: per value)")
     table.add_column("field")
     table.add_column("vocab", justify="right")
     for name in SPLITS:
         table.add_column(f"oov {name}", justify="right")
+    table.add_column("notes")
     for c, size in result.vocab_sizes.items():
-        rates = (
-            f"{result.summary[s].oov.get(c, 0) / max(1, result.summary[s].rows):.2%}"
-            for s in SPLITS
-        )
-        table.add_row(c, f"{size:,}", *rates)
+        multi = spec.feature(c).multi
+        rates = []
+        for s in SPLITS:
+            split = result.summary[s]
+            total = split.values.get(c, 0) if multi else split.rows
+            rates.append(f"{split.oov.get(c, 0) / max(1, total):.2%}")
+        table.add_row(c, f"{size:,}", *rates, field_notes(spec, result, c))
     return table
+
+
+def field_notes(spec, result: Result, name: str) -> str:
+    """Kind, truncation counts and the hash collision estimate of a field, in a few words."""
+    f = spec.feature(name)
+    notes = []
+    if f.multi:
+        cut = sum(result.summary[s].truncated.get(name, 0) for s in SPLITS)
+        notes.append(f"{f.kind} max_len {f.max_len}: {cut:,} rows truncated")
+        if f.shares_vocab_with:
+            notes.append(f"ids of {f.shares_vocab_with}")
+    est = spec.info.get("hashing", {}).get(name)
+    if est:
+        colliding = est["estimated_colliding_values"]
+        shown = "all buckets taken" if colliding is None else f"~{colliding:,.0f} values collide"
+        notes.append(f"hashed into {est['buckets']:,} buckets, {shown}")
+    return "; ".join(notes)
 
 
 def train_hint(name: str, config_dir: str | None, overrides: Sequence[str] = ()) -> str:

@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from mtlrec.data.funnel import check_policy
+from mtlrec.data.prepare.fieldconfig import (
+    expand_columns,
+    label_maps,
+    named_columns,
+    parse_hash_buckets,
+    parse_multi,
+)
 from mtlrec.data.prepare.plan import (
     SPLITS,
     TRANSFORMS,
@@ -15,6 +22,7 @@ from mtlrec.data.prepare.plan import (
     RawSource,
     ReadOptions,
 )
+from mtlrec.data.prepare.reading import header_columns
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -76,10 +84,10 @@ def parse_targets(cfg: Mapping[str, Any]) -> list[TaskSpec]:
             t = {"label": t}
         if not isinstance(t, Mapping) or "label" not in t:
             raise MtlrecError(f"dataset.targets.{name} needs a label column, e.g. {{label: click}}")
-        unknown = sorted(set(t) - {"label", "type", "where", "weight"})
+        unknown = sorted(set(t) - {"label", "type", "where", "weight", "positive", "negative"})
         if unknown:
             raise MtlrecError(
-                f"dataset.targets.{name}: unknown key(s) {unknown}; use label, type, where, weight"
+                f"dataset.targets.{name}: unknown key(s) {unknown}; use label, type, where, weight, positive, negative"
             )
         typ = str(t.get("type") or "binary")
         if typ not in ("binary", "regression"):
@@ -197,13 +205,14 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
         )
     by, split = split_options(cfg)
     sources = raw_sources(cfg, by, split)
+    sparse, dense = feature_columns(cfg, sources, read_options(cfg), split)
     plan = Plan(
         name=name,
         path=Path(str(cfg["path"])).expanduser(),
         sources=sources,
         read=read_options(cfg),
-        sparse=_str_list(cfg, "sparse"),
-        dense=_str_list(cfg, "dense"),
+        sparse=sparse,
+        dense=dense,
         targets=parse_targets(cfg),
         funnel=FunnelSpec(**cfg["funnel"]) if cfg.get("funnel") else None,
         min_count=int(_key(cfg, "min_count", 1)),
@@ -215,12 +224,50 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
         info={"preparer": "csv"},
         funnel_violations=funnel_policy(cfg),
     )
+    set_field_options(plan, cfg)
     if by == "column" and not plan.split_column:
         raise MtlrecError(
             "dataset.split.by=column needs dataset.split.column (a time/order column)"
         )
     set_dense_options(plan, cfg)
     return plan
+
+
+def feature_columns(cfg, sources, read, split) -> tuple[list[str], list[str]]:
+    """dataset.sparse / dataset.dense with their patterns expanded against the first file's header."""
+    raw_sparse, raw_dense = cfg.get("sparse") or [], cfg.get("dense") or []
+    plain = all(isinstance(v, str) for v in (_entries(raw_sparse) + _entries(raw_dense)))
+    if plain:
+        return _str_list(cfg, "sparse"), _str_list(cfg, "dense")
+    header = header_columns(sources[0].path, read)
+    taken = named_columns(raw_sparse) | named_columns(raw_dense)
+    taken |= set(cfg.get("bags") or {}) | set(cfg.get("sequences") or {})
+    for t in (cfg.get("targets") or {}).values():
+        if isinstance(t, str):
+            taken.add(t)
+        elif isinstance(t, Mapping):
+            taken |= {str(t[k]) for k in ("label", "where") if t.get(k)}
+    taken |= {str(v) for v in (cfg.get("funnel") or {}).values() if v}
+    if split.get("column"):
+        taken.add(str(split["column"]))
+    sparse = expand_columns(raw_sparse, "sparse", header, taken)
+    dense = expand_columns(raw_dense, "dense", header, taken | set(sparse))
+    return sparse, dense
+
+
+def _entries(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] if value else []
+
+
+def set_field_options(plan: Plan, cfg: Mapping[str, Any]) -> None:
+    """Bags, sequences, hashed fields, string labels and feature groups of a config."""
+    plan.multi = parse_multi(cfg)
+    plan.hash_buckets = parse_hash_buckets(cfg, plan.sparse)
+    plan.label_maps = label_maps(cfg)
+    groups = cfg.get("feature_groups") or {}
+    if not isinstance(groups, Mapping):
+        raise MtlrecError(f"dataset.feature_groups must map group names to fields, got {groups!r}")
+    plan.feature_groups = {str(g): [str(n) for n in _entries(v)] for g, v in groups.items()}
 
 
 def set_dense_options(plan: Plan, cfg: Mapping[str, Any]) -> None:
@@ -255,16 +302,23 @@ def check_plan(plan: Plan) -> None:
         raise MtlrecError(
             f"dataset '{plan.name}': no features; list columns in dataset.sparse / dataset.dense"
         )
-    features = plan.sparse + plan.dense
+    features = plan.sparse + plan.multi_names + plan.dense
     dupes = sorted({c for c in features if features.count(c) > 1})
     if dupes:
         raise MtlrecError(
-            f"dataset '{plan.name}': column(s) {dupes} listed twice among sparse/dense features"
+            f"dataset '{plan.name}': column(s) {dupes} listed twice among sparse/bags/sequences/dense features"
         )
+    check_multi_plan(plan)
     for t in plan.targets:
         for role, col in (("label", t.label), ("where", t.where)):
             if col and col in features:
-                kind = "sparse" if col in plan.sparse else "dense"
+                kind = (
+                    "sparse"
+                    if col in plan.sparse
+                    else "dense"
+                    if col in plan.dense
+                    else "bags/sequences"
+                )
                 raise MtlrecError(
                     f"dataset.{kind} lists '{col}', the {role} column of task '{t.name}'; a label column cannot also be a feature: remove it from dataset.{kind}"
                 )
@@ -278,3 +332,35 @@ def check_plan(plan: Plan) -> None:
         raise MtlrecError(
             f"dataset '{plan.name}': no rows go to split(s) {missing}; give a file for each or split one by fractions"
         )
+
+
+def check_multi_plan(plan: Plan) -> None:
+    for m in plan.multi:
+        key = f"dataset.{m.kind}s.{m.name}"
+        for what, other in (("shares_vocab_with", m.shares_vocab_with), ("target", m.target)):
+            if other is not None and other not in plan.sparse:
+                raise MtlrecError(
+                    f"{key}: {what} '{other}' is not a sparse column; use one of {plan.sparse}"
+                )
+        pool = m.pooling or ("weighted_sum" if m.weighted else "mean")
+        if pool == "weighted_sum" and not m.weighted:
+            raise MtlrecError(
+                f"{key}: pooling weighted_sum needs weighted: true (id:weight values)"
+            )
+        if (pool == "target_attention") != (m.target is not None):
+            raise MtlrecError(
+                f"{key}: pooling target_attention and target: <sparse column> go together"
+            )
+    embedded = plan.sparse + plan.multi_names
+    seen: dict[str, str] = {}
+    for group, names in plan.feature_groups.items():
+        for n in names:
+            if n not in embedded:
+                raise MtlrecError(
+                    f"dataset.feature_groups.{group}: '{n}' is not a sparse/bag/sequence column; use one of {embedded}"
+                )
+            if n in seen:
+                raise MtlrecError(
+                    f"dataset.feature_groups: '{n}' is in both '{seen[n]}' and '{group}'"
+                )
+            seen[n] = group

@@ -15,9 +15,13 @@ import pyarrow.parquet as pq
 
 from mtlrec.data import funnel
 from mtlrec.data.prepare.fitting import Fitted, dense_values, sparse_values
+from mtlrec.data.prepare.hashing import hashed_ids
+from mtlrec.data.prepare.labels import label_values
+from mtlrec.data.prepare.multi import split_cells
 from mtlrec.data.prepare.plan import OOV_ID, SPLITS, Plan
-from mtlrec.data.prepare.reading import Block, numeric, plan_blocks
+from mtlrec.data.prepare.reading import Block, plan_blocks
 from mtlrec.data.prepare.splitting import split_codes
+from mtlrec.data.spec import WEIGHT_SUFFIX
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
@@ -40,24 +44,51 @@ class SplitSummary:
     rows: int = 0
     positives: dict[str, float] = field(default_factory=dict)  # task -> sum of labels in its space
     space: dict[str, int] = field(default_factory=dict)  # task -> rows in its sample space
-    oov: dict[str, int] = field(default_factory=dict)  # field -> rows mapped to the oov id
+    oov: dict[str, int] = field(default_factory=dict)  # field -> rows (values) mapped to oov
     dropped: int = 0  # rows dropped for breaking the funnel (funnel_violations=drop)
+    truncated: dict[str, int] = field(default_factory=dict)  # bag/sequence -> rows cut to max_len
+    values: dict[str, int] = field(default_factory=dict)  # bag/sequence -> values kept
 
 
-def encode_block(plan: Plan, fitted: Fitted, block: Block) -> pa.Table:
+# Per-row truncation flags ride along as hidden columns (so funnel drops filter them too).
+_TRUNC = "__truncated__"
+
+
+def field_ids(plan: Plan, fitted: Fitted, name: str, values: pa.Array) -> pa.Array:
+    """int32 ids of a field's values: hashed, or from the (shared) vocabulary, unseen -> OOV."""
+    buckets = plan.buckets(name)
+    if buckets:
+        return pa.array(hashed_ids(values, buckets))
+    m = next((m for m in plan.multi if m.name == name), None)
+    owner = m.shares_vocab_with if m is not None and m.shares_vocab_with else name
+    idx = pc.index_in(values, value_set=fitted.vocab[owner])
+    return pc.fill_null(pc.add(idx, 1), OOV_ID).cast(pa.int32())
+
+
+def encode_block(
+    plan: Plan, fitted: Fitted, block: Block, labels: bool = True, flags: bool = True
+) -> pa.Table:
+    """The encoded columns of a raw block (labels=False: features only, for scoring raw rows)."""
     source = plan.sources[block.source_index]
     table = block.table
     cols: dict[str, pa.Array] = {}
     for c in plan.sparse:
-        idx = pc.index_in(sparse_values(table, c), value_set=fitted.vocab[c])
-        ids = pc.fill_null(pc.add(idx, 1), OOV_ID)
-        cols[c] = ids.cast(pa.int32())
+        cols[c] = field_ids(plan, fitted, c, sparse_values(table, c))
+    for m in plan.multi:
+        where = lambda i: f"{source.path}: {block.where(source, i)}"  # noqa: E731
+        cells = split_cells(table.column(m.name), m, where)
+        cols[m.name] = cells.list_array(field_ids(plan, fitted, m.name, cells.values))
+        if m.weighted:
+            assert cells.weights is not None
+            cols[m.name + WEIGHT_SUFFIX] = cells.list_array(cells.weights.astype(np.float32))
+        if flags:
+            cols[_TRUNC + m.name] = pa.array(cells.cut)
     for c in plan.dense:
         cols[c] = pa.array(
             apply_transform(dense_values(plan, block, c), fitted.dense[c]).astype(np.float32)
         )
-    for c in plan.labels:
-        y = numeric(block, source, c, "label")
+    for c in plan.labels if labels else ():
+        y = label_values(plan, block, source, c)
         if np.isnan(y).any():
             i = int(np.flatnonzero(np.isnan(y))[0])
             raise MtlrecError(
@@ -108,9 +139,8 @@ def encode(
                     mask = codes == k
                     if not mask.any():
                         continue
-                    part = encoded.filter(pa.array(mask))
+                    part = _summarize(plan, summary[split], encoded.filter(pa.array(mask)))
                     writers.write(split, part)
-                    _summarize(plan, summary[split], part)
     finally:
         writers.close()
     if plan.funnel_violations == "error":
@@ -145,13 +175,22 @@ def _funnel_rows(plan, encoded, codes, violations, summary):
     return encoded.filter(pa.array(~bad)), codes[~bad]
 
 
-def _summarize(plan: Plan, s: SplitSummary, part: pa.Table) -> None:
+def _summarize(plan: Plan, s: SplitSummary, part: pa.Table) -> pa.Table:
+    """Adds the part to the split's summary; returns it without the hidden flag columns."""
     s.rows += part.num_rows
     for c in plan.sparse:
         s.oov[c] = s.oov.get(c, 0) + int(pc.sum(pc.equal(part.column(c), OOV_ID)).as_py() or 0)
+    for m in plan.multi:
+        flat = pc.list_flatten(part.column(m.name))
+        s.oov[m.name] = s.oov.get(m.name, 0) + int(pc.sum(pc.equal(flat, OOV_ID)).as_py() or 0)
+        s.values[m.name] = s.values.get(m.name, 0) + len(flat)
+        cut = int(pc.sum(part.column(_TRUNC + m.name)).as_py() or 0)
+        s.truncated[m.name] = s.truncated.get(m.name, 0) + cut
+        part = part.drop_columns([_TRUNC + m.name])
     for t in plan.targets:
         y = part.column(t.label).to_numpy()
         if t.where:
             y = y[part.column(t.where).to_numpy() == 1]
         s.positives[t.name] = s.positives.get(t.name, 0.0) + float(y.sum())
         s.space[t.name] = s.space.get(t.name, 0) + len(y)
+    return part

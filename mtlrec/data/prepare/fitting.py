@@ -11,6 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mtlrec.data.funnel import violation_mask
+from mtlrec.data.prepare.hashing import Occupancy, hashed_ids
+from mtlrec.data.prepare.labels import label_values
+from mtlrec.data.prepare.multi import split_cells
 from mtlrec.data.prepare.plan import Plan
 from mtlrec.data.prepare.reading import Block, numeric, plan_blocks
 from mtlrec.data.prepare.splitting import split_codes
@@ -140,6 +143,8 @@ class Fitted:
     counts: dict[str, pa.Array]
     dense: dict[str, dict[str, Any]]  # column -> transform name, fill value and parameters
     train_rows: int
+    # Hashed field -> its train bucket occupancy (for the collision estimate).
+    hashing: dict[str, Occupancy] = field(default_factory=dict)
 
 
 def _train_sources(plan: Plan) -> list[int]:
@@ -159,14 +164,35 @@ def train_mask(plan: Plan, block: Block, cuts: tuple[float, float] | None) -> np
     if plan.funnel_violations == "drop" and plan.funnel_pairs and keep.any():
         source = plan.sources[block.source_index]
         bad, _ = violation_mask(
-            lambda c: numeric(block, source, c, "label"), plan.funnel_pairs, len(keep)
+            lambda c: label_values(plan, block, source, c), plan.funnel_pairs, len(keep)
         )
         keep &= ~bad
     return keep
 
 
+def _vocab_fields(plan: Plan) -> tuple[list[str], list[str]]:
+    """(fields whose values are counted into a vocabulary, fields that are hashed)."""
+    owners = plan.sparse + [m.name for m in plan.multi if not m.shares_vocab_with]
+    hashed = [c for c in owners if plan.buckets(c)]
+    return [c for c in owners if c not in hashed], hashed
+
+
+def block_values(
+    plan: Plan, block: Block, rows: pa.Table, index: np.ndarray, name: str
+) -> pa.Array:
+    """The values of field `name` in the table `rows` (row i is row index[i] of the block)."""
+    m = next((m for m in plan.multi if m.name == name), None)
+    if m is None:
+        return sparse_values(rows, name)
+    source = plan.sources[block.source_index]
+    where = lambda i: f"{source.path}: {block.where(source, int(index[i]))}"  # noqa: E731
+    return split_cells(rows.column(name), m, where).values
+
+
 def fit(plan: Plan, cuts: tuple[float, float] | None) -> Fitted:
-    counters = {c: ValueCounter() for c in plan.sparse}
+    counted, hashed = _vocab_fields(plan)
+    counters = {c: ValueCounter() for c in counted}
+    occupancy = {c: Occupancy(int(plan.buckets(c) or 0)) for c in hashed}
     stats = {c: DenseStats() for c in plan.dense}
     train_rows = 0
     for i in _train_sources(plan):
@@ -175,9 +201,12 @@ def fit(plan: Plan, cuts: tuple[float, float] | None) -> Fitted:
             if not is_train.any():
                 continue
             rows = block.table.filter(pa.array(is_train))
+            index = np.flatnonzero(is_train)
             train_rows += rows.num_rows
-            for c in plan.sparse:
-                counters[c].add(sparse_values(rows, c))
+            for c in counted:
+                counters[c].add(block_values(plan, block, rows, index, c))
+            for c, occ in occupancy.items():
+                occ.add(hashed_ids(block_values(plan, block, rows, index, c), occ.buckets))
             for c in plan.dense:
                 x = dense_values(plan, block, c)[is_train]
                 stats[c].add(x, with_log=plan.transforms[c] == "log1p_standardize")
@@ -198,4 +227,4 @@ def fit(plan: Plan, cuts: tuple[float, float] | None) -> Fitted:
         }
         for c in plan.dense
     }
-    return Fitted(vocab, counts, dense, train_rows)
+    return Fitted(vocab, counts, dense, train_rows, occupancy)

@@ -36,7 +36,7 @@ VOCAB_SCHEMA = pa.schema(
 
 def write_vocab(plan: Plan, fitted: Fitted, out_dir: Path) -> None:
     rows: dict[str, list] = {"field": [], "value": [], "id": [], "train_count": []}
-    for c in plan.sparse:
+    for c in fitted.vocab:
         n = len(fitted.vocab[c])
         rows["field"] += [c] * n
         rows["value"] += fitted.vocab[c].to_pylist()
@@ -51,8 +51,26 @@ def build_spec(
     summary: dict[str, SplitSummary],
     cuts: tuple[float, float] | None,
 ) -> DatasetSpec:
+    sizes = vocab_sizes(plan, fitted)
     features = [
-        FeatureSpec(c, "sparse", len(fitted.vocab[c]) + 1, oov_id=OOV_ID) for c in plan.sparse
+        FeatureSpec(c, "sparse", sizes[c], oov_id=OOV_ID, hash_buckets=plan.buckets(c))
+        for c in plan.sparse
+    ]
+    features += [
+        FeatureSpec(
+            m.name,
+            m.kind,  # type: ignore[arg-type]
+            sizes[m.name],
+            oov_id=OOV_ID,
+            embedding_dim=m.embedding_dim,
+            max_len=m.max_len,
+            weighted=m.weighted,
+            shares_vocab_with=m.shares_vocab_with,
+            pooling=m.pooling,
+            target=m.target,
+            hash_buckets=plan.buckets(m.name),
+        )
+        for m in plan.multi
     ]
     features += [FeatureSpec(c, "dense") for c in plan.dense]
     names = plan.source_names or [str(s.path) for s in plan.sources]
@@ -70,6 +88,12 @@ def build_spec(
         "vocab_file": VOCAB_FILE,
         "dense": fitted.dense,
     }
+    if fitted.hashing:
+        info["hashing"] = {c: occ.estimate() for c, occ in fitted.hashing.items()}
+    if plan.multi:
+        info["truncated_rows"] = {
+            m.name: {s: summary[s].truncated.get(m.name, 0) for s in SPLITS} for m in plan.multi
+        }
     dropped = {s: summary[s].dropped for s in SPLITS if summary[s].dropped}
     if plan.funnel_pairs:
         info["funnel_violations"] = {"policy": plan.funnel_violations, "dropped": dropped}
@@ -81,11 +105,25 @@ def build_spec(
         funnel=plan.funnel,
         splits={s: f"{s}.parquet" for s in SPLITS},
         info=info,
+        feature_groups={g: list(v) for g, v in plan.feature_groups.items()},
     )
+
+
+def vocab_sizes(plan: Plan, fitted: Fitted) -> dict[str, int]:
+    """Ids per embedded field: V + 1 (id 0 = OOV), or hash buckets + 1."""
+    out = {}
+    for c in plan.sparse + plan.multi_names:
+        buckets = plan.buckets(c)
+        m = next((m for m in plan.multi if m.name == c), None)
+        owner = m.shares_vocab_with if m is not None and m.shares_vocab_with else c
+        out[c] = buckets + 1 if buckets else len(fitted.vocab[owner]) + 1
+    return out
 
 
 def run_plan(plan: Plan, out_dir: Path) -> Result:
     """Fit on train, encode every split into out_dir, write vocab.parquet and spec.json last."""
+    from mtlrec.data.encoders import write_encoders  # it imports this package
+
     check_plan(plan)
     cuts = column_cuts(plan) if plan.split_by == "column" else None
     fitted = fit(plan, cuts)
@@ -93,5 +131,6 @@ def run_plan(plan: Plan, out_dir: Path) -> Result:
     write_vocab(plan, fitted, out_dir)
     spec = build_spec(plan, fitted, summary, cuts)
     spec.validate(str(out_dir / SPEC_FILE))
+    write_encoders(plan, fitted, out_dir, spec)
     spec.save(out_dir)
-    return Result(plan.path, spec, summary, {c: len(fitted.vocab[c]) + 1 for c in plan.sparse})
+    return Result(plan.path, spec, summary, vocab_sizes(plan, fitted))

@@ -39,6 +39,37 @@ class ReadOptions:
     block_size_mb: float = 1.0
 
 
+@dataclass(frozen=True)
+class MultiField:
+    """A raw column holding several values: a bag (unordered) or a sequence (oldest value first).
+
+    In a CSV cell the values are separated by `sep` (a parquet list column needs none); with
+    `weighted`, each value is `id<weight_sep>weight` (Ali-CCP's `id:weight`). Prepare keeps the
+    first `max_len` values of a bag and the newest `max_len` of a sequence, stored newest first.
+    """
+
+    name: str
+    kind: str = "bag"  # bag | sequence
+    max_len: int = 20
+    sep: str = "|"
+    weighted: bool = False
+    weight_sep: str = ":"
+    shares_vocab_with: str | None = None
+    pooling: str | None = None
+    target: str | None = None
+    hash_buckets: int | None = None
+    embedding_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """A string label of a binary task: `positive` values -> 1; with `negative`, those -> 0 and
+    anything else is an error; without, anything else -> 0."""
+
+    positive: tuple[str, ...]
+    negative: tuple[str, ...] | None = None
+
+
 @dataclass
 class Plan:
     """Everything `run_plan` needs; built from a dataset config by a preparer."""
@@ -68,6 +99,21 @@ class Plan:
     info: dict[str, Any] = field(default_factory=dict)
     # Rows whose funnel is inconsistent (see funnel_pairs): "error" (one line) or "drop" (counted).
     funnel_violations: str = "error"
+    multi: list[MultiField] = field(default_factory=list)  # bag and sequence columns
+    hash_buckets: dict[str, int] = field(default_factory=dict)  # hashed single-id field -> N
+    label_maps: dict[str, LabelMap] = field(default_factory=dict)  # string label column -> map
+    feature_groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def multi_names(self) -> list[str]:
+        return [m.name for m in self.multi]
+
+    def buckets(self, name: str) -> int | None:
+        """The hash buckets of an encoded field (a sequence uses its shared field's)."""
+        m = next((m for m in self.multi if m.name == name), None)
+        if m is not None:
+            return self.buckets(m.shares_vocab_with) if m.shares_vocab_with else m.hash_buckets
+        return self.hash_buckets.get(name)
 
     @property
     def labels(self) -> list[str]:
@@ -77,8 +123,8 @@ class Plan:
                 if c and c not in cols:
                     cols.append(c)
         if self.funnel is not None:
-            for c in (self.funnel.click, self.funnel.conversion):
-                if c not in cols:
+            for c in (self.funnel.click, self.funnel.conversion, self.funnel.conversion_if_clicked):
+                if c and c not in cols:
                     cols.append(c)
         return cols
 
@@ -88,6 +134,8 @@ class Plan:
         cols |= {t.where for t in self.targets if t.where}
         if self.funnel is not None:
             cols |= {self.funnel.click, self.funnel.conversion}
+            if self.funnel.conversion_if_clicked:
+                cols.add(self.funnel.conversion_if_clicked)
         return cols
 
     @property
@@ -97,7 +145,7 @@ class Plan:
     def needed_raw_columns(self) -> list[str]:
         if self.raw_columns is not None:
             return list(self.raw_columns)
-        cols = [*self.sparse, *self.dense, *self.labels]
+        cols = [*self.sparse, *self.multi_names, *self.dense, *self.labels]
         if self.split_by == "column" and self.split_column and self.split_column not in cols:
             cols.append(self.split_column)
         return cols

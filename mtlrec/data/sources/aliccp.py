@@ -18,9 +18,13 @@ class AliccpConfig(RawFilesConfig):
     test_val_fraction: float = 0.5
     split_seed: int = 0
     dense_transform: str = "none"  # checked per column by prepare (one line naming the column)
+    bags: list[str] | None = None  # source=raw: multi-valued fields kept whole, as weighted bags
+    bag_max_len: int = 50
 
     def validate(self) -> None:
         super().validate()
+        if self.bag_max_len < 1:
+            raise MtlrecError(f"dataset.bag_max_len must be >= 1, got {self.bag_max_len}")
         if not 0 < self.test_val_fraction < 1:
             raise MtlrecError(
                 f"dataset.test_val_fraction must be in (0, 1), got {self.test_val_fraction}"

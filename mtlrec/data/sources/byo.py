@@ -12,9 +12,15 @@ from mtlrec.data.sources.base import DatasetSource, ReadConfig
 @dataclass
 class CsvConfig(ReadConfig):
     files: Any = None  # {split: file | {file, fractions}}, or a list of files split by fractions
-    sparse: list[str] | str = field(default_factory=list)
-    dense: list[str] | str = field(default_factory=list)
-    targets: dict[str, Any] | None = None  # task -> {label, type, where, weight} (or a label)
+    # Column names, {pattern: REGEX} or {glob: GLOB} entries (checked by prepare).
+    sparse: Any = field(default_factory=list)
+    dense: Any = field(default_factory=list)
+    bags: dict[str, Any] | None = None  # column -> {sep, max_len, weighted, pooling, ...}
+    sequences: dict[str, Any] | None = None  # column -> {max_len, shares_vocab_with, ...}
+    hash_buckets: dict[str, int] | None = None  # sparse column -> buckets (no vocabulary)
+    feature_groups: dict[str, list[str]] | None = None  # group -> fields summed into one vector
+    # task -> {label, type, where, weight, positive, negative} (or a label)
+    targets: dict[str, Any] | None = None
     funnel: dict[str, str | None] | None = None  # {click, conversion, conversion_if_clicked}
     split: dict[str, Any] | None = None  # by: files | random | column, fractions, seed, ...
 

@@ -1,0 +1,235 @@
+"""FieldEmbedding and pooling: hand-computed values for bags, sequences, attention and groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.models.features import FieldEmbedding
+from mtlrec.models.layers import FeatureEmbedding
+from mtlrec.models.pooling import TargetAttention, masked_pool
+
+
+def make_spec(features, groups=None) -> DatasetSpec:
+    spec = DatasetSpec(
+        name="t",
+        features=tuple(features),
+        labels=("y",),
+        tasks=(TaskSpec("y", "y"),),
+        feature_groups=groups or {},
+    )
+    spec.validate()
+    return spec
+
+
+EMB = torch.tensor(
+    [[[1.0, 2.0], [3.0, -4.0], [100.0, 100.0]], [[5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]]
+)
+MASK = torch.tensor([[True, True, False], [True, False, False]])
+
+
+def test_masked_pool_modes_by_hand():
+    assert masked_pool(EMB, MASK, "sum").tolist() == [[4.0, -2.0], [5.0, 6.0]]
+    assert masked_pool(EMB, MASK, "mean").tolist() == [[2.0, -1.0], [5.0, 6.0]]
+    assert masked_pool(EMB, MASK, "max").tolist() == [[3.0, 2.0], [5.0, 6.0]]
+    w = torch.tensor([[0.5, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    assert masked_pool(EMB, MASK, "weighted_sum", w).tolist() == [[6.5, -7.0], [15.0, 18.0]]
+
+
+def test_empty_bag_pools_to_zero_in_every_mode():
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    for mode in ("sum", "mean", "max"):
+        assert masked_pool(EMB[:1], mask, mode).tolist() == [[0.0, 0.0]]
+
+
+def test_target_attention_weights_on_a_two_item_example():
+    att = TargetAttention(dim=1, hidden=())
+    lin = att.unit[0]
+    with torch.no_grad():  # score = [q, k, q-k, q*k] . (0, 0, 0, 1) + 0.5 = q*k + 0.5
+        lin.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+        lin.bias.fill_(0.5)
+    q = torch.tensor([[2.0]])
+    k = torch.tensor([[[1.0], [3.0], [7.0]]])
+    mask = torch.tensor([[True, True, False]])
+    # scores 2.5 and 6.5 (no softmax), padded position 0; v = 2.5 * 1 + 6.5 * 3 = 22
+    assert att.scores(q, k, mask).tolist() == [[2.5, 6.5, 0.0]]
+    assert att(q, k, mask).tolist() == [[22.0]]
+
+
+def test_single_id_spec_equals_feature_embedding():
+    spec = make_spec(
+        [
+            FeatureSpec("a", "sparse", 5),
+            FeatureSpec("b", "sparse", 3, embedding_dim=2),
+            FeatureSpec("c", "sparse", 4),
+            FeatureSpec("x", "dense"),
+        ]
+    )
+    sparse = torch.tensor([[0, 5, 8], [4, 7, 11]])
+    dense = torch.tensor([[0.5], [-1.0]])
+    for copies in (1, 3):
+        torch.manual_seed(0)
+        old = FeatureEmbedding(spec, 4, 0.1, copies=copies)
+        torch.manual_seed(0)
+        new = FieldEmbedding(spec, 4, 0.1, copies=copies)
+        assert new.out_dim == old.out_dim == 4 + 2 + 4 + 1
+        assert torch.equal(new(sparse, dense), old(sparse, dense))
+        new.load_state_dict(old.state_dict())
+
+
+def bag_spec(pooling="mean", weighted=False, groups=None):
+    return make_spec(
+        [
+            FeatureSpec("item", "sparse", 4),
+            FeatureSpec("tags", "bag", 3, max_len=3, weighted=weighted, pooling=pooling),
+            FeatureSpec("x", "dense"),
+        ],
+        groups,
+    )
+
+
+def set_rows(emb: FieldEmbedding, rows):
+    with torch.no_grad():
+        emb.tables[0].weight.copy_(torch.tensor(rows, dtype=torch.float32))
+
+
+ROWS = [[0, 0], [1, 0], [2, 0], [3, 0], [1, 1], [2, 4], [6, 8]]  # item ids 0-3, tags 4-6
+
+
+def test_mean_and_max_over_a_padded_bag():
+    spec = bag_spec()
+    assert spec.layout.sparse == {"item": (0, 1), "tags": (1, 4)}
+    sparse = torch.tensor([[1, 4, 6, -1], [2, -1, -1, -1]])
+    dense = torch.tensor([[9.0], [8.0]])
+    emb = FieldEmbedding(spec, 2)
+    set_rows(emb, ROWS)
+    # row 0: item 1 -> [1, 0]; tags rows 4, 6 -> mean [3.5, 4.5]; row 1: empty bag -> 0
+    assert emb(sparse, dense).tolist() == [[1, 0, 3.5, 4.5, 9.0], [2, 0, 0, 0, 8.0]]
+    emb_max = FieldEmbedding(bag_spec("max"), 2)
+    set_rows(emb_max, ROWS)
+    assert emb_max(sparse, dense)[0].tolist() == [1, 0, 6, 8, 9.0]
+
+
+def test_weighted_sum_reads_the_weight_columns_after_the_dense_ones():
+    spec = bag_spec("weighted_sum", weighted=True)
+    assert spec.layout.weights == {"tags": (1, 4)} and spec.layout.dense_width == 4
+    sparse = torch.tensor([[3, 5, 6, -1]])
+    dense = torch.tensor([[7.0, 0.5, 2.0, 0.0]])
+    emb = FieldEmbedding(spec, 2)
+    set_rows(emb, ROWS)
+    # 0.5 * [2, 4] + 2 * [6, 8] = [13, 18]; only the real dense column is output
+    assert emb(sparse, dense).tolist() == [[3, 0, 13, 18, 7.0]]
+    assert emb.out_dim == 5
+
+
+def test_feature_groups_sum_field_vectors():
+    spec = bag_spec(groups={"item_side": ["item", "tags"]})
+    emb = FieldEmbedding(spec, 2)
+    set_rows(emb, ROWS)
+    out = emb(torch.tensor([[1, 4, 6, -1]]), torch.tensor([[9.0]]))
+    assert out.tolist() == [[4.5, 4.5, 9.0]] and emb.out_dim == 3
+
+
+def test_sequence_shares_rows_and_attends_to_its_target():
+    spec = make_spec(
+        [
+            FeatureSpec("item", "sparse", 4),
+            FeatureSpec("user", "sparse", 2),
+            FeatureSpec(
+                "history",
+                "sequence",
+                4,
+                max_len=2,
+                shares_vocab_with="item",
+                pooling="target_attention",
+                target="item",
+            ),
+        ]
+    )
+    assert spec.vocab_offsets == {"item": 0, "user": 4, "history": 0}
+    assert spec.total_vocab == 6
+    emb = FieldEmbedding(spec, 1, attention_hidden=())
+    assert emb.tables[0].weight.shape == (6, 1)  # no rows of its own
+    with torch.no_grad():
+        emb.tables[0].weight.copy_(torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0], [20.0]]))
+        lin = emb.attention["history"].unit[0]
+        lin.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+        lin.bias.fill_(0.0)
+    # candidate item 2 (q = 2) over history items 1, 3: scores 2, 6 -> 2*1 + 6*3 = 20
+    out = emb(torch.tensor([[2, 5, 1, 3]]), torch.zeros(1, 0))
+    assert out.tolist() == [[2.0, 20.0, 20.0]]
+    out = emb(torch.tensor([[2, 5, 3, -1]]), torch.zeros(1, 0))
+    assert out.tolist() == [[2.0, 20.0, 18.0]]
+
+
+def test_copies_pool_each_copy_on_its_own():
+    spec = bag_spec("sum")
+    emb = FieldEmbedding(spec, 2, copies=2)
+    out = emb(torch.tensor([[1, 4, 6, -1]]), torch.tensor([[9.0]]))
+    assert out.shape == (2, 1, 5)
+    w = emb.tables[0].weight.detach()
+    assert torch.allclose(out[1, 0, 2:4], w[4, 2:] + w[6, 2:])
+    assert torch.allclose(out[0, 0, 2:4], w[4, :2] + w[6, :2])
+
+
+def test_a_group_of_mixed_sizes_is_one_line():
+    spec = make_spec(
+        [FeatureSpec("a", "sparse", 3), FeatureSpec("b", "sparse", 3, embedding_dim=3)],
+        {"g": ["a", "b"]},
+    )
+    with pytest.raises(MtlrecError, match=r"feature_groups.g: fields \['a', 'b'\] have different"):
+        FieldEmbedding(spec, 2)
+
+
+def test_backward_reaches_bag_rows_only_where_not_padded():
+    emb = FieldEmbedding(bag_spec("mean"), 2)
+    out = emb(torch.tensor([[1, 4, -1, -1]]), torch.tensor([[0.0]]))
+    out.sum().backward()
+    grad = emb.tables[0].weight.grad
+    assert grad[4].tolist() == [1.0, 1.0] and grad[0].abs().sum() == 0 and grad[5].abs().sum() == 0
+
+
+def test_target_attention_with_copies_attends_per_copy():
+    spec = make_spec(
+        [
+            FeatureSpec("item", "sparse", 5),
+            FeatureSpec(
+                "hist", "sequence", 5, max_len=3, shares_vocab_with="item",
+                pooling="target_attention", target="item",
+            ),
+        ]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    emb = FieldEmbedding(spec, 2, init_std=1.0, copies=2, attention_hidden=(4,))
+    sparse = torch.tensor([[1, 2, 3, -1], [4, 0, -1, -1]])
+    out = emb(sparse, torch.zeros(2, 0))
+    assert out.shape == (2, 2, 4)
+    w = emb.tables[0].weight.detach()
+    att = emb.attention["hist"]
+    mask = sparse[:, 1:] >= 0
+    for c in range(2):
+        rows = w[:, 2 * c : 2 * c + 2]
+        q, k = rows[sparse[:, 0]], rows[sparse[:, 1:].clamp(min=0)]
+        assert torch.allclose(out[c, :, :2], q)
+        assert torch.allclose(out[c, :, 2:], att(q, k, mask), atol=1e-6)
+
+
+def test_an_old_spec_without_the_new_keys_loads_with_todays_layout():
+    old = {
+        "name": "old",
+        "features": [
+            {"name": "a", "kind": "sparse", "vocab_size": 3, "oov_id": 0, "embedding_dim": None},
+            {"name": "b", "kind": "sparse", "vocab_size": 4, "oov_id": None, "embedding_dim": None},
+            {"name": "x", "kind": "dense", "vocab_size": 0, "oov_id": None, "embedding_dim": None},
+        ],
+        "labels": ["y"],
+        "tasks": [{"name": "y", "label": "y"}],
+        "version": 1,
+    }
+    spec = DatasetSpec.from_dict(old)
+    assert spec.field_offsets == [0, 3] and spec.total_vocab == 7
+    assert spec.layout.sparse_width == 2 and spec.layout.dense_width == 1
+    assert spec.multi == () and spec.feature_groups == {}
+    assert spec.parquet_columns == ["a", "b", "x", "y"]
