@@ -111,6 +111,13 @@ class FieldEmbedding(nn.Module):
         else:
             embedded = sum(dim_of[f.name] for f in spec.features if f.kind != "dense")
         self.out_dim = embedded + self.num_dense
+        # The common case (single ids only, one embedding size): look the columns up as they are.
+        self.direct = (
+            len(self.tables) == 1
+            and not self.multi
+            and self.single_fields[0] == list(range(self.num_single))
+            and not bool(self.delta_0.any())
+        )
 
     def _multi(self, spec, f: FeatureSpec, table_of, dim_of, layout) -> _Multi:
         owner = f.shares_vocab_with or f.name
@@ -143,14 +150,38 @@ class FieldEmbedding(nn.Module):
                     sparse.new_empty((batch, 0, table.weight.shape[1]), dtype=table.weight.dtype)
                 )
                 continue
-            ids = sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
-            # index_select: the same values as table(ids), but a much faster backward on CPU.
-            out.append(table.weight.index_select(0, ids.reshape(-1)).view(batch, ids.shape[1], -1))
+            ids = self._single_ids(sparse, j)
+            out.append(self._rows(table, ids.reshape(-1)).view(batch, ids.shape[1], -1))
         return out
 
+    def _single_ids(self, sparse: torch.Tensor, j: int) -> torch.Tensor:
+        """Rows of table j the single-id fields it serves look up: [B, n_j]."""
+        if self.direct:  # one table, every column a single id in order, no offset to add
+            return sparse
+        return sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
+
+    @staticmethod
+    def _rows(table: nn.Module, flat_ids: torch.Tensor) -> torch.Tensor:
+        weight = table.weight
+        if table.sparse:  # a row-wise optimizer (trainer.embedding_optimizer): O(batch) grads
+            return nn.functional.embedding(flat_ids, weight, sparse=True)
+        # index_select: the same values as table(ids), but a much faster backward on CPU.
+        return weight.index_select(0, flat_ids)
+
     def _lookup(self, table: int, ids: torch.Tensor) -> torch.Tensor:
-        weight = self.tables[table].weight
-        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)
+        return self._rows(self.tables[table], ids.reshape(-1)).view(*ids.shape, -1)
+
+    def rows_used(self, sparse: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+        """(table, row ids) of every lookup a batch makes (trainer.embedding_l2's rows)."""
+        used = [
+            (table, self._single_ids(sparse, j).reshape(-1))
+            for j, table in enumerate(self.tables)
+            if self.single_fields[j]
+        ]
+        for m in self.multi:
+            ids = sparse[:, m.cols[0] : m.cols[1]]
+            used.append((self.tables[m.table], (ids[ids >= 0] + m.delta).reshape(-1)))
+        return used
 
     def _pooled(self, m: _Multi, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """[B, dim * copies]: the field's values pooled (padding masked out)."""

@@ -81,13 +81,16 @@ class FeatureInteraction(nn.Module):
             self.cross.extend(CrossLayer(groups, in_dim) for _ in range(cross_layers))
         self.fm_fields = 0
         if kind == "deepfm":
-            sizes = sorted({f.embedding_dim or embedding_dim for f in spec.sparse})
+            embedded = [f for f in spec.features if f.kind != "dense"]  # ids, bags, sequences
+            sizes = sorted({f.embedding_dim or embedding_dim for f in embedded})
             if len(sizes) != 1:
                 raise MtlrecError(
                     f"model.backbone=deepfm needs every sparse field of dataset '{spec.name}' to "
                     f"have one embedding size (the FM takes dot products); it has sizes {sizes}"
                 )
-            self.fm_fields, self.fm_dim = len(spec.sparse), sizes[0]
+            # one vector per field (or per feature group) ahead of the dense features
+            self.fm_fields = (in_dim - len(spec.dense)) // sizes[0]
+            self.fm_dim = sizes[0]
             self.fm_scale = nn.Parameter(torch.ones(num_tasks, 1))
         self.out_dim = in_dim
 

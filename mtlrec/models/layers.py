@@ -9,13 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 
 ACTIVATIONS = {
@@ -180,73 +178,6 @@ class GroupedMLP(nn.Module):
         return x
 
 
-class FeatureEmbedding(nn.Module):
-    """All sparse fields in one fused table (per embedding size), concatenated with dense features.
-
-    `sparse` ids arrive already offset into the fused id space of the dataset spec. With
-    `copies` > 1 every row holds `copies` independent embeddings (one per task of a single-task
-    baseline) and the output is [copies, B, in_dim] instead of [B, in_dim].
-    """
-
-    def __init__(
-        self, spec: DatasetSpec, embedding_dim: int, init_std: float = 0.01, copies: int = 1
-    ):
-        super().__init__()
-        self.copies = copies
-        self.num_dense = len(spec.dense)
-        dims = [f.embedding_dim or embedding_dim for f in spec.sparse]
-        offsets = spec.field_offsets
-        self.tables = nn.ModuleList()
-        self.group_dims: list[int] = []
-        self.single_group = len(set(dims)) <= 1
-        for j, dim in enumerate(sorted(set(dims))):
-            fields = [i for i, d in enumerate(dims) if d == dim]
-            vocab = [spec.sparse[i].vocab_size for i in fields]
-            table = nn.Embedding(sum(vocab), dim * copies)
-            nn.init.normal_(table.weight, std=init_std)
-            self.tables.append(table)
-            self.group_dims.append(dim)
-            # Map global fused ids to this group's table: id - global offset + group offset.
-            group_offsets = [sum(vocab[:k]) for k in range(len(fields))]
-            delta = torch.tensor(
-                [g - offsets[i] for g, i in zip(group_offsets, fields, strict=True)]
-            )
-            self.register_buffer(f"fields_{j}", torch.tensor(fields), persistent=False)
-            self.register_buffer(f"delta_{j}", delta, persistent=False)
-        self.out_dim = sum(dims) + self.num_dense
-
-    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        batch = sparse.shape[0]
-        parts = []
-        for j, table in enumerate(self.tables):
-            if self.single_group:
-                ids = sparse
-            else:
-                ids = sparse[:, getattr(self, f"fields_{j}")] + getattr(self, f"delta_{j}")
-            # index_select instead of table(ids): same values, but its backward (index_add) is
-            # several times faster on CPU than embedding_dense_backward (sort + per-id loop).
-            weight = cast(torch.Tensor, table.weight)
-            if table.sparse:  # a row-wise optimizer (trainer.embedding_optimizer): O(batch) grads
-                emb = F.embedding(ids.reshape(-1), weight, sparse=True)
-            else:
-                emb = weight.index_select(0, ids.reshape(-1))
-            emb = emb.view(batch, ids.shape[1], -1)
-            dim = self.group_dims[j]
-            if self.copies == 1:
-                parts.append(emb.reshape(batch, -1))
-            else:
-                parts.append(
-                    emb.view(batch, -1, self.copies, dim)
-                    .permute(2, 0, 1, 3)
-                    .reshape(self.copies, batch, -1)
-                )
-        if self.copies == 1:
-            parts.append(dense)
-        else:
-            parts.append(dense.unsqueeze(0).expand(self.copies, -1, -1))
-        return torch.cat(parts, dim=-1)
-
-
 class MixtureOfExperts(nn.Module):
     """E experts on one shared input and G softmax gates over them (MMoE: G = tasks, OMoE: G = 1).
 
@@ -298,3 +229,10 @@ def gate_statistics(mean_gates, task_names: Sequence[str]) -> dict[str, float]:
     for e, u in enumerate(p.mean(0).tolist()):
         out[f"gate/utilization/expert_{e}"] = float(u)
     return out
+
+
+# Every model embeds its inputs with FieldEmbedding (single ids, bags, sequences, feature groups);
+# the old name stays for the models and for code that looks the embedding layer up by type.
+from mtlrec.models.features import FieldEmbedding as FeatureEmbedding  # noqa: E402
+
+__all__ = ["FeatureEmbedding"]

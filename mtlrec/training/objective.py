@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
-from mtlrec.models.layers import FeatureEmbedding
 
 
 class Objective(nn.Module):
@@ -84,35 +83,23 @@ def embedding_l2_penalty(model: nn.Module, sparse: torch.Tensor) -> torch.Tensor
     """sum ||E[r]||^2 over the embedding rows r the batch uses (each row once), every table.
 
     trainer.embedding_l2 times this is added to the loss: rows no batch uses get no gradient
-    from it, so under Adam they do not move (unlike weight decay of the whole table).
+    from it, so under Adam they do not move (unlike weight decay of the whole table). A table on
+    a row-wise optimizer gets a sparse gradient from it, like from its lookups.
     """
     total = sparse.new_zeros((), dtype=torch.float32)
     for module in model.modules():
-        rows_of = getattr(module, "rows_used", None)  # per table: (weight, row ids of the batch)
-        if callable(rows_of):
-            for weight, ids in rows_of(sparse):
-                total = total + weight.index_select(0, torch.unique(ids)).float().pow(2).sum()
-        elif isinstance(module, FeatureEmbedding):
-            for table, ids in _feature_embedding_rows(module, sparse):
-                rows = torch.unique(ids)
-                # a table on a sparse optimizer needs a sparse gradient from the penalty too
-                picked = (
-                    F.embedding(rows, table.weight, sparse=True)
-                    if table.sparse
-                    else table.weight.index_select(0, rows)
-                )
-                total = total + picked.float().pow(2).sum()
+        rows_of = getattr(module, "rows_used", None)  # per table: (table, row ids of the batch)
+        if not callable(rows_of):
+            continue
+        for table, ids in rows_of(sparse):
+            rows = torch.unique(ids)
+            picked = (
+                F.embedding(rows, table.weight, sparse=True)
+                if getattr(table, "sparse", False)
+                else table.weight.index_select(0, rows)
+            )
+            total = total + picked.float().pow(2).sum()
     return total
-
-
-def _feature_embedding_rows(module: FeatureEmbedding, sparse: torch.Tensor):
-    """The table rows FeatureEmbedding.forward looks up (same id mapping as its forward)."""
-    for j, table in enumerate(module.tables):
-        if module.single_group:
-            ids = sparse
-        else:
-            ids = sparse[:, getattr(module, f"fields_{j}")] + getattr(module, f"delta_{j}")
-        yield table, ids.reshape(-1)
 
 
 def clip_per_task(

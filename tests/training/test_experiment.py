@@ -15,7 +15,9 @@ def test_a_failed_rank_from_spawn_is_recorded_by_run(tmp_path, monkeypatch):
     from mtlrec.experiment import run
 
     def spawn(target, cfg, run_dir):
-        raise distributed.RankFailed("rank 1 of 2 died: killed by SIGKILL\nTraceback ...")
+        raise distributed.RankFailed(
+            "rank 1 of 2 died: killed by SIGKILL", user_error=False, details="Traceback ..."
+        )
 
     monkeypatch.setattr(distributed, "should_spawn", lambda cfg: True)
     monkeypatch.setattr(distributed, "spawn", spawn)

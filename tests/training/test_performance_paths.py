@@ -40,7 +40,7 @@ def test_embedding_lookup_matches_nn_embedding_values_and_gradients(dims):
     for j, table in enumerate(emb.tables):
         local = (
             ids
-            if emb.single_group
+            if emb.direct
             else ids[:, getattr(emb, f"fields_{j}")] + getattr(emb, f"delta_{j}")
         )
         parts.append(table(local).reshape(64, -1))

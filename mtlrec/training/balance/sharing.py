@@ -113,8 +113,9 @@ def probe_inputs(
         return None
     groups = range(len(embedding.tables))
     fields = [getattr(embedding, f"fields_{j}").cpu() for j in groups]
-    columns = sum(len(f) for f in fields)
-    sparse = torch.zeros(rows, columns, dtype=torch.long)
+    multi = list(getattr(embedding, "multi", []))  # bag/sequence columns: left empty (-1)
+    columns = max([sum(len(f) for f in fields), *(m.cols[1] for m in multi)])
+    sparse = torch.full((rows, columns), -1, dtype=torch.long)
     for j in groups:
         # the table sees sparse + delta: draw the table row, subtract the field's delta
         table: nn.Embedding = embedding.tables[j]  # type: ignore[assignment]
@@ -122,7 +123,8 @@ def probe_inputs(
             table.num_embeddings, (rows, len(fields[j])), generator=generator
         )
         sparse[:, fields[j]] = table_rows - getattr(embedding, f"delta_{j}").cpu()
-    dense = torch.randn(rows, embedding.num_dense, generator=generator)
+    width = max([embedding.num_dense, *(m.weights[1] for m in multi if m.weights)])
+    dense = torch.randn(rows, width, generator=generator)
     return sparse, dense
 
 
