@@ -39,9 +39,7 @@ def test_embedding_lookup_matches_nn_embedding_values_and_gradients(dims):
     parts = []
     for j, table in enumerate(emb.tables):
         local = (
-            ids
-            if emb.direct
-            else ids[:, getattr(emb, f"fields_{j}")] + getattr(emb, f"delta_{j}")
+            ids if emb.direct else ids[:, getattr(emb, f"fields_{j}")] + getattr(emb, f"delta_{j}")
         )
         parts.append(table(local).reshape(64, -1))
     ref = torch.cat(parts + [dense], 1)
