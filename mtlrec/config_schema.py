@@ -133,7 +133,15 @@ def describe(tp: Any) -> str:
     """Human words for a type: 'a number or null', 'one of adam, adamw', 'a list of integers'."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
-        words = [describe(a) for a in args if a is not type(None)]
+        members = [a for a in args if a is not type(None)]
+        if all(a is bool or typing.get_origin(a) is Literal for a in members):  # choices only
+            choices = [
+                str(v).lower() if isinstance(v, bool) else str(v)
+                for a in members
+                for v in ((True, False) if a is bool else typing.get_args(a))
+            ]
+            return "one of " + ", ".join(choices) + (" or null" if type(None) in args else "")
+        words = [describe(a) for a in members]
         if type(None) in args:
             words.append("null")
         return " or ".join(words)

@@ -325,7 +325,9 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         checkpoint_every=settings.checkpoint.every_n_steps,
     )
     tasks = tuple(t.task for t in targets)
-    splits = load_data(dataset, data_dir, spec, tasks, device, trainer_cfg.data_on_device)
+    splits = load_data(
+        dataset, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
+    )
     splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     parallel = distributed.current().describe(trainer_cfg.batch_size)
     run_dir.write_json(ENV_FILE, {**environment(device), "distributed": parallel})

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrec import metric_registry
 from mtlrec.config_schema import build, check_value
+from mtlrec.data.streaming import StreamingConfig
 from mtlrec.errors import MtlrecError
 
 
@@ -155,6 +156,7 @@ class RunSettings:
     model: Any  # the model's typed Config (mtlrec.models)
     balance: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
     def model_name(self) -> str:
@@ -183,6 +185,7 @@ class RunSettings:
             model=model_settings(config.get("model") or {}),
             balance=balance_settings(config.get("balance")),
             dataset=dataset,
+            streaming=build(StreamingConfig, config.get("streaming"), "streaming"),
         )
 
 

@@ -1,4 +1,4 @@
-"""dataset.streaming=true against in-memory training: memory stays flat as the file grows.
+"""streaming=enabled against in-memory training: memory stays flat as the file grows.
 
     python scripts/bench_streaming.py                 # train files of 1.9M and 7M rows, ESMM, 1 thread
     python scripts/bench_streaming.py --train-rows 1900000 --repeats 3
@@ -103,8 +103,8 @@ def worker(path: Path, streaming: bool, args) -> dict:
     baseline = peak_rss_mib()
     overrides = OVERRIDES + [
         "dataset=prepared", f"dataset.path={path}", f"trainer.num_threads={args.threads}",
-        f"dataset.streaming={str(streaming).lower()}", f"dataset.shuffle_buffer={args.shuffle_buffer}",
-        f"dataset.prefetch={args.prefetch}", f"dataset.read_rows={args.read_rows}"]  # fmt: skip
+        f"streaming={'enabled' if streaming else 'disabled'}", f"streaming.shuffle_buffer={args.shuffle_buffer}",
+        f"streaming.prefetch={args.prefetch}", f"streaming.read_rows={args.read_rows}"]  # fmt: skip
     with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     samples: list[tuple[float, float]] = []

@@ -77,6 +77,8 @@ def test_values_are_kept_not_coerced_between_kinds():
 def test_check_value_and_describe():
     assert check_value(int | None, None, "k") is None
     assert describe(list[float]) == "a list of numbers"
+    assert describe(Literal["auto"] | bool) == "one of auto, true, false"
+    assert describe(Literal["a", "b"] | None) == "one of a, b or null"
     with pytest.raises(MtlrecError, match=r"^seed='abc': expected an integer$"):
         check_value(int, "abc", "seed")
 

@@ -26,6 +26,19 @@ CASES = [
     ),
     ("trainer.tail_batch=last", "trainer.tail_batch='last': expected one of merge, drop, keep"),
     ("dataset.num_rows=0", "dataset.num_rows must be an integer >= 1, got 0"),
+    ("streaming.enabled=yes", "streaming.enabled='yes': expected true or false"),
+    (
+        "streaming=enabled streaming.shuffle_buffer=0",
+        "streaming.shuffle_buffer must be an integer >= 1, got 0",
+    ),
+    (
+        "trainer.embedding_optimizer=sgd",
+        "trainer.embedding_optimizer='sgd': expected one of auto, adam, sparse_adam, adagrad",
+    ),
+    (
+        "trainer.data_on_device=maybe",
+        "trainer.data_on_device='maybe': expected one of auto, true, false",
+    ),
 ]
 
 

@@ -1,4 +1,4 @@
-"""`dataset.streaming=true`: the training split read from parquet while training, in bounded memory.
+"""`streaming=enabled`: the training split read from parquet while training, in bounded memory.
 
 A background thread reads the file one parquet row group at a time (in a shuffled order), cuts it
 into chunks of at most `read_rows` rows and converts them to tensors; a queue of at most `prefetch`
@@ -14,7 +14,7 @@ last of the epoch is full, so an epoch has ceil(rows / batch_size) steps as in m
 Shuffling is block-wise (row-group order, then rows within the buffer), which is weaker than a
 global permutation when the file is sorted; when `shuffle_buffer` holds the whole file, the epoch
 order is `torch.randperm(rows, generator)`, exactly the in-memory order, so training is
-bit-identical to `dataset.streaming=false` (tests/data/test_streaming.py checks this).
+bit-identical to `streaming=disabled` (tests/data/test_streaming.py checks this).
 Validation and test splits stay in memory (they are scored as whole splits anyway).
 
 Before the first batch the label columns are scanned once for funnel violations (a conversion
@@ -31,6 +31,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,6 +50,23 @@ _END = object()
 
 def _column_of(table: pa.Table):
     return lambda name: table.column(name).to_numpy()
+
+
+@dataclass
+class StreamingConfig:
+    """conf/streaming/*.yaml: `streaming=enabled` reads the train split from parquet while training."""
+
+    enabled: bool = False
+    shuffle_buffer: int = 262_144  # rows shuffled together
+    prefetch: int = 4  # chunks read ahead by the reader thread
+    read_rows: int = 65_536  # rows per chunk read from the file
+
+    def validate(self) -> None:
+        for key in ("shuffle_buffer", "prefetch", "read_rows"):
+            if getattr(self, key) < 1:
+                raise MtlrecError(
+                    f"streaming.{key} must be an integer >= 1, got {getattr(self, key)}"
+                )
 
 
 class StreamingSplit:
@@ -71,7 +89,7 @@ class StreamingSplit:
             ("read_rows", read_rows),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MtlrecError(f"dataset.{key} must be an integer >= 1, got {value!r}")
+                raise MtlrecError(f"streaming.{key} must be an integer >= 1, got {value!r}")
         self.path, self.spec, self.tasks = Path(path), spec, tasks
         self.shuffle_buffer, self.prefetch, self.read_rows = shuffle_buffer, prefetch, read_rows
         self.shuffle = shuffle

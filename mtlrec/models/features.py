@@ -116,7 +116,7 @@ class FieldEmbedding(nn.Module):
             len(self.tables) == 1
             and not self.multi
             and self.single_fields[0] == list(range(self.num_single))
-            and not bool(self.delta_0.any())
+            and all(delta == 0 for _, delta in self.single_table.values())
         )
 
     def _multi(self, spec, f: FeatureSpec, table_of, dim_of, layout) -> _Multi:

@@ -2,7 +2,7 @@
 
 - In memory: a split is whole-split tensors on the device (or in pinned host memory when it does
   not fit the GPU comfortably); a batch is an index slice of them, never a per-row collate.
-- Streaming (`dataset.streaming=true`): the train split is read from parquet in bounded memory
+- Streaming (`streaming=enabled`): the train split is read from parquet in bounded memory
   by `StreamingSplit`, which shuffles inside its reader.
 
 `trainer.tail_batch` decides what happens to the last short batch of an epoch: `merge` (default)
@@ -25,7 +25,7 @@ import torch
 
 from mtlrec.data.loader import Batch, SplitTensors, load_splits
 from mtlrec.data.spec import DatasetSpec
-from mtlrec.data.streaming import StreamingSplit
+from mtlrec.data.streaming import StreamingConfig, StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.training import distributed
 
@@ -57,10 +57,12 @@ def load_data(
     tasks: tuple,
     device: torch.device,
     on_device: str | bool = "auto",
+    streaming: StreamingConfig | None = None,
 ):
-    """Splits ready for the trainer; with dataset.streaming=true the train split is streamed."""
+    """Splits ready for the trainer; with streaming=enabled the train split is streamed."""
     violations = ds.get("funnel_violations", "error")  # dataset.funnel_violations: error | drop
-    if not ds.get("streaming", False):
+    streaming = streaming or StreamingConfig()
+    if not streaming.enabled:
         return place_splits(
             load_splits(data_dir, spec, tasks, funnel_violations=violations), device, on_device
         )
@@ -70,9 +72,9 @@ def load_data(
         data_dir / spec.splits["train"],
         spec,
         tasks,
-        shuffle_buffer=ds.get("shuffle_buffer", 262_144),
-        prefetch=ds.get("prefetch", 4),
-        read_rows=ds.get("read_rows", 65_536),
+        shuffle_buffer=streaming.shuffle_buffer,
+        prefetch=streaming.prefetch,
+        read_rows=streaming.read_rows,
         funnel_violations=violations,
     )
     log.info(
@@ -82,14 +84,8 @@ def load_data(
         train.num_row_groups,
         f"{train.shuffle_buffer:,}",
     )
-    return {
-        "train": train,
-        **place_splits(
-            load_splits(data_dir, spec, tasks, ("val", "test"), funnel_violations=violations),
-            device,
-            on_device,
-        ),
-    }
+    rest = load_splits(data_dir, spec, tasks, ("val", "test"), funnel_violations=violations)
+    return {"train": train, **place_splits(rest, device, on_device)}
 
 
 def gather(split: SplitTensors, idx: torch.Tensor, on_device: bool) -> Batch:

@@ -1,4 +1,4 @@
-"""dataset.streaming=true: every row once per epoch, bounded reader, same results as in memory."""
+"""streaming=enabled: every row once per epoch, bounded reader, same results as in memory."""
 
 from __future__ import annotations
 
@@ -99,7 +99,9 @@ def test_bad_files_and_settings_fail_with_one_line(prepared, tmp_path):
     pq.write_table(table, tmp_path / "bad.parquet")
     with pytest.raises(MtlrecError, match=r"bad.parquet: missing column\(s\) \['item_id'\]"):
         StreamingSplit(tmp_path / "bad.parquet", spec)
-    with pytest.raises(MtlrecError, match="dataset.shuffle_buffer must be an integer >= 1, got 0"):
+    with pytest.raises(
+        MtlrecError, match="streaming.shuffle_buffer must be an integer >= 1, got 0"
+    ):
         StreamingSplit(regrouped, spec, shuffle_buffer=0)
     with pytest.raises(MtlrecError, match="nope.parquet: split file not found"):
         StreamingSplit(tmp_path / "nope.parquet", spec)
@@ -107,7 +109,7 @@ def test_bad_files_and_settings_fail_with_one_line(prepared, tmp_path):
 
 def test_training_streamed_with_whole_file_buffer_equals_in_memory(train_tiny):
     _, mem = train_tiny(["trainer.epochs=1"], name="mem")
-    _, streamed = train_tiny(["trainer.epochs=1", "dataset.streaming=true"], name="stream")
+    _, streamed = train_tiny(["trainer.epochs=1", "streaming=enabled"], name="stream")
     assert streamed["status"] == "completed"
     assert streamed["metrics"] == mem["metrics"]  # bit-identical: same order, same arithmetic
 
@@ -115,8 +117,8 @@ def test_training_streamed_with_whole_file_buffer_equals_in_memory(train_tiny):
 def test_training_streamed_through_the_cli_with_a_small_buffer(tmp_path):
     run_dir = tmp_path / "cli"
     cmd = [sys.executable, "-m", "mtlrec", "train", f"dataset.num_rows={ROWS}", "trainer.epochs=1",
-           "trainer.batch_size=256", "trainer.num_threads=1", "device=cpu", "dataset.streaming=true",
-           "dataset.shuffle_buffer=500", "dataset.read_rows=200", f"hydra.run.dir={run_dir}"]  # fmt: skip
+           "trainer.batch_size=256", "trainer.num_threads=1", "device=cpu", "streaming=enabled",
+           "streaming.shuffle_buffer=500", "streaming.read_rows=200", f"hydra.run.dir={run_dir}"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

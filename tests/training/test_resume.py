@@ -301,10 +301,10 @@ def test_streamed_epoch_resumes_mid_epoch_exactly(tmp_path, monkeypatch):
     from mtlrec.experiment import run
 
     stream = [
-        "dataset.streaming=true",
-        "dataset.shuffle_buffer=500",
-        "dataset.read_rows=300",
-        "dataset.prefetch=2",
+        "streaming=enabled",
+        "streaming.shuffle_buffer=500",
+        "streaming.read_rows=300",
+        "streaming.prefetch=2",
     ]
     ref_dir, _ = run_training(tmp_path, [*BATCH, *stream], name="straight_stream")
     monkeypatch.setattr(StopAfter, "k", STEPS_PER_EPOCH + 40)

@@ -20,17 +20,9 @@ class DatasetConfig:
     tasks: list[str] | None = None  # task names to train on (null = all of the dataset's)
     preparer: str | None = None  # which source builds it (default: the one named like `name`)
     funnel_violations: Literal["error", "drop"] = "error"
-    # Streaming settings (read by the trainer; they stay here until they get their own group).
-    streaming: bool = False
-    shuffle_buffer: int = 262_144
-    prefetch: int = 4
-    read_rows: int = 65_536
 
     def validate(self) -> None:
-        for key in ("shuffle_buffer", "prefetch", "read_rows"):
-            value = getattr(self, key)
-            if value < 1:
-                raise MtlrecError(f"dataset.{key} must be an integer >= 1, got {value!r}")
+        """Ranges and combinations (types are checked by config_schema.build)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Streamed training splits under data parallelism (`dataset.streaming=true`): rank r reads only
+"""Streamed training splits under data parallelism (`streaming=enabled`): rank r reads only
 the parquet row groups r, r+W, r+2W, ... of the train file."""
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class RankStream(StreamingSplit):
         meta = pq.ParquetFile(split.path).metadata
         if split.num_row_groups < world:
             raise MtlrecError(
-                f"{split.path}: dataset.streaming with {world} ranks needs at least {world} "
+                f"{split.path}: streaming=enabled with {world} ranks needs at least {world} "
                 f"parquet row groups (ranks read different ones), the file has "
                 f"{split.num_row_groups}; rewrite it with smaller row groups or set "
-                "dataset.streaming=false"
+                "streaming=disabled"
             )
         group_rows = [meta.row_group(g).num_rows for g in range(split.num_row_groups)]
         rows = [sum(group_rows[r::world]) for r in range(world)]
@@ -46,7 +46,7 @@ class RankStream(StreamingSplit):
             raise MtlrecError(
                 f"{split.path}: with {world} ranks a rank streams only {min(rows)} rows, less "
                 f"than one batch of trainer.batch_size={batch_size}; lower the batch size or set "
-                "dataset.streaming=false"
+                "streaming=disabled"
             )
         self.rank, self.world, self.batch_size = rank, world, batch_size
         self.groups = list(range(rank, split.num_row_groups, world))
