@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -192,7 +192,9 @@ class RunSettings:
 def plain_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config as plain containers, without Hydra's own `hydra` node."""
     if not isinstance(cfg, DictConfig):
-        return {k: v for k, v in dict(cfg).items() if k != "hydra"}
+        # mypy keeps DictConfig in the union after this check (it is itself a Mapping)
+        plain = cast(Mapping[str, Any], cfg)
+        return {k: v for k, v in dict(plain).items() if k != "hydra"}
     out: dict[str, Any] = {}
     for key in cfg:
         if key == "hydra":

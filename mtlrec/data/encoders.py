@@ -48,7 +48,7 @@ def write_encoders(plan: Plan, fitted, out_dir: Path, spec: DatasetSpec | None =
         "label_maps": {c: asdict(m) for c, m in plan.label_maps.items()},
         "vocab_file": VOCAB_FILE,
     }
-    if layout is not None:
+    if spec is not None and layout is not None:
         doc["layout"] = {
             "sparse": {k: list(v) for k, v in layout.sparse.items()},
             "dense": {k: list(v) for k, v in layout.dense.items()},

@@ -202,12 +202,14 @@ def encode_columns(
         dense[:, j] = values
 
     labels = np.empty((n, len(spec.labels)), dtype=np.float32)
-    for j, c in enumerate(spec.labels):
+    for j, label in enumerate(spec.labels):
         with np.errstate(over="ignore"):
-            values = column(c).to_numpy(zero_copy_only=False).astype(np.float32)
+            values = column(label).to_numpy(zero_copy_only=False).astype(np.float32)
         bad = ~np.isfinite(values)
         if bad.any():
-            raise MtlrecError(f"{path}: label column '{c}' has {bad.sum()} NaN/inf/missing values")
+            raise MtlrecError(
+                f"{path}: label column '{label}' has {bad.sum()} NaN/inf/missing values"
+            )
         labels[:, j] = values
     _check_binary_labels(path, spec, tasks, labels)
     keep = _funnel_keep(path, spec, tasks, labels, funnel_violations, log_drops=log_oov)

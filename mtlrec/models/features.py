@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -146,9 +147,8 @@ class FieldEmbedding(nn.Module):
         out = []
         for j, table in enumerate(self.tables):
             if not self.single_fields[j]:
-                out.append(
-                    sparse.new_empty((batch, 0, table.weight.shape[1]), dtype=table.weight.dtype)
-                )
+                weight = cast(torch.Tensor, table.weight)
+                out.append(sparse.new_empty((batch, 0, weight.shape[1]), dtype=weight.dtype))
                 continue
             ids = self._single_ids(sparse, j)
             out.append(self._rows(table, ids.reshape(-1)).view(batch, ids.shape[1], -1))
@@ -162,7 +162,7 @@ class FieldEmbedding(nn.Module):
 
     @staticmethod
     def _rows(table: nn.Module, flat_ids: torch.Tensor) -> torch.Tensor:
-        weight = table.weight
+        weight = cast(torch.Tensor, table.weight)
         if table.sparse:  # a row-wise optimizer (trainer.embedding_optimizer): O(batch) grads
             return nn.functional.embedding(flat_ids, weight, sparse=True)
         # index_select: the same values as table(ids), but a much faster backward on CPU.

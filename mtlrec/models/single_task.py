@@ -18,6 +18,8 @@ tower_dims, backbone, cross_layers, activation, dropout, batch_norm. Outputs: on
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
@@ -74,9 +76,13 @@ class SingleTask(MultiTaskModel):
         for k in range(n):
             group: list[tuple[torch.nn.Parameter, object]] = []
             for table, dim in zip(emb.tables, emb.group_dims, strict=True):
-                group.append((table.weight, (slice(None), slice(k * dim, (k + 1) * dim))))
+                weight = cast(torch.nn.Parameter, table.weight)
+                group.append((weight, (slice(None), slice(k * dim, (k + 1) * dim))))
             for linear in self.nets.linears:
-                group += [(linear.weight, k), (linear.bias, k)]
+                group += [
+                    (cast(torch.nn.Parameter, linear.weight), k),
+                    (cast(torch.nn.Parameter, linear.bias), k),
+                ]
             for norm in self.nets.norms:
                 for p in norm.parameters():
                     d = p.shape[0] // self.nets.groups

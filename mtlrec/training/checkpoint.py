@@ -134,7 +134,9 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
     numpy's key array is stored as a tensor, so the checkpoint loads with weights_only=True.
     """
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # the global RandomState is an MT19937: the legacy tuple
+    kind, keys, pos, has_gauss, cached = legacy
     state = {
         "torch": torch.get_rng_state(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
@@ -240,7 +242,8 @@ def tensor_digest(t: torch.Tensor) -> str:
     flat = t.detach().cpu().contiguous().reshape(-1)
     data = flat if flat.dtype == torch.uint8 else flat.view(torch.uint8)
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(data.numpy())
+    # ndarray has the buffer protocol; numpy's stubs declare __buffer__ only for Python >= 3.12
+    h.update(data.numpy())  # type: ignore[arg-type]
     return h.hexdigest()
 
 

@@ -22,6 +22,8 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 
 
 class Objective(nn.Module):
+    weights: torch.Tensor  # [T] task weights, a registered buffer
+
     def __init__(
         self,
         tasks: tuple[TaskSpec, ...],
@@ -117,7 +119,9 @@ def clip_per_task(
                 grads.append(param.grad if index is None else param.grad[index])
         if not grads:
             continue
-        norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+        squares = sum(g.float().pow(2).sum() for g in grads)
+        assert isinstance(squares, torch.Tensor)  # grads is not empty
+        norm = torch.sqrt(squares)
         scale = (max_norm / (norm + eps)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.to(g.dtype))

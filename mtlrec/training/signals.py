@@ -13,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 from mtlrec.errors import MtlrecError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# A signal's disposition, as signal.signal returns and accepts it (typeshed's signal._HANDLER).
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 # Every signal the handlers below saw, in order: `mtlrec` reads the last one to exit with
 # 128 + its number (a second SIGTERM stops at once and must still exit 143, not 130).
@@ -66,7 +70,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Handler] = {}
 
     @property
     def requested(self) -> bool:

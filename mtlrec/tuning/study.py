@@ -86,14 +86,14 @@ def claim(paths: StudyPaths) -> Any:
 
 def record_search(paths: StudyPaths, cfg: SearchConfig, extra: list[str]) -> None:
     """search.json on a new study; on a resumed one, the search must be the same."""
-    wanted = {"search": dataclasses.asdict(cfg), "overrides": extra}
+    search = dataclasses.asdict(cfg)
+    wanted = {"search": search, "overrides": extra}
     if paths.search.is_file():
         saved = json.loads(paths.search.read_text())
         changed = sorted(
             k
-            for k in set(saved["search"]) | set(wanted["search"])
-            if k not in ("trials", "jobs", "timeout_s")
-            and saved["search"].get(k) != wanted["search"].get(k)
+            for k in set(saved["search"]) | set(search)
+            if k not in ("trials", "jobs", "timeout_s") and saved["search"].get(k) != search.get(k)
         )
         if saved.get("overrides") != extra:
             changed.append("overrides")

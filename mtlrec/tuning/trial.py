@@ -107,8 +107,11 @@ def outcome(child: TrialProcess, metric: str, epochs: int, pruned: bool, cancell
         return TrialOutcome("interrupted", None, epochs, "the study was interrupted")
     if code == 0 and summary.get("status") == "completed":
         value = summary.get("best_value")
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
-        if summary.get("monitor") == metric and ok:
+        if (
+            isinstance(value, (int, float))
+            and math.isfinite(value)
+            and summary.get("monitor") == metric
+        ):
             return TrialOutcome("complete", float(value), epochs)
         return TrialOutcome("failed", None, epochs, f"no finite {metric} in {child.run_dir}")
     error = summary.get("error") or child.last_line() or f"exit code {code}"

@@ -65,7 +65,7 @@ class Occupancy:
             self.taken = np.zeros(self.buckets + 1, dtype=bool)
         self.taken[ids] = True
 
-    def estimate(self) -> dict[str, float | int]:
+    def estimate(self) -> dict[str, float | int | None]:
         """Taken buckets, estimated distinct values and values estimated to share a bucket."""
         n = self.buckets
         k = int(self.taken.sum()) if self.taken is not None else 0
