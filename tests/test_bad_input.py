@@ -95,8 +95,8 @@ def assert_nothing_half_written(root: Path) -> None:
 CLI_CASES = {
     "unknown model": (
         ["model=foo"],
-        "mtlrec train: error: Could not find 'model/foo': unknown model 'foo'; valid: aitm, "
-        "cvr_base, esmm, mmoe",
+        "mtlrec train: error: Could not find 'model/foo': unknown model 'foo'; valid: "
+        + ", ".join(sorted(MODELS)),
     ),
     "typo in an override key": (
         ["trainer.lrr=0.1"],
@@ -458,7 +458,7 @@ def test_random_spec_dicts_parse_or_fail_with_one_clear_line(d):
         (
             "dataset=foo",
             "Could not find 'dataset/foo': unknown dataset 'foo'; valid: aliccp, aliexpress, "
-            "census, mmoe_synthetic, prepared, synthetic_ccp",
+            "census, mmoe_synthetic, movielens, prepared, synthetic_ccp",
         ),
         ("device=tpu", "Could not find 'device/tpu': unknown device 'tpu'; valid: auto, cpu, cuda"),
         ("trainer.lr=[1", "cannot parse the override(s) ['trainer.lr=[1']"),
