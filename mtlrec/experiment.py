@@ -10,33 +10,32 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import math
-import os
-import platform
-import random
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rich
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.table import Table
 
-import mtlrec
 from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.run_process import (
+    check_embedding_memory,
+    environment,
+    print_metrics_table,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
 from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
-from mtlrec.settings import DeviceConfig, RunSettings
+from mtlrec.settings import RunSettings
 from mtlrec.training import distributed
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.checkpoint import (
@@ -56,6 +55,8 @@ from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gat
 
 __all__ = [
     "RESUME_MAY_CHANGE",
+    "resolve_device",
+    "set_deterministic",
     "RunRecorder",
     "TrainerConfig",
     "check_resume_config",
@@ -65,73 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mtlrec")
-
-
-def resolve_device(device_cfg: DeviceConfig | dict[str, Any]) -> torch.device:
-    if isinstance(device_cfg, dict):
-        from mtlrec.config_schema import build
-
-        device_cfg = build(DeviceConfig, device_cfg, "device")
-    kind, index = device_cfg.type, device_cfg.index
-    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise MtlrecError(
-            "device=cuda but no CUDA GPU is visible to torch (torch.cuda.is_available() is False); use device=cpu or device=auto"
-        )
-    if index >= torch.cuda.device_count():
-        raise MtlrecError(
-            f"device.index={index} but only {torch.cuda.device_count()} CUDA device(s) are visible"
-        )
-    return torch.device("cuda", index)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    import hydra
-    import pandas
-    import pyarrow
-    import sklearn
-
-    env = {
-        "mtlrec": mtlrec.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-        "scikit-learn": sklearn.__version__,
-        "hydra-core": hydra.__version__,
-        "device": str(device),
-        "cuda_available": torch.cuda.is_available(),
-        "torch_num_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "argv": sys.argv,
-    }
-    if device.type == "cuda":
-        env["cuda_device_name"] = torch.cuda.get_device_name(device)
-        env["cuda_version"] = torch.version.cuda
-    return env
-
-
-def print_metrics_table(console: Console, val: dict[str, float], test: dict[str, float]) -> None:
-    table = Table(title="metrics at the best epoch")
-    table.add_column("metric")
-    table.add_column("val", justify="right")
-    table.add_column("test", justify="right")
-    names = sorted({k.split("/", 1)[1] for k in list(val) + list(test)})
-    for name in names:
-        v, t = val.get(f"val/{name}", math.nan), test.get(f"test/{name}", math.nan)
-        table.add_row(name, f"{v:.5f}", f"{t:.5f}")
-    console.print(table)
 
 
 def mark_resume_accepted(run_dir: Path) -> None:
@@ -144,16 +78,6 @@ def mark_resume_accepted(run_dir: Path) -> None:
     subdir = HydraConfig.get().output_subdir
     if subdir and Path(subdir).name.startswith("resume-"):
         (run_dir / subdir / RESUME_ACCEPTED).write_text("")
-
-
-def set_deterministic(on: bool) -> None:
-    """trainer.deterministic: PyTorch's deterministic algorithms (they matter on GPUs; CPU kernels
-    used here are deterministic already). cuBLAS needs a fixed workspace for reproducible GEMMs."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = on
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -336,18 +260,6 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     )
     log_run(built, settings, run_dir)
     return built
-
-
-def check_embedding_memory(model: torch.nn.Module, choice: str, device: torch.device) -> str:
-    """Tables + optimizer state against the device's free memory, before either is allocated
-    there (on the CPU the tables exist already: only their optimizer state is still to come)."""
-    from mtlrec.training.optimizers import check_fits, free_memory, table_bytes
-
-    free = free_memory(device)
-    if device.type == "cpu":
-        weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
-        free += weights
-    return check_fits(model, choice, free, str(device))  # type: ignore[arg-type]
 
 
 def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:

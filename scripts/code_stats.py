@@ -6,7 +6,7 @@
 Limits (the project's style): no function longer than 80 lines, no module longer than 500 lines, no
 import circle between mtlrec modules (lazy imports count), and no import from a lower layer
 (mtlrec.data, mtlrec.models, mtlrec.training) into a higher one (mtlrec.runs, mtlrec.commands,
-mtlrec.cli, mtlrec.experiment).
+mtlrec.cli, mtlrec.experiment, mtlrec.settings, mtlrec.tuning).
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ ROOT = Path(__file__).resolve().parents[1] / "mtlrec"
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
 LOWER = ("mtlrec.data", "mtlrec.models", "mtlrec.training")
-HIGHER = ("mtlrec.runs", "mtlrec.commands", "mtlrec.cli", "mtlrec.experiment")
+HIGHER = (
+    "mtlrec.runs",
+    "mtlrec.commands",
+    "mtlrec.cli",
+    "mtlrec.experiment",
+    "mtlrec.run_process",
+    "mtlrec.settings",
+    "mtlrec.tuning",
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from mtlrec import metric_registry
 from mtlrec.data.spec import TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.settings import TrainerConfig
+from mtlrec.training.config import TrainerConfig
 
 
 def produced_val_metrics(targets: list, loss_tasks: tuple[TaskSpec, ...]) -> list[str]:

@@ -27,11 +27,11 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.settings import TrainerConfig
 from mtlrec.training import distributed
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
+from mtlrec.training.config import TrainerConfig
 from mtlrec.training.evaluator import Evaluator, strip_gates
 from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import (

@@ -1,0 +1,99 @@
+"""The `trainer` config group (conf/trainer/*.yaml) as a typed dataclass.
+
+Lives in the training layer, which reads it; mtlrec.settings builds it with the other groups
+(config_schema.build: types first, then `validate()` for ranges and combinations).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mtlrec import metric_registry
+from mtlrec.errors import MtlrecError
+
+
+@dataclass
+class TrainerConfig:
+    """conf/trainer/*.yaml"""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    batch_size: int = 1024
+    eval_batch_size: int = 8192
+    epochs: int = 5
+    grad_clip_norm: float | None = None
+    monitor: str = "auto"
+    mode: str = "auto"
+    patience: int | None = 2
+    num_threads: int | None = None
+    progress: Any = "auto"
+    deterministic: bool = False
+    nan_check_every: int = 100
+    precision: str = "fp32"
+    compile: bool = False
+    devices: int = 1  # data-parallel ranks (mtlrec.training.distributed)
+    # The last short batch of an epoch: merged into the one before (every row trains, no batch of
+    # one row reaches batch norm), dropped, or kept as its own step (mtlrec.training.batches).
+    tail_batch: Literal["merge", "drop", "keep"] = "merge"
+    # How embedding tables train (mtlrec.training.optimizers): auto = lazy Adam on sparse
+    # gradients for tables over 1M rows, dense fused Adam for the rest.
+    embedding_optimizer: Literal["auto", "adam", "sparse_adam", "adagrad"] = "auto"
+    # Whole splits on the GPU (true), in pinned host memory (false) or whichever fits (auto).
+    data_on_device: Literal["auto"] | bool = "auto"
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
+        for key in ("batch_size", "eval_batch_size", "epochs", "devices"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise MtlrecError(f"trainer.lr must be > 0, got {self.lr!r}")
+        for key in ("weight_decay", "embedding_l2"):
+            if not getattr(self, key) >= 0:
+                raise MtlrecError(f"trainer.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise MtlrecError(
+                f"trainer.grad_clip_norm must be > 0 or null, got {self.grad_clip_norm!r}"
+            )
+        if self.mode not in ("auto", "max", "min"):
+            raise MtlrecError(f"trainer.mode must be auto, max or min, got {self.mode!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise MtlrecError(
+                f"trainer.patience must be an integer >= 1 or null, got {self.patience!r}"
+            )
+        if isinstance(self.nan_check_every, bool) or not (
+            isinstance(self.nan_check_every, int) and self.nan_check_every >= 1
+        ):
+            raise MtlrecError(
+                f"trainer.nan_check_every must be an integer >= 1, got {self.nan_check_every!r}"
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise MtlrecError(f"trainer.precision '{self.precision}' is unknown; use fp32 or bf16")
+        if not isinstance(self.compile, bool):
+            raise MtlrecError(f"trainer.compile must be true or false, got {self.compile!r}")
+        if self.num_threads is not None and (
+            not isinstance(self.num_threads, int) or self.num_threads < 1
+        ):
+            raise MtlrecError(
+                f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}"
+            )
+        check_monitor_name(self.monitor, self.mode)
+
+
+def check_monitor_name(monitor: str, mode: str) -> None:
+    """trainer.monitor is `auto` or a validation metric the registry knows (its direction)."""
+    if monitor == "auto":
+        return
+    parsed = metric_registry.parse(monitor)
+    if parsed is None or parsed.split != "val":
+        known = ", ".join(metric_registry.METRICS)
+        raise MtlrecError(
+            f"trainer.monitor={monitor!r}: not a validation metric; expected auto or "
+            f"val/<task>_<metric> (e.g. val/ctr_auc, val/mean_auc, val/loss) with <metric> one of {known}"
+        )

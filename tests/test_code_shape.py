@@ -1,0 +1,37 @@
+"""The shape the project keeps (scripts/code_stats.py): no function over 80 lines, no module over
+500, no import circle between mtlrec modules, no lower layer importing a higher one."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "code_stats.py"
+
+
+def load_code_stats():
+    spec = importlib.util.spec_from_file_location("code_stats", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["code_stats"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_functions_modules_and_imports_stay_within_the_limits(capsys):
+    stats = load_code_stats()
+    code = stats.main(["--check"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 circle(s), 0 upward import(s)" in out
+
+
+def test_the_checker_sees_a_circle_and_an_upward_import():
+    stats = load_code_stats()
+    graph = {
+        "mtlrec.training.a": {"mtlrec.runs.b"},
+        "mtlrec.runs.b": {"mtlrec.training.a"},
+        "mtlrec.data.c": set(),
+    }
+    assert stats.cycles(graph) == [["mtlrec.runs.b", "mtlrec.training.a"]]
+    assert stats.upward(graph) == ["mtlrec.training.a -> mtlrec.runs.b"]
