@@ -13,6 +13,40 @@ from omegaconf import DictConfig
 
 TINY_ROWS = 4000  # big enough for every split to hold clicks and conversions
 
+# End-to-end tests that start several real processes (sweeps, studies, DDP ranks, signals, locks
+# raced between processes): `slow`. `pytest -q` skips them (under 4 minutes on an idle 2-core
+# machine); `pytest -q -m "slow or not slow"` (what .ci/run runs) includes them.
+SLOW_MODULES = (
+    "tuning/test_tune.py",
+    "runs/test_sweep_signals.py",
+    "runs/test_run_dir_ownership.py",
+    "runs/test_sweeps.py",
+    "training/test_distributed.py",
+    "training/test_distributed_balance.py",
+    "commands/test_signals.py",
+    "commands/test_terminal.py",
+    "data/test_census.py",
+    "data/test_publish.py",
+)
+SLOW_TESTS = (
+    "data/test_byo_csv.py::test_readme_example_prepares_and_trains_through_the_cli",
+    "test_resume_record.py::test_refused_resume_leaves_the_run_record_and_the_next_resume_alone",
+    "training/test_resume.py::test_sigint_mid_epoch_then_resume_matches_uninterrupted_run",
+    "data/test_streaming.py::test_training_streamed_through_the_cli_with_a_small_buffer",
+    "models/test_chain_models.py::test_aitm_cli_subprocess_logs_calibrator_and_weights",
+    "commands/test_cli.py::test_an_existing_run_is_never_overwritten",
+    "commands/test_cli.py::test_the_wheel_ships_the_configs",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        where = Path(str(item.fspath)).relative_to(root).as_posix()
+        test = f"{where}::{item.name.split('[')[0]}"
+        if where in SLOW_MODULES or test in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_dir(tmp_path_factory):
