@@ -288,37 +288,3 @@ def test_submitit_local_launcher(tmp_path):
     metrics = assert_complete(sweep / "0")
     assert metrics["num_threads"] == 1  # hydra.launcher.cpus_per_task=1 in launcher/submitit_local
     assert list((sweep / ".submitit").iterdir()), "submitit wrote no job folder"
-
-
-def test_optuna_search_optimizes_the_returned_validation_metric(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep = tmp_path / "sweep"
-    args = [
-        "-m",
-        "hparams_search=mmoe_optuna",
-        "hydra.sweeper.n_trials=2",
-        "trainer.epochs=1",
-        *TINY_CLI,
-        f"hydra.sweep.dir={sweep}",
-    ]
-    proc = mtlrec("train", *args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    best_values = [assert_complete(sweep / j)["best_value"] for j in ("0", "1")]
-    for job in ("0", "1"):
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert metrics["monitor"] == "val/mean_auc"
-        assert metrics["best_value"] == metrics["metrics"]["val/mean_auc"]
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best_value"] == max(best_values)
-    assert set(results["best_params"]) == {
-        "trainer.lr",
-        "model.num_experts",
-        "model.embedding_dim",
-        "search.expert_width",
-        "search.tower_width",
-    }
-    best_job = "01"[best_values.index(max(best_values))]
-    config = yaml.safe_load((sweep / best_job / ".hydra" / "config.yaml").read_text())
-    assert config["model"]["num_experts"] == results["best_params"]["model.num_experts"]
-    assert config["model"]["expert_dims"] == ["${search.expert_width}"]
-    assert config["search"]["expert_width"] == results["best_params"]["search.expert_width"]
