@@ -76,6 +76,7 @@ def load_data(
         prefetch=streaming.prefetch,
         read_rows=streaming.read_rows,
         funnel_violations=violations,
+        decode_threads=streaming.decode_threads,
     )
     log.info(
         "data: train streamed from %s (%s rows, %d row groups; shuffle buffer %s rows)",

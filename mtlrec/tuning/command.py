@@ -145,7 +145,10 @@ def write_plots(study: Any, paths: Any, console: Any) -> None:
     import warnings
 
     paths.plots.mkdir(parents=True, exist_ok=True)
-    plots = {"history": ovm.plot_optimization_history, "importance": ovm.plot_param_importances}
+    plots: dict[str, Any] = {
+        "history": ovm.plot_optimization_history,
+        "importance": ovm.plot_param_importances,
+    }
     for name, plot in plots.items():
         try:
             with warnings.catch_warnings():

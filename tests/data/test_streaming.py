@@ -126,3 +126,21 @@ def test_training_streamed_through_the_cli_with_a_small_buffer(tmp_path):
     assert 0.0 < metrics["metrics"]["test/ctr_auc"] < 1.0
     log = (run_dir / "train.log").read_text()
     assert "data: train streamed from" in log and "shuffle buffer 500 rows" in log
+
+
+def test_decode_threads_give_the_same_batches_in_the_same_order(prepared):
+    """streaming.decode_threads > 1 reads several row groups at once; the epoch is identical."""
+    path, spec, regrouped = prepared
+    epochs = {}
+    for threads in (1, 3):
+        split = StreamingSplit(
+            regrouped, spec, shuffle_buffer=500, prefetch=2, read_rows=128, decode_threads=threads
+        )
+        gen = torch.Generator().manual_seed(7)
+        epochs[threads] = [
+            torch.cat([getattr(b, name) for b in split.batches(256, gen)])
+            for name in ("sparse", "dense", "labels")
+        ]
+    assert all(torch.equal(a, b) for a, b in zip(epochs[1], epochs[3], strict=True))
+    with pytest.raises(MtlrecError, match=r"^streaming.decode_threads must be an integer >= 1"):
+        StreamingSplit(regrouped, spec, decode_threads=0)
