@@ -247,6 +247,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         balance=settings.balance,
         stop=stop,
         checkpoint_every=settings.checkpoint.every_n_steps,
+        gauc_by=settings.metrics.gauc_by,
     )
     tasks = tuple(t.task for t in targets)
     splits = load_data(

@@ -32,6 +32,13 @@ from mtlrec.training.config import TrainerConfig
 
 
 @dataclass
+class MetricsConfig:
+    """`metrics:` in conf/train.yaml."""
+
+    gauc_by: str | None = None  # a single-id field (e.g. user_id): also {split}/{task}_gauc
+
+
+@dataclass
 class CheckpointConfig:
     """`checkpoint:` in conf/train.yaml."""
 
@@ -71,6 +78,7 @@ class RunSettings:
     balance: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def model_name(self) -> str:
@@ -100,6 +108,7 @@ class RunSettings:
             balance=balance_settings(config.get("balance")),
             dataset=dataset,
             streaming=build(StreamingConfig, config.get("streaming"), "streaming"),
+            metrics=build(MetricsConfig, config.get("metrics"), "metrics"),
         )
 
 
@@ -181,7 +190,8 @@ def check_monitor_produced(settings: RunSettings) -> None:
     with torch.device("meta"):  # only its output names and types: no memory, no init cost
         outputs = cls(spec, tasks, model_cfg).output_types
     targets = eval_targets(tasks, outputs, spec, selected)
-    resolve_monitor(settings.trainer, tasks, produced_val_metrics(targets, tasks))
+    gauc = settings.metrics.gauc_by is not None
+    resolve_monitor(settings.trainer, tasks, produced_val_metrics(targets, tasks, gauc))
 
 
 class SettingsCheck(Callback):

@@ -35,10 +35,12 @@ class Evaluator:
         precision: str = "fp32",
         forward: Any = None,
         objective: Objective | None = None,
+        group_column: int | None = None,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.device, self.eval_batch_size, self.precision = device, eval_batch_size, precision
         self.forward = forward if forward is not None else model  # e.g. a torch.compile'd model
+        self.group_column = group_column  # metrics.gauc_by: the sparse column grouping GAUC
         self.objective = objective or Objective(
             loss_tasks, spec, getattr(model, "extra_loss", None)
         ).to(device)
@@ -105,8 +107,17 @@ class Evaluator:
         """`{name}/...` metrics of a whole split; `task_weights` weigh `{name}/loss` (default:
         the tasks' own weights; the trainer passes its balancer's current weights)."""
         predictions, aux = self.predict(split, task_weights)
+        groups = None
+        if self.group_column is not None:  # every rank holds the whole split: no gather needed
+            groups = split.sparse[:, self.group_column].cpu().numpy()
         metrics = split_metrics(
-            name, predictions, split.labels.cpu().numpy(), self.targets, self.spec, self.loss_tasks
+            name,
+            predictions,
+            split.labels.cpu().numpy(),
+            self.targets,
+            self.spec,
+            self.loss_tasks,
+            groups,
         )
         metrics[f"{name}/loss"] = aux["loss"]
         for task, value in zip(self.loss_tasks, aux["task_losses"], strict=True):

@@ -18,11 +18,14 @@ from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
 
 
-def produced_val_metrics(targets: list, loss_tasks: tuple[TaskSpec, ...]) -> list[str]:
+def produced_val_metrics(
+    targets: list, loss_tasks: tuple[TaskSpec, ...], gauc: bool = False
+) -> list[str]:
     """The validation metric keys a run with these targets and tasks writes every epoch."""
     from mtlrec.training.metrics import metric_keys
 
-    return [*metric_keys("val", targets), "val/loss", *(f"val/{t.name}_loss" for t in loss_tasks)]
+    keys = metric_keys("val", targets, gauc)
+    return [*keys, "val/loss", *(f"val/{t.name}_loss" for t in loss_tasks)]
 
 
 def resolve_monitor(

@@ -82,6 +82,19 @@ class FitResult:
     seconds: float
 
 
+def group_column(spec: DatasetSpec, field: str | None) -> int | None:
+    """The `sparse` column of metrics.gauc_by's field (single-id fields come first)."""
+    if field is None:
+        return None
+    names = [f.name for f in spec.sparse]
+    if field not in names:
+        raise MtlrecError(
+            f"metrics.gauc_by={field!r}: not a single-id field of dataset '{spec.name}'; "
+            f"use one of {names}"
+        )
+    return names.index(field)
+
+
 class Trainer:
     def __init__(
         self,
@@ -97,12 +110,13 @@ class Trainer:
         *,
         stop: StopRequest | None = None,
         checkpoint_every: int | None = None,
+        gauc_by: str | None = None,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
         self.stop, self.checkpoint_every = stop, checkpoint_every  # checkpoint.every_n_steps
         self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
-        produced = produced_val_metrics(targets, loss_tasks)
+        produced = produced_val_metrics(targets, loss_tasks, gauc_by is not None)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks, produced)
         self.optimizer = self._make_optimizer()
         # Task balancing (conf/balance/): learned weights train with the model's optimizer.
@@ -150,6 +164,7 @@ class Trainer:
             cfg.precision,
             self.forward,
             self.objective,
+            group_column=group_column(spec, gauc_by),
         )
         # grad_clip_norm per task network when the model says which parameters each task owns
         # (single_task: T independent models); else the global norm.
