@@ -297,17 +297,18 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
     from hydra import compose, initialize_config_module
 
     from mtlrec.experiment import run
+    from mtlrec.training.evaluator import Evaluator
     from mtlrec.training.trainer import Trainer
 
-    # Process CPU seconds of the training epochs and wall + CPU seconds of Trainer.predict on the
+    # Process CPU seconds of the training epochs and wall + CPU seconds of Evaluator.predict on the
     # test split (what `mtlrec train`'s test evaluation and `mtlrec predict` run; metric
     # computation is left out for every system). CPU time besides wall time: on a shared machine
     # the wall clock also counts waiting for a core.
     cpu: dict = {"train": 0.0, "in_test": False}
     plain_epoch, plain_evaluate, plain_predict = (
         Trainer.train_epoch,
-        Trainer.evaluate,
-        Trainer.predict,
+        Evaluator.evaluate,
+        Evaluator.predict,
     )
 
     def timed_epoch(self, *a, **kw):
@@ -328,11 +329,8 @@ def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list
             cpu["trainer"], cpu["split"] = self, split
         return plain_predict(self, split, *a, **kw)
 
-    Trainer.train_epoch, Trainer.evaluate, Trainer.predict = (
-        timed_epoch,
-        flagged_evaluate,
-        timed_predict,
-    )
+    Trainer.train_epoch = timed_epoch
+    Evaluator.evaluate, Evaluator.predict = flagged_evaluate, timed_predict
     meta = json.loads((data / "meta.json").read_text())
     model = [f"model={wl['model']}", f"model.embedding_dim={wl['embedding_dim']}"]
     model.append(f"model.tower_dims={wl['tower_dims']}".replace(" ", ""))
