@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="mtlrec prepare",
         description="Turn a dataset's raw files into parquet splits + spec.json under the data dir.",
-        epilog="e.g. mtlrec prepare dataset=census dataset.raw_dir=../shared/data/census-income-kdd",
+        epilog="e.g. mtlrec prepare dataset=census dataset.raw_dir=~/data/census-income-kdd",
     )
     parser.add_argument(
         "--config-dir", help="a directory of your own configs (holding dataset/NAME.yaml)"
@@ -197,6 +197,9 @@ def main(argv: list[str]) -> int:
 
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
-    result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
+    from mtlrec.data.prepare.progress import prepare_progress
+
+    with prepare_progress():  # a bar per pass over each raw file, on a terminal only
+        result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
     print_summary(result, config_dir=args.config_dir, overrides=args.overrides)
     return 0

@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mtlrec.data.prepare.plan import Plan, RawSource, ReadOptions
+from mtlrec.data.prepare.progress import tracked
 from mtlrec.errors import MtlrecError
 
 
@@ -94,9 +95,9 @@ def iter_blocks(plan: Plan, source_index: int, columns: list[str]) -> Iterator[B
             f"{path}: column(s) {missing} not found; the file has {len(have)} columns: {have[:12]}{' ...' if len(have) > 12 else ''}"
         )
     if file_format(path, read) == "parquet":
-        yield from _parquet_blocks(path, read, source_index, columns)
+        yield from tracked(_parquet_blocks(path, read, source_index, columns), path)
     else:
-        yield from _csv_blocks(path, read, source_index, columns)
+        yield from tracked(_csv_blocks(path, read, source_index, columns), path)
 
 
 def _parquet_blocks(
