@@ -62,7 +62,7 @@ def tracked(blocks: Iterator[Any], path: Path) -> Iterator[Any]:
 
     passes = _active["passes"]
     passes[path] += 1
-    total = path.stat().st_size if size_of is not None and path.is_file() else None
+    total = None  # a raw file's row count is not known before it is read
     task = progress.add_task(f"{path.name} (pass {passes[path]})", total=total, rows=0, speed="-")
     start, rows = time.perf_counter(), 0
     try:
