@@ -130,6 +130,16 @@ def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, 
     return value, int(valid.sum()), int((~valid).sum())
 
 
+def warn_undefined_auc(split: str, target: EvalTarget, y: np.ndarray) -> None:
+    """AUC is null when a task's rows hold one class: say so (naming task, split and why)."""
+    t = target.task
+    if y.size == 0:
+        why = f"no row satisfies where: {t.where}" if t.where else "the split is empty"
+    else:
+        why = f"all {y.size:,} rows have label {t.label}={int(y[0])}"
+    log.warning("%s/%s is null: %s (AUC needs both classes)", split, target.key("auc"), why)
+
+
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
     if y.size == 0:
         return math.nan
@@ -160,6 +170,8 @@ def split_metrics(
             g = None if groups is None else groups[rows]
         if t.type == "binary":
             out[f"{split}/{target.key('auc')}"] = auc(y, p)
+            if y.size == 0 or y.min() == y.max():
+                warn_undefined_auc(split, target, y)
             out[f"{split}/{target.key('logloss')}"] = logloss(y, p)
             if g is not None:
                 value, used, skipped = gauc(y, p, g)

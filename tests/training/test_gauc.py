@@ -65,3 +65,27 @@ def test_gauc_by_a_field_the_data_does_not_have_is_one_line(train_tiny):
         "metrics.gauc_by='nobody': not a single-id field of dataset 'synthetic_ccp'; use one of "
         "['user_id', "
     )
+
+
+def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplog):
+    import logging
+
+    from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
+    from mtlrec.training.metrics import EvalTarget, split_metrics
+
+    spec = DatasetSpec(
+        name="toy",
+        features=(FeatureSpec("f", "sparse", 3),),
+        labels=("click", "buy"),
+        tasks=(TaskSpec("ctr", "click"), TaskSpec("cvr", "buy", where="click")),
+    )
+    targets = [EvalTarget(t) for t in spec.tasks]
+    labels = np.array([[0, 0], [0, 0], [0, 0]], dtype=np.float32)  # no click at all
+    predictions = {"ctr": np.array([0.1, 0.2, 0.3]), "cvr": np.array([0.5, 0.5, 0.5])}
+    with caplog.at_level(logging.WARNING, logger="mtlrec.training.metrics"):
+        out = split_metrics("val", predictions, labels, targets, spec, spec.tasks)
+    assert np.isnan(out["val/ctr_auc"]) and np.isnan(out["val/cvr_auc"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "val/ctr_auc is null: all 3 rows have label click=0 (AUC needs both classes)",
+        "val/cvr_auc is null: no row satisfies where: click (AUC needs both classes)",
+    ]
