@@ -31,7 +31,8 @@ and each throughput as a ratio to the bare loop's. Threads (torch.set_num_thread
 and OMP_WAIT_POLICY are fixed for every process and printed.
 
 Workloads
-  census         UCI census-income (KDD) test file (../shared/data/census-income-kdd), prepared by
+  census         UCI census-income (KDD) test file (census-income.test.gz in $MTLREC_CENSUS_DIR,
+                 default ../shared/data/census-income-kdd next to the repository), prepared by
                  `mtlrec prepare dataset=census` (60/20/20 at random, seed 0; vocabularies from
                  train; tasks income > 50K and never married; 32 categorical + 7 numeric fields).
                  Without `mtlrec prepare`, the script's own loader makes the same split (ids over
@@ -59,7 +60,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CENSUS_FILE = ROOT.parent / "shared" / "data" / "census-income-kdd" / "census-income.test.gz"
+CENSUS_FILE = (
+    Path(os.environ.get("MTLREC_CENSUS_DIR", ROOT.parent / "shared" / "data" / "census-income-kdd"))
+    / "census-income.test.gz"
+)
 PEERS = {
     # name -> (pip requirement, extra undeclared runtime dependencies, import name)
     "deepctr-torch": ("deepctr-torch==0.3.0", ["requests"], "deepctr_torch"),

@@ -1,6 +1,6 @@
 """`census`: UCI Census-Income (KDD), as used by the MMoE paper (Ma et al., KDD 2018, Sec. 6.3).
 
-    mtlrec prepare dataset=census dataset.raw_dir=../shared/data/census-income-kdd
+    mtlrec prepare dataset=census dataset.raw_dir=~/data/census-income-kdd
     mtlrec train model=mmoe dataset=census
 
 Raw files (UCI, no header, 42 fields separated by ", ", each record ends with "."):

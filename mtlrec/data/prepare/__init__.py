@@ -1,6 +1,6 @@
 """`mtlrec prepare`: raw files -> a prepared dataset (split parquet files + spec.json + vocab.parquet).
 
-    mtlrec prepare dataset=census dataset.raw_dir=../shared/data/census-income-kdd
+    mtlrec prepare dataset=census dataset.raw_dir=~/data/census-income-kdd
     mtlrec prepare --config-dir my_conf dataset=my_data          # bring-your-own CSV
     mtlrec prepare dataset=census overwrite=true                 # prepare again over an old copy
 
