@@ -34,6 +34,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.runs import lock
 from mtlrec.runs import resume as resume_attempt
 from mtlrec.runs.atomic import (
+    NoSpaceError,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
@@ -124,7 +125,13 @@ class RunDir:
             fields["wall_seconds"] += summary.earlier_wall_seconds
         summary = summary.updated(**fields)
         data = summary.to_json()
-        self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
+        try:
+            self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
+        except NoSpaceError as e:
+            if fields.get("status") not in ("failed", "interrupted"):
+                raise
+            # The run is ending on an error of its own: that one is what the user must see.
+            logging.getLogger("mtlrec").warning("%s (the run's end was not recorded)", e)
         return data
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:

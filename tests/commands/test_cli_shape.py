@@ -39,7 +39,7 @@ def test_help_lists_every_command_and_help_cmd_equals_cmd_dash_dash_help(tmp_pat
         assert via_help.stdout == direct.stdout and f"usage: mtlrec {name}" in direct.stdout
     train = mtlrec("help", "train", cwd=tmp_path)
     assert train.returncode == 0 and "== Configuration groups ==" in train.stdout
-    assert "model: aitm, cvr_base, esmm, mmoe" in train.stdout
+    assert "model: aitm, cvr_base, division, escm2, esmm, mmoe" in train.stdout
 
 
 def test_version_both_spellings(tmp_path):
