@@ -5,9 +5,12 @@ The run dir (metrics.json, history.csv) is always the record; a logger only mirr
 * `none` (default): nothing;
 * `tensorboard`: per-epoch scalars (step = epoch), the resolved config as text, and the final
   metrics + flat config as hparams, in `<run dir>/tensorboard` (extra `tensorboard`);
-* `mlflow`: the flat config as params, per-epoch metrics (step = epoch), final metrics, the run's
-  status, tags for the run dir (extra `mlflow`). MLflow's local file store `./mlruns` by default,
-  a tracking URI (sqlite:///mlflow.db, http://...) when `logger.tracking_uri` is set.
+* `mlflow`: the flat config as params (JSON text: numbers read as numbers), per-epoch metrics
+  (step = epoch), final metrics, the run's status, tags for the run dir (extra `mlflow`). By
+  default a sqlite database `mlflow.db` next to the run dir (a sweep's jobs share the sweep
+  dir's; `mlflow ui --backend-store-uri sqlite:///PATH/mlflow.db`), any tracking URI (http://...)
+  with `logger.tracking_uri`. The run dir's `mlflow.json` names the MLflow run: a resumed run
+  continues it (same run id) instead of starting another.
 
 Every logger is a class in `LOGGERS` (name -> class) with a typed `Config` dataclass: the
 `logger` config group is checked against it (`build(cls.Config, cfg.logger, "logger")`), so a
@@ -21,9 +24,11 @@ ours, so names pass through `_safe_name` (`gate/ctr/expert_0` stays as is).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import math
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -161,7 +166,7 @@ class MlflowLogger(RunLogger):
     @dataclass
     class Config:
         name: str = "mlflow"
-        tracking_uri: str | None = None  # None = MLflow's local file store ./mlruns
+        tracking_uri: str | None = None  # None = sqlite:///<run dir's parent>/mlflow.db
         experiment_name: str = "mtlrec"
         run_name: str | None = None  # None = the run dir's path below the current dir
 
@@ -172,27 +177,27 @@ class MlflowLogger(RunLogger):
             default_name = str(run_dir.relative_to(Path.cwd()))
         except ValueError:
             default_name = str(run_dir)
+        record = _read_mlflow_record(run_dir) if config.get("resume") else {}
         return cls(
-            tracking_uri=cfg.tracking_uri,
+            tracking_uri=record.get("tracking_uri") or cfg.tracking_uri or _default_uri(run_dir),
             experiment_name=cfg.experiment_name,
             run_name=cfg.run_name or default_name,
             config=config,
             tags={"mtlrec.run_dir": str(run_dir)},
+            resume_run_id=record.get("run_id"),
+            record=run_dir / MLFLOW_RECORD,
         )
 
     def __init__(
         self,
-        tracking_uri: str | None,
+        tracking_uri: str,
         experiment_name: str,
         run_name: str,
         config: Mapping[str, Any],
         tags: Mapping[str, str],
+        resume_run_id: str | None = None,
+        record: Path | None = None,
     ):
-        if tracking_uri is None:
-            # MLflow >= 3 keeps the file store but wants an explicit opt-in; it needs no database
-            # and takes parallel sweep jobs writing at once.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            tracking_uri = Path("mlruns").resolve().as_uri()
         try:
             from mlflow.entities import Metric, Param, RunTag
             from mlflow.tracking import MlflowClient
@@ -202,24 +207,44 @@ class MlflowLogger(RunLogger):
             ) from None
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            try:
-                experiment_id = self.client.create_experiment(experiment_name)
-            except Exception:
-                # A parallel sweep job created it first.
-                experiment_id = self.client.get_experiment_by_name(experiment_name).experiment_id
+        with _store_lock(tracking_uri):  # sweep jobs creating one sqlite database at once
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            experiment_id = self._experiment_id(experiment_name)
+        self.resumed = resume_run_id is not None and self._exists(resume_run_id)
+        if self.resumed:
+            # Params were logged when the run started (MLflow refuses to change them).
+            self.run_id = str(resume_run_id)
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "mtlrec.resumed", "true")
+            return
         self.run_id = self.client.create_run(
             experiment_id, run_name=run_name, tags=dict(tags)
         ).info.run_id
+        if record is not None:
+            from mtlrec.runs.atomic import atomic_write_json
+
+            atomic_write_json(record, {"tracking_uri": tracking_uri, "run_id": self.run_id})
         params = [
-            Param(_safe_name(k), v[:6000]) for k, v in flatten_config(config).items()
+            Param(_safe_name(k), v[:6000]) for k, v in mlflow_params(config).items()
         ]  # MLflow caps param values at 6000 chars and batches at 100 params
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # a parallel sweep job created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # deleted, or another tracking server: start a new MLflow run
+            return False
+        return True
 
     def _log(self, values: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -237,6 +262,51 @@ class MlflowLogger(RunLogger):
         self.client.set_tag(self.run_id, "mtlrec.status", status)
         mlflow_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, mlflow_status)
+
+
+MLFLOW_RECORD = "mlflow.json"  # in the run dir: {"tracking_uri": ..., "run_id": ...}
+
+
+def _default_uri(run_dir: Path) -> str:
+    """sqlite next to the run dir: a sweep's jobs (SWEEP/0, SWEEP/1, ...) share SWEEP/mlflow.db.
+    (MLflow's file store ./mlruns is deprecated and warns.)"""
+    return f"sqlite:///{run_dir.parent / 'mlflow.db'}"
+
+
+def _read_mlflow_record(run_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((run_dir / MLFLOW_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params are text: each value as JSON (2, 0.001, true, null, [64, 32]); strings as
+    they are. MLflow's UI and `mlflow.search_runs` then read the numbers as numbers."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in typed_params(config).items()}
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str):
+    """An exclusive lock beside a sqlite database while MLflow creates or migrates its tables,
+    with MLflow's and alembic's INFO lines about that kept off the console."""
+    quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        if not tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        db = Path(tracking_uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
 
 
 LOGGERS: dict[str, type[RunLogger]] = {
