@@ -207,6 +207,7 @@ class MlflowLogger(RunLogger):
             ) from None
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
+        _check_sqlite_support(tracking_uri)
         with _store_lock(tracking_uri):  # sweep jobs creating one sqlite database at once
             self.client = MlflowClient(tracking_uri=tracking_uri)
             experiment_id = self._experiment_id(experiment_name)
@@ -285,6 +286,20 @@ def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
     """MLflow params are text: each value as JSON (2, 0.001, true, null, [64, 32]); strings as
     they are. MLflow's UI and `mlflow.search_runs` then read the numbers as numbers."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in typed_params(config).items()}
+
+
+def _check_sqlite_support(tracking_uri: str) -> None:
+    """mlflow-skinny does not pull in what its sqlite store needs: say so in one line."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    import importlib.util
+
+    missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MtlrecError(
+            f"logger=mlflow keeps runs in {tracking_uri}, which needs {' and '.join(missing)}: "
+            f"pip install {' '.join(missing)} (or set logger.tracking_uri=http://YOUR_SERVER)"
+        )
 
 
 @contextlib.contextmanager

@@ -128,3 +128,19 @@ def test_mlflow_params_are_json_values():
         "none": "null",
         "name": "esmm",
     }
+
+
+def test_mlflow_sqlite_without_sqlalchemy_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "alembic" else real(name, *a)
+    )
+    with pytest.raises(MtlrecError) as e:
+        build_logger({"name": "mlflow"}, tmp_path / "run", {})
+    assert str(e.value) == (
+        f"logger=mlflow keeps runs in sqlite:///{tmp_path / 'mlflow.db'}, which needs alembic: "
+        "pip install alembic (or set logger.tracking_uri=http://YOUR_SERVER)"
+    )
