@@ -29,7 +29,7 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _interrupted_sweep(sweep: Path, cwd: Path) -> None:
+def _interrupted_sweep(sweep: Path, cwd: Path) -> str:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mtlrec", "train", "-m", *ARGS, "seed=1,2,3",
          f"hydra.sweep.dir={sweep}"],
@@ -43,12 +43,13 @@ def _interrupted_sweep(sweep: Path, cwd: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.005)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, err
     assert "the remaining jobs were not run" in err
+    return out
 
 
 def _info(path: Path) -> dict:
@@ -57,7 +58,12 @@ def _info(path: Path) -> dict:
 
 def test_resume_a_sweep_dir_finishes_each_unfinished_job(tmp_path):
     sweep = tmp_path / "sweep"
-    _interrupted_sweep(sweep, tmp_path)
+    out = _interrupted_sweep(sweep, tmp_path)
+    given = " ".join(ARGS)
+    assert [ln for ln in out.splitlines() if ln.startswith("sweep job")] == [
+        f"sweep job 1/3 ({sweep / '0'}): {given} seed=1",
+        f"sweep job 2/3 ({sweep / '1'}): {given} seed=2",
+    ]
     assert _info(sweep / "0")["status"] == "completed"
     assert _info(sweep / "1")["status"] == "interrupted"
     assert not (sweep / "2").exists()
