@@ -59,9 +59,12 @@ def run_hydra() -> int:
     try:
         train_main()
     except SystemExit as e:
+        if e.code not in (0, None):
+            resume_attempt.settle_refused()  # a resume refused by its checks changes nothing
         return job_exit(e)
-    finally:
-        resume_attempt.settle_refused()  # a resume refused by its checks changes nothing
+    except BaseException:
+        resume_attempt.settle_refused()
+        raise
     return OK
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from mtlrec.runs.atomic import atomic_write, atomic_write_json
 from mtlrec.runs.records import (
+    BEST,
     CHECKPOINT_DIR,
+    HISTORY_FILE,
     LAST,
     LOG_FILE,
     METRICS_FILE,
@@ -38,10 +40,15 @@ class Snapshot:
     attempt_dir: Path | None  # .hydra/resume-<time>/ of this attempt (written by Hydra)
     metrics: bytes | None  # metrics.json as it was (None: there was none)
     log_size: int | None  # train.log's size (None: there was none)
+    progress: tuple  # (path, mtime) of history.csv and the checkpoints: training writes them
 
     @property
     def accepted(self) -> bool:
-        return self.attempt_dir is not None and (self.attempt_dir / RESUME_ACCEPTED).is_file()
+        """The attempt's ACCEPTED mark, or training wrote something (ranks of a data-parallel
+        run have no Hydra job to mark the attempt with)."""
+        if self.attempt_dir is not None and (self.attempt_dir / RESUME_ACCEPTED).is_file():
+            return True
+        return _progress(self.run_dir) != self.progress
 
 
 # The attempts this process claimed and has not settled yet (one per run dir).
@@ -55,6 +62,16 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _progress(run_dir: Path) -> tuple:
+    out = []
+    for path in (run_dir / HISTORY_FILE, *(run_dir / CHECKPOINT_DIR / n for n in (LAST, BEST))):
+        try:
+            out.append((path.name, path.stat().st_mtime_ns))
+        except FileNotFoundError:
+            out.append((path.name, None))
+    return tuple(out)
+
+
 def begin(run_dir: Path, output_subdir: str | None) -> Snapshot:
     """Called by the run dir guard once it holds the lock of a run dir being resumed."""
     run_dir = Path(run_dir)
@@ -65,6 +82,7 @@ def begin(run_dir: Path, output_subdir: str | None) -> Snapshot:
         attempt_dir=run_dir / output_subdir if output_subdir else None,
         metrics=metrics,
         log_size=_size(run_dir / LOG_FILE),
+        progress=_progress(run_dir),
     )
     _ATTEMPTS[run_dir.resolve()] = snap
     if metrics is not None:

@@ -58,7 +58,7 @@ def grid_size(config: DictConfig) -> int | None:
 
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     given = [f"{k}={v}" for k, v in params.items()]
-    given += [str(o) for o in config.hydra.overrides.task]
+    given += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
     try:
         parsed = OverridesParser.create().parse_overrides(given)
         return sum(len(b) for b in BasicSweeper.split_arguments(parsed, None))
@@ -115,9 +115,10 @@ class SweepReport(Callback):
             return
         num = int(OmegaConf.select(config, "hydra.job.num", default=0))
         total = os.environ.get(SWEEP_JOBS_ENV)
-        overrides = " ".join(str(o) for o in config.hydra.overrides.task)
+        task = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        overrides = " ".join(str(o) for o in task)
         of = f"/{total}" if total else ""
-        where = config.hydra.runtime.output_dir
+        where = OmegaConf.select(config, "hydra.runtime.output_dir", default="?")
         log.info("sweep job %d%s (%s): %s", num + 1, of, where, overrides)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
