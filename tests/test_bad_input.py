@@ -151,16 +151,23 @@ def test_cli_unwritable_output_dir(tmp_path):
 
 
 def test_cli_resume_dir_without_checkpoint(tmp_path):
+    """A run dir that got an epoch in (history.csv) but lost its checkpoints: one line, and the
+    refused resume changes nothing. (One stopped before any epoch starts again: test_resume_cli.)"""
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- {TINY[0]}\n")
+    (run_dir / "history.csv").write_text("epoch,train/loss\n1,0.5\n")
+    (run_dir / "metrics.json").write_text('{"status": "interrupted", "wall_seconds": 3.0}')
     proc = mtlrec(["train", f"resume={run_dir}"], tmp_path)
     assert_one_line(
         proc,
         f"{run_dir}: no checkpoint to resume from ({run_dir / 'checkpoints' / 'last.pt'} does not "
         "exist); the run stopped before its first checkpoint: start it again without resume=",
     )
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    assert (
+        run_dir / "metrics.json"
+    ).read_text() == '{"status": "interrupted", "wall_seconds": 3.0}'
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["overrides.yaml"]
     nowhere = mtlrec(["train", f"resume={tmp_path / 'nowhere'}"], tmp_path)
     assert_one_line(nowhere, f"mtlrec train: error: resume={tmp_path / 'nowhere'}: no such run dir")
 

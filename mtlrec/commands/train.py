@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 
 from mtlrec.commands import ERROR, OK
+from mtlrec.commands.resume_args import (
+    check_config_dir,
+    is_sweep_dir_resume,
+    start_over_without_checkpoint,
+)
 
 SUMMARY = "train a model (Hydra overrides: model=mmoe trainer.epochs=5; resume=RUN_DIR)"
 FORWARDS = True
@@ -27,7 +32,12 @@ def configure(parser) -> None:
 def run(argv: list[str]) -> int:
     args = list(argv)
     try:
-        args = translate_resume(args)
+        check_config_dir(args)
+        if is_sweep_dir_resume(args):
+            from mtlrec.commands.sweep_resume import resume_sweep
+
+            return resume_sweep(args)
+        args = start_over_without_checkpoint(translate_resume(args))
         check_overrides(args)
     except ValueError as e:  # before Hydra: print the one line ourselves, nothing is written
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -38,12 +48,23 @@ def run(argv: list[str]) -> int:
     # must be `mtlrec`; elsewhere (usage lines) `mtlrec train` reads better.
     completing = any(a in ("-sc", "--shell-completion") for a in args)
     sys.argv = ["mtlrec" if completing else "mtlrec train", *args]
+    return run_hydra()
+
+
+def run_hydra() -> int:
+    """Hydra's `mtlrec train` on sys.argv; a refused resume attempt is undone afterwards."""
+    from mtlrec.runs import resume as resume_attempt
     from mtlrec.train import main as train_main
 
     try:
         train_main()
     except SystemExit as e:
+        if e.code not in (0, None):
+            resume_attempt.settle_refused()  # a resume refused by its checks changes nothing
         return job_exit(e)
+    except BaseException:
+        resume_attempt.settle_refused()
+        raise
     return OK
 
 
@@ -90,6 +111,7 @@ def translate_resume(args: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     from datetime import datetime
 
+    from mtlrec.commands.resume_args import checkpoint_problem, config_sources
     from mtlrec.runs.run_dir import RESUME_ACCEPTED
 
     # Each resume attempt records its config in its own .hydra/resume-<time>/ (the original .hydra/
@@ -104,6 +126,9 @@ def translate_resume(args: list[str]) -> list[str]:
             raise ValueError("resume= sets hydra.run.dir itself (the run continues in its own dir)")
     import yaml
 
+    problem = checkpoint_problem(run_dir)
+    if problem:
+        raise ValueError(problem)
     original = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])]
     mine = [a for a in args if _override_key(a) != "resume"]
     mine_keys = {_override_key(a) for a in mine if "=" in a}
@@ -115,6 +140,7 @@ def translate_resume(args: list[str]) -> list[str]:
     ]
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [
+        *config_sources(saved.parent / "hydra.yaml", mine),
         *replay,
         *mine,
         f"resume='{run_dir}'",
@@ -131,9 +157,19 @@ def check_overrides(args: list[str]) -> None:
     `Could not override 'trainer.lrr': no such key; did you mean 'trainer.lr'? ...`.
     Only for single runs with plain overrides; anything else is left to Hydra as it is.
     """
+    args, config_dir = _without_config_dir(args)
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
         return
-    overrides = [a for a in args if not _override_key(a).startswith("hydra")]
+    # Your own config dirs take part (the packaged configs alone do not know your dataset).
+    overrides = [
+        a
+        for a in args
+        if not _override_key(a).startswith("hydra") or _override_key(a) == "hydra.searchpath"
+    ]
+    if config_dir is not None:
+        overrides = [_with_search_dir(overrides, config_dir)] + [
+            o for o in overrides if _override_key(o) != "hydra.searchpath"
+        ]
     from hydra import compose, initialize_config_module
     from hydra.errors import (
         ConfigCompositionException,
@@ -177,6 +213,29 @@ def check_overrides(args: list[str]) -> None:
     except Exception:  # anything else: Hydra explains it itself when it runs
         return
     del cfg
+
+
+def _without_config_dir(args: list[str]) -> tuple[list[str], str | None]:
+    from mtlrec.commands.resume_args import CONFIG_DIR_FLAGS, config_dir_arg
+
+    given = config_dir_arg(args)
+    rest, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in CONFIG_DIR_FLAGS:
+            skip = True
+        elif a.split("=", 1)[0] not in CONFIG_DIR_FLAGS:
+            rest.append(a)
+    return rest, given
+
+
+def _with_search_dir(overrides: list[str], config_dir: str) -> str:
+    """hydra.searchpath with --config-dir's dir first (as Hydra puts it: before the packaged)."""
+    path = f"file://{Path(config_dir).expanduser().absolute()}"
+    old = next((o for o in overrides if _override_key(o) == "hydra.searchpath"), None)
+    rest = old.split("=", 1)[1].strip().strip("[]") if old else ""
+    return f"hydra.searchpath=[{path}{',' + rest if rest else ''}]"
 
 
 def _key_hint(key: str, overrides: list[str]) -> str:

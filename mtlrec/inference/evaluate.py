@@ -17,31 +17,36 @@ def evaluate(
 ) -> dict[str, float]:
     """Whole-split metrics of a checkpoint, computed exactly as the run computed its own."""
     from mtlrec.data.loader import load_split
+    from mtlrec.inference.progress import steps
     from mtlrec.training.evaluator import Evaluator, strip_gates
     from mtlrec.training.metrics import eval_targets
 
-    payload, _ = load_run(run_dir, checkpoint)
-    model, spec, tasks = model_from_checkpoint(payload)
-    config = payload["config"]
-    name = split or "test"
-    path = split_file(spec, config, name, data)
-    dataset = config.get("dataset") or {}
-    selected = spec.select_tasks(dataset.get("tasks"))
-    targets = eval_targets(tasks, model.output_types, spec, selected)
-    violations = dataset.get("funnel_violations", "error")
-    tensors = load_split(path, spec, tuple(t.task for t in targets), violations)
-    trainer_cfg = config.get("trainer") or {}
-    evaluator = Evaluator(
-        model,
-        spec,
-        tasks,
-        targets,
-        torch.device("cpu"),
-        int(trainer_cfg.get("eval_batch_size", 8192)),
-        str(trainer_cfg.get("precision", "fp32")),
-    )
-    weights = task_weights(payload, tasks, model)
-    return strip_gates(evaluator.evaluate(tensors, name, weights))
+    with steps("evaluate", 3) as bar:
+        with bar.step(f"loading {checkpoint}"):
+            payload, _ = load_run(run_dir, checkpoint)
+            model, spec, tasks = model_from_checkpoint(payload)
+        config = payload["config"]
+        name = split or "test"
+        path = split_file(spec, config, name, data)
+        dataset = config.get("dataset") or {}
+        selected = spec.select_tasks(dataset.get("tasks"))
+        targets = eval_targets(tasks, model.output_types, spec, selected)
+        violations = dataset.get("funnel_violations", "error")
+        with bar.step(f"reading {path.name}"):
+            tensors = load_split(path, spec, tuple(t.task for t in targets), violations)
+        trainer_cfg = config.get("trainer") or {}
+        evaluator = Evaluator(
+            model,
+            spec,
+            tasks,
+            targets,
+            torch.device("cpu"),
+            int(trainer_cfg.get("eval_batch_size", 8192)),
+            str(trainer_cfg.get("precision", "fp32")),
+        )
+        weights = task_weights(payload, tasks, model)
+        with bar.step(f"scoring {len(tensors):,} rows of {name}"):
+            return strip_gates(evaluator.evaluate(tensors, name, weights))
 
 
 def task_weights(payload: dict, tasks: tuple, model: torch.nn.Module) -> torch.Tensor:

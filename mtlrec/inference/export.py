@@ -85,8 +85,17 @@ def export(
         raise MtlrecError(f"--format {fmt!r} is unknown; use torchscript or onnx")
     if sample_rows < 2:
         raise MtlrecError(f"--sample-rows must be >= 2, got {sample_rows}")
-    payload, ckpt = load_run(run_dir, checkpoint)
-    model, spec, _ = model_from_checkpoint(payload)
+    from mtlrec.inference.progress import steps
+
+    with steps("export", 2) as bar:
+        with bar.step(f"loading {checkpoint}"):
+            payload, ckpt = load_run(run_dir, checkpoint)
+            model, spec, _ = model_from_checkpoint(payload)
+        with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
+            return _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows)
+
+
+def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows) -> dict:
     wrapper = ExportedModel(model, spec).eval()
     out_dir = Path(output).expanduser() if output else Path(run_dir) / "export"
     try:

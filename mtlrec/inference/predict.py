@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import secrets
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -174,6 +173,8 @@ def write_predictions(
     outputs = list(model.output_types)
     columns = list(dict.fromkeys([*(f.name for f in spec.features), *id_columns]))
     rows, writer = 0, None
+    from mtlrec.inference.progress import RowsBar
+
     bar = RowsBar("predict", reader.metadata.num_rows)
     try:
         for batch in bar.track(reader.iter_batches(batch_size=batch_size, columns=columns)):
@@ -200,46 +201,6 @@ def write_predictions(
         if writer is not None:
             writer.close()
     return rows
-
-
-class RowsBar:
-    """A transient progress bar (rows, rows/s, ETA) on rich's shared console, drawn only when
-    that console is a terminal; elsewhere nothing is printed."""
-
-    def __init__(self, label: str, total: int) -> None:
-        import rich
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        console = rich.get_console()
-        self.progress = Progress(
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]} rows/s"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        )
-        self.task = self.progress.add_task(label, total=total, speed="-")
-        self.started = time.perf_counter()
-        self.progress.start()
-
-    def track(self, batches):
-        for batch in batches:
-            yield batch
-            done = self.progress.tasks[0].completed + batch.num_rows
-            speed = done / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task, completed=done, speed=f"{speed:,.0f}")
-
-    def close(self) -> None:
-        self.progress.stop()
 
 
 def publish(tmp: Path, output_path: Path, overwrite: bool) -> None:

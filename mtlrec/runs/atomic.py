@@ -7,6 +7,7 @@ run dir's files are as readable as any other file the user writes. Imports nothi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from mtlrec.errors import MtlrecError
 from mtlrec.runs.records import json_safe
 
 TEMP_SUFFIX = ".tmp"
@@ -39,19 +41,67 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call `write(binary file)` on a temp file, then rename it to `path`."""
+    """Call `write(binary file)` on a temp file, then rename it to `path`.
+
+    A full disk (ENOSPC, EDQUOT; torch.save wraps it in a RuntimeError) is one MtlrecError line
+    naming the file; the temp file is removed and `path` keeps its previous version."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
+    except OSError as e:
+        _raise_if_no_space(e, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(_with_fault(f, path))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        _raise_if_no_space(e, path)
         raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Tests: `NAME[:BYTES]`: writes of the file NAME (e.g. last.pt) fail with ENOSPC past BYTES
+# (default 1024), as on a full disk (a real one cannot be made without root). Unset: no effect.
+NO_SPACE_FAULT_ENV = "MTLREC_FAULT_NO_SPACE"
+
+
+class NoSpaceError(MtlrecError):
+    """A write failed because the disk (or the quota) is full."""
+
+
+def _with_fault(f: IO[bytes], path: Path) -> Any:
+    name, _, limit = os.environ.get(NO_SPACE_FAULT_ENV, "").partition(":")
+    return _FaultyFile(f, int(limit or 1024)) if name == path.name else f
+
+
+class _FaultyFile:
+    def __init__(self, f: IO[bytes], limit: int) -> None:
+        self._f, self._written, self._limit = f, 0, limit
+
+    def write(self, data: bytes) -> int:
+        self._written += len(data)
+        if self._written > self._limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _raise_if_no_space(exc: BaseException, path: Path) -> None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            raise NoSpaceError(
+                f"{path}: cannot write it: {os.strerror(seen.errno)}; free some space on that "
+                "disk (its previous version, if any, is kept) and run again"
+            ) from None
+        seen = seen.__cause__ or seen.__context__
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -5,9 +5,12 @@ The run dir (metrics.json, history.csv) is always the record; a logger only mirr
 * `none` (default): nothing;
 * `tensorboard`: per-epoch scalars (step = epoch), the resolved config as text, and the final
   metrics + flat config as hparams, in `<run dir>/tensorboard` (extra `tensorboard`);
-* `mlflow`: the flat config as params, per-epoch metrics (step = epoch), final metrics, the run's
-  status, tags for the run dir (extra `mlflow`). MLflow's local file store `./mlruns` by default,
-  a tracking URI (sqlite:///mlflow.db, http://...) when `logger.tracking_uri` is set.
+* `mlflow`: the flat config as params (JSON text: numbers read as numbers), per-epoch metrics
+  (step = epoch), final metrics, the run's status, tags for the run dir (extra `mlflow`). By
+  default a sqlite database `mlflow.db` next to the run dir (a sweep's jobs share the sweep
+  dir's; `mlflow ui --backend-store-uri sqlite:///PATH/mlflow.db`), any tracking URI (http://...)
+  with `logger.tracking_uri`. The run dir's `mlflow.json` names the MLflow run: a resumed run
+  continues it (same run id) instead of starting another.
 
 Every logger is a class in `LOGGERS` (name -> class) with a typed `Config` dataclass: the
 `logger` config group is checked against it (`build(cls.Config, cfg.logger, "logger")`), so a
@@ -22,10 +25,6 @@ ours, so names pass through `_safe_name` (`gate/ctr/expert_0` stays as is).
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,83 +32,20 @@ from typing import Any, ClassVar
 
 from mtlrec.config_schema import build
 from mtlrec.errors import MtlrecError
-
-# metrics.json fields that are bookkeeping, not results: never mirrored as final/* metrics.
-NOT_METRICS = ("schema_version",)
-
-
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"model": {"num_experts": 4}} -> {"model.num_experts": "4"}; lists as JSON."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value)
-        else:
-            flat[name] = "null" if value is None else str(value)
-    return flat
-
-
-def typed_params(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
-    """The flat config with numbers and booleans kept as such (TensorBoard's HPARAMS tab sorts
-    and filters them); lists as JSON, null as "null"."""
-    from mtlrec.runs.files import flatten
-
-    typed: dict[str, bool | int | float | str] = {}
-    for key, value in flatten(dict(config)).items():
-        if isinstance(value, (bool, int, float, str)):
-            typed[key] = value
-        elif isinstance(value, (list, tuple, dict)):
-            typed[key] = json.dumps(value)
-        else:
-            typed[key] = "null" if value is None else str(value)
-    return typed
-
-
-def _numeric(row: Mapping[str, Any]) -> dict[str, float]:
-    """The finite numbers of a history row / metrics dict (epoch excluded: it is the step)."""
-    out = {}
-    for key, value in row.items():
-        if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(float(value)):
-            out[key] = float(value)
-    return out
-
-
-def _final_values(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """metrics.json -> {"final/test/ctr_auc": ..., "final/best_epoch": ..., ...}."""
-    metrics = {k: v for k, v in (metrics or {}).items() if k not in NOT_METRICS}
-    values = {**_numeric(metrics), **_numeric(metrics.get("metrics") or {})}
-    return {f"final/{k}": v for k, v in values.items()}
-
-
-def _safe_name(name: str) -> str:
-    # MLflow allows alphanumerics, _ - . space / ; replace anything else.
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
-
-
-class RunLogger:
-    """No-op logger (`logger=none`): the interface every logger implements."""
-
-    name: ClassVar[str] = "none"
-
-    @dataclass
-    class Config:
-        name: str = "none"
-
-    @classmethod
-    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
-        """The logger for a checked Config, the run dir and the run's resolved config."""
-        return cls()
-
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        """One history row (per-epoch train losses, val metrics, gates, speed); step = row["epoch"]."""
-
-    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
-        """Final metrics (val/test at the best epoch, speed) and the run's status; closes the logger."""
+from mtlrec.runs.logger_base import (  # noqa: F401  (re-exported: their old home)
+    NOT_METRICS,
+    RunLogger,
+    _final_values,
+    _numeric,
+    _safe_name,
+    flatten_config,
+    typed_params,
+)
+from mtlrec.runs.mlflow_logger import (  # noqa: F401
+    MLFLOW_RECORD,
+    MlflowLogger,
+    mlflow_params,
+)
 
 
 class TensorBoardLogger(RunLogger):
@@ -153,90 +89,6 @@ class TensorBoardLogger(RunLogger):
         )
         self.writer.flush()
         self.writer.close()
-
-
-class MlflowLogger(RunLogger):
-    name: ClassVar[str] = "mlflow"
-
-    @dataclass
-    class Config:
-        name: str = "mlflow"
-        tracking_uri: str | None = None  # None = MLflow's local file store ./mlruns
-        experiment_name: str = "mtlrec"
-        run_name: str | None = None  # None = the run dir's path below the current dir
-
-    @classmethod
-    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
-        run_dir = Path(run_dir).resolve()
-        try:
-            default_name = str(run_dir.relative_to(Path.cwd()))
-        except ValueError:
-            default_name = str(run_dir)
-        return cls(
-            tracking_uri=cfg.tracking_uri,
-            experiment_name=cfg.experiment_name,
-            run_name=cfg.run_name or default_name,
-            config=config,
-            tags={"mtlrec.run_dir": str(run_dir)},
-        )
-
-    def __init__(
-        self,
-        tracking_uri: str | None,
-        experiment_name: str,
-        run_name: str,
-        config: Mapping[str, Any],
-        tags: Mapping[str, str],
-    ):
-        if tracking_uri is None:
-            # MLflow >= 3 keeps the file store but wants an explicit opt-in; it needs no database
-            # and takes parallel sweep jobs writing at once.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            tracking_uri = Path("mlruns").resolve().as_uri()
-        try:
-            from mlflow.entities import Metric, Param, RunTag
-            from mlflow.tracking import MlflowClient
-        except ImportError:
-            raise MtlrecError(
-                'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
-            ) from None
-        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            try:
-                experiment_id = self.client.create_experiment(experiment_name)
-            except Exception:
-                # A parallel sweep job created it first.
-                experiment_id = self.client.get_experiment_by_name(experiment_name).experiment_id
-        self.run_id = self.client.create_run(
-            experiment_id, run_name=run_name, tags=dict(tags)
-        ).info.run_id
-        params = [
-            Param(_safe_name(k), v[:6000]) for k, v in flatten_config(config).items()
-        ]  # MLflow caps param values at 6000 chars and batches at 100 params
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
-
-    def _log(self, values: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        metrics = [self._Metric(_safe_name(k), v, now, step) for k, v in values.items()]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
-
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        self._log(_numeric(row), int(row["epoch"]))
-
-    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
-        final = _final_values(metrics)
-        if final:
-            self._log(final, 0)
-        self.client.set_tag(self.run_id, "mtlrec.status", status)
-        mlflow_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-        self.client.set_terminated(self.run_id, mlflow_status)
 
 
 LOGGERS: dict[str, type[RunLogger]] = {

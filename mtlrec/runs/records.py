@@ -41,7 +41,7 @@ BEST, LAST, PREVIOUS = "best.pt", "last.pt", "last.prev.pt"
 HYDRA_DIR = ".hydra"
 HYDRA_CONFIG = Path(HYDRA_DIR) / "config.yaml"
 HYDRA_OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
-# Any of these in a dir means a run was started there (the run dir guard refuses to reuse it).
+# Any of these in a dir means a run was started there (holds_a_run says whether it got anywhere).
 RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
 # Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
 RESUME_ACCEPTED = "ACCEPTED"
@@ -73,7 +73,8 @@ class RunSummary:
     epochs_run: int | None = None
     stopped_early: bool | None = None
     metrics: dict[str, float | None] | None = None  # val at the best epoch + test, by key
-    wall_seconds: float | None = None
+    wall_seconds: float | None = None  # over every session of the run (resumes add up)
+    earlier_wall_seconds: float | None = None  # of the sessions before the latest resume
     train_samples_per_s: float | None = None
     eval_samples_per_s: float | None = None
     num_parameters: int | None = None
@@ -192,7 +193,14 @@ def is_run_dir(path: Path) -> bool:
 
 
 def holds_a_run(path: Path) -> bool:
-    return any((Path(path) / m).exists() for m in RUN_MARKERS)
+    """A run that got somewhere: an epoch in history.csv or a checkpoint file. A run killed
+    before its first checkpoint (metrics.json alone, status running/interrupted/failed) has
+    nothing to lose and may be started again in the same dir."""
+    path = Path(path)
+    if (path / HISTORY_FILE).exists() or read_info(path).get("status") == "completed":
+        return True
+    checkpoints = path / CHECKPOINT_DIR
+    return checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir())
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:

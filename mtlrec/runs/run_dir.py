@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs import lock
+from mtlrec.runs import resume as resume_attempt
 from mtlrec.runs.atomic import (
+    NoSpaceError,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
@@ -41,12 +44,14 @@ from mtlrec.runs.records import (
     CHECKPOINT_DIR,
     ENV_FILE,
     HISTORY_FILE,
+    HYDRA_DIR,
     METRICS_FILE,
     RESUME_ACCEPTED,
     RUN_MARKERS,
     RunSummary,
     holds_a_run,
     json_safe,
+    read_info,
 )
 
 __all__ = [
@@ -113,10 +118,20 @@ class RunDir:
     def update_metrics(self, **fields: Any) -> dict:
         """Merge fields into metrics.json (read-modify-write, atomically); returns its content.
 
-        Every field must be declared in records.RunSummary (a TypeError names the others)."""
-        summary = self.read_summary().updated(**fields)
+        Every field must be declared in records.RunSummary (a TypeError names the others).
+        `wall_seconds` is the session's: the earlier sessions' time of a resumed run is added."""
+        summary = self.read_summary()
+        if fields.get("wall_seconds") is not None and summary.earlier_wall_seconds:
+            fields["wall_seconds"] += summary.earlier_wall_seconds
+        summary = summary.updated(**fields)
         data = summary.to_json()
-        self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
+        try:
+            self.write_json(METRICS_FILE, data)  # (not on a read-only rank)
+        except NoSpaceError as e:
+            if fields.get("status") not in ("failed", "interrupted"):
+                raise
+            # The run is ending on an error of its own: that one is what the user must see.
+            logging.getLogger("mtlrec").warning("%s (the run's end was not recorded)", e)
         return data
 
     def write_history(self, rows: list[dict[str, Any]]) -> None:
@@ -174,6 +189,10 @@ class RunDirGuard(Callback):
             claimed.release()
             _refuse(_holds_a_run_message(run_dir))
         self.own_lock = claimed
+        if resume:
+            resume_attempt.begin(run_dir, OmegaConf.select(config, "hydra.output_subdir"))
+        elif (run_dir / METRICS_FILE).exists():
+            _start_over(run_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         # (A run that ends by SystemExit, e.g. a signal, releases at the process's exit.)
@@ -216,6 +235,21 @@ def _holds_a_run_message(run_dir: Path) -> str:
     return (
         f"{run_dir}: already holds a run (metrics.json/checkpoints); pick another "
         "hydra.run.dir (runs are never overwritten)"
+    )
+
+
+def _start_over(run_dir: Path) -> None:
+    """A run killed before its first checkpoint left metrics.json (and its .hydra/) only: the
+    new run replaces that record (its resume attempts' configs included)."""
+    old = read_info(run_dir).get("status") or "unknown"
+    (run_dir / METRICS_FILE).unlink()
+    for attempt in (run_dir / HYDRA_DIR).glob("resume-*"):
+        shutil.rmtree(attempt, ignore_errors=True)
+    print(
+        f"{run_dir}: starting the run again (the one there, status {old}, "
+        "stopped before its first checkpoint)",
+        file=sys.stderr,
+        flush=True,
     )
 
 

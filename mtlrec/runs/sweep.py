@@ -46,6 +46,26 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
+SWEEP_JOBS_ENV = "MTLREC_SWEEP_JOBS"
+
+
+def grid_size(config: DictConfig) -> int | None:
+    """How many jobs a BasicSweeper sweep runs (None for other sweepers)."""
+    if str(OmegaConf.select(config, "hydra.sweeper._target_", default="")) != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    given = [f"{k}={v}" for k, v in params.items()]
+    given += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+        return sum(len(b) for b in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # left to Hydra, which reports it itself
+        return None
+
+
 def _is_multirun(config: DictConfig) -> bool:
     return str(OmegaConf.select(config, "hydra.mode", default="")) == "RunMode.MULTIRUN"
 
@@ -74,6 +94,9 @@ class SweepReport(Callback):
         # Job dirs written before this sweep started (a reused hydra.sweep.dir) are not reported.
         self.started = time.time() - 1.0
         self.reported = False
+        total = grid_size(config)
+        if total is not None:
+            os.environ[SWEEP_JOBS_ENV] = str(total)  # the jobs' processes inherit it
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if launcher == BASIC_LAUNCHER:
             # A job interrupted by a signal may leave through SystemExit (train.py exits 130/143),
@@ -84,6 +107,19 @@ class SweepReport(Callback):
             from mtlrec.runs import sweep_stop
 
             sweep_stop.install(config, self.started)  # SIGTERM stops the workers too
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """`sweep job 2/3 (.../1): seed=2`: which job of how many (in the job's own process and
+        log; the total is known for grid sweeps, MTLREC_SWEEP_JOBS set by on_multirun_start)."""
+        if not _is_multirun(config):
+            return
+        num = int(OmegaConf.select(config, "hydra.job.num", default=0))
+        total = os.environ.get(SWEEP_JOBS_ENV)
+        task = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        overrides = " ".join(str(o) for o in task)
+        of = f"/{total}" if total else ""
+        where = OmegaConf.select(config, "hydra.runtime.output_dir", default="?")
+        log.info("sweep job %d%s (%s): %s", num + 1, of, where, overrides)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config) or job_return.status != JobStatus.FAILED:

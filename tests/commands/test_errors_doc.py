@@ -68,3 +68,21 @@ def test_an_error_inside_a_run_is_its_line_somewhere_on_stderr(case, tmp_path):
 def test_an_error_inside_a_run_is_printed_once_without_hydras_frame(case, tmp_path):
     code, err, line = run_row(case, tmp_path)
     assert (code, err) == (1, [line])
+
+
+def test_the_fault_lines_of_the_doc_are_the_programs():
+    """The faults that need a fault hook or a prepared run dir (tests/commands/test_faults_cli.py
+    and test_resume_cli.py assert these lines through the CLI) are documented with the same text."""
+    from .test_faults_cli import NO_SPACE
+
+    text = DOC.read_text()
+    assert f"`RUN/checkpoints/last.pt: {NO_SPACE}`" in text
+    assert f"`RUN/metrics.json: {NO_SPACE}`" in text
+    assert (
+        "`mtlrec train: error: RUN/checkpoints/last.pt: is a directory, not a checkpoint file; "
+        "move it away and resume again`"
+    ) in text
+    assert (
+        "`RUN: starting the run again (the one there, status running, stopped before its first "
+        "checkpoint)`"
+    ) in text

@@ -101,13 +101,46 @@ def test_mlflow_failed_run_is_marked_failed(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.chdir(tmp_path)  # default store: ./mlruns
-    logger = build_logger({"name": "mlflow"}, tmp_path / "run", {"seed": 3})
+    monkeypatch.chdir(tmp_path)  # default store: sqlite beside the run dir
+    logger = build_logger({"name": "mlflow"}, tmp_path / "run", {"seed": 3, "trainer": {"lr": 0.5}})
     logger.log_epoch({"epoch": 1, "train/loss": float("nan"), "val/mean_auc": 0.5})
     logger.finish("failed")
-    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    assert logger.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=logger.tracking_uri)
     run = client.get_run(logger.run_id)
     assert run.info.status == "FAILED" and run.data.tags["mtlrec.status"] == "failed"
-    assert run.data.params == {"seed": "3"}
+    assert run.data.params == {"seed": "3", "trainer.lr": "0.5"}
     assert run.data.metrics == {"val/mean_auc": 0.5}  # NaN loss: not logged
     assert run.info.run_name == "run"  # the run dir below the current dir
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_mlflow_params_are_json_values():
+    from mtlrec.runs.loggers import mlflow_params
+
+    assert mlflow_params(
+        {"seed": 3, "lr": 1e-3, "on": True, "dims": [64, 32], "none": None, "name": "esmm"}
+    ) == {
+        "seed": "3",
+        "lr": "0.001",
+        "on": "true",
+        "dims": "[64, 32]",
+        "none": "null",
+        "name": "esmm",
+    }
+
+
+def test_mlflow_sqlite_without_sqlalchemy_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "alembic" else real(name, *a)
+    )
+    with pytest.raises(MtlrecError) as e:
+        build_logger({"name": "mlflow"}, tmp_path / "run", {})
+    assert str(e.value) == (
+        f"logger=mlflow keeps runs in sqlite:///{tmp_path / 'mlflow.db'}, which needs alembic: "
+        "pip install alembic (or set logger.tracking_uri=http://YOUR_SERVER)"
+    )

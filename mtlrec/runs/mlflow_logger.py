@@ -1,0 +1,186 @@
+"""`logger=mlflow`: the MLflow mirror of a run (see runs/loggers.py for what it writes)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mtlrec.errors import MtlrecError
+from mtlrec.runs.logger_base import (
+    RunLogger,
+    _final_values,
+    _numeric,
+    _safe_name,
+    typed_params,
+)
+
+
+class MlflowLogger(RunLogger):
+    name: ClassVar[str] = "mlflow"
+
+    @dataclass
+    class Config:
+        name: str = "mlflow"
+        tracking_uri: str | None = None  # None = sqlite:///<run dir's parent>/mlflow.db
+        experiment_name: str = "mtlrec"
+        run_name: str | None = None  # None = the run dir's path below the current dir
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
+        run_dir = Path(run_dir).resolve()
+        try:
+            default_name = str(run_dir.relative_to(Path.cwd()))
+        except ValueError:
+            default_name = str(run_dir)
+        record = _read_mlflow_record(run_dir) if config.get("resume") else {}
+        return cls(
+            tracking_uri=record.get("tracking_uri") or cfg.tracking_uri or _default_uri(run_dir),
+            experiment_name=cfg.experiment_name,
+            run_name=cfg.run_name or default_name,
+            config=config,
+            tags={"mtlrec.run_dir": str(run_dir)},
+            resume_run_id=record.get("run_id"),
+            record=run_dir / MLFLOW_RECORD,
+        )
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str],
+        resume_run_id: str | None = None,
+        record: Path | None = None,
+    ):
+        try:
+            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise MtlrecError(
+                'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
+            ) from None
+        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self.tracking_uri = tracking_uri
+        _check_sqlite_support(tracking_uri)
+        with _store_lock(tracking_uri):  # sweep jobs creating one sqlite database at once
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            experiment_id = self._experiment_id(experiment_name)
+        self.resumed = resume_run_id is not None and self._exists(resume_run_id)
+        if self.resumed:
+            # Params were logged when the run started (MLflow refuses to change them).
+            self.run_id = str(resume_run_id)
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "mtlrec.resumed", "true")
+            return
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=run_name, tags=dict(tags)
+        ).info.run_id
+        if record is not None:
+            from mtlrec.runs.atomic import atomic_write_json
+
+            atomic_write_json(record, {"tracking_uri": tracking_uri, "run_id": self.run_id})
+        params = [
+            Param(_safe_name(k), v[:6000]) for k, v in mlflow_params(config).items()
+        ]  # MLflow caps param values at 6000 chars and batches at 100 params
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def _experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # a parallel sweep job created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # deleted, or another tracking server: start a new MLflow run
+            return False
+        return True
+
+    def _log(self, values: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [self._Metric(_safe_name(k), v, now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        self._log(_numeric(row), int(row["epoch"]))
+
+    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
+        final = _final_values(metrics)
+        if final:
+            self._log(final, 0)
+        self.client.set_tag(self.run_id, "mtlrec.status", status)
+        mlflow_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(self.run_id, mlflow_status)
+
+
+MLFLOW_RECORD = "mlflow.json"  # in the run dir: {"tracking_uri": ..., "run_id": ...}
+
+
+def _default_uri(run_dir: Path) -> str:
+    """sqlite next to the run dir: a sweep's jobs (SWEEP/0, SWEEP/1, ...) share SWEEP/mlflow.db.
+    (MLflow's file store ./mlruns is deprecated and warns.)"""
+    return f"sqlite:///{run_dir.parent / 'mlflow.db'}"
+
+
+def _read_mlflow_record(run_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((run_dir / MLFLOW_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mlflow_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params are text: each value as JSON (2, 0.001, true, null, [64, 32]); strings as
+    they are. MLflow's UI and `mlflow.search_runs` then read the numbers as numbers."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in typed_params(config).items()}
+
+
+def _check_sqlite_support(tracking_uri: str) -> None:
+    """mlflow-skinny does not pull in what its sqlite store needs: say so in one line."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    import importlib.util
+
+    missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MtlrecError(
+            f"logger=mlflow keeps runs in {tracking_uri}, which needs {' and '.join(missing)}: "
+            f"pip install {' '.join(missing)} (or set logger.tracking_uri=http://YOUR_SERVER)"
+        )
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str):
+    """An exclusive lock beside a sqlite database while MLflow creates or migrates its tables,
+    with MLflow's and alembic's INFO lines about that kept off the console."""
+    quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        if not tracking_uri.startswith("sqlite:///"):
+            yield
+            return
+        db = Path(tracking_uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
