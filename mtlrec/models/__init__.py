@@ -57,4 +57,12 @@ def build_model(
     """Build the configured model for a dataset; returns it with the tasks it trains on."""
     cls, cfg = model_config(model_cfg)
     tasks = cls.loss_tasks(spec, selected_tasks, cfg)
+    if tuple(selected_tasks) != tuple(spec.tasks) and not cls.trains_dataset_tasks:
+        # An explicit dataset.tasks this model would silently ignore: say so instead.
+        raise MtlrecError(
+            f"dataset.tasks={[t.name for t in selected_tasks]}: model {model_cfg.get('name')} "
+            f"trains its own tasks ({', '.join(t.name for t in tasks)}) and ignores "
+            "dataset.tasks; drop dataset.tasks, or use a model that trains the dataset's tasks "
+            "(e.g. model=mmoe, shared_bottom or single_task)"
+        )
     return cls(spec, tasks, cfg), tasks

@@ -90,6 +90,7 @@ class AdaptiveInformationTransfer(nn.Module):
 @register("aitm")
 class AITM(MultiTaskModel):
     Config = AitmConfig
+    trains_dataset_tasks = False  # its loss tasks come from the funnel
 
     @classmethod
     def loss_tasks(

@@ -20,6 +20,8 @@ class MultiTaskModel(nn.Module):
     """
 
     Config: ClassVar[type[CommonConfig]] = CommonConfig
+    # False for models whose loss tasks come from the funnel (ESMM & co.), not dataset.tasks.
+    trains_dataset_tasks: ClassVar[bool] = True
     output_types: dict[str, str]
 
     @classmethod

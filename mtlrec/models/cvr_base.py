@@ -37,6 +37,7 @@ class CvrBaseConfig(CommonConfig):
 @register("cvr_base")
 class CvrBase(MultiTaskModel):
     Config = CvrBaseConfig
+    trains_dataset_tasks = False  # its loss tasks come from the funnel
 
     @classmethod
     def loss_tasks(

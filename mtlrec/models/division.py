@@ -61,6 +61,7 @@ def divide(ctr_logit: torch.Tensor, ctcvr_logit: torch.Tensor) -> tuple[torch.Te
 @register("division")
 class Division(MultiTaskModel):
     Config = DivisionConfig
+    trains_dataset_tasks = False  # its loss tasks come from the funnel
 
     @classmethod
     def loss_tasks(

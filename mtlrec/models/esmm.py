@@ -170,6 +170,7 @@ def resolve_chain(
 @register("esmm")
 class Esmm(MultiTaskModel):
     Config = EsmmConfig
+    trains_dataset_tasks = False  # its loss tasks come from the funnel
 
     @classmethod
     def loss_tasks(

@@ -130,8 +130,14 @@ def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, 
     return value, int(valid.sum()), int((~valid).sum())
 
 
+_WARNED: set[tuple[str, str]] = set()  # (split, key): said once per process, not every epoch
+
+
 def warn_undefined_auc(split: str, target: EvalTarget, y: np.ndarray) -> None:
     """AUC is null when a task's rows hold one class: say so (naming task, split and why)."""
+    if (split, target.key("auc")) in _WARNED:
+        return
+    _WARNED.add((split, target.key("auc")))
     t = target.task
     if y.size == 0:
         why = f"no row satisfies where: {t.where}" if t.where else "the split is empty"

@@ -180,3 +180,20 @@ def test_a_model_registered_in_process_trains_through_experiment_run(tmp_path, m
     assert 0.0 <= metrics["metrics"]["test/ctr_auc"] <= 1.0
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["model_state"]
     assert state["head.weight"].shape[0] == 2  # ctr and cvr, the dataset's tasks
+
+
+@pytest.mark.parametrize(
+    "model", sorted(n for n, c in MODELS.items() if not c.trains_dataset_tasks)
+)
+def test_a_task_list_the_model_ignores_is_one_line(train_tiny, model):
+    with pytest.raises(MtlrecError) as e:
+        train_tiny([f"model={model}", "dataset.tasks=[ctr]"])
+    assert str(e.value).startswith(
+        f"dataset.tasks=['ctr']: model {model} trains its own tasks ("
+    ) and str(e.value).endswith("(e.g. model=mmoe, shared_bottom or single_task)")
+
+
+def test_models_that_train_the_dataset_tasks_take_the_list(train_tiny):
+    _, metrics = train_tiny(["model=mmoe", "dataset.tasks=[ctr]", "trainer.epochs=1"])
+    assert metrics["status"] == "completed"
+    assert "test/ctr_auc" in metrics["metrics"] and "test/cvr_loss" not in metrics["metrics"]

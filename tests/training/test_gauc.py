@@ -71,7 +71,10 @@ def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplo
     import logging
 
     from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
+    from mtlrec.training import metrics as metrics_module
     from mtlrec.training.metrics import EvalTarget, split_metrics
+
+    metrics_module._WARNED.clear()
 
     spec = DatasetSpec(
         name="toy",
@@ -89,3 +92,7 @@ def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplo
         "val/ctr_auc is null: all 3 rows have label click=0 (AUC needs both classes)",
         "val/cvr_auc is null: no row satisfies where: click (AUC needs both classes)",
     ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtlrec.training.metrics"):
+        split_metrics("val", predictions, labels, targets, spec, spec.tasks)  # the next epoch
+    assert caplog.records == []  # once per split and metric, not every epoch
