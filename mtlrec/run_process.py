@@ -48,11 +48,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _version(package: str) -> str | None:
+    """An installed package's version without importing it (scikit-learn takes a second)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     import hydra
     import pandas
     import pyarrow
-    import sklearn
 
     env = {
         "mtlrec": mtlrec.__version__,
@@ -63,7 +72,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "numpy": np.__version__,
         "pandas": pandas.__version__,
         "pyarrow": pyarrow.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": _version("scikit-learn"),
         "hydra-core": hydra.__version__,
         "device": str(device),
         "cuda_available": torch.cuda.is_available(),

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 
@@ -91,10 +90,16 @@ def metric_keys(split: str, targets: list[EvalTarget], gauc: bool = False) -> li
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC; NaN when the rows hold a single class (AUC is undefined there)."""
+    """ROC AUC; NaN when the rows hold a single class (AUC is undefined there).
+
+    The Mann-Whitney form (rank sum of the positives, tied scores at their average rank), equal
+    to the area under the ROC curve (tests/training/test_metrics.py checks it against
+    scikit-learn's roc_auc_score); computed here so a run does not import scikit-learn (a second
+    of every start-up).
+    """
     if y.size == 0 or y.min() == y.max():
         return math.nan
-    return float(roc_auc_score(y, p))
+    return gauc(y, p, np.zeros(y.shape[0], dtype=np.int64))[0]
 
 
 def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, int]:

@@ -128,3 +128,17 @@ def test_docs_metrics_table_matches_the_registry():
     for name, metric in METRICS.items():
         word = "higher" if metric.direction == "max" else "lower"
         assert f"| `{name}` | {word} is better | {metric.definition} |" in doc
+
+
+def test_auc_equals_sklearn_with_ties_and_without():
+    from sklearn.metrics import roc_auc_score
+
+    from mtlrec.training.metrics import auc
+
+    rng = np.random.default_rng(4)
+    for scores in (rng.random(5000), np.round(rng.random(5000), 2), rng.integers(0, 3, 5000)):
+        y = (rng.random(5000) < 0.07).astype(np.float64)
+        assert auc(y, scores.astype(np.float64)) == pytest.approx(
+            roc_auc_score(y, scores), abs=1e-12
+        )
+    assert auc(np.array([0.0, 1.0]), np.array([0.3, 0.3])) == 0.5  # one tie: half a pair
