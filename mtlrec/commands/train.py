@@ -243,7 +243,7 @@ def _key_hint(key: str, overrides: list[str]) -> str:
     import difflib
 
     from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     parent, _, leaf = key.rpartition(".")
     try:
@@ -253,7 +253,7 @@ def _key_hint(key: str, overrides: list[str]) -> str:
         node = OmegaConf.select(cfg, parent) if parent else cfg
     except Exception:
         node = None
-    keys = sorted(str(k) for k in node) if hasattr(node, "keys") else []
+    keys = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
     close = difflib.get_close_matches(leaf, keys, n=1)
     hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""
     where = f"{parent} has" if parent else "the config has"

@@ -8,7 +8,7 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,9 +49,12 @@ class ExportedModel(nn.Module):
         )
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        unseen = ((sparse_ids < 0) | (sparse_ids >= self.vocab)) & (self.oov >= 0)
-        ids = torch.where(unseen, self.oov.expand_as(sparse_ids), sparse_ids)
-        out = self.model(ids + self.offsets, dense)
+        vocab = cast(torch.Tensor, self.vocab)  # buffers (registered in __init__)
+        oov = cast(torch.Tensor, self.oov)
+        offsets = cast(torch.Tensor, self.offsets)
+        unseen = ((sparse_ids < 0) | (sparse_ids >= vocab)) & (oov >= 0)
+        ids = torch.where(unseen, oov.expand_as(sparse_ids), sparse_ids)
+        out = self.model(ids + offsets, dense)
         cols = [
             torch.sigmoid(out[n].float()) if b else out[n].float()
             for n, b in zip(self.names, self.binary, strict=True)
@@ -212,7 +215,9 @@ def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray
         torch.onnx.export(
             wrapper,
             (sparse[:half], dense[:half]),
-            buf,
+            # torch annotates f as a path only, but the exporter hands it to onnx.save, which
+            # also writes to a binary file object
+            buf,  # type: ignore[arg-type]
             input_names=["sparse_ids", "dense"],
             output_names=["outputs"],
             dynamic_axes={

@@ -57,7 +57,12 @@ def build_model(
     """Build the configured model for a dataset; returns it with the tasks it trains on."""
     cls, cfg = model_config(model_cfg)
     tasks = cls.loss_tasks(spec, selected_tasks, cfg)
-    if tuple(selected_tasks) != tuple(spec.tasks) and not cls.trains_dataset_tasks:
+    chosen = {t.name for t in selected_tasks}
+    if (
+        tuple(selected_tasks) != tuple(spec.tasks)
+        and not cls.trains_dataset_tasks
+        and chosen != {t.name for t in tasks}
+    ):
         # An explicit dataset.tasks this model would silently ignore: say so instead.
         raise MtlrecError(
             f"dataset.tasks={[t.name for t in selected_tasks]}: model {model_cfg.get('name')} "

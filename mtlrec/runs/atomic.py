@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
 def remove_stale_temps(directory: Path) -> list[Path]:
     """Delete the temp files that killed processes left in `directory` (a killed checkpoint
     write leaves a `.last.pt.<pid>-<hex>.tmp` as big as a checkpoint); returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(directory).iterdir())
     except OSError:

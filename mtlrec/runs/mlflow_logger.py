@@ -100,7 +100,10 @@ class MlflowLogger(RunLogger):
         try:
             return self.client.create_experiment(name)
         except Exception:  # a parallel sweep job created it first
-            return self.client.get_experiment_by_name(name).experiment_id
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:  # it did not: the create failure is the error
+                raise
+            return experiment.experiment_id
 
     def _exists(self, run_id: str) -> bool:
         try:

@@ -102,10 +102,9 @@ def plot_metric_vs_params(
     for key in keys:
         if key in SEED_KEYS:
             continue
-        values = [r.config.get(key) for r in done]
-        if not values or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-        ):
+        raw = [r.config.get(key) for r in done]
+        values = [v for v in raw if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not values or len(values) < len(raw):  # a missing or non-numeric value
             continue
         others = [k for k in keys if k != key and k not in SEED_KEYS]
         lines: dict[str, dict[float, list[float]]] = {}
@@ -234,7 +233,8 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     ):
         if curves:
             written.append(curves)
-    metric = (metrics or default_metrics(runs) or [None])[0]
+    candidates = metrics or default_metrics(runs)
+    metric = candidates[0] if candidates else None
     if metric:
         written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
         written += plot_bars(plt, runs, keys, names, metric, out_dir)

@@ -14,32 +14,10 @@ import json
 import math
 from typing import Any
 
-from mtlrec.runs.table import Table
+from mtlrec.runs.table import Table, format_cell  # format_cell: importable here too
 
 FORMATS = ("table", "csv", "markdown", "json")
 LAYOUTS = ("auto", "wide", "long")
-
-
-def format_cell(value: Any, column: str) -> str:
-    """The text of one table/markdown cell."""
-    if value is None:
-        return ""
-    if isinstance(value, tuple):
-        mean, std = value
-        return f"{mean:.4f} ± {std:.4f}"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if column == "samples_per_s":
-            return f"{value:,.0f}"
-        if column == "wall_s":
-            return f"{value:.1f}"
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def to_json(table: Table) -> str:

@@ -63,7 +63,7 @@ def _size(path: Path) -> int | None:
 
 
 def _progress(run_dir: Path) -> tuple:
-    out = []
+    out: list[tuple[str, int | None]] = []
     for path in (run_dir / HISTORY_FILE, *(run_dir / CHECKPOINT_DIR / n for n in (LAST, BEST))):
         try:
             out.append((path.name, path.stat().st_mtime_ns))

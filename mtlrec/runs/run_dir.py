@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -225,7 +226,7 @@ class RunDirGuard(Callback):
         job_dir = Path(str(config.hydra.runtime.output_dir))
         self.job_lock = _claim_or_refuse(job_dir, "wait for it to end")
 
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.job_lock is not None:
             self.job_lock.release()
             self.job_lock = None

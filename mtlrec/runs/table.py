@@ -39,6 +39,28 @@ class Table:
     grouped: bool = False
 
 
+def format_cell(value: Any, column: str) -> str:
+    """The text of one table/markdown cell."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        mean, std = value
+        return f"{mean:.4f} ± {std:.4f}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if column == "samples_per_s":
+            return f"{value:,.0f}"
+        if column == "wall_s":
+            return f"{value:.1f}"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
 def display_labels(runs: list[Run]) -> dict[Path, str]:
     """Run paths relative to their common parent (sweep job numbers stay short)."""
     paths = [r.path for r in runs]
