@@ -2,9 +2,8 @@
 
 import json
 
-from commands.helpers import mtlrec
-
 from conftest import TINY
+from helpers.cli import mtlrec
 from mtlrec.cli import translate_resume
 
 

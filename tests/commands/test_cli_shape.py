@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import env, lines, mtlrec
 from mtlrec import __version__
 from mtlrec.commands import COMMANDS
 from mtlrec.models import MODELS
-
-from .helpers import env, lines, mtlrec
 
 
 def test_help_lists_every_command_and_help_cmd_equals_cmd_dash_dash_help(tmp_path):

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-
-from .helpers import lines, mtlrec
+from helpers.cli import lines, mtlrec
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 SECTION = "## Exactly what you see, through the real command"

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from conftest import TINY
+from helpers.cli import env, lines, mtlrec
 from mtlrec.errors import MtlrecError
 from mtlrec.runs import run_dir as run_dir_module
 from mtlrec.runs.atomic import NO_SPACE_FAULT_ENV, NoSpaceError
-
-from .helpers import env, lines, mtlrec
 
 NO_SPACE = "cannot write it: No space left on device; free some space on that disk (its previous version, if any, is kept) and run again"  # noqa: E501
 

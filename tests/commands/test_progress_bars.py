@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-
-from .helpers import BAR, lines, mtlrec, run_in_pty, screen_segments
+from helpers.cli import BAR, lines, mtlrec, run_in_pty, screen_segments
 
 METRIC_LINE = re.compile(r"^test/\S+\s+\d\.\d{6}$")
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from conftest import TINY
+from helpers.cli import env, lines, mtlrec
 
-from .helpers import env, lines, mtlrec
 from .test_signals import _default_signals, _start, _wait_for
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))

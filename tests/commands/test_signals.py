@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-
-from .helpers import env
+from helpers.cli import env
 
 # Run in a fresh interpreter, after it set SIGINT/SIGTERM to what the test asks for.
 DISPOSITIONS = r"""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import BAR, ESCAPES, LOG_LINE, collisions, env, run_in_pty, screen_segments
+from helpers.cli import BAR, ESCAPES, LOG_LINE, collisions, env, run_in_pty, screen_segments
 
 JOB_LOGGING = Path(__file__).resolve().parents[2] / "conf" / "hydra" / "job_logging" / "mtlrec.yaml"
 LOG_DURING_A_BAR = r"""

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cli import env
 from mtlrec.commands import train
 from mtlrec.errors import MtlrecError
-
-from .helpers import env
 
 JOB_LOGGING = Path(__file__).resolve().parents[2] / "conf" / "hydra" / "job_logging" / "mtlrec.yaml"
 

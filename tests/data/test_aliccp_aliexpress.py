@@ -7,8 +7,8 @@ import csv
 
 import numpy as np
 import pytest
-from datagen import SHARED_DATA, prepare, train
 
+from helpers.datagen import SHARED_DATA, prepare, train
 from mtlrec.data.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError

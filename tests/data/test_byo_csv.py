@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from datagen import REPO
 
+from helpers.datagen import REPO
 from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.prepare import compose_prepare
 from mtlrec.errors import MtlrecError

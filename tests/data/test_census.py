@@ -7,8 +7,8 @@ import gzip
 
 import numpy as np
 import pytest
-from datagen import SHARED_DATA, prepare, train
 
+from helpers.datagen import SHARED_DATA, prepare, train
 from mtlrec.data.census import COLUMNS
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import yaml
-from datagen import REPO
-from multidata import write_rich_csv
 
+from helpers.datagen import REPO
+from helpers.multidata import write_rich_csv
 from mtlrec.data.encoders import encode_raw
 from mtlrec.data.loader import load_split
 from mtlrec.data.prepare import prepare_dataset

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from multidata import rich_config, write_rich_csv
 
+from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.prepare import prepare_dataset
 from mtlrec.models import MODELS
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from datagen import byo_config, make_events
 
+from helpers.datagen import byo_config, make_events
 from mtlrec.data.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
 from mtlrec.data.loader import load_split
 from mtlrec.data.prepare import prepare_dataset

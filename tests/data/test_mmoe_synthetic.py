@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from datagen import prepare, train
 
+from helpers.datagen import prepare, train
 from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.mmoe_synthetic import NUM_SINES_M, SCALE_C, generate, task_weights
 from mtlrec.data.spec import DatasetSpec

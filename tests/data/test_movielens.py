@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from datagen import prepare
 
+from helpers.datagen import prepare
 from mtlrec.data.movielens import GENRES, convert
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError

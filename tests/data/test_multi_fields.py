@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from multidata import rich_config, write_rich_csv
 
+from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.encoders import encode_raw
 from mtlrec.data.loader import load_split
 from mtlrec.data.prepare import prepare_dataset

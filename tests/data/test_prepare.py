@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from datagen import byo_config, write_events
 
+from helpers.datagen import byo_config, write_events
 from mtlrec.data.prepare import prepare_dataset, row_uniforms
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError

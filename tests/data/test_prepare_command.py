@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datagen import write_events
-
+from helpers.datagen import write_events
 from mtlrec.data.prepare import main, train_hint
 
 TINY_YAML = """\

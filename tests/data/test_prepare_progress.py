@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 
 import rich
-from datagen import byo_config, write_events
 from rich.console import Console
 
+from helpers.datagen import byo_config, write_events
 from mtlrec.data.prepare import prepare_dataset
 from mtlrec.data.prepare.progress import prepare_progress
 

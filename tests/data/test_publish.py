@@ -10,8 +10,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from datagen import REPO, byo_config, write_events
 
+from helpers.datagen import REPO, byo_config, write_events
 from mtlrec.data.prepare import clean_stale, prepare_dataset, staged_dir
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit

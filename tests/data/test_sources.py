@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datagen import REPO
 
+from helpers.datagen import REPO
 from mtlrec.data import sources
 from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.prepare import compose_prepare, prepare_dataset

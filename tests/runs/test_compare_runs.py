@@ -8,8 +8,8 @@ import json
 import statistics
 
 import pytest
-from runs_helpers import base_config, write_run
 
+from helpers.runs import base_config, write_run
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.compare import (
     build_table,

@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from runs_helpers import base_config, write_run
 
+from helpers.runs import base_config, write_run
 from mtlrec.runs import table as table_module
 from mtlrec.runs.compare import build_table, load_runs, main, render, sort_rows
 

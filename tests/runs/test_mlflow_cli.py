@@ -12,7 +12,8 @@ import sys
 import time
 
 import pytest
-from runs_helpers import TINY_CLI, mtlrec
+
+from helpers.runs import TINY_CLI, mtlrec
 
 pytest.importorskip("mlflow")
 

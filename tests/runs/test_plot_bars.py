@@ -6,8 +6,8 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from runs_helpers import assert_real_png, base_config, write_run
 
+from helpers.runs import assert_real_png, base_config, write_run
 from mtlrec.runs.compare import load_runs
 from mtlrec.runs.keys import differing_keys, short_names
 from mtlrec.runs.plot_bars import bar_figure

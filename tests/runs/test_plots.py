@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from runs_helpers import assert_real_png, base_config, write_run
 
+from helpers.runs import assert_real_png, base_config, write_run
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.compare import load_runs, main
 from mtlrec.runs.plots import gate_matrix, write_plots

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from runs_helpers import TINY_CLI, mtlrec
 
 from conftest import compose_train
+from helpers.runs import TINY_CLI, mtlrec
 from mtlrec.runs.records import LOCK_FILE
 
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HYDRA_FULL_ERROR="0")

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import yaml
-from runs_helpers import TINY_CLI, mtlrec
+
+from helpers.runs import TINY_CLI, mtlrec
 
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HYDRA_FULL_ERROR="0")
 ARGS = [

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from runs_helpers import TINY_CLI
 
+from helpers.runs import TINY_CLI
 from mtlrec.runs.lock import owner_pid
 from mtlrec.runs.sweep_stop import children
 

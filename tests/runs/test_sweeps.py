@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
-from runs_helpers import TINY_CLI, mtlrec
 
+from helpers.runs import TINY_CLI, mtlrec
 from mtlrec.runs.sweep import (
     BASIC_SWEEPER,
     SweepReport,
