@@ -175,7 +175,7 @@ def write_processed(raw, n=300, seed=0):
 
 
 def test_aliccp_processed_csvs_follow_the_rule(tmp_path):
-    from datagen import prepare
+    from helpers.datagen import prepare
 
     raw = tmp_path / "raw"
     raw.mkdir()
