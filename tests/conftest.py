@@ -27,6 +27,11 @@ SLOW_MODULES = (
     "commands/test_terminal.py",
     "data/test_census.py",
     "data/test_publish.py",
+    "runs/test_sweep_resume.py",
+    "runs/test_mlflow_cli.py",
+    "commands/test_resume_cli.py",
+    "commands/test_faults_cli.py",
+    "commands/test_progress_bars.py",
 )
 SLOW_TESTS = (
     "data/test_byo_csv.py::test_readme_example_prepares_and_trains_through_the_cli",
