@@ -31,10 +31,16 @@ class _Mismatch(Exception):
     pass
 
 
+def closest(name: str, choices: Sequence[str]) -> str | None:
+    """The choice `name` most likely misspells, if any."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def suggest(name: str, choices: Sequence[str]) -> str:
     """' (did you mean X?)' for a near miss, else ''."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    near = closest(name, choices)
+    return f" (did you mean {near}?)" if near else ""
 
 
 def check_keys(values: Mapping[str, Any], known: Sequence[str], prefix: str) -> None:
@@ -42,8 +48,8 @@ def check_keys(values: Mapping[str, Any], known: Sequence[str], prefix: str) -> 
     for key in values:
         if key not in known:
             where = f"{prefix}." if prefix else ""
-            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-            hint = f" (did you mean {where}{close[0]}?)" if close else ""
+            near = closest(key, known)
+            hint = f" (did you mean {where}{near}?)" if near else ""
             raise MtlrecError(
                 f"{where}{key} is not a key of {prefix or 'the config'}{hint}; "
                 f"its keys are {sorted(known)}"

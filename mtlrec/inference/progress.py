@@ -15,11 +15,9 @@ from contextlib import contextmanager
 
 
 def _progress(*columns):
-    import rich
-    from rich.progress import Progress
+    from mtlrec.progress import terminal_progress
 
-    console = rich.get_console()
-    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    return terminal_progress(*columns)
 
 
 class RowsBar:

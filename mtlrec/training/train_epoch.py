@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
+from mtlrec.progress import terminal_progress
 from mtlrec.training import distributed
 from mtlrec.training.checkpoint import TrainState
 from mtlrec.training.monitoring import NonFiniteWatch
@@ -27,16 +28,15 @@ if TYPE_CHECKING:
 def make_progress(console: Console, show: Any, is_main: bool) -> Progress:
     """The epoch progress bar: trainer.progress auto (only on a terminal) | true | false."""
     enabled = console.is_terminal if show == "auto" else bool(show)
-    return Progress(
+    return terminal_progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[speed]} samples/s"),
         TimeRemainingColumn(),
+        enabled=enabled and is_main,
         console=console,
-        disable=not (enabled and is_main),
-        transient=True,
     )
 
 

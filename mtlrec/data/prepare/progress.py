@@ -21,27 +21,18 @@ _active: dict[str, Any] = {}
 @contextlib.contextmanager
 def prepare_progress(enabled: bool | None = None) -> Iterator[None]:
     """Show a bar per pass over a raw file inside this block (default: on a terminal)."""
-    import rich
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    console = rich.get_console()
-    show = console.is_terminal if enabled is None else enabled
-    progress = Progress(
+    from mtlrec.progress import terminal_progress
+
+    progress = terminal_progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),
         TextColumn("{task.fields[speed]:>10} rows/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=not show,
-        transient=True,
+        enabled=enabled,
     )
     with progress:
         _active["progress"], _active["passes"] = progress, Counter()
