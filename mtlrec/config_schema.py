@@ -43,15 +43,18 @@ def suggest(name: str, choices: Sequence[str]) -> str:
     return f" (did you mean {near}?)" if near else ""
 
 
-def check_keys(values: Mapping[str, Any], known: Sequence[str], prefix: str) -> None:
-    """One line for the first unknown key, with the nearest known key."""
+def check_keys(
+    values: Mapping[str, Any], known: Sequence[str], prefix: str, owner: str | None = None
+) -> None:
+    """One line for the first unknown key, with the nearest known key. `owner` names what the
+    keys belong to when that is more than the prefix (e.g. `balance=dwa`)."""
     for key in values:
         if key not in known:
             where = f"{prefix}." if prefix else ""
             near = closest(key, known)
             hint = f" (did you mean {where}{near}?)" if near else ""
             raise MtlrecError(
-                f"{where}{key} is not a key of {prefix or 'the config'}{hint}; "
+                f"{where}{key} is not a key of {owner or prefix or 'the config'}{hint}; "
                 f"its keys are {sorted(known)}"
             )
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from mtlrec.config_schema import build, suggest
+from mtlrec.config_schema import build, check_keys, suggest
 from mtlrec.data.spec import TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.training.balance.base import BALANCERS, Balancer, register
@@ -56,12 +56,7 @@ def balance_config(cfg: Mapping[str, Any] | None) -> tuple[type[Balancer], Any]:
         )
     cls = BALANCERS[name]
     known = ["name", *(f.name for f in fields(cls.Config))]
-    for key in values:
-        if key not in known:
-            hint = suggest(str(key), known).replace("mean ", "mean balance.")
-            raise MtlrecError(
-                f"balance.{key} is not a key of balance={name}{hint}; its keys are {sorted(known)}"
-            )
+    check_keys(values, known, "balance", owner=f"balance={name}")
     return cls, build(cls.Config, values, "balance")
 
 
