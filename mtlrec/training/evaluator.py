@@ -9,6 +9,7 @@ so metrics equal a single process's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from mtlrec.models.layers import gate_statistics
 from mtlrec.training import distributed
 from mtlrec.training.metrics import EvalTarget, split_metrics
 from mtlrec.training.objective import Objective
+
+RowsDone = Callable[[int, int], None]  # (rows done, rows in total) of this rank's block
 
 
 class Evaluator:
@@ -53,10 +56,15 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(
-        self, split: SplitTensors, task_weights: torch.Tensor | None = None
+        self,
+        split: SplitTensors,
+        task_weights: torch.Tensor | None = None,
+        on_rows: RowsDone | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Predictions of every output over a split (probabilities for binary outputs), and aux:
-        `loss` (task-weighted sum of per-task mean losses), `task_losses`, `gates` (mean gates)."""
+        `loss` (task-weighted sum of per-task mean losses), `task_losses`, `gates` (mean gates).
+        `on_rows(done, total)` is called after each eval batch with this rank's rows so far (a
+        progress bar); it gets host integers only, so it adds no device sync."""
         self.model.eval()
         n, bs = len(split), self.eval_batch_size
         # Data parallel: this rank predicts rows [lo, hi) (whole eval batches), then all ranks
@@ -87,6 +95,8 @@ class Evaluator:
             if "gates" in out:
                 g = out["gates"].float().sum(0)
                 gate_sum = g if gate_sum is None else gate_sum + g
+            if on_rows is not None:
+                on_rows(min(start + bs, hi) - lo, hi - lo)
         outputs = distributed.gather_rows(outputs, n)
         distributed.all_reduce_sum(loss_sums)
         distributed.all_reduce_sum(counts)
@@ -102,11 +112,15 @@ class Evaluator:
         return {k: v.cpu().numpy() for k, v in outputs.items()}, aux
 
     def evaluate(
-        self, split: SplitTensors, name: str, task_weights: torch.Tensor | None = None
+        self,
+        split: SplitTensors,
+        name: str,
+        task_weights: torch.Tensor | None = None,
+        on_rows: RowsDone | None = None,
     ) -> dict[str, float]:
         """`{name}/...` metrics of a whole split; `task_weights` weigh `{name}/loss` (default:
         the tasks' own weights; the trainer passes its balancer's current weights)."""
-        predictions, aux = self.predict(split, task_weights)
+        predictions, aux = self.predict(split, task_weights, on_rows)
         groups = None
         if self.group_column is not None:  # every rank holds the whole split: no gather needed
             groups = split.sparse[:, self.group_column].cpu().numpy()

@@ -161,3 +161,30 @@ class EpochRun:
         row["train_seconds"] = seconds
         row["train_samples_per_s"] = self.plan.trained_rows / seconds
         return row
+
+
+class EvalBar:
+    """Rows of a val/test evaluation on the training bar's Progress (`val  ━━━ 40960/150000`):
+    on big splits evaluation takes seconds to minutes, which a frozen screen should not hide.
+    Updates are throttled like the epoch bar's; the bar is removed when the split is done."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self.progress, self.name = progress, name
+        self.bar: Any = None
+        self.start = self.last_update = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress.disable:
+            return
+        if self.bar is None:
+            self.bar = self.progress.add_task(self.name, total=total, loss="-", speed="-")
+        now = time.perf_counter()
+        if now - self.last_update > 0.5 or done == total:
+            self.last_update = now
+            speed = f"{done / max(now - self.start, 1e-9):,.0f}"
+            self.progress.update(self.bar, completed=done, total=total, speed=speed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.progress.remove_task(self.bar)
+            self.bar = None

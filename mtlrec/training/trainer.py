@@ -44,7 +44,7 @@ from mtlrec.training.monitoring import (
 from mtlrec.training.objective import Objective, clip_per_task, embedding_l2_penalty
 from mtlrec.training.optimizers import build_optimizer, clip_grad_norm, sparse_parameters
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.train_epoch import EpochRun, make_progress
+from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
 
 __all__ = [
     "EarlyStopping",
@@ -350,7 +350,7 @@ class Trainer:
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
-        val_metrics = self.evaluate(val, "val")
+        val_metrics = self.evaluate(val, "val", progress)
         row.update(val_metrics)
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         is_best = self.stopper.update(epoch, val_metrics[self.monitor])
@@ -379,5 +379,16 @@ class Trainer:
     def predict(self, split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return self.evaluator.predict(split, self.task_weights())
 
-    def evaluate(self, split: SplitTensors, name: str) -> dict[str, float]:
-        return self.evaluator.evaluate(split, name, self.task_weights())
+    def evaluate(
+        self, split: SplitTensors, name: str, progress: Progress | None = None
+    ) -> dict[str, float]:
+        """`{name}/...` metrics with a rows bar on `progress` (fit's), or on a bar of its own
+        (the test split after fit: rich allows one live display at a time)."""
+        if progress is None:
+            with self._progress() as own:
+                return self.evaluate(split, name, own)
+        bar = EvalBar(progress, name)
+        try:
+            return self.evaluator.evaluate(split, name, self.task_weights(), bar)
+        finally:
+            bar.close()

@@ -225,6 +225,48 @@ def test_evaluator_needs_no_optimizer_and_equals_the_trainers_evaluation():
     )
 
 
+def test_val_and_test_evaluation_draw_a_rows_bar_that_ends_at_the_split_size():
+    """Evaluation of a big split takes seconds: the training Progress shows its rows, reaches the
+    split's size and is removed; the metrics are those of an evaluation without a bar."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from mtlrec.data.loader import SplitTensors
+
+    class Recording(Progress):
+        def __init__(self):
+            super().__init__(console=Console(file=io.StringIO(), force_terminal=True))
+            self.calls = []
+
+        def add_task(self, description, **kw):
+            self.calls.append(("add", description, kw["total"]))
+            return super().add_task(description, **kw)
+
+        def update(self, task_id, **kw):
+            self.calls.append(("update", kw.get("completed")))
+            super().update(task_id, **kw)
+
+        def remove_task(self, task_id):
+            self.calls.append(("remove",))
+            super().remove_task(task_id)
+
+    spec, trainer = _toy_trainer("mmoe", TrainerConfig(eval_batch_size=100))
+    b = _batch(spec, 250, seed=3)
+    split = SplitTensors(b.sparse, b.dense, b.labels)
+    rows = []
+    plain = trainer.evaluator.evaluate(split, "val", on_rows=lambda d, t: rows.append((d, t)))
+    assert rows == [(100, 250), (200, 250), (250, 250)]
+    progress = Recording()
+    with progress:
+        shown = trainer.evaluate(split, "val", progress)
+    assert shown == plain
+    assert progress.calls[0] == ("add", "val", 250)
+    assert progress.calls[-2:] == [("update", 250), ("remove",)]
+    assert progress.tasks == []  # nothing left on the screen
+
+
 @pytest.mark.parametrize(
     "tail, sizes", [("merge", [4, 4, 4, 5]), ("drop", [4, 4, 4, 4]), ("keep", [4, 4, 4, 4, 1])]
 )
