@@ -80,6 +80,10 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
 
     spec = DatasetSpec.load(dataset_dir)
     path = dataset_dir / ENCODERS_FILE
+    if not path.is_file() and spec.info.get("generator"):
+        raise MtlrecError(
+            f"{dataset_dir}: dataset '{spec.name}' is generated in code ({spec.info['generator']}) and has no raw form to encode; score its prepared parquet rows instead"
+        )
     if not path.is_file():
         raise MtlrecError(
             f"{path}: no encoders (the dataset was prepared before they were kept); prepare it again with overwrite=true"

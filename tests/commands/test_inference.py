@@ -368,3 +368,17 @@ def test_predict_draws_a_progress_bar_on_a_terminal_only(trained, tmp_path):
     dst.unlink()
     plain = _predict_cli(run_dir, src, dst, "--batch-size", "50")  # stdout is a pipe: no bar
     assert (plain.returncode, plain.stdout, plain.stderr) == (0, summary + "\n", "")
+
+
+def test_raw_input_of_a_generated_dataset_is_one_line(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = tmp_path / "raw.csv"
+    pq.read_table(data_dir / "test.parquet").to_pandas().head(5).to_csv(src, index=False)
+    out = _predict_cli(run_dir, src, tmp_path / "out.parquet")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == (
+        f"mtlrec predict: error: {data_dir}: dataset 'synthetic_ccp' is generated in code "
+        "(mtlrec.data.synthetic_ccp) and has no raw form to encode; score its prepared parquet "
+        "rows instead\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.csv"]
