@@ -13,54 +13,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from helpers.cli import lines, mtlrec
-from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.loader import load_split
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference import predict, score
 from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-SPLITS = ("train", "val", "test")
 OUTPUTS = ["rating", "rich"]  # the model's outputs, one per task of the dataset
 BATCH = 64  # not a divisor of the 300 test rows: the last batch is a short one
-
-
-@pytest.fixture(scope="module")
-def rich_run(tmp_path_factory):
-    """(tmp dir, run dir, prepared dataset dir) of `mtlrec prepare` + `mtlrec train` (1 epoch)."""
-    tmp = tmp_path_factory.mktemp("rich_predict")
-    raw = tmp / "raw"
-    for i, split in enumerate(SPLITS):
-        df = write_rich_csv(raw / f"{split}.csv", n=600 if split == "train" else 300, seed=i)
-        if split == "test":  # values the train split never had: they must map to the OOV id
-            df.loc[3, "user"] = "u-never-seen"
-            df.loc[5, "genres"] = "drama|unheard-of"
-            df.loc[7, "history"] = "i999|i1"
-            df.to_csv(raw / f"{split}.csv", index=False)
-    cfg = rich_config(raw, {s: f"{s}.csv" for s in SPLITS})
-    cfg["path"] = str(tmp / "prepared")
-    (tmp / "conf" / "dataset").mkdir(parents=True)
-    (tmp / "conf" / "dataset" / "rich.yaml").write_text(yaml.safe_dump(cfg))
-    base = ["--config-dir", str(tmp / "conf"), "dataset=rich"]
-    out = mtlrec("prepare", *base, cwd=tmp)
-    assert out.returncode == 0, out.stderr
-    run_dir = tmp / "run"
-    out = mtlrec(
-        "train",
-        *base,
-        "model=mmoe",
-        "trainer.epochs=1",
-        "trainer.batch_size=128",
-        "trainer.num_threads=1",
-        "device=cpu",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp,
-    )
-    assert out.returncode == 0, out.stderr
-    return tmp, run_dir, tmp / "prepared"
 
 
 def _predict(run_dir: Path, src: Path, dst: Path, *extra: str):
