@@ -50,7 +50,7 @@ def copy_encoders(dataset_dir: Path | None, out_dir: Path) -> list[str]:
 def read_manifest(export_dir: Path) -> dict[str, Any]:
     path = export_dir / EXPORT_FILE
     if not path.is_file():
-        raise MtlrecError(f"{path}: not found; is {export_dir} a dir written by `mtlrec export`?")
+        raise MtlrecError(f"{path}: not found; is {export_dir} a dir written by mtlrec export?")
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
