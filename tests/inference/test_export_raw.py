@@ -93,6 +93,23 @@ def test_raw_rows_through_the_export_equal_raw_rows_through_predict(exported):
     np.testing.assert_array_equal(score(sparse_ids.numpy(), dense.numpy()), got)
 
 
+def test_the_exported_model_maps_out_of_range_ids_to_oov_and_keeps_padding(exported):
+    tmp, _, _, out_dir, _ = exported
+    score, _ = load_export(out_dir)
+    sparse_ids, dense = exported_inputs(tmp / "raw" / "test.csv", out_dir)
+    rows = sparse_ids[:40].clone()
+    rows[:, 0] = 0  # user: the OOV id
+    rows[:, 3] = 0  # genres[0]: the OOV id (not padding)
+    beyond = rows.clone()
+    beyond[:, 0] = 10**6
+    beyond[:, 3] = 51  # genres has 7 ids
+    want = score(rows.numpy(), dense[:40].numpy())
+    np.testing.assert_array_equal(score(beyond.numpy(), dense[:40].numpy()), want)
+    padded = rows.clone()
+    padded[:, 3] = -1  # padding is no value at all: another result than the OOV value
+    assert not np.array_equal(score(padded.numpy(), dense[:40].numpy()), want)
+
+
 def test_field_ids_undo_the_fused_offsets_only(rich_run):
     _, _, prepared = rich_run
     spec = DatasetSpec.load(prepared)
