@@ -156,11 +156,12 @@ def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_row
         Path(tmp).unlink(missing_ok=True)
         raise
     spec_file = spec.save(out_dir)
-    copied = copy_encoders(_dataset_dir(payload), out_dir)
+    copied = copy_encoders(_dataset_dir(payload), out_dir, spec)
     if not copied:
         log.warning(
-            "%s: the run's dataset has no encoders.json (generated, or its dir is gone); the "
-            "export holds the model and its input layout only",
+            "%s: no encoders.json copied (the run's dataset is generated, its dir is gone, or "
+            "it was prepared again with other features); the export holds the model and its "
+            "input layout only",
             out_dir,
         )
     info = export_info(

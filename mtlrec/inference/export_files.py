@@ -34,10 +34,18 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def copy_encoders(dataset_dir: Path | None, out_dir: Path) -> list[str]:
+def copy_encoders(dataset_dir: Path | None, out_dir: Path, spec: DatasetSpec) -> list[str]:
     """Copy encoders.json and the vocabulary it names from the run's dataset dir; the names
-    copied ([] when the dataset has none, e.g. a generated one, or its dir is gone)."""
+    copied ([] when the dataset has none, e.g. a generated one, its dir is gone, or it was
+    prepared again with other features than the model's `spec`)."""
+    for stale in (ENCODERS_FILE, VOCAB_FILE):  # an earlier export's, into the same dir
+        (out_dir / stale).unlink(missing_ok=True)
     if dataset_dir is None or not (dataset_dir / ENCODERS_FILE).is_file():
+        return []
+    try:
+        if DatasetSpec.load(dataset_dir).features != spec.features:
+            return []
+    except MtlrecError:
         return []
     doc = json.loads((dataset_dir / ENCODERS_FILE).read_text())
     names = [ENCODERS_FILE, str(doc.get("vocab_file") or VOCAB_FILE)]

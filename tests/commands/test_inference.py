@@ -382,3 +382,24 @@ def test_raw_input_of_a_generated_dataset_is_one_line(trained, tmp_path):
         "rows instead\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.csv"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_export_of_a_generated_dataset_lists_the_model_and_spec_only(trained, tmp_path):
+    import hashlib
+
+    run_dir, _, _ = trained
+    out_dir = tmp_path / "ts"
+    out_dir.mkdir()
+    (out_dir / "encoders.json").write_text("{}")  # an earlier export's: not this model's
+    export(run_dir, "torchscript", out_dir, sample_rows=64)
+    info = json.loads((out_dir / "export.json").read_text())
+    assert sorted(info["files"]) == ["model.pt", "spec.json"]
+    assert (
+        info["files"]["model.pt"] == hashlib.sha256((out_dir / "model.pt").read_bytes()).hexdigest()
+    )
+    assert not (out_dir / "encoders.json").exists()
+    assert info["inputs"]["sparse_ids"]["shape"] == ["batch", 11]  # 11 single-id fields
+    assert info["inputs"]["sparse_ids"]["columns"] == [
+        f.name for f in DatasetSpec.load(out_dir).sparse
+    ]
