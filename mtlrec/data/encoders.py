@@ -88,12 +88,30 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
         raise MtlrecError(
             f"{path}: no encoders (the dataset was prepared before they were kept); prepare it again with overwrite=true"
         )
-    doc = json.loads(path.read_text())
-    if not doc.get("replayable", False):
+    try:
+        doc = json.loads(path.read_text())
+        if not doc.get("replayable", False):
+            raise MtlrecError(
+                f"{dataset_dir}: dataset '{spec.name}' (preparer {doc.get('preparer')}) derives its columns in code, so raw rows cannot be encoded with its encoders; score its prepared parquet rows instead"
+            )
+        plan = _plan(doc, spec, dataset_dir)
+        vocab_path, dense = dataset_dir / str(doc["vocab_file"]), dict(doc["dense"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise MtlrecError(
-            f"{dataset_dir}: dataset '{spec.name}' (preparer {doc.get('preparer')}) derives its columns in code, so raw rows cannot be encoded with its encoders; score its prepared parquet rows instead"
-        )
-    read = doc["read"]
+            f"{path}: malformed encoders ({type(e).__name__}: {e}); prepare the dataset again with overwrite=true"
+        ) from None
+    try:
+        vocab = _vocabularies(vocab_path, plan)
+    except (OSError, pa.ArrowException, KeyError) as e:
+        raise MtlrecError(
+            f"{vocab_path}: cannot read the vocabularies ({type(e).__name__}); prepare the dataset again with overwrite=true"
+        ) from None
+    return spec, plan, Fitted(vocab, {}, dense, 0)
+
+
+def _plan(doc: dict, spec: DatasetSpec, dataset_dir: Path) -> Plan:
+    """The encoding part of prepare's plan, rebuilt from encoders.json."""
+    read = dict(doc["read"])
     read["column_names"] = tuple(read["column_names"]) if read.get("column_names") else None
     plan = Plan(
         name=spec.name,
@@ -113,8 +131,7 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
     )
     plan.transforms = {c: p["transform"] for c, p in doc["dense"].items()}
     plan.fills = {c: p["fill"] for c, p in doc["dense"].items()}
-    fitted = Fitted(_vocabularies(dataset_dir / doc["vocab_file"], plan), {}, doc["dense"], 0)
-    return spec, plan, fitted
+    return plan
 
 
 def _vocabularies(path: Path, plan: Plan) -> dict[str, pa.Array]:

@@ -65,6 +65,18 @@ def read_manifest(export_dir: Path) -> dict[str, Any]:
         raise MtlrecError(f"{path}: not valid JSON ({e}); export again") from None
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
         raise MtlrecError(f"{path}: lists no file checksums (`files`); export again")
+    odd = [
+        n for n in info["files"] if not isinstance(n, str) or Path(n).name != n or n in ("", "..")
+    ]
+    if odd:
+        raise MtlrecError(
+            f"{path}: `files` names {odd[0]!r}, not a file of the export dir; export again"
+        )
+    if (
+        info.get("format") not in ("torchscript", "onnx")
+        or info.get("model_file") not in info["files"]
+    ):
+        raise MtlrecError(f"{path}: names no model file of a known format; export again")
     return info
 
 

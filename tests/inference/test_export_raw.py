@@ -166,6 +166,16 @@ def test_a_corrupt_export_file_is_one_line_wherever_it_is_loaded(exported, tmp_p
         with pytest.raises(MtlrecError) as info:
             exported_inputs(tmp / "raw" / "test.csv", bad)
         assert str(info.value) == line
+    odd = tmp_path / "odd"
+    shutil.copytree(out_dir, odd)
+    manifest = json.loads((odd / "export.json").read_text())
+    manifest["files"]["../secret"] = "0" * 64
+    (odd / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(MtlrecError) as info:
+        load_export(odd)
+    assert str(info.value) == (
+        f"{odd / 'export.json'}: `files` names '../secret', not a file of the export dir; export again"
+    )
     gone = tmp_path / "gone"
     shutil.copytree(out_dir, gone)
     (gone / "spec.json").unlink()

@@ -201,4 +201,12 @@ def test_raw_input_errors_are_one_line_and_write_nothing(rich_run, tmp_path):
         f"{copy}: dataset 'rich' (preparer census) derives its columns in code, so raw rows "
         "cannot be encoded with its encoders; score its prepared parquet rows instead"
     )
+    (copy / "encoders.json").write_text("{not json")
+    with pytest.raises(MtlrecError, match=r"encoders.json: malformed encoders \(JSONDecodeError"):
+        load_encoder(payload, run_dir, DatasetSpec.load(prepared))
+    (copy / "encoders.json").write_text(json.dumps(doc))
+    (copy / "vocab.parquet").write_bytes(b"PAR1 torn")
+    with pytest.raises(MtlrecError) as info:
+        load_encoder(payload, run_dir, DatasetSpec.load(prepared))
+    assert str(info.value).startswith(f"{copy / 'vocab.parquet'}: cannot read the vocabularies (")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "copy", "ok.csv"]
