@@ -149,3 +149,34 @@ def load_split_group(file: pq.ParquetFile, group: int, spec: DatasetSpec, where)
     path = where / f"group{group}.parquet"
     pq.write_table(file.read_row_group(group), path)
     return load_split(path, spec)
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_bags_and_sequences_and_evaluate_exactly(rich, tmp_path):
+    """streaming=enabled with 2 ranks on the rich data (train file in 5 row groups, each rank
+    reading its own: test_streamed_shards_... above) trains both epochs, and its gathered test
+    metrics equal one process's evaluation of its best.pt (AUCs exactly)."""
+    import shutil
+
+    from conftest import run_training
+
+    _, prepared = rich
+    data = tmp_path / "regrouped"
+    shutil.copytree(prepared, data)
+    pq.write_table(
+        pq.read_table(prepared / "train.parquet"), data / "train.parquet", row_group_size=250
+    )
+    overrides = [*COMMON, "dataset=prepared", f"dataset.path={data}", "model=mmoe"]
+    overrides += ["trainer.batch_size=128", "trainer.devices=2", "streaming=enabled"]
+    overrides += ["streaming.shuffle_buffer=300", "streaming.read_rows=100"]
+    run_dir, metrics = run_training(tmp_path, overrides, "stream")
+    assert metrics["status"] == "completed" and metrics["world_size"] == 2
+    assert metrics["epochs_run"] == 2
+    test = evaluate(run_dir, "test")
+    recorded = {k: v for k, v in metrics["metrics"].items() if k.startswith("test/")}
+    assert test.keys() == recorded.keys()
+    for key, value in recorded.items():
+        if key.endswith("_auc"):
+            assert test[key] == value, key
+        else:
+            assert test[key] == pytest.approx(value, rel=1e-6, abs=0), key
