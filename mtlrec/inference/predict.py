@@ -28,7 +28,7 @@ from mtlrec.inference.inputs import (
     prepared_chunks,
 )
 from mtlrec.inference.loading import load_run
-from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line
+from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
@@ -151,13 +151,16 @@ def open_source(
     raw: bool,
 ) -> Source:
     """The input as chunks: prepared rows read as they are, raw values through the encoders."""
-    reader = None
+    reader, encoder = None, None
     if is_parquet(input_path):
         try:
             reader = pq.ParquetFile(input_path)
         except (pa.ArrowInvalid, OSError) as e:
             raise MtlrecError(f"{input_path}: not a readable parquet file ({e})") from None
-        raw = raw or holds_raw_values(reader.schema_arrow, spec)
+        if not raw and holds_raw_values(reader.schema_arrow, spec):
+            # A dataset without raw form: the column's type is the mistake (check_prepared).
+            encoder = try_encoder(payload, run_dir, spec)
+            raw = encoder is not None
     if reader is not None and not raw:
         schema = reader.schema_arrow
         check_prepared(input_path, schema, spec)
@@ -167,7 +170,7 @@ def open_source(
         chunks = prepared_chunks(reader, spec, input_path, id_columns, batch_size)
         id_schema = pa.schema([schema.field(c) for c in id_columns])
         return Source(chunks, reader.metadata.num_rows, id_schema)
-    encoder = load_encoder(payload, run_dir, spec)
+    encoder = encoder or load_encoder(payload, run_dir, spec)
     chunks = raw_chunks(encoder, input_path, id_columns)
     first = next(chunks, None)  # reads the header and the first block: errors before any output
     if first is None:

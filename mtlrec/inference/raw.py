@@ -48,6 +48,14 @@ def load_encoder(payload: dict, run_dir: str | Path, spec: DatasetSpec) -> RawEn
     return encoder
 
 
+def try_encoder(payload: dict, run_dir: str | Path, spec: DatasetSpec) -> RawEncoder | None:
+    """load_encoder's encoders, or None where it would refuse them."""
+    try:
+        return load_encoder(payload, run_dir, spec)
+    except MtlrecError:
+        return None
+
+
 def raw_chunks(encoder: RawEncoder, path: Path, id_columns: Sequence[str]) -> Iterator[Chunk]:
     """The raw file's rows encoded for the model, one read block at a time, in file order."""
     from mtlrec.data.prepare.reading import header_columns

@@ -403,3 +403,19 @@ def test_export_of_a_generated_dataset_lists_the_model_and_spec_only(trained, tm
     assert info["inputs"]["sparse_ids"]["columns"] == [
         f.name for f in DatasetSpec.load(out_dir).sparse
     ]
+
+
+def test_a_float_id_column_of_a_generated_dataset_is_a_type_error(trained, tmp_path):
+    """A parquet whose sparse column is not integer would be raw values, but a generated dataset
+    has no raw form: the line names the column's type instead."""
+    run_dir, _, data_dir = trained
+    table = pq.read_table(data_dir / "test.parquet")
+    i = table.schema.get_field_index("user_id")
+    table = table.set_column(i, "user_id", table.column("user_id").cast(pa.float64()))
+    src = tmp_path / "floats.parquet"
+    pq.write_table(table, src)
+    with pytest.raises(MtlrecError) as info:
+        predict(run_dir, src, tmp_path / "out.parquet")
+    assert str(info.value) == (
+        f"{src}: sparse column 'user_id' has type double; it must hold integer ids"
+    )
