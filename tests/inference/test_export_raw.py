@@ -123,6 +123,7 @@ def test_field_ids_undo_the_fused_offsets_only(rich_run):
     assert offsets["history"] == offsets["item"] > 0  # a shared vocabulary: the same rows
 
 
+@pytest.mark.slow  # the ONNX exporter alone takes ~20 s
 def test_onnx_export_of_the_full_layout_matches(exported):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -157,12 +158,13 @@ def test_a_corrupt_export_file_is_one_line_wherever_it_is_loaded(exported, tmp_p
             f"{bad / name}: SHA-256 {got}... differs from export.json's {want}...; the file is "
             "corrupt or was changed: export again"
         )
-        done = mtlrec("export", "--verify", str(bad), cwd=tmp_path)
-        assert (done.returncode, done.stdout, lines(done.stderr)) == (
-            1,
-            "",
-            [f"mtlrec export: error: {line}"],
-        )
+        if name == "model.pt":  # through the CLI once; the library raises the same line
+            done = mtlrec("export", "--verify", str(bad), cwd=tmp_path)
+            assert (done.returncode, done.stdout, lines(done.stderr)) == (
+                1,
+                "",
+                [f"mtlrec export: error: {line}"],
+            )
         with pytest.raises(MtlrecError) as info:
             exported_inputs(tmp / "raw" / "test.csv", bad)
         assert str(info.value) == line
