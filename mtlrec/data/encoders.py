@@ -16,10 +16,12 @@ columns instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -78,16 +80,38 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
 
     spec = DatasetSpec.load(dataset_dir)
     path = dataset_dir / ENCODERS_FILE
+    if not path.is_file() and spec.info.get("generator"):
+        raise MtlrecError(
+            f"{dataset_dir}: dataset '{spec.name}' is generated in code ({spec.info['generator']}) and has no raw form to encode; score its prepared parquet rows instead"
+        )
     if not path.is_file():
         raise MtlrecError(
             f"{path}: no encoders (the dataset was prepared before they were kept); prepare it again with overwrite=true"
         )
-    doc = json.loads(path.read_text())
-    if not doc.get("replayable", False):
+    try:
+        doc = json.loads(path.read_text())
+        if not doc.get("replayable", False):
+            raise MtlrecError(
+                f"{dataset_dir}: dataset '{spec.name}' (preparer {doc.get('preparer')}) derives its columns in code, so raw rows cannot be encoded with its encoders; score its prepared parquet rows instead"
+            )
+        plan = _plan(doc, spec, dataset_dir)
+        vocab_path, dense = dataset_dir / str(doc["vocab_file"]), dict(doc["dense"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise MtlrecError(
-            f"{dataset_dir}: dataset '{spec.name}' (preparer {doc.get('preparer')}) derives its columns in code; encode_raw needs a dataset prepared from plain columns (preparer csv)"
-        )
-    read = doc["read"]
+            f"{path}: malformed encoders ({type(e).__name__}: {e}); prepare the dataset again with overwrite=true"
+        ) from None
+    try:
+        vocab = _vocabularies(vocab_path, plan)
+    except (OSError, pa.ArrowException, KeyError) as e:
+        raise MtlrecError(
+            f"{vocab_path}: cannot read the vocabularies ({type(e).__name__}); prepare the dataset again with overwrite=true"
+        ) from None
+    return spec, plan, Fitted(vocab, {}, dense, 0)
+
+
+def _plan(doc: dict, spec: DatasetSpec, dataset_dir: Path) -> Plan:
+    """The encoding part of prepare's plan, rebuilt from encoders.json."""
+    read = dict(doc["read"])
     read["column_names"] = tuple(read["column_names"]) if read.get("column_names") else None
     plan = Plan(
         name=spec.name,
@@ -107,9 +131,12 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
     )
     plan.transforms = {c: p["transform"] for c, p in doc["dense"].items()}
     plan.fills = {c: p["fill"] for c, p in doc["dense"].items()}
-    vocab_table = pq.read_table(dataset_dir / doc["vocab_file"]).sort_by(
-        [("field", "ascending"), ("id", "ascending")]
-    )
+    return plan
+
+
+def _vocabularies(path: Path, plan: Plan) -> dict[str, pa.Array]:
+    """field -> its values in id order (id = position + 1; 0 is the OOV id)."""
+    vocab_table = pq.read_table(path).sort_by([("field", "ascending"), ("id", "ascending")])
     vocab = {}
     fields = vocab_table.column("field").to_numpy(zero_copy_only=False)
     values = vocab_table.column("value")
@@ -119,21 +146,79 @@ def _load(dataset_dir: Path) -> tuple[DatasetSpec, Plan, Any]:
     for name in owners:
         if not plan.buckets(name):
             vocab.setdefault(name, pa.array([], pa.string()))
-    fitted = Fitted(vocab, {}, doc["dense"], 0)
-    return spec, plan, fitted
+    return vocab
 
 
-def _blocks(rows: Any, plan: Plan, columns: list[str]):
-    from mtlrec.data.prepare.reading import Block, header_columns, iter_blocks
+@dataclass
+class RawEncoder:
+    """A dataset's encoders, loaded once, applied to raw blocks as they stream in (predict)."""
 
+    dataset_dir: Path
+    spec: DatasetSpec
+    plan: Plan
+    fitted: Any
+    summary: Any = None  # prepare's SplitSummary of every block encoded so far
+
+    @classmethod
+    def load(cls, dataset_dir: str | Path) -> RawEncoder:
+        from mtlrec.data.prepare.encoding import SplitSummary
+
+        path = Path(dataset_dir).expanduser()
+        spec, plan, fitted = _load(path)
+        return cls(path, spec, plan, fitted, SplitSummary())
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw columns the encoders read."""
+        return self.plan.sparse + self.plan.multi_names + self.plan.dense
+
+    def file_blocks(self, path: Path, extra: Sequence[str] = ()) -> Iterator[Any]:
+        """Blocks of the raw file `path` (the encoders' columns plus `extra`), read as prepare did."""
+        from mtlrec.data.prepare.reading import iter_blocks
+
+        if not path.is_file():
+            raise MtlrecError(f"{path}: raw input file not found")
+        self.plan.sources = [RawSource(path, split="test")]
+        return iter_blocks(self.plan, 0, list(dict.fromkeys([*self.columns, *extra])))
+
+    def encode(self, block: Any, labels: bool = False) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(sparse [n, C] fused ids, dense [n, E], labels or None) of one raw block."""
+        from mtlrec.data.loader import encode_columns
+        from mtlrec.data.prepare.encoding import _summarize, encode_block
+
+        plan = replace(self.plan, targets=self.plan.targets if labels else [])
+        encoded = _summarize(plan, self.summary, encode_block(plan, self.fitted, block, labels))
+        spec = self.spec if labels else replace(self.spec, labels=(), tasks=(), funnel=None)
+        sparse, dense, y = encode_columns(
+            self.dataset_dir / "raw rows",
+            spec,
+            spec.tasks,
+            encoded.column,
+            encoded.num_rows,
+            log_oov=False,
+        )
+        return sparse, dense, y if labels else None
+
+    def report(self) -> RawReport:
+        hashed = {c for c in self.plan.sparse if self.plan.buckets(c)}
+        return RawReport(
+            rows=self.summary.rows,
+            oov={k: v for k, v in self.summary.oov.items() if k not in hashed},
+            truncated=dict(self.summary.truncated),
+        )
+
+
+def _blocks(rows: Any, encoder: RawEncoder) -> tuple[list, bool]:
+    from mtlrec.data.prepare.reading import Block, header_columns
+
+    plan, columns = encoder.plan, encoder.columns
     if isinstance(rows, (str, Path)):
         path = Path(rows).expanduser()
         if not path.is_file():
             raise MtlrecError(f"{path}: raw input file not found")
-        plan.sources = [RawSource(path, split="test")]
         have = header_columns(path, plan.read)
-        wanted = columns + [c for c in plan.labels if c in have and c not in columns]
-        return list(iter_blocks(plan, 0, wanted)), all(c in have for c in plan.labels)
+        labels = [c for c in plan.labels if c in have]
+        return list(encoder.file_blocks(path, labels)), all(c in have for c in plan.labels)
     if not isinstance(rows, pa.Table):
         import pandas as pd
 
@@ -153,36 +238,16 @@ def _blocks(rows: Any, plan: Plan, columns: list[str]):
 
 def encode_raw(rows: Any, dataset_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, RawReport]:
     """(sparse int64 [N, C], dense float32 [N, E], report) of raw rows, laid out as the loader's."""
-    from mtlrec.data.loader import encode_columns
-    from mtlrec.data.prepare.encoding import SplitSummary, _summarize, encode_block
-
-    dataset_dir = Path(dataset_dir).expanduser()
-    spec, plan, fitted = _load(dataset_dir)
-    columns = plan.sparse + plan.multi_names + plan.dense
-    blocks, with_labels = _blocks(rows, plan, columns)
-    summary = SplitSummary()
-    plan.targets = plan.targets if with_labels else []
-    parts = []
-    for block in blocks:
-        encoded = encode_block(plan, fitted, block, labels=with_labels)
-        parts.append(_summarize(plan, summary, encoded))
-    table = pa.concat_tables(parts)
-    features_only = replace(spec, labels=(), tasks=(), funnel=None)
-    target = spec if with_labels else features_only
-    sparse, dense, labels = encode_columns(
-        dataset_dir / "raw rows",
-        target,
-        spec.tasks if with_labels else (),
-        table.column,
-        table.num_rows,
-    )
-    report = RawReport(
-        rows=table.num_rows,
-        oov=dict(summary.oov),
-        truncated=dict(summary.truncated),
-        labels=torch.from_numpy(labels) if with_labels else None,
-    )
+    encoder = RawEncoder.load(dataset_dir)
+    blocks, with_labels = _blocks(rows, encoder)
+    parts = [encoder.encode(block, labels=with_labels) for block in blocks]
+    report = encoder.report()
+    report.oov = dict(encoder.summary.oov)  # every sparse field, as prepare's summary counts
+    if with_labels:
+        report.labels = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+    sparse = np.concatenate([p[0] for p in parts])
+    dense = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(sparse), torch.from_numpy(dense), report
 
 
-__all__ = ["ENCODERS_FILE", "RawReport", "encode_raw", "write_encoders"]
+__all__ = ["ENCODERS_FILE", "RawEncoder", "RawReport", "encode_raw", "write_encoders"]

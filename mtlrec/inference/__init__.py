@@ -11,23 +11,38 @@ from collections.abc import Sequence
 
 from mtlrec.inference.evaluate import check_same_features, evaluate
 from mtlrec.inference.export import EXPORT_TOLERANCE, ExportedModel, export, sample_inputs
+from mtlrec.inference.export_files import (
+    exported_inputs,
+    field_ids,
+    load_export,
+    verify_and_score,
+    verify_export,
+)
+from mtlrec.inference.inputs import encode_features
 from mtlrec.inference.loading import load_run
-from mtlrec.inference.predict import encode_features, predict, score
+from mtlrec.inference.predict import Prediction, predict, predict_file, score
 
 __all__ = [
     "EXPORT_TOLERANCE",
     "ExportedModel",
+    "Prediction",
     "check_same_features",
     "encode_features",
     "evaluate",
     "evaluate_main",
     "export",
     "export_main",
+    "exported_inputs",
+    "field_ids",
+    "load_export",
     "load_run",
     "predict",
+    "predict_file",
     "predict_main",
     "sample_inputs",
     "score",
+    "verify_and_score",
+    "verify_export",
 ]
 
 

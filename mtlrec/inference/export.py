@@ -14,22 +14,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlrec.data.spec import DatasetSpec
+from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.inference.export_files import (
+    EXPORT_FILE,
+    copy_encoders,
+    verify_export,
+    write_checksums,
+)
 from mtlrec.inference.loading import load_run
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.runs.run_dir import atomic_write_json
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 EXPORT_TOLERANCE = 1e-5
+log = logging.getLogger(__name__)
 
 
 class ExportedModel(nn.Module):
-    """The standalone scoring function: raw per-field ids and dense values -> output matrix.
+    """The standalone scoring function: per-field ids and dense values -> output matrix.
 
-    Inputs: `sparse_ids` int64 [B, F] in the spec's per-field id space (no offsets; unseen ids are
-    mapped to the field's oov_id when it has one), `dense` float32 [B, D]. Output: float32 [B, K],
-    one column per model output in `export.json` order (probabilities for binary outputs).
+    Inputs, in the dataset spec's column layout (export.json `inputs` names every column):
+    `sparse_ids` int64 [B, C]: one column per single-id field, then `max_len` columns per bag or
+    sequence field, holding per-field ids in [0, vocab_size) (no offsets; -1 pads a bag/sequence;
+    unseen ids map to the field's oov_id when it has one); `dense` float32 [B, E]: the dense
+    features, then `max_len` weights per weighted bag (0 where padded). Output: float32 [B, K],
+    one column per model output in export.json order (probabilities for binary outputs).
     """
 
     def __init__(self, model: MultiTaskModel, spec: DatasetSpec):
@@ -37,24 +47,32 @@ class ExportedModel(nn.Module):
         self.model = model
         self.names = list(model.output_types)
         self.binary = [model.output_types[n] == "binary" for n in self.names]
-        self.register_buffer("offsets", torch.tensor(spec.field_offsets, dtype=torch.long))
-        self.register_buffer(
-            "vocab", torch.tensor([f.vocab_size for f in spec.sparse], dtype=torch.long)
-        )
-        self.register_buffer(
-            "oov",
-            torch.tensor(
-                [-1 if f.oov_id is None else f.oov_id for f in spec.sparse], dtype=torch.long
-            ),
-        )
+        layout, offsets = spec.layout, spec.vocab_offsets
+        width = layout.sparse_width
+        columns = {
+            "offsets": torch.zeros(width, dtype=torch.long),
+            "vocab": torch.zeros(width, dtype=torch.long),
+            "oov": torch.full((width,), -1, dtype=torch.long),
+            "padded": torch.zeros(width, dtype=torch.bool),
+        }
+        for f in (*spec.sparse, *spec.multi):
+            a, b = layout.sparse[f.name]
+            columns["offsets"][a:b] = offsets[f.name]
+            columns["vocab"][a:b] = f.vocab_size
+            columns["oov"][a:b] = -1 if f.oov_id is None else f.oov_id
+            columns["padded"][a:b] = f.multi
+        for name, values in columns.items():
+            self.register_buffer(name, values)
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         vocab = cast(torch.Tensor, self.vocab)  # buffers (registered in __init__)
         oov = cast(torch.Tensor, self.oov)
         offsets = cast(torch.Tensor, self.offsets)
-        unseen = ((sparse_ids < 0) | (sparse_ids >= vocab)) & (oov >= 0)
+        pad = cast(torch.Tensor, self.padded) & (sparse_ids == PAD_ID)
+        unseen = ((sparse_ids < 0) | (sparse_ids >= vocab)) & (oov >= 0) & ~pad
         ids = torch.where(unseen, oov.expand_as(sparse_ids), sparse_ids)
-        out = self.model(ids + offsets, dense)
+        fused = torch.where(pad, torch.full_like(ids, PAD_ID), ids + offsets)
+        out = self.model(fused, dense)
         cols = [
             torch.sigmoid(out[n].float()) if b else out[n].float()
             for n, b in zip(self.names, self.binary, strict=True)
@@ -63,16 +81,26 @@ class ExportedModel(nn.Module):
 
 
 def sample_inputs(spec: DatasetSpec, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random in-vocabulary ids and standard-normal dense values (what the check scores)."""
+    """Random in-vocabulary ids (bags/sequences of random lengths, -1 padded, weights > 0 where
+    filled) and standard-normal dense values, in the export layout (what the check scores)."""
     g = torch.Generator().manual_seed(seed)
-    sparse = (
-        torch.stack(
-            [torch.randint(0, f.vocab_size, (rows,), generator=g) for f in spec.sparse], dim=1
-        )
-        if spec.sparse
-        else torch.zeros((rows, 0), dtype=torch.long)
-    )
-    dense = torch.randn((rows, len(spec.dense)), generator=g)
+    layout = spec.layout
+    sparse = torch.full((rows, layout.sparse_width), PAD_ID, dtype=torch.long)
+    dense = torch.zeros((rows, layout.dense_width))
+    for f in spec.sparse:
+        sparse[:, layout.sparse[f.name][0]] = torch.randint(0, f.vocab_size, (rows,), generator=g)
+    for f in spec.multi:
+        a, b = layout.sparse[f.name]
+        lengths = torch.randint(0, f.max_len + 1, (rows, 1), generator=g)
+        filled = torch.arange(f.max_len).unsqueeze(0) < lengths
+        ids = torch.randint(0, f.vocab_size, (rows, f.max_len), generator=g)
+        sparse[:, a:b] = torch.where(filled, ids, torch.full_like(ids, PAD_ID))
+        if f.weighted:
+            c, d = layout.weights[f.name]
+            weights = 0.1 + 2 * torch.rand((rows, f.max_len), generator=g)
+            dense[:, c:d] = torch.where(filled, weights, torch.zeros_like(weights))
+    for f in spec.dense:
+        dense[:, layout.dense[f.name][0]] = torch.randn((rows,), generator=g)
     return sparse, dense
 
 
@@ -83,7 +111,8 @@ def export(
     checkpoint: str = BEST,
     sample_rows: int = 1024,
 ) -> dict[str, Any]:
-    """Write DIR/model.{pt,onnx} + DIR/spec.json + DIR/export.json and check the exported model."""
+    """Write DIR/model.{pt,onnx}, spec.json, the dataset's encoders.json + vocab.parquet and
+    export.json (input/output layout, SHA-256 of every file), and check the exported model."""
     if fmt not in ("torchscript", "onnx"):
         raise MtlrecError(f"--format {fmt!r} is unknown; use torchscript or onnx")
     if sample_rows < 2:
@@ -127,17 +156,33 @@ def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_row
         Path(tmp).unlink(missing_ok=True)
         raise
     spec_file = spec.save(out_dir)
+    copied = copy_encoders(_dataset_dir(payload), out_dir, spec)
+    if not copied:
+        log.warning(
+            "%s: no encoders.json copied (the run's dataset is generated, its dir is gone, or "
+            "it was prepared again with other features); the export holds the model and its "
+            "input layout only",
+            out_dir,
+        )
     info = export_info(
         fmt, model_file, ckpt, payload["model_name"], spec, wrapper, sample_rows, diff
     )
-    atomic_write_json(out_dir / "export.json", info)
+    info["files"] = write_checksums(out_dir, [model_file.name, *copied])
+    atomic_write_json(out_dir / EXPORT_FILE, info)
+    verify_export(out_dir)  # what was written is what was checked
     return {
         "model_file": model_file,
         "spec_file": spec_file,
         "max_abs_diff": diff,
         "sample_rows": sample_rows,
         "outputs": wrapper.names,
+        "files": sorted(info["files"]),
     }
+
+
+def _dataset_dir(payload: dict) -> Path | None:
+    path = (payload.get("config") or {}).get("dataset", {}).get("path")
+    return Path(str(path)).expanduser() if path else None
 
 
 def export_info(
@@ -156,19 +201,7 @@ def export_info(
         "model_file": model_file.name,
         "checkpoint": str(ckpt),
         "model": model_name,
-        "inputs": {
-            "sparse_ids": {
-                "dtype": "int64",
-                "shape": ["batch", len(spec.sparse)],
-                "columns": [f.name for f in spec.sparse],
-                "note": "per-field ids in [0, vocab_size); unseen ids map to oov_id where the spec has one",
-            },
-            "dense": {
-                "dtype": "float32",
-                "shape": ["batch", len(spec.dense)],
-                "columns": [f.name for f in spec.dense],
-            },
-        },
+        "inputs": input_layout(spec),
         "outputs": {
             "dtype": "float32",
             "shape": ["batch", len(wrapper.names)],
@@ -177,6 +210,45 @@ def export_info(
             "note": "probabilities for binary outputs, values for regression outputs",
         },
         "check": {"sample_rows": sample_rows, "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE},
+    }
+
+
+def input_layout(spec: DatasetSpec) -> dict[str, Any]:
+    """What each column of the exported model's two inputs holds (docs/inference.md)."""
+    layout = spec.layout
+    names = [""] * layout.sparse_width
+    fields = []
+    for f in (*spec.sparse, *spec.multi):
+        a, b = layout.sparse[f.name]
+        names[a:b] = [f.name] if not f.multi else [f"{f.name}[{i}]" for i in range(b - a)]
+        fields.append(
+            {"name": f.name, "kind": f.kind, "columns": [a, b], "vocab_size": f.vocab_size}
+            | {"oov_id": f.oov_id, "pooling": f.pool if f.multi else None}
+            | ({"shares_vocab_with": f.shares_vocab_with} if f.shares_vocab_with else {})
+            | ({"hash_buckets": f.hash_buckets} if f.hash_buckets else {})
+        )
+    dense_names = [""] * layout.dense_width
+    for f in spec.dense:
+        dense_names[layout.dense[f.name][0]] = f.name
+    for name, (a, b) in layout.weights.items():
+        dense_names[a:b] = [f"{name}{WEIGHT_SUFFIX}[{i}]" for i in range(b - a)]
+    return {
+        "sparse_ids": {
+            "dtype": "int64",
+            "shape": ["batch", layout.sparse_width],
+            "columns": names,
+            "fields": fields,
+            "pad_id": PAD_ID,
+            "note": "per-field ids in [0, vocab_size) (encoders.json's vocabularies); unseen ids "
+            "map to oov_id where the spec has one; bag/sequence columns padded with -1 at the end",
+        },
+        "dense": {
+            "dtype": "float32",
+            "shape": ["batch", layout.dense_width],
+            "columns": dense_names,
+            "note": "dense features as prepared (transformed), then the weights of weighted bags "
+            "(0 where padded)",
+        },
     }
 
 

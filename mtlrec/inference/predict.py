@@ -1,13 +1,15 @@
-"""`mtlrec predict`: score a parquet file in streamed batches, written atomically, never over
-another file (unless asked) and never over its own input."""
+"""`mtlrec predict`: score prepared rows or raw values in streamed batches, written atomically,
+never over another file (unless asked) and never over its own input."""
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,52 +17,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from mtlrec.data.encoders import RawEncoder
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.inference.inputs import (
+    Chunk,
+    check_prepared,
+    holds_raw_values,
+    is_parquet,
+    prepared_chunks,
+)
 from mtlrec.inference.loading import load_run
+from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 TEMP_TAG = ".predict-"  # temp file: .<output name>.predict-<pid>-<random>.tmp next to the output
-
-
-def encode_features(
-    batch: pa.RecordBatch | pa.Table, spec: DatasetSpec, source: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature columns -> (fused sparse ids [B, F] int64, dense [B, D] float32) for inference.
-
-    Unseen categorical values (null, negative or >= vocab_size) map to the feature's `oov_id`; a
-    feature without one cannot score them and fails naming the column.
-    """
-    n = batch.num_rows
-    sparse = np.empty((n, len(spec.sparse)), dtype=np.int64)
-    for j, (f, offset) in enumerate(zip(spec.sparse, spec.field_offsets, strict=True)):
-        col = batch.column(f.name)
-        valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        ids = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
-        unseen = ~valid | (ids < 0) | (ids >= f.vocab_size)
-        if unseen.any():
-            if f.oov_id is None:
-                bad = ids[unseen & valid]
-                example = "null" if not len(bad) else int(bad[0])
-                raise MtlrecError(
-                    f"{source}: sparse column '{f.name}' has {int(unseen.sum())} values outside "
-                    f"[0, {f.vocab_size}) (e.g. {example}) and the feature spec has no oov_id to map them to"
-                )
-            ids = np.where(unseen, f.oov_id, ids)
-        sparse[:, j] = ids + offset
-    dense = np.empty((n, len(spec.dense)), dtype=np.float32)
-    for j, f in enumerate(spec.dense):
-        values = np.asarray(batch.column(f.name).to_numpy(zero_copy_only=False), dtype=np.float32)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            raise MtlrecError(
-                f"{source}: dense column '{f.name}' has {int(bad.sum())} NaN/inf/missing values"
-            )
-        dense[:, j] = values
-    return torch.from_numpy(sparse), torch.from_numpy(dense)
 
 
 @torch.no_grad()
@@ -75,6 +49,25 @@ def score(
     }
 
 
+@dataclass
+class Prediction:
+    """What predict wrote: rows, output columns and (raw input) the encoding summary line."""
+
+    rows: int
+    outputs: list[str]
+    raw_summary: str | None = None
+
+
+@dataclass
+class Source:
+    """The input as encoded chunks in row order, with its row count (None: not known ahead)."""
+
+    chunks: Iterator[Chunk]
+    total: int | None
+    id_schema: pa.Schema
+    encoder: RawEncoder | None = None
+
+
 def predict(
     run_dir: str | Path,
     input_path: str | Path,
@@ -83,8 +76,27 @@ def predict(
     id_columns: Sequence[str] = (),
     checkpoint: str = BEST,
     overwrite: bool = False,
+    raw: bool = False,
 ) -> tuple[int, list[str]]:
-    """Score a parquet file in streamed batches (memory bounded by `batch_size` rows)."""
+    """Score a parquet/CSV file in streamed batches: (rows, output columns); see predict_file."""
+    done = predict_file(
+        run_dir, input_path, output_path, batch_size, id_columns, checkpoint, overwrite, raw
+    )
+    return done.rows, done.outputs
+
+
+def predict_file(
+    run_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 65536,
+    id_columns: Sequence[str] = (),
+    checkpoint: str = BEST,
+    overwrite: bool = False,
+    raw: bool = False,
+) -> Prediction:
+    """Score prepared rows or raw values (`raw`, or told apart as mtlrec.inference.inputs says)
+    in batches of exactly `batch_size` rows (memory bounded), written atomically to a parquet file."""
     if batch_size < 1:
         raise MtlrecError(f"--batch-size must be >= 1, got {batch_size}")
     input_path, output_path = Path(input_path).expanduser(), Path(output_path).expanduser()
@@ -94,17 +106,21 @@ def predict(
     payload, _ = load_run(run_dir, checkpoint)
     model, spec, _ = model_from_checkpoint(payload)
     outputs = list(model.output_types)
-    reader = open_input(input_path, spec, id_columns, outputs)
+    clash = sorted(set(id_columns) & set(outputs))
+    if clash:
+        raise MtlrecError(f"--id-columns {clash} clash with the model's output columns {outputs}")
+    source = open_source(input_path, payload, run_dir, spec, id_columns, batch_size, raw)
     remove_stale_temps(output_path)
     tmp = output_path.with_name(
         f".{output_path.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     )
     try:
-        rows = write_predictions(reader, model, spec, input_path, id_columns, tmp, batch_size)
+        rows = write_predictions(source, model, tmp, batch_size)
         publish(tmp, output_path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
-    return rows, outputs
+    summary = None if source.encoder is None else summary_line(input_path, source.encoder)
+    return Prediction(rows, outputs, summary)
 
 
 def check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
@@ -125,81 +141,90 @@ def check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
         raise MtlrecError(f"{output_path.parent}: output directory does not exist")
 
 
-def open_input(
-    input_path: Path, spec: DatasetSpec, id_columns: Sequence[str], outputs: list[str]
-) -> pq.ParquetFile:
-    """The input as a streamed parquet reader, once its columns and types fit the model."""
-    try:
-        reader = pq.ParquetFile(input_path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise MtlrecError(f"{input_path}: not a readable parquet file ({e})") from None
-    names = reader.schema_arrow.names
-    clash = sorted(set(id_columns) & set(outputs))
-    if clash:
-        raise MtlrecError(f"--id-columns {clash} clash with the model's output columns {outputs}")
-    missing = [f.name for f in spec.features if f.name not in names]
-    if missing:
-        raise MtlrecError(
-            f"{input_path}: missing column(s) {missing} that the model needs as input features"
-        )
-    missing = [c for c in id_columns if c not in names]
-    if missing:
-        raise MtlrecError(f"{input_path}: has no column(s) {missing} asked for by --id-columns")
-    for f in spec.features:
-        typ = reader.schema_arrow.field(f.name).type
-        ok = (
-            pa.types.is_integer(typ)
-            if f.kind == "sparse"
-            else pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
-        )
-        if not ok:
-            need = "integer ids" if f.kind == "sparse" else "numbers"
-            raise MtlrecError(
-                f"{input_path}: {f.kind} column '{f.name}' has type {typ}; it must hold {need}"
-            )
-    return reader
-
-
-def write_predictions(
-    reader: pq.ParquetFile,
-    model: MultiTaskModel,
-    spec: DatasetSpec,
+def open_source(
     input_path: Path,
+    payload: dict,
+    run_dir: str | Path,
+    spec: DatasetSpec,
     id_columns: Sequence[str],
-    tmp: Path,
     batch_size: int,
-) -> int:
-    """Score every batch of `reader` into the parquet file `tmp`; returns the number of rows."""
-    outputs = list(model.output_types)
-    columns = list(dict.fromkeys([*(f.name for f in spec.features), *id_columns]))
-    rows, writer = 0, None
+    raw: bool,
+) -> Source:
+    """The input as chunks: prepared rows read as they are, raw values through the encoders."""
+    reader, encoder = None, None
+    if is_parquet(input_path):
+        try:
+            reader = pq.ParquetFile(input_path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise MtlrecError(f"{input_path}: not a readable parquet file ({e})") from None
+        if not raw and holds_raw_values(reader.schema_arrow, spec):
+            # A dataset without raw form: the column's type is the mistake (check_prepared).
+            encoder = try_encoder(payload, run_dir, spec)
+            raw = encoder is not None
+    if reader is not None and not raw:
+        schema = reader.schema_arrow
+        check_prepared(input_path, schema, spec)
+        missing = [c for c in id_columns if c not in schema.names]
+        if missing:
+            raise MtlrecError(f"{input_path}: has no column(s) {missing} asked for by --id-columns")
+        chunks = prepared_chunks(reader, spec, input_path, id_columns, batch_size)
+        id_schema = pa.schema([schema.field(c) for c in id_columns])
+        return Source(chunks, reader.metadata.num_rows, id_schema)
+    encoder = encoder or load_encoder(payload, run_dir, spec)
+    chunks = raw_chunks(encoder, input_path, id_columns)
+    first = next(chunks, None)  # reads the header and the first block: errors before any output
+    if first is None:
+        raise MtlrecError(f"{input_path}: the raw file has no data rows")
+    total = reader.metadata.num_rows if reader is not None else None
+    return Source(itertools.chain([first], chunks), total, first.ids.schema, encoder)
+
+
+def fixed_batches(chunks: Iterator[Chunk], size: int) -> Iterator[Chunk]:
+    """The rows of `chunks` regrouped into batches of exactly `size` rows (the last: the rest),
+    so the same rows are scored in the same batches whatever the input's blocks were."""
+    pending: list[Chunk] = []
+    have = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        have += len(chunk)
+        while have >= size:
+            whole = _concat(pending)
+            yield Chunk(whole.sparse[:size], whole.dense[:size], whole.ids.slice(0, size))
+            rest = Chunk(whole.sparse[size:], whole.dense[size:], whole.ids.slice(size))
+            pending, have = [rest], have - size
+    if have:
+        yield _concat(pending)
+
+
+def _concat(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    return Chunk(
+        torch.cat([c.sparse for c in chunks]),
+        torch.cat([c.dense for c in chunks]),
+        pa.concat_tables([c.ids for c in chunks]),
+    )
+
+
+def write_predictions(source: Source, model: MultiTaskModel, tmp: Path, batch_size: int) -> int:
+    """Score every batch of `source` into the parquet file `tmp`; returns the number of rows."""
     from mtlrec.inference.progress import RowsBar
 
-    bar = RowsBar("predict", reader.metadata.num_rows)
+    outputs = list(model.output_types)
+    schema = pa.schema([*source.id_schema, *(pa.field(n, pa.float32()) for n in outputs)])
+    rows = 0
+    bar = RowsBar("predict", source.total)
+    writer = pq.ParquetWriter(tmp, schema)
     try:
-        for batch in bar.track(reader.iter_batches(batch_size=batch_size, columns=columns)):
-            sparse, dense = encode_features(batch, spec, f"{input_path} (rows from {rows})")
-            preds = score(model, sparse, dense)
-            table = pa.table(
-                {
-                    **{c: batch.column(c) for c in id_columns},
-                    **{name: pa.array(preds[name], type=pa.float32()) for name in outputs},
-                }
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            rows += batch.num_rows
-        if writer is None:  # an empty input: an empty output with the right columns
-            schema = pa.schema(
-                [reader.schema_arrow.field(c) for c in id_columns]
-                + [pa.field(n, pa.float32()) for n in outputs]
-            )
-            writer = pq.ParquetWriter(tmp, schema)
+        for batch in fixed_batches(source.chunks, batch_size):
+            preds = score(model, batch.sparse, batch.dense)
+            columns = [*batch.ids.columns, *(pa.array(preds[n], pa.float32()) for n in outputs)]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            rows += len(batch)
+            bar.advance(len(batch))
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
     return rows
 
 

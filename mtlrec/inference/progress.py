@@ -2,7 +2,7 @@
 the one the training bars and log lines use), drawn only when that console is a terminal and
 erased when done (transient): in a pipe or a file nothing is printed, so outputs stay clean.
 
-* `RowsBar`: rows done of a known total, rows/s, ETA (predict's batches);
+* `RowsBar`: rows done of a total (None: not known ahead, a raw CSV), rows/s, ETA (predict);
 * `StepsBar`: step k of n with the step's name and the elapsed time (evaluate: checkpoint, data,
   metrics; export: checkpoint, convert, check): the steps that take seconds on big data.
 """
@@ -23,7 +23,7 @@ def _progress(*columns):
 class RowsBar:
     """Rows of a known total, rows/s and ETA."""
 
-    def __init__(self, label: str, total: int) -> None:
+    def __init__(self, label: str, total: int | None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         self.progress = _progress(
@@ -37,12 +37,10 @@ class RowsBar:
         self.started = time.perf_counter()
         self.progress.start()
 
-    def track(self, batches):
-        for batch in batches:
-            yield batch
-            done = self.progress.tasks[0].completed + batch.num_rows
-            speed = done / max(time.perf_counter() - self.started, 1e-9)
-            self.progress.update(self.task, completed=done, speed=f"{speed:,.0f}")
+    def advance(self, rows: int) -> None:
+        done = self.progress.tasks[0].completed + rows
+        speed = done / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, completed=done, speed=f"{speed:,.0f}")
 
     def close(self) -> None:
         self.progress.stop()

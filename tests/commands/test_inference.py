@@ -368,3 +368,54 @@ def test_predict_draws_a_progress_bar_on_a_terminal_only(trained, tmp_path):
     dst.unlink()
     plain = _predict_cli(run_dir, src, dst, "--batch-size", "50")  # stdout is a pipe: no bar
     assert (plain.returncode, plain.stdout, plain.stderr) == (0, summary + "\n", "")
+
+
+def test_raw_input_of_a_generated_dataset_is_one_line(trained, tmp_path):
+    run_dir, _, data_dir = trained
+    src = tmp_path / "raw.csv"
+    pq.read_table(data_dir / "test.parquet").to_pandas().head(5).to_csv(src, index=False)
+    out = _predict_cli(run_dir, src, tmp_path / "out.parquet")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == (
+        f"mtlrec predict: error: {data_dir}: dataset 'synthetic_ccp' is generated in code "
+        "(mtlrec.data.synthetic_ccp) and has no raw form to encode; score its prepared parquet "
+        "rows instead\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.csv"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_export_of_a_generated_dataset_lists_the_model_and_spec_only(trained, tmp_path):
+    import hashlib
+
+    run_dir, _, _ = trained
+    out_dir = tmp_path / "ts"
+    out_dir.mkdir()
+    (out_dir / "encoders.json").write_text("{}")  # an earlier export's: not this model's
+    export(run_dir, "torchscript", out_dir, sample_rows=64)
+    info = json.loads((out_dir / "export.json").read_text())
+    assert sorted(info["files"]) == ["model.pt", "spec.json"]
+    assert (
+        info["files"]["model.pt"] == hashlib.sha256((out_dir / "model.pt").read_bytes()).hexdigest()
+    )
+    assert not (out_dir / "encoders.json").exists()
+    assert info["inputs"]["sparse_ids"]["shape"] == ["batch", 11]  # 11 single-id fields
+    assert info["inputs"]["sparse_ids"]["columns"] == [
+        f.name for f in DatasetSpec.load(out_dir).sparse
+    ]
+
+
+def test_a_float_id_column_of_a_generated_dataset_is_a_type_error(trained, tmp_path):
+    """A parquet whose sparse column is not integer would be raw values, but a generated dataset
+    has no raw form: the line names the column's type instead."""
+    run_dir, _, data_dir = trained
+    table = pq.read_table(data_dir / "test.parquet")
+    i = table.schema.get_field_index("user_id")
+    table = table.set_column(i, "user_id", table.column("user_id").cast(pa.float64()))
+    src = tmp_path / "floats.parquet"
+    pq.write_table(table, src)
+    with pytest.raises(MtlrecError) as info:
+        predict(run_dir, src, tmp_path / "out.parquet")
+    assert str(info.value) == (
+        f"{src}: sparse column 'user_id' has type double; it must hold integer ids"
+    )

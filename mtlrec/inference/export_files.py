@@ -1,0 +1,182 @@
+"""The files of an export dir and their integrity: the dataset encoders copied next to the model,
+the SHA-256 of every file in export.json's `files`, checked by `mtlrec export` after writing and
+by everything that loads an export (`load_export`, `exported_inputs`, `mtlrec export --verify`).
+
+Raw rows reach an exported model as `exported_inputs(rows, EXPORT_DIR)`: the copied encoders
+turn them into the model's per-field id layout exactly as `mtlrec prepare` encoded its rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlrec.data.encoders import ENCODERS_FILE
+from mtlrec.data.spec import PAD_ID, SPEC_FILE, DatasetSpec
+from mtlrec.errors import MtlrecError
+
+EXPORT_FILE = "export.json"
+VOCAB_FILE = "vocab.parquet"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_encoders(dataset_dir: Path | None, out_dir: Path, spec: DatasetSpec) -> list[str]:
+    """Copy encoders.json and the vocabulary it names from the run's dataset dir; the names
+    copied ([] when the dataset has none, e.g. a generated one, its dir is gone, or it was
+    prepared again with other features than the model's `spec`)."""
+    for stale in (ENCODERS_FILE, VOCAB_FILE):  # an earlier export's, into the same dir
+        (out_dir / stale).unlink(missing_ok=True)
+    if dataset_dir is None or not (dataset_dir / ENCODERS_FILE).is_file():
+        return []
+    try:
+        if DatasetSpec.load(dataset_dir).features != spec.features:
+            return []
+    except MtlrecError:
+        return []
+    doc = json.loads((dataset_dir / ENCODERS_FILE).read_text())
+    names = [ENCODERS_FILE, str(doc.get("vocab_file") or VOCAB_FILE)]
+    for name in names:
+        if (dataset_dir / name).is_file():
+            shutil.copyfile(dataset_dir / name, out_dir / name)
+    return [n for n in names if (out_dir / n).is_file()]
+
+
+def read_manifest(export_dir: Path) -> dict[str, Any]:
+    path = export_dir / EXPORT_FILE
+    if not path.is_file():
+        raise MtlrecError(f"{path}: not found; is {export_dir} a dir written by mtlrec export?")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MtlrecError(f"{path}: not valid JSON ({e}); export again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+        raise MtlrecError(f"{path}: lists no file checksums (`files`); export again")
+    odd = [
+        n for n in info["files"] if not isinstance(n, str) or Path(n).name != n or n in ("", "..")
+    ]
+    if odd:
+        raise MtlrecError(
+            f"{path}: `files` names {odd[0]!r}, not a file of the export dir; export again"
+        )
+    if (
+        info.get("format") not in ("torchscript", "onnx")
+        or info.get("model_file") not in info["files"]
+    ):
+        raise MtlrecError(f"{path}: names no model file of a known format; export again")
+    return info
+
+
+def verify_export(export_dir: str | Path) -> dict[str, Any]:
+    """export.json, once every file it lists has its recorded SHA-256 (one line if not)."""
+    export_dir = Path(export_dir).expanduser()
+    if not export_dir.is_dir():
+        raise MtlrecError(f"{export_dir}: no such export dir")
+    info = read_manifest(export_dir)
+    for name, want in info["files"].items():
+        path = export_dir / name
+        if not path.is_file():
+            raise MtlrecError(f"{path}: missing, though {EXPORT_FILE} lists it; export again")
+        got = sha256(path)
+        if got != want:
+            raise MtlrecError(
+                f"{path}: SHA-256 {got[:16]}... differs from {EXPORT_FILE}'s {str(want)[:16]}...; "
+                "the file is corrupt or was changed: export again"
+            )
+    return info
+
+
+def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict[str, Any]]:
+    """(score(sparse_ids, dense) -> [B, K] numpy, export.json) of a checked export dir."""
+    export_dir = Path(export_dir).expanduser()
+    info = verify_export(export_dir)
+    path = export_dir / info["model_file"]
+    if info["format"] == "torchscript":
+        module = torch.jit.load(str(path))
+
+        def score(sparse_ids, dense):
+            with torch.no_grad():
+                return module(torch.as_tensor(sparse_ids), torch.as_tensor(dense)).numpy()
+
+        return score, info
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MtlrecError(
+            f"{path}: scoring an ONNX export needs onnxruntime: pip install 'mtlrec[onnx]'"
+        ) from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def score_onnx(sparse_ids, dense):
+        feeds = {"sparse_ids": np.asarray(sparse_ids), "dense": np.asarray(dense)}
+        return session.run(None, feeds)[0]
+
+    return score_onnx, info
+
+
+def field_ids(sparse: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """Fused ids (the loader's, encode_raw's) -> the exported model's per-field ids (-1 padding)."""
+    offsets = torch.zeros(spec.layout.sparse_width, dtype=torch.long)
+    for name, (a, b) in spec.layout.sparse.items():
+        offsets[a:b] = spec.vocab_offsets[name]
+    return torch.where(sparse == PAD_ID, sparse, sparse - offsets)
+
+
+def exported_inputs(rows: Any, export_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw rows (a CSV/parquet path, a DataFrame, an arrow Table) -> (sparse_ids, dense) for the
+    exported model, encoded with the encoders kept in the (checked) export dir."""
+    from mtlrec.data.encoders import encode_raw
+
+    export_dir = Path(export_dir).expanduser()
+    info = verify_export(export_dir)
+    if ENCODERS_FILE not in info["files"]:
+        raise MtlrecError(
+            f"{export_dir}: the export holds no {ENCODERS_FILE} (its dataset had none); "
+            "encode the inputs as its export.json describes"
+        )
+    sparse, dense, _ = encode_raw(rows, export_dir)
+    return field_ids(sparse, DatasetSpec.load(export_dir)), dense
+
+
+def write_checksums(out_dir: Path, names: list[str]) -> dict[str, str]:
+    return {
+        name: sha256(out_dir / name) for name in [*names, SPEC_FILE] if (out_dir / name).is_file()
+    }
+
+
+def verify_and_score(export_dir: str | Path, rows: int = 1024) -> tuple[int, int]:
+    """(files checked, rows scored): an export's checksums, then its model on sample rows of its
+    input layout, giving one finite output per listed output (probabilities in [0, 1])."""
+    from mtlrec.inference.export import sample_inputs
+
+    if rows < 1:
+        raise MtlrecError(f"--sample-rows must be >= 1, got {rows}")
+    export_dir = Path(export_dir).expanduser()
+    score, info = load_export(export_dir)
+    sparse, dense = sample_inputs(DatasetSpec.load(export_dir), rows)
+    out = score(sparse.numpy(), dense.numpy())
+    kinds = info["outputs"]["kinds"]
+    binary = np.array([k == "binary" for k in kinds])
+    if out.shape != (rows, len(kinds)) or not np.isfinite(out).all():
+        raise MtlrecError(
+            f"{export_dir / info['model_file']}: scores sample rows as {out.shape} with "
+            f"non-finite values or the wrong shape (want ({rows}, {len(kinds)})); export again"
+        )
+    if ((out[:, binary] < 0) | (out[:, binary] > 1)).any():
+        raise MtlrecError(
+            f"{export_dir / info['model_file']}: gives probabilities outside [0, 1]; export again"
+        )
+    return len(info["files"]), rows
