@@ -135,11 +135,7 @@ class Setting:
     def changed(self) -> dict[str, float]:
         """The options off their defaults (recorded in spec.json info, named in the cache dir)."""
         default = Setting()
-        return {
-            k: v
-            for k, v in vars(self).items()
-            if v is not None and v != getattr(default, k)
-        }
+        return {k: v for k, v in vars(self).items() if v is not None and v != getattr(default, k)}
 
     def suffix(self) -> str:
         """'' for the defaults, else e.g. '-cvr_rate0.4-effect_correlation0.2'."""
