@@ -48,7 +48,7 @@ def require_action(spec: Any, model: str) -> str:
         raise MtlrecError(
             f"model={model} needs a D-action label (cart or wish) in the funnel, but dataset "
             f"'{spec.name}' declares no funnel.action; set funnel.action to that label column "
-            "(on synthetic_ccp: dataset.action_rate=0.3 adds one)"
+            "(on synthetic_ccp: dataset=synthetic_ccp_action has one)"
         )
     return str(action)
 

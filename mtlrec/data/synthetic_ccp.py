@@ -44,8 +44,8 @@ expensive items are clicked a little less and converted much less): the clicked 
 sample of the impressions, which is what a CVR model trained on clicked rows only (cvr_base) gets
 wrong and ESMM avoids.
 
-Generator options (dataset.* keys, class Setting; each off its default changes the data and adds a
-suffix to the cache directory, so the default dataset and its cache stay as they are)
+Generator options (dataset.* keys, class Setting; each off its default changes the data, so the
+presets that set them have cache dirs of their own and the default data's dir refuses them)
     cvr_rate            conversion rate among clicks b_cvr is calibrated to (default 0.10)
     effect_correlation  replaces every r_f above and the latent correlation 0.9 (default null: keep
                         them); the weak setting (conf/dataset/synthetic_ccp_weak.yaml) uses
@@ -53,7 +53,8 @@ suffix to the cache directory, so the default dataset and its cache stay as they
                         only weakly correlated and conversion among clicks is common
     action_rate         adds the ESM² stage (Wen et al., SIGIR 2020) between click and purchase:
                         a D-action (cart or wish) with mean p(action | click) = action_rate
-                        (default null: no stage, no `action` column)
+                        (default null: no stage, no `action` column); preset
+                        conf/dataset/synthetic_ccp_action.yaml (action_rate 0.3)
 
 The D-action stage (when action_rate is set) draws from its own stream (seed, 3, k), so every other
 column equals the dataset without it; the purchase is unchanged and the action depends on it:
@@ -137,9 +138,10 @@ class Setting:
         default = Setting()
         return {k: v for k, v in vars(self).items() if v is not None and v != getattr(default, k)}
 
-    def suffix(self) -> str:
-        """'' for the defaults, else e.g. '-cvr_rate0.4-effect_correlation0.2'."""
-        return "".join(f"-{k}{v:g}" for k, v in self.changed().items())
+
+def default_dir_name(num_rows: int, seed: int) -> str:
+    """The default data's cache dir name (conf/dataset/synthetic_ccp.yaml's path)."""
+    return f"synthetic_ccp-v{GENERATOR_VERSION}-n{num_rows}-s{seed}"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

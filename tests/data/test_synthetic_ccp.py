@@ -218,28 +218,42 @@ def test_weak_setting_decorrelates_and_converts_more(columns):
     np.testing.assert_array_equal(weak["click"], columns["click"])  # clicks are untouched
 
 
-def test_options_get_their_own_cache_dir_and_mismatches_are_refused(tmp_path):
+def test_presets_have_their_own_cache_dirs_and_mismatches_are_refused(tmp_path):
+    from conftest import compose_train
     from mtlrec.data.datasets import resolve_dataset_dir
 
-    base = str(tmp_path / "ccp")
-    cfg = {"name": "synthetic_ccp", "num_rows": 1000, "path": base}
-    assert resolve_dataset_dir(cfg) == tmp_path / "ccp"
-    default = DatasetSpec.load(tmp_path / "ccp")
-    assert default.funnel.action is None and "action_rate" not in default.info
-    assert default.labels == ("click", "conversion", "conversion_if_clicked")
-    got = resolve_dataset_dir({**cfg, "action_rate": 0.3, "cvr_rate": 0.2})
-    assert got == tmp_path / "ccp-cvr_rate0.2-action_rate0.3"
-    spec = DatasetSpec.load(got)
+    def dataset(*overrides):
+        cfg = compose_train([*overrides, f"data_dir={tmp_path}", "dataset.num_rows=1000"])
+        return dict(cfg.dataset)
+
+    default = resolve_dataset_dir(dataset())
+    assert default == tmp_path / "synthetic_ccp-v3-n1000-s0"
+    spec = DatasetSpec.load(default)
+    assert spec.funnel.action is None and "action_rate" not in spec.info
+    assert spec.labels == ("click", "conversion", "conversion_if_clicked")
+    action = resolve_dataset_dir(dataset("dataset=synthetic_ccp_action"))
+    assert action == tmp_path / "synthetic_ccp-v3-action0.3-n1000-s0"
+    spec = DatasetSpec.load(action)
     assert spec.funnel.action == "action" and spec.labels[-1] == "action"
-    assert spec.info["action_rate"] == 0.3 and spec.info["cvr_rate"] == 0.2
-    with pytest.raises(MtlrecError) as e:
-        synthetic_ccp.ensure_prepared(got, 1000, 0)
+    assert spec.info["action_rate"] == 0.3 and "cvr_rate" not in spec.info
+    weak = resolve_dataset_dir(dataset("dataset=synthetic_ccp_weak"))
+    assert weak == tmp_path / "synthetic_ccp-v3-cvr0.4-r0.2-n1000-s0"
+    assert DatasetSpec.load(weak).info["effect_correlation"] == 0.2
+    with pytest.raises(MtlrecError) as e:  # the default dir never holds other data
+        resolve_dataset_dir(dataset("dataset.action_rate=0.3"))
     assert str(e.value) == (
-        f"{got}: holds synthetic_ccp generated with options {{'cvr_rate': 0.2, 'action_rate': 0.3}}, "
-        "not defaults; set dataset.path to another directory"
+        "dataset.action_rate=0.3 generates other data than the default synthetic_ccp, but "
+        f"dataset.path is the default data's dir ({default}); use dataset=synthetic_ccp_action or "
+        "dataset=synthetic_ccp_weak (their own dirs) or set dataset.path"
+    )
+    with pytest.raises(MtlrecError) as e:  # a cached dir made with other options
+        synthetic_ccp.ensure_prepared(action, 1000, 0, synthetic_ccp.Setting(action_rate=0.5))
+    assert str(e.value) == (
+        f"{action}: holds synthetic_ccp generated with options {{'action_rate': 0.3}}, not "
+        "{'action_rate': 0.5}; set dataset.path to another directory"
     )
     with pytest.raises(MtlrecError) as e:
-        resolve_dataset_dir({**cfg, "action_rate": 1.5})
+        resolve_dataset_dir(dataset("dataset=synthetic_ccp_action", "dataset.action_rate=1.5"))
     assert str(e.value) == (
         "dataset.action_rate must be in (0, 1) or null (no cart/wish stage), got 1.5"
     )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, compose_train, run_training
+from conftest import TINY, TINY_ROWS, compose_train, run_training
 from helpers.cli import mtlrec
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
@@ -27,7 +27,9 @@ SPEC = DatasetSpec(
     tasks=(TaskSpec("ctr", "click"), TaskSpec("cvr", "purchase", where="click")),
     funnel=FunnelSpec("click", "purchase", action="cart"),
 )
-ESM2 = ["model=esm2", "dataset.action_rate=0.3", "model.embedding_dim=4"]
+BASE = [o for o in TINY if not o.startswith("dataset.")]  # the preset sets its own dataset keys
+ESM2 = ["dataset=synthetic_ccp_action", f"dataset.num_rows={TINY_ROWS}", "model=esm2"]
+ESM2 += ["model.embedding_dim=4"]
 
 
 def logit(p: float) -> torch.Tensor:
@@ -95,14 +97,14 @@ def test_without_funnel_action_one_line_names_the_key(tmp_path):
     assert str(info.value) == (
         "model=esm2 needs a D-action label (cart or wish) in the funnel, but dataset "
         "'synthetic_ccp' declares no funnel.action; set funnel.action to that label column "
-        "(on synthetic_ccp: dataset.action_rate=0.3 adds one)"
+        "(on synthetic_ccp: dataset=synthetic_ccp_action has one)"
     )
 
 
 def test_trains_through_the_cli_and_scores_cvr_like_esmm(tmp_path):
     run_dir = tmp_path / "run"
     done = mtlrec(
-        "train", *TINY, *ESM2, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path
+        "train", *BASE, *ESM2, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.loads((run_dir / "metrics.json").read_text())["metrics"]
@@ -148,8 +150,8 @@ class StopAfter(StopRequest):
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     from mtlrec.experiment import run
 
-    overrides = [*TINY, *ESM2, "trainer.batch_size=128"]
-    straight_dir, straight = run_training(tmp_path, overrides[len(TINY) :], name="straight")
+    overrides = [*BASE, *ESM2, "trainer.batch_size=128"]
+    straight_dir, straight = run_training(tmp_path, overrides[len(BASE) :], name="straight")
     monkeypatch.setattr(StopAfter, "k", 30)  # epoch 2 step 8 of 21 (see test_zoo_training.py)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "resumed"

@@ -187,7 +187,9 @@ def test_a_model_registered_in_process_trains_through_experiment_run(tmp_path, m
 )
 def test_a_task_list_the_model_ignores_is_one_line(train_tiny, model):
     with pytest.raises(MtlrecError) as e:
-        action = ["dataset.action_rate=0.3"] if model == "esm2" else []  # its funnel.action
+        action = (
+            ["dataset=synthetic_ccp_action", "dataset.num_rows=4000"] if model == "esm2" else []
+        )
         train_tiny([f"model={model}", "dataset.tasks=[ctr]", *action])
     assert str(e.value).startswith(
         f"dataset.tasks=['ctr']: model {model} trains its own tasks ("

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtlrec.config_schema import build
@@ -36,6 +37,25 @@ class SyntheticCcpConfig(DatasetConfig):
             raise MtlrecError(
                 f"dataset.action_rate must be in (0, 1) or null (no cart/wish stage), got {self.action_rate}"
             )
+        self.check_own_dir()
+
+    def check_own_dir(self) -> None:
+        """Options off their defaults make other data: refuse the default data's cache dir."""
+        from mtlrec.data.synthetic_ccp import default_dir_name
+
+        changed = self.setting().changed()
+        if (
+            changed
+            and self.path
+            and Path(self.path).name == default_dir_name(self.num_rows, self.generator_seed)
+        ):
+            key, value = next(iter(changed.items()))
+            raise MtlrecError(
+                f"dataset.{key}={value:g} generates other data than the default synthetic_ccp, but "
+                f"dataset.path is the default data's dir ({self.path}); use "
+                "dataset=synthetic_ccp_action or dataset=synthetic_ccp_weak (their own dirs) or "
+                "set dataset.path"
+            )
 
     def setting(self) -> Setting:
         from mtlrec.data.synthetic_ccp import Setting
@@ -53,7 +73,4 @@ class SyntheticCcp(DatasetSource):
         from mtlrec.data import synthetic_ccp
 
         c = build(SyntheticCcpConfig, cfg, "dataset")
-        setting = c.setting()
-        # options off their defaults get their own cache dir (the default dir stays the same)
-        path = f"{c.path}{setting.suffix()}"
-        return synthetic_ccp.ensure_prepared(path, c.num_rows, c.generator_seed, setting)
+        return synthetic_ccp.ensure_prepared(c.path, c.num_rows, c.generator_seed, c.setting())
