@@ -1,15 +1,21 @@
-"""The ESMM paper's ablation table (BASE, DIVISION, ESMM-NS, ESMM) and ESCM² on synthetic_ccp.
+"""The ESMM paper's ablation table (BASE, DIVISION, ESMM-NS, ESMM), ESCM² and ESM² on synthetic_ccp.
 
 Ma et al. (SIGIR 2018), Table 2 shape: CVR AUC on clicked impressions (`cvr_auc`) and over the
 entire space against the counterfactual label (`cvr_auc_entire`, which synthetic_ccp stores), for
 BASE (cvr_base), DIVISION, ESMM-NS (esmm, share_embedding=false) and ESMM; then ESCM² (Wang et al.,
-SIGIR 2022) with the IPS and the DR regularizer. Every run is a plain `mtlrec train`; the best
+SIGIR 2022) with the IPS and the DR regularizer, then ESM² (Wen et al., SIGIR 2020) on the same data
+with the generator's D-action stage added (`dataset=synthetic_ccp_action`: the stage draws from its own
+random stream, so every other column, and the split, equal the data the other models see). Every run is a plain `mtlrec train`; the best
 epoch is chosen on each model's own validation loss (val/loss: the weighted sum of the losses it
 trains on), never on a counterfactual label. (Choosing on val/cvr_auc was tried and rejected: with
 ~700 clicked validation rows it is noisy and often picked epoch 1, whose CTR tower is untrained.)
 
     python scripts/esmm_ablation.py                      # 100k rows, 3 epochs, seeds 1 2 3
     python scripts/esmm_ablation.py --num-rows 200000 --epochs 5 --out outputs/ablation
+    python scripts/esmm_ablation.py --dataset synthetic_ccp_weak --models BASE ESMM ESCM2-IPS ESCM2-DR
+
+`--dataset synthetic_ccp_weak` is ESCM²'s second setting (conf/dataset/synthetic_ccp_weak.yaml:
+click and conversion effects correlated 0.2, 40% conversion among clicks).
 
 Prints a markdown table (mean +- std over seeds) and the exact command of each run.
 """
@@ -34,7 +40,9 @@ MODELS = {
     "ESMM": ["model=esmm"],
     "ESCM2-IPS": ["model=escm2", "model.regularizer=ips"],
     "ESCM2-DR": ["model=escm2", "model.regularizer=dr"],
+    "ESM2": ["dataset=synthetic_ccp_action", "model=esm2"],  # the same data plus the D-action
 }
+DATASETS = ("synthetic_ccp", "synthetic_ccp_weak")
 METRICS = ("test/cvr_auc", "test/cvr_auc_entire", "test/ctcvr_auc", "test/ctr_auc")
 
 
@@ -42,9 +50,9 @@ def command(model: list[str], seed: int, args: argparse.Namespace, run_dir: Path
     return [
         "mtlrec",
         "train",
+        *([] if any(o.startswith("dataset=") for o in model) else [f"dataset={args.dataset}"]),
         *model,
         f"seed={seed}",
-        "dataset=synthetic_ccp",
         f"dataset.num_rows={args.num_rows}",
         f"trainer.epochs={args.epochs}",
         "trainer.monitor=val/loss",
@@ -61,12 +69,13 @@ def clamped_fraction(run_dir: Path) -> float:
     import pyarrow.parquet as pq
     import torch
 
+    from mtlrec.data.datasets import resolve_dataset_dir
     from mtlrec.inference import encode_features
     from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model, spec, _ = model_from_checkpoint(payload)
-    test = Path(payload["config"]["dataset"]["path"]) / spec.splits["test"]
+    test = resolve_dataset_dir(payload["config"]["dataset"]) / spec.splits["test"]
     sparse, dense = encode_features(pq.read_table(test), spec, str(test))
     with torch.no_grad():
         return float(model(sparse, dense)["cvr_clamped"].mean())
@@ -85,10 +94,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--dataset", default="synthetic_ccp", choices=DATASETS)
     parser.add_argument(
         "--out", type=Path, default=None, help="run dirs go here (default: a temp dir)"
     )
     args = parser.parse_args()
+    if args.dataset != "synthetic_ccp" and "ESM2" in args.models:
+        parser.error("ESM2 runs on synthetic_ccp_action (the default data plus the D-action stage)")
     out = args.out or Path(tempfile.mkdtemp(prefix="esmm_ablation-"))
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     results: dict[str, list[dict]] = {}
@@ -101,11 +113,14 @@ def main() -> None:
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-            metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-            results.setdefault(name, []).append(metrics)
-            print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+            record = json.loads((run_dir / "metrics.json").read_text())
+            results.setdefault(name, []).append(record["metrics"])
+            print(
+                f"  {time.perf_counter() - start:.0f} s, best epoch {record.get('best_epoch')}",
+                flush=True,
+            )
     print(
-        f"\nsynthetic_ccp, {args.num_rows:,} rows, {args.epochs} epochs, best epoch on "
+        f"\n{args.dataset}, {args.num_rows:,} rows, {args.epochs} epochs, best epoch on "
         f"val/loss, seeds {args.seeds}; runs in {out}\n"
     )
     print("| model | " + " | ".join(METRICS) + " | n |")

@@ -4,8 +4,10 @@ One rule for every path that brings labels in (prepare, the Ali-CCP raw converte
 loader and the streaming reader): rows where a later label is 1 but the earlier one is 0 are
 either one error line with their counts (`dataset.funnel_violations: error`, the default) or
 dropped with a logged count (`dataset.funnel_violations: drop`). Which pairs are checked:
-`funnel_pairs` (the funnel's click -> conversion and every binary task learned on the rows where
-another label is 1).
+`funnel_pairs` (the funnel's click -> conversion, click -> action when the funnel declares ESM²'s
+D-action label `action`, and every binary task learned on the rows where another label is 1).
+A purchase without a D-action is allowed (ESM²'s other-action path), so action -> conversion is
+no pair.
 """
 
 from __future__ import annotations
@@ -31,10 +33,24 @@ def funnel_pairs(funnel: Any, tasks: Iterable[Any]) -> list[Pair]:
     pairs: list[Pair] = []
     if funnel is not None:
         pairs.append((funnel.click, funnel.conversion))
+        if getattr(funnel, "action", None):
+            pairs.append((funnel.click, funnel.action))
     for t in tasks:
         if t.type == "binary" and t.where and (t.where, t.label) not in pairs:
             pairs.append((t.where, t.label))
     return pairs
+
+
+def require_action(spec: Any, model: str) -> str:
+    """The funnel's D-action label column (ESM²), or one line saying how to declare one."""
+    action = getattr(spec.funnel, "action", None)
+    if not action:
+        raise MtlrecError(
+            f"model={model} needs a D-action label (cart or wish) in the funnel, but dataset "
+            f"'{spec.name}' declares no funnel.action; set funnel.action to that label column "
+            "(on synthetic_ccp: dataset=synthetic_ccp_action has one)"
+        )
+    return str(action)
 
 
 def check_policy(policy: Any) -> str:

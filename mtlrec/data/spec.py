@@ -107,12 +107,14 @@ class FunnelSpec:
     `conversion` is defined over all impressions (1 only if clicked and converted), so it is the
     CTCVR label; on clicked rows it is the CVR label. `conversion_if_clicked` (synthetic data only)
     is the counterfactual label for every impression, which lets CVR be evaluated over the entire
-    impression space.
+    impression space. `action` (optional) is the D-action label of ESM²'s funnel (cart or wish,
+    Wen et al. SIGIR 2020): 1 only on clicked rows, between the click and the conversion.
     """
 
     click: str
     conversion: str
     conversion_if_clicked: str | None = None
+    action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ class DatasetSpec:
                 self.funnel.click,
                 self.funnel.conversion,
                 self.funnel.conversion_if_clicked,
+                self.funnel.action,
             ):
                 if col is not None and col not in self.labels:
                     raise MtlrecError(

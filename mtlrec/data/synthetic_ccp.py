@@ -44,6 +44,30 @@ expensive items are clicked a little less and converted much less): the clicked 
 sample of the impressions, which is what a CVR model trained on clicked rows only (cvr_base) gets
 wrong and ESMM avoids.
 
+Generator options (dataset.* keys, class Setting; each off its default changes the data, so the
+presets that set them have cache dirs of their own and the default data's dir refuses them)
+    cvr_rate            conversion rate among clicks b_cvr is calibrated to (default 0.10)
+    effect_correlation  replaces every r_f above and the latent correlation 0.9 (default null: keep
+                        them); the weak setting (conf/dataset/synthetic_ccp_weak.yaml) uses
+                        effect_correlation 0.2 and cvr_rate 0.4: click and conversion effects are
+                        only weakly correlated and conversion among clicks is common
+    action_rate         adds the ESM² stage (Wen et al., SIGIR 2020) between click and purchase:
+                        a D-action (cart or wish) with mean p(action | click) = action_rate
+                        (default null: no stage, no `action` column); preset
+                        conf/dataset/synthetic_ccp_action.yaml (action_rate 0.3)
+
+The D-action stage (when action_rate is set) draws from its own stream (seed, 3, k), so every other
+column equals the dataset without it; the purchase is unchanged and the action depends on it:
+
+    action_logit = b_action + 0.5 cvr_logit + 3.0 conversion_if_clicked       (cvr_logit w/o b_cvr)
+    action_if_clicked ~ Bernoulli(sigmoid(action_logit)),  action = click * action_if_clicked
+    p_action = p(action | click) = p_cvr s(a + 3.0) + (1 - p_cvr) s(a)        (a = the logit at 0)
+
+so a buyer carts or wishes far more often than a non-buyer (the paper's premise: most purchases
+come through a D-action), and p(buy | D) = p_cvr s(a + 3.0) / p_action, p(buy | O) = p_cvr
+(1 - s(a + 3.0)) / (1 - p_action). b_action is calibrated like b_cvr (mean p_action over clicks =
+action_rate); p_action is stored as a truth column.
+
 Generation runs in chunks of CHUNK_ROWS rows (bounded memory whatever num_rows): chunk k's rows
 come from its own stream seeded by (seed, 1, k), the tables from (seed, 0). Stored per impression
 besides the features: click, conversion, conversion_if_clicked (the counterfactual label, so CVR
@@ -96,6 +120,28 @@ DENSE_FIELDS = ("user_activity", "item_price", "item_rating")
 CLICK_TERMS = {"position": -0.25, "user_activity": 0.3, "item_price": -0.2}
 CVR_TERMS = {"item_price": -0.6, "item_rating": 0.4}
 LATENT_SCALE = 0.8
+# The D-action stage (action_rate set): share of the conversion logit and lift of a purchase.
+ACTION_CVR_SHARE = 0.5
+ACTION_BUY_LIFT = 3.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The generator's options (see the module docstring); the defaults are the documented data."""
+
+    cvr_rate: float = TARGET_CVR_AMONG_CLICKS
+    effect_correlation: float | None = None
+    action_rate: float | None = None
+
+    def changed(self) -> dict[str, float]:
+        """The options off their defaults (recorded in spec.json info, named in the cache dir)."""
+        default = Setting()
+        return {k: v for k, v in vars(self).items() if v is not None and v != getattr(default, k)}
+
+
+def default_dir_name(num_rows: int, seed: int) -> str:
+    """The default data's cache dir name (conf/dataset/synthetic_ccp.yaml's path)."""
+    return f"synthetic_ccp-v{GENERATOR_VERSION}-n{num_rows}-s{seed}"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -143,7 +189,8 @@ def _standardized(values: np.ndarray, prob: np.ndarray) -> np.ndarray:
     return ((values - mean) / (std + 1e-12)).astype(np.float32)
 
 
-def draw_tables(seed: int) -> Tables:
+def draw_tables(seed: int, correlation: float | None = None) -> Tables:
+    """The tables; `correlation` (effect_correlation) replaces every r_f and LATENT_CORRELATION."""
     rng = np.random.default_rng([seed, 0])
     n_users, n_items = USER_FIELDS["user_id"][0], ITEM_FIELDS["item_id"][0]
     user_p, item_p = _zipf(rng, n_users, 1.05), _zipf(rng, n_items, 1.1)
@@ -162,13 +209,15 @@ def draw_tables(seed: int) -> Tables:
     }
     click_effect, cvr_effect = {}, {}
     for name, (vocab, scale, corr) in SPARSE_FIELDS.items():
+        corr = corr if correlation is None else correlation
         a = rng.normal(0.0, scale, size=vocab)
         click_effect[name] = a
         cvr_effect[name] = corr * a + np.sqrt(1.0 - corr**2) * rng.normal(0.0, scale, size=vocab)
     p_user = rng.normal(size=(n_users, LATENT_DIM))
     q_item = rng.normal(size=(n_items, LATENT_DIM))
     z = rng.normal(size=q_item.shape)
-    r_item = LATENT_CORRELATION * q_item + np.sqrt(1 - LATENT_CORRELATION**2) * z
+    rho = LATENT_CORRELATION if correlation is None else correlation
+    r_item = rho * q_item + np.sqrt(1 - rho**2) * z
     return Tables(
         np.cumsum(user_p), np.cumsum(item_p), attributes, dense, click_effect, cvr_effect,
         p_user, q_item, r_item,
@@ -207,8 +256,15 @@ def chunk_sizes(num_rows: int) -> list[int]:
     return [CHUNK_ROWS] * full + ([rest] if rest else [])
 
 
-def calibrate(tables: Tables, seed: int, num_rows: int) -> tuple[float, float]:
-    """(b_click, b_cvr) from the logits of the first CALIBRATION_ROWS rows."""
+@dataclass(frozen=True)
+class Offsets:
+    click: float
+    cvr: float
+    action: float | None = None  # b_action, when the D-action stage is on
+
+
+def calibrate(tables: Tables, seed: int, num_rows: int, setting: Setting = Setting()) -> Offsets:
+    """The offsets b_click, b_cvr (and b_action) from the logits of the first CALIBRATION_ROWS rows."""
     clicks, cvrs = [], []
     for k, n in enumerate(chunk_sizes(min(num_rows, CALIBRATION_ROWS))):
         _, click_logit, cvr_logit, _ = chunk_features(tables, seed, k, n)
@@ -218,18 +274,36 @@ def calibrate(tables: Tables, seed: int, num_rows: int) -> tuple[float, float]:
     b_click = _bisect_offset(lambda b: _sigmoid(click_logit + b).mean(), TARGET_CTR)
     p_click = _sigmoid(click_logit + b_click)
     b_cvr = _bisect_offset(
-        lambda b: (p_click * _sigmoid(cvr_logit + b)).sum() / p_click.sum(), TARGET_CVR_AMONG_CLICKS
+        lambda b: (p_click * _sigmoid(cvr_logit + b)).sum() / p_click.sum(), setting.cvr_rate
     )
-    return b_click, b_cvr
+    if setting.action_rate is None:
+        return Offsets(b_click, b_cvr)
+    p_cvr = _sigmoid(cvr_logit + b_cvr)
+    b_action = _bisect_offset(
+        lambda b: (p_click * action_probability(cvr_logit, p_cvr, b)[0]).sum() / p_click.sum(),
+        setting.action_rate,
+    )
+    return Offsets(b_click, b_cvr, b_action)
 
 
-def iter_chunks(num_rows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+def action_probability(
+    cvr_logit: np.ndarray, p_cvr: np.ndarray, b_action: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p(action | click), p(action | click, buy), p(action | click, no buy)) per row."""
+    base = b_action + ACTION_CVR_SHARE * cvr_logit
+    if_buy, if_not = _sigmoid(base + ACTION_BUY_LIFT), _sigmoid(base)
+    return p_cvr * if_buy + (1 - p_cvr) * if_not, if_buy, if_not
+
+
+def iter_chunks(
+    num_rows: int, seed: int, setting: Setting = Setting()
+) -> Iterator[dict[str, np.ndarray]]:
     """The dataset's columns (features, labels, true probabilities), CHUNK_ROWS rows at a time."""
-    tables = draw_tables(seed)
-    b_click, b_cvr = calibrate(tables, seed, num_rows)
+    tables = draw_tables(seed, setting.effect_correlation)
+    offsets = calibrate(tables, seed, num_rows, setting)
     for k, n in enumerate(chunk_sizes(num_rows)):
         cols, click_logit, cvr_logit, rng = chunk_features(tables, seed, k, n)
-        p_click, p_cvr = _sigmoid(click_logit + b_click), _sigmoid(cvr_logit + b_cvr)
+        p_click, p_cvr = _sigmoid(click_logit + offsets.click), _sigmoid(cvr_logit + offsets.cvr)
         click = (rng.random(n) < p_click).astype(np.int8)
         conversion_if_clicked = (rng.random(n) < p_cvr).astype(np.int8)
         out = {name: cols[name].astype(np.int32) for name in SPARSE_FIELDS}
@@ -237,54 +311,85 @@ def iter_chunks(num_rows: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
         out["click"] = click
         out["conversion"] = click * conversion_if_clicked
         out["conversion_if_clicked"] = conversion_if_clicked
+        if offsets.action is not None:
+            p_action, if_buy, if_not = action_probability(cvr_logit, p_cvr, offsets.action)
+            # its own stream: every other column equals the dataset without the stage
+            u = np.random.default_rng([seed, 3, k]).random(n)
+            acted = u < np.where(conversion_if_clicked == 1, if_buy, if_not)
+            out["action"] = click * acted.astype(np.int8)
+            out["p_action"] = p_action.astype(np.float32)
         out["p_click"] = p_click.astype(np.float32)
         out["p_cvr"] = p_cvr.astype(np.float32)
         out["p_ctcvr"] = (p_click * p_cvr).astype(np.float32)
         yield out
 
 
-def generate(num_rows: int, seed: int) -> dict[str, np.ndarray]:
+def generate(num_rows: int, seed: int, setting: Setting = Setting()) -> dict[str, np.ndarray]:
     """All columns of the dataset in memory (tests, small sizes); the writer streams chunks."""
-    chunks = list(iter_chunks(num_rows, seed))
+    chunks = list(iter_chunks(num_rows, seed, setting))
     return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
-def dataset_spec(num_rows: int, seed: int) -> DatasetSpec:
+def dataset_spec(num_rows: int, seed: int, setting: Setting = Setting()) -> DatasetSpec:
     features = [FeatureSpec(name, "sparse", vocab) for name, (vocab, _, _) in SPARSE_FIELDS.items()]
     features += [FeatureSpec(name, "dense") for name in DENSE_FIELDS]
+    acts = setting.action_rate is not None
+    truth = ["p_click", "p_cvr", "p_ctcvr", *(["p_action"] if acts else [])]
     return DatasetSpec(
         name="synthetic_ccp",
         features=tuple(features),
-        labels=("click", "conversion", "conversion_if_clicked"),
+        labels=("click", "conversion", "conversion_if_clicked", *(["action"] if acts else [])),
         tasks=(
             TaskSpec("ctr", "click", "binary"),
             TaskSpec("cvr", "conversion", "binary", where="click"),
         ),
-        funnel=FunnelSpec("click", "conversion", "conversion_if_clicked"),
+        funnel=FunnelSpec(
+            "click", "conversion", "conversion_if_clicked", action="action" if acts else None
+        ),
         splits={s: f"{s}.parquet" for s in SPLIT_FRACTIONS},
         info={
             "generator": "mtlrec.data.synthetic_ccp",
             "generator_version": GENERATOR_VERSION,
             "num_rows": num_rows,
             "generator_seed": seed,
-            "truth_columns": ["p_click", "p_cvr", "p_ctcvr"],
+            "truth_columns": truth,
+            **setting.changed(),  # only options off their defaults: the default spec is as before
         },
     )
 
 
-def write_prepared(directory: Path, num_rows: int, seed: int) -> None:
+def write_prepared(directory: Path, num_rows: int, seed: int, setting: Setting = Setting()) -> None:
     """Generate chunk by chunk into the spec's split files (exact 70/15/15 sizes), then spec.json."""
-    spec = dataset_spec(num_rows, seed)
+    spec = dataset_spec(num_rows, seed, setting)
     splitter = SequentialSplit(
         split_sizes(num_rows, SPLIT_FRACTIONS), np.random.default_rng([seed, 2])
     )
     with SplitWriter(directory, spec) as writer:
-        for columns in iter_chunks(num_rows, seed):
+        for columns in iter_chunks(num_rows, seed, setting):
             writer.write(columns, splitter.codes(len(columns["click"])))
     spec.save(directory)
 
 
-def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
+def check_cached(path: Path, setting: Setting) -> None:
+    """A cached dataset of another generator version or other options is refused (one line)."""
+    info = DatasetSpec.load(path).info
+    version = info.get("generator_version")
+    if version != GENERATOR_VERSION:
+        raise MtlrecError(
+            f"{path}: generated by synthetic_ccp generator version {version}, this mtlrec makes "
+            f"version {GENERATOR_VERSION}; remove the directory to regenerate it"
+        )
+    cached = {k: info[k] for k in vars(setting) if k in info}
+    if cached != setting.changed():
+        raise MtlrecError(
+            f"{path}: holds synthetic_ccp generated with options {cached or 'defaults'}, not "
+            f"{setting.changed() or 'defaults'}; set dataset.path to another directory"
+        )
+
+
+def ensure_prepared(
+    path: str | Path, num_rows: int, seed: int, setting: Setting = Setting()
+) -> Path:
     """The dataset directory, generating it first if it is not cached yet.
 
     Generation goes through the prepare pipeline's staged dir (mtlrec.data.prepare.publish): an
@@ -295,17 +400,13 @@ def ensure_prepared(path: str | Path, num_rows: int, seed: int) -> Path:
 
     path = Path(path).expanduser()
     if (path / SPEC_FILE).is_file():
-        version = DatasetSpec.load(path).info.get("generator_version")
-        if version != GENERATOR_VERSION:
-            raise MtlrecError(
-                f"{path}: generated by synthetic_ccp generator version {version}, this mtlrec makes "
-                f"version {GENERATOR_VERSION}; remove the directory to regenerate it"
-            )
+        check_cached(path, setting)
         return path
     if num_rows < 100:
         raise MtlrecError(f"dataset.num_rows must be >= 100, got {num_rows}")
+    options = "".join(f", {k} {v:g}" for k, v in setting.changed().items())
     return generate_once(
         path,
-        lambda tmp: write_prepared(tmp, num_rows, seed),
-        f"synthetic_ccp ({num_rows} rows, seed {seed})",
+        lambda tmp: write_prepared(tmp, num_rows, seed, setting),
+        f"synthetic_ccp ({num_rows} rows, seed {seed}{options})",
     )

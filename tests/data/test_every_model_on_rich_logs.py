@@ -19,7 +19,8 @@ SPLITS = ("train", "val", "test")
 
 @pytest.fixture(scope="module")
 def rich_funnel(tmp_path_factory):
-    """The rich CSV plus a click -> buy funnel whose click label is a string ("yes" / "no")."""
+    """The rich CSV plus a click -> buy funnel whose click label is a string ("yes" / "no"), with
+    a cart (D-action) label for model=esm2."""
     tmp = tmp_path_factory.mktemp("rich_funnel")
     rng = np.random.default_rng(3)
     for i, split in enumerate(SPLITS):
@@ -27,13 +28,15 @@ def rich_funnel(tmp_path_factory):
         clicked = rng.random(len(df)) < 0.35
         df["click"] = np.where(clicked, "yes", "no")
         df["buy"] = (clicked & (rng.random(len(df)) < 0.4)).astype(int)
+        df["cart"] = (clicked & (rng.random(len(df)) < 0.5)).astype(int)  # ESM²'s D-action
         df.to_csv(tmp / f"{split}.csv", index=False)
     cfg = rich_config(tmp, {s: f"{s}.csv" for s in SPLITS})
     cfg["targets"] = {
         "ctr": {"label": "click", "positive": "yes", "negative": "no"},
         "cvr": {"label": "buy", "where": "click"},
-    }
-    cfg["funnel"] = {"click": "click", "conversion": "buy"}
+        "atr": {"label": "cart", "where": "click"},  # makes cart a label (prepare takes the
+    }  # funnel's click/conversion columns as labels, not yet its action)
+    cfg["funnel"] = {"click": "click", "conversion": "buy", "action": "cart"}
     spec = prepare_dataset(cfg).spec
     assert {f.kind for f in spec.features} == {"sparse", "bag", "sequence", "dense"}
     return tmp / "prepared"

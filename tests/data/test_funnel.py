@@ -188,3 +188,43 @@ def test_aliccp_processed_csvs_follow_the_rule(tmp_path):
     )
     result = prepare(base)  # conf/dataset/aliccp.yaml: drop
     assert result.summary["val"].dropped == 2 and result.summary["val"].rows == 298
+
+
+def test_the_esm2_action_needs_a_click_but_a_purchase_needs_no_action(tmp_path):
+    """funnel.action adds click -> action; buying without a cart/wish (the O path) is allowed."""
+    from mtlrec.data.funnel import funnel_pairs
+
+    rng = np.random.default_rng(1)
+    click = rng.integers(0, 2, size=40)
+    df = pd.DataFrame(
+        {
+            "u": rng.integers(0, 4, size=40),
+            "x": rng.normal(size=40),
+            "click": click,
+            "buy": click,  # every click buys ...
+            "cart": np.zeros(40, dtype=np.int64),  # ... with no cart: fine
+        }
+    )
+    df.loc[[2, 7, 9], ["click", "buy", "cart"]] = [0, 0, 1]  # 3 carts without a click
+    path = tmp_path / "train.parquet"
+    df.to_parquet(path)
+    funnel = FunnelSpec("click", "buy", action="cart")
+    spec = DatasetSpec(
+        "toy", SPEC.features, ("click", "buy", "cart"), SPEC.tasks, funnel, SPEC.splits
+    )
+    assert funnel_pairs(funnel, spec.tasks) == [("click", "buy"), ("click", "cart")]
+    with pytest.raises(MtlrecError) as e:
+        load_split(path, spec, spec.tasks)
+    assert (
+        str(e.value)
+        == f"{path}: funnel violated: 3 rows with cart=1 but click=0 (of 40 rows); {HINT}"
+    )
+    assert len(load_split(path, spec, spec.tasks, funnel_violations="drop")) == 37
+
+
+def test_a_funnel_action_must_be_a_label():
+    with pytest.raises(MtlrecError) as e:
+        DatasetSpec(
+            "toy", SPEC.features, SPEC.labels, SPEC.tasks, FunnelSpec("click", "buy", action="cart")
+        ).validate("spec.json")
+    assert str(e.value) == "spec.json: funnel column 'cart' is not among labels ['click', 'buy']"

@@ -165,3 +165,95 @@ def test_sequential_split_sizes_are_exact_and_unbiased():
         hits += codes == 0
     # every row is train with probability 0.7, wherever it sits (200 draws: sd 0.032)
     assert abs(hits[:1000].mean() / 200 - 0.7) < 0.01 and abs(hits[2000:].mean() / 200 - 0.7) < 0.01
+
+
+ACTION = synthetic_ccp.Setting(action_rate=0.3)
+
+
+@pytest.fixture(scope="module")
+def with_action():
+    return synthetic_ccp.generate(60_000, seed=0, setting=ACTION)
+
+
+def test_action_stage_adds_columns_and_changes_nothing_else(columns, with_action):
+    assert set(with_action) - set(columns) == {"action", "p_action"}
+    for name in columns:  # its own random stream: every other column is the default data's
+        np.testing.assert_array_equal(with_action[name], columns[name], err_msg=name)
+
+
+def test_action_stage_rates_and_the_esm2_premise(with_action):
+    c = with_action
+    clicked, bought = c["click"] == 1, c["conversion"] == 1
+    assert not ((c["action"] == 1) & ~clicked).any()  # no cart or wish without a click
+    # calibrated: mean true p(action | click) over clicks = action_rate (within sampling error)
+    weights = c["p_click"].astype(np.float64)
+    assert (weights * c["p_action"]).sum() / weights.sum() == pytest.approx(0.3, abs=1e-3)
+    assert 0.27 <= c["action"][clicked].mean() <= 0.33
+    # buyers cart or wish far more often: most purchases go through the D-action
+    assert c["action"][bought].mean() > 0.85 > 0.3 > c["action"][clicked & ~bought].mean()
+
+
+def test_action_probability_path_sum_is_p_cvr():
+    """p(D|click) p(buy|D) + (1 - p(D|click)) p(buy|O) = p_cvr, from the stated formulas."""
+    cvr_logit = np.array([-3.0, 0.0, 2.0])
+    p_cvr = 1 / (1 + np.exp(-(cvr_logit - 1.0)))
+    p_action, if_buy, if_not = synthetic_ccp.action_probability(cvr_logit, p_cvr, -1.0)
+    s = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    np.testing.assert_allclose(if_buy, s(-1.0 + 0.5 * cvr_logit + 3.0))
+    np.testing.assert_allclose(if_not, s(-1.0 + 0.5 * cvr_logit))
+    buy_if_d = p_cvr * if_buy / p_action
+    buy_if_o = p_cvr * (1 - if_buy) / (1 - p_action)
+    np.testing.assert_allclose(p_action * buy_if_d + (1 - p_action) * buy_if_o, p_cvr)
+
+
+def test_weak_setting_decorrelates_and_converts_more(columns):
+    weak = synthetic_ccp.generate(
+        60_000, seed=0, setting=synthetic_ccp.Setting(cvr_rate=0.4, effect_correlation=0.2)
+    )
+    p_click, p_cvr = weak["p_click"].astype(np.float64), weak["p_cvr"].astype(np.float64)
+    assert (p_click * p_cvr).sum() / p_click.sum() == pytest.approx(0.4, abs=1e-3)
+    r_weak = np.corrcoef(np.log(p_click), np.log(p_cvr))[0, 1]
+    r_default = np.corrcoef(np.log(columns["p_click"]), np.log(columns["p_cvr"]))[0, 1]
+    assert r_weak < 0.35 < 0.6 < r_default
+    np.testing.assert_array_equal(weak["click"], columns["click"])  # clicks are untouched
+
+
+def test_presets_have_their_own_cache_dirs_and_mismatches_are_refused(tmp_path):
+    from conftest import compose_train
+    from mtlrec.data.datasets import resolve_dataset_dir
+
+    def dataset(*overrides):
+        cfg = compose_train([*overrides, f"data_dir={tmp_path}", "dataset.num_rows=1000"])
+        return dict(cfg.dataset)
+
+    default = resolve_dataset_dir(dataset())
+    assert default == tmp_path / "synthetic_ccp-v3-n1000-s0"
+    spec = DatasetSpec.load(default)
+    assert spec.funnel.action is None and "action_rate" not in spec.info
+    assert spec.labels == ("click", "conversion", "conversion_if_clicked")
+    action = resolve_dataset_dir(dataset("dataset=synthetic_ccp_action"))
+    assert action == tmp_path / "synthetic_ccp-v3-action0.3-n1000-s0"
+    spec = DatasetSpec.load(action)
+    assert spec.funnel.action == "action" and spec.labels[-1] == "action"
+    assert spec.info["action_rate"] == 0.3 and "cvr_rate" not in spec.info
+    weak = resolve_dataset_dir(dataset("dataset=synthetic_ccp_weak"))
+    assert weak == tmp_path / "synthetic_ccp-v3-cvr0.4-r0.2-n1000-s0"
+    assert DatasetSpec.load(weak).info["effect_correlation"] == 0.2
+    with pytest.raises(MtlrecError) as e:  # the default dir never holds other data
+        resolve_dataset_dir(dataset("dataset.action_rate=0.3"))
+    assert str(e.value) == (
+        "dataset.action_rate=0.3 generates other data than the default synthetic_ccp, but "
+        f"dataset.path is the default data's dir ({default}); use dataset=synthetic_ccp_action or "
+        "dataset=synthetic_ccp_weak (their own dirs) or set dataset.path"
+    )
+    with pytest.raises(MtlrecError) as e:  # a cached dir made with other options
+        synthetic_ccp.ensure_prepared(action, 1000, 0, synthetic_ccp.Setting(action_rate=0.5))
+    assert str(e.value) == (
+        f"{action}: holds synthetic_ccp generated with options {{'action_rate': 0.3}}, not "
+        "{'action_rate': 0.5}; set dataset.path to another directory"
+    )
+    with pytest.raises(MtlrecError) as e:
+        resolve_dataset_dir(dataset("dataset=synthetic_ccp_action", "dataset.action_rate=1.5"))
+    assert str(e.value) == (
+        "dataset.action_rate must be in (0, 1) or null (no cart/wish stage), got 1.5"
+    )

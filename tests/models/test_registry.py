@@ -31,9 +31,9 @@ SPEC = DatasetSpec(
         FeatureSpec("item", "sparse", 5),
         FeatureSpec("price", "dense"),
     ),
-    labels=("click", "conversion"),
+    labels=("click", "conversion", "action"),
     tasks=(TaskSpec("ctr", "click"), TaskSpec("cvr", "conversion", where="click")),
-    funnel=FunnelSpec("click", "conversion"),
+    funnel=FunnelSpec("click", "conversion", action="action"),  # action: ESM²'s D-action label
 )
 
 
@@ -187,7 +187,10 @@ def test_a_model_registered_in_process_trains_through_experiment_run(tmp_path, m
 )
 def test_a_task_list_the_model_ignores_is_one_line(train_tiny, model):
     with pytest.raises(MtlrecError) as e:
-        train_tiny([f"model={model}", "dataset.tasks=[ctr]"])
+        action = (
+            ["dataset=synthetic_ccp_action", "dataset.num_rows=4000"] if model == "esm2" else []
+        )
+        train_tiny([f"model={model}", "dataset.tasks=[ctr]", *action])
     assert str(e.value).startswith(
         f"dataset.tasks=['ctr']: model {model} trains its own tasks ("
     ) and str(e.value).endswith("(e.g. model=mmoe, shared_bottom or single_task)")
