@@ -180,8 +180,13 @@ def check_monitor_produced(settings: RunSettings) -> None:
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
     if path is not None and (path / SPEC_FILE).is_file():
         spec = DatasetSpec.load(path)
-    elif ds.get("name") == "synthetic_ccp":
-        spec = dataset_spec(int(ds["num_rows"]), int(ds.get("generator_seed", 0)))
+    elif "synthetic_ccp" in (ds.get("name"), ds.get("preparer")):  # the default or a preset
+        from mtlrec.data.sources import validate_dataset_config
+        from mtlrec.data.sources.synthetic_ccp import SyntheticCcpConfig
+
+        c = validate_dataset_config(ds)
+        assert isinstance(c, SyntheticCcpConfig)
+        spec = dataset_spec(c.num_rows, c.generator_seed, c.setting())
     else:
         return
     selected = spec.select_tasks(ds.get("tasks"))

@@ -97,6 +97,19 @@ def test_a_monitor_the_model_does_not_produce_is_found_from_the_spec_alone():
     check_monitor_produced(RunSettings.from_config(compose_train(["trainer.monitor=val/ctr_auc"])))
 
 
+def test_the_pre_check_reads_the_generator_options_of_synthetic_ccp():
+    """model=esm2 on synthetic_ccp with its D-action stage switched on by an option (not the
+    preset) has a funnel.action: the spec the pre-check builds must carry the option's stage."""
+    from mtlrec.settings import check_monitor_produced
+
+    base = ["model=esm2", "trainer.monitor=val/ctavr_auc", "dataset.path=/nonexistent/ccp"]
+    check_monitor_produced(
+        RunSettings.from_config(compose_train([*base, "dataset.action_rate=0.3"]))
+    )
+    with pytest.raises(MtlrecError, match="declares no funnel.action"):
+        check_monitor_produced(RunSettings.from_config(compose_train(base)))
+
+
 def test_settings_of_the_default_config_are_typed():
     settings = RunSettings.from_config(compose_train(["seed=7", "checkpoint.every_n_steps=5"]))
     assert settings.seed == 7 and settings.data_order_seed == 7
