@@ -9,9 +9,12 @@ checks spec.json and the other small files (vocab, encoders), the loaders check 
 they read. A changed or damaged file is one line naming it and saying to prepare the dataset again;
 a dataset published before checksums existed (no checksums.json) loads with a warning.
 
-Cost: SHA-256 runs at ~1.2 GB/s per core (SHA-NI; hashlib releases the GIL), so the in-memory
+Cost: SHA-256 runs at ~1.3 GB/s per core (SHA-NI; hashlib releases the GIL), so the in-memory
 loader hashes a split in a thread while pyarrow decodes it (`verified_read`) and the streaming
-reader while it scans the label columns; what a read adds is reported in docs/datasets.md.
+reader while it reads the footer and scans the label columns. `scripts/bench_checksums.py`
+measures it: 4M rows of synthetic_ccp (127 MiB of splits) hash in 0.09 s alone; the verified
+in-memory load of all splits takes 1.243 s against 1.235 s without checksums (+0.7%), the
+streaming open 0.073 s against 0.023 s (2-core machine, warm page cache).
 """
 
 from __future__ import annotations
