@@ -1,39 +1,29 @@
 """The catalogue of scripts/bad_inputs.py: every case a user can meet, as a `Case`.
 
-Groups: train configs (found before Hydra starts), a damaged or edited prepared dataset, bad raw
-files for `mtlrec prepare`, run dirs / resume / checkpoints / full disks, evaluate / predict /
-export / compare. `says` is text the one line must hold; `protect` lists what must not change.
+Groups: train configs, run dirs / resume / checkpoints / full disks, evaluate / predict / export
+/ compare here; a damaged or edited prepared dataset and bad raw files for `mtlrec prepare` in
+bad_input_data_catalogue.py. `says` is text the one line must hold; `protect` lists what must not change.
 """
 
 from __future__ import annotations
 
 from bad_input_cases import (
-    NO_MANIFEST,
     PREDICT,
-    PREPARE,
     RESUME,
     TRAIN,
     Case,
     W,
-    cell,
     chain,
     copy_without,
-    damage_page,
-    edit_rows,
-    feature,
-    first_is,
     flip,
     gone,
     remove,
-    set_column,
-    spec_edit,
-    table_edit,
     write,
 )
 
 T, D = TRAIN, ("data/tiny",)
 NO_SPACE = "No space left on device"
-MISMATCH = "checksum mismatch"
+MISMATCH = "checksum mismatch"  # bad_input_data_catalogue.py uses the same text
 
 CONFIG = [
     Case("unknown model", [*T, "model=foo"], says="unknown model 'foo'"),
@@ -93,240 +83,24 @@ CONFIG = [
     ),
     Case("unknown command", ["evaluat"], says="did you mean 'evaluate'"),
     Case(
+        "prepared dataset path is a file",
+        [*T[:3], "dataset=prepared", f"dataset.path={W}/raw/train.csv", *T[4:]],
+        says="train.csv",
+    ),
+    Case(
+        "a task list the model ignores",
+        [*T, "model=cvr_base", "dataset.tasks=[ctr]"],
+        says="cvr_base",
+    ),  # fmt: skip
+    Case("devices abc", [*T, "trainer.devices=abc"], says="trainer.devices"),
+    Case("seed abc", [*T, "seed=abc"], says="seed"),
+    Case(
         "train into an existing run dir",
         [*T[:-1], f"hydra.run.dir={W}/run"],
         says="already holds a run",
         protect=("run",),
     ),
 ]
-
-DAMAGED = [
-    Case(
-        "flipped byte in a split", T, prep=flip("data/tiny/train.parquet"), says=MISMATCH, protect=D
-    ),  # fmt: skip
-    Case(
-        "flipped byte in spec.json",
-        T,
-        prep=flip("data/tiny/spec.json", 40),
-        says=MISMATCH,
-        protect=D,
-    ),  # fmt: skip
-    Case(
-        "flipped bytes in encoders.json",
-        T,
-        prep=flip("data/tiny/encoders.json", 20, 4),
-        says=MISMATCH,
-        protect=D,
-    ),  # fmt: skip
-    Case(
-        "flipped byte in vocab.parquet",
-        T,
-        prep=flip("data/tiny/vocab.parquet"),
-        says=MISMATCH,
-        protect=D,
-    ),  # fmt: skip
-    Case(
-        "flipped split while streaming",
-        [*T, "streaming=enabled"],
-        prep=flip("data/tiny/train.parquet", count=64),
-        says=MISMATCH,
-        protect=D,
-    ),
-    Case(
-        "truncated split",
-        T,
-        prep=lambda r: (r / "data/tiny/val.parquet").write_bytes(
-            (r / "data/tiny/val.parquet").read_bytes()[:-10]
-        ),
-        says="bytes, but checksums.json recorded",
-        protect=D,
-    ),
-    Case("deleted split", T, prep=remove("data/tiny/val.parquet"), says="val.parquet", protect=D),
-    Case(
-        "damaged checksums.json",
-        T,
-        prep=write("data/tiny/checksums.json", '{"version": 1, "files": ['),
-        says="not a valid checksum manifest",
-        protect=D,
-    ),
-    Case(
-        "dataset prepared before checksums",
-        T,
-        prep=NO_MANIFEST,
-        expect="ok",
-        says="no checksums.json (published before datasets carried checksums)",
-    ),
-    Case(
-        "damaged page, no checksums",
-        T,
-        prep=chain(NO_MANIFEST, damage_page("data/tiny/train.parquet", "user")),
-        says="not a readable parquet file",
-        protect=D,
-    ),
-    Case(
-        "damaged page, no checksums, streaming",
-        [*T, "streaming=enabled"],
-        prep=chain(NO_MANIFEST, damage_page("data/tiny/train.parquet", "user")),
-        says="not readable",
-        protect=D,
-    ),
-    Case(
-        "spec vocab_size '1001'",
-        T,
-        prep=spec_edit(feature("user", "vocab_size", "1001")),
-        says="vocab_size",
-    ),  # fmt: skip
-    Case(
-        "spec vocab_size 1001.5",
-        T,
-        prep=spec_edit(feature("user", "vocab_size", 1001.5)),
-        says="vocab_size",
-    ),  # fmt: skip
-    Case("spec oov_id '0'", T, prep=spec_edit(feature("user", "oov_id", "0")), says="oov_id"),
-    Case(
-        "spec labels a string", T, prep=spec_edit(lambda d: d.update(labels="click")), says="labels"
-    ),  # fmt: skip
-    Case(
-        "spec splits a list", T, prep=spec_edit(lambda d: d.update(splits=["train"])), says="splits"
-    ),  # fmt: skip
-    Case(
-        "spec.json not JSON",
-        T,
-        prep=chain(NO_MANIFEST, write("data/tiny/spec.json", "{")),
-        says="not valid JSON",
-    ),  # fmt: skip
-    Case("spec.json deleted", T, prep=remove("data/tiny/spec.json"), says="spec.json"),
-    Case(
-        "label 2 in a binary task",
-        T,
-        prep=table_edit("data/tiny/train.parquet", set_column("click", first_is(2, "click"))),
-        says="outside {0,1}",
-    ),
-    Case(
-        "NaN label",
-        T,
-        prep=table_edit(
-            "data/tiny/train.parquet", set_column("click", first_is(float("nan"), "click"))
-        ),
-        says="NaN/inf/missing",
-    ),
-    Case(
-        "negative id",
-        T,
-        prep=table_edit("data/tiny/train.parquet", set_column("item", first_is(-3, "item"))),
-        says="negative ids",
-    ),
-    Case(
-        "inf in a dense column",
-        T,
-        prep=table_edit(
-            "data/tiny/train.parquet", set_column("price", first_is(float("inf"), "price"))
-        ),
-        says="NaN/inf/missing",
-    ),
-    Case(
-        "ids as strings",
-        T,
-        prep=table_edit(
-            "data/tiny/train.parquet",
-            set_column("item", lambda t: [str(v) for v in t["item"].to_pylist()]),
-        ),
-        says="must hold integer ids",
-    ),
-    Case(
-        "missing column in a split",
-        T,
-        prep=table_edit("data/tiny/train.parquet", lambda t: t.drop_columns(["item"])),
-        says="missing column(s) ['item']",
-    ),
-    Case(
-        "empty split",
-        T,
-        prep=table_edit("data/tiny/val.parquet", lambda t: t.slice(0, 0)),
-        says="the split is empty",
-    ),
-]
-
-RAW = "raw2/train.csv"
-RAW_CASES = [
-    Case("raw file missing", PREPARE, prep=remove("raw2/val.csv"), says="val.csv"),
-    Case("raw file empty", PREPARE, prep=write(RAW, ""), says="empty"),
-    Case(
-        "raw file header only", PREPARE, prep=edit_rows(RAW, lambda r: r[:1]), says="no data rows"
-    ),  # fmt: skip
-    Case(
-        "raw column missing",
-        PREPARE,
-        prep=edit_rows(RAW, lambda r: [",".join(x.split(",")[:-3] + x.split(",")[-2:]) for x in r]),
-        says="not found",
-    ),
-    Case(
-        "malformed row",
-        PREPARE,
-        prep=edit_rows(RAW, lambda r: r[:5] + [r[5] + ",7"] + r[6:]),
-        says="malformed row",
-    ),  # fmt: skip
-    Case(
-        "not a number in a dense column",
-        PREPARE,
-        prep=edit_rows(RAW, cell(5, 3, "abc")),
-        says="not a number",
-    ),  # fmt: skip
-    Case("binary label 2", PREPARE, prep=edit_rows(RAW, cell(5, 5, "2")), says="click"),
-    Case(
-        "column named twice",
-        PREPARE,
-        prep=edit_rows(RAW, lambda r: [r[0].replace("city", "item")] + r[1:]),
-        says="appears twice",
-    ),
-    Case(
-        "10 MB cell",
-        PREPARE,
-        prep=edit_rows(RAW, cell(5, 0, "u" + "x" * (10 << 20))),
-        says="+dataset.block_size_mb=",
-    ),  # fmt: skip
-    Case(
-        "damaged raw parquet page",
-        ["prepare", "--config-dir", f"{W}/conf", "dataset=rawpq"],
-        prep=damage_page("rawpq/train.parquet", "user"),
-        says="the file is damaged",
-        protect=("data/rawpq",),
-    ),
-    Case(
-        "CSV with a byte-order mark",
-        PREPARE,
-        prep=lambda r: (r / RAW).write_bytes(b"\xef\xbb\xbf" + (r / RAW).read_bytes()),
-        expect="ok",
-        says="prepared rawcase",
-    ),
-    Case(
-        "raw file not UTF-8",
-        PREPARE,
-        prep=write(RAW, b"\xff\xfeu\x00s\x00\n\x00"),
-        says="train.csv",
-    ),  # fmt: skip
-    Case(
-        "prepare over an existing dataset",
-        ["prepare", "--config-dir", f"{W}/conf", "dataset=tiny"],
-        says="overwrite=true",
-        protect=D,
-    ),
-    Case("prepare without a dataset", ["prepare"], says="say which dataset"),
-    Case(
-        "prepare a generated dataset",
-        ["prepare", "dataset=synthetic_ccp"],
-        says="generated on first use",
-    ),  # fmt: skip
-    Case(
-        "dataset yaml that does not parse",
-        ["prepare", "--config-dir", f"{W}/conf", "dataset=broken"],
-        prep=write("conf/dataset/broken.yaml", "name: [broken\n"),
-        says="not valid YAML",
-    ),
-]
-for case in RAW_CASES:  # nothing may be published by a failed prepare
-    if case.expect == "error" and not case.protect:
-        case.protect = ("data/rawcase",)
 
 RUN = ("run",)
 RUNS = [
@@ -440,11 +214,19 @@ INFERENCE = [
         check=gone("p2.parquet"),
     ),
     Case(
+        "predict with batch size 0",
+        [*PREDICT, "--output", f"{W}/p2.parquet", "--batch-size", "0"],
+        says="batch",
+        check=gone("p2.parquet"),
+    ),
+    Case(
         "export to an unknown format",
         ["export", f"{W}/run", "--format", "tflite"],
         says="invalid choice",
     ),  # fmt: skip
     Case("compare of nothing", ["compare", f"{W}/nowhere"], says="no such file or directory"),
 ]
+
+from bad_input_data_catalogue import DAMAGED, RAW_CASES  # noqa: E402
 
 CASES: list[Case] = [*CONFIG, *DAMAGED, *RAW_CASES, *RUNS, *INFERENCE]

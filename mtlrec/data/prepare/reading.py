@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +63,7 @@ def _raw_header(path: Path, read: ReadOptions) -> list[str]:
         # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name.
         with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             first = f.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise MtlrecError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise MtlrecError(f"{path}: the raw file is empty (no header or data line)")
@@ -165,7 +167,7 @@ def _csv_blocks(
         if "straddl" in str(e):  # one row does not fit in a read block
             raise _row_too_long(path, read.block_size_mb) from None
         raise MtlrecError(f"{path}: cannot parse the file ({str(e).splitlines()[0]})") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise MtlrecError(f"{path}: cannot read the file ({e})") from None
     if first_row == 0:
         raise MtlrecError(f"{path}: the raw file has no data rows")
@@ -176,10 +178,8 @@ def _row_too_long(path: Path, block_size_mb: float) -> MtlrecError:
     limit = int(block_size_mb * 2**20)
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     found = None
-    with opener(path, "rb") as f:
-        for number, line in enumerate(
-            f, start=1
-        ):  # lines are bytes up to b"\n": bounded by the file
+    with contextlib.suppress(OSError, EOFError, zlib.error), opener(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
             if len(line) > limit:
                 found = number, len(line)
                 break
