@@ -41,11 +41,14 @@ def tiny_dir():
 
 
 def prepared_copy(src: Path, dst: Path, mutate=None, split: str = "train") -> Path:
-    """A copy of the tiny prepared dataset whose `split` file is rewritten by `mutate(table)`."""
+    """A copy of the tiny prepared dataset whose `split` file is rewritten by `mutate(table)`
+    (without its checksums.json then, as a dataset made by other tools or before checksums:
+    the loader's own checks are what is tested; tests/data/test_checksums.py tests the sums)."""
     shutil.copytree(src, dst)
     if mutate is not None:
         path = dst / f"{split}.parquet"
         pq.write_table(mutate(pq.read_table(path)), path)
+        (dst / "checksums.json").unlink()
     return dst
 
 
