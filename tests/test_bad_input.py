@@ -41,11 +41,14 @@ def tiny_dir():
 
 
 def prepared_copy(src: Path, dst: Path, mutate=None, split: str = "train") -> Path:
-    """A copy of the tiny prepared dataset whose `split` file is rewritten by `mutate(table)`."""
+    """A copy of the tiny prepared dataset whose `split` file is rewritten by `mutate(table)`
+    (without its checksums.json then, as a dataset made by other tools or before checksums:
+    the loader's own checks are what is tested; tests/data/test_checksums.py tests the sums)."""
     shutil.copytree(src, dst)
     if mutate is not None:
         path = dst / f"{split}.parquet"
         pq.write_table(mutate(pq.read_table(path)), path)
+        (dst / "checksums.json").unlink()
     return dst
 
 
@@ -479,3 +482,18 @@ def test_override_precheck_in_process(override, message):
     assert str(info.value).startswith(message)
     check_overrides(["seed=1", "model=mmoe", "model.num_experts=3"])  # fine: no error
     check_overrides(["-m", "model=nonexistent"])  # multirun and flags: left to Hydra
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv"])
+def test_a_corrupt_raw_file_header_is_one_line(tmp_path, suffix):
+    """A gzip stream that does not decompress (zlib.error, not an OSError) and bytes that are not
+    UTF-8: one line naming the file."""
+    from mtlrec.data.prepare.plan import ReadOptions
+    from mtlrec.data.prepare.reading import header_columns
+
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(b"\x1f\x8b\x08\x00garbage" * 50 if suffix == ".csv.gz" else b"\xff\xfeu\x00")
+    with pytest.raises(MtlrecError) as e:
+        header_columns(path, ReadOptions())
+    assert str(e.value).startswith(f"{path}: cannot read the file (")
+    assert "\n" not in str(e.value)

@@ -8,8 +8,10 @@ config is composed once so that an unknown name or key is one line (check_overri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from mtlrec.commands import ERROR, OK
@@ -57,7 +59,8 @@ def run_hydra() -> int:
     from mtlrec.train import main as train_main
 
     try:
-        train_main()
+        with atomic_hydra_configs():
+            train_main()
     except SystemExit as e:
         if e.code not in (0, None):
             resume_attempt.settle_refused()  # a resume refused by its checks changes nothing
@@ -66,6 +69,65 @@ def run_hydra() -> int:
         resume_attempt.settle_refused()
         raise
     return OK
+
+
+@contextlib.contextmanager
+def atomic_hydra_configs() -> Iterator[None]:
+    """Hydra's .hydra/{config,hydra,overrides}.yaml written atomically while the block runs.
+
+    Hydra writes them with a plain open(); on a full disk that is its traceback and a half
+    file. Here a full disk is one line (`RUN/.hydra/config.yaml: cannot write it: No space left
+    on device; ...`, exit 1) and this launch's files are taken back: the yaml files it wrote,
+    the .hydra dir, the empty train.log and the run dir when they are left empty.
+    """
+    import hydra.core.utils as hydra_utils
+    from omegaconf import OmegaConf
+
+    from mtlrec.runs.atomic import NoSpaceError, atomic_write_text
+
+    original = hydra_utils._save_config
+    written: list[Path] = []
+    emptied: list[Path] = []
+
+    def save_config(cfg, filename: str, output_dir: Path) -> None:
+        path = Path(output_dir) / filename
+        try:
+            atomic_write_text(path, OmegaConf.to_yaml(cfg))
+        except NoSpaceError as e:
+            emptied.extend(_take_back(written, path.parent))
+            # As a failed single run ends (mtlrec.train): job_exit prints the line, once,
+            # without Hydra's "Set the environment variable HYDRA_FULL_ERROR" footer.
+            raise SystemExit(ERROR) from e
+        written.append(path)
+
+    hydra_utils._save_config = save_config
+    try:
+        yield
+    finally:
+        hydra_utils._save_config = original
+        if emptied:  # the run dir's claim (runs/lock.py) was its last file: drop it, then the dir
+            from mtlrec.runs import lock
+
+            lock._release_all()
+            for d in emptied:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
+def _take_back(written: list[Path], config_dir: Path) -> list[Path]:
+    """Remove what a launch wrote before a full disk stopped it; the run dir, when it is to be
+    removed too once its lock is gone (dirs are removed only when left empty)."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        config_dir.rmdir()
+    if config_dir.parent.name == ".hydra":  # a resume's .hydra/resume-<time>: the run stays
+        return []
+    run_dir = config_dir.parent
+    log_file = run_dir / "train.log"
+    if log_file.is_file() and log_file.stat().st_size == 0:
+        log_file.unlink()
+    return [run_dir]
 
 
 def job_exit(e: SystemExit) -> int:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtlrec.data import funnel
+from mtlrec.data.prepare.manifest import verified_read
 from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -125,20 +126,20 @@ def load_split(
         raise MtlrecError(
             f"{path}: split file not found; prepare the dataset first or fix dataset.path"
         )
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise MtlrecError(f"{path}: not a readable parquet file ({e})") from None
-    check_schema(path, schema, spec)
-    needed = spec.parquet_columns
-    table = pq.read_table(path, columns=needed)
-    n = table.num_rows
-    if n == 0:
-        raise MtlrecError(f"{path}: the split is empty (0 rows)")
-
-    sparse, dense, labels = encode_columns(
-        path, spec, tasks, table.column, n, funnel_violations=funnel_violations
-    )
+    # Hashed (checksums.json) in a thread while it is decoded: a damaged file is that one line.
+    with verified_read(path):
+        try:
+            schema = pq.read_schema(path)
+            check_schema(path, schema, spec)
+            table = pq.read_table(path, columns=spec.parquet_columns)
+        except (pa.ArrowException, OSError) as e:
+            raise MtlrecError(f"{path}: not a readable parquet file ({e})") from None
+        n = table.num_rows
+        if n == 0:
+            raise MtlrecError(f"{path}: the split is empty (0 rows)")
+        sparse, dense, labels = encode_columns(
+            path, spec, tasks, table.column, n, funnel_violations=funnel_violations
+        )
     return SplitTensors(torch.from_numpy(sparse), torch.from_numpy(dense), torch.from_numpy(labels))
 
 

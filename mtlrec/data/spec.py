@@ -1,7 +1,8 @@
 """Typed specs of a prepared dataset: its features, label columns, tasks and (for CTR->CVR data) funnel.
 
-A prepared dataset on disk is a directory with `spec.json` (this module's `DatasetSpec`) and one
-parquet file per split. Sparse columns hold per-field ids in [0, vocab_size); the loader offsets
+A prepared dataset on disk is a directory with `spec.json` (this module's `DatasetSpec`), one
+parquet file per split and `checksums.json` (size and SHA-256 of every file, verified on load:
+mtlrec.data.prepare.manifest). Sparse columns hold per-field ids in [0, vocab_size); the loader offsets
 them into one fused id space (see `DatasetSpec.field_offsets`).
 """
 
@@ -262,16 +263,23 @@ class DatasetSpec:
 
     @classmethod
     def load(cls, directory: Path) -> DatasetSpec:
+        """The spec of a prepared dataset dir, checked against the dir's checksums.json first
+        (with the other small files; the split files are checked when they are read)."""
+        from mtlrec.data.prepare.manifest import verify_all_but, verify_files
+
         path = Path(directory) / SPEC_FILE
         if not path.is_file():
             raise MtlrecError(
                 f"{path}: no dataset spec; point dataset.path at a prepared dataset directory"
             )
+        verify_files(path.parent, [SPEC_FILE])  # a damaged spec.json says so, not a JSON error
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MtlrecError(f"{path}: not valid JSON ({e}); re-create the dataset") from None
-        return cls.from_dict(d, source=str(path))
+        spec = cls.from_dict(d, source=str(path))
+        verify_all_but(path.parent, [SPEC_FILE, *spec.splits.values()])
+        return spec
 
     def validate(self, source: str = "spec") -> None:
         names = [f.name for f in self.features]

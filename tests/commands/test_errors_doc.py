@@ -85,3 +85,71 @@ def test_the_fault_lines_of_the_doc_are_the_programs():
         "`RUN: starting the run again (the one there, status running, stopped before its first "
         "checkpoint)`"
     ) in text
+
+
+def _doc_line(case: str) -> str:
+    """The first `...` line of the "Every case" row `case` (its what-you-see column)."""
+    for row in DOC.read_text().splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+        if cells and cells[0] == case:
+            return re.findall(r"`([^`]+)`", cells[2])[0]
+    raise AssertionError(f"no row '{case}' in {DOC}")
+
+
+def _as_pattern(doc: str, **placeholders: str) -> str:
+    """A doc line as a regex: placeholders (DATA, DIR, RAW, RUN) and `...` stand for anything,
+    12-hex digest prefixes for any such prefix, numbers of bytes for any number."""
+    pattern = re.escape(doc)
+    for name, value in placeholders.items():
+        pattern = pattern.replace(name, re.escape(value))
+    pattern = re.sub(r"[0-9a-f]{12}(?=\\\.\\\.\\\.)", "[0-9a-f]{12}", pattern)
+    pattern = re.sub(r"(?<![\w.])\d{3,}(?= bytes)|(?<=recorded )\d{3,}", r"\\d+", pattern)
+    return pattern.replace(re.escape("..."), ".*")
+
+
+def test_the_dataset_integrity_lines_of_the_doc_are_the_programs(tmp_path, caplog):
+    """The lines of the checksum rows, made here by the code that prints them (the cases run
+    through the CLI in tests/data/test_checksums.py), match the doc."""
+    from mtlrec.data.prepare.manifest import read_manifest, verify_files, write_manifest
+    from mtlrec.errors import MtlrecError
+
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "val.parquet").write_bytes(b"x" * 26600)
+    write_manifest(data)
+    (data / "val.parquet").write_bytes(b"y" * 26600)
+    with pytest.raises(MtlrecError) as e:
+        verify_files(data, ["val.parquet"])
+    doc = _doc_line("a damaged prepared file").replace("train.parquet", "val.parquet")
+    assert re.fullmatch(_as_pattern(doc, DATA=str(data / "val.parquet")), str(e.value))
+    (data / "val.parquet").write_bytes(b"y" * 26590)
+    with pytest.raises(MtlrecError) as e:
+        verify_files(data, ["val.parquet"])
+    doc = _doc_line("a truncated prepared file")
+    assert re.fullmatch(_as_pattern(doc, DATA=str(data / "val.parquet")), str(e.value))
+    (data / "checksums.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert read_manifest(data) is None
+    doc = _doc_line("a dataset prepared before checksums")
+    assert [r.getMessage() for r in caplog.records] == [doc.replace("DIR", str(data))]
+
+
+def test_the_raw_input_lines_of_the_doc_are_the_programs():
+    from helpers.datagen import REPO
+
+    checks = (REPO / "tests" / "data" / "test_checksums.py").read_text()
+    cell = _doc_line("a 10 MB cell in a CSV").split("RAW/train.csv: ", 1)[1]
+    assert "line 6 is 10.0 MB long, more than one " in checks and cell.startswith(
+        "line 6 is 10.0 MB"
+    )
+    assert (
+        '"read block (dataset.block_size_mb=1); raise it, e.g. +dataset.block_size_mb=32"' in checks
+    )
+    page = _doc_line("damaged pages of a raw parquet input")
+    assert page.endswith("; the file is damaged: write it again")
+    assert "not a readable parquet file from row 1 on (" in page
+    from .test_faults_cli import NO_SPACE
+
+    assert _doc_line("disk full while Hydra writes `.hydra/*.yaml`") == (
+        f"RUN/.hydra/config.yaml: {NO_SPACE}"
+    )

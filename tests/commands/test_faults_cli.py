@@ -112,3 +112,37 @@ def test_an_unknown_dataset_in_your_config_dir_lists_yours(tmp_path):
             "mtlrec train: error: Could not find 'dataset/my_dat': unknown dataset 'my_dat'; "
             "valid: aliccp, aliexpress, census, mmoe_synthetic, movielens, my_data, prepared, synthetic_ccp"
         ]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "overrides.yaml"])
+def test_a_full_disk_while_hydra_writes_its_config_is_one_line(tmp_path, name):
+    run_dir = tmp_path / "run"
+    out = mtlrec(
+        "train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        env=env(**{NO_SPACE_FAULT_ENV: f"{name}:0"}),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert lines(out.stderr) == [f"{run_dir / '.hydra' / name}: {NO_SPACE}"]
+    assert "Traceback" not in out.stdout
+    assert not run_dir.exists()  # the launch's .hydra files, empty train.log and dir: gone
+    again = mtlrec("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_full_disk_while_a_resume_writes_its_config_changes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    first = mtlrec("train", *TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = mtlrec(
+        "train", f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path,
+        env=env(**{NO_SPACE_FAULT_ENV: "config.yaml:0"}),
+    )  # fmt: skip
+    assert out.returncode == 1
+    [line] = lines(out.stderr)
+    assert line.startswith(f"{run_dir / '.hydra'}/resume-") and line.endswith(
+        f"/config.yaml: {NO_SPACE}"
+    )
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert not list((run_dir / ".hydra").glob("resume-*"))

@@ -9,6 +9,8 @@
   the same way), so the loser gets one line and its staging dir is removed.
 - A dataset that a running job reads (`hold_dataset`, taken by the streaming reader for its life)
   is never replaced under it: `overwrite=true` refuses while the shared lock is held.
+- Every file of the published dir is listed with its size and SHA-256 in checksums.json
+  (mtlrec.data.prepare.manifest), written last into the staging dir and verified on load.
 - Staging dirs `.NAME.tmp-PID-*` (and `.NAME.old-PID-*`) of processes that died are removed by the
   next prepare of the same path.
 """
@@ -26,7 +28,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mtlrec.data.spec import SPEC_FILE
+from mtlrec.data.prepare.manifest import write_manifest
+from mtlrec.data.spec import SPEC_FILE, DatasetSpec
 from mtlrec.errors import MtlrecError
 
 log = logging.getLogger(__name__)
@@ -180,8 +183,9 @@ def _swap(tmp: Path, path: Path, overwrite: bool, tag: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(path: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary sibling of `path` that becomes `path` only when the block completes."""
+def staged_dir(path: Path, overwrite: bool, origin: str = "prepared") -> Iterator[Path]:
+    """A temporary sibling of `path` that becomes `path` only when the block completes, with
+    the checksums of all its files in checksums.json (`origin`: prepared or generated)."""
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
         raise _exists_error(path, raced=False)
@@ -192,6 +196,7 @@ def staged_dir(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        write_manifest(tmp, origin)
         _swap(tmp, path, overwrite, tag)
     finally:
         if tmp.exists():
@@ -206,6 +211,7 @@ def generate_once(path: Path, write: Callable[[Path], object], what: str) -> Pat
     """
     path = Path(path).expanduser()
     if (path / SPEC_FILE).is_file():
+        DatasetSpec.load(path)  # reused: its spec and small files checked (the splits on read)
         return path
     if path.exists():
         raise MtlrecError(
@@ -214,7 +220,7 @@ def generate_once(path: Path, write: Callable[[Path], object], what: str) -> Pat
     _make_parent(path, "data cache dir")
     log.info("Generating %s into %s", what, path)
     try:
-        with staged_dir(path, overwrite=False) as tmp:
+        with staged_dir(path, overwrite=False, origin="generated") as tmp:
             write(tmp)
     except MtlrecError:
         if (path / SPEC_FILE).is_file():  # a parallel job generated it first

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +63,7 @@ def _raw_header(path: Path, read: ReadOptions) -> list[str]:
         # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name.
         with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             first = f.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise MtlrecError(f"{path}: cannot read the file ({e})") from None
     if not first.strip():
         raise MtlrecError(f"{path}: the raw file is empty (no header or data line)")
@@ -103,14 +105,21 @@ def iter_blocks(plan: Plan, source_index: int, columns: list[str]) -> Iterator[B
 def _parquet_blocks(
     path: Path, read: ReadOptions, source_index: int, columns: list[str]
 ) -> Iterator[Block]:
-    pf = pq.ParquetFile(path)
-    if pf.metadata.num_rows == 0:
-        raise MtlrecError(f"{path}: the raw file has no data rows")
-    batch_rows = max(1024, int(read.block_size_mb * 2**20 / max(1, 8 * len(columns))))
     first_row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        yield Block(pa.Table.from_batches([batch]), source_index, first_row, 0)
-        first_row += batch.num_rows
+    try:
+        # Page checksums, where the writer stored them, catch damage that still decodes.
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        if pf.metadata.num_rows == 0:
+            raise MtlrecError(f"{path}: the raw file has no data rows")
+        batch_rows = max(1024, int(read.block_size_mb * 2**20 / max(1, 8 * len(columns))))
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            yield Block(pa.Table.from_batches([batch]), source_index, first_row, 0)
+            first_row += batch.num_rows
+    except (pa.ArrowException, OSError) as e:  # a damaged page behind an intact footer
+        raise MtlrecError(
+            f"{path}: not a readable parquet file from row {first_row + 1} on ({str(e).splitlines()[0]}); "
+            "the file is damaged: write it again"
+        ) from None
 
 
 def _csv_blocks(
@@ -155,11 +164,36 @@ def _csv_blocks(
             raise MtlrecError(
                 f"{path}: {line}: malformed row, expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:80]!r}"
             ) from None
+        if "straddl" in str(e):  # one row does not fit in a read block
+            raise _row_too_long(path, read.block_size_mb) from None
         raise MtlrecError(f"{path}: cannot parse the file ({str(e).splitlines()[0]})") from None
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise MtlrecError(f"{path}: cannot read the file ({e})") from None
     if first_row == 0:
         raise MtlrecError(f"{path}: the raw file has no data rows")
+
+
+def _row_too_long(path: Path, block_size_mb: float) -> MtlrecError:
+    """The error for a row longer than the CSV reader's block: its line and the key to raise."""
+    limit = int(block_size_mb * 2**20)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    found = None
+    with contextlib.suppress(OSError, EOFError, zlib.error), opener(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if len(line) > limit:
+                found = number, len(line)
+                break
+    need = max(found[1] if found else limit * 2, limit * 2) / 2**20
+    suggest = 2 ** math.ceil(math.log2(need * 2))
+    what = (
+        f"line {found[0]} is {found[1] / 2**20:.1f} MB long"
+        if found
+        else "a row (with quoted line breaks) is"
+    )
+    return MtlrecError(
+        f"{path}: {what}, more than one read block (dataset.block_size_mb={block_size_mb:g}); "
+        f"raise it, e.g. +dataset.block_size_mb={suggest:g}"
+    )
 
 
 def plan_blocks(plan: Plan, source_index: int) -> Iterator[Block]:
