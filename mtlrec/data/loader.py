@@ -301,11 +301,7 @@ def _check_binary_labels(
         t.where for t in tasks if t.where
     }
     if spec.funnel is not None:
-        binary_columns |= {
-            c
-            for c in (spec.funnel.click, spec.funnel.conversion, spec.funnel.conversion_if_clicked)
-            if c
-        }
+        binary_columns |= set(spec.funnel.columns)
     for c in sorted(binary_columns):
         values = labels[:, spec.label_index(c)]
         bad = (values != 0) & (values != 1)

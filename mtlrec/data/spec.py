@@ -117,6 +117,12 @@ class FunnelSpec:
     conversion_if_clicked: str | None = None
     action: str | None = None
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The funnel's label columns (all binary), in funnel order; undeclared ones left out."""
+        named = (self.click, self.conversion, self.conversion_if_clicked, self.action)
+        return tuple(c for c in named if c)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

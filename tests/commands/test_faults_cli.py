@@ -110,7 +110,7 @@ def test_an_unknown_dataset_in_your_config_dir_lists_yours(tmp_path):
         assert out.returncode == 1
         assert out.stderr.splitlines() == [
             "mtlrec train: error: Could not find 'dataset/my_dat': unknown dataset 'my_dat'; "
-            "valid: aliccp, aliexpress, census, mmoe_synthetic, movielens, my_data, prepared, synthetic_ccp"
+            "valid: aliccp, aliexpress, census, mmoe_synthetic, movielens, my_data, prepared, synthetic_ccp, synthetic_ccp_action, synthetic_ccp_weak"
         ]
 
 

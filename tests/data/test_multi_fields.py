@@ -308,6 +308,49 @@ def test_byo_funnel_with_counterfactual_labels_gives_cvr_auc_entire(tmp_path):
     assert "cvr_auc_entire" in [t.key("auc") for t in targets]
 
 
+def test_byo_funnel_action_is_kept_as_a_binary_label_for_esm2(tmp_path):
+    """`funnel.action` (ESM²'s cart/wish label) is loaded as a label and checked as binary on BYO
+    data, with no task of its own: model=esm2 reads it from the funnel."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.models import build_model
+
+    rng = np.random.default_rng(1)
+    frames = {}
+    for s in SPLITS:
+        n = 200
+        click = (rng.random(n) < 0.4).astype(int)
+        cart = click * (rng.random(n) < 0.5).astype(int)
+        frames[s] = pd.DataFrame(
+            {
+                "item": rng.integers(0, 9, size=n),
+                "click": click,
+                "cart": cart,
+                "buy": cart * (rng.random(n) < 0.5).astype(int),
+            }
+        )
+        frames[s].to_csv(tmp_path / f"{s}.csv", index=False)
+    cfg = {
+        "name": "action_byo",
+        "preparer": "csv",
+        "path": str(tmp_path / "prepared"),
+        "raw_dir": str(tmp_path),
+        "files": {s: f"{s}.csv" for s in SPLITS},
+        "sparse": ["item"],
+        "targets": {"ctr": "click", "cvr": {"label": "buy", "where": "click"}},
+        "funnel": {"click": "click", "conversion": "buy", "action": "cart"},
+    }
+    spec = prepare_dataset(cfg).spec
+    assert spec.labels == ("click", "buy", "cart") and spec.funnel.action == "cart"
+    test = load_split(tmp_path / "prepared" / "test.parquet", spec, spec.tasks)
+    assert test.labels[:, 2].tolist() == frames["test"]["cart"].tolist()
+    model, tasks = build_model({"name": "esm2"}, spec, spec.tasks)
+    assert [t.label for t in tasks] == ["click", "cart", "buy"]
+    frames["val"].loc[0, "cart"] = 2
+    frames["val"].to_csv(tmp_path / "val.csv", index=False)
+    with pytest.raises(MtlrecError, match="cart"):
+        prepare_dataset({**cfg, "path": str(tmp_path / "again")})
+
+
 def test_parquet_list_columns_and_a_hashed_bag(tmp_path):
     import pyarrow as pa
 

@@ -57,6 +57,7 @@ def test_ensure_prepared_writes_once_and_reuses(tmp_path):
     assert synthetic_ccp.ensure_prepared(path, 3000, seed=1) == path
     spec = DatasetSpec.load(path)
     assert sorted(p.name for p in path.iterdir()) == [
+        "checksums.json",
         "spec.json",
         "test.parquet",
         "train.parquet",

@@ -123,8 +123,8 @@ class Plan:
                 if c and c not in cols:
                     cols.append(c)
         if self.funnel is not None:
-            for c in (self.funnel.click, self.funnel.conversion, self.funnel.conversion_if_clicked):
-                if c and c not in cols:
+            for c in self.funnel.columns:
+                if c not in cols:
                     cols.append(c)
         return cols
 
@@ -133,9 +133,7 @@ class Plan:
         cols = {t.label for t in self.targets if t.type == "binary"}
         cols |= {t.where for t in self.targets if t.where}
         if self.funnel is not None:
-            cols |= {self.funnel.click, self.funnel.conversion}
-            if self.funnel.conversion_if_clicked:
-                cols.add(self.funnel.conversion_if_clicked)
+            cols |= set(self.funnel.columns)
         return cols
 
     @property

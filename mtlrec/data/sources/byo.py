@@ -21,7 +21,9 @@ class CsvConfig(ReadConfig):
     feature_groups: dict[str, list[str]] | None = None  # group -> fields summed into one vector
     # task -> {label, type, where, weight, positive, negative} (or a label)
     targets: dict[str, Any] | None = None
-    funnel: dict[str, str | None] | None = None  # {click, conversion, conversion_if_clicked}
+    funnel: dict[str, str | None] | None = (
+        None  # {click, conversion, conversion_if_clicked, action}
+    )
     split: dict[str, Any] | None = None  # by: files | random | column, fractions, seed, ...
 
 
