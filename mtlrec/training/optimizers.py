@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training.row_adam import RowAdam
 
 EmbeddingOptimizer = Literal["auto", "adam", "sparse_adam", "adagrad"]
 SPARSE_FROM_ROWS = 1_000_000
@@ -131,7 +132,7 @@ def build_optimizer(
         groups.append({"params": by_choice["adam"], "weight_decay": embedding_weight_decay})
     parts = [dense_optimizer(name, groups, lr)]
     if by_choice["sparse_adam"]:
-        parts.append(torch.optim.SparseAdam(by_choice["sparse_adam"], lr=lr))
+        parts.append(RowAdam(by_choice["sparse_adam"], lr=lr))
     if by_choice["adagrad"]:
         parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=lr))
     return MultiOptimizer(parts)

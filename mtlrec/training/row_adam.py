@@ -1,0 +1,153 @@
+"""RowAdam: Adam on the rows of an embedding table that a batch uses, O(batch) per step.
+
+For each table (a parameter with a sparse gradient from `F.embedding(sparse=True)`), one step:
+
+1. deduplicates the batch's row ids once (`torch.unique(return_inverse=True)`) and sums each
+   row's gradient with `index_add_` (no sparse-tensor coalesce);
+2. reads both moments of those rows with ONE `index_select` from a packed `[rows, 2 * dim]`
+   state tensor (first moment | second moment side by side), so each row's state is one
+   contiguous 2*dim run in memory instead of two far-apart ones;
+3. updates the moments and the rows (Adam, bias correction with the table's global step count
+   t: `m_hat = m / (1 - b1^t)`, `v_hat = v / (1 - b2^t)`) and writes them back with one
+   `index_copy_` each.
+
+Rows absent from a batch keep their weight and moments (lazy Adam, like torch.optim.SparseAdam:
+the same numbers, tested). With `catch_up=True` a row absent for k steps is first moved the way
+dense Adam would have moved it during those steps with a zero gradient (its moments decay as
+b1^j, b2^j; it drifts by `lr * m/sqrt(v) * sum_{j=1..k} r^j * w`, r = b1 / sqrt(b2), with the
+bias-correction factor w = sqrt(1 - b2^s) / (1 - b1^s) taken at the first missed step s and eps
+left out of the drift), then takes its step. `flush()` applies that catch-up to every row (before
+evaluation), so the evaluated table is dense Adam's up to those two approximations. The per-row
+last-step counter (int64) is part of the state and resumes exactly.
+
+The state is allocated when the optimizer is built (start-up), not on the first step, so the
+O(vocabulary) zeroing of the moments is never inside a training step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class RowAdam(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        catch_up: bool = False,
+    ):
+        super().__init__(list(params), {"lr": lr, "betas": betas, "eps": eps})
+        self.catch_up = catch_up
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = self._fresh_state(p)
+
+    @staticmethod
+    def _fresh_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows, dim = p.shape
+        return {
+            "step": torch.zeros((), dtype=torch.int64),
+            "moments": torch.zeros(rows, 2 * dim, dtype=p.dtype, device=p.device),
+            # the global step at which each row was last brought up to date
+            "last_step": torch.zeros(rows, dtype=torch.int64, device=p.device),
+        }
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("RowAdam takes sparse gradients (F.embedding sparse=True)")
+                state = self.state[p]
+                state["step"] += 1
+                rows, grad = unique_rows(p.grad)
+                self._update_rows(p, state, group, rows, grad)
+
+    def _update_rows(
+        self,
+        p: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        group: dict[str, Any],
+        rows: torch.Tensor,
+        grad: torch.Tensor,
+    ) -> None:
+        b1, b2 = group["betas"]
+        t = int(state["step"])
+        dim = p.shape[1]
+        packed = state["moments"].index_select(0, rows)
+        m, v = packed[:, :dim], packed[:, dim:]
+        weight = p.index_select(0, rows)
+        if self.catch_up:
+            self._drift(weight, m, v, state["last_step"].index_select(0, rows), t - 1, group)
+            state["last_step"].index_fill_(0, rows, t)
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
+        weight.addcdiv_(m, denom, value=-group["lr"] / (1 - b1**t))
+        p.index_copy_(0, rows, weight)
+        state["moments"].index_copy_(0, rows, packed)
+
+    @staticmethod
+    def _drift(
+        weight: torch.Tensor,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        last: torch.Tensor,
+        upto: int,
+        group: dict[str, Any],
+    ) -> None:
+        """Dense Adam's zero-gradient steps last+1..upto of each row, in place (the docstring)."""
+        missed = upto - last
+        if not bool((missed > 0).any()):
+            return
+        b1, b2 = group["betas"]
+        r = b1 / math.sqrt(b2)
+        k = missed.to(torch.float64).unsqueeze(1)
+        first = (last + 1).to(torch.float64).unsqueeze(1)  # the first missed step s
+        bias = (1 - b2**first).sqrt() / (1 - b1**first)  # w at s
+        scale = (bias * r * (1 - r**k) / (1 - r)).to(weight.dtype)  # w * sum_{j=1..k} r^j
+        # m = v = 0 (a row never used) drifts by 0; the clamp only keeps 0/0 away.
+        weight.addcdiv_(m * scale, v.sqrt().clamp_min(1e-30), value=-group["lr"])
+        m.mul_((b1**k).to(m.dtype))
+        v.mul_((b2**k).to(v.dtype))
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Bring every row up to the current step (catch_up only); O(rows), once per epoch."""
+        if not self.catch_up:
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                t, dim = int(state["step"]), p.shape[1]
+                m, v = state["moments"][:, :dim], state["moments"][:, dim:]
+                self._drift(p, m, v, state["last_step"], t, group)
+                state["last_step"].fill_(t)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts every floating-or-not state tensor but "step" to the parameter's dtype;
+        # the int64 last-step counters are put back as they were.
+        counters = {k: v["last_step"].clone() for k, v in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        for index, p in enumerate(p for g in self.param_groups for p in g["params"]):
+            self.state[p]["last_step"] = counters[index].to(p.device)
+
+
+def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted unique row ids [n], their summed gradient rows [n, dim]) of a sparse gradient."""
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    # _indices/_values: the raw (duplicated) entries; indices() refuses an uncoalesced tensor.
+    rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)
+    values = grad._values()
+    summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
+    return rows, summed
