@@ -80,6 +80,12 @@ class MultiOptimizer(torch.optim.Optimizer):
         for opt in self.optimizers:
             opt.step()
 
+    def flush(self) -> None:
+        """Bring lazily updated rows up to date (RowAdam catch_up) before they are evaluated."""
+        for opt in self.optimizers:
+            if isinstance(opt, RowAdam):
+                opt.flush()
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
 
@@ -132,7 +138,7 @@ def build_optimizer(
         groups.append({"params": by_choice["adam"], "weight_decay": embedding_weight_decay})
     parts = [dense_optimizer(name, groups, lr)]
     if by_choice["sparse_adam"]:
-        parts.append(RowAdam(by_choice["sparse_adam"], lr=lr))
+        parts.append(RowAdam(by_choice["sparse_adam"], lr=lr, catch_up=True))
     if by_choice["adagrad"]:
         parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=lr))
     return MultiOptimizer(parts)
@@ -171,7 +177,10 @@ def table_bytes(model: nn.Module, embedding_optimizer: EmbeddingOptimizer) -> tu
     for table in embedding_tables(model):
         size = table.weight.numel() * table.weight.element_size()
         weights += size
-        state += size * STATE_TENSORS[table_choice(table, embedding_optimizer)]
+        choice = table_choice(table, embedding_optimizer)
+        state += size * STATE_TENSORS[choice]
+        if choice == "sparse_adam":  # RowAdam's int64 last-step counter per row
+            state += table.num_embeddings * 8
     return weights, state
 
 

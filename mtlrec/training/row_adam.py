@@ -33,6 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+EXACT = 16  # missed steps whose bias correction is taken exactly (RowAdam._drift) ...
+EXACT_UNTIL = 1000  # ... up to this global step; then w changes < 0.03% per step
+
 
 class RowAdam(torch.optim.Optimizer):
     def __init__(
@@ -106,32 +109,42 @@ class RowAdam(torch.optim.Optimizer):
         group: dict[str, Any],
     ) -> None:
         """Dense Adam's zero-gradient steps last+1..upto of each row, in place (the docstring)."""
-        missed = upto - last
-        if not bool((missed > 0).any()):
-            return
+        missed = upto - last  # 0 for a row used at the step before: scale 0, decay 1
         b1, b2 = group["betas"]
         r = b1 / math.sqrt(b2)
         k = missed.to(torch.float64).unsqueeze(1)
-        first = (last + 1).to(torch.float64).unsqueeze(1)  # the first missed step s
-        bias = (1 - b2**first).sqrt() / (1 - b1**first)  # w at s
-        scale = (bias * r * (1 - r**k) / (1 - r)).to(weight.dtype)  # w * sum_{j=1..k} r^j
+        first = last.to(torch.float64).unsqueeze(1) + 1  # the first missed step
+        if upto <= EXACT_UNTIL:
+            # Early on w changes fast: take it exactly at each of the first EXACT missed steps,
+            # then at the step after them for the geometric tail.
+            j = torch.arange(EXACT + 1, dtype=torch.float64, device=k.device)
+            w = bias_factor(first + j, b1, b2)  # [n, EXACT + 1]
+            head = (r ** (j[:EXACT] + 1) * w[:, :EXACT] * (j[:EXACT] < k)).sum(1, keepdim=True)
+            tail = w[:, EXACT:] * (r ** (EXACT + 1) - r ** (k.clamp_min(EXACT) + 1)) / (1 - r)
+            scale = head + tail
+        else:  # w is nearly flat: at the first missed step, times sum_{j=1..k} r^j
+            scale = bias_factor(first, b1, b2) * r * (1 - r**k) / (1 - r)
+        scale = scale.to(weight.dtype)
         # m = v = 0 (a row never used) drifts by 0; the clamp only keeps 0/0 away.
         weight.addcdiv_(m * scale, v.sqrt().clamp_min(1e-30), value=-group["lr"])
         m.mul_((b1**k).to(m.dtype))
         v.mul_((b2**k).to(v.dtype))
 
     @torch.no_grad()
-    def flush(self) -> None:
-        """Bring every row up to the current step (catch_up only); O(rows), once per epoch."""
+    def flush(self, chunk_rows: int = 1 << 18) -> None:
+        """Bring every row up to the current step (catch_up only): O(rows), once per epoch, in
+        chunks so the temporaries stay small next to the table."""
         if not self.catch_up:
             return
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
                 t, dim = int(state["step"]), p.shape[1]
-                m, v = state["moments"][:, :dim], state["moments"][:, dim:]
-                self._drift(p, m, v, state["last_step"], t, group)
-                state["last_step"].fill_(t)
+                for start in range(0, p.shape[0], chunk_rows):
+                    part = slice(start, start + chunk_rows)
+                    packed, last = state["moments"][part], state["last_step"][part]
+                    self._drift(p[part], packed[:, :dim], packed[:, dim:], last, t, group)
+                    last.fill_(t)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts every floating-or-not state tensor but "step" to the parameter's dtype;
@@ -140,6 +153,11 @@ class RowAdam(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for index, p in enumerate(p for g in self.param_groups for p in g["params"]):
             self.state[p]["last_step"] = counters[index].to(p.device)
+
+
+def bias_factor(step: torch.Tensor, b1: float, b2: float) -> torch.Tensor:
+    """w = sqrt(1 - b2^s) / (1 - b1^s): how Adam's bias correction scales m / sqrt(v) at step s."""
+    return (1 - b2**step).sqrt() / (1 - b1**step)
 
 
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

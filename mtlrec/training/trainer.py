@@ -350,6 +350,7 @@ class Trainer:
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
+        self.optimizer.flush()  # type: ignore[attr-defined]  # rows a lazy update left behind
         val_metrics = self.evaluate(val, "val")
         row.update(val_metrics)
         row["lr"] = self.optimizer.param_groups[0]["lr"]
