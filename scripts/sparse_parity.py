@@ -65,7 +65,11 @@ def compare(name: str, dataset: list[str], args: argparse.Namespace) -> list[dic
         row = {"dataset": name, "seed": seed, "epochs": args.epochs}
         for split in ("val", "test"):
             dense, sparse = (auc[o][f"{split}_mean_auc"] for o in ("adam", "sparse_adam"))
-            row |= {f"{split}_adam": dense, f"{split}_sparse": sparse, f"{split}_diff": sparse - dense}
+            row |= {
+                f"{split}_adam": dense,
+                f"{split}_sparse": sparse,
+                f"{split}_diff": sparse - dense,
+            }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
