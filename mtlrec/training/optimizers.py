@@ -89,6 +89,19 @@ class MultiOptimizer(torch.optim.Optimizer):
         for opt in self.optimizers:
             opt.step()
 
+    def catch_up(self, model: nn.Module, sparse: torch.Tensor) -> None:
+        """Before a batch's forward: the rows it will read, brought up to date (RowAdam)."""
+        row_adams = [o for o in self.optimizers if isinstance(o, RowAdam) and o.catch_up]
+        if not row_adams:
+            return
+        for module in model.modules():
+            rows_of = getattr(module, "rows_used", None)  # per table: (table, row ids of a batch)
+            if not callable(rows_of):
+                continue
+            for table, ids in rows_of(sparse):
+                for optimizer in row_adams:
+                    optimizer.catch_up_rows(table.weight, ids)
+
     def flush(self) -> None:
         """Bring lazily updated rows up to date (RowAdam catch_up) before they are evaluated."""
         for opt in self.optimizers:

@@ -47,9 +47,11 @@ class RowAdam(torch.optim.Optimizer):
     ):
         super().__init__(list(params), {"lr": lr, "betas": betas, "eps": eps})
         self.catch_up = catch_up
+        self.group_of: dict[nn.Parameter, dict[str, Any]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p] = self._fresh_state(p)
+                self.group_of[p] = group
 
     @staticmethod
     def _fresh_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -115,6 +117,23 @@ class RowAdam(torch.optim.Optimizer):
         weight.addcdiv_(m * scale, v.sqrt().clamp_min(1e-30), value=-group["lr"])
         m.mul_((b1**k).to(m.dtype))
         v.mul_((b2**k).to(v.dtype))
+
+    @torch.no_grad()
+    def catch_up_rows(self, p: nn.Parameter, ids: torch.Tensor) -> None:
+        """Before a forward: bring the rows `ids` (any order, repeats) of table `p` up to the
+        current step, so the batch reads the weights dense Adam would have (catch_up only)."""
+        if not self.catch_up or p not in self.group_of:
+            return
+        state, dim = self.state[p], p.shape[1]
+        rows = torch.unique(ids)
+        packed = state["moments"].index_select(0, rows)
+        weight = p.index_select(0, rows)
+        t = int(state["step"])
+        last = state["last_step"].index_select(0, rows)
+        self._drift(weight, packed[:, :dim], packed[:, dim:], last, t, self.group_of[p])
+        p.index_copy_(0, rows, weight)
+        state["moments"].index_copy_(0, rows, packed)
+        state["last_step"].index_fill_(0, rows, t)
 
     @torch.no_grad()
     def flush(self, chunk_rows: int = 1 << 18) -> None:

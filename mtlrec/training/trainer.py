@@ -202,6 +202,7 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------
     def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns the per-task loss sums and row counts."""
+        self.optimizer.catch_up(self.model, batch.sparse)  # sparse_adam: rows it reads, current
         with self.autocast(), self.grad_sync.forward_context():
             outputs = self.train_forward(batch.sparse, batch.dense)
         means, extra, sums, counts = self.objective.losses(outputs, batch.labels)
