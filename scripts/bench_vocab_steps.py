@@ -10,7 +10,7 @@ same data (bench_vocab's synthetic_ccp 200k rows, item_id spread over V ids) and
 network (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread). Each cell runs
 in its own process: build the model and `build_optimizer(..., embedding_optimizer)` (the moments
 of RowAdam are allocated here, at start-up: that time is reported apart as `build_s`), then one
-epoch of steps (forward, the objective's per-task means summed, backward, optimizer step) in a
+epoch of steps (the sparse path's catch-up of the batch's rows, forward, the objective's per-task means summed, backward, optimizer step) in a
 fixed order. Reported: train samples per CPU-second, the ratio to the smallest vocabulary and
 `build_s`. Cells rotate across `--repeats` rounds; the median is reported.
 """
@@ -56,7 +56,9 @@ def one_cell(data: Path, optimizer: str) -> dict:
     started = time.process_time()
     for i in range(steps):
         rows = order[i * BATCH : (i + 1) * BATCH]
-        outputs = model(train.sparse[rows], train.dense[rows])
+        sparse = train.sparse[rows]
+        opt.catch_up(model, sparse)  # as Trainer.step: sparse_adam's rows, current
+        outputs = model(sparse, train.dense[rows])
         means = objective.losses(outputs, train.labels[rows])[0]
         opt.zero_grad(set_to_none=True)
         means.sum().backward()

@@ -7,14 +7,13 @@
 - `sparse_adam`: RowAdam (mtlrec/training/row_adam.py). The backward pass yields a sparse
   gradient holding only the rows the batch used; each step reads, updates and writes only those
   rows (both moments packed in one [rows, 2 * dim] tensor): O(batch) per step. A row absent from
-  a batch is not touched at that step; when it is next used, or at the end of the epoch
-  (`MultiOptimizer.flush`, before validation), it first takes the steps dense Adam would have
-  taken with a zero gradient (its moments decayed, its weight moved by the decaying momentum, the
-  bias correction of each missed global step exact up to step 2000). So the validated,
-  best and checkpointed tables are dense Adam's up to Adam's eps in those drift steps
-  (tested: < 1e-4 apart after 3000 steps, where lazy Adam is off by 0.04). Within an epoch a
-  row the batch does not use lags until it is used again; that is never seen by a step, since
-  the step that uses it catches it up first.
+  a batch is not touched at that step; before a batch reads it (`MultiOptimizer.catch_up`,
+  called by Trainer.step), and for every row at the end of an epoch (`flush`, before
+  validation), it first takes the steps dense Adam would have taken with a zero gradient
+  (moments decayed, the weight moved by the decaying momentum, each missed step's bias
+  correction). So it trains as dense Adam does, up to float rounding and Adam's eps in those
+  zero-gradient steps (tests/training/test_ddp_sparse.py, test_sparse_row_adam.py), at O(batch)
+  per step plus O(table) once per epoch.
 - `adagrad`: row-wise Adagrad (torch.optim.Adagrad on sparse gradients): per-row squared-gradient
   sums, rows absent from a batch unchanged (Adagrad has no momentum: this is exact).
 - `auto` (default): `sparse_adam` for tables of more than `SPARSE_FROM_ROWS` rows, `adam` for the
