@@ -64,6 +64,9 @@ class RowAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p] = self._fresh_state(p)
                 self.group_of[p] = group
+        # table -> (its step count, sorted unique rows) of the last catch_up_rows: rows already
+        # current when the step comes (not state: a step always follows in the same process)
+        self.caught: dict[nn.Parameter, tuple[int, torch.Tensor]] = {}
 
     @staticmethod
     def _fresh_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,7 +106,11 @@ class RowAdam(torch.optim.Optimizer):
         m, v = packed[:, :dim], packed[:, dim:]
         weight = p.index_select(0, rows)
         if self.catch_up:
-            self._drift(weight, m, v, state["last_step"].index_select(0, rows), t - 1, group)
+            caught = self.caught.pop(p, None)  # type: ignore[call-overload]
+            # The rows were all caught up before this batch's forward (one process): nothing
+            # missed. Else (DDP: rows only another rank used) catch them up here.
+            if caught is None or caught[0] != t - 1 or not torch.equal(caught[1], rows):
+                self._drift(weight, m, v, state["last_step"].index_select(0, rows), t - 1, group)
             state["last_step"].index_fill_(0, rows, t)
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
@@ -146,6 +153,7 @@ class RowAdam(torch.optim.Optimizer):
         p.index_copy_(0, rows, weight)
         state["moments"].index_copy_(0, rows, packed)
         state["last_step"].index_fill_(0, rows, t)
+        self.caught[p] = (t, rows)
 
     @torch.no_grad()
     def flush(self, chunk_rows: int = 1 << 18) -> None:
