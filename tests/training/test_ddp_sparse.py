@@ -129,3 +129,39 @@ def test_two_ranks_match_one_process_and_the_sparse_path_matches_dense_adam(resu
     sparse, dense = results["sparse_adam-rank0"]["state"], results["adam-rank0"]["state"]
     for key in sparse:
         torch.testing.assert_close(sparse[key], dense[key], rtol=0, atol=2e-5, msg=key)
+
+
+def test_sparse_tables_under_nccl_are_one_line_and_gloo_or_dense_pass():
+    from torch import nn
+
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training.distributed.grad_sync import check_sparse_backend
+    from mtlrec.training.optimizers import build_optimizer
+
+    model = nn.Sequential(nn.Embedding(10, 2), nn.Linear(2, 1))
+    build_optimizer(model, "adam", 0.01, 0.0, "sparse_adam")
+    with pytest.raises(MtlrecError) as e:
+        check_sparse_backend(model, "nccl")
+    assert str(e.value) == (
+        "trainer.embedding_optimizer chose sparse gradients for an embedding table, and the "
+        "nccl backend (trainer.devices > 1 on GPUs) has no sparse all-reduce; use "
+        "trainer.embedding_optimizer=adam (dense gradients), or one GPU (docs/distributed.md)"
+    )
+    check_sparse_backend(model, "gloo")
+    dense = nn.Sequential(nn.Embedding(10, 2), nn.Linear(2, 1))
+    build_optimizer(dense, "adam", 0.01, 0.0, "adam")
+    check_sparse_backend(dense, "nccl")
+
+
+def test_auto_keeps_dense_gradients_under_nccl(monkeypatch):
+    from torch import nn
+
+    from mtlrec.training import optimizers
+
+    model = nn.Sequential(nn.Embedding(optimizers.SPARSE_FROM_ROWS + 1, 1), nn.Linear(1, 1))
+    monkeypatch.setattr(optimizers, "nccl_ranks", lambda: True)
+    optimizers.build_optimizer(model, "adam", 0.01, 0.0, "auto")
+    assert not model[0].sparse
+    monkeypatch.setattr(optimizers, "nccl_ranks", lambda: False)
+    optimizers.build_optimizer(model, "adam", 0.01, 0.0, "auto")
+    assert model[0].sparse
