@@ -7,12 +7,15 @@ The data is the same at every size: synthetic_ccp (generated once), whose `item_
 spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) with
 spec.json's vocab_size set to V. Only the table grows; rows, batches and labels stay identical. For
 each size and each `trainer.embedding_optimizer` (adam = dense gradient + fused Adam on the whole
-table; sparse_adam = sparse gradient + lazy Adam on the rows a batch uses), `mtlrec train` runs in
+table; sparse_adam = sparse gradient + RowAdam on the rows a batch uses), `mtlrec train` runs in
 its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
-reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC.
+reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC. With
+`--repeats N` the cells run N rounds in rotation and the median run is reported (the wall
+clock of a shared machine varies; scripts/bench_vocab_steps.py times the steps by CPU time).
 
 Targets (issue 16): samples/s at 5M ids >= 0.8x samples/s at 10k ids (the sparse path), and RSS
-growing only by the table and its optimizer state (2 x the table for Adam's two moments).
+growing only by the table and its optimizer state (2 x the table for Adam's two moments, + 8
+bytes a row for RowAdam's last-step counter).
 """
 
 from __future__ import annotations
