@@ -106,6 +106,7 @@ def results(tmp_path_factory):
     }
 
 
+@pytest.mark.slow  # two real rank processes (tests/conftest.py: SLOW_MODULES' kind)
 def test_ranks_train_with_sparse_gradients_and_keep_identical_tables(results):
     rank0, rank1 = results["sparse_adam-rank0"], results["sparse_adam-rank1"]
     assert rank0["sparse_grads"] == rank1["sparse_grads"] == [True] * 15
@@ -119,6 +120,7 @@ def test_ranks_train_with_sparse_gradients_and_keep_identical_tables(results):
     assert 500 < int(moved.sum()) < 3000  # hot rows and ~900 cold rows trained, the rest not
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_and_the_sparse_path_matches_dense_adam(results):
     for choice in ("sparse_adam", "adam"):
         ddp, single = results[f"{choice}-rank0"]["state"], results[f"{choice}-single"]["state"]
