@@ -172,12 +172,27 @@ class RowAdam(torch.optim.Optimizer):
                     last.fill_(t)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = {
+            **state_dict,
+            "state": {k: from_sparse_adam(v) for k, v in state_dict["state"].items()},
+        }
         # torch casts every floating-or-not state tensor but "step" to the parameter's dtype;
         # the int64 last-step counters are put back as they were.
         counters = {k: v["last_step"].clone() for k, v in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         for index, p in enumerate(p for g in self.param_groups for p in g["params"]):
             self.state[p]["last_step"] = counters[index].to(p.device)
+
+
+def from_sparse_adam(state: dict[str, Any]) -> dict[str, Any]:
+    """A table's state as torch.optim.SparseAdam saved it (checkpoints from before RowAdam) in
+    RowAdam's layout: moments packed side by side, every row current at the saved step."""
+    if "moments" in state or "exp_avg" not in state:
+        return state
+    step = torch.as_tensor(state["step"], dtype=torch.int64)
+    moments = torch.cat([state["exp_avg"], state["exp_avg_sq"]], 1)
+    last = torch.full((moments.shape[0],), int(step), dtype=torch.int64)
+    return {"step": step, "moments": moments, "last_step": last}
 
 
 def bias_factor(step: torch.Tensor, b1: float, b2: float) -> torch.Tensor:

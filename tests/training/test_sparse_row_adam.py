@@ -142,3 +142,20 @@ def test_a_run_flushes_the_lazy_rows_before_each_validation(tmp_path):
     step = int(row_state["step"])
     assert step == 2 * 43  # 2 epochs of 43 steps (TINY at batch 64)
     assert row_state["last_step"].tolist() == [step] * row_state["last_step"].shape[0]
+
+
+def test_a_sparse_adam_checkpoint_from_before_row_adam_resumes():
+    """torch.optim.SparseAdam's state (exp_avg, exp_avg_sq, step) loads into RowAdam: the rows'
+    next steps are SparseAdam's next steps (every row current at the saved step)."""
+    old, new = params(2)
+    batches = schedule(30, 8, seed=3)
+    sparse_adam = torch.optim.SparseAdam([old], lr=0.01)
+    run(sparse_adam, old, batches[:20])
+    new.data.copy_(old.data)
+    row = RowAdam([new], lr=0.01)
+    row.load_state_dict(copy.deepcopy(sparse_adam.state_dict()))
+    assert int(row.state[new]["step"]) == 20
+    assert row.state[new]["last_step"].tolist() == [20] * ROWS
+    run(sparse_adam, old, batches[20:])
+    run(row, new, batches[20:])
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
