@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,10 +81,12 @@ def train(
     command = [sys.executable, "-m", "mtlrec", "train", *settings, f"trainer.epochs={epochs}",
                f"trainer.embedding_optimizer={optimizer}", f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed: {err.read().decode()[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "samples_per_s": metrics["train_samples_per_s"],
