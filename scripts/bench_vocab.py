@@ -7,12 +7,15 @@ The data is the same at every size: synthetic_ccp (generated once), whose `item_
 spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) with
 spec.json's vocab_size set to V. Only the table grows; rows, batches and labels stay identical. For
 each size and each `trainer.embedding_optimizer` (adam = dense gradient + fused Adam on the whole
-table; sparse_adam = sparse gradient + lazy Adam on the rows a batch uses), `mtlrec train` runs in
+table; sparse_adam = sparse gradient + RowAdam on the rows a batch uses), `mtlrec train` runs in
 its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
-reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC.
+reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC. With
+`--repeats N` the cells run N rounds in rotation and the median run is reported (the wall
+clock of a shared machine varies; scripts/bench_vocab_steps.py times the steps by CPU time).
 
 Targets (issue 16): samples/s at 5M ids >= 0.8x samples/s at 10k ids (the sparse path), and RSS
-growing only by the table and its optimizer state (2 x the table for Adam's two moments).
+growing only by the table and its optimizer state (2 x the table for Adam's two moments, + 8
+bytes a row for RowAdam's last-step counter).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -67,16 +71,22 @@ def widen(base: Path, work: Path, vocab: int) -> Path:
     return out
 
 
-def train(data: Path, run_dir: Path, optimizer: str, epochs: int) -> dict:
+def train(
+    data: Path, run_dir: Path, optimizer: str, epochs: int, overrides: list[str] | None = None
+) -> dict:
+    """One `mtlrec train` in its own process: samples/s, peak RSS (wait4) and mean AUCs.
+    `overrides` replace MODEL (the dataset too: default `dataset=prepared dataset.path=data`)."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "mtlrec", "train", "dataset=prepared", f"dataset.path={data}",
-               *MODEL, f"trainer.epochs={epochs}", f"trainer.embedding_optimizer={optimizer}",
-               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    settings = overrides or ["dataset=prepared", f"dataset.path={data}", *MODEL]
+    command = [sys.executable, "-m", "mtlrec", "train", *settings, f"trainer.epochs={epochs}",
+               f"trainer.embedding_optimizer={optimizer}", f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed: {err.read().decode()[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "samples_per_s": metrics["train_samples_per_s"],
@@ -93,20 +103,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--optimizers", default="adam,sparse_adam")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_vocab")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per cell (median; rotated)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     base = base_dataset(args.work, args.rows)
     sizes = [int(v) for v in args.vocab.split(",")]
-    results = []
-    for vocab in sizes:
-        data = widen(base, args.work, vocab)
-        for optimizer in args.optimizers.split(","):
-            res = train(data, args.work / "runs" / f"{vocab}-{optimizer}", optimizer, args.epochs)
-            results.append({"vocab": vocab, "optimizer": optimizer, **res})
-            print(json.dumps(results[-1]), flush=True)
+    cells = [(v, o) for v in sizes for o in args.optimizers.split(",")]
+    runs: dict[tuple[int, str], list[dict]] = {cell: [] for cell in cells}
+    for _ in range(args.repeats):  # every cell once per round: load changes hit all cells alike
+        for vocab, optimizer in cells:
+            data = widen(base, args.work, vocab)
+            run_dir = args.work / "runs" / f"{vocab}-{optimizer}"
+            runs[vocab, optimizer].append(train(data, run_dir, optimizer, args.epochs))
+            print(json.dumps({"vocab": vocab, "optimizer": optimizer, **runs[vocab, optimizer][-1]}),
+                  flush=True)  # fmt: skip
+    results = [{"vocab": v, "optimizer": o, **median_run(runs[v, o])} for v, o in cells]
     print_table(results, sizes[0])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median samples/s (its RSS and AUCs with it; AUCs are the same anyway)."""
+    ordered = sorted(runs, key=lambda r: r["samples_per_s"])
+    return {**ordered[len(ordered) // 2], "repeats": len(runs)}
 
 
 def print_table(results: list[dict], smallest: int) -> None:

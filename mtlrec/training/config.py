@@ -39,8 +39,9 @@ class TrainerConfig:
     # The last short batch of an epoch: merged into the one before (every row trains, no batch of
     # one row reaches batch norm), dropped, or kept as its own step (mtlrec.training.batches).
     tail_batch: Literal["merge", "drop", "keep"] = "merge"
-    # How embedding tables train (mtlrec.training.optimizers): auto = lazy Adam on sparse
-    # gradients for tables over 1M rows, dense fused Adam for the rest.
+    # How embedding tables train (mtlrec.training.optimizers): auto = row-wise Adam on sparse
+    # gradients (rows absent from a batch caught up with dense Adam) for tables over 100k rows,
+    # dense fused Adam for the rest.
     embedding_optimizer: Literal["auto", "adam", "sparse_adam", "adagrad"] = "auto"
     # Whole splits on the GPU (true), in pinned host memory (false) or whichever fits (auto).
     data_on_device: Literal["auto"] | bool = "auto"

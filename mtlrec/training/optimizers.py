@@ -4,17 +4,25 @@
 
 - `adam`: the tables are ordinary parameters of the fused (Adam|AdamW) optimizer. Every step
   computes a dense gradient for the whole table and updates every row: O(vocabulary) per step.
-- `sparse_adam`: lazy Adam (torch.optim.SparseAdam). The backward pass yields a sparse gradient
-  holding only the rows the batch used, and only those rows' moments and weights change. A row
-  absent from a batch keeps its weight AND its moments: dense Adam would still move it by its
-  decaying momentum, lazy Adam does not (its bias correction uses the table's global step).
+- `sparse_adam`: RowAdam (mtlrec/training/row_adam.py). The backward pass yields a sparse
+  gradient holding only the rows the batch used; each step reads, updates and writes only those
+  rows (both moments packed in one [rows, 2 * dim] tensor): O(batch) per step. A row absent from
+  a batch is not touched at that step; before a batch reads it (`MultiOptimizer.catch_up`,
+  called by Trainer.step), and for every row at the end of an epoch (`flush`, before
+  validation), it first takes the steps dense Adam would have taken with a zero gradient
+  (moments decayed, the weight moved by the decaying momentum, each missed step's bias
+  correction). So it trains as dense Adam does, up to float rounding and Adam's eps in those
+  zero-gradient steps (tests/training/test_ddp_sparse.py, test_sparse_row_adam.py), at O(batch)
+  per step plus O(table) once per epoch.
 - `adagrad`: row-wise Adagrad (torch.optim.Adagrad on sparse gradients): per-row squared-gradient
-  sums, rows absent from a batch unchanged.
+  sums, rows absent from a batch unchanged (Adagrad has no momentum: this is exact).
 - `auto` (default): `sparse_adam` for tables of more than `SPARSE_FROM_ROWS` rows, `adam` for the
-  rest. Measured (docs/performance.md, scripts/bench_vocab.py): on small tables the dense fused
-  update is faster than building sparse gradients; on large ones the dense update dominates.
+  rest, and `adam` for every table under the nccl backend (no sparse all-reduce there). Measured (docs/performance.md, scripts/bench_vocab_steps.py, CPU time per step): the
+  dense fused update is faster up to ~70k rows, the row-wise one from ~120k rows on; the AUC of
+  both matches within 0.002 (scripts/sparse_parity.py), so speed alone decides.
 
-Weight decay never applies to sparse tables (SparseAdam has none); `trainer.embedding_l2` is a
+Weight decay never applies to sparse tables (RowAdam has none; the dense path gives the tables
+`embedding_weight_decay`, 0 by default, so both agree); `trainer.embedding_l2` is a
 loss penalty on the rows a batch uses, so it works with every choice.
 """
 
@@ -28,10 +36,11 @@ import torch
 from torch import nn
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training.row_adam import RowAdam
 
 EmbeddingOptimizer = Literal["auto", "adam", "sparse_adam", "adagrad"]
-SPARSE_FROM_ROWS = 1_000_000
-STATE_TENSORS = {"adam": 2, "sparse_adam": 2, "adagrad": 1}  # per-row tensors of optimizer state
+SPARSE_FROM_ROWS = 100_000
+STATE_TENSORS = {"adam": 2, "sparse_adam": 2, "adagrad": 1}  # [rows, dim] tensors of state
 
 
 def embedding_tables(model: nn.Module) -> list[nn.Embedding]:
@@ -79,6 +88,25 @@ class MultiOptimizer(torch.optim.Optimizer):
         for opt in self.optimizers:
             opt.step()
 
+    def catch_up(self, model: nn.Module, sparse: torch.Tensor) -> None:
+        """Before a batch's forward: the rows it will read, brought up to date (RowAdam)."""
+        row_adams = [o for o in self.optimizers if isinstance(o, RowAdam) and o.catch_up]
+        if not row_adams:
+            return
+        for module in model.modules():
+            rows_of = getattr(module, "rows_used", None)  # per table: (table, row ids of a batch)
+            if not callable(rows_of):
+                continue
+            for table, ids in rows_of(sparse):
+                for optimizer in row_adams:
+                    optimizer.catch_up_rows(table.weight, ids)
+
+    def flush(self) -> None:
+        """Bring lazily updated rows up to date (RowAdam catch_up) before they are evaluated."""
+        for opt in self.optimizers:
+            if isinstance(opt, RowAdam):
+                opt.flush()
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
 
@@ -119,6 +147,8 @@ def build_optimizer(
     gradients (the model's embedding layer must call the module, or F.embedding(sparse=True)).
     """
     tables = embedding_tables(model)
+    if embedding_optimizer == "auto" and nccl_ranks():
+        embedding_optimizer = "adam"  # nccl has no sparse all-reduce (docs/distributed.md)
     by_choice: dict[str, list[nn.Parameter]] = {"adam": [], "sparse_adam": [], "adagrad": []}
     for table in tables:
         choice = table_choice(table, embedding_optimizer)
@@ -131,10 +161,16 @@ def build_optimizer(
         groups.append({"params": by_choice["adam"], "weight_decay": embedding_weight_decay})
     parts = [dense_optimizer(name, groups, lr)]
     if by_choice["sparse_adam"]:
-        parts.append(torch.optim.SparseAdam(by_choice["sparse_adam"], lr=lr))
+        parts.append(RowAdam(by_choice["sparse_adam"], lr=lr, catch_up=True))
     if by_choice["adagrad"]:
         parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=lr))
     return MultiOptimizer(parts)
+
+
+def nccl_ranks() -> bool:
+    from mtlrec.training.distributed.context import current
+
+    return current().backend == "nccl"
 
 
 def has_sparse_grads(params: Iterable[nn.Parameter]) -> bool:
@@ -170,7 +206,10 @@ def table_bytes(model: nn.Module, embedding_optimizer: EmbeddingOptimizer) -> tu
     for table in embedding_tables(model):
         size = table.weight.numel() * table.weight.element_size()
         weights += size
-        state += size * STATE_TENSORS[table_choice(table, embedding_optimizer)]
+        choice = table_choice(table, embedding_optimizer)
+        state += size * STATE_TENSORS[choice]
+        if choice == "sparse_adam":  # RowAdam's int64 last-step counter per row
+            state += table.num_embeddings * 8
     return weights, state
 
 

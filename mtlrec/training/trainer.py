@@ -42,7 +42,12 @@ from mtlrec.training.monitoring import (
     resolve_monitor,
 )
 from mtlrec.training.objective import Objective, clip_per_task, embedding_l2_penalty
-from mtlrec.training.optimizers import build_optimizer, clip_grad_norm, sparse_parameters
+from mtlrec.training.optimizers import (
+    MultiOptimizer,
+    build_optimizer,
+    clip_grad_norm,
+    sparse_parameters,
+)
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
 
@@ -171,7 +176,7 @@ class Trainer:
         groups = getattr(model, "task_parameter_groups", None)
         self.clip_groups = groups() if callable(groups) else None
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> MultiOptimizer:
         """Fused Adam/AdamW for dense parameters; each embedding table per
         trainer.embedding_optimizer (optimizers.py). trainer.embedding_l2 is a loss term on the
         rows each batch uses (step()), never a decay of the whole table."""
@@ -197,6 +202,7 @@ class Trainer:
     # -- training -----------------------------------------------------------------------------
     def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch; returns the per-task loss sums and row counts."""
+        self.optimizer.catch_up(self.model, batch.sparse)  # sparse_adam: rows it reads, current
         with self.autocast(), self.grad_sync.forward_context():
             outputs = self.train_forward(batch.sparse, batch.dense)
         means, extra, sums, counts = self.objective.losses(outputs, batch.labels)
@@ -245,7 +251,9 @@ class Trainer:
             rng=rng_state(self.device),
             early_stopping=dict(self.stopper.__dict__),
             history=[dict(r) for r in self.history],
-            best_state={k: v.detach().cpu().clone() for k, v in self.best_state.items()},
+            # Only keep_best changes best_state, and never while a checkpoint is being written:
+            # no clone here (it was one more full copy of the weights at every epoch end).
+            best_state={k: v.detach().cpu() for k, v in self.best_state.items()},
             train_time=self.train_time,
             train_rows=self.train_rows,
             balancer={
@@ -304,7 +312,7 @@ class Trainer:
         """
         train, val = splits["train"], splits["val"]
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
-        self.history, self.best_state = [], copy.deepcopy(self.model.state_dict())
+        self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
         if resume is not None:
@@ -330,7 +338,8 @@ class Trainer:
                     break
                 if distributed.any_rank(self.stop_requested):
                     self.interrupted(epoch, None)
-        self.model.load_state_dict(self.best_state)
+        if self.best_state:  # empty only if no epoch has ended yet
+            self.model.load_state_dict(self.best_state)
         return FitResult(
             self.history,
             self.stopper.best_epoch or 1,
@@ -350,12 +359,13 @@ class Trainer:
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
+        self.optimizer.flush()  # rows the sparse path left behind are brought up to date
         val_metrics = self.evaluate(val, "val", progress)
         row.update(val_metrics)
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         is_best = self.stopper.update(epoch, val_metrics[self.monitor])
         if is_best or epoch == 1:
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.keep_best()
         row["seconds"] = time.perf_counter() - t0
         self.history.append(row)
         log.info(
@@ -370,6 +380,23 @@ class Trainer:
             f"{row['train_samples_per_s']:,.0f}",
         )
         return {**row, "_is_best": is_best}
+
+    def keep_best(self) -> None:
+        """The current weights become the best ones: copied into the previous best's tensors
+        (one copy of the weights held, never two at once), or into new ones the first time."""
+        current = self.model.state_dict()
+        reusable = self.best_state.keys() == current.keys() and all(
+            torch.is_tensor(v)
+            and self.best_state[k].shape == v.shape
+            and self.best_state[k].dtype == v.dtype
+            and self.best_state[k].device == v.device
+            for k, v in current.items()
+        )
+        if not reusable:
+            self.best_state = copy.deepcopy(current)
+            return
+        for k, v in current.items():
+            self.best_state[k].copy_(v)
 
     # -- evaluation (delegated) ------------------------------------------------------------------
     def task_weights(self) -> torch.Tensor:

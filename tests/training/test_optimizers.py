@@ -43,22 +43,31 @@ def test_lazy_adam_equals_adam_when_every_row_is_in_every_batch():
     torch.testing.assert_close(lazy.head.weight, dense.head.weight, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("choice", ["sparse_adam", "adagrad"])
-def test_rows_absent_from_a_batch_do_not_move(choice):
+def test_rows_absent_from_a_batch_do_not_move_with_adagrad():
     model = Tiny()
-    optimizer = opt.build_optimizer(model, "adam", 0.01, 0.0, choice)
+    optimizer = opt.build_optimizer(model, "adam", 0.01, 0.0, "adagrad")
     train(model, optimizer, [[0, 1, 2, 3, 4]])
     before = model.table.weight.detach().clone()
     train(model, optimizer, [[0, 1]] * 3)
     after = model.table.weight.detach()
     assert torch.equal(after[2:], before[2:])
     assert not torch.equal(after[:2], before[:2])
-    dense = Tiny()
+
+
+def test_sparse_adam_rows_absent_wait_and_the_flush_moves_them_as_dense_adam_did():
+    model, dense = Tiny(), Tiny()
+    optimizer = opt.build_optimizer(model, "adam", 0.01, 0.0, "sparse_adam")
     o_dense = opt.build_optimizer(dense, "adam", 0.01, 0.0, "adam")
-    train(dense, o_dense, [[0, 1, 2, 3, 4]])
-    before = dense.table.weight.detach().clone()
-    train(dense, o_dense, [[0, 1]] * 3)
+    for m, o in ((model, optimizer), (dense, o_dense)):
+        train(m, o, [[0, 1, 2, 3, 4]])
+    before = model.table.weight.detach().clone()
+    for m, o in ((model, optimizer), (dense, o_dense)):
+        train(m, o, [[0, 1]] * 3)
+    assert torch.equal(model.table.weight.detach()[2:], before[2:])  # not touched by the steps
     assert not torch.equal(dense.table.weight.detach()[2:], before[2:])  # momentum moves them
+    optimizer.flush()
+    torch.testing.assert_close(model.table.weight, dense.table.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.head.weight, dense.head.weight, rtol=0, atol=1e-6)
 
 
 def test_state_dict_resumes_exactly():
@@ -176,7 +185,8 @@ def test_sparse_tables_with_a_gradient_writing_balancer_is_one_line(tmp_path):
 
 
 def test_auto_keeps_dense_adam_for_the_embedded_data(train_tiny):
-    """auto switches to lazy Adam only above 1M rows: small tables keep today's dense path."""
+    """auto switches to the sparse path only above SPARSE_FROM_ROWS (100k) rows: small tables
+    keep the dense path."""
     _, auto = train_tiny(["model=mmoe"], name="auto")
     _, adam = train_tiny(["model=mmoe", "trainer.embedding_optimizer=adam"], name="adam")
     assert auto["metrics"] == adam["metrics"]

@@ -63,6 +63,18 @@ class GradSync:
         average_gradients(self.params)
 
 
+def check_sparse_backend(model: nn.Module, backend: str | None) -> None:
+    """nccl has no sparse all-reduce: sparse embedding gradients under it are one line."""
+    from mtlrec.training.optimizers import sparse_parameters
+
+    if backend == "nccl" and any(True for _ in sparse_parameters(model)):
+        raise MtlrecError(
+            "trainer.embedding_optimizer chose sparse gradients for an embedding table, and the "
+            "nccl backend (trainer.devices > 1 on GPUs) has no sparse all-reduce; use "
+            "trainer.embedding_optimizer=adam (dense gradients), or one GPU (docs/distributed.md)"
+        )
+
+
 def data_parallel(
     model: nn.Module,
     forward: Callable,
@@ -74,6 +86,7 @@ def data_parallel(
     """(the training forward, its GradSync): DDP around the model once the process group is up."""
     if not current().active:
         return forward, GradSync(None, model, balancer, manual=False)
+    check_sparse_backend(model, current().backend)
     ddp = nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
