@@ -244,10 +244,11 @@ def _checked_ids(path: Path, f: FeatureSpec, ids: np.ndarray, log_oov: bool) -> 
     return ids
 
 
-def _list_positions(
-    path: Path, f: FeatureSpec, col: pa.Array | pa.ChunkedArray, n: int, what: str = "ids"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flat values, row of each value, position in its row) of a list column, no Python loop."""
+def list_positions(
+    source: str | Path, f: FeatureSpec, col: pa.Array | pa.ChunkedArray, n: int, what: str = "ids"
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(flat values, row of each value, position in its row) of a list column, no Python loop;
+    a null row is an empty list, a row longer than `f.max_len` is one line naming `source`."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if col.null_count:
@@ -255,18 +256,24 @@ def _list_positions(
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
     if lengths.max(initial=0) > f.max_len:
         raise MtlrecError(
-            f"{path}: {f.kind} column '{f.name}' has a row with {lengths.max()} {what}, more than max_len {f.max_len}"
+            f"{source}: {f.kind} column '{f.name}' has a row with {lengths.max()} {what}, more than max_len {f.max_len}"
         )
-    flat = pc.list_flatten(col)
+    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    return pc.list_flatten(col), rows, pos
+
+
+def _list_positions(
+    path: Path, f: FeatureSpec, col: pa.Array | pa.ChunkedArray, n: int, what: str = "ids"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """list_positions of a prepared column, whose values must all be present."""
+    flat, rows, pos = list_positions(path, f, col, n, what)
     if flat.null_count:
         raise MtlrecError(
             f"{path}: {f.kind} column '{f.name}' has {flat.null_count} missing {what}"
         )
-    values = flat.to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    pos = np.arange(len(values), dtype=np.int64) - np.repeat(starts, lengths)
-    return values, rows, pos
+    return flat.to_numpy(zero_copy_only=False), rows, pos
 
 
 def _funnel_keep(

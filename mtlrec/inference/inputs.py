@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from mtlrec.data.loader import list_positions
 from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec, FeatureSpec
 from mtlrec.errors import MtlrecError
 
@@ -111,13 +111,13 @@ def encode_features(
         ids, unseen = _ids(batch.column(f.name))
         sparse[:, layout.sparse[f.name][0]] = _known(f, ids, unseen, source) + offsets[f.name]
     for f in spec.multi:
-        values, rows, pos = _positions(f, batch.column(f.name), n, source)
+        values, rows, pos = list_positions(source, f, batch.column(f.name), n)
         ids, unseen = _ids(values)
         a = layout.sparse[f.name][0]
         sparse[rows, a + pos] = _known(f, ids, unseen, source) + offsets[f.name]
         if f.weighted:
             column = f.name + WEIGHT_SUFFIX
-            w, w_rows, w_pos = _positions(f, batch.column(column), n, source, "weights")
+            w, w_rows, w_pos = list_positions(source, f, batch.column(column), n, "weights")
             if not (np.array_equal(w_rows, rows) and np.array_equal(w_pos, pos)):
                 raise MtlrecError(
                     f"{source}: column '{column}' does not hold one weight per id of '{f.name}'"
@@ -159,26 +159,6 @@ def _known(f: FeatureSpec, ids: np.ndarray, null: np.ndarray, source: str) -> np
             f"[0, {f.vocab_size}) (e.g. {example}) and the feature spec has no oov_id to map them to"
         )
     return np.where(unseen, f.oov_id, ids)
-
-
-def _positions(
-    f: FeatureSpec, col: pa.Array | pa.ChunkedArray, n: int, source: str, what: str = "ids"
-) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(flat values, row of each value, position in its row) of a list column (null: empty)."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if col.null_count:
-        col = pc.fill_null(col, pa.scalar([], col.type))
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    if lengths.max(initial=0) > f.max_len:
-        raise MtlrecError(
-            f"{source}: {f.kind} column '{f.name}' has a row with {lengths.max()} {what}, "
-            f"more than max_len {f.max_len}"
-        )
-    rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    pos = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
-    return pc.list_flatten(col), rows, pos
 
 
 def prepared_chunks(
