@@ -202,9 +202,16 @@ INFERENCE = [
         check=gone("p2.parquet"),
     ),
     Case(
-        "predict input that is not parquet",
+        "predict on the raw CSV the dataset was prepared from",
         ["predict", f"{W}/run", "--input", f"{W}/raw/test.csv", "--output", f"{W}/p2.parquet"],
-        says="test.csv",
+        says="raw values encoded with",
+        expect="ok",
+    ),
+    Case(
+        "predict input named .parquet that is not parquet",
+        ["predict", f"{W}/run", "--input", f"{W}/fake.parquet", "--output", f"{W}/p2.parquet"],
+        prep=write("fake.parquet", "user,item\nu1,3\n"),
+        says="not a readable parquet file",
         check=gone("p2.parquet"),
     ),
     Case(

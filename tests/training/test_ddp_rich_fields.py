@@ -14,6 +14,7 @@ import torch
 from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.loader import load_split
 from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.prepare.manifest import write_manifest
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.inference import evaluate
@@ -166,6 +167,7 @@ def test_two_ranks_stream_bags_and_sequences_and_evaluate_exactly(rich, tmp_path
     pq.write_table(
         pq.read_table(prepared / "train.parquet"), data / "train.parquet", row_group_size=250
     )
+    write_manifest(data)  # the rewritten split, published again with its new checksums
     overrides = [*COMMON, "dataset=prepared", f"dataset.path={data}", "model=mmoe"]
     overrides += ["trainer.batch_size=128", "trainer.devices=2", "streaming=enabled"]
     overrides += ["streaming.shuffle_buffer=300", "streaming.read_rows=100"]
