@@ -85,7 +85,10 @@ def atomic_hydra_configs() -> Iterator[None]:
 
     from mtlrec.runs.atomic import NoSpaceError, atomic_write_text
 
-    original = hydra_utils._save_config
+    original = getattr(hydra_utils, "_save_config", None)
+    if original is None:  # a Hydra without this private helper: its own writes, unprotected
+        yield
+        return
     written: list[Path] = []
     emptied: list[Path] = []
 

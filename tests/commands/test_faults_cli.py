@@ -146,3 +146,17 @@ def test_a_full_disk_while_a_resume_writes_its_config_changes_nothing(tmp_path):
     )
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     assert not list((run_dir / ".hydra").glob("resume-*"))
+
+
+def test_the_atomic_hydra_writes_stand_aside_when_hydra_lacks_its_private_helper(monkeypatch):
+    """`_save_config` is Hydra 1.3's private writer: without it the launch goes on unprotected
+    (Hydra's own writes) instead of failing on an AttributeError."""
+    import hydra.core.utils as hydra_utils
+
+    from mtlrec.commands.train import atomic_hydra_configs
+
+    monkeypatch.delattr(hydra_utils, "_save_config")
+    ran = []
+    with atomic_hydra_configs():
+        ran.append(hasattr(hydra_utils, "_save_config"))
+    assert ran == [False]
