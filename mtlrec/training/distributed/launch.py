@@ -116,8 +116,24 @@ def _worker(
         )
         results.put(("error", error))
         teardown()
-        sys.exit(1)
+        _leave(1)
     teardown()
+    _leave(0)
+
+
+def _leave(code: int) -> None:
+    """End a rank once its result is sent: Python's exit handlers and log/stdout flushes run,
+    then os._exit skips the C++ static destructors, where a library thread still joinable at
+    exit (seen: a rank aborting with "terminate called without an active exception" after
+    finishing its work) would turn a finished rank into a SIGABRT."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
