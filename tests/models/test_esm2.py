@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pandas as pd
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from conftest import TINY, TINY_ROWS, compose_train, run_training
 from helpers.cli import mtlrec
+from helpers.stops import StopAfter
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
@@ -133,23 +133,6 @@ def test_trains_under_every_balancer(tmp_path, balance):
         assert 0.0 <= h["pcgrad/conflict_rate"].iloc[0] <= 1.0
     if balance == "fixed":
         assert weights.iloc[0].tolist() == [1.0, 1.0, 1.0]
-
-
-class StopAfter(StopRequest):
-    """As if SIGTERM arrived at training step `k`."""
-
-    k = 0
-
-    def __init__(self):
-        super().__init__()
-        self.polls = 0
-
-    @property
-    def requested(self) -> bool:
-        self.polls += 1
-        if self.polls >= self.k:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pandas as pd
 import pytest
 import torch
 
 from conftest import TINY, compose_train, run_training
+from helpers.stops import StopAfter
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 # config name -> (overrides, shares parameters between tasks)
@@ -55,23 +55,6 @@ def test_new_config_names_train(tmp_path, config):
         assert ((gates >= 0) & (gates <= 1)).all().all()
         if config.startswith("mmoe"):
             assert math.isclose(gates.iloc[0].sum(), 1.0, rel_tol=1e-5)
-
-
-class StopAfter(StopRequest):
-    """As if SIGTERM arrived at training step `k`."""
-
-    k = 0
-
-    def __init__(self):
-        super().__init__()
-        self.polls = 0
-
-    @property
-    def requested(self) -> bool:
-        self.polls += 1
-        if self.polls >= self.k:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
 
 
 @pytest.mark.parametrize("config", ["snr_trans", "escm2_dr", "division"])

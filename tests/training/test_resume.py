@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose_train, run_training
+from helpers.stops import StopAfter
 from mtlrec.errors import MtlrecError
 from mtlrec.training import signals
 from mtlrec.training.checkpoint import LAST, PREVIOUS, load_resumable
@@ -95,23 +96,6 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, straig
     assert_same_run(run_dir, straight[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["error"] is None and "resumed_at" in metrics
-
-
-class StopAfter(StopRequest):
-    """Acts as if SIGTERM arrived during training step `k` (counted over the whole run)."""
-
-    k = 0
-
-    def __init__(self):
-        super().__init__()
-        self.polls = 0
-
-    @property
-    def requested(self) -> bool:  # read once per training step
-        self.polls += 1
-        if self.polls >= self.k:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
 
 
 # Polls: one per training step plus one after each epoch's checkpoint.
