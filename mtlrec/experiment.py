@@ -255,6 +255,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     )
     splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     parallel = distributed.current().describe(trainer_cfg.batch_size)
+    parallel["effective_batch_size"] *= trainer_cfg.accumulate_batches  # rows per optimizer step
     run_dir.write_json(ENV_FILE, {**environment(device), "distributed": parallel})
     built = Built(
         data_dir, spec, model, loss_tasks, targets, splits, trainer, device, parallel, console
@@ -327,10 +328,10 @@ class RunRecorder:
         logger_cfg = settings.config.get("logger") if built.is_main else None
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
 
-    def payload(self, state: TrainState) -> dict:
+    def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built
         return make_payload(
-            built.model,
+            model or built.model,
             built.trainer.optimizer,
             self.settings.config,
             built.spec,
@@ -356,7 +357,12 @@ class RunRecorder:
         payload = self.payload(state)
         save_last(self.run_dir.checkpoints, payload, self._write)
         if is_best or row["epoch"] == 1:
-            self.run_dir.save_checkpoint(BEST, payload)
+            saved = self.built.trainer.saved_model()  # trainer.ema_decay: the averaged weights
+            best = payload if saved is self.built.model else self.payload(state, saved)
+            self.run_dir.save_checkpoint(BEST, best)
+
+    def on_optimizer_step(self, step: int, lr: float) -> None:
+        self.logger.log_step(step, {"lr": lr})
 
 
 def finish(

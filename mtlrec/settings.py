@@ -29,6 +29,7 @@ from mtlrec.config_schema import build, check_value
 from mtlrec.data.streaming import StreamingConfig
 from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
+from mtlrec.training.optim_step import check_step_settings
 
 
 @dataclass
@@ -96,16 +97,20 @@ class RunSettings:
             from mtlrec.runs.loggers import logger_config
 
             logger_config(config["logger"])  # a wrong logger.* key or type: one line, no run dir
+        trainer = build(TrainerConfig, config.get("trainer"), "trainer")
+        device = build(DeviceConfig, config.get("device"), "device")
+        balance = balance_settings(config.get("balance"))
+        check_step_settings(trainer, device.type, balance)  # fp16 on CPU, accumulation + DDP
         return cls(
             config=config,
-            trainer=build(TrainerConfig, config.get("trainer"), "trainer"),
+            trainer=trainer,
             checkpoint=build(CheckpointConfig, config.get("checkpoint"), "checkpoint"),
-            device=build(DeviceConfig, config.get("device"), "device"),
+            device=device,
             seed=seed,
             data_order_seed=order_seed,
             resume=resume or None,
             model=model_settings(config.get("model") or {}),
-            balance=balance_settings(config.get("balance")),
+            balance=balance,
             dataset=dataset,
             streaming=build(StreamingConfig, config.get("streaming"), "streaming"),
             metrics=build(MetricsConfig, config.get("metrics"), "metrics"),

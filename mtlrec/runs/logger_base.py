@@ -85,5 +85,8 @@ class RunLogger:
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         """One history row (per-epoch train losses, val metrics, gates, speed); step = row["epoch"]."""
 
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        """Values of one optimizer step (the lr), step = optimizer steps so far."""
+
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
         """Final metrics (val/test at the best epoch, speed) and the run's status; closes the logger."""

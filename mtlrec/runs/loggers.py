@@ -81,6 +81,10 @@ class TensorBoardLogger(RunLogger):
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        for key, value in values.items():  # buffered by the writer, flushed with the epoch
+            self.writer.add_scalar(f"step/{key}", value, step)
+
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
         final = _final_values(metrics)
         # hparams: the config next to the final metrics, so TensorBoard's HPARAMS tab compares a sweep.

@@ -68,6 +68,7 @@ class MlflowLogger(RunLogger):
                 'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
             ) from None
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self._steps: list[Any] = []  # step/lr values not sent yet (log_step)
         self.tracking_uri = tracking_uri
         _check_sqlite_support(tracking_uri)
         with _store_lock(tracking_uri):  # sweep jobs creating one sqlite database at once
@@ -118,10 +119,22 @@ class MlflowLogger(RunLogger):
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        """Kept and sent with the epoch's row (one batch request, not one per step)."""
+        now = int(time.time() * 1000)
+        self._steps.extend(self._Metric(f"step/{k}", v, now, step) for k, v in values.items())
+
+    def _flush_steps(self) -> None:
+        for i in range(0, len(self._steps), 1000):
+            self.client.log_batch(self.run_id, metrics=self._steps[i : i + 1000])
+        self._steps = []
+
     def log_epoch(self, row: Mapping[str, Any]) -> None:
+        self._flush_steps()
         self._log(_numeric(row), int(row["epoch"]))
 
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
+        self._flush_steps()  # an interrupted epoch's steps
         final = _final_values(metrics)
         if final:
             self._log(final, 0)

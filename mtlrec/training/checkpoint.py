@@ -63,6 +63,8 @@ class TrainState:
     train_rows: int
     balancer: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    # optimizer-step state (mtlrec.training.optim_step): lr schedulers, GradScaler, weight EMA
+    step_state: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
     perm: torch.Tensor | None = None
     epoch_order_generator: torch.Tensor | None = None

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from mtlrec import metric_registry
 from mtlrec.errors import MtlrecError
+from mtlrec.training.ema import check_ema_decay
+from mtlrec.training.schedule import check_schedule
 
 
 @dataclass
@@ -45,11 +47,23 @@ class TrainerConfig:
     embedding_optimizer: Literal["auto", "adam", "sparse_adam", "adagrad"] = "auto"
     # Whole splits on the GPU (true), in pinned host memory (false) or whichever fits (auto).
     data_on_device: Literal["auto"] | bool = "auto"
+    # How ranking teams train (docs/training.md): lr schedule with warm-up (training/schedule.py),
+    # gradient accumulation and fp16 (training/optim_step.py), weight EMA (training/ema.py).
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_step_size: int = 1000
+    lr_gamma: float = 0.5
+    lr_min_factor: float = 0.0
+    lr_plateau_patience: int = 1
+    embedding_lr: float | None = None
+    embedding_lr_schedule: str | None = None
+    accumulate_batches: int = 1
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
-        for key in ("batch_size", "eval_batch_size", "epochs", "devices"):
+        for key in ("batch_size", "eval_batch_size", "epochs", "devices", "accumulate_batches"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
@@ -74,8 +88,10 @@ class TrainerConfig:
             raise MtlrecError(
                 f"trainer.nan_check_every must be an integer >= 1, got {self.nan_check_every!r}"
             )
-        if self.precision not in ("fp32", "bf16"):
-            raise MtlrecError(f"trainer.precision '{self.precision}' is unknown; use fp32 or bf16")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise MtlrecError(
+                f"trainer.precision '{self.precision}' is unknown; use fp32, bf16 or fp16"
+            )
         if not isinstance(self.compile, bool):
             raise MtlrecError(f"trainer.compile must be true or false, got {self.compile!r}")
         if self.num_threads is not None and (
@@ -85,6 +101,8 @@ class TrainerConfig:
                 f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}"
             )
         check_monitor_name(self.monitor, self.mode)
+        check_schedule(self)
+        check_ema_decay(self.ema_decay)
 
 
 def check_monitor_name(monitor: str, mode: str) -> None:

@@ -51,7 +51,9 @@ class Evaluator:
     def autocast(self) -> torch.autocast:
         """trainer.precision=bf16: matmuls in bfloat16 (losses and metrics stay float32)."""
         return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            self.device.type,
+            dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16,
+            enabled=self.precision in ("bf16", "fp16"),
         )
 
     @torch.no_grad()

@@ -140,12 +140,18 @@ def build_optimizer(
     weight_decay: float,
     embedding_optimizer: EmbeddingOptimizer = "adam",
     embedding_weight_decay: float = 0.0,
+    embedding_lr: float | None = None,
+    separate_tables: bool = False,
 ) -> MultiOptimizer:
     """Dense parameters on (fused) Adam/AdamW; each embedding table on its chosen optimizer.
 
     Tables chosen for a sparse optimizer get `sparse=True`, so their backward pass produces sparse
     gradients (the model's embedding layer must call the module, or F.embedding(sparse=True)).
+    The tables train at `embedding_lr` (None: `lr`); with `separate_tables` the dense-path tables
+    get a (fused) Adam of their own, so an lr schedule of their own can drive it
+    (mtlrec.training.schedule). The first optimizer always holds the dense parameters.
     """
+    table_lr = lr if embedding_lr is None else embedding_lr
     tables = embedding_tables(model)
     if embedding_optimizer == "auto" and nccl_ranks():
         embedding_optimizer = "adam"  # nccl has no sparse all-reduce (docs/distributed.md)
@@ -157,13 +163,16 @@ def build_optimizer(
     in_tables = {id(p) for t in tables for p in t.parameters()}
     rest = [p for p in model.parameters() if id(p) not in in_tables]
     groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": weight_decay}]
-    if by_choice["adam"]:
-        groups.append({"params": by_choice["adam"], "weight_decay": embedding_weight_decay})
+    table_group = {"params": by_choice["adam"], "weight_decay": embedding_weight_decay}
+    if by_choice["adam"] and not separate_tables:
+        groups.append({**table_group, "lr": table_lr})
     parts = [dense_optimizer(name, groups, lr)]
+    if by_choice["adam"] and separate_tables:
+        parts.append(dense_optimizer(name, [table_group], table_lr))
     if by_choice["sparse_adam"]:
-        parts.append(RowAdam(by_choice["sparse_adam"], lr=lr, catch_up=True))
+        parts.append(RowAdam(by_choice["sparse_adam"], lr=table_lr, catch_up=True))
     if by_choice["adagrad"]:
-        parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=lr))
+        parts.append(torch.optim.Adagrad(by_choice["adagrad"], lr=table_lr))
     return MultiOptimizer(parts)
 
 

@@ -95,13 +95,19 @@ class EpochRun:
     def order(self, on_device: bool) -> torch.Tensor:
         return self.perm if on_device else self.perm.cpu()  # one copy per epoch, no sync per step
 
-    def after_step(self, step: int, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    def after_step(
+        self, step: int, sums: torch.Tensor, counts: torch.Tensor, applied: bool = True
+    ) -> None:
+        """After batch `step` of the epoch; `applied`: an optimizer step followed it (stops and
+        checkpoints only there: trainer.accumulate_batches keeps no half-accumulated state)."""
         trainer, steps = self.trainer, self.plan.steps
         self.loss_sums += sums
         self.counts += counts
         self.watch.update(sums)
         if (step + 1) % self.check_every == 0:
             self.watch.check(self.epoch, trainer.loss_tasks, trainer.last_checkpoint)
+        if not applied:
+            return
         # Ranks agree on a stop every check_every steps (a collective + host sync on GPUs).
         stop = distributed.any_rank_every(trainer.stop_requested, step + 1, self.check_every)
         every = trainer.checkpoint_every

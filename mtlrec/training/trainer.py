@@ -9,6 +9,7 @@ and restored before the final test. Evaluation and prediction live in `Evaluator
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -32,6 +33,7 @@ from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
+from mtlrec.training.ema import WeightEma
 from mtlrec.training.evaluator import Evaluator, strip_gates
 from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import (
@@ -41,12 +43,14 @@ from mtlrec.training.monitoring import (
     produced_val_metrics,
     resolve_monitor,
 )
-from mtlrec.training.objective import Objective, clip_per_task, embedding_l2_penalty
-from mtlrec.training.optimizers import (
-    MultiOptimizer,
-    build_optimizer,
-    clip_grad_norm,
-    sparse_parameters,
+from mtlrec.training.objective import Objective, embedding_l2_penalty
+from mtlrec.training.optim_step import OptimizerStep, make_scaler
+from mtlrec.training.optimizers import MultiOptimizer, build_optimizer, sparse_parameters
+from mtlrec.training.schedule import (
+    LrSchedule,
+    lr_columns,
+    run_schedule,
+    separate_embedding_schedule,
 )
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
@@ -140,7 +144,6 @@ class Trainer:
         self.console = console or rich.get_console()
         self.last_checkpoint = "none (no checkpoint was written yet)"
         self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
-        self.global_step = 0
         self.stopper = EarlyStopping(self.mode, cfg.patience)
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
@@ -171,10 +174,44 @@ class Trainer:
             self.objective,
             group_column=group_column(spec, gauc_by),
         )
-        # grad_clip_norm per task network when the model says which parameters each task owns
-        # (single_task: T independent models); else the global norm.
+        self.stepper = self._make_stepper()
+
+    def _make_stepper(self) -> OptimizerStep:
+        """Once per optimizer step: accumulation, fp16 scaling, clipping (per task network when
+        the model says which parameters each task owns, e.g. single_task), schedule, EMA."""
+        cfg, model = self.cfg, self.model
         groups = getattr(model, "task_parameter_groups", None)
-        self.clip_groups = groups() if callable(groups) else None
+        return OptimizerStep(
+            model,
+            self.optimizer,
+            self.balancer,
+            self.grad_sync,
+            cfg.grad_clip_norm,
+            groups() if callable(groups) else None,
+            LrSchedule([], cfg, 1, self.mode),  # the run's schedule: fit knows its length
+            make_scaler(cfg, self.device, self.balancer),
+            WeightEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None,
+        )
+
+    @property
+    def clip_groups(self) -> Any:
+        return self.stepper.clip_groups
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps over the run (with trainer.accumulate_batches=N: batches / N)."""
+        return self.stepper.steps
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.stepper.steps = value
+
+    def start_schedule(self, train: Any) -> None:
+        """The lr schedule over the run's optimizer steps (schedule.run_schedule)."""
+        steps = math.ceil(self.plan(train).steps / self.cfg.accumulate_batches) * self.cfg.epochs
+        self.stepper.schedule = run_schedule(
+            self.optimizer.optimizers, self.cfg, steps, self.mode, keep_lr=self._restored_lrs
+        )
 
     def _make_optimizer(self) -> MultiOptimizer:
         """Fused Adam/AdamW for dense parameters; each embedding table per
@@ -186,39 +223,37 @@ class Trainer:
             self.cfg.lr,
             self.cfg.weight_decay,
             self.cfg.embedding_optimizer,
+            embedding_lr=self.cfg.embedding_lr,
+            separate_tables=separate_embedding_schedule(self.cfg),
         )
+        self._restored_lrs = False  # set by load_training_state: fit keeps the restored lr
         self.sparse_tables = any(True for _ in sparse_parameters(self.model))
         return optimizer
 
     def autocast(self) -> torch.autocast:
-        """trainer.precision=bf16: matmuls in bfloat16 (losses and metrics stay float32)."""
+        """trainer.precision=bf16|fp16: matmuls in bfloat16|float16 (losses, metrics float32)."""
+        dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
         return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+            self.device.type, dtype=dtype, enabled=self.cfg.precision in ("bf16", "fp16")
         )
 
     def _progress(self) -> Progress:
         return make_progress(self.console, self.cfg.progress, self.dist.is_main)
 
     # -- training -----------------------------------------------------------------------------
-    def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch; returns the per-task loss sums and row counts."""
+    def step(self, batch: Batch, apply: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's forward pass and, with `apply`, the optimizer step on it and the batches
+        added since the last step (trainer.accumulate_batches); its per-task loss sums, counts."""
         self.optimizer.catch_up(self.model, batch.sparse)  # sparse_adam: rows it reads, current
         with self.autocast(), self.grad_sync.forward_context():
             outputs = self.train_forward(batch.sparse, batch.dense)
-        means, extra, sums, counts = self.objective.losses(outputs, batch.labels)
+        _, extra, sums, counts = self.objective.losses(outputs, batch.labels)
         if self.cfg.embedding_l2 > 0:
             penalty = self.cfg.embedding_l2 * embedding_l2_penalty(self.model, batch.sparse)
             extra = penalty if extra is None else extra + penalty
-        self.optimizer.zero_grad(set_to_none=True)
-        self.balancer.backward(means, self.model, extra)
-        self.grad_sync.after_backward()
-        if self.cfg.grad_clip_norm is not None:
-            if self.clip_groups is not None:
-                clip_per_task(self.clip_groups, self.cfg.grad_clip_norm)
-            else:  # dense and sparse (row-wise) gradients alike
-                clip_grad_norm(self.model.parameters(), self.cfg.grad_clip_norm)
-        self.optimizer.step()
-        self.global_step += 1
+        self.stepper.add(sums, counts, extra)
+        if apply:
+            self.stepper.apply()
         return sums.detach(), counts
 
     def plan(self, train: Any) -> EpochPlan:
@@ -236,9 +271,14 @@ class Trainer:
         batches = epoch_batches(
             train, run.plan, run.order(on_device), run.first_step, on_device, self.order_generator
         )
-        for step, batch in zip(range(run.first_step, run.plan.steps), batches, strict=True):
-            sums, counts = self.step(batch if on_device else to_device(batch, self.device))
-            run.after_step(step, sums, counts)
+        every, steps = self.cfg.accumulate_batches, run.plan.steps
+        on_step = getattr(hooks, "on_optimizer_step", None)
+        for step, batch in zip(range(run.first_step, steps), batches, strict=True):
+            apply = (step + 1) % every == 0 or step + 1 == steps  # an optimizer step
+            sums, counts = self.step(batch if on_device else to_device(batch, self.device), apply)
+            if apply and on_step is not None:
+                on_step(self.global_step, self.stepper.lr)
+            run.after_step(step, sums, counts, apply)
         return run.finish()
 
     # -- resumable state -----------------------------------------------------------------------
@@ -261,6 +301,7 @@ class Trainer:
                 for k, v in self.balancer.state_dict().items()
             },
             world_size=self.dist.world_size,
+            step_state=self.stepper.state_dict(),
         )
 
     def load_training_state(self, state: TrainState) -> int:
@@ -274,6 +315,7 @@ class Trainer:
         self.train_time, self.train_rows = float(state.train_time), int(state.train_rows)
         if state.balancer:
             self.balancer.load_state_dict(state.balancer)
+        self.stepper.load_state_dict(state.step_state)
         set_rng_state(state.rng, self.device)
         if not state.mid_epoch:
             return int(state.epoch) + 1
@@ -315,6 +357,8 @@ class Trainer:
         self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
+        self._restored_lrs = resume is not None
+        self.start_schedule(train)
         if resume is not None:
             first_epoch = self.load_training_state(resume)
             if self.stopper.should_stop:
@@ -360,12 +404,14 @@ class Trainer:
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
         self.optimizer.flush()  # rows the sparse path left behind are brought up to date
-        val_metrics = self.evaluate(val, "val", progress)
+        with self.evaluated_weights():
+            val_metrics = self.evaluate(val, "val", progress)
+            is_best = self.stopper.update(epoch, val_metrics[self.monitor])
+            if is_best or epoch == 1:
+                self.keep_best()
         row.update(val_metrics)
-        row["lr"] = self.optimizer.param_groups[0]["lr"]
-        is_best = self.stopper.update(epoch, val_metrics[self.monitor])
-        if is_best or epoch == 1:
-            self.keep_best()
+        row.update(lr_columns(self.optimizer.optimizers, self.cfg))
+        self.stepper.schedule.after_epoch(val_metrics[self.monitor])  # plateau
         row["seconds"] = time.perf_counter() - t0
         self.history.append(row)
         log.info(
@@ -380,6 +426,16 @@ class Trainer:
             f"{row['train_samples_per_s']:,.0f}",
         )
         return {**row, "_is_best": is_best}
+
+    def evaluated_weights(self) -> Any:
+        """The weights validation sees: the EMA's with trainer.ema_decay, else the model's."""
+        ema = self.stepper.ema
+        return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+
+    def saved_model(self) -> MultiTaskModel:
+        """The model best.pt holds (the averaged one with trainer.ema_decay)."""
+        ema = self.stepper.ema
+        return ema.module if ema is not None else self.model  # type: ignore[return-value]
 
     def keep_best(self) -> None:
         """The current weights become the best ones: copied into the previous best's tensors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import signal
@@ -331,3 +332,35 @@ def test_checkpoint_written_before_tail_batch_and_train_state_resumes_exactly(
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
     run(compose_train([*TINY, *BATCH, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, ref_dir)
+
+
+PRACTICES = [
+    "trainer.lr_schedule=cosine",
+    "trainer.warmup_steps=10",
+    "trainer.accumulate_batches=2",
+    "trainer.ema_decay=0.9",
+    "trainer.lr=0.003",
+]
+
+
+def test_cosine_warmup_accumulation_and_ema_resume_mid_schedule_exactly(tmp_path, monkeypatch):
+    """Stopped mid-epoch 2 (44 optimizer steps per epoch: 87 batches in pairs, the last alone),
+    resumed: the lr schedule, the accumulation groups and the EMA continue where they were."""
+    from mtlrec.experiment import run
+
+    ref_dir, _ = run_training(tmp_path / "ref", [*BATCH, *PRACTICES])
+    monkeypatch.setattr(StopAfter, "k", 44 + 1 + 15)  # per optimizer step and epoch end
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="after epoch 2 step 30/87"):
+        run(compose_train([*TINY, *BATCH, *PRACTICES]), run_dir)
+    state = torch.load(run_dir / "checkpoints" / LAST, weights_only=True)["train_state"]
+    assert state["global_step"] == 44 + 15
+    assert state["step_state"]["schedule"]["per_step"][0]["last_epoch"] == 44 + 15
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *BATCH, *PRACTICES, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, ref_dir)
+    lrs = [
+        [r["lr"] for r in csv.DictReader((d / "history.csv").open())] for d in (run_dir, ref_dir)
+    ]
+    assert lrs[0] == lrs[1] and len(set(lrs[0])) == 2  # the cosine moved it between epochs
