@@ -38,6 +38,7 @@ from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
 from mtlrec.training import distributed
 from mtlrec.training.batches import load_data, place_splits
+from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
     RESUME_MAY_CHANGE,
@@ -248,6 +249,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         stop=stop,
         checkpoint_every=settings.checkpoint.every_n_steps,
         gauc_by=settings.metrics.gauc_by,
+        ece_bins=settings.metrics.ece_bins,
     )
     tasks = tuple(t.task for t in targets)
     splits = load_data(
@@ -375,6 +377,9 @@ def finish(
     t_eval = time.perf_counter()
     test_metrics = strip_gates(trainer.evaluate(built.splits["test"], "test"))
     eval_seconds = time.perf_counter() - t_eval
+    if built.is_main:  # the test split's reliability bins: compare --plot's reliability diagrams
+        bins = trainer.evaluator.reliability.get("test", {})
+        recorder.run_dir.write_json(RELIABILITY_FILE, {"split": "test", "targets": bins})
     final = recorder.run_dir.update_metrics(
         status="completed",
         error=None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Direction = Literal["max", "min"]
+Direction = Literal["max", "min", "one"]  # one: best at 1 (calibration ratios)
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,18 @@ METRICS: dict[str, Metric] = {
             "impression-weighted mean of per-group AUCs (groups with one class skipped)",
         ),
         Metric("logloss", "min", "mean binary cross-entropy of the predicted probabilities"),
+        Metric(
+            "pcoc",
+            "one",
+            "predicted over observed positives: sum of the predicted probabilities / sum of the "
+            "labels (1 = calibrated on average, > 1 over-predicts; NaN without positives)",
+        ),
+        Metric(
+            "ece",
+            "min",
+            "expected calibration error: sum_b (n_b / n) |mean p_b - positive rate_b| over "
+            "metrics.ece_bins equal-mass bins of the sorted predictions (15 by default)",
+        ),
         Metric("mse", "min", "mean squared error"),
         Metric("mae", "min", "mean absolute error"),
         Metric(
@@ -70,14 +82,15 @@ def parse(key: str) -> MetricKey | None:
 
 
 def direction(key: str) -> Direction | None:
-    """'max' if higher is better, 'min' if lower is better, None for a key that is no metric."""
+    """'max' if higher is better, 'min' if lower is better, 'one' if closest to 1 is best (pcoc),
+    None for a key that is no metric."""
     parsed = parse(key)
     return None if parsed is None else parsed.metric.direction
 
 
 def docs_table() -> str:
     """The metric table of docs/metrics.md (tests check the doc holds exactly this)."""
-    words = {"max": "higher is better", "min": "lower is better"}
+    words = {"max": "higher is better", "min": "lower is better", "one": "closest to 1 is best"}
     rows = ["| metric | direction | definition |", "|---|---|---|"]
     rows += [f"| `{m.name}` | {words[m.direction]} | {m.definition} |" for m in METRICS.values()]
     return "\n".join(rows)

@@ -37,6 +37,11 @@ class MetricsConfig:
     """`metrics:` in conf/train.yaml."""
 
     gauc_by: str | None = None  # a single-id field (e.g. user_id): also {split}/{task}_gauc
+    ece_bins: int = 15  # equal-mass bins of {split}/{task}_ece and the reliability diagrams
+
+    def validate(self) -> None:
+        if isinstance(self.ece_bins, bool) or not self.ece_bins >= 2:
+            raise MtlrecError(f"metrics.ece_bins must be an integer >= 2, got {self.ece_bins!r}")
 
 
 @dataclass

@@ -42,7 +42,9 @@ def evaluate(
             targets,
             torch.device("cpu"),
             int(trainer_cfg.get("eval_batch_size", 8192)),
-            str(trainer_cfg.get("precision", "fp32")),
+            # evaluation runs on the CPU: fp16 autocast is a CUDA setting
+            str(trainer_cfg.get("precision", "fp32")).replace("fp16", "fp32"),
+            ece_bins=int((config.get("metrics") or {}).get("ece_bins", 15)),
         )
         weights = task_weights(payload, tasks, model)
         with bar.step(f"scoring {len(tensors):,} rows of {name}"):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtlrec.errors import MtlrecError
-from mtlrec.training.checkpoint import load_checkpoint
+from mtlrec.training.checkpoint import TEMPERATURES_KEY, load_checkpoint
 
 
-def load_run(run_dir: str | Path, checkpoint: str) -> tuple[dict, Path]:
-    """(checkpoint payload, checkpoint path) of RUN_DIR/checkpoints/<checkpoint>."""
+def load_run(run_dir: str | Path, checkpoint: str, calibrated: bool = True) -> tuple[dict, Path]:
+    """(checkpoint payload, checkpoint path) of RUN_DIR/checkpoints/<checkpoint>; `calibrated`:
+    with the temperatures of RUN_DIR/calibration.json fitted on it (mtlrec calibrate), which
+    model_from_checkpoint applies."""
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise MtlrecError(f"{path}: no such run dir")
@@ -20,4 +22,8 @@ def load_run(run_dir: str | Path, checkpoint: str) -> tuple[dict, Path]:
         )
     payload = load_checkpoint(ckpt)
     payload["path"] = str(ckpt)
+    if calibrated:
+        from mtlrec.inference.calibrate import temperatures_for
+
+        payload[TEMPERATURES_KEY] = temperatures_for(path, checkpoint, payload)
     return payload, ckpt

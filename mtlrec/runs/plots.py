@@ -17,6 +17,8 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
   expert; identical rows for every task mean the tasks share experts, i.e. MMoE degenerates
   into shared-bottom; a dark column is an expert nobody uses (collapse). For PLE the experts are
   labelled `task.i` (task-specific) and `shared.j`, for the last of its levels.
+* `reliability.png`: a reliability diagram per binary task from each run's reliability.json (the
+  test split's equal-mass bins at the best epoch; runs/plot_reliability.py).
 
 Legends sit outside the axes; training losses (and metrics that are better low) use a log y axis
 when every value is positive. matplotlib runs on its Agg backend: no display needed.
@@ -41,6 +43,7 @@ from mtlrec.runs.plot_curves import (
     plot_task_curves,
     seed_group_labels,
 )
+from mtlrec.runs.plot_reliability import plot_reliability
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run
@@ -238,7 +241,10 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     if metric:
         written += plot_metric_vs_params(plt, runs, keys, names, metric, out_dir)
         written += plot_bars(plt, runs, keys, names, metric, out_dir)
-    gates = plot_gates(plt, runs, labels, out_dir)
-    if gates:
-        written.append(gates)
+    for extra in (
+        plot_gates(plt, runs, labels, out_dir),
+        plot_reliability(plt, runs, labels, out_dir),
+    ):
+        if extra:
+            written.append(extra)
     return written

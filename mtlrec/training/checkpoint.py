@@ -26,6 +26,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.training.calibration import apply_temperatures
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ MODEL_KEY, OPTIMIZER_KEY, CONFIG_KEY = "model_state", "optimizer_state", "config
 SPEC_KEY, TASKS_KEY, TRAIN_STATE_KEY = "dataset_spec", "loss_tasks", "train_state"
 MONITOR_KEY, SEED_KEY, DATA_ORDER_SEED_KEY = "monitor", "seed", "data_order_seed"
 INTEGRITY_KEY = "tensor_sha256"  # {tensor path: SHA-256}, checked on every load
+TEMPERATURES_KEY = "temperatures"  # added by inference.load_run (mtlrec calibrate), never saved
 # What every complete checkpoint holds (make_payload writes them all).
 REQUIRED = (EPOCH_KEY, MODEL_NAME_KEY, MODEL_KEY, CONFIG_KEY, SPEC_KEY, TASKS_KEY)
 
@@ -373,5 +375,7 @@ def model_from_checkpoint(
     tasks = tuple(TaskSpec(**t) for t in payload[TASKS_KEY])
     model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
     load_weights(model, payload[MODEL_KEY], payload.get("path", "checkpoint"))
+    if payload.get(TEMPERATURES_KEY):
+        apply_temperatures(model, payload[TEMPERATURES_KEY])
     model.eval()
     return model, spec, tasks

@@ -20,6 +20,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import gate_statistics
 from mtlrec.training import distributed
+from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.metrics import EvalTarget, split_metrics
 from mtlrec.training.objective import Objective
 
@@ -39,11 +40,15 @@ class Evaluator:
         forward: Any = None,
         objective: Objective | None = None,
         group_column: int | None = None,
+        ece_bins: int = ECE_BINS,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.device, self.eval_batch_size, self.precision = device, eval_batch_size, precision
         self.forward = forward if forward is not None else model  # e.g. a torch.compile'd model
         self.group_column = group_column  # metrics.gauc_by: the sparse column grouping GAUC
+        self.ece_bins = ece_bins  # metrics.ece_bins
+        # split name -> {target: equal-mass reliability bins} of its last evaluation
+        self.reliability: dict[str, dict[str, dict[str, list[float]]]] = {}
         self.objective = objective or Objective(
             loss_tasks, spec, getattr(model, "extra_loss", None)
         ).to(device)
@@ -134,6 +139,8 @@ class Evaluator:
             self.spec,
             self.loss_tasks,
             groups,
+            self.ece_bins,
+            self.reliability.setdefault(name, {}),
         )
         metrics[f"{name}/loss"] = aux["loss"]
         for task, value in zip(self.loss_tasks, aux["task_losses"], strict=True):

@@ -1,6 +1,7 @@
 """Metrics over a WHOLE split (never averaged per batch), named `{split}/{task}_{metric}`.
 
-Binary tasks: auc, logloss. Regression tasks: mse, mae. `{split}/mean_<metric>` averages a metric
+Binary tasks: auc, logloss, and the calibration metrics pcoc and ece (mtlrec.training.calibration;
+not averaged into `mean_*`). Regression tasks: mse, mae. `{split}/mean_<metric>` averages a metric
 over the DATASET's evaluation tasks (its tasks, or the `dataset.tasks` selection), each scored on
 its own sample space, so every model on the same data averages the same tasks; model-specific
 outputs (ESMM's ctcvr) keep their own columns and stay out of the mean. A model that cannot score a
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.training.calibration import ECE_BINS, ece, pcoc, reliability_bins
 
 log = logging.getLogger(__name__)
 
 BINARY_METRICS = ("auc", "logloss")
+CALIBRATION_METRICS = ("pcoc", "ece")  # binary tasks too; kept out of mean_*
 REGRESSION_METRICS = ("mse", "mae")
 
 
@@ -84,6 +87,8 @@ def metric_keys(split: str, targets: list[EvalTarget], gauc: bool = False) -> li
     for target in targets:
         names = binary if target.task.type == "binary" else REGRESSION_METRICS
         keys += [f"{split}/{target.key(m)}" for m in names]
+        if target.task.type == "binary":
+            keys += [f"{split}/{target.key(m)}" for m in CALIBRATION_METRICS]
         if target.in_mean:
             means += [m for m in names if m not in means]
     return keys + [f"{split}/mean_{m}" for m in binary + REGRESSION_METRICS if m in means]
@@ -166,9 +171,12 @@ def split_metrics(
     spec: DatasetSpec,
     loss_tasks: tuple[TaskSpec, ...],
     groups: np.ndarray | None = None,
+    ece_bins: int = ECE_BINS,
+    reliability: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, float]:
     """Metrics of one split from its predictions (probabilities for binary outputs); with
-    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target."""
+    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target. `reliability`,
+    when given, receives each binary target's equal-mass bins (key: `{task}{suffix}`)."""
     out: dict[str, float] = {}
     for target in targets:
         t = target.task
@@ -184,6 +192,11 @@ def split_metrics(
             if y.size == 0 or y.min() == y.max():
                 warn_undefined_auc(split, target, y)
             out[f"{split}/{target.key('logloss')}"] = logloss(y, p)
+            out[f"{split}/{target.key('pcoc')}"] = pcoc(y, p)
+            out[f"{split}/{target.key('ece')}"] = ece(y, p, ece_bins)
+            if reliability is not None and y.size:
+                name = f"{t.name}{target.suffix}"
+                reliability[name] = reliability_bins(y, p, ece_bins)
             if g is not None:
                 value, used, skipped = gauc(y, p, g)
                 out[f"{split}/{target.key('gauc')}"] = value

@@ -52,6 +52,11 @@ def resolve_monitor(
             raise MtlrecError(
                 f"trainer.monitor={monitor!r}: its direction is unknown; set trainer.mode=max or min"
             )
+        if direction == "one":
+            raise MtlrecError(
+                f"trainer.monitor={monitor!r}: pcoc is best at 1, neither higher nor lower; "
+                "monitor a calibration error such as val/<task>_ece (lower is better) instead"
+            )
         mode = direction
     return monitor, mode
 

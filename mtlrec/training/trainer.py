@@ -31,6 +31,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.training import distributed
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
+from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
@@ -120,6 +121,7 @@ class Trainer:
         stop: StopRequest | None = None,
         checkpoint_every: int | None = None,
         gauc_by: str | None = None,
+        ece_bins: int = ECE_BINS,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
@@ -173,6 +175,7 @@ class Trainer:
             self.forward,
             self.objective,
             group_column=group_column(spec, gauc_by),
+            ece_bins=ece_bins,
         )
         self.stepper = self._make_stepper()
 
