@@ -8,7 +8,8 @@ metrics.json; 1 epoch; validation and test included but not timed):
   1. ESMM and MMoE at batch 1024 / 8192 / 65536, the whole data on the device
   2. the pinned-host path (data kept in pinned host memory, batches copied per step), forced with
      trainer.data_on_device=false, batch 8192
-  3. bf16 autocast (trainer.precision=bf16), batch 8192
+  3. bf16 autocast (trainer.precision=bf16) and fp16 autocast + GradScaler (trainer.precision=fp16),
+     batch 8192; gradient accumulation (trainer.accumulate_batches=4) at batch 8192
   4. a 10M-id field (item_id spread over 10M ids, scripts/bench_vocab.py's bijection): dense Adam
      vs the sparse path (trainer.embedding_optimizer=sparse_adam), batch 8192
   5. trainer.devices=N (DDP, nccl) at batch 8192 per rank, when N > 1 GPUs are visible
@@ -78,6 +79,8 @@ def plan(n_gpus: int) -> list[tuple[str, list[str], bool]]:
     cases += [
         ("mmoe-b8192-pinned", [*MODELS["mmoe"], b8k, "trainer.data_on_device=false"], False),
         ("mmoe-b8192-bf16", [*MODELS["mmoe"], b8k, "trainer.precision=bf16"], False),
+        ("mmoe-b8192-fp16", [*MODELS["mmoe"], b8k, "trainer.precision=fp16"], False),
+        ("mmoe-b8192-accumulate4", [*MODELS["mmoe"], b8k, "trainer.accumulate_batches=4"], False),
         ("mmoe-b8192-10M-ids-adam", [*MODELS["mmoe"], b8k, "trainer.embedding_optimizer=adam"], True),
         ("mmoe-b8192-10M-ids-sparse", [*MODELS["mmoe"], b8k, "trainer.embedding_optimizer=sparse_adam"], True),
     ]  # fmt: skip

@@ -21,8 +21,8 @@ CASES = [
     (
         "trainer.monitor=val/foo",
         "trainer.monitor='val/foo': not a validation metric; expected auto or val/<task>_<metric> "
-        "(e.g. val/ctr_auc, val/mean_auc, val/loss) with <metric> one of auc, gauc, logloss, mse, "
-        "mae, loss",
+        "(e.g. val/ctr_auc, val/mean_auc, val/loss) with <metric> one of auc, gauc, logloss, pcoc, "
+        "ece, mse, mae, loss",
     ),
     ("trainer.tail_batch=last", "trainer.tail_batch='last': expected one of merge, drop, keep"),
     ("dataset.num_rows=0", "dataset.num_rows must be an integer >= 1, got 0"),
@@ -45,8 +45,9 @@ CASES = [
 NOT_PRODUCED = (
     "model=cvr_base trainer.monitor=val/ctr_auc",
     "trainer.monitor='val/ctr_auc': this run produces no such validation metric; choose one of "
-    "['val/cvr_auc', 'val/cvr_auc_entire', 'val/cvr_logloss', 'val/cvr_logloss_entire', "
-    "'val/cvr_loss', 'val/loss', 'val/mean_auc', 'val/mean_logloss']",
+    "['val/cvr_auc', 'val/cvr_auc_entire', 'val/cvr_ece', 'val/cvr_ece_entire', "
+    "'val/cvr_logloss', 'val/cvr_logloss_entire', 'val/cvr_loss', 'val/cvr_pcoc', "
+    "'val/cvr_pcoc_entire', 'val/loss', 'val/mean_auc', 'val/mean_logloss']",
 )
 
 

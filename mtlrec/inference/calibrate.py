@@ -11,8 +11,6 @@ a warning to calibrate again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,43 +18,11 @@ from typing import Any
 import numpy as np
 
 from mtlrec.errors import MtlrecError
+from mtlrec.inference.loading import load_run, weights_digest
 from mtlrec.training.calibration import CALIBRATION_FILE, ECE_BINS, ece, fit_temperature, logits_of
-from mtlrec.training.checkpoint import BEST, INTEGRITY_KEY, MODEL_KEY
+from mtlrec.training.checkpoint import BEST
 
 log = logging.getLogger(__name__)
-
-
-def weights_digest(payload: dict) -> str:
-    """SHA-256 over the checkpoint's per-tensor digests of its model weights."""
-    digests = payload.get(INTEGRITY_KEY) or {}
-    mine = sorted((k, v) for k, v in digests.items() if k.startswith(f"{MODEL_KEY}/"))
-    return hashlib.sha256(json.dumps(mine).encode()).hexdigest()
-
-
-def temperatures_for(run_dir: Path, checkpoint: str, payload: dict) -> dict[str, float]:
-    """The temperatures of RUN_DIR/calibration.json when they were fitted on this checkpoint."""
-    path = run_dir / CALIBRATION_FILE
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-        temperatures = {str(k): float(v) for k, v in record["temperatures"].items()}
-        fitted = (record["checkpoint"], record["weights_sha256"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise MtlrecError(
-            f"{path}: not a calibration record of `mtlrec calibrate`; remove it or run "
-            f"`mtlrec calibrate {run_dir} --overwrite`"
-        ) from None
-    if fitted != (checkpoint, weights_digest(payload)):
-        log.warning(
-            "%s was fitted on other weights than checkpoints/%s: scoring uncalibrated "
-            "(run `mtlrec calibrate %s --overwrite`)",
-            path,
-            checkpoint,
-            run_dir,
-        )
-        return {}
-    return temperatures
 
 
 def calibrate(
@@ -65,7 +31,6 @@ def calibrate(
     """Fit, write RUN_DIR/calibration.json and return its record."""
     from mtlrec.data.loader import load_split
     from mtlrec.inference.evaluate import split_file
-    from mtlrec.inference.loading import load_run
     from mtlrec.runs.atomic import atomic_write_json
     from mtlrec.training.checkpoint import model_from_checkpoint
     from mtlrec.training.evaluator import Evaluator

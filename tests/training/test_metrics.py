@@ -126,7 +126,7 @@ def test_docs_metrics_table_matches_the_registry():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     assert docs_table() in doc
     for name, metric in METRICS.items():
-        word = "higher" if metric.direction == "max" else "lower"
+        word = {"max": "higher", "min": "lower", "one": "closest to 1"}[metric.direction]
         assert f"| `{name}` | {word} is better | {metric.definition} |" in doc
 
 
