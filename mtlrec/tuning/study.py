@@ -140,7 +140,7 @@ def open_study(cfg: SearchConfig, paths: StudyPaths, storage: str | None = None)
         study = optuna.create_study(
             storage=storage or f"sqlite:///{paths.db}",
             study_name=cfg.name,
-            directions=cfg.directions,
+            directions=cfg.directions,  # type: ignore[arg-type]  # checked: maximize|minimize
             sampler=sampler_cls(seed=cfg.sampler.seed),
             pruner=optuna.pruners.NopPruner() if multi else make_pruner(cfg.pruner),
             load_if_exists=True,
