@@ -170,6 +170,24 @@ def test_cli_formats_sort_filter_output(sweep, tmp_path, capsys):
     assert "1 run(s)" in text and "loss is nan" in text and "failed" in text
 
 
+def test_sort_and_filter_by_any_metric_of_the_runs(sweep, capsys):
+    """A metric that is not a default column sorts (and is shown); metrics filter by bounds."""
+    assert main([str(sweep), "--format", "csv", "--sort", "test/ctr_logloss", "--no-group"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert "test/ctr_logloss" in rows[0] and "test/mean_auc" in rows[0]
+    assert [r["test/ctr_logloss"] for r in rows] == ["0.3"] * 5 + [""]  # losses: lowest first
+    main([str(sweep), "--format", "csv", "--filter", "test/mean_auc>=0.74", "--no-group"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["test/mean_auc"] for r in rows) == ["0.74", "0.75", "0.8"]
+    main([str(sweep), "--format", "csv", "--filter", "test/mean_auc<0.74", "--no-group"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["test/mean_auc"] for r in rows) == ["0.7", "0.72"]  # the failed run has none
+    with pytest.raises(
+        MtlrecError, match=r"^--filter test/mean_auc>=high: 'high' is not a number$"
+    ):
+        main([str(sweep), "--filter", "test/mean_auc>=high"])
+
+
 def test_cli_user_errors(sweep):
     with pytest.raises(
         MtlrecError, match=r"^--filter model.nope: no compared run has this config key"
