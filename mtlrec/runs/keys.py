@@ -151,7 +151,34 @@ def default_metrics(runs: list[Run]) -> list[str]:
         for k in names
         if k.startswith("test/") and any(kind in k.split("/", 1)[1].split("_") for kind in kinds)
     ]
+    chosen += [k for k in task_main_metrics(names, chosen) if k not in chosen]
     return sorted(chosen, key=lambda k: (not k.split("/", 1)[1].startswith("mean_"), k))
+
+
+MAIN_METRICS = ("auc", "rmse", "mse")  # a task's main metric: AUC if binary, else (R)MSE
+
+
+def task_main_metrics(names: list[str], chosen: list[str]) -> list[str]:
+    """`test/<task>_<main metric>` for each task the chosen columns leave out (a rating task next
+    to a monitored AUC: `test/rating_rmse`), so every task has a column."""
+    shown = {p.task for p in map(parse, chosen) if p is not None}
+    by_task: dict[str, set[str]] = {}
+    for key in names:
+        p = parse(key)
+        if (
+            key.startswith("test/")
+            and p is not None
+            and p.task
+            and p.task != "mean"
+            and not p.suffix
+        ):
+            by_task.setdefault(p.task, set()).add(p.metric.name)
+    out = []
+    for task, have in by_task.items():
+        main = next((m for m in MAIN_METRICS if m in have), None)
+        if task not in shown and main is not None:
+            out.append(f"test/{task}_{main}")
+    return out
 
 
 METRIC_FILTER = re.compile(r"^([\w./-]+?)(>=|<=|>|<|=)(.+)$")
