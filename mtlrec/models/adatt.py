@@ -44,6 +44,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -162,4 +163,5 @@ class AdaTT(MultiTaskModel):
 
     def shared_trunk_last_layer(self) -> nn.Parameter | None:
         """The last level's experts' output layer (every task's unit mixes every expert)."""
-        return self.levels[-1].experts.linears[-1].weight
+        last: FusionLevel = self.levels[-1]  # type: ignore[assignment]
+        return last_weight(last.experts)

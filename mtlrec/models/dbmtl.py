@@ -41,6 +41,7 @@ from mtlrec.models.layers import (
     MixtureOfExperts,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -59,7 +60,9 @@ class DbmtlConfig(CommonConfig):
     def validate(self) -> None:
         super().validate()
         if self.bottom not in BOTTOMS:
-            raise MtlrecError(f"model.bottom '{self.bottom}' is unknown; use one of {list(BOTTOMS)}")
+            raise MtlrecError(
+                f"model.bottom '{self.bottom}' is unknown; use one of {list(BOTTOMS)}"
+            )
         check_dims("model.bottom_dims", self.bottom_dims, allow_empty=self.bottom == "mlp")
         check_positive("model.num_experts", self.num_experts)
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
@@ -150,8 +153,5 @@ class Dbmtl(MultiTaskModel):
     def shared_trunk_last_layer(self) -> nn.Parameter | None:
         """The bottom's last layer (MMoE: the experts' output layer); None without a bottom."""
         if self.mixture is not None:
-            return self.mixture.experts.linears[-1].weight
-        if self.bottom is not None:
-            linears = [m for m in self.bottom if isinstance(m, nn.Linear)]
-            return linears[-1].weight
-        return None
+            return last_weight(self.mixture.experts)
+        return last_weight(self.bottom) if self.bottom is not None else None

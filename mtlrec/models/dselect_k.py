@@ -51,6 +51,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -90,7 +91,9 @@ class DSelectKConfig(CommonConfig):
 def smooth_step(z: torch.Tensor, gamma: float) -> torch.Tensor:
     """The cubic smooth step: 0 below -gamma/2, 1 above gamma/2, C1 in between."""
     cubic = -2.0 / gamma**3 * z**3 + 3.0 / (2.0 * gamma) * z + 0.5
-    return torch.where(z <= -gamma / 2, torch.zeros_like(z), torch.where(z >= gamma / 2, 1.0, cubic))
+    return torch.where(
+        z <= -gamma / 2, torch.zeros_like(z), torch.where(z >= gamma / 2, 1.0, cubic)
+    )
 
 
 def code_bits(num_codes_log2: int) -> torch.Tensor:
@@ -178,4 +181,4 @@ class DSelectK(MultiTaskModel):
 
     def shared_trunk_last_layer(self) -> nn.Parameter | None:
         """The experts' output layer (every task's gate mixes every expert)."""
-        return self.experts.linears[-1].weight
+        return last_weight(self.experts)

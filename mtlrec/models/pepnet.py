@@ -48,6 +48,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -150,4 +151,4 @@ class Pepnet(MultiTaskModel):
 
     def shared_trunk_last_layer(self) -> nn.Parameter | None:
         """EPNet's gate output layer: the last layer every task's loss goes through."""
-        return self.epnet.out.weight
+        return last_weight(self.epnet)

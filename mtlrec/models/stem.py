@@ -42,6 +42,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -152,4 +153,5 @@ class Stem(MultiTaskModel):
 
     def shared_trunk_last_layer(self) -> nn.Parameter | None:
         """The last level's experts' output layer (the shared experts' rows are in it)."""
-        return self.levels[-1].experts.linears[-1].weight
+        last: StemLevel = self.levels[-1]  # type: ignore[assignment]
+        return last_weight(last.experts)

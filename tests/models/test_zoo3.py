@@ -60,7 +60,9 @@ def test_dselect_k_gate_mixes_k_selectors_and_its_regulariser():
             ]
             want = [a[b, t, 0] * r[0][e] + a[b, t, 1] * r[1][e] for e in range(3)]  # code 3: none
             torch.testing.assert_close(out["gates"][b, t], torch.stack(want))
-            ent = sum(-p * math.log(p) for sel in r for p in (float(v.detach()) for v in sel) if p > 0)
+            ent = sum(
+                -p * math.log(p) for sel in r for p in (float(v.detach()) for v in sel) if p > 0
+            )
             invalid = float((r[0][3] + r[1][3]).detach())
             if t == 0:
                 row = ent + invalid
@@ -315,7 +317,10 @@ def test_dcmt_extra_loss_clips_a_detached_propensity():
             {"name": "dselect_k", "num_experts": 1, "k": 1},
             "model.num_experts must be >= 2 for DSelect-k (a selector picks one of them), got 1",
         ),
-        ({"name": "dbmtl", "bottom": "ple"}, "model.bottom 'ple' is unknown; use one of ['mlp', 'mmoe']"),
+        (
+            {"name": "dbmtl", "bottom": "ple"},
+            "model.bottom 'ple' is unknown; use one of ['mlp', 'mmoe']",
+        ),
         (
             {"name": "dbmtl", "relation_dims": []},
             "model.relation_dims=[] leaves no relation layer for task 'cvr' to read its upstream "
