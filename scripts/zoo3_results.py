@@ -72,7 +72,11 @@ def prepare_census(raw: Path, env: dict[str, str]) -> None:
 
 
 def cell(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "-"
+    """mean ± sample std (ddof 1, as `mtlrec compare --group-by-seed`)."""
+    if not values:
+        return "-"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {std:.4f}"
 
 
 def table(dataset: str, runs: dict[str, list[dict]]) -> list[str]:
