@@ -115,7 +115,8 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
         raise MtlrecError(f"--filter {' '.join(args.filter)}: no run matches")
     metrics = args.metric
     in_runs = {m for r in runs for m in r.metrics}
-    if args.sort in in_runs and not metrics:  # sorting by a metric shows it (any metric of the runs)
+    # sorting by a metric shows it (any metric of the runs)
+    if args.sort in in_runs and not metrics:
         defaults = default_metrics(runs)
         metrics = defaults if args.sort in defaults else [*defaults, args.sort]
     table = build_table(runs, metrics, args.group_by_seed)
