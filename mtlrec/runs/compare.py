@@ -114,9 +114,9 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
     if not runs:
         raise MtlrecError(f"--filter {' '.join(args.filter)}: no run matches")
     table = build_table(runs, args.metric, args.group_by_seed)
-    missing = [m for m in (args.metric or []) if not any(m in r.metrics for r in runs)]
-    if missing and any(r.metrics for r in runs):
-        known = sorted({k for r in runs for k in r.metrics})
+    missing = [m for m in (args.metric or []) if not any(m in r.metric_names for r in runs)]
+    if missing and any(r.metric_names for r in runs):
+        known = sorted({k for r in runs for k in r.metric_names})
         raise MtlrecError(
             f"--metric {missing[0]}: no compared run has this metric; metrics: {', '.join(known)}"
         )
