@@ -13,6 +13,7 @@ from typing import Any
 from mtlrec.data.prepare.pipeline import Result
 from mtlrec.data.prepare.plan import SPLITS
 from mtlrec.data.prepare.publish import staged_dir
+from mtlrec.data.prepare.replace import raw_inputs
 from mtlrec.errors import MtlrecError
 
 
@@ -42,7 +43,7 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
         )
     validate_dataset_config(cfg)
     path = Path(str(cfg["path"])).expanduser()
-    with staged_dir(path, overwrite) as tmp:
+    with staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
         result = source.prepare(cfg, tmp)
     return replace(result, path=path)
 

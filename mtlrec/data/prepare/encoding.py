@@ -23,6 +23,7 @@ from mtlrec.data.prepare.reading import Block, plan_blocks
 from mtlrec.data.prepare.splitting import split_codes
 from mtlrec.data.spec import WEIGHT_SUFFIX
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import inject_fault
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class _Writers:
 
     def write(self, split: str, part: pa.Table) -> None:
         if split not in self.open:
+            inject_fault(self.out_dir / f"{split}.parquet")  # tests: a full disk here
             self.open[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", part.schema)
         self.open[split].write_table(part)
 
