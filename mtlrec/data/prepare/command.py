@@ -57,6 +57,11 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    from mtlrec.override_syntax import unparsable_override
+
+    bad = unparsable_override(overrides)
+    if bad is not None:
+        raise MtlrecError(bad)
     if config_dir is not None:
         cdir = Path(config_dir).expanduser().resolve()
         if not cdir.is_dir():
@@ -163,6 +168,10 @@ def print_summary(
     if dense:
         shown = ", ".join(dense[:8]) + (f", ... ({len(dense)} in all)" if len(dense) > 8 else "")
         console.print(f"dense: {shown}")
+    unused = spec.info.get("unused_columns") or []
+    if unused:
+        shown = ", ".join(unused[:12]) + (f", ... ({len(unused)} in all)" if len(unused) > 12 else "")
+        print(f"unused raw columns (not in the dataset config, not prepared): {shown}")
     dropped = {s: result.summary[s].dropped for s in SPLITS if result.summary[s].dropped}
     if dropped:
         print(f"dropped rows breaking the funnel (funnel_violations=drop): {dropped}")

@@ -92,7 +92,7 @@ def clean_stale(path: Path) -> list[Path]:
         for stale in path.parent.glob(f".{path.name}.{kind}-*"):
             pid = stale.name[len(f".{path.name}.{kind}-") :].split("-", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                if kind == "old" and not os.path.lexists(path):
+                if kind == "old" and (stale / SPEC_FILE).is_file() and not os.path.lexists(path):
                     os.rename(stale, path)  # died before publishing: the old dataset is back
                     log.warning("%s: moved back the dataset a stopped prepare had moved aside", path)
                     continue
@@ -204,12 +204,12 @@ def staged_dir(
     the checksums of all its files in checksums.json (`origin`: prepared or generated).
     `inputs`: the raw files and dirs read, which overwrite=true must never replace."""
     path = Path(path).expanduser()
+    clean_stale(path)  # first: an old dataset a stopped prepare moved aside is back in place
     if os.path.lexists(path) and not overwrite:
         raise _exists_error(path, raced=False)
     if os.path.lexists(path):
         check_replaceable(path, inputs)
     _make_parent(path)
-    clean_stale(path)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.parent / f".{path.name}.tmp-{tag}"
     with writing(path, temps=[tmp]):
