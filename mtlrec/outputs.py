@@ -109,7 +109,9 @@ def _same(a: Path, b: Path) -> bool:
 def _refuse_inputs(path: Path, flag: str, inputs: Mapping[str, str | Path], what: str) -> None:
     for label, given in inputs.items():
         if path.exists() and _same(path, Path(given).expanduser()):
-            raise MtlrecError(f"{flag} {path} is the {label} file; write the {what} to another file")
+            raise MtlrecError(
+                f"{flag} {path} is the {label} file; write the {what} to another file"
+            )
 
 
 def _refuse_managed(path: Path, flag: str, what: str, at: Path | None = None) -> None:

@@ -225,9 +225,9 @@ def check_overrides(args: list[str]) -> None:
     args, config_dir = _without_config_dir(args)
     from mtlrec.override_syntax import unparsable_override
 
-    bad = unparsable_override(args)  # any override, hydra.* too (e.g. a run dir with spaces)
-    if bad is not None:
-        raise ValueError(bad)
+    unquoted = unparsable_override(args)  # any override, hydra.* too (e.g. a run dir with spaces)
+    if unquoted is not None:
+        raise ValueError(unquoted)
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
         return
     # Your own config dirs take part (the packaged configs alone do not know your dataset).

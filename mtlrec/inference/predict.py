@@ -19,8 +19,6 @@ import torch
 
 from mtlrec.data.encoders import RawEncoder
 from mtlrec.data.spec import DatasetSpec
-from mtlrec.outputs import check_output as guard_output
-from mtlrec.outputs import inject_fault, writing
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.inputs import (
     Chunk,
@@ -32,6 +30,8 @@ from mtlrec.inference.inputs import (
 from mtlrec.inference.loading import load_run
 from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.outputs import check_output as guard_output
+from mtlrec.outputs import inject_fault, writing
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 log = logging.getLogger(__name__)

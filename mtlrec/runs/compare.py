@@ -141,7 +141,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     from mtlrec import outputs
 
     if args.output:
-        inputs = {"compared": p for p in args.paths}
+        inputs = {f"compared {p}": p for p in args.paths}
         outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
     if args.plot:
         outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")

@@ -14,8 +14,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtlrec.runs.atomic import save_png
 from mtlrec.metric_registry import direction
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.metric_registry import direction
 from mtlrec.outputs import inject_fault, writing
 from mtlrec.runs.atomic import save_png
-from mtlrec.metric_registry import direction
 from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
 from mtlrec.runs.plot_bars import plot_bars, safe_name
 from mtlrec.runs.plot_curves import (

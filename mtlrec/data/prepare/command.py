@@ -170,7 +170,9 @@ def print_summary(
         console.print(f"dense: {shown}")
     unused = spec.info.get("unused_columns") or []
     if unused:
-        shown = ", ".join(unused[:12]) + (f", ... ({len(unused)} in all)" if len(unused) > 12 else "")
+        shown = ", ".join(unused[:12]) + (
+            f", ... ({len(unused)} in all)" if len(unused) > 12 else ""
+        )
         print(f"unused raw columns (not in the dataset config, not prepared): {shown}")
     dropped = {s: result.summary[s].dropped for s in SPLITS if result.summary[s].dropped}
     if dropped:

@@ -16,8 +16,8 @@ from mtlrec.data.prepare.fieldconfig import (
     parse_multi,
 )
 from mtlrec.data.prepare.plan import (
-    SPLITS,
     NONFINITE_POLICIES,
+    SPLITS,
     TRANSFORMS,
     Plan,
     RawSource,

@@ -133,7 +133,9 @@ def dense_values(plan: Plan, block: Block, col: str) -> np.ndarray:
     missing = block.table.column(col).is_null().to_numpy(zero_copy_only=False)
     bad = ~missing & ~(np.abs(x) <= DENSE_LIMIT)  # NaN compares False: bad too
     if bad.any():
-        x = _nonfinite(plan, x, bad, f"{source.path}: {block.where(source, int(np.argmax(bad)))}", col)
+        x = _nonfinite(
+            plan, x, bad, f"{source.path}: {block.where(source, int(np.argmax(bad)))}", col
+        )
     x = np.where(missing, plan.fills[col], x)
     if plan.transforms[col] == "log1p_standardize" and (x <= -1).any():
         i = int(np.flatnonzero(x <= -1)[0])

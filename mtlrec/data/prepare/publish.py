@@ -94,7 +94,9 @@ def clean_stale(path: Path) -> list[Path]:
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 if kind == "old" and (stale / SPEC_FILE).is_file() and not os.path.lexists(path):
                     os.rename(stale, path)  # died before publishing: the old dataset is back
-                    log.warning("%s: moved back the dataset a stopped prepare had moved aside", path)
+                    log.warning(
+                        "%s: moved back the dataset a stopped prepare had moved aside", path
+                    )
                     continue
                 shutil.rmtree(stale, ignore_errors=True)
                 removed.append(stale)
