@@ -1,6 +1,6 @@
 """Metrics over a WHOLE split (never averaged per batch), named `{split}/{task}_{metric}`.
 
-Binary tasks: auc, logloss. Regression tasks: mse, mae. `{split}/mean_<metric>` averages a metric
+Binary tasks: auc, logloss. Regression tasks: mse, rmse, mae. `{split}/mean_<metric>` averages a metric
 over the DATASET's evaluation tasks (its tasks, or the `dataset.tasks` selection), each scored on
 its own sample space, so every model on the same data averages the same tasks; model-specific
 outputs (ESMM's ctcvr) keep their own columns and stay out of the mean. A model that cannot score a
@@ -24,7 +24,8 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 log = logging.getLogger(__name__)
 
 BINARY_METRICS = ("auc", "logloss")
-REGRESSION_METRICS = ("mse", "mae")
+_GAUC_SAID: set[tuple[str, str]] = set()  # (split, key) whose group counts were logged
+REGRESSION_METRICS = ("mse", "rmse", "mae")
 
 
 @dataclass(frozen=True)
@@ -187,16 +188,20 @@ def split_metrics(
             if g is not None:
                 value, used, skipped = gauc(y, p, g)
                 out[f"{split}/{target.key('gauc')}"] = value
-                log.info(
-                    "%s %s: GAUC over %s groups (%s with one class skipped)",
-                    split,
-                    target.key("gauc"),
-                    f"{used:,}",
-                    f"{skipped:,}",
-                )
+                if (split, target.key("gauc")) not in _GAUC_SAID:  # once a run, not every epoch
+                    _GAUC_SAID.add((split, target.key("gauc")))
+                    log.info(
+                        "%s %s: GAUC over %s groups (%s with one class skipped)",
+                        split,
+                        target.key("gauc"),
+                        f"{used:,}",
+                        f"{skipped:,}",
+                    )
         else:
             err = p - y
-            out[f"{split}/{target.key('mse')}"] = float(np.mean(err**2)) if y.size else math.nan
+            mse = float(np.mean(err**2)) if y.size else math.nan
+            out[f"{split}/{target.key('mse')}"] = mse
+            out[f"{split}/{target.key('rmse')}"] = math.sqrt(mse)  # in the label's own units
             out[f"{split}/{target.key('mae')}"] = (
                 float(np.mean(np.abs(err))) if y.size else math.nan
             )
