@@ -232,7 +232,7 @@ def check_overrides(args: list[str]) -> None:
 
     unquoted = unparsable_override(args)  # any override, hydra.* too (e.g. a run dir with spaces)
     if unquoted is not None:
-        raise ValueError(unquoted)
+        raise OverrideError(unquoted)
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
         return
     # Your own config dirs take part (the packaged configs alone do not know your dataset).
