@@ -45,6 +45,7 @@ METRICS: dict[str, Metric] = {
             "metrics.ece_bins equal-mass bins of the sorted predictions (15 by default)",
         ),
         Metric("mse", "min", "mean squared error"),
+        Metric("rmse", "min", "root mean squared error (sqrt of mse, in the label's units)"),
         Metric("mae", "min", "mean absolute error"),
         Metric(
             "loss",

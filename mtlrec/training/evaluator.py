@@ -49,6 +49,8 @@ class Evaluator:
         self.ece_bins = ece_bins  # metrics.ece_bins
         # split name -> {target: equal-mass reliability bins} of its last evaluation
         self.reliability: dict[str, dict[str, dict[str, list[float]]]] = {}
+        # metric key -> why it is null (an AUC of one class), warned once per run: metrics.json
+        self.undefined: dict[str, str] = {}
         self.objective = objective or Objective(
             loss_tasks, spec, getattr(model, "extra_loss", None)
         ).to(device)
@@ -139,6 +141,7 @@ class Evaluator:
             self.spec,
             self.loss_tasks,
             groups,
+            self.undefined,
             self.ece_bins,
             self.reliability.setdefault(name, {}),
         )

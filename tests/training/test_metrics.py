@@ -98,6 +98,8 @@ def test_regression_metrics():
     err = preds["spend"] - labels[:, 3]
     assert m["val/spend_mse"] == pytest.approx(np.mean(err**2))
     assert m["val/spend_mae"] == pytest.approx(np.mean(np.abs(err)))
+    assert m["val/spend_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert m["val/mean_rmse"] == m["val/spend_rmse"]
     assert m["val/mean_mse"] == m["val/spend_mse"]
     assert "val/mean_auc" not in m
 
@@ -126,8 +128,10 @@ def test_docs_metrics_table_matches_the_registry():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     assert docs_table() in doc
     for name, metric in METRICS.items():
-        word = {"max": "higher", "min": "lower", "one": "closest to 1"}[metric.direction]
-        assert f"| `{name}` | {word} is better | {metric.definition} |" in doc
+        word = {"max": "higher is better", "min": "lower is better", "one": "closest to 1 is best"}[
+            metric.direction
+        ]
+        assert f"| `{name}` | {word} | {metric.definition} |" in doc
 
 
 def test_auc_equals_sklearn_with_ties_and_without():
