@@ -22,7 +22,7 @@ CASES = [
         "trainer.monitor=val/foo",
         "trainer.monitor='val/foo': not a validation metric; expected auto or val/<task>_<metric> "
         "(e.g. val/ctr_auc, val/mean_auc, val/loss) with <metric> one of auc, gauc, logloss, pcoc, "
-        "ece, mse, mae, loss",
+        "ece, mse, rmse, mae, loss",
     ),
     ("trainer.tail_batch=last", "trainer.tail_batch='last': expected one of merge, drop, keep"),
     ("dataset.num_rows=0", "dataset.num_rows must be an integer >= 1, got 0"),
