@@ -88,7 +88,7 @@ class OptimizerStep:
         means, extra = self.pending.take()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            scale = self.scaler.get_scale()
+            scale = self.scaler.scale(torch.ones((), device=means.device))  # inits the scaler
             means.register_hook(lambda g: g * scale)
             if extra is not None and extra.requires_grad:
                 extra.register_hook(lambda g: g * scale)
