@@ -26,13 +26,13 @@ ACTIVATIONS = {
 
 
 # model.hidden_init: how the hidden layers of every MLP (experts, towers, bottoms, gate MLPs) start.
-# glorot: Glorot/Xavier uniform weights, zero biases - the default of TF/Keras and PaddlePaddle
-# layers, which the reference implementations (PaddleRec's MMoE, PLE, ESMM, AITM, ESCM2;
-# DeepCTR) use. torch: nn.Linear's default (uniform +-1/sqrt(fan_in) weights AND biases), which on
-# census left towers whose pre-activations were bias-dominated (input part 0.14x |bias|): about a
-# third of their ReLUs never fired and another third always did, and seed 7 trained a marital
-# tower of one effective unit (test AUC 0.972 against a median of 0.994; docs/results.md "Seed
-# study"). he: Kaiming normal (std sqrt(2 / fan_in)), zero biases.
+# torch (default): nn.Linear's init (uniform +-1/sqrt(fan_in) weights AND biases). On census it
+# left towers whose pre-activations were bias-dominated (input part 0.14x |bias|): about a third of
+# their ReLUs never fired and another third always did, and seed 7 trained a marital tower of one
+# effective unit (test AUC 0.972 against a median of 0.994; docs/results.md "Seed study"), so the
+# census_mmoe preset sets glorot. glorot: Glorot/Xavier uniform weights, zero biases - the default
+# of TF/Keras and PaddlePaddle layers, which the reference implementations (PaddleRec's MMoE, PLE,
+# ESMM, AITM, ESCM2; DeepCTR) use. he: Kaiming normal (std sqrt(2 / fan_in)), zero biases.
 HIDDEN_INITS = ("glorot", "he", "torch")
 
 
@@ -80,7 +80,7 @@ class CommonConfig:
     activation: str = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
-    hidden_init: str = "glorot"
+    hidden_init: str = "torch"
 
     def validate(self) -> None:
         check_positive("model.embedding_dim", self.embedding_dim)
