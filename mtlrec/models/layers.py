@@ -54,14 +54,14 @@ def apply_hidden_init(model: nn.Module, how: str) -> None:
     layers keep nn.Linear's init), in module order."""
     for module in model.modules():
         if isinstance(module, GroupedMLP):
-            for i, linear in enumerate(module.linears[: module.num_hidden]):
-                shared = i == 0 and module.shared_input  # one [in, G*d] Linear for all groups
-                if shared:
-                    fan_in = linear.weight.shape[1]
-                    fan_out = linear.weight.shape[0] // module.groups
-                else:
-                    fan_in, fan_out = linear.weight.shape[1], linear.weight.shape[2]
-                init_hidden(linear.weight, linear.bias, fan_in, fan_out, how)
+            for i in range(module.num_hidden):
+                weight, bias = module.linears[i].weight, module.linears[i].bias
+                assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+                if i == 0 and module.shared_input:  # one [in, G*d] Linear for all groups
+                    fan_in, fan_out = weight.shape[1], weight.shape[0] // module.groups
+                else:  # GroupedLinear [G, in, out]
+                    fan_in, fan_out = weight.shape[1], weight.shape[2]
+                init_hidden(weight, bias, fan_in, fan_out, how)
         elif isinstance(module, MLP):
             for linear in module:
                 if isinstance(linear, nn.Linear):
