@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.metric_registry import parse
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path 
     legend_outside(ax_loss)
     fig.tight_layout()
     path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -174,6 +175,6 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
     fig.suptitle("validation metric per task and epoch")
     fig.tight_layout()
     path = out / "task_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
+from mtlrec.outputs import inject_fault, writing
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
 from mtlrec.runs.plot_bars import plot_bars, safe_name
 from mtlrec.runs.plot_curves import (
@@ -136,7 +138,7 @@ def plot_metric_vs_params(
             log_scale_if_positive(ax)
         fig.tight_layout()
         path = out / f"{_safe(metric)}_vs_{_safe(names[key])}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_png(fig, path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
@@ -209,7 +211,7 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mean gate weight")
     fig.suptitle("MoE gates: mean weight per task x expert")
     path = out / "moe_gates.png"
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -218,7 +220,19 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     """Write every plot that the runs have data for; returns the written paths."""
     plt = require_matplotlib()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    with writing(out_dir):
+        inject_fault(out_dir, no_space=False)  # tests: a read-only parent dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_all(plt, runs, out_dir, metrics)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing written: no empty dir left behind
+        raise
+
+
+def _write_all(plt, runs: list[Run], out_dir: Path, metrics: list[str] | None) -> list[Path]:
     keys = differing_keys(runs)
     names = short_names(keys)
     shown = [k for k in keys if k not in ("data_order_seed",)]
