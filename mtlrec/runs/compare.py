@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "auto (default) = wide when it fits the terminal",
     )
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--group-by-seed",
@@ -114,15 +115,15 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
     if not runs:
         raise MtlrecError(f"--filter {' '.join(args.filter)}: no run matches")
     metrics = args.metric
-    in_runs = {m for r in runs for m in r.metrics}
+    in_runs = {m for r in runs for m in r.metric_names}
     # sorting by a metric shows it (any metric of the runs)
     if args.sort in in_runs and not metrics:
         defaults = default_metrics(runs)
         metrics = defaults if args.sort in defaults else [*defaults, args.sort]
     table = build_table(runs, metrics, args.group_by_seed)
-    missing = [m for m in (args.metric or []) if not any(m in r.metrics for r in runs)]
-    if missing and any(r.metrics for r in runs):
-        known = sorted({k for r in runs for k in r.metrics})
+    missing = [m for m in (args.metric or []) if not any(m in r.metric_names for r in runs)]
+    if missing and any(r.metric_names for r in runs):
+        known = sorted({k for r in runs for k in r.metric_names})
         raise MtlrecError(
             f"--metric {missing[0]}: no compared run has this metric; metrics: {', '.join(known)}"
         )
@@ -140,12 +141,25 @@ def _write_plots(runs: list[Run], out: str, metrics: list[str]) -> None:
         print("no plots written: no compared run has a history.csv yet", file=sys.stderr)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --output and --plot never land in a run dir, a dataset or an export,
+    and --output never replaces a file without --overwrite (mtlrec.outputs)."""
+    from mtlrec import outputs
+
+    if args.output:
+        inputs = {f"compared {p}": p for p in args.paths}
+        outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
+    if args.plot:
+        outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.plot:
         from mtlrec.runs.plots import require_matplotlib
 
         require_matplotlib()  # fail before the work, in one line
+    _check_outputs(args)
     runs, table = _select(args)
     if args.output:
         from mtlrec.runs.atomic import atomic_write_text

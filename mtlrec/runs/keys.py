@@ -142,7 +142,7 @@ def default_metrics(runs: list[Run]) -> list[str]:
     monitors = [r.monitor for r in runs if r.monitor]
     names: list[str] = []
     for run in runs:
-        names += [k for k in run.metrics if k not in names]
+        names += [k for k in run.metric_names if k not in names]
     if not monitors:
         return sorted(k for k in names if k.startswith("test/"))[:6]
     kinds = list(dict.fromkeys(metric_kind(m) for m in monitors))

@@ -136,20 +136,23 @@ def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, 
     return value, int(valid.sum()), int((~valid).sum())
 
 
-_WARNED: set[tuple[str, str]] = set()  # (split, key): said once per process, not every epoch
-
-
-def warn_undefined_auc(split: str, target: EvalTarget, y: np.ndarray) -> None:
-    """AUC is null when a task's rows hold one class: say so (naming task, split and why)."""
-    if (split, target.key("auc")) in _WARNED:
+def note_undefined_auc(
+    split: str, target: EvalTarget, y: np.ndarray, undefined: dict[str, str] | None
+) -> None:
+    """AUC is null when a task's rows hold one class: say so once per run, split and task
+    (naming them, the row count and why) and record it in `undefined` (metric key -> why), which
+    the run writes to metrics.json as `undefined_metrics`. No `undefined`: warn every time."""
+    key = f"{split}/{target.key('auc')}"
+    if undefined is not None and key in undefined:
         return
-    _WARNED.add((split, target.key("auc")))
     t = target.task
     if y.size == 0:
         why = f"no row satisfies where: {t.where}" if t.where else "the split is empty"
     else:
         why = f"all {y.size:,} rows have label {t.label}={int(y[0])}"
-    log.warning("%s/%s is null: %s (AUC needs both classes)", split, target.key("auc"), why)
+    if undefined is not None:
+        undefined[key] = f"{why} (AUC needs both classes)"
+    log.warning("%s is null: %s (AUC needs both classes)", key, why)
 
 
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
@@ -167,9 +170,11 @@ def split_metrics(
     spec: DatasetSpec,
     loss_tasks: tuple[TaskSpec, ...],
     groups: np.ndarray | None = None,
+    undefined: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of one split from its predictions (probabilities for binary outputs); with
-    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target."""
+    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target. `undefined`
+    collects the run's null AUCs (note_undefined_auc)."""
     out: dict[str, float] = {}
     for target in targets:
         t = target.task
@@ -183,7 +188,7 @@ def split_metrics(
         if t.type == "binary":
             out[f"{split}/{target.key('auc')}"] = auc(y, p)
             if y.size == 0 or y.min() == y.max():
-                warn_undefined_auc(split, target, y)
+                note_undefined_auc(split, target, y, undefined)
             out[f"{split}/{target.key('logloss')}"] = logloss(y, p)
             if g is not None:
                 value, used, skipped = gauc(y, p, g)
