@@ -220,12 +220,13 @@ def test_escm2_extra_loss_clips_propensities_from_the_ctr_tower():
     )
     assert [t.name for t in tasks] == ["ctr", "ctcvr"]
     out = model(*inputs(4))
-    assert out["cvr_error"].shape == (4,) and (out["cvr_error"] >= 0).all()
+    imputed = out["cvr_imputed"]  # ê, a probability by default (the reference code)
+    assert imputed.shape == (4,) and (imputed > 0).all() and (imputed < 1).all()
     out = {**out, "ctr": torch.tensor([-5.0, 0.0, 5.0, -10.0])}  # pCTR .0067, .5, .9933, 4.5e-5
     labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     p = torch.tensor([0.2, 0.5, torch.sigmoid(torch.tensor(5.0)).item(), 0.2])
-    dr, imp = counterfactual_risk(out["cvr"], p, labels[:, 0], labels[:, 1], out["cvr_error"])
-    torch.testing.assert_close(model.extra_loss(out, labels), 0.5 * dr + 1.0 * imp)
+    dr, imp = counterfactual_risk(out["cvr"], p, labels[:, 0], labels[:, 1], imputed)
+    torch.testing.assert_close(model.extra_loss(out, labels), 0.5 * (dr + 1.0 * imp))
     # IPS: the propensity is a constant for the regularizer (never trains the CTR tower)
     ips_model, _ = build(name="escm2")
     o = ips_model(*inputs(4))
