@@ -22,7 +22,7 @@ def _bce(z: float, y: float) -> float:
 
 Z = [0.5, -1.0, 2.0, 0.0]  # CVR logits
 P = [0.5, 0.25, 0.2, 1.0]  # propensities
-O = [1.0, 0.0, 1.0, 0.0]  # clicks: rows 1 and 3 unclicked
+C = [1.0, 0.0, 1.0, 0.0]  # clicks: rows 1 and 3 unclicked
 R = [1.0, 0.0, 0.0, 0.0]  # conversions
 IMP = [0.3, 0.6, 0.9, 0.2]  # ê (imputation=error) or y~ (imputation=label)
 
@@ -30,7 +30,7 @@ IMP = [0.3, 0.6, 0.9, 0.2]  # ê (imputation=error) or y~ (imputation=label)
 def _risk(imputation: str):
     z = torch.tensor(Z, dtype=torch.float64, requires_grad=True)
     t = torch.tensor(IMP, dtype=torch.float64, requires_grad=True)
-    as_t = [torch.tensor(v, dtype=torch.float64) for v in (P, O, R)]
+    as_t = [torch.tensor(v, dtype=torch.float64) for v in (P, C, R)]
     dr, imp = counterfactual_risk(z, as_t[0], as_t[1], as_t[2], t, imputation)
     assert imp is not None
     return z, t, dr, imp
@@ -41,16 +41,16 @@ def test_dr_error_mode_values_and_gradients_by_hand():
     z, t, dr, imp = _risk("error")
     e = [_bce(Z[i], R[i]) for i in range(4)]
     n = 4
-    want_dr = sum(IMP[i] + O[i] * (e[i] - IMP[i]) / P[i] for i in range(n)) / n
-    want_imp = sum(O[i] * (e[i] - IMP[i]) ** 2 / P[i] for i in range(n)) / n
+    want_dr = sum(IMP[i] + C[i] * (e[i] - IMP[i]) / P[i] for i in range(n)) / n
+    want_imp = sum(C[i] * (e[i] - IMP[i]) ** 2 / P[i] for i in range(n)) / n
     assert dr.item() == pytest.approx(want_dr, rel=1e-12)
     assert imp.item() == pytest.approx(want_imp, rel=1e-12)
     (dz,) = torch.autograd.grad(dr + imp, z, retain_graph=True)
     # d e_i / d z_i = sigmoid(z_i) - r_i
-    want = [(O[i] / P[i]) * (1 + 2 * (e[i] - IMP[i])) * (_sig(Z[i]) - R[i]) / n for i in range(n)]
+    want = [(C[i] / P[i]) * (1 + 2 * (e[i] - IMP[i])) * (_sig(Z[i]) - R[i]) / n for i in range(n)]
     torch.testing.assert_close(dz, torch.tensor(want, dtype=torch.float64))
     (dt,) = torch.autograd.grad(dr + imp, t)  # R_DR trains the imputation tower too
-    want_t = [(1 - O[i] / P[i] - 2 * O[i] * (e[i] - IMP[i]) / P[i]) / n for i in range(n)]
+    want_t = [(1 - C[i] / P[i] - 2 * C[i] * (e[i] - IMP[i]) / P[i]) / n for i in range(n)]
     torch.testing.assert_close(dt, torch.tensor(want_t, dtype=torch.float64))
 
 
@@ -61,14 +61,14 @@ def test_dr_label_mode_values_and_gradients_by_hand():
     e = [_bce(Z[i], R[i]) for i in range(n)]
     eh = [_bce(Z[i], IMP[i]) for i in range(n)]
     assert dr.item() == pytest.approx(
-        sum(eh[i] + O[i] * (e[i] - eh[i]) / P[i] for i in range(n)) / n, rel=1e-12
+        sum(eh[i] + C[i] * (e[i] - eh[i]) / P[i] for i in range(n)) / n, rel=1e-12
     )
     assert imp.item() == pytest.approx(
-        sum(O[i] * (e[i] - eh[i]) ** 2 / P[i] for i in range(n)) / n, rel=1e-12
+        sum(C[i] * (e[i] - eh[i]) ** 2 / P[i] for i in range(n)) / n, rel=1e-12
     )
     (dz_dr,) = torch.autograd.grad(dr, z, retain_graph=True)
     want = [
-        ((1 - O[i] / P[i]) * (_sig(Z[i]) - IMP[i]) + O[i] / P[i] * (_sig(Z[i]) - R[i])) / n
+        ((1 - C[i] / P[i]) * (_sig(Z[i]) - IMP[i]) + C[i] / P[i] * (_sig(Z[i]) - R[i])) / n
         for i in range(n)
     ]
     torch.testing.assert_close(dz_dr, torch.tensor(want, dtype=torch.float64))
@@ -76,7 +76,7 @@ def test_dr_label_mode_values_and_gradients_by_hand():
     dz_imp, dt_imp = torch.autograd.grad(imp, (z, t), retain_graph=True, allow_unused=True)
     assert dz_imp is None or bool((dz_imp == 0).all())  # R_IMP trains only the imputation
     # d ê_i / d y~_i = -z_i (BCE with logits in its soft label); d R_IMP / d y~_i by hand
-    want_t = [2 * O[i] * (e[i] - eh[i]) / P[i] * Z[i] / n for i in range(n)]
+    want_t = [2 * C[i] * (e[i] - eh[i]) / P[i] * Z[i] / n for i in range(n)]
     torch.testing.assert_close(dt_imp, torch.tensor(want_t, dtype=torch.float64))
     (dt_dr,) = torch.autograd.grad(dr, t, allow_unused=True)
     assert dt_dr is None  # y~ is a constant in R_DR
