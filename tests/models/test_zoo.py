@@ -149,19 +149,22 @@ def test_dcn_cross_layer_equals_its_formula():
 
 
 @pytest.mark.parametrize("name", ["esmm", "shared_bottom", "mmoe", "single_task"])
-def test_deepfm_adds_each_tasks_scaled_fm_term_to_its_logit(name):
+def test_deepfm_adds_the_fm_term_to_each_logit_unscaled_by_default(name):
+    """The paper: y_k = DNN_k + FM; model.fm_task_scale=true adds a per-task scale a_k (init 1):
+    with a_k = 0 the FM term is gone, so the difference of the two logits is FM itself."""
     model, _ = build(name=name, backbone="deepfm")
+    scaled, _ = build(name=name, backbone="deepfm", fm_task_scale=True)
+    assert model.interaction.fm_scale is None and scaled.interaction.fm_scale is not None
     sparse, dense = inputs()
-    out = model(*inputs())
     with torch.no_grad():
-        model.interaction.fm_scale.zero_()
-    plain = model(sparse, dense)
-    x = model.embedding(sparse, dense)
-    fields = x[..., :12].unflatten(-1, (3, 4))  # 3 sparse fields of size 4, then the dense one
-    fm = factorization_machine(fields)
-    first = "ctr"
-    want = fm if fm.dim() == 1 else fm[0]  # single_task: the FM of task 0's own embedding
-    torch.testing.assert_close(out[first] - plain[first], want, rtol=1e-4, atol=1e-5)
+        for m in (model, scaled):  # non-zero first-order weights, the same in both
+            m.interaction.first_order.weight.normal_(generator=torch.Generator().manual_seed(1))
+            m.interaction.first_order.dense.weight.fill_(0.5)
+        scaled.interaction.fm_scale.zero_()
+    out, plain = model(sparse, dense), scaled(sparse, dense)
+    _, fm = model.interaction(model.embedding(sparse, dense), sparse, dense)
+    assert fm is not None and fm.shape == (2, B)  # one row per loss task (step)
+    torch.testing.assert_close(out["ctr"] - plain["ctr"], fm[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["esmm", "shared_bottom", "mmoe", "single_task"])
@@ -171,7 +174,7 @@ def test_dcn_backbone_feeds_crossed_features(name):
     out = model(*inputs())
     assert all(out[k].shape == (B,) for k in model.output_types)
     x = model.embedding(*inputs())
-    h, fm = model.interaction(x)
+    h, fm = model.interaction(x, *inputs())
     assert fm is None and h.shape == x.shape and not torch.equal(h, x)
 
 
