@@ -274,30 +274,64 @@ def test_l0_expectation_formula():
 
 
 @pytest.mark.parametrize("connection", ["trans", "aver"])
-def test_snr_routes_subnetworks_through_codes(connection):
+def test_snr_routes_lower_into_upper_subnetworks_then_into_the_towers(connection):
+    """The paper's two levels: 3 lower sub-networks -> (codes z [2, 3]) -> 2 upper ones ->
+    (codes c [2 tasks, 2]) -> the towers; the routing shapes and the outputs by hand."""
     model, _ = build(
-        name="snr", connection=connection, num_subnetworks=3, subnetwork_dims=[5], tower_dims=[]
+        name="snr",
+        connection=connection,
+        num_subnetworks=3,
+        subnetwork_dims=[5],
+        num_upper_subnetworks=2,
+        upper_subnetwork_dims=[4],
+        tower_dims=[],
     )
+    low, task = model.lower_routing, model.task_routing
+    assert low.log_alpha.shape == (2, 3) and task.log_alpha.shape == (2, 2)
+    if connection == "trans":
+        assert low.transform.shape == (2, 3, 5, 5) and task.transform.shape == (2, 2, 4, 4)
+    else:
+        assert low.transform is None and task.transform is None
     model.eval()
     sparse, dense = inputs()
     out = model(sparse, dense)
-    z = hard_concrete_mean(model.log_alpha, -0.1, 1.1)
-    torch.testing.assert_close(out["gates"], z.unsqueeze(0).expand(B, -1, -1))
-    u = model.subnetworks(model.embedding(sparse, dense))  # [E, B, H]
+    z = hard_concrete_mean(low.log_alpha, -0.1, 1.1)
+    c = hard_concrete_mean(task.log_alpha, -0.1, 1.1)
+    torch.testing.assert_close(out["gates"], c.unsqueeze(0).expand(B, -1, -1))
+    u = model.subnetworks(model.embedding(sparse, dense))  # [3, B, 5]
+    assert u.shape == (3, B, 5)
+    first = model.upper_subnetworks.linears[0]
+    upper = []
+    for j in range(2):
+        v = sum(
+            z[j, i] * (u[i] @ low.transform[j, i] if connection == "trans" else u[i])
+            for i in range(3)
+        )
+        upper.append(torch.relu(v @ first.weight[j] + first.bias[j]))  # [B, 4]
     head = model.towers.linears[0]
     for t, name in enumerate(["ctr", "cvr"]):
-        parts = [
-            z[t, i] * (u[i] @ model.transform[t, i] if connection == "trans" else u[i])
-            for i in range(3)
-        ]
-        want = (sum(parts) @ head.weight[t] + head.bias[t]).squeeze(-1)
+        s = sum(
+            c[t, j] * (upper[j] @ task.transform[t, j] if connection == "trans" else upper[j])
+            for j in range(2)
+        )
+        want = (s @ head.weight[t] + head.bias[t]).squeeze(-1)
         torch.testing.assert_close(out[name], want, rtol=1e-5, atol=1e-6)
     l0 = model.extra_loss(out, torch.zeros(B, 2))
-    torch.testing.assert_close(l0, 0.001 * expected_l0(model.log_alpha, 2 / 3, -0.1, 1.1).sum())
+    # every code of both routings: 6 + 4 connections, each sigmoid(2 - 2/3 log(0.1/1.1))
+    one = 1 / (1 + math.exp(-(2.0 - 2 / 3 * math.log(0.1 / 1.1))))
+    assert l0.item() == pytest.approx(0.001 * 10 * one, rel=1e-6)
+    torch.testing.assert_close(
+        l0,
+        0.001
+        * (
+            expected_l0(low.log_alpha, 2 / 3, -0.1, 1.1).sum()
+            + expected_l0(task.log_alpha, 2 / 3, -0.1, 1.1).sum()
+        ),
+    )
     model.train()
     torch.manual_seed(5)
     sampled = model(sparse, dense)["gates"][0]
-    assert not torch.equal(sampled, z) and ((sampled >= 0) & (sampled <= 1)).all()
+    assert not torch.equal(sampled, c) and ((sampled >= 0) & (sampled <= 1)).all()
 
 
 @pytest.mark.parametrize(
