@@ -156,3 +156,20 @@ def test_the_wheel_ships_the_configs(tmp_path):
         "mtlrec/inference/__init__.py",  # ... and mtlrec.inference
     ):
         assert needed in names, needed
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    metadata = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "License-Expression: MIT" in metadata.splitlines()  # the SPDX string, not a table
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_pyproject_lists_every_package():
+    """A package missing from pyproject's explicit list would be absent from an installed wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "mtlrec").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
