@@ -311,9 +311,7 @@ def tasks_left_out(built: Built, chosen: Any) -> list[TaskSpec]:
     scored = {t.task.name for t in built.targets} | {t.name for t in built.loss_tasks}
     labels = {t.label for t in built.loss_tasks}
     return [
-        t
-        for t in built.spec.select_tasks(chosen)
-        if t.name not in scored and t.label not in labels
+        t for t in built.spec.select_tasks(chosen) if t.name not in scored and t.label not in labels
     ]
 
 
