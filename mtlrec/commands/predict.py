@@ -33,6 +33,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=65536, help="rows scored at a time")
     p.add_argument("--id-columns", nargs="*", default=[], help="input columns copied to the output")
     p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--fusion",
+        nargs="?",
+        const="fusion",
+        metavar="NAME",
+        help="add the fused `score` column of RUN/fusion/NAME.json (mtlrec fuse; NAME: fusion)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         overwrite=args.overwrite,
         raw=args.raw,
+        fusion=args.fusion,
     )
     if done.raw_summary:
         print(done.raw_summary)

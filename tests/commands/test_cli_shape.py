@@ -56,7 +56,7 @@ def test_version_both_spellings(tmp_path):
         (
             ["evaluat"],
             "mtlrec: unknown command 'evaluat'; did you mean 'evaluate'? commands: train, "
-            "prepare, compare, evaluate, predict, export, tune, completion (see `mtlrec --help`)",
+            "prepare, compare, evaluate, predict, export, fuse, tune, completion (see `mtlrec --help`)",
         ),
         (["help", "nope"], None),
         (
