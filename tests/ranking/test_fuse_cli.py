@@ -1,5 +1,5 @@
 """`mtlrec fuse` / `predict --fusion` / `export --fusion` through the real command, on the
-two-task data whose best fusion is known by construction (tests/ranking/conftest.py)."""
+two-task data whose best fusion is known by construction (tests/helpers/fusion.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import cli
+from helpers.fusion import cli
 
 
 def in_process(capsys, *args: str) -> tuple[int, str]:
