@@ -23,7 +23,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="check an export dir's files against export.json's SHA-256 and score sample rows",
     )
     p.add_argument("--output", default=None, help="directory to write (default RUN_DIR/export)")
-    p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        default=BEST,
+        help="file in RUN_DIR/checkpoints: best.pt, last.pt, best_<task> (keep_best_per_task)",
+    )
     p.add_argument(
         "--fusion",
         nargs="?",

@@ -32,7 +32,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=65536, help="rows scored at a time")
     p.add_argument("--id-columns", nargs="*", default=[], help="input columns copied to the output")
-    p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        default=BEST,
+        help="file in RUN_DIR/checkpoints: best.pt, last.pt, best_<task> (keep_best_per_task)",
+    )
     p.add_argument(
         "--fusion",
         nargs="?",

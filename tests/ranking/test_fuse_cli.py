@@ -46,11 +46,11 @@ def test_the_searched_weights_find_the_known_optimum(two_task_run, capsys):
     assert len(conv["trials"]) == 40 and conv["checkpoint"] == "best.pt"
     assert "conv" in done.stdout and "utility_auc" in done.stdout
     # The other way round, on a grid: the weight moves to click.
-    done = cli(
-        "fuse", str(run), "--form", "sum", "--search", "grid", "--grid-steps", "11",
-        "--name", "click", "--utility", "click=10,conversion=1", "--no-plot", cwd=run.parent,
+    code, err = in_process(
+        capsys, "fuse", str(run), "--form", "sum", "--search", "grid", "--grid-steps", "11",
+        "--name", "click", "--utility", "click=10,conversion=1", "--no-plot",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert code == 0, err
     click = record(run, "click")
     assert len(click["trials"]) == 11 * 11 - 1
     assert click["weight_shares"]["ctr"] > 0.6 > conv["weight_shares"]["ctr"]
@@ -60,19 +60,20 @@ def test_the_searched_weights_find_the_known_optimum(two_task_run, capsys):
     assert err.strip().endswith(
         "already exists; fusion results are never replaced: pass another --name"
     )
-    done = cli(
-        "fuse", str(run), "--form", "sum", "--trials", "40", "--seed", "0", "--name", "conv2",
-        "--utility", "click=1,conversion=10", "--no-plot", cwd=run.parent,
+    code, err = in_process(
+        capsys, "fuse", str(run), "--form", "sum", "--trials", "40", "--seed", "0", "--name",
+        "conv2", "--utility", "click=1,conversion=10", "--no-plot",
     )  # fmt: skip
+    assert code == 0, err
     assert record(run, "conv2")["weights"] == conv["weights"]
 
 
-def test_predict_fusion_is_the_formula_and_the_export_equals_predict(two_task_run):
+def test_predict_fusion_is_the_formula_and_the_export_equals_predict(two_task_run, capsys):
     pytest.importorskip("onnxruntime")
     run = two_task_run
-    done = cli("fuse", str(run), "--form", "product,logit_sum", "--trials", "15", "--name", "p",
-               "--no-plot", cwd=run.parent)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    code, err = in_process(capsys, "fuse", str(run), "--form", "product,logit_sum", "--trials",
+                           "15", "--name", "p", "--no-plot")  # fmt: skip
+    assert code == 0, err
     rec = record(run, "p")
     assert set(rec["forms"]) == {"product", "logit_sum"}
     assert rec["val"] == max(f["val"] for f in rec["forms"].values())
@@ -97,9 +98,9 @@ def test_predict_fusion_is_the_formula_and_the_export_equals_predict(two_task_ru
     ).astype(np.int64)
     for fmt in ("torchscript", "onnx"):
         dest = run.parent / f"export-{fmt}"
-        done = cli("export", str(run), "--format", fmt, "--fusion", "p", "--output", str(dest),
-                   cwd=run.parent)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        code, err = in_process(capsys, "export", str(run), "--format", fmt, "--fusion", "p",
+                               "--output", str(dest))  # fmt: skip
+        assert code == 0, err
         info = json.loads((dest / "export.json").read_text())
         assert info["outputs"]["columns"] == ["ctr", "conv", "score"]
         assert info["fusion"]["weights"] == w
@@ -122,16 +123,16 @@ def test_predict_fusion_is_the_formula_and_the_export_equals_predict(two_task_ru
 
 def test_a_fusion_is_refused_on_other_weights_and_bad_arguments_are_one_line(two_task_run, capsys):
     run = two_task_run
-    done = cli("fuse", str(run), "--trials", "3", "--name", "l", "--no-plot", cwd=run.parent)
-    assert done.returncode == 0, done.stderr
+    code, err = in_process(capsys, "fuse", str(run), "--trials", "3", "--name", "l", "--no-plot")
+    assert code == 0, err
     out = run.parent / "never.parquet"
     test_file = run.parent / "data" / "test.parquet"
-    done = cli("predict", str(run), "--input", str(test_file), "--output", str(out),
-               "--fusion", "l", "--checkpoint", "last.pt", cwd=run.parent)  # fmt: skip
-    assert done.returncode == 1 and not out.exists()
-    assert (
-        f"{run / 'fusion' / 'l.json'}: its weights were searched on the predictions of best.pt"
-        in done.stderr
+    code, err = in_process(capsys, "predict", str(run), "--input", str(test_file), "--output",
+                           str(out), "--fusion", "l", "--checkpoint", "last.pt")  # fmt: skip
+    assert code == 1 and not out.exists()
+    assert err.startswith(
+        f"mtlrec predict: error: {run / 'fusion' / 'l.json'}: its weights were searched on the "
+        f"predictions of best.pt as it was then, not of {run / 'checkpoints' / 'last.pt'}"
     )
     cases = {
         ("--utility", "clicks=1"): "--utility clicks=1: 'clicks' is not a label of dataset",
@@ -146,16 +147,21 @@ def test_a_fusion_is_refused_on_other_weights_and_bad_arguments_are_one_line(two
     assert not (run / "fusion" / "x.json").exists()
 
 
-def test_gauc_ndcg_and_a_constrained_task_auc_target(two_task_run):
+def test_gauc_ndcg_and_a_constrained_task_auc_target(two_task_run, capsys):
     run = two_task_run
-    done = cli("fuse", str(run), "--metric", "ndcg", "--group-by", "user", "--k", "5",
-               "--trials", "5", "--name", "n", "--no-plot", cwd=run.parent)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    code, err = in_process(capsys, "fuse", str(run), "--metric", "ndcg", "--group-by", "user",
+                           "--k", "5", "--trials", "5", "--name", "n", "--no-plot")  # fmt: skip
+    assert code == 0, err
     assert record(run, "n")["target"]["metric"] == "ndcg@5"
-    done = cli("fuse", str(run), "--metric", "task_auc", "--task", "conv", "--constraint",
-               "ctr=0.9", "--search", "grid", "--grid-steps", "5", "--name", "c", "--no-plot",
-               cwd=run.parent)  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    code, err = in_process(capsys, "fuse", str(run), "--metric", "gauc", "--group-by", "user",
+                           "--trials", "5", "--name", "g", "--no-plot")  # fmt: skip
+    assert code == 0, err
+    gauc = record(run, "g")
+    assert gauc["target"]["group_by"] == "user" and 0.5 < gauc["val"] <= 1
+    code, err = in_process(capsys, "fuse", str(run), "--metric", "task_auc", "--task", "conv",
+                           "--constraint", "ctr=0.9", "--search", "grid", "--grid-steps", "5",
+                           "--name", "c", "--no-plot")  # fmt: skip
+    assert code == 0, err
     rec = record(run, "c")
     best = next(t for t in rec["trials"] if t["weights"] == list(rec["weights"].values()))
     assert best["feasible"] and best["constraint_value"] >= rec["constraint"]["val"]["floor"]
