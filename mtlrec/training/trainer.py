@@ -351,7 +351,9 @@ class Trainer:
                 if epoch < self.cfg.epochs and distributed.decide(self.should_stop):
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
-                        self.monitor if self.cfg.early_stopping == "monitor" else "no task",
+                        self.monitor
+                        if self.cfg.early_stopping == "monitor"
+                        else "no task's own val metric",
                         self.stopper.patience,
                     )
                     break

@@ -104,3 +104,25 @@ def test_the_trainer_stops_on_the_rule_early_stopping_names():
     assert not trainer.should_stop
     trainer.per_task.update(3, {"val/ctr_auc": 0.6, "val/cvr_auc": 0.4})
     assert trainer.should_stop
+
+
+def test_a_resumed_run_has_the_per_task_results_of_the_uninterrupted_one(tmp_path, monkeypatch):
+    import signal
+
+    from conftest import TINY, compose_train, run_training
+    from helpers.stops import StopAfter
+    from mtlrec.experiment import run
+    from mtlrec.training.signals import StopRequest, TrainingInterrupted
+
+    options = ["trainer.keep_best_per_task=true", "trainer.epochs=3", "trainer.patience=null"]
+    _, straight = run_training(tmp_path, options, name="straight")
+    monkeypatch.setattr(StopAfter, "k", 15)  # mid epoch 2 (10 steps per epoch)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted) as info:
+        run(compose_train([*TINY, *options]), run_dir)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*TINY, *options, f"resume={run_dir}"]), run_dir)
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["per_task_best"] == straight["per_task_best"]
