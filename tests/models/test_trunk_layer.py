@@ -17,18 +17,24 @@ from mtlrec.training.balance import make_balancer
 # model -> the parameter name of its shared trunk's last layer under the default config (None:
 # nothing shared). A new model adds its row here (the test below fails for a model without one).
 TRUNK_LAYER: dict[str, str | None] = {
+    "adatt": "levels.1.experts.linears.1.weight",
     "aitm": "embedding.tables.0.weight",
     "cvr_base": None,
+    "dbmtl": "bottom.0.weight",
+    "dcmt": "embedding.tables.0.weight",
     "division": None,
+    "dselect_k": "experts.linears.1.weight",
     "escm2": "embedding.tables.0.weight",
     "esm2": "embedding.tables.0.weight",
     "esmm": "embedding.tables.0.weight",
     "mmoe": "experts.linears.1.weight",
     "omoe": "moe.experts.linears.1.weight",
+    "pepnet": "epnet.out.weight",
     "ple": "extractor.levels.1.experts.linears.1.weight",
     "shared_bottom": "bottom.2.weight",
     "single_task": None,
     "snr": "subnetworks.linears.1.weight",
+    "stem": "levels.0.experts.linears.1.weight",
 }
 # Other backbones of the funnel models and shared-bottom.
 BACKBONE_TRUNK = {
