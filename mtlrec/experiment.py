@@ -27,6 +27,8 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
+    in_sweep,
+    print_job_line,
     print_metrics_table,
     resolve_device,
     seed_everything,
@@ -407,8 +409,17 @@ def finish(
     )
     recorder.logger.finish("completed", final)
     if built.is_main:
-        print_metrics_table(built.console, val_metrics, test_metrics)
-    log.info("test: %s", "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())))
+        best = (result.best_epoch, len(result.history))
+        if in_sweep():  # one line a job; the sweep's table of all jobs comes at its end
+            print_job_line(built.console, best, trainer.monitor, val_metrics, test_metrics)
+        else:
+            print_metrics_table(built.console, val_metrics, test_metrics, best)
+    # the table says it on the console; the test metrics also go to train.log, in one line
+    log.info(
+        "test: %s",
+        "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())),
+        extra={"console": False},
+    )
     warn_if_still_improving(result, settings.trainer, trainer.monitor)
     return float(result.best_value)
 

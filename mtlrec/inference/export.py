@@ -19,12 +19,15 @@ from mtlrec.errors import MtlrecError
 from mtlrec.inference.export_files import (
     EXPORT_FILE,
     copy_encoders,
+    foreign_file,
+    replace_dir,
     verify_export,
     write_checksums,
 )
 from mtlrec.inference.loading import load_run
 from mtlrec.inference.predict import fusion_of
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.outputs import EXPORT, check_output_dir, inject_fault, writing
 from mtlrec.ranking.record import FusionRecord
 from mtlrec.runs.run_dir import atomic_write_json
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
@@ -139,39 +142,65 @@ def export(
         with bar.step(f"loading {checkpoint}"):
             payload, ckpt = load_run(run_dir, checkpoint)
             model, spec, _ = model_from_checkpoint(payload)
-            fused = fusion_of(run_dir, fusion, ckpt, list(model.output_types))
-        wrapper = ExportedModel(model, spec, fused).eval()
+            wrapper = ExportedModel(
+                model, spec, fusion_of(run_dir, fusion, ckpt, list(model.output_types))
+            ).eval()
         with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
             return _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows)
 
 
 def _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows) -> dict:
-    out_dir = Path(output).expanduser() if output else Path(run_dir) / "export"
+    """Write the export into a staging dir next to the target, check it, then put it in place
+    whole (replacing an earlier export there only once the new one is complete)."""
+    out_dir = export_dir_for(run_dir, output)
+    stage = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    with writing(out_dir, temps=[stage]):
+        inject_fault(stage, no_space=False)  # tests: a read-only parent dir
+        stage.mkdir(parents=True)
+        result = _write_export(stage, fmt, payload, ckpt, wrapper, spec, sample_rows)
+        replace_dir(stage, out_dir)
+    names = {"model_file": out_dir / result["model_file"].name, "spec_file": out_dir / "spec.json"}
+    return result | names
+
+
+def export_dir_for(run_dir, output) -> Path:
+    """The export dir, refused in one line when writing it could replace what is not an export:
+    a run dir, a prepared dataset, a dir of other files (mtlrec.outputs); RUN_DIR/export (the
+    default) and an earlier export dir may be written again."""
+    default = Path(run_dir).expanduser() / "export"
+    out_dir = Path(output).expanduser() if output else default
+    if out_dir.resolve() != default.resolve():
+        check_output_dir(out_dir, "--output", [run_dir], own=EXPORT, what="export")
+    if out_dir.is_file():
+        raise MtlrecError(f"--output {out_dir}: is a file; name a directory for the export")
+    stray = foreign_file(out_dir) if out_dir.is_dir() else None
+    if stray is not None:
+        raise MtlrecError(
+            f"--output {out_dir}: holds {stray}, which is not part of an export; export into a "
+            "new or empty directory (or an earlier export's)"
+        )
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MtlrecError(f"{out_dir}: cannot create the export dir ({e.strerror})") from None
+    return out_dir
+
+
+def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows) -> dict:
     sparse, dense = sample_inputs(spec, sample_rows)
     with torch.no_grad():
         expected = wrapper(sparse, dense).numpy()
     model_file = out_dir / ("model.pt" if fmt == "torchscript" else "model.onnx")
-    # A new temp file (not mkstemp's 0600): the model file gets the user's umask like any other.
-    tmp = str(out_dir / f".{model_file.name}.export-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        if fmt == "torchscript":
-            got = _export_torchscript(wrapper, sparse, dense, tmp)
-        else:
-            got = _export_onnx(wrapper, sparse, dense, tmp)
-        diff = float(np.abs(got - expected).max()) if expected.size else 0.0
-        if not (got.shape == expected.shape and math.isfinite(diff) and diff <= EXPORT_TOLERANCE):
-            raise MtlrecError(
-                f"{model_file}: the exported {fmt} model differs from the PyTorch model by "
-                f"{diff:.2e} > {EXPORT_TOLERANCE:g} on the sample; not written"
-            )
-        os.replace(tmp, model_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if fmt == "torchscript":
+        got = _export_torchscript(wrapper, sparse, dense, str(model_file))
+    else:
+        got = _export_onnx(wrapper, sparse, dense, str(model_file))
+    diff = float(np.abs(got - expected).max()) if expected.size else 0.0
+    if not (got.shape == expected.shape and math.isfinite(diff) and diff <= EXPORT_TOLERANCE):
+        raise MtlrecError(
+            f"{model_file.name}: the exported {fmt} model differs from the PyTorch model by "
+            f"{diff:.2e} > {EXPORT_TOLERANCE:g} on the sample; not written"
+        )
     spec_file = spec.save(out_dir)
     copied = copy_encoders(_dataset_dir(payload), out_dir, spec)
     if not copied:
@@ -273,14 +302,24 @@ def input_layout(spec: DatasetSpec) -> dict[str, Any]:
     }
 
 
+def write_model_file(path: Path, data: bytes) -> None:
+    inject_fault(path)  # tests: a full disk here
+    path.write_bytes(data)
+
+
 def _export_torchscript(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray:
+    import io
     import warnings
 
     half = max(1, len(sparse) // 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice in recent versions
         traced = torch.jit.trace(wrapper, (sparse[:half], dense[:half]), check_trace=False)
-        torch.jit.save(traced, path)
+        # Saved to memory, then written by Python: torch.jit.save on a full disk aborts the
+        # process from C++ (SIGABRT), where a Python write is an OSError we can report.
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        write_model_file(Path(path), buf.getvalue())
         loaded = torch.jit.load(path)
         with torch.no_grad():
             return loaded(sparse, dense).numpy()  # another batch size than traced with
@@ -323,6 +362,6 @@ def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray
         )
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
-    Path(path).write_bytes(buf.getvalue())
+    write_model_file(Path(path), buf.getvalue())
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, {"sparse_ids": sparse.numpy(), "dense": dense.numpy()})[0]

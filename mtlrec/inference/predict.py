@@ -30,6 +30,8 @@ from mtlrec.inference.inputs import (
 from mtlrec.inference.loading import load_run
 from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.outputs import check_output as guard_output
+from mtlrec.outputs import inject_fault, writing
 from mtlrec.ranking.record import FusionRecord
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
@@ -122,8 +124,10 @@ def predict_file(
         f".{output_path.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     )
     try:
-        rows = write_predictions(source, model, tmp, batch_size, fused)
-        publish(tmp, output_path, overwrite)
+        with writing(output_path, temps=[tmp]):
+            inject_fault(output_path)
+            rows = write_predictions(source, model, tmp, batch_size, fused)
+            publish(tmp, output_path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
     summary = None if source.encoder is None else summary_line(input_path, source.encoder)
@@ -131,21 +135,16 @@ def predict_file(
 
 
 def check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output that is a directory, the input itself, or (without
-    --overwrite) an existing file."""
-    if output_path.is_dir():
-        raise MtlrecError(
-            f"--output {output_path}: is a directory; name a file, e.g. "
-            f"{output_path / 'predictions.parquet'}"
-        )
-    if output_path.exists() and os.path.samefile(output_path, input_path):
-        raise MtlrecError(
-            f"--output {output_path} is the --input file; write the predictions to another file"
-        )
-    if output_path.exists() and not overwrite:
-        raise MtlrecError(f"--output {output_path}: already exists; pass --overwrite to replace it")
-    if not output_path.parent.is_dir():
-        raise MtlrecError(f"{output_path.parent}: output directory does not exist")
+    """Refuse, before any work, an output that is a directory, the input itself, a file in a run
+    dir / prepared dataset / export (mtlrec.outputs), or (without --overwrite) an existing file."""
+    guard_output(
+        output_path,
+        "--output",
+        {"--input": input_path},
+        overwrite,
+        what="predictions",
+        example="predictions.parquet",
+    )
 
 
 def open_source(

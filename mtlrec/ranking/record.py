@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import inject_fault, writing
 from mtlrec.ranking.forms import FORMS, FusionHead
 from mtlrec.runs.atomic import temp_path
 from mtlrec.runs.records import json_safe
@@ -42,19 +43,22 @@ def file_sha256(path: Path) -> str:
 def write_new(path: Path, data: bytes) -> None:
     """Write `path` atomically and only if it does not exist (a hard link publishes the temp
     file, so a file that appeared meanwhile is refused, never replaced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise MtlrecError(
-                f"{path}: already exists; fusion results are never replaced: pass another --name"
-            ) from None
+        # mtlrec.outputs.writing: a full disk or a read-only dir is one line naming the file
+        with writing(path, temps=[tmp]):
+            inject_fault(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise MtlrecError(
+                    f"{path}: already exists; fusion results are never replaced: pass another --name"
+                ) from None
     finally:
         tmp.unlink(missing_ok=True)
 

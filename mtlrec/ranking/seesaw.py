@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlrec.metric_registry import direction
+from mtlrec.outputs import writing
 from mtlrec.runs.table import Table
 
 
@@ -63,6 +64,7 @@ def write_seesaw(table: Table, out_dir: Path) -> Path | None:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "seesaw.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with writing(path):
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

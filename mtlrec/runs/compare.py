@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "auto (default) = wide when it fits the terminal",
     )
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--group-by-seed",
@@ -156,12 +157,25 @@ def _write_plots(runs: list[Run], out: str, metrics: list[str]) -> None:
         print("no plots written: no compared run has a history.csv yet", file=sys.stderr)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --output and --plot never land in a run dir, a dataset or an export,
+    and --output never replaces a file without --overwrite (mtlrec.outputs)."""
+    from mtlrec import outputs
+
+    if args.output:
+        inputs = {f"compared {p}": p for p in args.paths}
+        outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
+    if args.plot:
+        outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.plot:
         from mtlrec.runs.plots import require_matplotlib
 
         require_matplotlib()  # fail before the work, in one line
+    _check_outputs(args)
     runs, table = _select(args)
     if args.output:
         from mtlrec.runs.atomic import atomic_write_text
