@@ -298,6 +298,25 @@ def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:
             for t in built.loss_tasks
         ),
     )
+    left_out = tasks_left_out(built, settings.dataset.get("tasks"))
+    if left_out:
+        log.warning(
+            "model %s trains %s and leaves out the dataset's task(s) %s: neither trained nor "
+            "scored (a model that trains dataset.tasks, e.g. model=mmoe, trains them all)",
+            settings.model_name,
+            ", ".join(t.name for t in built.loss_tasks),
+            ", ".join(f"{t.name} (label {t.label})" for t in left_out),
+        )
+
+
+def tasks_left_out(built: Built, chosen: Any) -> list[TaskSpec]:
+    """The dataset's selected tasks the model neither trains nor scores (a funnel model on data
+    with a third target), so that a run never drops a task without a word."""
+    scored = {t.task.name for t in built.targets} | {t.name for t in built.loss_tasks}
+    labels = {t.label for t in built.loss_tasks}
+    return [
+        t for t in built.spec.select_tasks(chosen) if t.name not in scored and t.label not in labels
+    ]
 
 
 def restore(
