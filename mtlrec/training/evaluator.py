@@ -17,6 +17,7 @@ import torch
 
 from mtlrec.data.loader import SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import gate_statistics
 from mtlrec.training import distributed
@@ -159,3 +160,16 @@ class Evaluator:
 
 def strip_gates(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("gate/")}
+
+
+def group_column(spec: DatasetSpec, field: str | None) -> int | None:
+    """The `sparse` column of metrics.gauc_by's field (single-id fields come first)."""
+    if field is None:
+        return None
+    names = [f.name for f in spec.sparse]
+    if field not in names:
+        raise MtlrecError(
+            f"metrics.gauc_by={field!r}: not a single-id field of dataset '{spec.name}'; "
+            f"use one of {names}"
+        )
+    return names.index(field)

@@ -35,7 +35,7 @@ from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
-from mtlrec.training.evaluator import Evaluator, strip_gates
+from mtlrec.training.evaluator import Evaluator, group_column, strip_gates
 from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import (
     EarlyStopping,
@@ -48,6 +48,7 @@ from mtlrec.training.monitoring import (
 from mtlrec.training.objective import Objective, embedding_l2_penalty
 from mtlrec.training.optim_step import OptimizerStep, make_scaler
 from mtlrec.training.optimizers import MultiOptimizer, build_optimizer, sparse_parameters
+from mtlrec.training.per_task import PerTaskBest
 from mtlrec.training.schedule import (
     LrSchedule,
     lr_columns,
@@ -91,19 +92,6 @@ class FitResult:
     stopped_early: bool
     train_samples_per_s: float
     seconds: float
-
-
-def group_column(spec: DatasetSpec, field: str | None) -> int | None:
-    """The `sparse` column of metrics.gauc_by's field (single-id fields come first)."""
-    if field is None:
-        return None
-    names = [f.name for f in spec.sparse]
-    if field not in names:
-        raise MtlrecError(
-            f"metrics.gauc_by={field!r}: not a single-id field of dataset '{spec.name}'; "
-            f"use one of {names}"
-        )
-    return names.index(field)
 
 
 class Trainer:
@@ -150,6 +138,7 @@ class Trainer:
         self.last_checkpoint = "none (no checkpoint was written yet)"
         self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
         self.stopper = EarlyStopping(self.mode, cfg.patience)
+        self.per_task = self._per_task()
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
         self.train_time, self.train_rows = 0.0, 0
@@ -218,6 +207,17 @@ class Trainer:
         self.stepper.schedule = run_schedule(
             self.optimizer.optimizers, self.cfg, steps, self.mode, keep_lr=self._restored_lrs
         )
+
+    def _per_task(self) -> PerTaskBest | None:
+        """Each task's own best epoch, when kept or when it decides early stopping."""
+        wanted = self.cfg.keep_best_per_task or self.cfg.early_stopping == "all_tasks"
+        return PerTaskBest(self.targets, self.cfg.patience) if wanted else None
+
+    @property
+    def should_stop(self) -> bool:
+        if self.cfg.early_stopping == "all_tasks" and self.per_task is not None:
+            return self.per_task.all_stalled
+        return self.stopper.should_stop
 
     def _make_optimizer(self) -> MultiOptimizer:
         """Fused Adam/AdamW for dense parameters; each embedding table per
@@ -317,6 +317,10 @@ class Trainer:
         self.order_generator.set_state(state.order_generator)
         self.stopper.__dict__.update(state.early_stopping)
         self.history = [dict(r) for r in state.history]
+        if self.per_task is not None:  # its state is a function of the history
+            self.per_task = self._per_task()
+            assert self.per_task is not None
+            self.per_task.replay(self.history)
         self.best_state = {k: v.to(self.device) for k, v in state.best_state.items()}
         self.train_time, self.train_rows = float(state.train_time), int(state.train_rows)
         if state.balancer:
@@ -360,6 +364,7 @@ class Trainer:
         """
         train, val = splits["train"], splits["val"]
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
+        self.per_task = self._per_task()
         self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
@@ -367,7 +372,7 @@ class Trainer:
         self.start_schedule(train)
         if resume is not None:
             first_epoch = self.load_training_state(resume)
-            if self.stopper.should_stop:
+            if self.should_stop:
                 first_epoch = self.cfg.epochs + 1  # the run had already stopped early
         t0 = time.perf_counter()
         with self._progress() as progress:
@@ -380,10 +385,12 @@ class Trainer:
                 else:
                     row.pop("_is_best")
                 # rank 0's decision; reaching the last epoch is not a stop
-                if epoch < self.cfg.epochs and distributed.decide(self.stopper.should_stop):
+                if epoch < self.cfg.epochs and distributed.decide(self.should_stop):
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
-                        self.monitor,
+                        self.monitor
+                        if self.cfg.early_stopping == "monitor"
+                        else "no task's own val metric",
                         self.stopper.patience,
                     )
                     break
@@ -396,9 +403,7 @@ class Trainer:
             self.stopper.best_epoch or 1,
             self.stopper.best_value,
             # early: patience ran out before the last requested epoch (not merely reached it)
-            self.stopper.should_stop
-            and bool(self.history)
-            and self.history[-1]["epoch"] < self.cfg.epochs,
+            self.should_stop and bool(self.history) and self.history[-1]["epoch"] < self.cfg.epochs,
             self.train_rows / self.train_time if self.train_time else math.nan,
             time.perf_counter() - t0,
         )
@@ -422,6 +427,10 @@ class Trainer:
         row.update(val_metrics)
         row.update(lr_columns(self.optimizer.optimizers, self.cfg))
         self.stepper.schedule.after_epoch(val_metrics[self.monitor])  # plateau
+        if self.per_task is not None:
+            with self.evaluated_weights():
+                self.per_task.update(epoch, val_metrics)
+                self.per_task.keep(self.model)
         row["seconds"] = time.perf_counter() - t0
         self.history.append(row)
         log.info(

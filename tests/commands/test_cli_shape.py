@@ -29,6 +29,7 @@ def test_help_lists_every_command_and_help_cmd_equals_cmd_dash_dash_help(tmp_pat
         "evaluate",
         "predict",
         "export",
+        "fuse",
         "calibrate",
         "tune",
         "completion",
@@ -37,6 +38,7 @@ def test_help_lists_every_command_and_help_cmd_equals_cmd_dash_dash_help(tmp_pat
         "evaluate",
         "predict",
         "export",
+        "fuse",
         "calibrate",
         "compare",
         "prepare",
@@ -66,7 +68,7 @@ def test_version_both_spellings(tmp_path):
         (
             ["evaluat"],
             "mtlrec: unknown command 'evaluat'; did you mean 'evaluate'? commands: train, "
-            "prepare, compare, evaluate, predict, export, calibrate, tune, completion (see `mtlrec --help`)",
+            "prepare, compare, evaluate, predict, export, fuse, calibrate, tune, completion (see `mtlrec --help`)",
         ),
         (["help", "nope"], None),
         (
