@@ -37,6 +37,13 @@ from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
 from mtlrec.training import distributed
+from mtlrec.training.binding import (
+    CONFIG_HASH_KEY,
+    check_dataset,
+    check_run,
+    checkpoint_fields,
+    config_hash,
+)
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.checkpoint import (
     BEST,
@@ -134,6 +141,8 @@ def _record_start(run_dir: RunDir, settings: RunSettings) -> None:
         return
     run_dir.update_metrics(
         status="running",
+        model=settings.model_name,
+        config_hash=config_hash(settings.config),
         seed=settings.seed,
         data_order_seed=settings.data_order_seed,
         started_at=dt.datetime.now().isoformat(timespec="seconds"),
@@ -166,8 +175,16 @@ def read_resume(settings: RunSettings, run_dir: RunDir) -> tuple[dict, Path] | N
     if not settings.resume:
         return None
     payload, path = load_resumable(run_dir.checkpoints)
+    summary = run_dir.read_summary()
+    check_run(payload, path, run_dir.path, summary.model, summary.config_hash)
+    if summary.config_hash is None:  # a run from before the binding: bound from now on
+        run_dir.update_metrics(
+            config_hash=payload.get(CONFIG_HASH_KEY) or config_hash(settings.config)
+        )
     state = resume_state(payload, path)
     check_resume_config(payload["config"], settings.config, path)
+    if settings.dataset.get("path"):  # before anything is built (restore checks it again)
+        check_dataset(payload, path, Path(str(settings.dataset["path"])).expanduser())
     step = "" if state.step is None else f" step {state.step}"
     log.info("resuming from %s (epoch %s%s)", path, state.epoch, step)
     return payload, path
@@ -311,6 +328,7 @@ def restore(
         built.spec,
     )
     distributed.check_resume_world(state.to_dict(), path)
+    check_dataset(payload, path, built.data_dir)
     if built.is_main:
         mark_resume_accepted(run_dir.path)
     return state
@@ -326,6 +344,9 @@ class RunRecorder:
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
+        # Every checkpoint of the run carries the hash of the config it started with.
+        digest = run_dir.read_summary().config_hash or config_hash(settings.config)
+        self.binding = checkpoint_fields(digest, built.data_dir)
 
     def payload(self, state: TrainState) -> dict:
         built = self.built
@@ -340,6 +361,7 @@ class RunRecorder:
             monitor=built.trainer.monitor,
             seed=self.settings.seed,
             data_order_seed=self.settings.data_order_seed,
+            **self.binding,
         )
 
     def _write(self, payload: dict, path: Path) -> None:

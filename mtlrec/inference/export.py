@@ -23,6 +23,7 @@ from mtlrec.inference.export_files import (
     write_checksums,
 )
 from mtlrec.inference.loading import load_run
+from mtlrec.training.binding import check_dataset
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.runs.run_dir import atomic_write_json
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
@@ -123,6 +124,9 @@ def export(
         with bar.step(f"loading {checkpoint}"):
             payload, ckpt = load_run(run_dir, checkpoint)
             model, spec, _ = model_from_checkpoint(payload)
+            data_dir = _dataset_dir(payload)
+            if data_dir is not None:  # its encoders are copied into the export
+                check_dataset(payload, ckpt, data_dir)
         with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
             return _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows)
 

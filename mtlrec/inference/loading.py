@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtlrec.errors import MtlrecError
+from mtlrec.runs.records import read_info
+from mtlrec.training.binding import check_run
 from mtlrec.training.checkpoint import load_checkpoint
 
 
@@ -19,5 +21,7 @@ def load_run(run_dir: str | Path, checkpoint: str) -> tuple[dict, Path]:
             f"{ckpt}: checkpoint not found; is {path} a run dir of `mtlrec train` that finished an epoch?"
         )
     payload = load_checkpoint(ckpt)
+    info = read_info(path)
+    check_run(payload, ckpt, path, info.get("model"), info.get("config_hash"))
     payload["path"] = str(ckpt)
     return payload, ckpt

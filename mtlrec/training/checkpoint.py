@@ -102,18 +102,18 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix[:-1]: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
+        out.update(flatten(v, f"{prefix}{k}."))
     return out
 
 
 def check_resume_config(original: dict, new: dict, path: Path) -> None:
     """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
-    a, b = _flatten(original), _flatten(new)
+    a, b = flatten(original), flatten(new)
     changed = [
         k
         for k in sorted(set(a) & set(b))
