@@ -37,6 +37,7 @@ from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
 from mtlrec.training import distributed
+from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.binding import (
     CONFIG_HASH_KEY,
     check_dataset,
@@ -44,7 +45,6 @@ from mtlrec.training.binding import (
     checkpoint_fields,
     config_hash,
 )
-from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.checkpoint import (
     BEST,
     RESUME_MAY_CHANGE,
@@ -56,7 +56,9 @@ from mtlrec.training.checkpoint import (
     resume_state,
     save_last,
 )
+from mtlrec.training.memory import check_footprint, model_footprint
 from mtlrec.training.metrics import EvalTarget, eval_targets
+from mtlrec.training.optimizers import free_memory
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
@@ -246,6 +248,12 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         data_dir = resolve_dataset_dir(dataset)
     spec = DatasetSpec.load(data_dir)
     selected = spec.select_tasks(dataset.get("tasks"))
+    need = model_footprint(
+        settings.config["model"], spec, selected, trainer_cfg.embedding_optimizer
+    )
+    check_footprint(
+        need, free_memory(device), str(device), settings.model_name
+    )  # before allocating
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)

@@ -23,9 +23,9 @@ from mtlrec.inference.export_files import (
     write_checksums,
 )
 from mtlrec.inference.loading import load_run
-from mtlrec.training.binding import check_dataset
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.runs.run_dir import atomic_write_json
+from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 EXPORT_TOLERANCE = 1e-5

@@ -28,9 +28,9 @@ from mtlrec.inference.inputs import (
     prepared_chunks,
 )
 from mtlrec.inference.loading import load_run
-from mtlrec.training.binding import check_dataset
 from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 log = logging.getLogger(__name__)

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.records import json_safe
+from mtlrec.training.signals import complete_writes, received
 
 TEMP_SUFFIX = ".tmp"
 # .NAME.<pid>-<8 hex>.tmp, as temp_path names them.
@@ -53,11 +55,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         _raise_if_no_space(e, path)
         raise
     try:
-        with os.fdopen(fd, "wb") as f:
+        with complete_writes(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C waits for the rename
             write(_with_fault(f, path))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         _raise_if_no_space(e, path)
@@ -74,9 +76,38 @@ class NoSpaceError(MtlrecError):
     """A write failed because the disk (or the quota) is full."""
 
 
+# Tests: `NAME:MARKER`: the first write into the file NAME creates the file MARKER, holding the
+# number of SIGINT/SIGTERM received so far (kept current), and waits there until MARKER is
+# removed: a signal then arrives in the middle of the write, deterministically. Unset: no effect.
+PAUSE_FAULT_ENV = "MTLREC_FAULT_PAUSE_WRITE"
+
+
 def _with_fault(f: IO[bytes], path: Path) -> Any:
+    name, _, marker = os.environ.get(PAUSE_FAULT_ENV, "").partition(":")
+    if name == path.name and marker:
+        return _PausedFile(f, Path(marker))
     name, _, limit = os.environ.get(NO_SPACE_FAULT_ENV, "").partition(":")
     return _FaultyFile(f, int(limit or 1024)) if name == path.name else f
+
+
+class _PausedFile:
+    def __init__(self, f: IO[bytes], marker: Path) -> None:
+        self._f, self._marker, self._paused = f, marker, False
+
+    def write(self, data: bytes) -> int:
+        if not self._paused:
+            self._paused = True
+            shown = -1
+            self._marker.write_text("0")
+            while self._marker.exists():
+                if len(received) != shown:
+                    shown = len(received)
+                    self._marker.write_text(str(shown))
+                time.sleep(0.005)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 class _FaultyFile:
