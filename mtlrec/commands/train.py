@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mtlrec.commands import ERROR, OK
+from mtlrec.commands import ERROR, OK, USAGE
 from mtlrec.commands.resume_args import (
     check_config_dir,
     is_sweep_dir_resume,
@@ -45,7 +45,8 @@ def run(argv: list[str]) -> int:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"mtlrec train: error: {e}", file=sys.stderr)
-        return ERROR
+        # A mistyped override is a wrong command line (exit 2, as argparse does); a bad value is 1.
+        return USAGE if isinstance(e, OverrideError) else ERROR
     # Hydra reads sys.argv. Its completion script names the program by basename(argv[0]): that
     # must be `mtlrec`; elsewhere (usage lines) `mtlrec train` reads better.
     completing = any(a in ("-sc", "--shell-completion") for a in args)
@@ -214,6 +215,10 @@ def translate_resume(args: list[str]) -> list[str]:
     ]
 
 
+class OverrideError(ValueError):
+    """An override that names no config key or option, or does not parse: a usage error."""
+
+
 def check_overrides(args: list[str]) -> None:
     """Compose a single run's config first, so that an unknown config name or key is one line.
 
@@ -250,18 +255,18 @@ def check_overrides(args: list[str]) -> None:
         missing = first.split("Could not find", 1)[-1].strip().strip("'")
         group, _, name = missing.rpartition("/")
         if e.options and group:
-            raise ValueError(
+            raise OverrideError(
                 f"Could not find '{missing}': unknown {group} '{name}'; valid: {', '.join(e.options)}"
             ) from None
-        raise ValueError(str(e).splitlines()[0]) from None
+        raise OverrideError(str(e).splitlines()[0]) from None
     except ConfigCompositionException as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         if lines and lines[0].startswith("Could not override '"):
             key = lines[0].split("'")[1]
-            raise ValueError(
+            raise OverrideError(
                 f"Could not override '{key}': no such key; {_key_hint(key, overrides)}"
             ) from None
-        raise ValueError("; ".join(lines[:2])) from None
+        raise OverrideError("; ".join(lines[:2])) from None
     except OverrideParseException as e:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -271,7 +276,7 @@ def check_overrides(args: list[str]) -> None:
                 parser.parse_override(a)
             except Exception:  # the grammar raises HydraException for single overrides
                 bad.append(a)
-        raise ValueError(
+        raise OverrideError(
             f"cannot parse the override(s) {bad}: {str(e).splitlines()[0]} "
             "(quote values with brackets or spaces, e.g. 'model.expert_dims=[64,32]')"
         ) from None
@@ -304,20 +309,29 @@ def _with_search_dir(overrides: list[str], config_dir: str) -> str:
 
 
 def _key_hint(key: str, overrides: list[str]) -> str:
-    """`did you mean 'trainer.lr'? trainer has [...]` for a mistyped override key."""
+    """`did you mean 'trainer.lr'? trainer has [...]` for a mistyped override key.
+
+    When the key's parent does not exist either (`trainer.early_stopping.patience`), the hint is
+    looked for in the deepest parent that does (`trainer`): `did you mean 'trainer.patience'?`.
+    """
     import difflib
 
     from hydra import compose, initialize_config_module
     from omegaconf import DictConfig, OmegaConf
 
-    parent, _, leaf = key.rpartition(".")
     try:
         rest = [o for o in overrides if _override_key(o) != key]
         with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
             cfg = compose(config_name="train", overrides=rest)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
     except Exception:
-        node = None
+        cfg = None
+    parts = key.split(".")
+    leaf, parent, node = parts[-1], "", cfg
+    for depth in range(len(parts) - 1, -1, -1):  # the deepest existing parent of the key
+        parent = ".".join(parts[:depth])
+        node = (OmegaConf.select(cfg, parent) if parent else cfg) if cfg is not None else None
+        if isinstance(node, DictConfig):
+            break
     keys = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
     close = difflib.get_close_matches(leaf, keys, n=1)
     hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'? " if close else ""

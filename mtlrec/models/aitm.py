@@ -46,6 +46,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    first_table,
 )
 from mtlrec.models.registry import register
 
@@ -138,6 +139,11 @@ class AITM(MultiTaskModel):
             z.append(zt)
         y = self.heads(torch.stack(z)).squeeze(-1)  # [T, B]
         return {name: y[k] for k, name in enumerate(self.output_names)}
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The embedding table: the towers are per step (step t's also reached by later steps
+        through the information transfer, but that is the model's transfer, not a trunk)."""
+        return first_table(self.embedding)
 
     def extra_loss(
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor

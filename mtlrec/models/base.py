@@ -38,6 +38,18 @@ class MultiTaskModel(nn.Module):
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The weight of the last layer of the shared trunk (GradNorm's W), or None where the
+        tasks share nothing (single_task, division, a one-task model).
+
+        Every model names it explicitly (docs/models.md lists each one): the layer is a property
+        of the architecture, not of the order in which parameters happen to be registered.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must name its shared trunk's last layer "
+            "(define shared_trunk_last_layer; see docs/extending.md)"
+        )
+
 
 def require_funnel(spec: DatasetSpec, model: str) -> FunnelSpec:
     if spec.funnel is None:

@@ -57,3 +57,7 @@ class CvrBase(MultiTaskModel):
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"cvr": self.net(self.embedding(sparse, dense)).squeeze(-1)}
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """None: one task, nothing to share."""
+        return None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel, require_funnel
@@ -91,3 +92,7 @@ class Division(MultiTaskModel):
         y = self.nets(self.embedding(sparse, dense)).squeeze(-1)  # [2, B]: ctr, ctcvr
         cvr, clamped = divide(y[0], y[1])
         return {"ctr": y[0], "ctcvr": y[1], "cvr": cvr, "cvr_clamped": clamped}
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """None: the CTR and CTCVR networks share nothing (the ablation's point)."""
+        return None

@@ -50,7 +50,7 @@ from mtlrec.data.funnel import require_action
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel, require_funnel
-from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, check_dims
+from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, check_dims, first_table
 from mtlrec.models.logspace import product_logit
 from mtlrec.models.registry import register
 
@@ -120,6 +120,10 @@ class Esm2(MultiTaskModel):
         e = self.embedding(sparse, dense)
         out = {name: tower(e).squeeze(-1) for name, tower in self.towers.items()}
         return decompose(out)
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The embedding table: the four towers share the embedding only."""
+        return first_table(self.embedding)
 
 
 def decompose(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -66,6 +66,8 @@ from mtlrec.models.layers import (
     MixtureOfExperts,
     check_dims,
     check_positive,
+    first_table,
+    last_weight,
 )
 from mtlrec.models.logspace import product_logit
 from mtlrec.models.ple import PleExtractor, check_ple_experts
@@ -256,6 +258,18 @@ class Esmm(MultiTaskModel):
                 conditional if cumulative is None else product_logit(cumulative, conditional)
             )
             out[step.output] = cumulative
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """What every step's tower reads last: the experts' output layer (mmoe; the last level's
+        for ple), the last cross layer (dcn), else the embedding table (mlp, deepfm: the paper's
+        trunk is the shared embedding; in ESMM-NS the CTR copy, which the CTCVR loss reaches too)."""
+        if isinstance(self.backbone, MixtureOfExperts):
+            return last_weight(self.backbone.experts)
+        if isinstance(self.backbone, PleExtractor):
+            return self.backbone.last_layer()
+        if len(self.interaction.cross):
+            return last_weight(self.interaction.cross[-1])
+        return first_table(self.embedding)
 
 
 def mixture_backbone(cfg: EsmmConfig, in_dim: int, steps: int) -> nn.Module | None:

@@ -214,6 +214,23 @@ class MixtureOfExperts(nn.Module):
         return torch.einsum("gbe,ebh->gbh", gates, experts), gates
 
 
+def last_weight(module: nn.Module) -> nn.Parameter:
+    """The weight of the last linear layer (nn.Linear or GroupedLinear) registered in `module`:
+    inside one MLP / GroupedMLP / MixtureOfExperts' experts, that is its output layer."""
+    linears = [m for m in module.modules() if isinstance(m, (nn.Linear, GroupedLinear))]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} holds no linear layer")
+    weight = linears[-1].weight
+    assert isinstance(weight, nn.Parameter)
+    return weight
+
+
+def first_table(embedding: nn.Module) -> nn.Parameter:
+    """The first fused embedding table's weight (the only one unless fields differ in size):
+    the last layer of a trunk that is the shared embedding alone."""
+    return embedding.tables[0].weight  # type: ignore[index,union-attr,return-value]
+
+
 def gate_statistics(mean_gates, task_names: Sequence[str]) -> dict[str, float]:
     """Expert-collapse columns for history.csv from mean gate weights [tasks, experts].
 

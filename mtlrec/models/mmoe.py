@@ -46,6 +46,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -146,3 +147,7 @@ class MMoE(MultiTaskModel):
         out = {name: y[k] for k, name in enumerate(self.output_names)}
         out["gates"] = gates.transpose(0, 1)  # [B, T, E]
         return out
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The experts' output layer (every expert, every task reaches it through its gate)."""
+        return last_weight(self.experts)

@@ -21,10 +21,11 @@ Outputs: one per task, named after the task; tasks may mix binary and regression
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.layers import FeatureEmbedding, GroupedMLP, MixtureOfExperts
+from mtlrec.models.layers import FeatureEmbedding, GroupedMLP, MixtureOfExperts, last_weight
 from mtlrec.models.mmoe import MoEConfig
 from mtlrec.models.registry import register
 
@@ -70,3 +71,7 @@ class OMoE(MultiTaskModel):
         out = {name: y[k] for k, name in enumerate(self.output_names)}
         out["gates"] = gates.transpose(0, 1).expand(-1, len(self.output_names), -1)  # [B, T, E]
         return out
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The experts' output layer (not the one gate, registered after them)."""
+        return last_weight(self.moe.experts)

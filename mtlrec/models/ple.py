@@ -42,6 +42,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -178,6 +179,11 @@ class PleExtractor(nn.Module):
         full.scatter_(2, last.task_experts.unsqueeze(1).expand(t, b, -1), gates)
         return task_out, full.transpose(0, 1)
 
+    def last_layer(self) -> nn.Parameter:
+        """The last level's experts' output layer (shared and task-specific experts, packed)."""
+        last: ExtractionLevel = self.levels[-1]  # type: ignore[assignment]
+        return last_weight(last.experts)
+
 
 @register("ple")
 class PLE(MultiTaskModel):
@@ -215,3 +221,8 @@ class PLE(MultiTaskModel):
         out = {name: y[k] for k, name in enumerate(self.output_names)}
         out["gates"] = gates
         return out
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The last level's experts' output layer; its task-specific experts' rows, reached by one
+        task each, are left out of GradNorm's norm (sharing.py)."""
+        return self.extractor.last_layer()

@@ -17,11 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.interaction import FeatureInteraction, check_backbone
-from mtlrec.models.layers import MLP, CommonConfig, FeatureEmbedding, GroupedMLP, check_dims
+from mtlrec.models.layers import (
+    MLP,
+    CommonConfig,
+    FeatureEmbedding,
+    GroupedMLP,
+    check_dims,
+    last_weight,
+)
 from mtlrec.models.registry import register
 
 
@@ -76,3 +84,7 @@ class SharedBottom(MultiTaskModel):
         if fm is not None:
             y = y + fm
         return {name: y[k] for k, name in enumerate(self.output_names)}
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """The bottom's last layer."""
+        return last_weight(self.bottom)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+from torch import nn
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
@@ -63,6 +64,10 @@ class SingleTask(MultiTaskModel):
         if fm is not None:
             y = y + fm
         return {name: y[k] for k, name in enumerate(self.output_names)}
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        """None: the task networks share no parameter."""
+        return None
 
     def task_parameter_groups(self) -> list[list[tuple[torch.nn.Parameter, object]]]:
         """Which parameters, and which part of each, task k's network owns: (param, index) pairs.

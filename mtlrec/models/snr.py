@@ -47,6 +47,7 @@ from mtlrec.models.layers import (
     GroupedMLP,
     check_dims,
     check_positive,
+    last_weight,
 )
 from mtlrec.models.registry import register
 
@@ -150,6 +151,9 @@ class SNR(MultiTaskModel):
         out = {name: y[k] for k, name in enumerate(self.output_names)}
         out["gates"] = z.unsqueeze(0).expand(u.shape[1], -1, -1)  # [B, T, E]
         return out
+
+    def shared_trunk_last_layer(self) -> nn.Parameter | None:
+        return last_weight(self.subnetworks)
 
     def extra_loss(
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor

@@ -329,7 +329,8 @@ class Trainer:
                     self.last_checkpoint = f"checkpoints/last.pt (epoch {state.epoch} end)"
                 else:
                     row.pop("_is_best")
-                if distributed.decide(self.stopper.should_stop):  # rank 0's decision
+                # rank 0's decision; reaching the last epoch is not a stop
+                if epoch < self.cfg.epochs and distributed.decide(self.stopper.should_stop):
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
                         self.monitor,
@@ -344,7 +345,10 @@ class Trainer:
             self.history,
             self.stopper.best_epoch or 1,
             self.stopper.best_value,
-            self.stopper.should_stop,
+            # early: patience ran out before the last requested epoch (not merely reached it)
+            self.stopper.should_stop
+            and bool(self.history)
+            and self.history[-1]["epoch"] < self.cfg.epochs,
             self.train_rows / self.train_time if self.train_time else math.nan,
             time.perf_counter() - t0,
         )

@@ -107,7 +107,7 @@ def test_an_unknown_dataset_in_your_config_dir_lists_yours(tmp_path):
     (tmp_path / "my_conf" / "dataset" / "my_data.yaml").write_text("name: my_data\n")
     for args in (["--config-dir", "my_conf"], ["hydra.searchpath=[file://my_conf]"]):
         out = mtlrec("train", *args, "dataset=my_dat", cwd=tmp_path)
-        assert out.returncode == 1
+        assert out.returncode == 2  # a wrong command line
         assert out.stderr.splitlines() == [
             "mtlrec train: error: Could not find 'dataset/my_dat': unknown dataset 'my_dat'; "
             "valid: aliccp, aliexpress, census, mmoe_synthetic, movielens, my_data, prepared, synthetic_ccp, synthetic_ccp_action, synthetic_ccp_weak"

@@ -124,6 +124,11 @@ def test_batch_norm_on_a_one_row_training_batch_uses_running_statistics(name):
     torch.manual_seed(1)
     out = model(*one)
     loss = sum(v.float().sum() for k, v in out.items() if k in model.output_types)
+    extra = getattr(
+        model, "extra_loss", None
+    )  # towers trained by the regularizer only (DCMT's twin)
+    if extra is not None and (reg := extra(out, torch.ones(1, len(SPEC.labels)))) is not None:
+        loss = loss + reg
     loss.backward()
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed on a 1-row batch"

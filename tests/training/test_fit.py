@@ -202,6 +202,17 @@ def test_warns_when_the_best_epoch_is_the_last(train_tiny, caplog):
         )
     assert metrics["stopped_early"] and metrics["best_epoch"] < metrics["epochs_run"]
     assert "still improving" not in caplog.text
+    # The same run asked for exactly the epochs it ran: patience runs out AT the last epoch,
+    # which is reaching the end, not stopping early.
+    last = metrics["epochs_run"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mtlrec"):
+        _, reached = train_tiny(
+            [f"trainer.epochs={last}", "trainer.patience=1", "trainer.lr=0.05"], name="reached"
+        )
+    assert reached["epochs_run"] == last and reached["best_epoch"] == metrics["best_epoch"]
+    assert reached["stopped_early"] is False
+    assert "early stopping" not in caplog.text
 
 
 def test_evaluator_needs_no_optimizer_and_equals_the_trainers_evaluation():

@@ -8,10 +8,12 @@ On the last shared layer W:
 
 w gets grad_w L_grad = sign(G_k - target_k) ||grad_W L_k||, the optimizer steps it, and w is
 renormalised to sum_k w_k = T before each use. The network gets grad of sum_k w_k L_k (w constant
-there). "The last shared layer" is the last shared weight matrix (not a bias) in registration
-order (sharing.py), its norm taken over the shared rows: the experts' output layer for MMoE and
-PLE, the bottom's last layer for shared-bottom, the CTR tower's output layer for ESMM (both of its
-losses go through it), and the shared gate for OMoE (registered after its experts).
+there). W is the layer the model names with `shared_trunk_last_layer()` (every mtlrec model
+names its own: the experts' output layer for MMoE, OMoE and PLE, the bottom's last layer for
+shared-bottom, the shared embedding table for ESMM, ESCM², ESM² and AITM; docs/models.md lists
+them), its norm taken over the rows the tasks share (sharing.py: PLE's task-specific experts,
+packed in the same tensor, are left out). A module that is not an mtlrec model (no such method)
+falls back to the last shared weight matrix (not a bias) in registration order.
 
 Under data parallelism the losses L_k (hence L_k(0)) and the per-task gradients on W are averaged
 over the ranks before the norms are taken, and the network's gradients after the backward: every
@@ -51,6 +53,10 @@ class GradNorm(SharedParamsBalancer):
 
     def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, config: Config):
         self._layer = -1  # the last shared layer's index, set by check_layout (in __init__)
+        named = getattr(model, "shared_trunk_last_layer", None)
+        # (layer,) the model names (layer None: it shares nothing); () when the module names no
+        # layer (not an mtlrec model). A tuple: the balancer must not register it as its own.
+        self._trunk: tuple[nn.Parameter | None, ...] = (named(),) if callable(named) else ()
         super().__init__(tasks, model, config)
         self.alpha = float(config.alpha)
         self.task_weights = nn.Parameter(torch.ones(self.num_tasks))
@@ -64,10 +70,26 @@ class GradNorm(SharedParamsBalancer):
         )
 
     def check_layout(self) -> None:
-        self._layer = self.last_shared_layer()
+        self._layer = self.trunk_layer() if self._trunk else self.last_shared_layer()
+
+    def trunk_layer(self) -> int:
+        """Index of the layer the model names as its shared trunk's last layer."""
+        assert self._params is not None
+        (layer,) = self._trunk
+        if layer is None:
+            raise MtlrecError(self.nothing_shared())
+        index = next((i for i, p in enumerate(self._params) if p is layer), None)
+        if index is None or self._rows[index] is None:
+            name = self._names[index] if index is not None else "a frozen parameter"
+            raise MtlrecError(
+                f"balance=gradnorm: the model names {name} as its shared trunk's last layer, but "
+                "the tasks do not share it (or it is frozen); use balance=fixed, uncertainty or dwa"
+            )
+        return index
 
     def last_shared_layer(self) -> int:
-        """Index of the last shared weight matrix (not a bias) in registration order."""
+        """Index of the last shared weight matrix (not a bias) in registration order: the rule
+        for modules that are not mtlrec models (they name no trunk layer)."""
         assert self._params is not None
         matrices = [
             i
