@@ -76,15 +76,18 @@ class NoSpaceError(MtlrecError):
     """A write failed because the disk (or the quota) is full."""
 
 
-# Tests: `NAME:MARKER`: the first write into the file NAME creates the file MARKER, holding the
-# number of SIGINT/SIGTERM received so far (kept current), and waits there until MARKER is
-# removed: a signal then arrives in the middle of the write, deterministically. Unset: no effect.
+# Tests: `NAME:MARKER`: the process's first write into a file NAME creates the file MARKER,
+# holding the number of SIGINT/SIGTERM received so far (kept current), and waits there until
+# MARKER is removed: a signal then arrives in the middle of the write, deterministically (and
+# a second process meets the run while it trains). Unset: no effect.
 PAUSE_FAULT_ENV = "MTLREC_FAULT_PAUSE_WRITE"
+_paused: list[str] = []  # the names paused once already
 
 
 def _with_fault(f: IO[bytes], path: Path) -> Any:
     name, _, marker = os.environ.get(PAUSE_FAULT_ENV, "").partition(":")
-    if name == path.name and marker:
+    if name == path.name and marker and name not in _paused:
+        _paused.append(name)
         return _PausedFile(f, Path(marker))
     name, _, limit = os.environ.get(NO_SPACE_FAULT_ENV, "").partition(":")
     return _FaultyFile(f, int(limit or 1024)) if name == path.name else f
