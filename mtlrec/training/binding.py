@@ -3,8 +3,8 @@
 Every checkpoint records three things besides its weights: the model name, the run's config hash
 (SHA-256 of the config the run was STARTED with, without the keys a resume may change, so every
 checkpoint of one run carries the same hash) and the fingerprint of its prepared dataset
-(SHA-256 of spec.json's features and labels, encoders.json and the vocabulary file: what gives
-an id its meaning). The run dir's metrics.json records the model and the config hash when the
+(SHA-256 of spec.json's features, labels and generator, encoders.json and the vocabulary file:
+what gives an id its meaning; not the rows or the splits). The run dir's metrics.json records the model and the config hash when the
 run starts.
 
 `mtlrec evaluate / predict / export` and `resume=` compare both sides and refuse a mismatch in
@@ -28,6 +28,9 @@ from mtlrec.training.checkpoint import MODEL_NAME_KEY, RESUME_MAY_CHANGE, flatte
 
 CONFIG_HASH_KEY = "config_hash"
 DATASET_KEY = "dataset_fingerprint"
+# "fp1:<sha256>": a later mtlrec that fingerprints differently changes the tag, and checkpoints
+# with another tag are then not compared (a warning) rather than refused.
+FINGERPRINT = "fp1"
 SHOWN = 12  # hex digits of a hash shown in a message
 
 
@@ -55,7 +58,13 @@ def dataset_fingerprint(data_dir: Path) -> str | None:
     if not isinstance(spec, dict):
         return None
     digest = hashlib.sha256()
-    meaning = {"features": spec.get("features"), "labels": spec.get("labels")}
+    info = spec.get("info") if isinstance(spec.get("info"), dict) else {}
+    meaning = {
+        "features": spec.get("features"),
+        "labels": spec.get("labels"),
+        # a generated dataset: the generator and its seed give the ids their meaning
+        "generator": [info.get(k) for k in ("generator", "generator_version", "generator_seed")],
+    }
     digest.update(json.dumps(meaning, sort_keys=True, default=str).encode())
     encoders = Path(data_dir) / ENCODERS_FILE
     if encoders.is_file():
@@ -70,7 +79,7 @@ def dataset_fingerprint(data_dir: Path) -> str | None:
             with open(vocab, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
-    return digest.hexdigest()
+    return f"{FINGERPRINT}:{digest.hexdigest()}"
 
 
 def checkpoint_fields(config_digest: str, data_dir: Path) -> dict[str, Any]:
@@ -79,7 +88,7 @@ def checkpoint_fields(config_digest: str, data_dir: Path) -> dict[str, Any]:
 
 
 def _short(digest: Any) -> str:
-    return str(digest)[:SHOWN] if digest else "unknown"
+    return str(digest).rpartition(":")[2][:SHOWN] if digest else "unknown"
 
 
 def warn_unbound(ckpt: Path, what: str) -> None:
@@ -115,6 +124,9 @@ def check_dataset(payload: dict, ckpt: Path, data_dir: Path) -> None:
         return
     got = dataset_fingerprint(data_dir)
     if got is None or want == got:
+        return
+    if str(want).partition(":")[0] != FINGERPRINT:
+        warn_unbound(ckpt, "the checkpoint's dataset fingerprint is of another mtlrec version")
         return
     raise NotThisRun(
         f"{ckpt}: checkpoint was trained on dataset {_short(want)}, but {data_dir} is now "

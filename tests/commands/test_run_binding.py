@@ -46,7 +46,7 @@ def test_the_run_records_the_hash_its_checkpoints_carry(two_runs):
     payload = torch.load(esmm / "checkpoints" / "best.pt", weights_only=True)
     assert info["model"] == payload["model_name"] == "esmm"
     assert info["config_hash"] == payload[CONFIG_HASH_KEY] == config_hash(payload["config"])
-    assert len(payload[DATASET_KEY]) == 64
+    assert payload[DATASET_KEY].startswith("fp1:") and len(payload[DATASET_KEY]) == 4 + 64
 
 
 def test_a_checkpoint_of_another_run_is_refused_by_evaluate_export_predict(two_runs, tmp_path):
