@@ -219,7 +219,8 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
         return
     import dataclasses
 
-    from mtlrec.run_process import resolve_device
+    import torch
+
     from mtlrec.training.memory import check_footprint, model_footprint, row_bytes
     from mtlrec.training.optimizers import free_memory
 
@@ -229,7 +230,10 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
     )
     if rows is not None:  # a generated dataset: every row is made in memory
         need = dataclasses.replace(need, data=rows * row_bytes(spec))
-    device = resolve_device(settings.device)
+    # (a GPU that is asked for but missing is run_process.resolve_device's line, later)
+    kind, cuda = settings.device.type, torch.cuda.is_available()
+    on_gpu = cuda and kind in ("cuda", "auto") and settings.device.index < torch.cuda.device_count()
+    device = torch.device("cuda", settings.device.index) if on_gpu else torch.device("cpu")
     check_footprint(need, free_memory(device), str(device), settings.model_name)
 
 

@@ -58,7 +58,8 @@ def dataset_fingerprint(data_dir: Path) -> str | None:
     if not isinstance(spec, dict):
         return None
     digest = hashlib.sha256()
-    info = spec.get("info") if isinstance(spec.get("info"), dict) else {}
+    info = spec.get("info")
+    info = info if isinstance(info, dict) else {}
     meaning = {
         "features": spec.get("features"),
         "labels": spec.get("labels"),
