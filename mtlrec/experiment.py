@@ -411,6 +411,7 @@ def finish(
         epochs_run=len(result.history),
         stopped_early=result.stopped_early,
         metrics={**val_metrics, **test_metrics},
+        undefined_metrics=trainer.evaluator.undefined or None,
         wall_seconds=time.time() - started,
         train_samples_per_s=result.train_samples_per_s,
         eval_samples_per_s=len(built.splits["test"]) / eval_seconds if eval_seconds > 0 else None,

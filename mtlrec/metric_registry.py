@@ -33,6 +33,7 @@ METRICS: dict[str, Metric] = {
         ),
         Metric("logloss", "min", "mean binary cross-entropy of the predicted probabilities"),
         Metric("mse", "min", "mean squared error"),
+        Metric("rmse", "min", "root mean squared error (sqrt of mse, in the label's units)"),
         Metric("mae", "min", "mean absolute error"),
         Metric(
             "loss",

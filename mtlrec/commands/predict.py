@@ -31,13 +31,20 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="the input holds raw values even though its categorical columns are integers",
     )
     p.add_argument("--batch-size", type=int, default=65536, help="rows scored at a time")
-    p.add_argument("--id-columns", nargs="*", default=[], help="input columns copied to the output")
+    p.add_argument(
+        "--id-columns",
+        nargs="*",
+        default=[],
+        help="input columns copied to the output: `a b` or `a,b`",
+    )
     p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtlrec.inference import predict_file
 
+    # `--id-columns a,b` and `--id-columns a b` (and a mix) name the same columns
+    args.id_columns = [c.strip() for a in args.id_columns for c in a.split(",") if c.strip()]
     done = predict_file(
         args.run_dir,
         args.input,

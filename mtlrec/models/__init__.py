@@ -63,11 +63,11 @@ def build_model(
         and not cls.trains_dataset_tasks
         and chosen != {t.name for t in tasks}
     ):
-        # An explicit dataset.tasks this model would silently ignore: say so instead.
+        # An explicit dataset.tasks this model cannot honour: the run is refused, and says so.
         raise MtlrecError(
             f"dataset.tasks={[t.name for t in selected_tasks]}: model {model_cfg.get('name')} "
-            f"trains its own tasks ({', '.join(t.name for t in tasks)}) and ignores "
-            "dataset.tasks; drop dataset.tasks, or use a model that trains the dataset's tasks "
-            "(e.g. model=mmoe, shared_bottom or single_task)"
+            f"trains a fixed set of tasks ({', '.join(t.name for t in tasks)}), not a selection, "
+            "so the run is refused; drop dataset.tasks, or use a model that trains the "
+            "dataset's tasks (e.g. model=mmoe, shared_bottom or single_task)"
         )
     return cls(spec, tasks, cfg), tasks

@@ -113,10 +113,16 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
     runs = filter_runs(args.filter, runs, short_names(differing_keys(runs)))
     if not runs:
         raise MtlrecError(f"--filter {' '.join(args.filter)}: no run matches")
-    table = build_table(runs, args.metric, args.group_by_seed)
-    missing = [m for m in (args.metric or []) if not any(m in r.metrics for r in runs)]
-    if missing and any(r.metrics for r in runs):
-        known = sorted({k for r in runs for k in r.metrics})
+    metrics = args.metric
+    in_runs = {m for r in runs for m in r.metric_names}
+    # sorting by a metric shows it (any metric of the runs)
+    if args.sort in in_runs and not metrics:
+        defaults = default_metrics(runs)
+        metrics = defaults if args.sort in defaults else [*defaults, args.sort]
+    table = build_table(runs, metrics, args.group_by_seed)
+    missing = [m for m in (args.metric or []) if not any(m in r.metric_names for r in runs)]
+    if missing and any(r.metric_names for r in runs):
+        known = sorted({k for r in runs for k in r.metric_names})
         raise MtlrecError(
             f"--metric {missing[0]}: no compared run has this metric; metrics: {', '.join(known)}"
         )

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from mtlrec.errors import MtlrecError
@@ -140,7 +142,7 @@ def default_metrics(runs: list[Run]) -> list[str]:
     monitors = [r.monitor for r in runs if r.monitor]
     names: list[str] = []
     for run in runs:
-        names += [k for k in run.metrics if k not in names]
+        names += [k for k in run.metric_names if k not in names]
     if not monitors:
         return sorted(k for k in names if k.startswith("test/"))[:6]
     kinds = list(dict.fromkeys(metric_kind(m) for m in monitors))
@@ -149,17 +151,67 @@ def default_metrics(runs: list[Run]) -> list[str]:
         for k in names
         if k.startswith("test/") and any(kind in k.split("/", 1)[1].split("_") for kind in kinds)
     ]
+    chosen += [k for k in task_main_metrics(names, chosen) if k not in chosen]
     return sorted(chosen, key=lambda k: (not k.split("/", 1)[1].startswith("mean_"), k))
 
 
+MAIN_METRICS = ("auc", "rmse", "mse")  # a task's main metric: AUC if binary, else (R)MSE
+
+
+def task_main_metrics(names: list[str], chosen: list[str]) -> list[str]:
+    """`test/<task>_<main metric>` for each task the chosen columns leave out (a rating task next
+    to a monitored AUC: `test/rating_rmse`), so every task has a column."""
+    shown = {p.task for p in map(parse, chosen) if p is not None}
+    by_task: dict[str, set[str]] = {}
+    for key in names:
+        p = parse(key)
+        if (
+            key.startswith("test/")
+            and p is not None
+            and p.task
+            and p.task != "mean"
+            and not p.suffix
+        ):
+            by_task.setdefault(p.task, set()).add(p.metric.name)
+    out = []
+    for task, have in by_task.items():
+        main = next((m for m in MAIN_METRICS if m in have), None)
+        if task not in shown and main is not None:
+            out.append(f"test/{task}_{main}")
+    return out
+
+
+METRIC_FILTER = re.compile(r"^([\w./-]+?)(>=|<=|>|<|=)(.+)$")
+COMPARE = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "=": lambda a, b: a == b,
+}
+
+
 def filter_runs(filters: list[str], runs: list[Run], names: dict[str, str]) -> list[Run]:
-    """Keep the runs matching every `key=value` (`status=failed` filters on the status)."""
+    """Keep the runs matching every `key=value` (`status=failed` filters on the status) and every
+    metric condition (`test/cvr_auc>=0.7`, any metric of the runs; runs without it are dropped)."""
     import yaml
 
+    metrics = {m for r in runs for m in r.metrics}
     for item in filters:
+        m = METRIC_FILTER.match(item)
+        if m and m.group(1) in metrics:
+            key, op, bound = m.groups()
+            try:
+                limit = float(bound)
+            except ValueError:
+                raise MtlrecError(f"--filter {item}: {bound!r} is not a number") from None
+            runs = [r for r in runs if _number(r.metrics.get(key)) is not None]
+            runs = [r for r in runs if COMPARE[op](float(r.metrics[key]), limit)]
+            continue
         if "=" not in item:
             raise MtlrecError(
-                f"--filter {item}: expected key=value, e.g. --filter model.num_experts=4"
+                f"--filter {item}: expected key=value (a config key) or a metric condition such as "
+                "test/mean_auc>=0.7, e.g. --filter model.num_experts=4"
             )
         key, value = item.split("=", 1)
         if key == "status":
@@ -169,6 +221,10 @@ def filter_runs(filters: list[str], runs: list[Run], names: dict[str, str]) -> l
         wanted = yaml.safe_load(value) if value else ""
         runs = [r for r in runs if full in r.config and _same_value(r.config[full], wanted)]
     return runs
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not math.isnan(float(v)) else None
 
 
 def _same_value(have: Any, wanted: Any) -> bool:

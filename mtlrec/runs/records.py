@@ -74,6 +74,9 @@ class RunSummary:
     epochs_run: int | None = None
     stopped_early: bool | None = None
     metrics: dict[str, float | None] | None = None  # val at the best epoch + test, by key
+    # metric key -> why its value is null, e.g. "test/income_auc": "all 2,000 rows have label
+    # income=0 (AUC needs both classes)"; absent when every metric has a value
+    undefined_metrics: dict[str, str] | None = None
     wall_seconds: float | None = None  # over every session of the run (resumes add up)
     earlier_wall_seconds: float | None = None  # of the sessions before the latest resume
     train_samples_per_s: float | None = None
@@ -183,6 +186,13 @@ class Run:
             for k, v in (self.info.get("metrics") or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Every metric a completed run recorded, those recorded as null (undefined) included."""
+        if self.status != "completed":
+            return []
+        return [k for k in (self.info.get("metrics") or {}) if isinstance(k, str)]
 
     @property
     def monitor(self) -> str | None:

@@ -49,7 +49,7 @@ def _csv_cells(table: Table, row: dict[str, Any]) -> list[str]:
     for c in table.columns:
         v = row.get(c)
         if table.grouped and c in table.metric_columns:
-            cells += ["", ""] if v is None else [repr(v[0]), repr(v[1])]
+            cells += ["", ""] if not isinstance(v, tuple) else [repr(v[0]), repr(v[1])]
         elif isinstance(v, float):
             cells.append("" if math.isnan(v) else repr(v))
         elif isinstance(v, (list, dict)):

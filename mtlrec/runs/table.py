@@ -27,6 +27,9 @@ from mtlrec.runs.records import Run
 RUN_COLUMNS = ("best_epoch", "epochs", "wall_s", "samples_per_s", "status")
 GROUP_COLUMNS = ("n", "seeds", "wall_s", "status")
 NUMERIC_COLUMNS = ("best_epoch", "epochs", "wall_s", "samples_per_s", "n")
+# A metric the run recorded as null (an AUC of one class: metrics.json `undefined_metrics`) is
+# NaN in the table and reads "undefined"; a metric the run does not have at all stays blank.
+UNDEFINED = "undefined"
 
 
 @dataclass
@@ -50,7 +53,7 @@ def format_cell(value: Any, column: str) -> str:
         return str(value).lower()
     if isinstance(value, float):
         if math.isnan(value):
-            return ""
+            return UNDEFINED
         if column == "samples_per_s":
             return f"{value:,.0f}"
         if column == "wall_s":
@@ -97,7 +100,7 @@ def _run_table(
     for run in runs:
         row: dict[str, Any] = {"run": labels[run.path]}
         row.update({names[k]: run.config.get(k) for k in keys})
-        row.update({m: run.metrics.get(m) for m in metrics})
+        row.update({m: metric_value(run, m) for m in metrics})
         row["best_epoch"] = run.info.get("best_epoch")
         row["epochs"] = run.info.get("epochs_run") or len(run.history) or None
         row["wall_s"] = run.info.get("wall_seconds")
@@ -123,6 +126,8 @@ def _group_table(
         row: dict[str, Any] = {names[k]: members[0].config.get(k) for k in group_keys}
         for m in metrics:
             row[m] = mean_std([r.metrics[m] for r in done if m in r.metrics])
+            if row[m] is None and any(_recorded_null(r, m) for r in done):
+                row[m] = math.nan  # undefined in every run that has it
         row["n"] = len(done)
         row["seeds"] = ",".join(str(r.config.get("seed", r.info.get("seed"))) for r in members)
         walls = [r.info["wall_seconds"] for r in done if r.info.get("wall_seconds") is not None]
@@ -133,6 +138,20 @@ def _group_table(
         row["status"] = ", ".join(f"{c} {s}" for s, c in counts.items())
         rows.append(row)
     return Table(columns, rows, metrics, grouped=True)
+
+
+def _recorded_null(run: Run, metric: str) -> bool:
+    """The completed run wrote `metric` to metrics.json as null (undefined, e.g. one class)."""
+    recorded = run.info.get("metrics") or {}
+    return run.status == "completed" and metric in recorded and recorded[metric] is None
+
+
+def metric_value(run: Run, metric: str) -> float | None:
+    """A run's metric: its value, NaN when it recorded the metric as null (undefined), None when
+    it has no such metric (or did not complete)."""
+    if metric in run.metrics:
+        return run.metrics[metric]
+    return math.nan if _recorded_null(run, metric) else None
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:

@@ -44,6 +44,8 @@ class Evaluator:
         self.device, self.eval_batch_size, self.precision = device, eval_batch_size, precision
         self.forward = forward if forward is not None else model  # e.g. a torch.compile'd model
         self.group_column = group_column  # metrics.gauc_by: the sparse column grouping GAUC
+        # metric key -> why it is null (an AUC of one class), warned once per run: metrics.json
+        self.undefined: dict[str, str] = {}
         self.objective = objective or Objective(
             loss_tasks, spec, getattr(model, "extra_loss", None)
         ).to(device)
@@ -132,6 +134,7 @@ class Evaluator:
             self.spec,
             self.loss_tasks,
             groups,
+            self.undefined,
         )
         metrics[f"{name}/loss"] = aux["loss"]
         for task, value in zip(self.loss_tasks, aux["task_losses"], strict=True):

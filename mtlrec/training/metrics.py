@@ -1,6 +1,6 @@
 """Metrics over a WHOLE split (never averaged per batch), named `{split}/{task}_{metric}`.
 
-Binary tasks: auc, logloss. Regression tasks: mse, mae. `{split}/mean_<metric>` averages a metric
+Binary tasks: auc, logloss. Regression tasks: mse, rmse, mae. `{split}/mean_<metric>` averages a metric
 over the DATASET's evaluation tasks (its tasks, or the `dataset.tasks` selection), each scored on
 its own sample space, so every model on the same data averages the same tasks; model-specific
 outputs (ESMM's ctcvr) keep their own columns and stay out of the mean. A model that cannot score a
@@ -24,7 +24,8 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 log = logging.getLogger(__name__)
 
 BINARY_METRICS = ("auc", "logloss")
-REGRESSION_METRICS = ("mse", "mae")
+_GAUC_SAID: set[tuple[str, str]] = set()  # (split, key) whose group counts were logged
+REGRESSION_METRICS = ("mse", "rmse", "mae")
 
 
 @dataclass(frozen=True)
@@ -135,20 +136,23 @@ def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[float, int, 
     return value, int(valid.sum()), int((~valid).sum())
 
 
-_WARNED: set[tuple[str, str]] = set()  # (split, key): said once per process, not every epoch
-
-
-def warn_undefined_auc(split: str, target: EvalTarget, y: np.ndarray) -> None:
-    """AUC is null when a task's rows hold one class: say so (naming task, split and why)."""
-    if (split, target.key("auc")) in _WARNED:
+def note_undefined_auc(
+    split: str, target: EvalTarget, y: np.ndarray, undefined: dict[str, str] | None
+) -> None:
+    """AUC is null when a task's rows hold one class: say so once per run, split and task
+    (naming them, the row count and why) and record it in `undefined` (metric key -> why), which
+    the run writes to metrics.json as `undefined_metrics`. No `undefined`: warn every time."""
+    key = f"{split}/{target.key('auc')}"
+    if undefined is not None and key in undefined:
         return
-    _WARNED.add((split, target.key("auc")))
     t = target.task
     if y.size == 0:
         why = f"no row satisfies where: {t.where}" if t.where else "the split is empty"
     else:
         why = f"all {y.size:,} rows have label {t.label}={int(y[0])}"
-    log.warning("%s/%s is null: %s (AUC needs both classes)", split, target.key("auc"), why)
+    if undefined is not None:
+        undefined[key] = f"{why} (AUC needs both classes)"
+    log.warning("%s is null: %s (AUC needs both classes)", key, why)
 
 
 def logloss(y: np.ndarray, p: np.ndarray) -> float:
@@ -166,9 +170,11 @@ def split_metrics(
     spec: DatasetSpec,
     loss_tasks: tuple[TaskSpec, ...],
     groups: np.ndarray | None = None,
+    undefined: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Metrics of one split from its predictions (probabilities for binary outputs); with
-    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target."""
+    `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target. `undefined`
+    collects the run's null AUCs (note_undefined_auc)."""
     out: dict[str, float] = {}
     for target in targets:
         t = target.task
@@ -182,21 +188,25 @@ def split_metrics(
         if t.type == "binary":
             out[f"{split}/{target.key('auc')}"] = auc(y, p)
             if y.size == 0 or y.min() == y.max():
-                warn_undefined_auc(split, target, y)
+                note_undefined_auc(split, target, y, undefined)
             out[f"{split}/{target.key('logloss')}"] = logloss(y, p)
             if g is not None:
                 value, used, skipped = gauc(y, p, g)
                 out[f"{split}/{target.key('gauc')}"] = value
-                log.info(
-                    "%s %s: GAUC over %s groups (%s with one class skipped)",
-                    split,
-                    target.key("gauc"),
-                    f"{used:,}",
-                    f"{skipped:,}",
-                )
+                if (split, target.key("gauc")) not in _GAUC_SAID:  # once a run, not every epoch
+                    _GAUC_SAID.add((split, target.key("gauc")))
+                    log.info(
+                        "%s %s: GAUC over %s groups (%s with one class skipped)",
+                        split,
+                        target.key("gauc"),
+                        f"{used:,}",
+                        f"{skipped:,}",
+                    )
         else:
             err = p - y
-            out[f"{split}/{target.key('mse')}"] = float(np.mean(err**2)) if y.size else math.nan
+            mse = float(np.mean(err**2)) if y.size else math.nan
+            out[f"{split}/{target.key('mse')}"] = mse
+            out[f"{split}/{target.key('rmse')}"] = math.sqrt(mse)  # in the label's own units
             out[f"{split}/{target.key('mae')}"] = (
                 float(np.mean(np.abs(err))) if y.size else math.nan
             )

@@ -28,6 +28,25 @@ def produced_val_metrics(
     return [*keys, "val/loss", *(f"val/{t.name}_loss" for t in loss_tasks)]
 
 
+def auto_monitor(loss_tasks: tuple[TaskSpec, ...]) -> str:
+    """trainer.monitor=auto: a metric every trained task enters. val/mean_auc when every task is
+    binary, val/mean_mse when every task is a regression, val/loss (the weighted validation loss
+    of all tasks) when they mix: a mean AUC would leave the regression tasks out."""
+    kinds = {t.type for t in loss_tasks}
+    if kinds == {"binary"}:
+        return "val/mean_auc"
+    if kinds == {"regression"}:
+        return "val/mean_mse"
+    return "val/loss"
+
+
+def auto_monitor_line(loss_tasks: tuple[TaskSpec, ...], monitor: str) -> str:
+    """The one log line that says which metric trainer.monitor=auto chose, over which tasks."""
+    names = ", ".join(f"{t.name} ({t.type})" for t in loss_tasks)
+    what = "the weighted validation loss of" if monitor == "val/loss" else "the mean over"
+    return f"trainer.monitor=auto: {monitor}, {what} every trained task: {names}"
+
+
 def resolve_monitor(
     cfg: TrainerConfig, loss_tasks: tuple[TaskSpec, ...], produced: list[str] | None = None
 ) -> tuple[str, str]:
@@ -37,7 +56,7 @@ def resolve_monitor(
     """
     monitor = cfg.monitor
     if monitor == "auto":
-        monitor = "val/mean_auc" if any(t.type == "binary" for t in loss_tasks) else "val/mean_mse"
+        monitor = auto_monitor(loss_tasks)
         if produced is not None and monitor not in produced:
             monitor = "val/loss"  # e.g. no scored dataset task: the weighted objective
     elif produced is not None and monitor not in produced:

@@ -18,18 +18,15 @@ than dense Adam (which keeps moving it by its decaying momentum for ~1/(1-b1) st
 
 With `catch_up=True` (what `trainer.embedding_optimizer=sparse_adam` uses) a row that missed
 steps L+1..t (L: its `last_step`) first takes those steps the way dense Adam takes them with a
-zero gradient: its moments decay as b1^k, b2^k and its weight moves by
-
-    lr * m / sqrt(v) * sum_{u=L+1..t} r^(u-L) * w_u,   r = b1 / sqrt(b2),
-    w_u = sqrt(1 - b2^u) / (1 - b1^u)   (Adam's bias correction at global step u),
-
-the sum exact from a suffix-sum table up to step EXACT_UNTIL and with w frozen above it (w then
-changes < 0.01% per step); Adam's eps is left out of those zero-gradient steps. The catch-up
+zero gradient: its moments decay as b1^k, b2^k and its weight moves by the sum of dense Adam's
+k zero-gradient steps, eps included, in closed form (mtlrec/training/adam_drift.py: exact in the
+limits eps -> 0 and v -> 0, within 2e-3 of the step-by-step drift at Adam's first steps and 1e-4
+from step 50 on; tables have no weight decay, so that is all a missed step does). The catch-up
 runs (a) before a batch's forward for the rows it will read (`catch_up_rows`, called by
 MultiOptimizer.catch_up from Trainer.step), so the batch sees dense Adam's weights, (b) in
 `step` for rows of the gradient not caught up yet (DDP: rows only another rank used), and (c)
 for every row in `flush()` before validation. The result is dense Adam up to float rounding and
-eps (tested: 2 ranks, 15 steps, 5.8e-6 apart; optimizer alone, 3000 steps, < 1e-4). The int64
+that bound (tested: 2 ranks, 15 steps, 5.8e-6 apart; optimizer alone, 3000 steps, < 1e-4). The int64
 per-row `last_step` is part of the state and resumes exactly.
 
 The state is allocated when the optimizer is built (start-up), not on the first step, so the
@@ -38,14 +35,13 @@ O(vocabulary) zeroing of the moments is never inside a training step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-EXACT_UNTIL = 2000  # drift exact up to this step; beyond, w changes < 0.01% per step
+from mtlrec.training.adam_drift import drift_steps
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -130,10 +126,9 @@ class RowAdam(torch.optim.Optimizer):
     ) -> None:
         """Dense Adam's zero-gradient steps last+1..upto of each row, in place (the docstring)."""
         b1, b2 = group["betas"]
-        scale = drift_scale(last, upto, b1, b2).to(weight.dtype).unsqueeze(1)
+        steps = drift_steps(last, upto, b1, b2, group["eps"], v)
+        weight.sub_(m * steps.to(m.dtype), alpha=group["lr"])
         k = (upto - last).to(torch.float64).unsqueeze(1)  # 0 for a row used at the step before
-        # m = v = 0 (a row never used) drifts by 0; the clamp only keeps 0/0 away.
-        weight.addcdiv_(m * scale, v.sqrt().clamp_min(1e-30), value=-group["lr"])
         m.mul_((b1**k).to(m.dtype))
         v.mul_((b2**k).to(v.dtype))
 
@@ -193,45 +188,6 @@ def from_sparse_adam(state: dict[str, Any]) -> dict[str, Any]:
     moments = torch.cat([state["exp_avg"], state["exp_avg_sq"]], 1)
     last = torch.full((moments.shape[0],), int(step), dtype=torch.int64)
     return {"step": step, "moments": moments, "last_step": last}
-
-
-def bias_factor(step: torch.Tensor, b1: float, b2: float) -> torch.Tensor:
-    """w = sqrt(1 - b2^s) / (1 - b1^s): how Adam's bias correction scales m / sqrt(v) at step s."""
-    return (1 - b2**step).sqrt() / (1 - b1**step)
-
-
-_SUFFIX: dict[tuple[float, float, str], torch.Tensor] = {}
-
-
-def suffix_sums(b1: float, b2: float, device: torch.device) -> torch.Tensor:
-    """Q[s] = sum_{u=s..U} r^u w_u for s = 0..U+1 (Q[0] = Q[1], Q[U+1] = 0), float64, cached."""
-    key = (b1, b2, str(device))
-    if key not in _SUFFIX:
-        u = torch.arange(1, EXACT_UNTIL + 1, dtype=torch.float64)
-        terms = (b1 / math.sqrt(b2)) ** u * bias_factor(u, b1, b2)
-        q = terms.flip(0).cumsum(0).flip(0)
-        _SUFFIX[key] = torch.cat([q[:1], q, q.new_zeros(1)]).to(device)
-    return _SUFFIX[key]
-
-
-def drift_scale(last: torch.Tensor, upto: int, b1: float, b2: float) -> torch.Tensor:
-    """[n] float64: sum_{u=last+1..upto} r^(u-last) w_u, r = b1 / sqrt(b2), per row.
-
-    Exact (suffix sums of a table) for u <= EXACT_UNTIL; above it w_u is taken at the first
-    such step (a geometric tail). A suffix difference keeps full precision: both terms are of
-    the size r^last, never a small difference of two large sums.
-    """
-    r = b1 / math.sqrt(b2)
-    q = suffix_sums(b1, b2, last.device)
-    cap = EXACT_UNTIL + 1
-    start = (last + 1).clamp(max=cap)
-    stop = (last.new_full((), upto) + 1).clamp(max=cap)
-    scale_back = r ** (-last.clamp(max=EXACT_UNTIL).to(torch.float64))  # <= 1e92 at 2000
-    head = scale_back * (q[start] - q[stop])
-    first = (last + 1).clamp(min=cap).to(torch.float64)  # the first missed step above the table
-    k = upto - last
-    tail = bias_factor(first, b1, b2) * (r ** (first - last) - r ** (k + 1)) / (1 - r)
-    return head + torch.where(last + k >= first, tail, 0.0)
 
 
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

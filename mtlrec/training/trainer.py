@@ -38,6 +38,7 @@ from mtlrec.training.monitoring import (
     EarlyStopping,
     NonFiniteLoss,
     NonFiniteWatch,
+    auto_monitor_line,
     produced_val_metrics,
     resolve_monitor,
 )
@@ -123,6 +124,8 @@ class Trainer:
         self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
         produced = produced_val_metrics(targets, loss_tasks, gauc_by is not None)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks, produced)
+        if cfg.monitor == "auto":
+            log.info(auto_monitor_line(loss_tasks, self.monitor))
         self.optimizer = self._make_optimizer()
         # Task balancing (conf/balance/): learned weights train with the model's optimizer.
         if self.sparse_tables and balance_config(balance)[0].writes_grads:

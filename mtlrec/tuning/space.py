@@ -75,17 +75,42 @@ class SearchConfig:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    # A multi-objective study (`mtlrec tune --metrics a,b [--directions maximize,minimize]`):
+    # every metric here, the first also the runs' trainer.monitor; empty = `metric` alone.
+    objectives: list[str] = field(default_factory=list)
+    objective_directions: list[str] = field(default_factory=list)
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if metric_registry.direction(self.metric) == "max" else "minimize"
 
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.objectives) or [self.metric]
+
+    @property
+    def directions(self) -> list[str]:
+        """One direction per metric: as given, else the metric registry's."""
+        if self.objective_directions:
+            return list(self.objective_directions)
+        return [
+            "maximize" if metric_registry.direction(m) == "max" else "minimize"
+            for m in self.metrics
+        ]
+
     def validate(self) -> None:
-        if metric_registry.direction(self.metric) is None:
-            known = ", ".join(sorted(metric_registry.METRICS))
+        for metric in self.metrics:
+            if metric_registry.direction(metric) is None:
+                known = ", ".join(sorted(metric_registry.METRICS))
+                raise MtlrecError(
+                    f"search.metric={metric!r} is not a metric mtlrec reports; use a key such as "
+                    f"val/mean_auc or val/ctr_logloss (metrics: {known})"
+                )
+        given = self.objective_directions
+        if given and (len(given) != len(self.metrics) or set(given) - {"maximize", "minimize"}):
             raise MtlrecError(
-                f"search.metric={self.metric!r} is not a metric mtlrec reports; use a key such as "
-                f"val/mean_auc or val/ctr_logloss (metrics: {known})"
+                f"--directions {','.join(given)}: give maximize or minimize for each of the "
+                f"{len(self.metrics)} metric(s) {','.join(self.metrics)}"
             )
         for key, value in (("trials", self.trials), ("jobs", self.jobs)):
             if value < 1:

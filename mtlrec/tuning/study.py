@@ -124,21 +124,37 @@ def make_pruner(spec: PrunerSpec) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: SearchConfig, paths: StudyPaths) -> Any:
+def open_study(cfg: SearchConfig, paths: StudyPaths, storage: str | None = None) -> Any:
+    """The study in `storage` (any Optuna RDB URL; default the study dir's sqlite file).
+
+    A multi-objective study (several metrics) is not pruned: Optuna prunes single objectives only.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_cls = (
         optuna.samplers.TPESampler if cfg.sampler.name == "tpe" else optuna.samplers.RandomSampler
     )
-    return optuna.create_study(
-        storage=f"sqlite:///{paths.db}",
-        study_name=cfg.name,
-        direction=cfg.direction,
-        sampler=sampler_cls(seed=cfg.sampler.seed),
-        pruner=make_pruner(cfg.pruner),
-        load_if_exists=True,
-    )
+    multi = len(cfg.metrics) > 1
+    try:
+        study = optuna.create_study(
+            storage=storage or f"sqlite:///{paths.db}",
+            study_name=cfg.name,
+            directions=cfg.directions,  # type: ignore[arg-type]  # checked: maximize|minimize
+            sampler=sampler_cls(seed=cfg.sampler.seed),
+            pruner=optuna.pruners.NopPruner() if multi else make_pruner(cfg.pruner),
+            load_if_exists=True,
+        )
+    except ValueError as e:  # e.g. an existing study of the same name with other directions
+        raise MtlrecError(f"--storage {storage or paths.db}: study {cfg.name!r}: {e}") from None
+    except ImportError as e:  # the URL's database driver (e.g. psycopg2) is not installed
+        raise MtlrecError(f"--storage {storage}: {e}; install the database's driver") from None
+    import warnings
+
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2: stable in practice
+        warnings.simplefilter("ignore")
+        study.set_metric_names(cfg.metrics)  # named in Optuna's dashboard, plots and dataframes
+    return study
 
 
 def retry_interrupted(study: Any) -> list[int]:
@@ -199,11 +215,12 @@ class StudyRunner:
         trial.set_user_attr("suggested", suggested)
         trial.set_user_attr("overrides", overrides)
         child = TrialProcess(overrides, run_dir, self.paths.root / "logs" / f"{trial.number}.log")
-        result = watch(trial, child, self.cfg.metric, self.cancelled)
+        result = watch(trial, child, self.cfg.metrics, self.cancelled)
+        trial.set_user_attr("epochs", result.epochs)  # no intermediate values when multi-objective
         with self.lock:
             self.running -= 1
             if result.state == "complete":
-                self.study.tell(trial, result.value)
+                self.study.tell(trial, result.values if len(self.cfg.metrics) > 1 else result.value)
             elif result.state == "pruned":
                 self.study.tell(trial, state=TrialState.PRUNED)
             else:

@@ -25,10 +25,11 @@ POLL_SECONDS = 0.2
 @dataclass
 class TrialOutcome:
     state: str  # complete | pruned | failed | interrupted
-    value: float | None
+    value: float | None  # the first metric's (the monitored one) at the run's best epoch
     epochs: int
     error: str | None = None
     before_training: bool = False  # failed before its first epoch (often a config error)
+    values: list[float] | None = None  # every metric of a multi-objective study, same epoch
 
 
 def read_history(path: Path) -> list[dict[str, str]]:
@@ -75,15 +76,19 @@ class TrialProcess:
         return lines[-1].strip() if lines else ""
 
 
-def watch(trial: Any, child: TrialProcess, metric: str, cancelled: Any) -> TrialOutcome:
-    """Report each new epoch's value to `trial`; stop the child when the pruner says so."""
+def watch(trial: Any, child: TrialProcess, metrics: list[str], cancelled: Any) -> TrialOutcome:
+    """Report each new epoch's value to `trial`; stop the child when the pruner says so.
+
+    Only a single-objective study reports (and prunes): Optuna has no intermediate values for
+    several objectives.
+    """
     history = child.run_dir / "history.csv"
     reported, pruned = 0, False
     while True:
         done = child.proc.poll() is not None
         rows = read_history(history)
-        for row in rows[reported:]:
-            value = epoch_value(row, metric)
+        for row in rows[reported:] if len(metrics) == 1 else []:
+            value = epoch_value(row, metrics[0])
             if value is not None:
                 trial.report(value, int(row["epoch"]))
                 if not pruned and trial.should_prune():
@@ -95,12 +100,13 @@ def watch(trial: Any, child: TrialProcess, metric: str, cancelled: Any) -> Trial
         if done:
             break
         time.sleep(POLL_SECONDS)
-    return outcome(child, metric, reported, pruned, cancelled.is_set())
+    return outcome(child, metrics, len(rows), pruned, cancelled.is_set())
 
 
-def outcome(child: TrialProcess, metric: str, epochs: int, pruned: bool, cancelled: bool):
+def outcome(child: TrialProcess, metrics: list[str], epochs: int, pruned: bool, cancelled: bool):
     code = child.proc.returncode
     summary = read_summary(child.run_dir)
+    metric = metrics[0]
     if pruned:
         return TrialOutcome("pruned", None, epochs)
     if cancelled and code != 0:
@@ -112,10 +118,24 @@ def outcome(child: TrialProcess, metric: str, epochs: int, pruned: bool, cancell
             and math.isfinite(value)
             and summary.get("monitor") == metric
         ):
-            return TrialOutcome("complete", float(value), epochs)
+            values = best_epoch_values(child.run_dir, summary.get("best_epoch"), metrics)
+            if values is not None:
+                return TrialOutcome("complete", float(value), epochs, values=values)
+            missing = ", ".join(metrics[1:])
+            return TrialOutcome("failed", None, epochs, f"no finite {missing} in {child.run_dir}")
         return TrialOutcome("failed", None, epochs, f"no finite {metric} in {child.run_dir}")
     error = summary.get("error") or child.last_line() or f"exit code {code}"
     return TrialOutcome("failed", None, epochs, str(error), before_training=epochs == 0)
+
+
+def best_epoch_values(run_dir: Path, best_epoch: Any, metrics: list[str]) -> list[float] | None:
+    """Each metric at the run's best epoch (its model selection), from history.csv."""
+    row = next(
+        (r for r in read_history(run_dir / "history.csv") if r.get("epoch") == str(best_epoch)),
+        {},
+    )
+    values = [epoch_value(row, m) for m in metrics]
+    return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

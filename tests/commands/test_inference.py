@@ -419,3 +419,24 @@ def test_a_float_id_column_of_a_generated_dataset_is_a_type_error(trained, tmp_p
     assert str(info.value) == (
         f"{src}: sparse column 'user_id' has type double; it must hold integer ids"
     )
+
+
+@pytest.mark.parametrize(
+    "given", [["user_id,item_id"], ["user_id", "item_id"], ["user_id,", "item_id"]]
+)
+def test_predict_id_columns_take_commas_or_spaces(trained, tmp_path, given):
+    run_dir, _, data_dir = trained
+    spec = DatasetSpec.load(data_dir)
+    src, dst = data_dir / spec.splits["test"], tmp_path / "out.parquet"
+    out = subprocess.run(
+        [sys.executable, "-m", "mtlrec", "predict", str(run_dir), "--input", str(src)]
+        + ["--output", str(dst), "--id-columns", *given],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    table = pq.read_table(dst)
+    assert table.column_names[:2] == ["user_id", "item_id"]
+    source = pq.read_table(src)
+    assert table.column("item_id").to_pylist() == source.column("item_id").to_pylist()

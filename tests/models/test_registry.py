@@ -190,15 +190,17 @@ def test_a_model_registered_in_process_trains_through_experiment_run(tmp_path, m
 @pytest.mark.parametrize(
     "model", sorted(n for n, c in MODELS.items() if not c.trains_dataset_tasks)
 )
-def test_a_task_list_the_model_ignores_is_one_line(train_tiny, model):
+def test_a_task_list_a_fixed_task_model_cannot_train_refuses_the_run_in_one_line(train_tiny, model):
     with pytest.raises(MtlrecError) as e:
         action = (
             ["dataset=synthetic_ccp_action", "dataset.num_rows=4000"] if model == "esm2" else []
         )
         train_tiny([f"model={model}", "dataset.tasks=[ctr]", *action])
-    assert str(e.value).startswith(
-        f"dataset.tasks=['ctr']: model {model} trains its own tasks ("
-    ) and str(e.value).endswith("(e.g. model=mmoe, shared_bottom or single_task)")
+    line = str(e.value)
+    assert line.startswith(f"dataset.tasks=['ctr']: model {model} trains a fixed set of tasks (")
+    assert "), not a selection, so the run is refused; drop dataset.tasks" in line
+    assert "ignores" not in line  # it does not ignore the list: it refuses the run
+    assert line.endswith("(e.g. model=mmoe, shared_bottom or single_task)")
 
 
 def test_models_that_train_the_dataset_tasks_take_the_list(train_tiny):

@@ -170,6 +170,24 @@ def test_cli_formats_sort_filter_output(sweep, tmp_path, capsys):
     assert "1 run(s)" in text and "loss is nan" in text and "failed" in text
 
 
+def test_sort_and_filter_by_any_metric_of_the_runs(sweep, capsys):
+    """A metric that is not a default column sorts (and is shown); metrics filter by bounds."""
+    assert main([str(sweep), "--format", "csv", "--sort", "test/ctr_logloss", "--no-group"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert "test/ctr_logloss" in rows[0] and "test/mean_auc" in rows[0]
+    assert [r["test/ctr_logloss"] for r in rows] == ["0.3"] * 5 + [""]  # losses: lowest first
+    main([str(sweep), "--format", "csv", "--filter", "test/mean_auc>=0.74", "--no-group"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["test/mean_auc"] for r in rows) == ["0.74", "0.75", "0.8"]
+    main([str(sweep), "--format", "csv", "--filter", "test/mean_auc<0.74", "--no-group"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["test/mean_auc"] for r in rows) == ["0.7", "0.72"]  # the failed run has none
+    with pytest.raises(
+        MtlrecError, match=r"^--filter test/mean_auc>=high: 'high' is not a number$"
+    ):
+        main([str(sweep), "--filter", "test/mean_auc>=high"])
+
+
 def test_cli_user_errors(sweep):
     with pytest.raises(
         MtlrecError, match=r"^--filter model.nope: no compared run has this config key"
@@ -237,3 +255,21 @@ def test_a_value_derived_from_a_swept_override_is_no_axis_of_its_own(tmp_path):
         overrides=["dataset.p=2", "seed=3"],
     )
     assert differing_keys(load_runs([root])) == ["dataset.p", "seed", "dataset.files"]
+
+
+def test_default_columns_show_every_tasks_main_metric(tmp_path):
+    """A rating (regression) + like (binary) run monitored on AUC: the rating task gets its RMSE
+    column too, instead of test/mean_auc alone (which equals the like AUC)."""
+    from mtlrec.runs.keys import default_metrics
+
+    metrics = {
+        "test/mean_auc": 0.7, "test/like_auc": 0.7, "test/like_logloss": 0.5,
+        "test/rating_mse": 1.0, "test/rating_rmse": 1.0, "test/rating_mae": 0.8,
+        "test/mean_mse": 1.0, "test/mean_rmse": 1.0,
+    }  # fmt: skip
+    runs = load_runs([write_run(tmp_path / "r", base_config(), metrics)])
+    assert default_metrics(runs) == ["test/mean_auc", "test/like_auc", "test/rating_rmse"]
+    # a run without rmse (older runs) falls back to mse
+    old = {k: v for k, v in metrics.items() if "rmse" not in k}
+    runs = load_runs([write_run(tmp_path / "o", base_config(), old)])
+    assert default_metrics(runs) == ["test/mean_auc", "test/like_auc", "test/rating_mse"]

@@ -54,7 +54,8 @@ def test_an_unknown_key_is_one_line_naming_the_keys(name):
 @pytest.mark.parametrize(("name", "key"), FIELDS)
 def test_a_wrong_type_is_one_line_naming_key_value_and_type(name, key):
     tp = typing.get_type_hints(BALANCERS[name].Config)[key]
-    assert _error({"name": name, key: "abc"}) == f"balance.{key}='abc': expected {describe(tp)}"
+    bad = [1] if "a string" in describe(tp) else "abc"  # a type that key does not take
+    assert _error({"name": name, key: bad}) == f"balance.{key}={bad!r}: expected {describe(tp)}"
 
 
 def test_exact_lines_for_types_ranges_and_near_misses():
@@ -77,13 +78,15 @@ def test_exact_lines_for_types_ranges_and_near_misses():
 
 
 @pytest.mark.parametrize(
-    ("override", "line"),
+    ("override", "line", "code"),
     [
-        ("balance.seed=abc", "mtlrec train: error: balance.seed='abc': expected an integer"),
-        ("balance.foo=1", None),  # Hydra's own check of the composed config, one line too
+        ("balance.seed=abc", "mtlrec train: error: balance.seed='abc': expected an integer", 1),
+        # Hydra's own check of the composed config, one line too; a mistyped key is a usage
+        # error (exit 2)
+        ("balance.foo=1", None, 2),
     ],
 )
-def test_a_bad_balance_key_through_the_cli_is_one_line_exit_1(tmp_path, override, line):
+def test_a_bad_balance_key_through_the_cli_is_one_line(tmp_path, override, line, code):
     proc = subprocess.run(
         [
             sys.executable,
@@ -104,7 +107,7 @@ def test_a_bad_balance_key_through_the_cli_is_one_line_exit_1(tmp_path, override
         env={**os.environ, "HYDRA_FULL_ERROR": "0"},
         timeout=120,
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     # checked before the run (RunSettings, or the CLI's pre-check of unknown keys): one line,
     # no run dir

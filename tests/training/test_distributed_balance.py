@@ -1,8 +1,11 @@
-"""PCGrad and GradNorm under DDP are the single-process algorithm on the global batch.
+"""Every balancer under DDP is the single-process algorithm on the global batch.
 
-A balancer that writes its own gradients (`writes_grads`: PCGrad and GradNorm, taken from the
-registry) averages the per-task gradients (and GradNorm its losses) over the ranks BEFORE it
-projects / takes norms, so 2 gloo ranks x 256 rows apply the update of 1 process x 512 rows.
+A balancer that writes its own gradients (`writes_grads`: PCGrad, GradNorm, MetaBalance, CAGrad,
+Nash-MTL, Aligned-MTL, taken from the registry) averages the per-task gradients (and GradNorm its
+losses) over the ranks BEFORE it projects / takes norms / solves for its coefficients; FAMO
+weighs by the global batch's losses, RLW draws the same weights on every rank. So 2 gloo ranks x
+256 rows apply the update of 1 process x 512 rows, for every balancer of the registry but DWA
+(which is documented to take rank 0's epoch losses).
 Both tasks here are computed on every row (no `where`), so the global mean loss is exactly the
 mean of the ranks' mean losses; what remains is float rounding (sums over 256 rows added in
 another order than over 512), hence the stated tolerance of 1e-6 absolute.
@@ -24,6 +27,8 @@ from mtlrec.training import distributed
 from mtlrec.training.balance import BALANCERS, make_balancer
 
 WRITERS = sorted(name for name, cls in BALANCERS.items() if cls.writes_grads)
+# DWA is left out: it sets the next epoch's weights from rank 0's epoch losses (dwa.py)
+EVERY = sorted(n for n in BALANCERS if n != "dwa")
 TOLERANCE = 1e-6  # absolute, on every gradient and weight
 TASKS = (TaskSpec("a", "la", "regression"), TaskSpec("b", "lb", "regression"))
 ROWS, STEPS, LR = 512, 3, 0.05
@@ -82,7 +87,7 @@ def _train(balance: str, rows: slice) -> dict[str, torch.Tensor]:
 
 
 def _rank_target(cfg, run_dir: str) -> float:
-    """What each spawned rank runs: its half of the rows, for every balancer of WRITERS (one
+    """What each spawned rank runs: its half of the rows, for every balancer (one
     spawn: starting two ranks costs seconds); rank 0 saves what it computed."""
     from pathlib import Path
 
@@ -99,30 +104,40 @@ def _rank_target(cfg, run_dir: str) -> float:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     out = tmp_path_factory.mktemp("ddp-balance")
-    cfg = OmegaConf.create({"trainer": {"devices": 2}, "balancers": WRITERS})
+    cfg = OmegaConf.create({"trainer": {"devices": 2}, "balancers": EVERY})
     distributed.spawn(_rank_target, cfg, out)
     return torch.load(out / "rank0.pt")
 
 
 def test_every_gradient_writing_balancer_is_listed():
-    assert {"gradnorm", "pcgrad"} <= set(WRITERS)  # a new one is picked up from the registry
-    assert not any(BALANCERS[n].writes_grads for n in ("fixed", "uncertainty", "dwa"))
+    # a new one is picked up from the registry
+    assert {"gradnorm", "pcgrad", "metabalance", "cagrad", "nash_mtl", "aligned_mtl"} <= set(
+        WRITERS
+    )
+    assert not any(
+        BALANCERS[n].writes_grads for n in ("fixed", "uncertainty", "dwa", "rlw", "famo")
+    )
 
 
-@pytest.mark.parametrize("balance", WRITERS)
+@pytest.mark.parametrize("balance", EVERY)
 def test_two_ranks_take_the_single_process_step(two_ranks, balance):
     single, ranks = _train(balance, slice(None)), two_ranks[balance]
     assert ranks.keys() == single.keys()
     assert any(k.startswith("grad/shared") for k in single)
     for key, value in single.items():
         if value.is_floating_point():
-            assert torch.allclose(ranks[key], value, rtol=0, atol=TOLERANCE), key
+            assert torch.allclose(ranks[key], value, rtol=0, atol=TOLERANCE, equal_nan=True), key
         else:
             assert torch.equal(ranks[key], value), key
     if balance == "gradnorm":  # the task weights were learned, not left at 1
         assert not torch.equal(single["balancer/task_weights"], torch.ones(2))
     if balance == "pcgrad":  # the tasks conflict: the projection did change the gradient
         assert float(single["balancer/conflicts"]) >= 1
+    if balance == "famo":  # the logits moved (from the global losses, the same on both sides)
+        assert not torch.equal(single["balancer/logits"], torch.zeros(2))
+    if balance in ("cagrad", "nash_mtl", "aligned_mtl"):  # coefficients other than (1, 1)
+        mean = single["balancer/coef_sum"] / single["balancer/coef_steps"]
+        assert not torch.allclose(mean, torch.ones(2, dtype=mean.dtype))
 
 
 def _last_weights(run_dir) -> dict[str, torch.Tensor]:

@@ -71,10 +71,7 @@ def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplo
     import logging
 
     from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
-    from mtlrec.training import metrics as metrics_module
     from mtlrec.training.metrics import EvalTarget, split_metrics
-
-    metrics_module._WARNED.clear()
 
     spec = DatasetSpec(
         name="toy",
@@ -86,7 +83,8 @@ def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplo
     labels = np.array([[0, 0], [0, 0], [0, 0]], dtype=np.float32)  # no click at all
     predictions = {"ctr": np.array([0.1, 0.2, 0.3]), "cvr": np.array([0.5, 0.5, 0.5])}
     with caplog.at_level(logging.WARNING, logger="mtlrec.training.metrics"):
-        out = split_metrics("val", predictions, labels, targets, spec, spec.tasks)
+        undefined: dict[str, str] = {}
+        out = split_metrics("val", predictions, labels, targets, spec, spec.tasks, None, undefined)
     assert np.isnan(out["val/ctr_auc"]) and np.isnan(out["val/cvr_auc"])
     assert [r.getMessage() for r in caplog.records] == [
         "val/ctr_auc is null: all 3 rows have label click=0 (AUC needs both classes)",
@@ -94,5 +92,9 @@ def test_an_undefined_auc_is_null_with_a_warning_naming_task_split_and_why(caplo
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mtlrec.training.metrics"):
-        split_metrics("val", predictions, labels, targets, spec, spec.tasks)  # the next epoch
-    assert caplog.records == []  # once per split and metric, not every epoch
+        split_metrics("val", predictions, labels, targets, spec, spec.tasks, None, undefined)
+    assert caplog.records == []  # once per run, split and metric, not every epoch
+    assert undefined == {
+        "val/ctr_auc": "all 3 rows have label click=0 (AUC needs both classes)",
+        "val/cvr_auc": "no row satisfies where: click (AUC needs both classes)",
+    }

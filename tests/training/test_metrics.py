@@ -98,6 +98,8 @@ def test_regression_metrics():
     err = preds["spend"] - labels[:, 3]
     assert m["val/spend_mse"] == pytest.approx(np.mean(err**2))
     assert m["val/spend_mae"] == pytest.approx(np.mean(np.abs(err)))
+    assert m["val/spend_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)))
+    assert m["val/mean_rmse"] == m["val/spend_rmse"]
     assert m["val/mean_mse"] == m["val/spend_mse"]
     assert "val/mean_auc" not in m
 

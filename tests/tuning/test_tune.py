@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -136,6 +137,12 @@ def test_a_study_prunes_and_records_every_trial_as_a_run_dir(tmp_path):
     summary = json.loads((study_dir / "study.json").read_text())
     assert summary["trials"] == {"pruned": 2}
     assert summary["best_trial"] is None
+    # results on stdout (the table, then the best line), messages on stderr
+    assert "study s: val/mean_auc (maximize)" in out and "study s:" not in err
+    assert (
+        out.splitlines()[-1]
+        == f"best: trial None val/mean_auc=none (None); compare: mtlrec compare {study_dir / 'trials'}"
+    )
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{study_dir / 'study.db'}")
     for t in study.trials:
         assert t.state.name == "PRUNED"
@@ -196,3 +203,50 @@ def test_an_interrupted_study_resumes_and_asks_the_interrupted_trial_again(tmp_p
     assert summary["direction"] == "minimize"
     values = [t.value for t in study.trials[1:]]
     assert summary["best_value"] == min(values)
+
+
+def test_table_numbers_are_short_and_overrides_exact():
+    from mtlrec.tuning.command import short
+
+    assert short("trainer.lr=0.00024156772025296256") == "trainer.lr=0.0002416"
+    assert short("model.num_experts=4") == "model.num_experts=4"
+    assert short("model.expert_dims=[64,16]") == "model.expert_dims=[64,16]"
+    assert short("model.gate=attention") == "model.gate=attention"
+
+
+def test_a_multi_objective_study_in_another_storage(tmp_path):
+    """--metrics/--directions: one value per metric at each run's best epoch, the Pareto front in
+    study.json and on stdout; --storage: the study lives in the given database, named metrics."""
+    search = write_search(
+        tmp_path / "s.yaml",
+        "metric: val/mean_auc\ntrials: 2\noverrides: [model=shared_bottom]\n"
+        "sampler: {name: random, seed: 7}\n"
+        "params:\n  trainer.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n",
+    )
+    study_dir, storage = tmp_path / "study", f"sqlite:///{tmp_path / 'shared.db'}"
+    args = [str(search), *TINY, "trainer.epochs=2", "--study-dir", str(study_dir), "--no-plots"]
+    metrics = "--metrics=val/ctr_auc,val/cvr_logloss"
+    proc = tune([*args, metrics, "--storage", storage], tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert not (study_dir / "study.db").exists()  # the given storage holds the study
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.metric_names == ["val/ctr_auc", "val/cvr_logloss"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    summary = json.loads((study_dir / "study.json").read_text())
+    front = {p["trial"] for p in summary["pareto_front"]}
+    assert front == {t.number for t in study.best_trials} and front
+    for t in study.trials:
+        run = Path(t.user_attrs["run_dir"])
+        best = json.loads((run / "metrics.json").read_text())["best_epoch"]
+        row = next(
+            r for r in csv.DictReader((run / "history.csv").open()) if r["epoch"] == str(best)
+        )
+        assert t.values == [float(row["val/ctr_auc"]), float(row["val/cvr_logloss"])]
+    assert out.splitlines()[-1].startswith("pareto front (val/ctr_auc, val/cvr_logloss): trial(s) ")
+    bad = tune([*args, metrics, "--directions", "maximize"], tmp_path)
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1 and err.strip().splitlines() == [
+        "mtlrec tune: error: --directions maximize: give maximize or minimize for each of the 2 "
+        "metric(s) val/ctr_auc,val/cvr_logloss"
+    ]

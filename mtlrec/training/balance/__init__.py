@@ -5,10 +5,17 @@
     gradnorm     Chen et al., ICML 2018: weights from gradient norms               gradnorm.py
     dwa          Liu, Johns & Davison, CVPR 2019: weights from loss ratios         dwa.py
     pcgrad       Yu et al., NeurIPS 2020: gradient surgery on shared parameters    pcgrad.py
+    metabalance  He et al., WWW 2022: auxiliary gradients rescaled to the target's metabalance.py
+    rlw          Lin et al., TMLR 2022: random loss weights every step             rlw.py
+    cagrad       Liu et al., NeurIPS 2021: conflict-averse update near the mean    cagrad.py
+    nash_mtl     Navon et al., ICML 2022: Nash bargaining of the task gradients    nash_mtl.py
+    aligned_mtl  Senushkin et al., CVPR 2023: gradients aligned (condition 1)      aligned_mtl.py
+    famo         Liu et al., NeurIPS 2023: logits following the log-loss rates     famo.py
 
 Each module holds one balancer class (formula and paper in its docstring) with its `Config`
-dataclass and `writes_grads` flag (base.py); the shared-parameter detection PCGrad and GradNorm
-use is in sharing.py. Every module of this package is imported here, so a balancer registers
+dataclass and `writes_grads` flag (base.py); the shared-parameter detection of the balancers
+that work on shared parameters is in sharing.py, the common step of those that combine the task
+gradients (PCGrad, MetaBalance, CAGrad, Nash-MTL, Aligned-MTL) in geometry.py. Every module of this package is imported here, so a balancer registers
 itself: adding one is its code file plus conf/balance/<name>.yaml.
 """
 
@@ -37,10 +44,16 @@ from mtlrec.training.balance.sharing import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
+from mtlrec.training.balance.aligned_mtl import AlignedMTL  # noqa: E402
+from mtlrec.training.balance.cagrad import CAGrad  # noqa: E402
 from mtlrec.training.balance.dwa import DynamicWeightAverage  # noqa: E402
+from mtlrec.training.balance.famo import FAMO  # noqa: E402
 from mtlrec.training.balance.fixed import Fixed  # noqa: E402
 from mtlrec.training.balance.gradnorm import GradNorm  # noqa: E402
+from mtlrec.training.balance.metabalance import MetaBalance  # noqa: E402
+from mtlrec.training.balance.nash_mtl import NashMTL  # noqa: E402
 from mtlrec.training.balance.pcgrad import PCGrad  # noqa: E402
+from mtlrec.training.balance.rlw import RandomLossWeighting  # noqa: E402
 from mtlrec.training.balance.uncertainty import Uncertainty  # noqa: E402
 
 
@@ -70,11 +83,17 @@ def make_balancer(
 
 __all__ = [
     "BALANCERS",
+    "FAMO",
+    "AlignedMTL",
     "Balancer",
+    "CAGrad",
     "DynamicWeightAverage",
     "Fixed",
     "GradNorm",
+    "MetaBalance",
+    "NashMTL",
     "PCGrad",
+    "RandomLossWeighting",
     "SharedLayout",
     "Uncertainty",
     "balance_config",

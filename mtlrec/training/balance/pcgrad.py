@@ -4,15 +4,14 @@ On the shared parameters (sharing.py), for each task i (in a random order of the
 
     g_i <- g_i - min(g_i . g_j, 0) / ||g_j||^2 g_j
 
-then g = sum_i g_i; task-specific parameters get their plain gradient sum. The task gradients are
-of w_k L_k (fixed weights). Under data parallelism every rank first averages the per-task
+then g = sum_i g_i; task-specific parameters get their plain gradient sum (geometry.py). The
+task gradients are of w_k L_k (fixed weights). Under data parallelism every rank first averages the per-task
 gradients over the ranks (one all-reduce), then projects the averaged ones: the single-process
 algorithm on the global batch, the same update on every rank (docs/distributed.md).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,14 +19,11 @@ from torch import nn
 
 from mtlrec.data.spec import TaskSpec
 from mtlrec.training.balance.base import register
-from mtlrec.training.balance.sharing import SharedParamsBalancer, task_gradients
-from mtlrec.training.distributed.collectives import average_tensors
-
-Grads = list[torch.Tensor | None]
+from mtlrec.training.balance.geometry import GradientCombiner, Segment
 
 
 @register("pcgrad")
-class PCGrad(SharedParamsBalancer):
+class PCGrad(GradientCombiner):
     conflicts: torch.Tensor
 
     @dataclass(frozen=True)
@@ -73,74 +69,13 @@ class PCGrad(SharedParamsBalancer):
             orders.append([others[p] for p in perm])
         return orders
 
-    def _projected_rows(self, flat: torch.Tensor, idx: list[int]) -> dict[int, torch.Tensor]:
-        """The projected sum on each shared parameter's shared rows {param index: rows}."""
-        assert self._params is not None
-        merged = self.project(flat, self._orders())
-        dots = flat @ flat.T
+    def combine(self, grads: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        """The projected sum [S] of the (rank-averaged) task gradients on the shared rows."""
+        merged = self.project(grads, self._orders())
+        dots = grads @ grads.T
         self.conflicts += (dots.triu(1) < 0).sum()
         self.pairs += self.num_tasks * (self.num_tasks - 1) // 2
-        out, offset = {}, 0
-        for i in idx:
-            rows = self._rows[i]
-            assert rows is not None
-            shape = (int(rows.sum()), *self._params[i].shape[1:])
-            n = math.prod(shape)
-            out[i] = merged[offset : offset + n].view(shape)
-            offset += n
-        return out
-
-    def _local_parts(self, grads: list[Grads], idx: list[int]) -> tuple[torch.Tensor | None, Grads]:
-        """(the tasks' gradients on the shared rows, flattened [T, S]; each parameter's plain
-        sum of the task gradients) of this rank's rows."""
-        assert self._params is not None
-        params, rows, t = self._params, self._rows, self.num_tasks
-
-        def shared_part(k: int, i: int) -> torch.Tensor:
-            g = grads[k][i]
-            return (g if g is not None else torch.zeros_like(params[i]))[rows[i]].reshape(-1)
-
-        flat = None
-        if idx:
-            flat = torch.stack([torch.cat([shared_part(k, i) for i in idx]) for k in range(t)])
-        plain: Grads = []
-        for i in range(len(params)):
-            parts = [g for g in (grads[k][i] for k in range(t)) if g is not None]
-            plain.append(torch.stack(parts).sum(0) if parts else None)
-        return flat, plain
-
-    def backward(
-        self, losses: torch.Tensor, model: nn.Module, extra: torch.Tensor | None = None
-    ) -> None:
-        weighted = self.current_weights() * losses
-        self._ensure_layout(weighted, model)
-        params, rows = self._params, self._rows
-        assert params is not None
-        grads = task_gradients(weighted, params)
-        extra_grads: Grads = [None] * len(params)
-        extra_term = self._track_extra(extra)
-        if isinstance(extra_term, torch.Tensor):
-            extra_grads = list(torch.autograd.grad(extra_term, params, allow_unused=True))
-        idx = [i for i, m in enumerate(rows) if m is not None]
-        flat, plain = self._local_parts(grads, idx)
-        # Average over the ranks BEFORE projecting (one all-reduce; identity in one process).
-        n = len(params)
-        averaged = average_tensors([flat, *plain, *extra_grads])
-        flat, plain, extra_grads = averaged[0], averaged[1 : 1 + n], averaged[1 + n :]
-        merged_rows = self._projected_rows(flat, idx) if flat is not None else {}
-        for i, p in enumerate(params):
-            # plain sum of the task gradients; on shared rows, the projected sum instead
-            if plain[i] is None and extra_grads[i] is None:
-                continue
-            g = plain[i]
-            if g is None:
-                g = torch.zeros_like(p)
-            if i in merged_rows:
-                g[rows[i]] = merged_rows[i]
-            e = extra_grads[i]
-            if e is not None:
-                g = g + e
-            p.grad = g if p.grad is None else p.grad + g
+        return merged
 
     def end_epoch(self) -> dict[str, float]:
         row = super().end_epoch()
