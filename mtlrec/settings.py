@@ -224,10 +224,13 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
     from mtlrec.training.memory import check_footprint, model_footprint, row_bytes
     from mtlrec.training.optimizers import free_memory
 
-    selected = spec.select_tasks(settings.dataset.get("tasks"))
-    need = model_footprint(
-        settings.config["model"], spec, selected, settings.trainer.embedding_optimizer
-    )
+    try:
+        selected = spec.select_tasks(settings.dataset.get("tasks"))
+        need = model_footprint(
+            settings.config["model"], spec, selected, settings.trainer.embedding_optimizer
+        )
+    except MtlrecError:  # tasks the model cannot train: the run says so, as it always did
+        return
     if rows is not None:  # a generated dataset: every row is made in memory
         need = dataclasses.replace(need, data=rows * row_bytes(spec))
     # (a GPU that is asked for but missing is run_process.resolve_device's line, later)
