@@ -27,6 +27,8 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
+    in_sweep,
+    print_job_line,
     print_metrics_table,
     resolve_device,
     seed_everything,
@@ -292,6 +294,25 @@ def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:
             for t in built.loss_tasks
         ),
     )
+    left_out = tasks_left_out(built, settings.dataset.get("tasks"))
+    if left_out:
+        log.warning(
+            "model %s trains %s and leaves out the dataset's task(s) %s: neither trained nor "
+            "scored (a model that trains dataset.tasks, e.g. model=mmoe, trains them all)",
+            settings.model_name,
+            ", ".join(t.name for t in built.loss_tasks),
+            ", ".join(f"{t.name} (label {t.label})" for t in left_out),
+        )
+
+
+def tasks_left_out(built: Built, chosen: Any) -> list[TaskSpec]:
+    """The dataset's selected tasks the model neither trains nor scores (a funnel model on data
+    with a third target), so that a run never drops a task without a word."""
+    scored = {t.task.name for t in built.targets} | {t.name for t in built.loss_tasks}
+    labels = {t.label for t in built.loss_tasks}
+    return [
+        t for t in built.spec.select_tasks(chosen) if t.name not in scored and t.label not in labels
+    ]
 
 
 def restore(
@@ -393,8 +414,17 @@ def finish(
     )
     recorder.logger.finish("completed", final)
     if built.is_main:
-        print_metrics_table(built.console, val_metrics, test_metrics)
-    log.info("test: %s", "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())))
+        best = (result.best_epoch, len(result.history))
+        if in_sweep():  # one line a job; the sweep's table of all jobs comes at its end
+            print_job_line(built.console, best, trainer.monitor, val_metrics, test_metrics)
+        else:
+            print_metrics_table(built.console, val_metrics, test_metrics, best)
+    # the table says it on the console; the test metrics also go to train.log, in one line
+    log.info(
+        "test: %s",
+        "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())),
+        extra={"console": False},
+    )
     warn_if_still_improving(result, settings.trainer, trainer.monitor)
     return float(result.best_value)
 

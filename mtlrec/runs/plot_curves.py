@@ -158,6 +158,8 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
     keys = task_keys([r for g in groups.values() for r in g], monitor)
     if len(keys) < 2:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     shown = dict(list(groups.items())[:MAX_GROUPS])
     cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
     cols = min(3, len(keys))
@@ -168,6 +170,7 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
             text = f"{label} (n={len(members)})" if len(members) > 1 else label
             _draw(ax, members, key, cmap(i % cmap.N), text)
         ax.set(title=key, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs 1, 2 (never 1.5)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(keys) :]:
         ax.axis("off")
