@@ -42,9 +42,11 @@ from mtlrec.training import distributed
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.checkpoint import (
     BEST,
+    MODEL_KEY,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
+    load_checkpoint,
     load_resumable,
     make_payload,
     restore_training,
@@ -52,6 +54,8 @@ from mtlrec.training.checkpoint import (
     save_last,
 )
 from mtlrec.training.metrics import EvalTarget, eval_targets
+from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
+from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
@@ -378,6 +382,10 @@ class RunRecorder:
         save_last(self.run_dir.checkpoints, payload, self._write)
         if is_best or row["epoch"] == 1:
             self.run_dir.save_checkpoint(BEST, payload)
+        per_task = self.built.trainer.per_task
+        if per_task is not None and self.settings.trainer.keep_best_per_task:
+            for task in per_task.improved:  # the same payload: the same checkpoint writer
+                self.run_dir.save_checkpoint(checkpoint_name(task), payload)
 
 
 def finish(
@@ -390,6 +398,11 @@ def finish(
     t_eval = time.perf_counter()
     test_metrics = strip_gates(trainer.evaluate(built.splits["test"], "test"))
     eval_seconds = time.perf_counter() - t_eval
+    per_task = None
+    if settings.trainer.keep_best_per_task and trainer.per_task is not None:
+        per_task = test_per_task(
+            trainer, built.splits["test"], result, recorder.run_dir.checkpoints
+        )
     final = recorder.run_dir.update_metrics(
         status="completed",
         error=None,
@@ -411,6 +424,7 @@ def finish(
         num_threads=torch.get_num_threads(),
         world_size=distributed.current().world_size,
         effective_batch_size=built.parallel["effective_batch_size"],
+        per_task_best=per_task,
     )
     recorder.logger.finish("completed", final)
     if built.is_main:
@@ -427,6 +441,37 @@ def finish(
     )
     warn_if_still_improving(result, settings.trainer, trainer.monitor)
     return float(result.best_value)
+
+
+def test_per_task(trainer: Trainer, test: Any, result: FitResult, checkpoints: Path) -> dict:
+    """metrics.json's `per_task_best`: each task's val metrics at its own best epoch and its test
+    metrics with that epoch's weights (from memory, or from checkpoints/best_<task>.pt for an
+    epoch before a resume). The monitored best weights are put back afterwards."""
+    assert trainer.per_task is not None
+    monitored = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    tasks = {}
+    for task, best in trainer.per_task.summary().items():
+        if not best["epoch"]:
+            continue  # its metric was never defined (e.g. one class in val)
+        state = trainer.per_task.states.get(task)
+        if state is None:
+            state = load_checkpoint(checkpoints / checkpoint_name(task))[MODEL_KEY]
+        trainer.model.load_state_dict(state)
+        row = next(r for r in result.history if r["epoch"] == best["epoch"])
+        test_metrics = strip_gates(trainer.evaluate(test, "test"))
+        prefix = (f"val/{task}_", f"test/{task}_")
+        tasks[task] = {
+            "epoch": best["epoch"],
+            "watched": best["metric"],
+            "checkpoint": f"checkpoints/{checkpoint_name(task)}",
+            "metrics": {
+                k: v
+                for k, v in {**strip_gates(row), **test_metrics}.items()
+                if k.startswith(prefix) and not k.endswith("_loss")
+            },
+        }
+    trainer.model.load_state_dict(monitored)
+    return {"protocol": PER_TASK_PROTOCOL, "tasks": tasks}
 
 
 def warn_if_still_improving(result: FitResult, trainer_cfg: TrainerConfig, monitor: str) -> None:

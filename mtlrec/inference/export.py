@@ -25,8 +25,10 @@ from mtlrec.inference.export_files import (
     write_checksums,
 )
 from mtlrec.inference.loading import load_run
+from mtlrec.inference.predict import fusion_of
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.outputs import EXPORT, check_output_dir, inject_fault, writing
+from mtlrec.ranking.record import FusionRecord
 from mtlrec.runs.run_dir import atomic_write_json
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
@@ -42,14 +44,20 @@ class ExportedModel(nn.Module):
     sequence field, holding per-field ids in [0, vocab_size) (no offsets; -1 pads a bag/sequence;
     unseen ids map to the field's oov_id when it has one); `dense` float32 [B, E]: the dense
     features, then `max_len` weights per weighted bag (0 where padded). Output: float32 [B, K],
-    one column per model output in export.json order (probabilities for binary outputs).
+    one column per model output in export.json order (probabilities for binary outputs), then,
+    with a fusion (`mtlrec fuse`), the fused score of the task probabilities as column `score`.
     """
 
-    def __init__(self, model: MultiTaskModel, spec: DatasetSpec):
+    def __init__(
+        self, model: MultiTaskModel, spec: DatasetSpec, fusion: FusionRecord | None = None
+    ):
         super().__init__()
         self.model = model
         self.names = list(model.output_types)
         self.binary = [model.output_types[n] == "binary" for n in self.names]
+        self.fusion = fusion.head() if fusion is not None else None
+        self.fused_columns = [self.names.index(t) for t in fusion.tasks] if fusion else []
+        self.fusion_record = fusion
         layout, offsets = spec.layout, spec.vocab_offsets
         width = layout.sparse_width
         columns = {
@@ -80,7 +88,13 @@ class ExportedModel(nn.Module):
             torch.sigmoid(out[n].float()) if b else out[n].float()
             for n, b in zip(self.names, self.binary, strict=True)
         ]
+        if self.fusion is not None:
+            cols.append(self.fusion(torch.stack([cols[j] for j in self.fused_columns], dim=1)))
         return torch.stack(cols, dim=1)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.names + (["score"] if self.fusion is not None else [])
 
 
 def sample_inputs(spec: DatasetSpec, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,9 +127,11 @@ def export(
     output: str | Path | None = None,
     checkpoint: str = BEST,
     sample_rows: int = 1024,
+    fusion: str | None = None,
 ) -> dict[str, Any]:
     """Write DIR/model.{pt,onnx}, spec.json, the dataset's encoders.json + vocab.parquet and
-    export.json (input/output layout, SHA-256 of every file), and check the exported model."""
+    export.json (input/output layout, SHA-256 of every file), and check the exported model.
+    `fusion` names a record of `mtlrec fuse` whose fused score the model outputs last."""
     if fmt not in ("torchscript", "onnx"):
         raise MtlrecError(f"--format {fmt!r} is unknown; use torchscript or onnx")
     if sample_rows < 2:
@@ -126,11 +142,14 @@ def export(
         with bar.step(f"loading {checkpoint}"):
             payload, ckpt = load_run(run_dir, checkpoint)
             model, spec, _ = model_from_checkpoint(payload)
+            wrapper = ExportedModel(
+                model, spec, fusion_of(run_dir, fusion, ckpt, list(model.output_types))
+            ).eval()
         with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
-            return _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows)
+            return _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows)
 
 
-def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows) -> dict:
+def _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows) -> dict:
     """Write the export into a staging dir next to the target, check it, then put it in place
     whole (replacing an earlier export there only once the new one is complete)."""
     out_dir = export_dir_for(run_dir, output)
@@ -138,7 +157,7 @@ def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_row
     with writing(out_dir, temps=[stage]):
         inject_fault(stage, no_space=False)  # tests: a read-only parent dir
         stage.mkdir(parents=True)
-        result = _write_export(stage, fmt, payload, ckpt, model, spec, sample_rows)
+        result = _write_export(stage, fmt, payload, ckpt, wrapper, spec, sample_rows)
         replace_dir(stage, out_dir)
     names = {"model_file": out_dir / result["model_file"].name, "spec_file": out_dir / "spec.json"}
     return result | names
@@ -167,8 +186,7 @@ def export_dir_for(run_dir, output) -> Path:
     return out_dir
 
 
-def _write_export(out_dir: Path, fmt, payload, ckpt, model, spec, sample_rows) -> dict:
-    wrapper = ExportedModel(model, spec).eval()
+def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows) -> dict:
     sparse, dense = sample_inputs(spec, sample_rows)
     with torch.no_grad():
         expected = wrapper(sparse, dense).numpy()
@@ -203,7 +221,7 @@ def _write_export(out_dir: Path, fmt, payload, ckpt, model, spec, sample_rows) -
         "spec_file": spec_file,
         "max_abs_diff": diff,
         "sample_rows": sample_rows,
-        "outputs": wrapper.names,
+        "outputs": wrapper.columns,
         "files": sorted(info["files"]),
     }
 
@@ -224,6 +242,8 @@ def export_info(
     diff: float,
 ) -> dict[str, Any]:
     """export.json: what the exported file takes and returns, and how it was checked."""
+    kinds = [wrapper.model.output_types[n] for n in wrapper.names]
+    fusion = wrapper.fusion_record
     return {
         "format": fmt,
         "model_file": model_file.name,
@@ -232,11 +252,13 @@ def export_info(
         "inputs": input_layout(spec),
         "outputs": {
             "dtype": "float32",
-            "shape": ["batch", len(wrapper.names)],
-            "columns": wrapper.names,
-            "kinds": [wrapper.model.output_types[n] for n in wrapper.names],
-            "note": "probabilities for binary outputs, values for regression outputs",
+            "shape": ["batch", len(wrapper.columns)],
+            "columns": wrapper.columns,
+            "kinds": kinds + (["fused"] if fusion is not None else []),
+            "note": "probabilities for binary outputs, values for regression outputs"
+            + ("; score: the fusion below of the task probabilities" if fusion else ""),
         },
+        "fusion": fusion.describe() if fusion is not None else None,
         "check": {"sample_rows": sample_rows, "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE},
     }
 

@@ -26,13 +26,12 @@ ACTIVATIONS = {
 
 
 # model.hidden_init: how the hidden layers of every MLP (experts, towers, bottoms, gate MLPs) start.
-# torch (default): nn.Linear's init (uniform +-1/sqrt(fan_in) weights AND biases). On census it
-# left towers whose pre-activations were bias-dominated (input part 0.14x |bias|): about a third of
-# their ReLUs never fired and another third always did, and seed 7 trained a marital tower of one
-# effective unit (test AUC 0.972 against a median of 0.994; docs/results.md "Seed study"), so the
-# census_mmoe preset sets glorot. glorot: Glorot/Xavier uniform weights, zero biases - the default
-# of TF/Keras and PaddlePaddle layers, which the reference implementations (PaddleRec's MMoE, PLE,
-# ESMM, AITM, ESCM2; DeepCTR) use. he: Kaiming normal (std sqrt(2 / fan_in)), zero biases.
+# torch (default): nn.Linear's init (uniform +-1/sqrt(fan_in) weights AND biases); on census its
+# tower pre-activations start bias-dominated (input part 0.14x |bias|). glorot: Glorot/Xavier
+# uniform weights, zero biases - the default of TF/Keras and PaddlePaddle layers, which the
+# reference implementations (PaddleRec's MMoE, PLE, ESMM, AITM, ESCM2; DeepCTR) use. he: Kaiming
+# normal (std sqrt(2 / fan_in)), zero biases. None of them removes the census seed-7 trap
+# (docs/results.md "Seed study").
 HIDDEN_INITS = ("glorot", "he", "torch")
 
 

@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
         help="one row per run, even when only the seed differs",
     )
     parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runs matching it are the baseline (e.g. model=single_task): per-metric delta "
+        "columns (mean ± std over paired seeds) and negative-transfer marks; --plot adds seesaw.png",
+    )
+    parser.add_argument(
         "--plot", metavar="DIR", help='write PNG plots to DIR (needs: pip install "mtlrec[plot]")'
     )
     return parser
@@ -120,7 +128,15 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
     if args.sort in in_runs and not metrics:
         defaults = default_metrics(runs)
         metrics = defaults if args.sort in defaults else [*defaults, args.sort]
-    table = build_table(runs, metrics, args.group_by_seed)
+    if args.baseline and args.group_by_seed is False:
+        raise MtlrecError(
+            "--baseline pairs each configuration's seeds with the baseline's: drop --no-group"
+        )
+    table = build_table(runs, metrics, True if args.baseline else args.group_by_seed)
+    if args.baseline:
+        from mtlrec.ranking.gain import add_gain_columns
+
+        add_gain_columns(table, runs, args.baseline)
     missing = [m for m in (args.metric or []) if not any(m in r.metric_names for r in runs)]
     if missing and any(r.metric_names for r in runs):
         known = sorted({k for r in runs for k in r.metric_names})
@@ -173,6 +189,14 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(text)
     if args.plot:
         _write_plots(runs, args.plot, table.metric_columns)
+        if args.baseline:
+            from mtlrec.ranking.seesaw import write_seesaw
+
+            seesaw = write_seesaw(table, Path(args.plot))
+            print(
+                f"wrote {seesaw}" if seesaw else "no seesaw: fewer than two task metrics",
+                file=sys.stderr,
+            )
     return 0
 
 
