@@ -27,6 +27,8 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
+    in_sweep,
+    print_job_line,
     print_metrics_table,
     resolve_device,
     seed_everything,
@@ -47,9 +49,11 @@ from mtlrec.training.binding import (
 )
 from mtlrec.training.checkpoint import (
     BEST,
+    MODEL_KEY,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
+    load_checkpoint,
     load_resumable,
     make_payload,
     restore_training,
@@ -59,6 +63,8 @@ from mtlrec.training.checkpoint import (
 from mtlrec.training.memory import check_footprint, model_footprint
 from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.optimizers import free_memory
+from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
+from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
@@ -317,6 +323,25 @@ def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:
             for t in built.loss_tasks
         ),
     )
+    left_out = tasks_left_out(built, settings.dataset.get("tasks"))
+    if left_out:
+        log.warning(
+            "model %s trains %s and leaves out the dataset's task(s) %s: neither trained nor "
+            "scored (a model that trains dataset.tasks, e.g. model=mmoe, trains them all)",
+            settings.model_name,
+            ", ".join(t.name for t in built.loss_tasks),
+            ", ".join(f"{t.name} (label {t.label})" for t in left_out),
+        )
+
+
+def tasks_left_out(built: Built, chosen: Any) -> list[TaskSpec]:
+    """The dataset's selected tasks the model neither trains nor scores (a funnel model on data
+    with a third target), so that a run never drops a task without a word."""
+    scored = {t.task.name for t in built.targets} | {t.name for t in built.loss_tasks}
+    labels = {t.label for t in built.loss_tasks}
+    return [
+        t for t in built.spec.select_tasks(chosen) if t.name not in scored and t.label not in labels
+    ]
 
 
 def restore(
@@ -387,6 +412,10 @@ class RunRecorder:
         save_last(self.run_dir.checkpoints, payload, self._write)
         if is_best or row["epoch"] == 1:
             self.run_dir.save_checkpoint(BEST, payload)
+        per_task = self.built.trainer.per_task
+        if per_task is not None and self.settings.trainer.keep_best_per_task:
+            for task in per_task.improved:  # the same payload: the same checkpoint writer
+                self.run_dir.save_checkpoint(checkpoint_name(task), payload)
 
 
 def finish(
@@ -399,6 +428,11 @@ def finish(
     t_eval = time.perf_counter()
     test_metrics = strip_gates(trainer.evaluate(built.splits["test"], "test"))
     eval_seconds = time.perf_counter() - t_eval
+    per_task = None
+    if settings.trainer.keep_best_per_task and trainer.per_task is not None:
+        per_task = test_per_task(
+            trainer, built.splits["test"], result, recorder.run_dir.checkpoints
+        )
     final = recorder.run_dir.update_metrics(
         status="completed",
         error=None,
@@ -420,13 +454,54 @@ def finish(
         num_threads=torch.get_num_threads(),
         world_size=distributed.current().world_size,
         effective_batch_size=built.parallel["effective_batch_size"],
+        per_task_best=per_task,
     )
     recorder.logger.finish("completed", final)
     if built.is_main:
-        print_metrics_table(built.console, val_metrics, test_metrics)
-    log.info("test: %s", "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())))
+        best = (result.best_epoch, len(result.history))
+        if in_sweep():  # one line a job; the sweep's table of all jobs comes at its end
+            print_job_line(built.console, best, trainer.monitor, val_metrics, test_metrics)
+        else:
+            print_metrics_table(built.console, val_metrics, test_metrics, best)
+    # the table says it on the console; the test metrics also go to train.log, in one line
+    log.info(
+        "test: %s",
+        "  ".join(f"{k}={v:.5f}" for k, v in sorted(test_metrics.items())),
+        extra={"console": False},
+    )
     warn_if_still_improving(result, settings.trainer, trainer.monitor)
     return float(result.best_value)
+
+
+def test_per_task(trainer: Trainer, test: Any, result: FitResult, checkpoints: Path) -> dict:
+    """metrics.json's `per_task_best`: each task's val metrics at its own best epoch and its test
+    metrics with that epoch's weights (from memory, or from checkpoints/best_<task>.pt for an
+    epoch before a resume). The monitored best weights are put back afterwards."""
+    assert trainer.per_task is not None
+    monitored = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    tasks = {}
+    for task, best in trainer.per_task.summary().items():
+        if not best["epoch"]:
+            continue  # its metric was never defined (e.g. one class in val)
+        state = trainer.per_task.states.get(task)
+        if state is None:
+            state = load_checkpoint(checkpoints / checkpoint_name(task))[MODEL_KEY]
+        trainer.model.load_state_dict(state)
+        row = next(r for r in result.history if r["epoch"] == best["epoch"])
+        test_metrics = strip_gates(trainer.evaluate(test, "test"))
+        prefix = (f"val/{task}_", f"test/{task}_")
+        tasks[task] = {
+            "epoch": best["epoch"],
+            "watched": best["metric"],
+            "checkpoint": f"checkpoints/{checkpoint_name(task)}",
+            "metrics": {
+                k: v
+                for k, v in {**strip_gates(row), **test_metrics}.items()
+                if k.startswith(prefix) and not k.endswith("_loss")
+            },
+        }
+    trainer.model.load_state_dict(monitored)
+    return {"protocol": PER_TASK_PROTOCOL, "tasks": tasks}
 
 
 def warn_if_still_improving(result: FitResult, trainer_cfg: TrainerConfig, monitor: str) -> None:

@@ -85,8 +85,29 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def print_metrics_table(console: Console, val: dict[str, float], test: dict[str, float]) -> None:
-    table = Table(title="metrics at the best epoch")
+def in_sweep() -> bool:
+    """This process runs one job of a Hydra multirun (a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def print_job_line(
+    console: Console, best: tuple[int, int], monitor: str, val: dict, test: dict
+) -> None:
+    """A sweep job's result in one line (the sweep prints the table of all jobs at its end)."""
+    family = monitor.replace("val/", "test/", 1)
+    shown = f"  {family} {test[family]:.5f}" if family in test else ""
+    value = val.get(monitor, math.nan)
+    console.print(f"job done: best epoch {best[0]} of {best[1]}  {monitor} {value:.5f}{shown}")
+
+
+def print_metrics_table(
+    console: Console, val: dict[str, float], test: dict[str, float], best: tuple[int, int]
+) -> None:
+    """val and test metrics at the best epoch (best = (best epoch, epochs run)), one row each."""
+    table = Table(title=f"metrics at the best epoch ({best[0]} of {best[1]})")
     table.add_column("metric")
     table.add_column("val", justify="right")
     table.add_column("test", justify="right")

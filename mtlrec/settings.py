@@ -186,11 +186,10 @@ def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]
 
 
 def check_monitor_produced(settings: RunSettings, spec: DatasetSpec | None = None) -> None:
-    """trainer.monitor against the metrics the run will produce, when the dataset's spec is at
-    hand (spec_at_hand; found here when not given). Otherwise the trainer checks it once the
-    data is there, still before epoch 1."""
-    if settings.trainer.monitor == "auto":
-        return
+    """The model's tasks (e.g. ESM²'s funnel.action), metrics.gauc_by and trainer.monitor against
+    the dataset, when its spec is at hand (spec_at_hand; found here when not given): before
+    Hydra writes a run dir. Otherwise the trainer checks them once the data is there, still
+    before epoch 1."""
     if spec is None:
         spec, _ = spec_at_hand(settings)
     if spec is None:
@@ -204,7 +203,13 @@ def check_monitor_produced(settings: RunSettings, spec: DatasetSpec | None = Non
     ds = settings.dataset
     selected = spec.select_tasks(ds.get("tasks"))
     cls, model_cfg = model_config(settings.config["model"])
-    tasks = cls.loss_tasks(spec, selected, model_cfg)
+    tasks = cls.loss_tasks(spec, selected, model_cfg)  # e.g. ESM² without the action label
+    if settings.metrics.gauc_by is not None:
+        from mtlrec.training.trainer import group_column
+
+        group_column(spec, settings.metrics.gauc_by)  # a field the data does not have: one line
+    if settings.trainer.monitor == "auto":
+        return
     with torch.device("meta"):  # only its output names and types: no memory, no init cost
         outputs = cls(spec, tasks, model_cfg).output_types
     targets = eval_targets(tasks, outputs, spec, selected)

@@ -7,7 +7,7 @@ base itself, which `build_base` makes once:
     conf/dataset/*.yaml        tiny (raw -> data/tiny), rawcase (raw2 -> data/rawcase), rawpq
     data/tiny/                 prepared by `mtlrec prepare` (with checksums.json)
     run/                       `mtlrec train` on it, one epoch (checkpoints, metrics.json)
-    run/export/                `mtlrec export run --format torchscript`
+    exp/                       `mtlrec export run --format torchscript --output exp`
     run_mmoe/                  the same with model=mmoe (its checkpoints are another run's)
     remap/tiny/                data/tiny prepared again from raw values renamed (other ids)
     preds.parquet              `mtlrec predict run --input data/tiny/test.parquet`
@@ -104,7 +104,7 @@ def build_base(base: Path, mtlrec) -> Path:
         ["prepare", "--config-dir", str(base / "conf"), "dataset=remap"],
         [a.replace("/new", "/run") for a in train],
         [a.replace("/new", "/run_mmoe") for a in train] + ["model=mmoe"],
-        ["export", str(base / "run"), "--format", "torchscript"],
+        ["export", str(base / "run"), "--format", "torchscript", "--output", str(base / "exp")],
         [a.replace(W, str(base)) for a in PREDICT] + ["--output", str(base / "preds.parquet")],
     ]
     for args in steps:

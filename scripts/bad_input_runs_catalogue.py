@@ -80,10 +80,10 @@ class _RunsCode:
 
 
 def crafted_export(root: Path) -> None:
-    """run/export/model.pt a pickle that runs code, export.json given its SHA-256."""
+    """exp/model.pt (an export of run) a pickle that runs code, export.json given its SHA-256."""
     data = pickle.dumps(_RunsCode())
-    (root / "run" / "export" / "model.pt").write_bytes(data)
-    info_path = root / "run" / "export" / "export.json"
+    (root / "exp" / "model.pt").write_bytes(data)
+    info_path = root / "exp" / "export.json"
     info = json.loads(info_path.read_text())
     info["files"]["model.pt"] = hashlib.sha256(data).hexdigest()
     info_path.write_text(json.dumps(info))
@@ -210,7 +210,7 @@ EVALUATE = ["evaluate", f"{W}/run"]
 HOSTILE = [
     Case(
         "an export's model.pt a crafted pickle with a matching SHA-256",
-        ["export", "--verify", f"{W}/run/export"],
+        ["export", "--verify", f"{W}/exp"],
         prep=crafted_export,
         says="not a loadable TorchScript model",
         check=nothing_ran,
@@ -238,9 +238,9 @@ HOSTILE = [
     Case(
         "best.pt a symlink to the TorchScript export",
         EVALUATE,
-        prep=link(BEST, "run/export/model.pt"),
+        prep=link(BEST, "exp/model.pt"),
         says="is a TorchScript model",
-        protect=("run/export",),
+        protect=("exp",),
     ),
     Case(
         "best.pt a symlink to nowhere",

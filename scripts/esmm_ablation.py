@@ -40,6 +40,7 @@ MODELS = {
     "ESMM": ["model=esmm"],
     "ESCM2-IPS": ["model=escm2", "model.regularizer=ips"],
     "ESCM2-DR": ["model=escm2", "model.regularizer=dr"],
+    "ESCM2-DR-JL": ["model=escm2", "model.regularizer=dr", "model.imputation=label"],
     "ESM2": ["dataset=synthetic_ccp_action", "model=esm2"],  # the same data plus the D-action
 }
 DATASETS = ("synthetic_ccp", "synthetic_ccp_weak")

@@ -1,4 +1,4 @@
-"""Model zoo III on census-income and on the default click -> conversion data (docs/results.md §6).
+"""Model zoo III on census-income and on the default click -> conversion data (docs/results.md §8).
 
 Every new model (pepnet, stem, adatt, dbmtl, dselect_k, dcmt) next to MMoE, measured in the same
 run: test AUCs (mean ± std over seeds), parameter counts and training samples/s (as a ratio to

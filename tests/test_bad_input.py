@@ -107,6 +107,17 @@ CLI_CASES = {
         "'trainer.lr'?",
     ),
     "batch_size=0": (["trainer.batch_size=0"], "trainer.batch_size must be an integer >= 1, got 0"),
+    # found before the run dir exists (they failed inside a run, leaving a failed run dir)
+    "esm2 without the action label": (
+        ["model=esm2"],
+        "mtlrec train: error: model=esm2 needs a D-action label (cart or wish) in the funnel, but "
+        "dataset 'synthetic_ccp' declares no funnel.action;",
+    ),
+    "gauc_by a field the data does not have": (
+        ["metrics.gauc_by=nope"],
+        "mtlrec train: error: metrics.gauc_by='nope': not a single-id field of dataset "
+        "'synthetic_ccp'; use one of ['user_id',",
+    ),
 }
 
 

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
         "evaluate",
         "predict",
         "export",
+        "fuse",
         "tune",
         "completion",
     )

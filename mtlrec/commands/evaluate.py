@@ -17,7 +17,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--split", default=None, help="a split of the run's dataset (default: test)")
     src.add_argument("--data", help="a prepared dataset dir (its test split) or one parquet file")
-    p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        default=BEST,
+        help="file in RUN_DIR/checkpoints: best.pt, last.pt, best_<task> (keep_best_per_task)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 

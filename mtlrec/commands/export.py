@@ -23,7 +23,18 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="check an export dir's files against export.json's SHA-256 and score sample rows",
     )
     p.add_argument("--output", default=None, help="directory to write (default RUN_DIR/export)")
-    p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        default=BEST,
+        help="file in RUN_DIR/checkpoints: best.pt, last.pt, best_<task> (keep_best_per_task)",
+    )
+    p.add_argument(
+        "--fusion",
+        nargs="?",
+        const="fusion",
+        metavar="NAME",
+        help="the model also outputs the fused `score` of RUN/fusion/NAME.json (mtlrec fuse)",
+    )
     p.add_argument("--sample-rows", type=int, default=1024, help="rows of the equivalence check")
     p.set_defaults(parser=p)
 
@@ -42,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return OK
     if args.run_dir is None:
         args.parser.error("the following arguments are required: RUN_DIR")
-    result = export(args.run_dir, args.format, args.output, args.checkpoint, args.sample_rows)
+    result = export(
+        args.run_dir, args.format, args.output, args.checkpoint, args.sample_rows, args.fusion
+    )
     print(f"wrote {result['model_file']} and {result['spec_file']}")
     out_dir = result["model_file"].parent
     print(f"{out_dir / 'export.json'}: SHA-256 of {', '.join(result['files'])}")

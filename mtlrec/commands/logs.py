@@ -13,12 +13,17 @@ from typing import TextIO
 
 
 def console_handler(stream: TextIO) -> logging.Handler:
-    """RichHandler on rich's shared console when `stream` is a terminal, else a StreamHandler."""
+    """RichHandler on rich's shared console when `stream` is a terminal, else a StreamHandler.
+
+    A record logged with `extra={"console": False}` goes to the log file only (what the console
+    shows another way, e.g. the metrics table).
+    """
+    handler: logging.Handler
     if _is_terminal(stream):
         import rich
         from rich.logging import RichHandler
 
-        return RichHandler(
+        handler = RichHandler(
             console=rich.get_console(),
             show_time=False,
             show_level=False,
@@ -26,8 +31,10 @@ def console_handler(stream: TextIO) -> logging.Handler:
             markup=False,
             rich_tracebacks=False,
         )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: getattr(record, "console", True))
     return handler
 
 

@@ -37,7 +37,18 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         help="input columns copied to the output: `a b` or `a,b`",
     )
-    p.add_argument("--checkpoint", default=BEST, help="file in RUN_DIR/checkpoints (best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        default=BEST,
+        help="file in RUN_DIR/checkpoints: best.pt, last.pt, best_<task> (keep_best_per_task)",
+    )
+    p.add_argument(
+        "--fusion",
+        nargs="?",
+        const="fusion",
+        metavar="NAME",
+        help="add the fused `score` column of RUN/fusion/NAME.json (mtlrec fuse; NAME: fusion)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         overwrite=args.overwrite,
         raw=args.raw,
+        fusion=args.fusion,
     )
     if done.raw_summary:
         print(done.raw_summary)

@@ -228,6 +228,11 @@ def check_overrides(args: list[str]) -> None:
     Only for single runs with plain overrides; anything else is left to Hydra as it is.
     """
     args, config_dir = _without_config_dir(args)
+    from mtlrec.override_syntax import unparsable_override
+
+    unquoted = unparsable_override(args)  # any override, hydra.* too (e.g. a run dir with spaces)
+    if unquoted is not None:
+        raise OverrideError(unquoted)
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help, ...: Hydra's own business
         return
     # Your own config dirs take part (the packaged configs alone do not know your dataset).

@@ -19,11 +19,16 @@ from mtlrec.errors import MtlrecError
 from mtlrec.inference.export_files import (
     EXPORT_FILE,
     copy_encoders,
+    foreign_file,
+    replace_dir,
     verify_export,
     write_checksums,
 )
 from mtlrec.inference.loading import load_run
+from mtlrec.inference.predict import fusion_of
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.outputs import EXPORT, check_output_dir, inject_fault, writing
+from mtlrec.ranking.record import FusionRecord
 from mtlrec.runs.run_dir import atomic_write_json
 from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
@@ -40,14 +45,20 @@ class ExportedModel(nn.Module):
     sequence field, holding per-field ids in [0, vocab_size) (no offsets; -1 pads a bag/sequence;
     unseen ids map to the field's oov_id when it has one); `dense` float32 [B, E]: the dense
     features, then `max_len` weights per weighted bag (0 where padded). Output: float32 [B, K],
-    one column per model output in export.json order (probabilities for binary outputs).
+    one column per model output in export.json order (probabilities for binary outputs), then,
+    with a fusion (`mtlrec fuse`), the fused score of the task probabilities as column `score`.
     """
 
-    def __init__(self, model: MultiTaskModel, spec: DatasetSpec):
+    def __init__(
+        self, model: MultiTaskModel, spec: DatasetSpec, fusion: FusionRecord | None = None
+    ):
         super().__init__()
         self.model = model
         self.names = list(model.output_types)
         self.binary = [model.output_types[n] == "binary" for n in self.names]
+        self.fusion = fusion.head() if fusion is not None else None
+        self.fused_columns = [self.names.index(t) for t in fusion.tasks] if fusion else []
+        self.fusion_record = fusion
         layout, offsets = spec.layout, spec.vocab_offsets
         width = layout.sparse_width
         columns = {
@@ -78,7 +89,13 @@ class ExportedModel(nn.Module):
             torch.sigmoid(out[n].float()) if b else out[n].float()
             for n, b in zip(self.names, self.binary, strict=True)
         ]
+        if self.fusion is not None:
+            cols.append(self.fusion(torch.stack([cols[j] for j in self.fused_columns], dim=1)))
         return torch.stack(cols, dim=1)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.names + (["score"] if self.fusion is not None else [])
 
 
 def sample_inputs(spec: DatasetSpec, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +128,11 @@ def export(
     output: str | Path | None = None,
     checkpoint: str = BEST,
     sample_rows: int = 1024,
+    fusion: str | None = None,
 ) -> dict[str, Any]:
     """Write DIR/model.{pt,onnx}, spec.json, the dataset's encoders.json + vocab.parquet and
-    export.json (input/output layout, SHA-256 of every file), and check the exported model."""
+    export.json (input/output layout, SHA-256 of every file), and check the exported model.
+    `fusion` names a record of `mtlrec fuse` whose fused score the model outputs last."""
     if fmt not in ("torchscript", "onnx"):
         raise MtlrecError(f"--format {fmt!r} is unknown; use torchscript or onnx")
     if sample_rows < 2:
@@ -127,38 +146,65 @@ def export(
             data_dir = _dataset_dir(payload)
             if data_dir is not None:  # its encoders are copied into the export
                 check_dataset(payload, ckpt, data_dir)
+            wrapper = ExportedModel(
+                model, spec, fusion_of(run_dir, fusion, ckpt, list(model.output_types))
+            ).eval()
         with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
-            return _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows)
+            return _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows)
 
 
-def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_rows) -> dict:
-    wrapper = ExportedModel(model, spec).eval()
-    out_dir = Path(output).expanduser() if output else Path(run_dir) / "export"
+def _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows) -> dict:
+    """Write the export into a staging dir next to the target, check it, then put it in place
+    whole (replacing an earlier export there only once the new one is complete)."""
+    out_dir = export_dir_for(run_dir, output)
+    stage = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    with writing(out_dir, temps=[stage]):
+        inject_fault(stage, no_space=False)  # tests: a read-only parent dir
+        stage.mkdir(parents=True)
+        result = _write_export(stage, fmt, payload, ckpt, wrapper, spec, sample_rows)
+        replace_dir(stage, out_dir)
+    names = {"model_file": out_dir / result["model_file"].name, "spec_file": out_dir / "spec.json"}
+    return result | names
+
+
+def export_dir_for(run_dir, output) -> Path:
+    """The export dir, refused in one line when writing it could replace what is not an export:
+    a run dir, a prepared dataset, a dir of other files (mtlrec.outputs); RUN_DIR/export (the
+    default) and an earlier export dir may be written again."""
+    default = Path(run_dir).expanduser() / "export"
+    out_dir = Path(output).expanduser() if output else default
+    if out_dir.resolve() != default.resolve():
+        check_output_dir(out_dir, "--output", [run_dir], own=EXPORT, what="export")
+    if out_dir.is_file():
+        raise MtlrecError(f"--output {out_dir}: is a file; name a directory for the export")
+    stray = foreign_file(out_dir) if out_dir.is_dir() else None
+    if stray is not None:
+        raise MtlrecError(
+            f"--output {out_dir}: holds {stray}, which is not part of an export; export into a "
+            "new or empty directory (or an earlier export's)"
+        )
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MtlrecError(f"{out_dir}: cannot create the export dir ({e.strerror})") from None
+    return out_dir
+
+
+def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows) -> dict:
     sparse, dense = sample_inputs(spec, sample_rows)
     with torch.no_grad():
         expected = wrapper(sparse, dense).numpy()
     model_file = out_dir / ("model.pt" if fmt == "torchscript" else "model.onnx")
-    # A new temp file (not mkstemp's 0600): the model file gets the user's umask like any other.
-    tmp = str(out_dir / f".{model_file.name}.export-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        if fmt == "torchscript":
-            got = _export_torchscript(wrapper, sparse, dense, tmp)
-        else:
-            got = _export_onnx(wrapper, sparse, dense, tmp)
-        diff = float(np.abs(got - expected).max()) if expected.size else 0.0
-        if not (got.shape == expected.shape and math.isfinite(diff) and diff <= EXPORT_TOLERANCE):
-            raise MtlrecError(
-                f"{model_file}: the exported {fmt} model differs from the PyTorch model by "
-                f"{diff:.2e} > {EXPORT_TOLERANCE:g} on the sample; not written"
-            )
-        os.replace(tmp, model_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if fmt == "torchscript":
+        got = _export_torchscript(wrapper, sparse, dense, str(model_file))
+    else:
+        got = _export_onnx(wrapper, sparse, dense, str(model_file))
+    diff = float(np.abs(got - expected).max()) if expected.size else 0.0
+    if not (got.shape == expected.shape and math.isfinite(diff) and diff <= EXPORT_TOLERANCE):
+        raise MtlrecError(
+            f"{model_file.name}: the exported {fmt} model differs from the PyTorch model by "
+            f"{diff:.2e} > {EXPORT_TOLERANCE:g} on the sample; not written"
+        )
     spec_file = spec.save(out_dir)
     copied = copy_encoders(_dataset_dir(payload), out_dir, spec)
     if not copied:
@@ -179,7 +225,7 @@ def _export_checked(run_dir, fmt, output, payload, ckpt, model, spec, sample_row
         "spec_file": spec_file,
         "max_abs_diff": diff,
         "sample_rows": sample_rows,
-        "outputs": wrapper.names,
+        "outputs": wrapper.columns,
         "files": sorted(info["files"]),
     }
 
@@ -200,6 +246,8 @@ def export_info(
     diff: float,
 ) -> dict[str, Any]:
     """export.json: what the exported file takes and returns, and how it was checked."""
+    kinds = [wrapper.model.output_types[n] for n in wrapper.names]
+    fusion = wrapper.fusion_record
     return {
         "format": fmt,
         "model_file": model_file.name,
@@ -208,11 +256,13 @@ def export_info(
         "inputs": input_layout(spec),
         "outputs": {
             "dtype": "float32",
-            "shape": ["batch", len(wrapper.names)],
-            "columns": wrapper.names,
-            "kinds": [wrapper.model.output_types[n] for n in wrapper.names],
-            "note": "probabilities for binary outputs, values for regression outputs",
+            "shape": ["batch", len(wrapper.columns)],
+            "columns": wrapper.columns,
+            "kinds": kinds + (["fused"] if fusion is not None else []),
+            "note": "probabilities for binary outputs, values for regression outputs"
+            + ("; score: the fusion below of the task probabilities" if fusion else ""),
         },
+        "fusion": fusion.describe() if fusion is not None else None,
         "check": {"sample_rows": sample_rows, "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE},
     }
 
@@ -256,14 +306,24 @@ def input_layout(spec: DatasetSpec) -> dict[str, Any]:
     }
 
 
+def write_model_file(path: Path, data: bytes) -> None:
+    inject_fault(path)  # tests: a full disk here
+    path.write_bytes(data)
+
+
 def _export_torchscript(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray:
+    import io
     import warnings
 
     half = max(1, len(sparse) // 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice in recent versions
         traced = torch.jit.trace(wrapper, (sparse[:half], dense[:half]), check_trace=False)
-        torch.jit.save(traced, path)
+        # Saved to memory, then written by Python: torch.jit.save on a full disk aborts the
+        # process from C++ (SIGABRT), where a Python write is an OSError we can report.
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        write_model_file(Path(path), buf.getvalue())
         loaded = torch.jit.load(path)
         with torch.no_grad():
             return loaded(sparse, dense).numpy()  # another batch size than traced with
@@ -306,6 +366,6 @@ def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray
         )
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
-    Path(path).write_bytes(buf.getvalue())
+    write_model_file(Path(path), buf.getvalue())
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, {"sparse_ids": sparse.numpy(), "dense": dense.numpy()})[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,32 @@ def exported_inputs(rows: Any, export_dir: str | Path) -> tuple[torch.Tensor, to
         )
     sparse, dense, _ = encode_raw(rows, export_dir)
     return field_ids(sparse, DatasetSpec.load(export_dir)), dense
+
+
+def foreign_file(export_dir: Path) -> str | None:
+    """The first entry of an existing dir that is not part of the export there (an export dir may
+    hold export.json and the files it lists; any other dir may hold nothing), or None."""
+    try:
+        listed = set(read_manifest(export_dir)["files"]) | {EXPORT_FILE}
+    except MtlrecError:
+        listed = set()
+    return next((p.name for p in sorted(export_dir.iterdir()) if p.name not in listed), None)
+
+
+def replace_dir(stage: Path, out_dir: Path) -> None:
+    """Put the finished `stage` dir at `out_dir`; an earlier export there is moved aside first
+    and removed only once the new one is in place (moved back if that fails)."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        os.replace(stage, out_dir)  # a missing or empty dir is simply replaced
+        return
+    old = stage.with_name(stage.name.replace(".tmp-", ".old-", 1))
+    os.rename(out_dir, old)
+    try:
+        os.rename(stage, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_checksums(out_dir: Path, names: list[str]) -> dict[str, str]:

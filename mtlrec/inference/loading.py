@@ -15,6 +15,9 @@ def load_run(run_dir: str | Path, checkpoint: str) -> tuple[dict, Path]:
     path = Path(run_dir).expanduser()
     if not path.is_dir():
         raise MtlrecError(f"{path}: no such run dir")
+    # `best_ctr` means checkpoints/best_ctr.pt (trainer.keep_best_per_task): the suffix is optional.
+    if not checkpoint.endswith(".pt") and (path / "checkpoints" / f"{checkpoint}.pt").is_file():
+        checkpoint = f"{checkpoint}.pt"
     ckpt = path / "checkpoints" / checkpoint
     if not ckpt.is_file():
         raise MtlrecError(

@@ -30,10 +30,14 @@ from mtlrec.inference.inputs import (
 from mtlrec.inference.loading import load_run
 from mtlrec.inference.raw import load_encoder, raw_chunks, summary_line, try_encoder
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.outputs import check_output as guard_output
+from mtlrec.outputs import inject_fault, writing
+from mtlrec.ranking.record import FusionRecord
 from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 log = logging.getLogger(__name__)
+SCORE = "score"  # the fused score column of --fusion
 
 TEMP_TAG = ".predict-"  # temp file: .<output name>.predict-<pid>-<random>.tmp next to the output
 
@@ -95,18 +99,23 @@ def predict_file(
     checkpoint: str = BEST,
     overwrite: bool = False,
     raw: bool = False,
+    fusion: str | None = None,
 ) -> Prediction:
     """Score prepared rows or raw values (`raw`, or told apart as mtlrec.inference.inputs says)
-    in batches of exactly `batch_size` rows (memory bounded), written atomically to a parquet file."""
+    in batches of exactly `batch_size` rows (memory bounded), written atomically to a parquet file.
+    `fusion` names a record of `mtlrec fuse` (RUN/fusion/<name>.json): a `score` column is added."""
     if batch_size < 1:
         raise MtlrecError(f"--batch-size must be >= 1, got {batch_size}")
     input_path, output_path = Path(input_path).expanduser(), Path(output_path).expanduser()
     if not input_path.is_file():
         raise MtlrecError(f"{input_path}: input file not found")
     check_output(input_path, output_path, overwrite)
-    payload, _ = load_run(run_dir, checkpoint)
+    payload, ckpt = load_run(run_dir, checkpoint)
     model, spec, _ = model_from_checkpoint(payload)
     outputs = list(model.output_types)
+    fused = fusion_of(run_dir, fusion, ckpt, outputs)
+    if fused is not None:
+        outputs.append(SCORE)
     clash = sorted(set(id_columns) & set(outputs))
     if clash:
         raise MtlrecError(f"--id-columns {clash} clash with the model's output columns {outputs}")
@@ -116,8 +125,10 @@ def predict_file(
         f".{output_path.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     )
     try:
-        rows = write_predictions(source, model, tmp, batch_size)
-        publish(tmp, output_path, overwrite)
+        with writing(output_path, temps=[tmp]):
+            inject_fault(output_path)
+            rows = write_predictions(source, model, tmp, batch_size, fused)
+            publish(tmp, output_path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
     summary = None if source.encoder is None else summary_line(input_path, source.encoder)
@@ -125,21 +136,16 @@ def predict_file(
 
 
 def check_output(input_path: Path, output_path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output that is a directory, the input itself, or (without
-    --overwrite) an existing file."""
-    if output_path.is_dir():
-        raise MtlrecError(
-            f"--output {output_path}: is a directory; name a file, e.g. "
-            f"{output_path / 'predictions.parquet'}"
-        )
-    if output_path.exists() and os.path.samefile(output_path, input_path):
-        raise MtlrecError(
-            f"--output {output_path} is the --input file; write the predictions to another file"
-        )
-    if output_path.exists() and not overwrite:
-        raise MtlrecError(f"--output {output_path}: already exists; pass --overwrite to replace it")
-    if not output_path.parent.is_dir():
-        raise MtlrecError(f"{output_path.parent}: output directory does not exist")
+    """Refuse, before any work, an output that is a directory, the input itself, a file in a run
+    dir / prepared dataset / export (mtlrec.outputs), or (without --overwrite) an existing file."""
+    guard_output(
+        output_path,
+        "--output",
+        {"--input": input_path},
+        overwrite,
+        what="predictions",
+        example="predictions.parquet",
+    )
 
 
 def open_source(
@@ -209,11 +215,36 @@ def _concat(chunks: list[Chunk]) -> Chunk:
     )
 
 
-def write_predictions(source: Source, model: MultiTaskModel, tmp: Path, batch_size: int) -> int:
-    """Score every batch of `source` into the parquet file `tmp`; returns the number of rows."""
+def fusion_of(
+    run_dir: str | Path, name: str | None, ckpt: Path, outputs: list[str]
+) -> FusionRecord | None:
+    """The run's fusion record `name`, checked to belong to this checkpoint (None: no fusion)."""
+    if name is None:
+        return None
+    from mtlrec.ranking.record import check_applies, read_record
+
+    record = read_record(run_dir, name)
+    check_applies(record, ckpt, outputs)
+    if SCORE in outputs:
+        raise MtlrecError(
+            f"the model has an output named '{SCORE}': it cannot take the fused score"
+        )
+    return record
+
+
+def write_predictions(
+    source: Source,
+    model: MultiTaskModel,
+    tmp: Path,
+    batch_size: int,
+    fusion: FusionRecord | None = None,
+) -> int:
+    """Score every batch of `source` into the parquet file `tmp`; returns the number of rows.
+    With `fusion`, the fused score of the task probabilities is the last column, `score`."""
     from mtlrec.inference.progress import RowsBar
 
-    outputs = list(model.output_types)
+    outputs = list(model.output_types) + ([SCORE] if fusion is not None else [])
+    head = fusion.head() if fusion is not None else None
     schema = pa.schema([*source.id_schema, *(pa.field(n, pa.float32()) for n in outputs)])
     rows = 0
     bar = RowsBar("predict", source.total)
@@ -221,6 +252,10 @@ def write_predictions(source: Source, model: MultiTaskModel, tmp: Path, batch_si
     try:
         for batch in fixed_batches(source.chunks, batch_size):
             preds = score(model, batch.sparse, batch.dense)
+            if head is not None and fusion is not None:
+                probs = torch.from_numpy(np.stack([preds[t] for t in fusion.tasks], axis=1))
+                with torch.no_grad():
+                    preds[SCORE] = head(probs).numpy()
             columns = [*batch.ids.columns, *(pa.array(preds[n], pa.float32()) for n in outputs)]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             rows += len(batch)

@@ -17,7 +17,7 @@ from mtlrec.config_schema import build
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.layers import CommonConfig
+from mtlrec.models.layers import CommonConfig, apply_hidden_init
 from mtlrec.models.registry import MODELS, register
 
 for _module in pkgutil.iter_modules(__path__):
@@ -70,4 +70,6 @@ def build_model(
             "so the run is refused; drop dataset.tasks, or use a model that trains the "
             "dataset's tasks (e.g. model=mmoe, shared_bottom or single_task)"
         )
-    return cls(spec, tasks, cfg), tasks
+    model = cls(spec, tasks, cfg)
+    apply_hidden_init(model, cfg.hidden_init)
+    return model, tasks

@@ -42,7 +42,7 @@ table, so the CTR task no longer transfers what it learns from the many clicks t
 Config keys (conf/model/esmm.yaml): embedding_dim, embedding_init_std, tower_dims, ctr_tower_dims,
 cvr_tower_dims, activation, dropout, batch_norm, ctr_weight, ctcvr_weight, chain, chain_weights,
 backbone, num_experts, expert_dims, num_levels, num_shared_experts, num_specific_experts,
-share_embedding, cross_layers.
+share_embedding, cross_layers, fm_task_scale.
 Outputs: ctr, cvr, ctcvr (logits) for the default funnel; see above for a chain.
 """
 
@@ -93,6 +93,7 @@ class EsmmConfig(CommonConfig):
     num_specific_experts: int = 1
     share_embedding: bool = True
     cross_layers: int = 2
+    fm_task_scale: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -204,6 +205,7 @@ class Esmm(MultiTaskModel):
             n,
             cfg.cross_layers,
             groups=1 if self.shared else n,
+            fm_task_scale=cfg.fm_task_scale,
         )
         self.backbone = mixture_backbone(cfg, in_dim, n)
         if self.backbone is not None:
@@ -225,7 +227,7 @@ class Esmm(MultiTaskModel):
         self, sparse: torch.Tensor, dense: torch.Tensor, out: dict[str, torch.Tensor]
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """What each step's tower reads, and the FM logit term per step (deepfm) or None."""
-        x, fm = self.interaction(self.embedding(sparse, dense))
+        x, fm = self.interaction(self.embedding(sparse, dense), sparse, dense)
         if isinstance(self.backbone, MixtureOfExperts):
             reps, gates = self.backbone(x)  # [steps, B, H], [steps, B, E]
             out["gates"] = gates.transpose(0, 1)

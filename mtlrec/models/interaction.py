@@ -5,12 +5,17 @@
 * `deepfm` (Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR
   Prediction", IJCAI 2017). The FM and the deep part share the field embeddings v_1..v_F:
 
-      FM(v)  = sum_{i<j} <v_i, v_j> = 1/2 sum_d [ (sum_i v_id)^2 - sum_i v_id^2 ]
-      y_k    = DNN_k(x) + a_k FM(v)           a_k: each task's learned scale of the term (init 1)
+      FM(x)  = <w, x> + sum_{i<j} <v_i, v_j>
+             = sum_f w_f[id_f] + sum_d u_d x_d + 1/2 sum_k [ (sum_i v_ik)^2 - sum_i v_ik^2 ]
+      y_k    = DNN_k(x) + FM(x)                  (the paper: no scale on the FM term)
 
-  The networks read the embedding unchanged (x); every task's logit adds the FM term, scaled per
-  task so a task that does not profit from it can turn it down. Only sparse fields enter the FM
-  (they must share one embedding size); dense features reach the DNN only.
+  The first-order term <w, x> has one learned scalar per id of every single-id field (w_f[id],
+  a table of its own, init 0) and one per dense feature (u_d); the second-order term takes every
+  embedded field's vector (single ids, bags and sequences pooled, or a feature group's sum).
+  `fm_task_scale: true` (an mtlrec option, not the paper) multiplies the FM term by a learned
+  scale per task, y_k = DNN_k(x) + a_k FM(x) (init 1), so a task that does not profit from it can
+  turn it down. The networks read the embedding unchanged (x). Only sparse fields enter the
+  second-order term (they must share one embedding size); multi-value fields enter it only.
 * `dcn` (Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for Web-scale
   Learning to Rank Systems", WWW 2021), stacked form: `cross_layers` full-rank cross layers
 
@@ -58,10 +63,33 @@ class CrossLayer(nn.Module):
         return x0 * self.linear(x) + x
 
 
+class FirstOrder(nn.Module):
+    """<w, x> of DeepFM: a scalar per id of each single-id field plus a weight per dense feature,
+    G sets of them (one per private input) -> [G, B]."""
+
+    def __init__(self, spec: DatasetSpec, groups: int):
+        super().__init__()
+        self.num_single = len(spec.sparse)
+        vocab = sum(f.vocab_size for f in spec.vocab_owners)
+        # [G, ids]: group first, like every per-task parameter; init 0, so the term starts at 0
+        self.weight = nn.Parameter(torch.zeros(groups, max(vocab, 1)))
+        self.dense = nn.Linear(len(spec.dense), groups, bias=False)
+        nn.init.zeros_(self.dense.weight)
+        self.num_dense = len(spec.dense)
+
+    def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ids = sparse[:, : self.num_single]  # single-id columns hold ids of the fused id space
+        first = self.weight[:, ids].sum(-1)  # [G, B]
+        if self.num_dense:
+            first = first + self.dense(dense[:, : self.num_dense].to(first.dtype)).transpose(0, 1)
+        return first
+
+
 class FeatureInteraction(nn.Module):
-    """forward(x) -> (x for the networks, FM logit term per task [T, B] or None).
+    """forward(x, sparse, dense) -> (x for the networks, FM logit term per task [T, B] or None).
 
     `groups` = 1 for a shared input [B, in]; G for private inputs [G, B, in] (then T = G).
+    `sparse`/`dense` are the raw inputs (the first-order term of deepfm reads them).
     """
 
     def __init__(
@@ -73,13 +101,15 @@ class FeatureInteraction(nn.Module):
         num_tasks: int,
         cross_layers: int = 2,
         groups: int = 1,
+        fm_task_scale: bool = False,
     ):
         super().__init__()
-        self.kind, self.groups = kind, groups
+        self.kind, self.groups, self.num_tasks = kind, groups, num_tasks
         self.cross = nn.ModuleList()
         if kind == "dcn":
             self.cross.extend(CrossLayer(groups, in_dim) for _ in range(cross_layers))
         self.fm_fields = 0
+        self.fm_scale: nn.Parameter | None = None
         if kind == "deepfm":
             embedded = [f for f in spec.features if f.kind != "dense"]  # ids, bags, sequences
             sizes = sorted({f.embedding_dim or embedding_dim for f in embedded})
@@ -91,10 +121,17 @@ class FeatureInteraction(nn.Module):
             # one vector per field (or per feature group) ahead of the dense features
             self.fm_fields = (in_dim - len(spec.dense)) // sizes[0]
             self.fm_dim = sizes[0]
-            self.fm_scale = nn.Parameter(torch.ones(num_tasks, 1))
+            self.first_order = FirstOrder(spec, groups)
+            if fm_task_scale:
+                self.fm_scale = nn.Parameter(torch.ones(num_tasks, 1))
         self.out_dim = in_dim
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sparse: torch.Tensor | None = None,
+        dense: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.kind == "dcn":
             grouped = x.unsqueeze(0) if x.dim() == 2 else x
             h = grouped
@@ -102,8 +139,11 @@ class FeatureInteraction(nn.Module):
                 h = layer(grouped, h)
             return (h[0] if x.dim() == 2 else h), None
         if self.kind == "deepfm":
+            assert sparse is not None and dense is not None, "deepfm reads the raw inputs"
             width = self.fm_fields * self.fm_dim
             fields = x[..., :width].unflatten(-1, (self.fm_fields, self.fm_dim))
-            fm = factorization_machine(fields)  # [B] or [G, B]
-            return x, self.fm_scale * (fm.unsqueeze(0) if fm.dim() == 1 else fm)
+            second = factorization_machine(fields)  # [B] or [G, B]
+            fm = self.first_order(sparse, dense) + second  # [G, B]
+            fm = fm.expand(self.num_tasks, -1) if fm.shape[0] == 1 else fm  # [T, B]
+            return x, fm if self.fm_scale is None else self.fm_scale * fm
         return x, None

@@ -25,6 +25,50 @@ ACTIVATIONS = {
 }
 
 
+# model.hidden_init: how the hidden layers of every MLP (experts, towers, bottoms, gate MLPs) start.
+# torch (default): nn.Linear's init (uniform +-1/sqrt(fan_in) weights AND biases); on census its
+# tower pre-activations start bias-dominated (input part 0.14x |bias|). glorot: Glorot/Xavier
+# uniform weights, zero biases - the default of TF/Keras and PaddlePaddle layers, which the
+# reference implementations (PaddleRec's MMoE, PLE, ESMM, AITM, ESCM2; DeepCTR) use. he: Kaiming
+# normal (std sqrt(2 / fan_in)), zero biases. None of them removes the census seed-7 trap
+# (docs/results.md "Seed study").
+HIDDEN_INITS = ("glorot", "he", "torch")
+
+
+def init_hidden(weight: torch.Tensor, bias: torch.Tensor, fan_in: int, fan_out: int, how: str):
+    """Re-initialise one hidden layer in place (model.hidden_init; "torch" leaves it)."""
+    if how == "torch":
+        return
+    with torch.no_grad():
+        if how == "glorot":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-bound, bound)
+        else:  # he
+            weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+        bias.zero_()
+
+
+def apply_hidden_init(model: nn.Module, how: str) -> None:
+    """model.hidden_init on every hidden layer of the model's MLPs and grouped MLPs (their output
+    layers keep nn.Linear's init), in module order."""
+    for module in model.modules():
+        if isinstance(module, GroupedMLP):
+            for i in range(module.num_hidden):
+                weight, bias = module.linears[i].weight, module.linears[i].bias
+                assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+                if i == 0 and module.shared_input:  # one [in, G*d] Linear for all groups
+                    fan_in, fan_out = weight.shape[1], weight.shape[0] // module.groups
+                else:  # GroupedLinear [G, in, out]
+                    fan_in, fan_out = weight.shape[1], weight.shape[2]
+                init_hidden(weight, bias, fan_in, fan_out, how)
+        elif isinstance(module, MLP):
+            for linear in module:
+                if isinstance(linear, nn.Linear):
+                    init_hidden(
+                        linear.weight, linear.bias, linear.in_features, linear.out_features, how
+                    )
+
+
 @dataclass
 class CommonConfig:
     """Config keys every model has (conf/model/*.yaml)."""
@@ -35,9 +79,14 @@ class CommonConfig:
     activation: str = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+    hidden_init: str = "torch"
 
     def validate(self) -> None:
         check_positive("model.embedding_dim", self.embedding_dim)
+        if self.hidden_init not in HIDDEN_INITS:
+            raise MtlrecError(
+                f"model.hidden_init '{self.hidden_init}' is unknown; use one of {list(HIDDEN_INITS)}"
+            )
         if not self.embedding_init_std > 0:
             raise MtlrecError(
                 f"model.embedding_init_std must be > 0, got {self.embedding_init_std}"

@@ -16,7 +16,7 @@ task k has a learned query q_k in R^d that attends over the experts' outputs, sc
 so a task picks experts by what they output on this row rather than by a linear map of the input.
 The weights still sum to 1 over the experts and are logged like the softmax gates.
 
-Backbone (`backbone`, interaction.py): `deepfm` adds each task's scaled FM term to its logit, `dcn`
+Backbone (`backbone`, interaction.py): `deepfm` adds the FM term (first + second order) to every logit, `dcn`
 puts DCN-v2 cross layers below the experts and gates (they read the crossed input).
 
 All experts run as one batched matmul per layer (no Python loop over experts), and so do all
@@ -24,7 +24,7 @@ gates and all towers. The forward pass also returns "gates" [B, tasks, experts] 
 can record mean gate weights per task and expert (the first place to look for expert collapse).
 
 Config keys (conf/model/mmoe.yaml): embedding_dim, embedding_init_std, num_experts, expert_dims,
-gate_dims, tower_dims, gate, attention_dim, backbone, cross_layers, activation, dropout, batch_norm.
+gate_dims, tower_dims, gate, attention_dim, backbone, cross_layers, fm_task_scale, activation, dropout, batch_norm.
 Outputs: one per task, named after the task; tasks may mix binary and regression.
 """
 
@@ -77,6 +77,7 @@ class MMoEConfig(MoEConfig):
     attention_dim: int = 16
     backbone: str = "mlp"
     cross_layers: int = 2
+    fm_task_scale: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -117,7 +118,13 @@ class MMoE(MultiTaskModel):
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std)
         in_dim = self.embedding.out_dim
         self.interaction = FeatureInteraction(
-            cfg.backbone, spec, cfg.embedding_dim, in_dim, n_tasks, cfg.cross_layers
+            cfg.backbone,
+            spec,
+            cfg.embedding_dim,
+            in_dim,
+            n_tasks,
+            cfg.cross_layers,
+            fm_task_scale=cfg.fm_task_scale,
         )
         act, drop, bn = cfg.activation, cfg.dropout, cfg.batch_norm
         self.experts = GroupedMLP(
@@ -136,7 +143,9 @@ class MMoE(MultiTaskModel):
         )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, fm = self.interaction(self.embedding(sparse, dense))  # [B, in], FM term [T, B] or None
+        x, fm = self.interaction(
+            self.embedding(sparse, dense), sparse, dense
+        )  # [B, in], FM term [T, B] or None
         experts = self.experts(x)  # [E, B, H]
         # [T, B, E]: attention reads the experts' outputs, the softmax gate the input
         gates = self.gates(experts) if self.attention else torch.softmax(self.gates(x), dim=-1)

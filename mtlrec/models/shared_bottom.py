@@ -5,11 +5,11 @@ Caruana, "Multitask Learning", Machine Learning 28, 1997; the baseline of the MM
     h   = bottom(Embedding(sparse) ++ dense)        one MLP (bottom_dims) shared by all tasks
     y_k = tower_k(h)                                one tower per task (tower_dims, then one output)
 
-Backbone (`backbone`, interaction.py): `deepfm` adds each task's scaled FM term to its logit, `dcn`
+Backbone (`backbone`, interaction.py): `deepfm` adds the FM term (first + second order) to every logit, `dcn`
 puts DCN-v2 cross layers below the bottom.
 
 Config keys (conf/model/shared_bottom.yaml): embedding_dim, embedding_init_std, bottom_dims,
-tower_dims, backbone, cross_layers, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+tower_dims, backbone, cross_layers, fm_task_scale, activation, dropout, batch_norm. Outputs: one per task, named after the task.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class SharedBottomConfig(CommonConfig):
     tower_dims: list[int] = field(default_factory=lambda: [32])
     backbone: str = "mlp"
     cross_layers: int = 2
+    fm_task_scale: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -63,6 +64,7 @@ class SharedBottom(MultiTaskModel):
             self.embedding.out_dim,
             len(tasks),
             cfg.cross_layers,
+            fm_task_scale=cfg.fm_task_scale,
         )
         self.bottom = MLP(
             self.embedding.out_dim, cfg.bottom_dims, cfg.activation, cfg.dropout, cfg.batch_norm
@@ -79,7 +81,7 @@ class SharedBottom(MultiTaskModel):
         )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, fm = self.interaction(self.embedding(sparse, dense))
+        x, fm = self.interaction(self.embedding(sparse, dense), sparse, dense)
         y = self.towers(self.bottom(x)).squeeze(-1)  # [T, B]
         if fm is not None:
             y = y + fm

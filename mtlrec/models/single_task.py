@@ -13,7 +13,7 @@ Backbone (`backbone`, interaction.py): `deepfm` adds to each task's logit the FM
 embedding, `dcn` gives each task its own cross layers: still nothing shared.
 
 Config keys (conf/model/single_task.yaml): embedding_dim, embedding_init_std, bottom_dims,
-tower_dims, backbone, cross_layers, activation, dropout, batch_norm. Outputs: one per task, named after the task.
+tower_dims, backbone, cross_layers, fm_task_scale, activation, dropout, batch_norm. Outputs: one per task, named after the task.
 """
 
 from __future__ import annotations
@@ -46,7 +46,14 @@ class SingleTask(MultiTaskModel):
         n = len(tasks)
         self.embedding = FeatureEmbedding(spec, cfg.embedding_dim, cfg.embedding_init_std, copies=n)
         self.interaction = FeatureInteraction(
-            cfg.backbone, spec, cfg.embedding_dim, self.embedding.out_dim, n, cfg.cross_layers, n
+            cfg.backbone,
+            spec,
+            cfg.embedding_dim,
+            self.embedding.out_dim,
+            n,
+            cfg.cross_layers,
+            n,
+            fm_task_scale=cfg.fm_task_scale,
         )
         self.nets = GroupedMLP(
             n,
@@ -59,7 +66,7 @@ class SingleTask(MultiTaskModel):
         )
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, fm = self.interaction(self.embedding(sparse, dense))  # [T, B, in], [T, B] or None
+        x, fm = self.interaction(self.embedding(sparse, dense), sparse, dense)  # [T, B, in], FM
         y = self.nets(x).squeeze(-1)  # [T, B]
         if fm is not None:
             y = y + fm
@@ -92,7 +99,8 @@ class SingleTask(MultiTaskModel):
                 for p in norm.parameters():
                     d = p.shape[0] // self.nets.groups
                     group.append((p, slice(k * d, (k + 1) * d)))
-            # per-task interaction parameters (grouped cross layers, FM scales) lead with T
+            # per-task interaction parameters (grouped cross layers, the FM's first-order
+            # weights, FM scales) lead with T
             group += [(p, k) for p in self.interaction.parameters() if p.shape[0] == n]
             groups.append(group)
         return groups

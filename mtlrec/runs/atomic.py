@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import NO_SPACE_FAULT_ENV, inject_fault, write_error, write_error_code
 from mtlrec.runs.records import json_safe
 from mtlrec.training.signals import complete_writes, received
 
@@ -49,6 +50,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     naming the file; the temp file is removed and `path` keeps its previous version."""
     path = Path(path)
     try:
+        inject_fault(path, no_space=False)  # tests: a read-only dir (see mtlrec.outputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(path)
     except OSError as e:
@@ -69,7 +71,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # Tests: `NAME[:BYTES]`: writes of the file NAME (e.g. last.pt) fail with ENOSPC past BYTES
 # (default 1024), as on a full disk (a real one cannot be made without root). Unset: no effect.
-NO_SPACE_FAULT_ENV = "MTLREC_FAULT_NO_SPACE"
+# (The same variable as mtlrec.outputs', whose other writers fail at the file's first byte.)
 
 
 class NoSpaceError(MtlrecError):
@@ -128,14 +130,20 @@ class _FaultyFile:
 
 
 def _raise_if_no_space(exc: BaseException, path: Path) -> None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
-            raise NoSpaceError(
-                f"{path}: cannot write it: {os.strerror(seen.errno)}; free some space on that "
-                "disk (its previous version, if any, is kept) and run again"
-            ) from None
-        seen = seen.__cause__ or seen.__context__
+    """A full disk, a read-only dir or a missing permission as one line (else nothing)."""
+    code = write_error_code(exc) if isinstance(exc, Exception) else None
+    if code in NO_SPACE:
+        raise NoSpaceError(
+            f"{path}: cannot write it: {os.strerror(code)}; free some space on that "
+            "disk (its previous version, if any, is kept) and run again"
+        ) from None
+    if code is not None:
+        raise write_error(path, code) from None
+
+
+def save_png(fig: Any, path: Path, **savefig_args: Any) -> None:
+    """A matplotlib figure written atomically as PNG (a full disk leaves no half image)."""
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", **savefig_args))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "auto (default) = wide when it fits the terminal",
     )
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--group-by-seed",
@@ -84,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="group_by_seed",
         action="store_false",
         help="one row per run, even when only the seed differs",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="runs matching it are the baseline (e.g. model=single_task): per-metric delta "
+        "columns (mean ± std over paired seeds) and negative-transfer marks; --plot adds seesaw.png",
     )
     parser.add_argument(
         "--plot", metavar="DIR", help='write PNG plots to DIR (needs: pip install "mtlrec[plot]")'
@@ -119,7 +128,15 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
     if args.sort in in_runs and not metrics:
         defaults = default_metrics(runs)
         metrics = defaults if args.sort in defaults else [*defaults, args.sort]
-    table = build_table(runs, metrics, args.group_by_seed)
+    if args.baseline and args.group_by_seed is False:
+        raise MtlrecError(
+            "--baseline pairs each configuration's seeds with the baseline's: drop --no-group"
+        )
+    table = build_table(runs, metrics, True if args.baseline else args.group_by_seed)
+    if args.baseline:
+        from mtlrec.ranking.gain import add_gain_columns
+
+        add_gain_columns(table, runs, args.baseline)
     missing = [m for m in (args.metric or []) if not any(m in r.metric_names for r in runs)]
     if missing and any(r.metric_names for r in runs):
         known = sorted({k for r in runs for k in r.metric_names})
@@ -140,12 +157,25 @@ def _write_plots(runs: list[Run], out: str, metrics: list[str]) -> None:
         print("no plots written: no compared run has a history.csv yet", file=sys.stderr)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --output and --plot never land in a run dir, a dataset or an export,
+    and --output never replaces a file without --overwrite (mtlrec.outputs)."""
+    from mtlrec import outputs
+
+    if args.output:
+        inputs = {f"compared {p}": p for p in args.paths}
+        outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
+    if args.plot:
+        outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.plot:
         from mtlrec.runs.plots import require_matplotlib
 
         require_matplotlib()  # fail before the work, in one line
+    _check_outputs(args)
     runs, table = _select(args)
     if args.output:
         from mtlrec.runs.atomic import atomic_write_text
@@ -159,6 +189,14 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(text)
     if args.plot:
         _write_plots(runs, args.plot, table.metric_columns)
+        if args.baseline:
+            from mtlrec.ranking.seesaw import write_seesaw
+
+            seesaw = write_seesaw(table, Path(args.plot))
+            print(
+                f"wrote {seesaw}" if seesaw else "no seesaw: fewer than two task metrics",
+                file=sys.stderr,
+            )
     return 0
 
 

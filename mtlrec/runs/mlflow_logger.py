@@ -28,9 +28,10 @@ class MlflowLogger(RunLogger):
     @dataclass
     class Config:
         name: str = "mlflow"
-        tracking_uri: str | None = None  # None = sqlite:///<run dir's parent>/mlflow.db
+        tracking_uri: str | None = None  # None = MLflow's own default (./mlflow.db from the cwd)
         experiment_name: str = "mtlrec"
         run_name: str | None = None  # None = the run dir's path below the current dir
+        log_artifacts: bool = True  # config, history.csv, metrics.json, checkpoints/best.pt
 
     @classmethod
     def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
@@ -40,8 +41,8 @@ class MlflowLogger(RunLogger):
         except ValueError:
             default_name = str(run_dir)
         record = _read_mlflow_record(run_dir) if config.get("resume") else {}
-        return cls(
-            tracking_uri=record.get("tracking_uri") or cfg.tracking_uri or _default_uri(run_dir),
+        logger = cls(
+            tracking_uri=record.get("tracking_uri") or cfg.tracking_uri or _default_uri(),
             experiment_name=cfg.experiment_name,
             run_name=cfg.run_name or default_name,
             config=config,
@@ -49,6 +50,8 @@ class MlflowLogger(RunLogger):
             resume_run_id=record.get("run_id"),
             record=run_dir / MLFLOW_RECORD,
         )
+        logger.artifacts_from = run_dir if cfg.log_artifacts else None
+        return logger
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class MlflowLogger(RunLogger):
             ) from None
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
         self.tracking_uri = tracking_uri
+        self.artifacts_from: Path | None = None  # the run dir whose files finish() logs
         _check_sqlite_support(tracking_uri)
         with _store_lock(tracking_uri):  # sweep jobs creating one sqlite database at once
             self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -126,17 +130,39 @@ class MlflowLogger(RunLogger):
         if final:
             self._log(final, 0)
         self.client.set_tag(self.run_id, "mtlrec.status", status)
+        if self.artifacts_from is not None:
+            self._log_artifacts(self.artifacts_from)
         mlflow_status = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, mlflow_status)
 
+    def _log_artifacts(self, run_dir: Path) -> None:
+        """The run's config, history, metrics and best model (what exists of them) as artifacts:
+        a run found with `mlflow.search_runs()` carries what rebuilds and judges it."""
+        for name, folder in ARTIFACTS:
+            path = run_dir / name
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path), folder)
+
 
 MLFLOW_RECORD = "mlflow.json"  # in the run dir: {"tracking_uri": ..., "run_id": ...}
+ARTIFACTS = (  # (file in the run dir, artifact folder or None for the top)
+    (".hydra/config.yaml", None),
+    ("history.csv", None),
+    ("metrics.json", None),
+    ("checkpoints/best.pt", "checkpoints"),
+)
 
 
-def _default_uri(run_dir: Path) -> str:
-    """sqlite next to the run dir: a sweep's jobs (SWEEP/0, SWEEP/1, ...) share SWEEP/mlflow.db.
-    (MLflow's file store ./mlruns is deprecated and warns.)"""
-    return f"sqlite:///{run_dir.parent / 'mlflow.db'}"
+def _default_uri() -> str:
+    """MLflow's own default, as `mlflow.search_runs()` sees it from the same working directory:
+    MLFLOW_TRACKING_URI when set, else sqlite:///<cwd>/mlflow.db (MLflow 3's default; MLflow 2's
+    file store ./mlruns is deprecated, so the same sqlite file is used there)."""
+    import mlflow
+
+    uri = str(mlflow.get_tracking_uri())
+    if uri.startswith("file:") or "://" not in uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri
 
 
 def _read_mlflow_record(run_dir: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.metric_registry import direction
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def plot_bars(
             continue
         fig = bar_figure(plt, done, key, keys, names, metric)
         path = out / f"{safe_name(metric)}_by_{safe_name(names[key])}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_png(fig, path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.metric_registry import parse
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def plot_learning_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path 
     legend_outside(ax_loss)
     fig.tight_layout()
     path = out / "learning_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -157,6 +158,8 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
     keys = task_keys([r for g in groups.values() for r in g], monitor)
     if len(keys) < 2:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     shown = dict(list(groups.items())[:MAX_GROUPS])
     cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
     cols = min(3, len(keys))
@@ -167,6 +170,7 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
             text = f"{label} (n={len(members)})" if len(members) > 1 else label
             _draw(ax, members, key, cmap(i % cmap.N), text)
         ax.set(title=key, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs 1, 2 (never 1.5)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(keys) :]:
         ax.axis("off")
@@ -174,6 +178,6 @@ def plot_task_curves(plt, runs: list[Run], labels: dict, out: Path) -> Path | No
     fig.suptitle("validation metric per task and epoch")
     fig.tight_layout()
     path = out / "task_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_png(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

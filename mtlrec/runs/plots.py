@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
+from mtlrec.outputs import inject_fault, writing
+from mtlrec.runs.atomic import save_png
 from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
 from mtlrec.runs.plot_bars import plot_bars, safe_name
 from mtlrec.runs.plot_curves import (
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from mtlrec.runs.records import Run
 
 GATE_COLUMN = re.compile(r"^gate/(?P<task>.+)/expert_(?P<expert>\d+)$")
+UTILIZATION = "utilization"  # gate/utilization/expert_e: the mean over tasks (models/layers.py)
 MAX_CURVES = 24  # more lines than this are unreadable; the rest are left out (said in the title)
 
 
@@ -88,6 +91,8 @@ def gate_matrix(history: list[dict[str, Any]], epoch: int | None) -> tuple[list,
         if m and isinstance(value, (int, float)) and not math.isnan(value):
             cells[(m["task"], int(m["expert"]))] = float(value)
     tasks = list(dict.fromkeys(t for t, _ in cells))
+    if UTILIZATION in tasks:  # the mean over tasks, not a task: always the last row
+        tasks = [t for t in tasks if t != UTILIZATION] + [UTILIZATION]
     experts = sorted({e for _, e in cells})
     weights = [[cells.get((t, e), math.nan) for e in experts] for t in tasks]
     return tasks, experts, weights
@@ -136,7 +141,7 @@ def plot_metric_vs_params(
             log_scale_if_positive(ax)
         fig.tight_layout()
         path = out / f"{_safe(metric)}_vs_{_safe(names[key])}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_png(fig, path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
@@ -167,7 +172,7 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
     panels = panels[:MAX_CURVES]
     if not panels:
         return None
-    cols = min(4, len(panels))
+    cols = min(3, len(panels))  # <= 3 heatmaps a row: readable expert labels and numbers
     rows = math.ceil(len(panels) / cols)
     width = max(3.6, 0.55 * max(len(p[2]) for p in panels) + 2.2)
     height = max(2.0, 0.5 * max(len(p[1]) for p in panels) + 1.4)
@@ -184,9 +189,12 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
         image = ax.imshow(weights, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         names, own = expert_labels(run.config, tasks, experts)
         ax.set_xticks(range(len(experts)), names, fontsize=7, rotation=45 if own else 0)
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        rows_shown = ["all tasks (mean)" if t == UTILIZATION else t for t in tasks]
+        ax.set_yticks(range(len(tasks)), rows_shown, fontsize=8)
         if own:  # PLE: a line between the task-specific experts and the shared ones
             ax.axvline(own - 0.5, color="white", lw=1.5)
+        if tasks[-1] == UTILIZATION and len(tasks) > 1:  # set the mean apart from the tasks
+            ax.axhline(len(tasks) - 1.5, color="white", lw=3)
         ax.set_xlabel("expert (task-specific | shared)" if own else "expert", fontsize=8)
         epoch = run.info.get("best_epoch")
         levels = run.config.get("model.num_levels")
@@ -209,7 +217,7 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mean gate weight")
     fig.suptitle("MoE gates: mean weight per task x expert")
     path = out / "moe_gates.png"
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -218,7 +226,19 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     """Write every plot that the runs have data for; returns the written paths."""
     plt = require_matplotlib()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    with writing(out_dir):
+        inject_fault(out_dir, no_space=False)  # tests: a read-only parent dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_all(plt, runs, out_dir, metrics)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing written: no empty dir left behind
+        raise
+
+
+def _write_all(plt, runs: list[Run], out_dir: Path, metrics: list[str] | None) -> list[Path]:
     keys = differing_keys(runs)
     names = short_names(keys)
     shown = [k for k in keys if k not in ("data_order_seed",)]

@@ -86,6 +86,9 @@ class RunSummary:
     num_threads: int | None = None
     world_size: int | None = None
     effective_batch_size: int | None = None
+    # trainer.keep_best_per_task: the second protocol next to `metrics` (the monitored best
+    # epoch's): each task at its own best val epoch (mtlrec.training.per_task)
+    per_task_best: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know
 
     @classmethod

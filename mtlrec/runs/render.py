@@ -36,10 +36,11 @@ def to_json(table: Table) -> str:
 
 
 def csv_columns(table: Table) -> list[str]:
-    """Seed-group metric columns become two: `<metric>_mean`, `<metric>_std`."""
+    """Seed-group metric columns (and the Δ columns of --baseline) become two: `<metric>_mean`,
+    `<metric>_std`."""
     columns = []
     for c in table.columns:
-        grouped_metric = table.grouped and c in table.metric_columns
+        grouped_metric = table.grouped and (c in table.metric_columns or c.startswith("Δ"))
         columns += [f"{c}_mean", f"{c}_std"] if grouped_metric else [c]
     return columns
 
@@ -48,7 +49,7 @@ def _csv_cells(table: Table, row: dict[str, Any]) -> list[str]:
     cells = []
     for c in table.columns:
         v = row.get(c)
-        if table.grouped and c in table.metric_columns:
+        if table.grouped and (c in table.metric_columns or c.startswith("Δ")):
             cells += ["", ""] if not isinstance(v, tuple) else [repr(v[0]), repr(v[1])]
         elif isinstance(v, float):
             cells.append("" if math.isnan(v) else repr(v))

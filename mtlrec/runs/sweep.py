@@ -168,6 +168,7 @@ class SweepReport(Callback):
         self.reported = True  # the sweep ended: nothing was stopped
         atexit.unregister(self._stopped_line)
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        print_sweep_table(sweep_dir)
         bad = [
             (path, metrics)
             for path, metrics in sweep_jobs(sweep_dir)
@@ -190,6 +191,21 @@ class SweepReport(Callback):
         # Hydra turns exceptions raised by callbacks into warnings (exit status 0); SystemExit
         # is not an Exception, so it gets through and the sweep command exits with status 1.
         raise SystemExit(1)
+
+
+def print_sweep_table(sweep_dir: Path) -> None:
+    """The sweep's jobs as `mtlrec compare` shows them, then the command that shows them again.
+
+    A summary only: whatever goes wrong reading the job dirs, the sweep's own outcome stands.
+    """
+    from mtlrec.runs.compare import main as compare
+
+    print(f"\nsweep {sweep_dir}:", flush=True)
+    try:
+        compare([str(sweep_dir)])
+    except Exception as e:  # noqa: BLE001 - a summary must never fail the sweep
+        print(f"(no table: {e})", flush=True)
+    print(f"compare again: mtlrec compare {sweep_dir}", flush=True)
 
 
 def _print_stopped(run_dir: Path, reason: str) -> None:

@@ -45,6 +45,11 @@ class TrainerConfig:
     embedding_optimizer: Literal["auto", "adam", "sparse_adam", "adagrad"] = "auto"
     # Whole splits on the GPU (true), in pinned host memory (false) or whichever fits (auto).
     data_on_device: Literal["auto"] | bool = "auto"
+    # Also keep checkpoints/best_<task>.pt at each task's own best val epoch and test each task
+    # with its own weights (mtlrec.training.per_task); early_stopping=all_tasks stops once every
+    # task has stalled for `patience` epochs instead of when the monitored metric has.
+    keep_best_per_task: bool = False
+    early_stopping: Literal["monitor", "all_tasks"] = "monitor"
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -83,6 +88,10 @@ class TrainerConfig:
         ):
             raise MtlrecError(
                 f"trainer.num_threads must be an integer >= 1 or null, got {self.num_threads!r}"
+            )
+        if not isinstance(self.keep_best_per_task, bool):
+            raise MtlrecError(
+                f"trainer.keep_best_per_task must be true or false, got {self.keep_best_per_task!r}"
             )
         check_monitor_name(self.monitor, self.mode)
 

@@ -49,6 +49,7 @@ from mtlrec.training.optimizers import (
     clip_grad_norm,
     sparse_parameters,
 )
+from mtlrec.training.per_task import PerTaskBest
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
 
@@ -145,6 +146,7 @@ class Trainer:
         self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
         self.global_step = 0
         self.stopper = EarlyStopping(self.mode, cfg.patience)
+        self.per_task = self._per_task()
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
         self.train_time, self.train_rows = 0.0, 0
@@ -178,6 +180,17 @@ class Trainer:
         # (single_task: T independent models); else the global norm.
         groups = getattr(model, "task_parameter_groups", None)
         self.clip_groups = groups() if callable(groups) else None
+
+    def _per_task(self) -> PerTaskBest | None:
+        """Each task's own best epoch, when kept or when it decides early stopping."""
+        wanted = self.cfg.keep_best_per_task or self.cfg.early_stopping == "all_tasks"
+        return PerTaskBest(self.targets, self.cfg.patience) if wanted else None
+
+    @property
+    def should_stop(self) -> bool:
+        if self.cfg.early_stopping == "all_tasks" and self.per_task is not None:
+            return self.per_task.all_stalled
+        return self.stopper.should_stop
 
     def _make_optimizer(self) -> MultiOptimizer:
         """Fused Adam/AdamW for dense parameters; each embedding table per
@@ -273,6 +286,10 @@ class Trainer:
         self.order_generator.set_state(state.order_generator)
         self.stopper.__dict__.update(state.early_stopping)
         self.history = [dict(r) for r in state.history]
+        if self.per_task is not None:  # its state is a function of the history
+            self.per_task = self._per_task()
+            assert self.per_task is not None
+            self.per_task.replay(self.history)
         self.best_state = {k: v.to(self.device) for k, v in state.best_state.items()}
         self.train_time, self.train_rows = float(state.train_time), int(state.train_rows)
         if state.balancer:
@@ -315,12 +332,13 @@ class Trainer:
         """
         train, val = splits["train"], splits["val"]
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
+        self.per_task = self._per_task()
         self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
         if resume is not None:
             first_epoch = self.load_training_state(resume)
-            if self.stopper.should_stop:
+            if self.should_stop:
                 first_epoch = self.cfg.epochs + 1  # the run had already stopped early
         t0 = time.perf_counter()
         with self._progress() as progress:
@@ -333,10 +351,12 @@ class Trainer:
                 else:
                     row.pop("_is_best")
                 # rank 0's decision; reaching the last epoch is not a stop
-                if epoch < self.cfg.epochs and distributed.decide(self.stopper.should_stop):
+                if epoch < self.cfg.epochs and distributed.decide(self.should_stop):
                     log.info(
                         "early stopping: %s did not improve for %d epochs",
-                        self.monitor,
+                        self.monitor
+                        if self.cfg.early_stopping == "monitor"
+                        else "no task's own val metric",
                         self.stopper.patience,
                     )
                     break
@@ -349,9 +369,7 @@ class Trainer:
             self.stopper.best_epoch or 1,
             self.stopper.best_value,
             # early: patience ran out before the last requested epoch (not merely reached it)
-            self.stopper.should_stop
-            and bool(self.history)
-            and self.history[-1]["epoch"] < self.cfg.epochs,
+            self.should_stop and bool(self.history) and self.history[-1]["epoch"] < self.cfg.epochs,
             self.train_rows / self.train_time if self.train_time else math.nan,
             time.perf_counter() - t0,
         )
@@ -373,6 +391,9 @@ class Trainer:
         is_best = self.stopper.update(epoch, val_metrics[self.monitor])
         if is_best or epoch == 1:
             self.keep_best()
+        if self.per_task is not None:
+            self.per_task.update(epoch, val_metrics)
+            self.per_task.keep(self.model)
         row["seconds"] = time.perf_counter() - t0
         self.history.append(row)
         log.info(

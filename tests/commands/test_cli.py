@@ -39,6 +39,9 @@ def test_train_from_another_directory_writes_a_run_dir_with_microseconds(tmp_pat
     log = (runs[0] / "train.log").read_text()
     assert "epoch 1/1" in log and "test/ctr_auc=" in log
     assert "ctcvr_auc" in result.stdout  # the final table
+    assert "metrics at the best epoch (1 of 1)" in result.stdout  # it names the best epoch
+    assert "test: test/" not in result.stdout  # the table is not repeated as one long line
+    assert "job done:" not in result.stdout  # a single run is no sweep job
 
 
 def test_cfg_job_and_info_searchpath(tmp_path):

@@ -29,10 +29,20 @@ def test_help_lists_every_command_and_help_cmd_equals_cmd_dash_dash_help(tmp_pat
         "evaluate",
         "predict",
         "export",
+        "fuse",
         "tune",
         "completion",
     ]
-    for name in ("evaluate", "predict", "export", "compare", "prepare", "tune", "completion"):
+    for name in (
+        "evaluate",
+        "predict",
+        "export",
+        "fuse",
+        "compare",
+        "prepare",
+        "tune",
+        "completion",
+    ):
         via_help = mtlrec("help", name, cwd=tmp_path)
         direct = mtlrec(name, "--help", cwd=tmp_path)
         assert via_help.returncode == direct.returncode == 0, via_help.stderr
@@ -56,7 +66,7 @@ def test_version_both_spellings(tmp_path):
         (
             ["evaluat"],
             "mtlrec: unknown command 'evaluat'; did you mean 'evaluate'? commands: train, "
-            "prepare, compare, evaluate, predict, export, tune, completion (see `mtlrec --help`)",
+            "prepare, compare, evaluate, predict, export, fuse, tune, completion (see `mtlrec --help`)",
         ),
         (["help", "nope"], None),
         (

@@ -392,6 +392,9 @@ def test_export_of_a_generated_dataset_lists_the_model_and_spec_only(trained, tm
     out_dir = tmp_path / "ts"
     out_dir.mkdir()
     (out_dir / "encoders.json").write_text("{}")  # an earlier export's: not this model's
+    earlier = {"format": "torchscript", "model_file": "model.pt", "files": {}}
+    earlier["files"] = {"model.pt": "0" * 64, "encoders.json": "0" * 64}
+    (out_dir / "export.json").write_text(json.dumps(earlier))
     export(run_dir, "torchscript", out_dir, sample_rows=64)
     info = json.loads((out_dir / "export.json").read_text())
     assert sorted(info["files"]) == ["model.pt", "spec.json"]

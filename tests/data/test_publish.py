@@ -187,3 +187,18 @@ def test_a_copied_reader_shares_the_hold_until_the_last_copy_goes(tmp_path):
     del twin
     gc.collect()
     prepare_dataset(byo_config(raw, out), overwrite=True)
+
+
+def test_an_old_dataset_a_dead_prepare_moved_aside_is_moved_back(tmp_path):
+    raw, _ = write_events(tmp_path)
+    out = tmp_path / "data" / "events"
+    prepare_dataset(byo_config(raw, out))
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    out.rename(out.parent / f".events.old-{dead}-89abcdef")  # killed between the two renames
+    with pytest.raises(MtlrecError, match="a prepared dataset already exists there"):
+        prepare_dataset(byo_config(raw, out))
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["events"]

@@ -33,7 +33,7 @@ TRUNK_LAYER: dict[str, str | None] = {
     "ple": "extractor.levels.1.experts.linears.1.weight",
     "shared_bottom": "bottom.2.weight",
     "single_task": None,
-    "snr": "subnetworks.linears.1.weight",
+    "snr": "upper_subnetworks.linears.0.weight",
     "stem": "levels.0.experts.linears.1.weight",
 }
 # Other backbones of the funnel models and shared-bottom.

@@ -149,19 +149,22 @@ def test_dcn_cross_layer_equals_its_formula():
 
 
 @pytest.mark.parametrize("name", ["esmm", "shared_bottom", "mmoe", "single_task"])
-def test_deepfm_adds_each_tasks_scaled_fm_term_to_its_logit(name):
+def test_deepfm_adds_the_fm_term_to_each_logit_unscaled_by_default(name):
+    """The paper: y_k = DNN_k + FM; model.fm_task_scale=true adds a per-task scale a_k (init 1):
+    with a_k = 0 the FM term is gone, so the difference of the two logits is FM itself."""
     model, _ = build(name=name, backbone="deepfm")
+    scaled, _ = build(name=name, backbone="deepfm", fm_task_scale=True)
+    assert model.interaction.fm_scale is None and scaled.interaction.fm_scale is not None
     sparse, dense = inputs()
-    out = model(*inputs())
     with torch.no_grad():
-        model.interaction.fm_scale.zero_()
-    plain = model(sparse, dense)
-    x = model.embedding(sparse, dense)
-    fields = x[..., :12].unflatten(-1, (3, 4))  # 3 sparse fields of size 4, then the dense one
-    fm = factorization_machine(fields)
-    first = "ctr"
-    want = fm if fm.dim() == 1 else fm[0]  # single_task: the FM of task 0's own embedding
-    torch.testing.assert_close(out[first] - plain[first], want, rtol=1e-4, atol=1e-5)
+        for m in (model, scaled):  # non-zero first-order weights, the same in both
+            m.interaction.first_order.weight.normal_(generator=torch.Generator().manual_seed(1))
+            m.interaction.first_order.dense.weight.fill_(0.5)
+        scaled.interaction.fm_scale.zero_()
+    out, plain = model(sparse, dense), scaled(sparse, dense)
+    _, fm = model.interaction(model.embedding(sparse, dense), sparse, dense)
+    assert fm is not None and fm.shape == (2, B)  # one row per loss task (step)
+    torch.testing.assert_close(out["ctr"] - plain["ctr"], fm[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["esmm", "shared_bottom", "mmoe", "single_task"])
@@ -171,7 +174,7 @@ def test_dcn_backbone_feeds_crossed_features(name):
     out = model(*inputs())
     assert all(out[k].shape == (B,) for k in model.output_types)
     x = model.embedding(*inputs())
-    h, fm = model.interaction(x)
+    h, fm = model.interaction(x, *inputs())
     assert fm is None and h.shape == x.shape and not torch.equal(h, x)
 
 
@@ -220,12 +223,13 @@ def test_escm2_extra_loss_clips_propensities_from_the_ctr_tower():
     )
     assert [t.name for t in tasks] == ["ctr", "ctcvr"]
     out = model(*inputs(4))
-    assert out["cvr_error"].shape == (4,) and (out["cvr_error"] >= 0).all()
+    imputed = out["cvr_imputed"]  # ê, a probability by default (the reference code)
+    assert imputed.shape == (4,) and (imputed > 0).all() and (imputed < 1).all()
     out = {**out, "ctr": torch.tensor([-5.0, 0.0, 5.0, -10.0])}  # pCTR .0067, .5, .9933, 4.5e-5
     labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     p = torch.tensor([0.2, 0.5, torch.sigmoid(torch.tensor(5.0)).item(), 0.2])
-    dr, imp = counterfactual_risk(out["cvr"], p, labels[:, 0], labels[:, 1], out["cvr_error"])
-    torch.testing.assert_close(model.extra_loss(out, labels), 0.5 * dr + 1.0 * imp)
+    dr, imp = counterfactual_risk(out["cvr"], p, labels[:, 0], labels[:, 1], imputed)
+    torch.testing.assert_close(model.extra_loss(out, labels), 0.5 * (dr + 1.0 * imp))
     # IPS: the propensity is a constant for the regularizer (never trains the CTR tower)
     ips_model, _ = build(name="escm2")
     o = ips_model(*inputs(4))
@@ -270,30 +274,64 @@ def test_l0_expectation_formula():
 
 
 @pytest.mark.parametrize("connection", ["trans", "aver"])
-def test_snr_routes_subnetworks_through_codes(connection):
+def test_snr_routes_lower_into_upper_subnetworks_then_into_the_towers(connection):
+    """The paper's two levels: 3 lower sub-networks -> (codes z [2, 3]) -> 2 upper ones ->
+    (codes c [2 tasks, 2]) -> the towers; the routing shapes and the outputs by hand."""
     model, _ = build(
-        name="snr", connection=connection, num_subnetworks=3, subnetwork_dims=[5], tower_dims=[]
+        name="snr",
+        connection=connection,
+        num_subnetworks=3,
+        subnetwork_dims=[5],
+        num_upper_subnetworks=2,
+        upper_subnetwork_dims=[4],
+        tower_dims=[],
     )
+    low, task = model.lower_routing, model.task_routing
+    assert low.log_alpha.shape == (2, 3) and task.log_alpha.shape == (2, 2)
+    if connection == "trans":
+        assert low.transform.shape == (2, 3, 5, 5) and task.transform.shape == (2, 2, 4, 4)
+    else:
+        assert low.transform is None and task.transform is None
     model.eval()
     sparse, dense = inputs()
     out = model(sparse, dense)
-    z = hard_concrete_mean(model.log_alpha, -0.1, 1.1)
-    torch.testing.assert_close(out["gates"], z.unsqueeze(0).expand(B, -1, -1))
-    u = model.subnetworks(model.embedding(sparse, dense))  # [E, B, H]
+    z = hard_concrete_mean(low.log_alpha, -0.1, 1.1)
+    c = hard_concrete_mean(task.log_alpha, -0.1, 1.1)
+    torch.testing.assert_close(out["gates"], c.unsqueeze(0).expand(B, -1, -1))
+    u = model.subnetworks(model.embedding(sparse, dense))  # [3, B, 5]
+    assert u.shape == (3, B, 5)
+    first = model.upper_subnetworks.linears[0]
+    upper = []
+    for j in range(2):
+        v = sum(
+            z[j, i] * (u[i] @ low.transform[j, i] if connection == "trans" else u[i])
+            for i in range(3)
+        )
+        upper.append(torch.relu(v @ first.weight[j] + first.bias[j]))  # [B, 4]
     head = model.towers.linears[0]
     for t, name in enumerate(["ctr", "cvr"]):
-        parts = [
-            z[t, i] * (u[i] @ model.transform[t, i] if connection == "trans" else u[i])
-            for i in range(3)
-        ]
-        want = (sum(parts) @ head.weight[t] + head.bias[t]).squeeze(-1)
+        s = sum(
+            c[t, j] * (upper[j] @ task.transform[t, j] if connection == "trans" else upper[j])
+            for j in range(2)
+        )
+        want = (s @ head.weight[t] + head.bias[t]).squeeze(-1)
         torch.testing.assert_close(out[name], want, rtol=1e-5, atol=1e-6)
     l0 = model.extra_loss(out, torch.zeros(B, 2))
-    torch.testing.assert_close(l0, 0.001 * expected_l0(model.log_alpha, 2 / 3, -0.1, 1.1).sum())
+    # every code of both routings: 6 + 4 connections, each sigmoid(2 - 2/3 log(0.1/1.1))
+    one = 1 / (1 + math.exp(-(2.0 - 2 / 3 * math.log(0.1 / 1.1))))
+    assert l0.item() == pytest.approx(0.001 * 10 * one, rel=1e-6)
+    torch.testing.assert_close(
+        l0,
+        0.001
+        * (
+            expected_l0(low.log_alpha, 2 / 3, -0.1, 1.1).sum()
+            + expected_l0(task.log_alpha, 2 / 3, -0.1, 1.1).sum()
+        ),
+    )
     model.train()
     torch.manual_seed(5)
     sampled = model(sparse, dense)["gates"][0]
-    assert not torch.equal(sampled, z) and ((sampled >= 0) & (sampled <= 1)).all()
+    assert not torch.equal(sampled, c) and ((sampled >= 0) & (sampled <= 1)).all()
 
 
 @pytest.mark.parametrize(

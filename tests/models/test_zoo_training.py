@@ -51,7 +51,7 @@ def test_new_config_names_train(tmp_path, config):
         assert h["train/extra_loss"].iloc[0] > 0
     if config.startswith(("snr", "mmoe")):  # codes / gates logged like MoE gates
         gates = h.filter(like="gate/ctr/expert_")
-        assert gates.shape[1] == (4 if config.startswith("snr") else 8)
+        assert gates.shape[1] == (2 if config.startswith("snr") else 8)  # snr: upper subnetworks
         assert ((gates >= 0) & (gates <= 1)).all().all()
         if config.startswith("mmoe"):
             assert math.isclose(gates.iloc[0].sum(), 1.0, rel_tol=1e-5)

@@ -138,6 +138,8 @@ def test_mlflow_sqlite_without_sqlalchemy_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "alembic" else real(name, *a)
     )
+    monkeypatch.chdir(tmp_path)  # the default store is MLflow's: ./mlflow.db from the cwd
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(MtlrecError) as e:
         build_logger({"name": "mlflow"}, tmp_path / "run", {})
     assert str(e.value) == (

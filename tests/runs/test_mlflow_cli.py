@@ -1,5 +1,5 @@
-"""logger=mlflow through the real CLI: the default store is sqlite beside the run dir (no file
-store warning), params read back as numbers, and a run interrupted by SIGTERM then resumed
+"""logger=mlflow through the real CLI: the default store is MLflow's own default from the cwd
+(./mlflow.db: `mlflow.search_runs()` there finds the run and its artifacts; no file store warning), params read back as numbers, and a run interrupted by SIGTERM then resumed
 continues the same MLflow run (one run, every epoch once, FINISHED)."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_mlflow_default_store_typed_params_and_resume_keeps_the_run(tmp_path):
         assert "FutureWarning" not in text and "file store" not in text.lower()
         assert "Creating initial MLflow database tables" not in text
     record = json.loads((run_dir / "mlflow.json").read_text())
-    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's default from the cwd
     assert record["tracking_uri"] == uri
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(record["run_id"]).info.status == "KILLED"
@@ -75,3 +75,29 @@ def test_mlflow_default_store_typed_params_and_resume_keeps_the_run(tmp_path):
         [experiment.experiment_id], filter_string="params.`trainer.epochs` = '3'"
     )
     assert [r.info.run_id for r in numeric] == [record["run_id"]]
+
+    # MLflow's own default from the directory the run started in finds it, with its artifacts
+    found = subprocess.run(
+        [sys.executable, "-c", FIND_RUNS], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert json.loads(found.stdout.strip().splitlines()[-1]) == {
+        "run_ids": [record["run_id"]],
+        "artifacts": ["checkpoints", "config.yaml", "history.csv", "metrics.json"],
+        "checkpoints": ["checkpoints/best.pt"],
+    }
+
+
+FIND_RUNS = """
+import json, mlflow
+from mlflow.tracking import MlflowClient
+runs = mlflow.search_runs(experiment_names=["mtlrec"])
+client = MlflowClient()
+run_id = runs["run_id"].tolist()[0]
+print(json.dumps({
+    "run_ids": runs["run_id"].tolist(),
+    "artifacts": sorted(a.path for a in client.list_artifacts(run_id)),
+    "checkpoints": sorted(a.path for a in client.list_artifacts(run_id, "checkpoints")),
+}))
+"""

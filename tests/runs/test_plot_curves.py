@@ -71,6 +71,8 @@ def test_one_panel_per_task_with_the_seed_mean_per_model(runs, tmp_path):
         "val/cvr_auc",
         "val/cvr_auc_entire",
     ]
+    for ax in panels:  # epochs are whole numbers: no 1.5 on the axis
+        assert all(float(t).is_integer() for t in ax.get_xticks())
     ctr = panels[0]
     mean = next(line for line in ctr.get_lines() if line.get_label() == "model=esmm (n=2)")
     expected = [statistics.fmean([0.62 + s / 100 + e / 50 for s in (1, 2)]) for e in (1, 2, 3)]

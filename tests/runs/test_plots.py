@@ -126,3 +126,38 @@ def test_ple_gates_name_task_specific_and_shared_experts(tmp_path):
     assert ax.get_title() == "ple\n(epoch 4, last of 2 levels)"
     assert ax.get_xlabel() == "expert (task-specific | shared)"
     require_matplotlib().close(plt.fig)
+
+
+def test_gate_heatmaps_three_a_row_with_the_utilization_row_set_apart(tmp_path):
+    """<= 3 heatmaps per row; the utilization (mean over tasks) row is last, named as a mean and
+    set apart by a line, not drawn as if it were a task; epoch axes of the curves are integers."""
+    pytest.importorskip("matplotlib")
+    from mtlrec.runs.plots import plot_gates, require_matplotlib
+
+    runs = []
+    for i in range(4):
+        util = {f"gate/utilization/expert_{e}": 1 / 3 for e in range(3)}
+        rows = [{"epoch": r["epoch"], **util, **r} for r in history(2, 3)]  # listed first
+        run_dir = write_run(
+            tmp_path / str(i), base_config(seed=i), {"test/mean_auc": 0.7}, history=rows
+        )
+        runs += load_runs([run_dir])
+    tasks, _, _ = gate_matrix(runs[0].history, 2)
+    assert tasks[-1] == "utilization" and tasks.count("utilization") == 1
+
+    class KeepFigure:
+        def __getattr__(self, name):
+            return getattr(require_matplotlib(), name)
+
+        def close(self, fig):
+            self.fig = fig
+
+    plt = KeepFigure()
+    plot_gates(plt, runs, {r.path: r.path.name for r in runs}, tmp_path)
+    panels = [ax for ax in plt.fig.axes if ax.get_title()]
+    assert len(panels) == 4
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 3 + 1: two rows
+    labels = [t.get_text() for t in panels[0].get_yticklabels()]
+    assert labels[-1] == "all tasks (mean)" and "utilization" not in labels
+    assert [ln.get_ydata()[0] for ln in panels[0].get_lines()] == [len(labels) - 1.5]
+    require_matplotlib().close(plt.fig)

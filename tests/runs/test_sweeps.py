@@ -50,6 +50,15 @@ def test_sweep_two_complete_job_dirs_and_compare_csv(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
+    # Each job says its result in one line; the sweep ends with the table of its jobs and the
+    # command that shows it again (no per-job metrics table, no test: line repeating it).
+    out = proc.stdout.splitlines()
+    assert sum(ln.startswith("job done: best epoch 1 of 1  val/mean_auc ") for ln in out) == 2
+    assert "metrics at the best epoch" not in proc.stdout and "test: test/" not in proc.stdout
+    assert out[-1] == f"compare again: mtlrec compare {sweep}"
+    assert f"sweep {sweep}:" in out and "2 run(s)" in proc.stdout
+    assert "test/mean_auc" in proc.stdout and "completed" in out[-2] + out[-3]
+    assert "test: test/" in (sweep / "0" / "train.log").read_text()  # the log keeps the metrics
     for job, experts in (("0", 1), ("1", 2)):
         assert_complete(sweep / job)
         config = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())

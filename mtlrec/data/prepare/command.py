@@ -13,6 +13,7 @@ from typing import Any
 from mtlrec.data.prepare.pipeline import Result
 from mtlrec.data.prepare.plan import SPLITS
 from mtlrec.data.prepare.publish import staged_dir
+from mtlrec.data.prepare.replace import raw_inputs
 from mtlrec.errors import MtlrecError
 
 
@@ -42,7 +43,7 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
         )
     validate_dataset_config(cfg)
     path = Path(str(cfg["path"])).expanduser()
-    with staged_dir(path, overwrite) as tmp:
+    with staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
         result = source.prepare(cfg, tmp)
     return replace(result, path=path)
 
@@ -56,6 +57,11 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    from mtlrec.override_syntax import unparsable_override
+
+    bad = unparsable_override(overrides)
+    if bad is not None:
+        raise MtlrecError(bad)
     if config_dir is not None:
         cdir = Path(config_dir).expanduser().resolve()
         if not cdir.is_dir():
@@ -162,6 +168,12 @@ def print_summary(
     if dense:
         shown = ", ".join(dense[:8]) + (f", ... ({len(dense)} in all)" if len(dense) > 8 else "")
         console.print(f"dense: {shown}")
+    unused = spec.info.get("unused_columns") or []
+    if unused:
+        shown = ", ".join(unused[:12]) + (
+            f", ... ({len(unused)} in all)" if len(unused) > 12 else ""
+        )
+        print(f"unused raw columns (not in the dataset config, not prepared): {shown}")
     dropped = {s: result.summary[s].dropped for s in SPLITS if result.summary[s].dropped}
     if dropped:
         print(f"dropped rows breaking the funnel (funnel_violations=drop): {dropped}")

@@ -16,6 +16,7 @@ from mtlrec.data.prepare.fieldconfig import (
     parse_multi,
 )
 from mtlrec.data.prepare.plan import (
+    NONFINITE_POLICIES,
     SPLITS,
     TRANSFORMS,
     Plan,
@@ -271,7 +272,14 @@ def set_field_options(plan: Plan, cfg: Mapping[str, Any]) -> None:
 
 
 def set_dense_options(plan: Plan, cfg: Mapping[str, Any]) -> None:
-    """Per-column transform and fill value from dataset.dense_transform(s) / dense_fill(s)."""
+    """Per-column transform and fill value from dataset.dense_transform(s) / dense_fill(s), and
+    dataset.dense_nonfinite (what an inf, NaN or overflowing value becomes)."""
+    policy = str(_key(cfg, "dense_nonfinite", "error"))
+    if policy not in NONFINITE_POLICIES:
+        raise MtlrecError(
+            f"dataset.dense_nonfinite: {policy!r} is unknown; use one of {list(NONFINITE_POLICIES)}"
+        )
+    plan.dense_nonfinite = policy
     default_t = str(_key(cfg, "dense_transform", "standardize"))
     default_f = _key(cfg, "dense_fill", 0.0)
     per_t = dict(cfg.get("dense_transforms") or {})

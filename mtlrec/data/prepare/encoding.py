@@ -23,6 +23,7 @@ from mtlrec.data.prepare.reading import Block, plan_blocks
 from mtlrec.data.prepare.splitting import split_codes
 from mtlrec.data.spec import WEIGHT_SUFFIX
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import inject_fault
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,23 @@ def apply_transform(x: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
         span = p["max"] - p["min"]
         return (x - p["min"]) / span if span > 0 else np.zeros_like(x)
     return x
+
+
+def dense_column(plan: Plan, fitted: Fitted, block: Block, col: str) -> np.ndarray:
+    """A dense column as float32 after its transform; a value the transform makes non-finite is
+    one line (never a poisoned column)."""
+    x = dense_values(plan, block, col)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = apply_transform(x, fitted.dense[col]).astype(np.float32)
+    if not np.isfinite(out).all():
+        i = int(np.flatnonzero(~np.isfinite(out))[0])
+        source = plan.sources[block.source_index]
+        t = fitted.dense[col]["transform"]
+        raise MtlrecError(
+            f"{source.path}: {block.where(source, i)}: dense column '{col}' holds {x[i]:g}, which "
+            f"the {t} transform turns into {out[i]}; fix the value or choose another transform"
+        )
+    return out
 
 
 @dataclass
@@ -84,9 +102,7 @@ def encode_block(
         if flags:
             cols[_TRUNC + m.name] = pa.array(cells.cut)
     for c in plan.dense:
-        cols[c] = pa.array(
-            apply_transform(dense_values(plan, block, c), fitted.dense[c]).astype(np.float32)
-        )
+        cols[c] = pa.array(dense_column(plan, fitted, block, c))
     for c in plan.labels if labels else ():
         y = label_values(plan, block, source, c)
         if np.isnan(y).any():
@@ -115,6 +131,7 @@ class _Writers:
 
     def write(self, split: str, part: pa.Table) -> None:
         if split not in self.open:
+            inject_fault(self.out_dir / f"{split}.parquet")  # tests: a full disk here
             self.open[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", part.schema)
         self.open[split].write_table(part)
 

@@ -120,21 +120,43 @@ def sparse_values(table: pa.Table, col: str) -> pa.Array:
     return pc.fill_null(arr, "")
 
 
+# The largest magnitude a dense value may have: the prepared column is float32, and within it
+# the transforms' float64 sums of squares cannot overflow.
+DENSE_LIMIT = float(np.finfo(np.float32).max)
+
+
 def dense_values(plan: Plan, block: Block, col: str) -> np.ndarray:
+    """A dense column of the block as float64: missing (null/empty) -> the fill value; a value
+    that is inf, NaN or beyond float32 handled by dataset.dense_nonfinite (default: one line)."""
     source = plan.sources[block.source_index]
     x = numeric(block, source, col, "dense")
-    x = np.where(np.isnan(x), plan.fills[col], x)
+    missing = block.table.column(col).is_null().to_numpy(zero_copy_only=False)
+    bad = ~missing & ~(np.abs(x) <= DENSE_LIMIT)  # NaN compares False: bad too
+    if bad.any():
+        x = _nonfinite(
+            plan, x, bad, f"{source.path}: {block.where(source, int(np.argmax(bad)))}", col
+        )
+    x = np.where(missing, plan.fills[col], x)
     if plan.transforms[col] == "log1p_standardize" and (x <= -1).any():
         i = int(np.flatnonzero(x <= -1)[0])
         raise MtlrecError(
             f"{source.path}: {block.where(source, i)}: dense column '{col}' holds {x[i]:g}; log1p_standardize needs values > -1 (use standardize)"
         )
-    if not np.isfinite(x).all():
-        i = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise MtlrecError(
-            f"{source.path}: {block.where(source, i)}: dense column '{col}' holds {x[i]:g}"
-        )
     return x
+
+
+def _nonfinite(plan: Plan, x: np.ndarray, bad: np.ndarray, where: str, col: str) -> np.ndarray:
+    policy = plan.dense_nonfinite
+    if policy == "impute":
+        return np.where(bad, plan.fills[col], x)
+    if policy == "clip":  # +-inf and overflow to the limit; NaN has no side: the fill value
+        clipped = np.clip(np.nan_to_num(x, nan=plan.fills[col]), -DENSE_LIMIT, DENSE_LIMIT)
+        return np.where(bad, clipped, x)
+    value = x[int(np.argmax(bad))]
+    raise MtlrecError(
+        f"{where}: dense column '{col}' holds {value:g}: not a finite float32 value "
+        "(beyond ±3.4e38); fix it, or set dataset.dense_nonfinite=clip or impute (the fill value)"
+    )
 
 
 @dataclass

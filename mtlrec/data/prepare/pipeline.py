@@ -12,6 +12,7 @@ from mtlrec.data.prepare.config import check_plan
 from mtlrec.data.prepare.encoding import SplitSummary, encode
 from mtlrec.data.prepare.fitting import Fitted, fit
 from mtlrec.data.prepare.plan import OOV_ID, SPLITS, VOCAB_FILE, Plan
+from mtlrec.data.prepare.reading import header_columns
 from mtlrec.data.prepare.splitting import column_cuts
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec
 
@@ -87,6 +88,7 @@ def build_spec(
         "oov_id": OOV_ID,
         "vocab_file": VOCAB_FILE,
         "dense": fitted.dense,
+        "unused_columns": unused_columns(plan),
     }
     if fitted.hashing:
         info["hashing"] = {c: occ.estimate() for c, occ in fitted.hashing.items()}
@@ -107,6 +109,18 @@ def build_spec(
         info=info,
         feature_groups={g: list(v) for g, v in plan.feature_groups.items()},
     )
+
+
+def unused_columns(plan: Plan) -> list[str]:
+    """Raw columns of the sources that the dataset config does not use (no feature, label or
+    split column): listed in spec.json and the prepare summary, so a forgotten one is seen."""
+    used = set(plan.needed_raw_columns())
+    seen: dict[str, None] = {}
+    for source in plan.sources:
+        for c in header_columns(source.path, plan.read):
+            if c not in used:
+                seen.setdefault(c)
+    return list(seen)
 
 
 def vocab_sizes(plan: Plan, fitted: Fitted) -> dict[str, int]:

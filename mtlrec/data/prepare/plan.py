@@ -14,6 +14,7 @@ from mtlrec.data.spec import FunnelSpec, TaskSpec
 
 SPLITS = ("train", "val", "test")
 TRANSFORMS = ("none", "standardize", "log1p_standardize", "minmax")
+NONFINITE_POLICIES = ("error", "clip", "impute")  # dataset.dense_nonfinite
 VOCAB_FILE = "vocab.parquet"
 OOV_ID = 0
 FUNNEL_POLICIES = POLICIES
@@ -85,6 +86,8 @@ class Plan:
     min_count: int = 1
     transforms: dict[str, str] = field(default_factory=dict)  # dense column -> transform
     fills: dict[str, float] = field(default_factory=dict)  # dense column -> fill value
+    # A dense value that is inf, NaN or beyond float32: error (one line) | clip | impute (fill).
+    dense_nonfinite: str = "error"
     split_by: str = "files"  # files | random | column
     split_seed: int = 0
     split_column: str | None = None

@@ -4,15 +4,21 @@
         ...
     # now `path` holds exactly what was written, or nothing changed
 
-- Never replaced without `overwrite=true`, also when two prepares race: the final rename refuses
+- Never replaced without `overwrite=true`, and with it only when the existing directory is a
+  prepared dataset mtlrec made (replace.py: not the raw input, not a parent of the current dir,
+  nothing else in it). The old dataset is moved aside and removed only once the new one is in
+  place; if publishing fails it is moved back.
+- Never replaced by a race either: the final rename refuses
   an existing target (renameat2 RENAME_NOREPLACE, or rename(2) onto a non-empty dir, which fails
   the same way), so the loser gets one line and its staging dir is removed.
 - A dataset that a running job reads (`hold_dataset`, taken by the streaming reader for its life)
   is never replaced under it: `overwrite=true` refuses while the shared lock is held.
 - Every file of the published dir is listed with its size and SHA-256 in checksums.json
   (mtlrec.data.prepare.manifest), written last into the staging dir and verified on load.
-- Staging dirs `.NAME.tmp-PID-*` (and `.NAME.old-PID-*`) of processes that died are removed by the
-  next prepare of the same path.
+- Staging dirs `.NAME.tmp-PID-*` of processes that died are removed by the next prepare of the
+  same path; an old dataset `.NAME.old-PID-*` a dead process moved aside is moved back when
+  nothing was published in its place (else removed).
+- A full disk or a read-only data dir is one line (mtlrec.outputs.writing); the staging dir goes.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mtlrec.data.prepare.manifest import write_manifest
+from mtlrec.data.prepare.replace import check_replaceable
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import inject_fault, writing
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,12 @@ def clean_stale(path: Path) -> list[Path]:
         for stale in path.parent.glob(f".{path.name}.{kind}-*"):
             pid = stale.name[len(f".{path.name}.{kind}-") :].split("-", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if kind == "old" and (stale / SPEC_FILE).is_file() and not os.path.lexists(path):
+                    os.rename(stale, path)  # died before publishing: the old dataset is back
+                    log.warning(
+                        "%s: moved back the dataset a stopped prepare had moved aside", path
+                    )
+                    continue
                 shutil.rmtree(stale, ignore_errors=True)
                 removed.append(stale)
     if removed:
@@ -171,33 +185,43 @@ def _swap(tmp: Path, path: Path, overwrite: bool, tag: str) -> None:
             raise _exists_error(path, raced=True) from None
         return
     old = path.parent / f".{path.name}.old-{tag}"
-    try:
-        with _exclusive(path):
-            os.rename(path, old)
-            try:
-                _rename_noreplace(tmp, path)
-            except FileExistsError:  # a prepare without overwrite published into the gap
+    with _exclusive(path):
+        os.rename(path, old)
+        try:
+            _rename_noreplace(tmp, path)
+        except BaseException as e:
+            if not os.path.lexists(path):  # nothing published: the old dataset goes back
+                os.rename(old, path)
+            if isinstance(e, FileExistsError):  # a prepare without overwrite published first
                 raise _exists_error(path, raced=True) from None
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+            raise
+    shutil.rmtree(old, ignore_errors=True)  # only now that the new dataset is in place
 
 
 @contextlib.contextmanager
-def staged_dir(path: Path, overwrite: bool, origin: str = "prepared") -> Iterator[Path]:
+def staged_dir(
+    path: Path, overwrite: bool, origin: str = "prepared", inputs: Iterable[str | Path] = ()
+) -> Iterator[Path]:
     """A temporary sibling of `path` that becomes `path` only when the block completes, with
-    the checksums of all its files in checksums.json (`origin`: prepared or generated)."""
+    the checksums of all its files in checksums.json (`origin`: prepared or generated).
+    `inputs`: the raw files and dirs read, which overwrite=true must never replace."""
     path = Path(path).expanduser()
-    if path.exists() and not overwrite:
+    clean_stale(path)  # first: an old dataset a stopped prepare moved aside is back in place
+    if os.path.lexists(path) and not overwrite:
         raise _exists_error(path, raced=False)
+    if os.path.lexists(path):
+        check_replaceable(path, inputs)
     _make_parent(path)
-    clean_stale(path)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = path.parent / f".{path.name}.tmp-{tag}"
-    tmp.mkdir()
+    with writing(path, temps=[tmp]):
+        inject_fault(tmp)
+        tmp.mkdir()
     try:
-        yield tmp
-        write_manifest(tmp, origin)
-        _swap(tmp, path, overwrite, tag)
+        with writing(path, temps=[tmp]):
+            yield tmp
+            write_manifest(tmp, origin)
+            _swap(tmp, path, overwrite, tag)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

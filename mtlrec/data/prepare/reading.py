@@ -164,7 +164,9 @@ def _csv_blocks(
             raise MtlrecError(
                 f"{path}: {line}: malformed row, expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:80]!r}"
             ) from None
-        if "straddl" in str(e):  # one row does not fit in a read block
+        # One row does not fit in a read block (a header line longer than the block reads as
+        # an "Empty CSV file" to pyarrow).
+        if "straddl" in str(e) or "Empty CSV file" in str(e):
             raise _row_too_long(path, read.block_size_mb) from None
         raise MtlrecError(f"{path}: cannot parse the file ({str(e).splitlines()[0]})") from None
     except (OSError, EOFError, zlib.error) as e:
@@ -185,11 +187,11 @@ def _row_too_long(path: Path, block_size_mb: float) -> MtlrecError:
                 break
     need = max(found[1] if found else limit * 2, limit * 2) / 2**20
     suggest = 2 ** math.ceil(math.log2(need * 2))
-    what = (
-        f"line {found[0]} is {found[1] / 2**20:.1f} MB long"
-        if found
-        else "a row (with quoted line breaks) is"
-    )
+    what = "a row (with quoted line breaks) is"
+    if found:
+        n = found[1]
+        size = f"{n / 2**20:.1f} MB" if n >= 2**20 / 10 else f"{n:,} bytes"
+        what = f"line {found[0]}{' (the header)' if found[0] == 1 else ''} is {size} long"
     return MtlrecError(
         f"{path}: {what}, more than one read block (dataset.block_size_mb={block_size_mb:g}); "
         f"raise it, e.g. +dataset.block_size_mb={suggest:g}"

@@ -37,6 +37,8 @@ class RawFilesConfig(DatasetConfig):
     dense_transforms: dict[str, str] | None = None
     dense_fill: float = 0.0
     dense_fills: dict[str, float] | None = None
+    # inf, NaN or |x| > float32's max in a dense column: error | clip | impute (docs/datasets.md)
+    dense_nonfinite: Literal["error", "clip", "impute"] = "error"
     block_size_mb: float = 1.0
 
     def validate(self) -> None:

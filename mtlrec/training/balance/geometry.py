@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from mtlrec.data.spec import TaskSpec
 from mtlrec.training.balance.sharing import SharedParamsBalancer, task_gradients
 from mtlrec.training.distributed.collectives import average_tensors
 
@@ -120,7 +122,7 @@ class CoefficientCombiner(GradientCombiner):
     coef_sum: torch.Tensor
     coef_steps: torch.Tensor
 
-    def __init__(self, tasks, model, config):  # noqa: ANN001 - SharedParamsBalancer's signature
+    def __init__(self, tasks: tuple[TaskSpec, ...], model: nn.Module, config: Any):
         super().__init__(tasks, model, config)
         # persistent: a mid-epoch checkpoint resumes the epoch's mean exactly
         self.register_buffer("coef_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
