@@ -38,15 +38,8 @@ from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
-from mtlrec.training import distributed
+from mtlrec.training import binding, distributed
 from mtlrec.training.batches import load_data, place_splits
-from mtlrec.training.binding import (
-    CONFIG_HASH_KEY,
-    check_dataset,
-    check_run,
-    checkpoint_fields,
-    config_hash,
-)
 from mtlrec.training.checkpoint import (
     BEST,
     MODEL_KEY,
@@ -60,9 +53,8 @@ from mtlrec.training.checkpoint import (
     resume_state,
     save_last,
 )
-from mtlrec.training.memory import check_footprint, model_footprint
+from mtlrec.training.memory import check_model_memory
 from mtlrec.training.metrics import EvalTarget, eval_targets
-from mtlrec.training.optimizers import free_memory
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
@@ -150,7 +142,7 @@ def _record_start(run_dir: RunDir, settings: RunSettings) -> None:
     run_dir.update_metrics(
         status="running",
         model=settings.model_name,
-        config_hash=config_hash(settings.config),
+        config_hash=binding.config_hash(settings.config),
         seed=settings.seed,
         data_order_seed=settings.data_order_seed,
         started_at=dt.datetime.now().isoformat(timespec="seconds"),
@@ -184,15 +176,12 @@ def read_resume(settings: RunSettings, run_dir: RunDir) -> tuple[dict, Path] | N
         return None
     payload, path = load_resumable(run_dir.checkpoints)
     summary = run_dir.read_summary()
-    check_run(payload, path, run_dir.path, summary.model, summary.config_hash)
+    binding.check_run(payload, path, run_dir.path, summary.model, summary.config_hash)
     if summary.config_hash is None:  # a run from before the binding: bound from now on
-        run_dir.update_metrics(
-            config_hash=payload.get(CONFIG_HASH_KEY) or config_hash(settings.config)
-        )
+        run_dir.update_metrics(config_hash=binding.run_hash(payload, settings.config))
     state = resume_state(payload, path)
     check_resume_config(payload["config"], settings.config, path)
-    if settings.dataset.get("path"):  # before anything is built (restore checks it again)
-        check_dataset(payload, path, Path(str(settings.dataset["path"])).expanduser())
+    binding.check_dataset(payload, path, settings.dataset.get("path"))  # (restore: again)
     step = "" if state.step is None else f" step {state.step}"
     log.info("resuming from %s (epoch %s%s)", path, state.epoch, step)
     return payload, path
@@ -254,12 +243,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         data_dir = resolve_dataset_dir(dataset)
     spec = DatasetSpec.load(data_dir)
     selected = spec.select_tasks(dataset.get("tasks"))
-    need = model_footprint(
-        settings.config["model"], spec, selected, trainer_cfg.embedding_optimizer
-    )
-    check_footprint(
-        need, free_memory(device), str(device), settings.model_name
-    )  # before allocating
+    check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
@@ -361,7 +345,7 @@ def restore(
         built.spec,
     )
     distributed.check_resume_world(state.to_dict(), path)
-    check_dataset(payload, path, built.data_dir)
+    binding.check_dataset(payload, path, built.data_dir)
     if built.is_main:
         mark_resume_accepted(run_dir.path)
     return state
@@ -377,9 +361,8 @@ class RunRecorder:
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
-        # Every checkpoint of the run carries the hash of the config it started with.
-        digest = run_dir.read_summary().config_hash or config_hash(settings.config)
-        self.binding = checkpoint_fields(digest, built.data_dir)
+        digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
+        self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
     def payload(self, state: TrainState) -> dict:
         built = self.built

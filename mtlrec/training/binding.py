@@ -118,11 +118,17 @@ def check_run(payload: dict, ckpt: Path, run_dir: Path, model: Any, digest: Any)
         warn_unbound(ckpt, f"the run dir {run_dir} records no config hash")
 
 
-def check_dataset(payload: dict, ckpt: Path, data_dir: Path) -> None:
+def run_hash(payload: dict, config: dict) -> str:
+    """The config hash of a run from before the binding: its checkpoint's, else its config's."""
+    return str(payload.get(CONFIG_HASH_KEY) or config_hash(config))
+
+
+def check_dataset(payload: dict, ckpt: Path, data_dir: Path | str | None) -> None:
     """The prepared dataset in `data_dir` is the one the checkpoint was trained on."""
     want = payload.get(DATASET_KEY)  # none: an older checkpoint (check_run warned)
-    if want is None:
+    if want is None or not data_dir:
         return
+    data_dir = Path(str(data_dir)).expanduser()
     got = dataset_fingerprint(data_dir)
     if got is None or want == got:
         return

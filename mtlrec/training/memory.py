@@ -20,7 +20,12 @@ import torch
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
-from mtlrec.training.optimizers import EmbeddingOptimizer, embedding_tables, table_bytes
+from mtlrec.training.optimizers import (
+    EmbeddingOptimizer,
+    embedding_tables,
+    free_memory,
+    table_bytes,
+)
 
 GIB = 2**30
 DENSE_COPIES = 3  # a gradient and Adam's two moments per dense parameter
@@ -73,3 +78,16 @@ def check_footprint(need: Footprint, free_bytes: float, where: str, model_name: 
         "(model.embedding_dim, model.num_experts, model.expert_dims, model.tower_dims, "
         "dataset.num_rows) or use a device with more memory"
     )
+
+
+def check_model_memory(
+    model_cfg: Mapping[str, Any],
+    spec: DatasetSpec,
+    selected: tuple[TaskSpec, ...],
+    trainer_cfg: Any,
+    device: torch.device,
+) -> None:
+    """The run's model (parameters + optimizer state) against `device`'s free memory, before
+    the model is allocated."""
+    need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer)
+    check_footprint(need, free_memory(device), str(device), str(model_cfg.get("name")))
