@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bad_input_safety_catalogue  # noqa: E402, F401  (adds its cases to CASES)
 from bad_input_cases import Case, build_base  # noqa: E402
 from bad_input_catalogue import CASES  # noqa: E402
 
