@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from mtlrec.commands import COMMANDS, ERROR, OK, SIGNAL_BASE, USAGE, CommandParser, load
@@ -161,6 +162,9 @@ def _comp_point() -> int | None:
     return int(point) if point.isdigit() else None
 
 
+STOP_CODES = (SIGNAL_BASE + signal.SIGINT, SIGNAL_BASE + signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # Small models on few cores: OpenMP's default busy-wait makes threads spin against each other
     # and against parallel jobs (up to ~26x slower with 2 threads when the other core is busy).
@@ -176,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout = guard.stream
         for signum, handler in replaced.items():  # a caller in the same process gets its own back
             signal.signal(signum, handler)
+    if code in STOP_CODES and threading.current_thread() is threading.main_thread():
+        # Stopping on a signal: one more Ctrl-C / SIGTERM while the process ends (exit handlers)
+        # must not turn 130/143 into a raw -2/-15.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
     if guard.broken and code == OK:
         code = SIGNAL_BASE + signal.SIGPIPE
     sys.exit(code)

@@ -38,7 +38,7 @@ from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
-from mtlrec.training import distributed
+from mtlrec.training import binding, distributed
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
@@ -54,6 +54,7 @@ from mtlrec.training.checkpoint import (
     resume_state,
     save_last,
 )
+from mtlrec.training.memory import check_model_memory
 from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
@@ -141,6 +142,8 @@ def _record_start(run_dir: RunDir, settings: RunSettings) -> None:
         return
     run_dir.update_metrics(
         status="running",
+        model=settings.model_name,
+        config_hash=binding.config_hash(settings.config),
         seed=settings.seed,
         data_order_seed=settings.data_order_seed,
         started_at=dt.datetime.now().isoformat(timespec="seconds"),
@@ -173,8 +176,13 @@ def read_resume(settings: RunSettings, run_dir: RunDir) -> tuple[dict, Path] | N
     if not settings.resume:
         return None
     payload, path = load_resumable(run_dir.checkpoints)
+    summary = run_dir.read_summary()
+    binding.check_run(payload, path, run_dir.path, summary.model, summary.config_hash)
+    if summary.config_hash is None:  # a run from before the binding: bound from now on
+        run_dir.update_metrics(config_hash=binding.run_hash(payload, settings.config))
     state = resume_state(payload, path)
     check_resume_config(payload["config"], settings.config, path)
+    binding.check_dataset(payload, path, settings.dataset.get("path"))  # (restore: again)
     step = "" if state.step is None else f" step {state.step}"
     log.info("resuming from %s (epoch %s%s)", path, state.epoch, step)
     return payload, path
@@ -236,6 +244,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         data_dir = resolve_dataset_dir(dataset)
     spec = DatasetSpec.load(data_dir)
     selected = spec.select_tasks(dataset.get("tasks"))
+    check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
@@ -339,6 +348,7 @@ def restore(
         built.spec,
     )
     distributed.check_resume_world(state.to_dict(), path)
+    binding.check_dataset(payload, path, built.data_dir)
     if built.is_main:
         mark_resume_accepted(run_dir.path)
     return state
@@ -354,6 +364,8 @@ class RunRecorder:
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
+        digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
+        self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built
@@ -368,6 +380,7 @@ class RunRecorder:
             monitor=built.trainer.monitor,
             seed=self.settings.seed,
             data_order_seed=self.settings.data_order_seed,
+            **self.binding,
         )
 
     def _write(self, payload: dict, path: Path) -> None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +30,9 @@ from mtlrec.data.streaming import StreamingConfig
 from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.optim_step import check_step_settings
+
+if TYPE_CHECKING:
+    from mtlrec.data.spec import DatasetSpec
 
 
 @dataclass
@@ -172,32 +175,42 @@ def validate_dataset(dataset: Mapping[str, Any]) -> None:
     validate_dataset_config(dataset)  # the source's typed Config: one line per wrong key or type
 
 
-def check_monitor_produced(settings: RunSettings) -> None:
-    """The model's tasks (e.g. ESM²'s funnel.action), metrics.gauc_by and trainer.monitor against
-    the dataset, when its spec is at hand without preparing anything (a prepared dir, or the
-    embedded synthetic_ccp generator): before Hydra writes a run dir. Otherwise the trainer checks
-    them once the data is there, still before epoch 1."""
-    import torch
-
+def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]:
+    """(the dataset's spec, rows still to be generated) when the spec is at hand without
+    preparing anything: a prepared dir, or the embedded synthetic_ccp generator."""
     from mtlrec.data.spec import SPEC_FILE, DatasetSpec
-    from mtlrec.data.synthetic_ccp import dataset_spec
-    from mtlrec.models import model_config
-    from mtlrec.training.metrics import eval_targets
-    from mtlrec.training.monitoring import produced_val_metrics, resolve_monitor
+    from mtlrec.data.synthetic_ccp import dataset_spec  # noqa: F811
 
     ds = settings.dataset
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
     if path is not None and (path / SPEC_FILE).is_file():
-        spec = DatasetSpec.load(path)
-    elif "synthetic_ccp" in (ds.get("name"), ds.get("preparer")):  # the default or a preset
+        return DatasetSpec.load(path), None
+    if "synthetic_ccp" in (ds.get("name"), ds.get("preparer")):  # the default or a preset
         from mtlrec.data.sources import validate_dataset_config
         from mtlrec.data.sources.synthetic_ccp import SyntheticCcpConfig
 
         c = validate_dataset_config(ds)
         assert isinstance(c, SyntheticCcpConfig)
-        spec = dataset_spec(c.num_rows, c.generator_seed, c.setting())
-    else:
+        return dataset_spec(c.num_rows, c.generator_seed, c.setting()), c.num_rows
+    return None, None
+
+
+def check_monitor_produced(settings: RunSettings, spec: DatasetSpec | None = None) -> None:
+    """The model's tasks (e.g. ESM²'s funnel.action), metrics.gauc_by and trainer.monitor against
+    the dataset, when its spec is at hand (spec_at_hand; found here when not given): before
+    Hydra writes a run dir. Otherwise the trainer checks them once the data is there, still
+    before epoch 1."""
+    if spec is None:
+        spec, _ = spec_at_hand(settings)
+    if spec is None:
         return
+    import torch
+
+    from mtlrec.models import model_config
+    from mtlrec.training.metrics import eval_targets
+    from mtlrec.training.monitoring import produced_val_metrics, resolve_monitor
+
+    ds = settings.dataset
     selected = spec.select_tasks(ds.get("tasks"))
     cls, model_cfg = model_config(settings.config["model"])
     tasks = cls.loss_tasks(spec, selected, model_cfg)  # e.g. ESM² without the action label
@@ -214,6 +227,34 @@ def check_monitor_produced(settings: RunSettings) -> None:
     resolve_monitor(settings.trainer, tasks, produced_val_metrics(targets, tasks, gauc))
 
 
+def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | None) -> None:
+    """Parameters, optimizer state and generated rows against the device's free memory, before
+    anything is allocated or written (mtlrec.training.memory)."""
+    if spec is None:
+        return
+    import dataclasses
+
+    import torch
+
+    from mtlrec.training.memory import check_footprint, model_footprint, row_bytes
+    from mtlrec.training.optimizers import free_memory
+
+    try:
+        selected = spec.select_tasks(settings.dataset.get("tasks"))
+        need = model_footprint(
+            settings.config["model"], spec, selected, settings.trainer.embedding_optimizer
+        )
+    except MtlrecError:  # tasks the model cannot train: the run says so, as it always did
+        return
+    if rows is not None:  # a generated dataset: every row is made in memory
+        need = dataclasses.replace(need, data=rows * row_bytes(spec))
+    # (a GPU that is asked for but missing is run_process.resolve_device's line, later)
+    kind, cuda = settings.device.type, torch.cuda.is_available()
+    on_gpu = cuda and kind in ("cuda", "auto") and settings.device.index < torch.cuda.device_count()
+    device = torch.device("cuda", settings.device.index) if on_gpu else torch.device("cpu")
+    check_footprint(need, free_memory(device), str(device), settings.model_name)
+
+
 class SettingsCheck(Callback):
     """Hydra callback: validate the run's settings before Hydra writes anything (one line, exit 1).
 
@@ -223,7 +264,10 @@ class SettingsCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            check_monitor_produced(RunSettings.from_config(config))
+            settings = RunSettings.from_config(config)
+            spec, rows = spec_at_hand(settings)
+            check_monitor_produced(settings, spec)
+            check_memory(settings, spec, rows)
         except MtlrecError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -7,6 +7,9 @@ base itself, which `build_base` makes once:
     conf/dataset/*.yaml        tiny (raw -> data/tiny), rawcase (raw2 -> data/rawcase), rawpq
     data/tiny/                 prepared by `mtlrec prepare` (with checksums.json)
     run/                       `mtlrec train` on it, one epoch (checkpoints, metrics.json)
+    exp/                       `mtlrec export run --format torchscript --output exp`
+    run_mmoe/                  the same with model=mmoe (its checkpoints are another run's)
+    remap/tiny/                data/tiny prepared again from raw values renamed (other ids)
     preds.parquet              `mtlrec predict run --input data/tiny/test.parquet`
 
 Paths in the configs are relative: every command runs in its case's copy.
@@ -94,9 +97,14 @@ def build_base(base: Path, mtlrec) -> Path:
     conf.mkdir(parents=True)
     for name, raw, ext in (("tiny", "raw", "csv"), ("rawcase", "raw2", "csv"), ("rawpq", "rawpq", "parquet")):  # fmt: skip
         (conf / f"{name}.yaml").write_text(DATASET_YAML.format(name=name, raw=raw, ext=ext))
+    remap_raw(base)
+    train = [a.replace(W, str(base)) for a in TRAIN]
     steps = [
         ["prepare", "--config-dir", str(base / "conf"), "dataset=tiny"],
-        [a.replace(W, str(base)).replace("/new", "/run") for a in TRAIN],
+        ["prepare", "--config-dir", str(base / "conf"), "dataset=remap"],
+        [a.replace("/new", "/run") for a in train],
+        [a.replace("/new", "/run_mmoe") for a in train] + ["model=mmoe"],
+        ["export", str(base / "run"), "--format", "torchscript", "--output", str(base / "exp")],
         [a.replace(W, str(base)) for a in PREDICT] + ["--output", str(base / "preds.parquet")],
     ]
     for args in steps:
@@ -104,6 +112,20 @@ def build_base(base: Path, mtlrec) -> Path:
         if out.returncode != 0:
             raise RuntimeError(f"base step {args[:2]} failed: {out.stderr.strip()[-500:]}")
     return base
+
+
+def remap_raw(base: Path) -> None:
+    """raw_remap/: raw/ with every user renamed (u3 -> u36, ...): the same shapes, other ids;
+    conf/dataset/remap.yaml prepares it into remap/tiny."""
+    (base / "raw_remap").mkdir()
+    for split in ("train", "val", "test"):
+        df = pd.read_csv(base / "raw" / f"{split}.csv")
+        df["user"] = [f"u{39 - int(u[1:])}" for u in df["user"]]
+        df.to_csv(base / "raw_remap" / f"{split}.csv", index=False)
+    text = DATASET_YAML.format(name="tiny", raw="raw_remap", ext="csv")
+    (base / "conf" / "dataset" / "remap.yaml").write_text(
+        text.replace("path: data/tiny", "path: remap/tiny")
+    )
 
 
 # -- what cases do to their copy ------------------------------------------------------------------

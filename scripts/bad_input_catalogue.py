@@ -235,5 +235,6 @@ INFERENCE = [
 ]
 
 from bad_input_data_catalogue import DAMAGED, RAW_CASES  # noqa: E402
+from bad_input_runs_catalogue import CASES as BOUND  # noqa: E402
 
-CASES: list[Case] = [*CONFIG, *DAMAGED, *RAW_CASES, *RUNS, *INFERENCE]
+CASES: list[Case] = [*CONFIG, *DAMAGED, *RAW_CASES, *RUNS, *INFERENCE, *BOUND]

@@ -1,6 +1,6 @@
 """A catalogue of bad inputs and faults, each run through the real `mtlrec` command.
 
-    python scripts/bad_inputs.py [--jobs 2] [--only SUBSTRING] [--keep DIR] [--verbose]
+    python scripts/bad_inputs.py [--jobs 2] [--only SUBSTRING] [--cases MODULE] [--keep DIR] [--verbose]
 
 Builds a base once (a raw click -> buy log as CSV, a dataset prepared from it, a one-epoch run
 on it, a prediction file), then runs every case of scripts/bad_input_catalogue.py in a fresh copy of
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bad_input_safety_catalogue  # noqa: E402, F401  (adds its cases to CASES)
 from bad_input_cases import Case, build_base  # noqa: E402
 from bad_input_catalogue import CASES  # noqa: E402
 
@@ -149,8 +151,11 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def run_catalogue(jobs: int = 2, only: str | None = None, keep: Path | None = None):
-    cases = [c for c in CASES if only is None or only in c.name]
+def run_catalogue(
+    jobs: int = 2, only: str | None = None, keep: Path | None = None, module: str | None = None
+):
+    every = CASES if module is None else importlib.import_module(module).CASES
+    cases = [c for c in every if only is None or only in c.name]
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mtlrec-bad-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -168,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="cases run at once")
     ap.add_argument("--only", help="run the cases whose name holds this text")
     ap.add_argument("--keep", type=Path, help="work in this dir and keep it")
+    ap.add_argument("--cases", help="only the cases of this module, e.g. bad_input_runs_catalogue")
     ap.add_argument("--verbose", action="store_true", help="print every case's line")
     args = ap.parse_args(argv)
-    outcomes = run_catalogue(args.jobs, args.only, args.keep)
+    outcomes = run_catalogue(args.jobs, args.only, args.keep, args.cases)
     for o in outcomes:
         if args.verbose or o.kind not in KINDS[:2]:
             line = (o.stderr.strip().splitlines() or [""])[-1]

@@ -22,6 +22,15 @@ def test_the_catalogue_is_broad():
     assert len({c.name for c in CASES}) == len(CASES)
 
 
+def test_the_catalogue_holds_the_binding_size_hostile_file_and_one_class_cases():
+    from bad_input_runs_catalogue import BINDING, HOSTILE, ONE_CLASS, SIZES
+
+    names = {c.name for c in CASES}
+    for group in (BINDING, SIZES, HOSTILE, ONE_CLASS):
+        assert group and {c.name for c in group} <= names
+    assert sum(c.expect == "error" and bool(c.protect) for c in BINDING) >= 8
+
+
 def test_no_traceback_and_no_silent_loss_over_the_catalogue(tmp_path):
     outcomes = bad_inputs.run_catalogue(jobs=2, keep=tmp_path / "work")
     table = bad_inputs.table(outcomes)

@@ -9,6 +9,7 @@ import torch
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.loading import load_run
+from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 
@@ -27,7 +28,7 @@ def evaluate(
             model, spec, tasks = model_from_checkpoint(payload)
         config = payload["config"]
         name = split or "test"
-        path = split_file(spec, config, name, data)
+        path = split_file(spec, payload, name, data)
         dataset = config.get("dataset") or {}
         selected = spec.select_tasks(dataset.get("tasks"))
         targets = eval_targets(tasks, model.output_types, spec, selected)
@@ -64,21 +65,25 @@ def task_weights(payload: dict, tasks: tuple, model: torch.nn.Module) -> torch.T
         return balancer.current_weights().detach()
 
 
-def split_file(spec: DatasetSpec, config: dict, name: str, data: str | None) -> Path:
+def split_file(spec: DatasetSpec, payload: dict, name: str, data: str | None) -> Path:
     """The parquet file to evaluate on: split `name` of the run's dataset, of the prepared dataset
     dir `data` (same features as the model's), or the parquet file `data` itself."""
     from mtlrec.data.datasets import resolve_dataset_dir
 
+    ckpt = Path(str(payload.get("path") or "checkpoint"))
     if data is None:
-        data_dir = resolve_dataset_dir(config["dataset"])
+        data_dir = resolve_dataset_dir(payload["config"]["dataset"])
+        check_dataset(payload, ckpt, data_dir)
         if name not in spec.splits:
             raise MtlrecError(f"--split {name}: the run's dataset has splits {sorted(spec.splits)}")
         return data_dir / spec.splits[name]
     path = Path(data).expanduser()
     if not path.is_dir():
+        check_dataset(payload, ckpt, path.parent)  # a split file of a prepared dataset
         return path
     other = DatasetSpec.load(path)
     check_same_features(spec, other, path / SPEC_FILE)
+    check_dataset(payload, ckpt, path)
     if name not in other.splits:
         raise MtlrecError(f"{path / SPEC_FILE}: no '{name}' split; it lists {sorted(other.splits)}")
     return path / other.splits[name]

@@ -30,6 +30,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.outputs import EXPORT, check_output_dir, inject_fault, writing
 from mtlrec.ranking.record import FusionRecord
 from mtlrec.runs.run_dir import atomic_write_json
+from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 EXPORT_TOLERANCE = 1e-5
@@ -142,6 +143,9 @@ def export(
         with bar.step(f"loading {checkpoint}"):
             payload, ckpt = load_run(run_dir, checkpoint)
             model, spec, _ = model_from_checkpoint(payload)
+            data_dir = _dataset_dir(payload)
+            if data_dir is not None:  # its encoders are copied into the export
+                check_dataset(payload, ckpt, data_dir)
             wrapper = ExportedModel(
                 model, spec, fusion_of(run_dir, fusion, ckpt, list(model.output_types))
             ).eval()

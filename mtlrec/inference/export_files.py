@@ -106,7 +106,10 @@ def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict
     info = verify_export(export_dir)
     path = export_dir / info["model_file"]
     if info["format"] == "torchscript":
-        module = torch.jit.load(str(path))
+        try:  # a TorchScript archive holds no pickled Python objects: loading it runs no code
+            module = torch.jit.load(str(path))
+        except Exception as e:  # a file that is no TorchScript archive (a pickle, a torn file)
+            raise _unloadable(path, "TorchScript", e) from None
 
         def score(sparse_ids, dense):
             with torch.no_grad():
@@ -119,13 +122,24 @@ def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict
         raise MtlrecError(
             f"{path}: scoring an ONNX export needs onnxruntime: pip install 'mtlrec[onnx]'"
         ) from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types: not a valid ONNX model
+        raise _unloadable(path, "ONNX", e) from None
 
     def score_onnx(sparse_ids, dense):
         feeds = {"sparse_ids": np.asarray(sparse_ids), "dense": np.asarray(dense)}
         return session.run(None, feeds)[0]
 
     return score_onnx, info
+
+
+def _unloadable(path: Path, kind: str, e: Exception) -> MtlrecError:
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return MtlrecError(
+        f"{path}: not a loadable {kind} model ({type(e).__name__}: {first}), though its "
+        f"SHA-256 matches {EXPORT_FILE} (both were replaced?); export again"
+    )
 
 
 def field_ids(sparse: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:

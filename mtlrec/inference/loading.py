@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 from mtlrec.errors import MtlrecError
+from mtlrec.runs.records import read_info
+from mtlrec.training.binding import check_run
 from mtlrec.training.calibration import CALIBRATION_FILE
 from mtlrec.training.checkpoint import (
     INTEGRITY_KEY,
@@ -35,6 +37,8 @@ def load_run(run_dir: str | Path, checkpoint: str, calibrated: bool = True) -> t
             f"{ckpt}: checkpoint not found; is {path} a run dir of `mtlrec train` that finished an epoch?"
         )
     payload = load_checkpoint(ckpt)
+    info = read_info(path)
+    check_run(payload, ckpt, path, info.get("model"), info.get("config_hash"))
     payload["path"] = str(ckpt)
     if calibrated:
         payload[TEMPERATURES_KEY] = temperatures_for(path, checkpoint, payload)

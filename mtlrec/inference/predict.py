@@ -33,6 +33,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.outputs import check_output as guard_output
 from mtlrec.outputs import inject_fault, writing
 from mtlrec.ranking.record import FusionRecord
+from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ def open_source(
     if reader is not None and not raw:
         schema = reader.schema_arrow
         check_prepared(input_path, schema, spec)
+        # A split of a prepared dataset: the one the model was trained on (not one prepared again).
+        check_dataset(payload, Path(str(payload.get("path") or run_dir)), input_path.parent)
         missing = [c for c in id_columns if c not in schema.names]
         if missing:
             raise MtlrecError(f"{input_path}: has no column(s) {missing} asked for by --id-columns")

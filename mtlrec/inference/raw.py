@@ -13,6 +13,7 @@ from mtlrec.data.encoders import ENCODERS_FILE, RawEncoder
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.inputs import Chunk, is_parquet
+from mtlrec.training.binding import NotThisRun, check_dataset
 
 
 def dataset_dir_of(payload: dict, run_dir: str | Path) -> Path:
@@ -45,6 +46,8 @@ def load_encoder(payload: dict, run_dir: str | Path, spec: DatasetSpec) -> RawEn
             f"{run_dir} was trained on (first difference: {first}); raw rows cannot be encoded "
             "as in training: prepare it again with the run's config, or score prepared rows"
         )
+    # Same features, but maybe prepared again with other ids: the fingerprint tells.
+    check_dataset(payload, Path(str(payload.get("path") or run_dir)), encoder.dataset_dir)
     return encoder
 
 
@@ -52,6 +55,8 @@ def try_encoder(payload: dict, run_dir: str | Path, spec: DatasetSpec) -> RawEnc
     """load_encoder's encoders, or None where it would refuse them."""
     try:
         return load_encoder(payload, run_dir, spec)
+    except NotThisRun:
+        raise  # the dataset was prepared again: no guess from the column types
     except MtlrecError:
         return None
 

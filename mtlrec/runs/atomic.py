@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +20,7 @@ from typing import IO, Any
 from mtlrec.errors import MtlrecError
 from mtlrec.outputs import NO_SPACE_FAULT_ENV, inject_fault, write_error, write_error_code
 from mtlrec.runs.records import json_safe
+from mtlrec.training.signals import complete_writes, received
 
 TEMP_SUFFIX = ".tmp"
 # .NAME.<pid>-<8 hex>.tmp, as temp_path names them.
@@ -55,11 +57,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         _raise_if_no_space(e, path)
         raise
     try:
-        with os.fdopen(fd, "wb") as f:
+        with complete_writes(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C waits for the rename
             write(_with_fault(f, path))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         _raise_if_no_space(e, path)
@@ -76,9 +78,41 @@ class NoSpaceError(MtlrecError):
     """A write failed because the disk (or the quota) is full."""
 
 
+# Tests: `NAME:MARKER`: the process's first write into a file NAME creates the file MARKER,
+# holding the number of SIGINT/SIGTERM received so far (kept current), and waits there until
+# MARKER is removed: a signal then arrives in the middle of the write, deterministically (and
+# a second process meets the run while it trains). Unset: no effect.
+PAUSE_FAULT_ENV = "MTLREC_FAULT_PAUSE_WRITE"
+_paused: list[str] = []  # the names paused once already
+
+
 def _with_fault(f: IO[bytes], path: Path) -> Any:
+    name, _, marker = os.environ.get(PAUSE_FAULT_ENV, "").partition(":")
+    if name == path.name and marker and name not in _paused:
+        _paused.append(name)
+        return _PausedFile(f, Path(marker))
     name, _, limit = os.environ.get(NO_SPACE_FAULT_ENV, "").partition(":")
     return _FaultyFile(f, int(limit or 1024)) if name == path.name else f
+
+
+class _PausedFile:
+    def __init__(self, f: IO[bytes], marker: Path) -> None:
+        self._f, self._marker, self._paused = f, marker, False
+
+    def write(self, data: bytes) -> int:
+        if not self._paused:
+            self._paused = True
+            shown = -1
+            self._marker.write_text("0")
+            while self._marker.exists():
+                if len(received) != shown:
+                    shown = len(received)
+                    self._marker.write_text(str(shown))
+                time.sleep(0.005)
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 class _FaultyFile:

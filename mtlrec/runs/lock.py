@@ -14,6 +14,11 @@ O_EXCL create without the moment where the file exists but nobody holds it yet) 
   before the owner removed it checks, once it holds the flock, that the name still points to
   the file it locked, and starts over if not.
 
+The lock file alone can be defeated: delete it while the owner runs and the next claimer
+creates and locks a new one. So the owner also holds a flock on the directory itself (an open
+descriptor of the dir, which no `rm` of a file inside can take away); a claimer that cannot take
+it stops with `DirInUse` too, naming the pid the lock file held, if any.
+
 flock is per open file: a second claim of the same dir in the same process (a sweep job in the
 sweep's process) returns the lock already held instead of locking itself out.
 """
@@ -47,6 +52,7 @@ class DirLock:
     fd: int
     owner: int  # pid that took it (a forked child must not remove its parent's lock)
     depth: int = 1  # claims of this dir by this process not released yet
+    dir_fd: int = -1  # the flock'ed descriptor of the directory itself
 
     @property
     def path(self) -> Path:
@@ -58,13 +64,13 @@ class DirLock:
         if self.depth > 0 or os.getpid() != self.owner:
             return
         _HELD.pop(self.directory, None)
-        if self.fd < 0:  # no lock could be taken (see claim)
-            return
         try:
-            if _same_file(self.fd, self.path):
+            if self.fd >= 0 and _same_file(self.fd, self.path):
                 self.path.unlink()  # while still locked: nobody can take a half-removed lock
         finally:
-            os.close(self.fd)
+            for fd in (self.fd, self.dir_fd):
+                if fd >= 0:
+                    os.close(fd)
 
 
 _HELD: dict[Path, DirLock] = {}
@@ -166,9 +172,13 @@ def claim(directory: str | Path, hint: str = "wait for it to end or pick another
         return held
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
+    dir_fd = -1
     try:
+        dir_fd = _lock_dir(directory, hint)
         fd = _claim_fd(path, directory, hint)
     except OSError as e:
+        if dir_fd >= 0:
+            os.close(dir_fd)
         if e.errno not in NO_LOCKS:
             raise
         # Some network file systems have no flock: run, but say the dir is not protected.
@@ -178,13 +188,40 @@ def claim(directory: str | Path, hint: str = "wait for it to end or pick another
             file=sys.stderr,
             flush=True,
         )
-        fd = -1
-    lock = DirLock(directory, fd, os.getpid())
+        fd = dir_fd = -1
+    except BaseException:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+        raise
+    lock = DirLock(directory, fd, os.getpid(), dir_fd=dir_fd)
     _HELD[directory] = lock
     return lock
 
 
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _lock_dir(directory: Path, hint: str) -> int:
+    """A flock'ed descriptor of `directory` itself; DirInUse when another process holds it."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if not _lock_or_none(fd):
+            raise DirInUse(directory, _pid_in(directory / LOCK_FILE), hint)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # the lock file was deleted: the dir's flock still says who owns it
+    try:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
 
 
 def _claim_fd(path: Path, directory: Path, hint: str) -> int:
@@ -198,7 +235,17 @@ def _claim_fd(path: Path, directory: Path, hint: str) -> int:
 
 
 def owner_pid(directory: str | Path) -> int | None:
-    """The pid of the live process holding `directory`, or None when nobody does."""
+    """The pid of the live process holding `directory`, or None when nobody does (0: someone
+    does, but its lock file was deleted)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        if not _lock_or_none(dir_fd):
+            return _pid_in(Path(directory) / LOCK_FILE) or 0
+    finally:
+        os.close(dir_fd)  # (drops only the flock taken through this descriptor)
     path = Path(directory) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -65,6 +65,7 @@ class RunSummary:
     started_at: str | None = None  # ISO time, seconds
     resumed_at: str | None = None  # ISO time of the latest accepted resume
     model: str | None = None
+    config_hash: str | None = None  # the run's config at its start (mtlrec.training.binding)
     dataset: str | None = None
     monitor: str | None = None  # e.g. val/mean_auc
     monitor_mode: str | None = None  # max | min

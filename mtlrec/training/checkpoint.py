@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 import random
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -27,6 +27,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training.calibration import apply_temperatures
+from mtlrec.training.signals import complete_writes
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +107,18 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix[:-1]: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
+        out.update(flatten(v, f"{prefix}{k}."))
     return out
 
 
 def check_resume_config(original: dict, new: dict, path: Path) -> None:
     """Only RESUME_MAY_CHANGE keys may differ from the run's saved config (keys in both)."""
-    a, b = _flatten(original), _flatten(new)
+    a, b = flatten(original), flatten(new)
     changed = [
         k
         for k in sorted(set(a) & set(b))
@@ -170,9 +171,10 @@ def save_last(directory: Path, payload: dict, write) -> Path:
     """
     directory = Path(directory)
     last = directory / LAST
-    if last.is_file():
-        os.replace(last, directory / PREVIOUS)
-    write(payload, last)
+    with complete_writes():  # a second Ctrl-C waits: never a last.pt moved but not rewritten
+        if last.is_file():
+            os.replace(last, directory / PREVIOUS)
+        write(payload, last)
     return last
 
 
@@ -304,19 +306,16 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load: never load it
+        raise MtlrecError(f"{path}: is a TorchScript model (an export), not an mtlrec checkpoint")
     try:
         # weights_only: unpickling runs no code; numpy arrays are allowed for the RNG state of
-        # checkpoints written before it was stored as a tensor.
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        # checkpoints written before it was stored as a tensor. torch's warnings about a foreign
+        # file (pickle protocol, ...) are not shown: the one line below says what is wrong.
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        OSError,
-        ValueError,
-    ) as e:
+    except Exception as e:  # a foreign or damaged file fails anywhere in the unpickler
         raise MtlrecError(
             f"{path}: checkpoint is truncated or corrupt ({type(e).__name__}); use an older checkpoint"
         ) from None
@@ -329,6 +328,16 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     verify_tensors(payload, path)
     return payload
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip archive holding TorchScript code (what `mtlrec export --format torchscript` writes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 _NUMPY_GLOBALS = [

@@ -3,9 +3,9 @@ one stops at once.
 
 The handler only sets a flag (a plain Python attribute: reading it in the loop costs no device
 sync). The trainer reads it after every optimizer step, writes `checkpoints/last.pt` and raises
-`TrainingInterrupted`. A second signal raises `KeyboardInterrupt` right away; every file of the
-run dir is written atomically (temp file + rename), so an interrupted write leaves the previous
-complete version in place.
+`TrainingInterrupted`. A second signal raises `KeyboardInterrupt` right away, except inside
+`complete_writes()` (a checkpoint being written, last.pt moved to last.prev.pt and replaced): there
+it waits for the end of the block, so the stop never leaves a half-done write behind.
 """
 
 from __future__ import annotations
@@ -31,6 +31,30 @@ received: list[int] = []
 
 def last_received() -> int | None:
     return received[-1] if received else None
+
+
+# Open complete_writes() blocks of the main thread, and the stops that wait for their end.
+_writing = 0
+_waiting: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def complete_writes() -> Iterator[None]:
+    """A block that a second signal does not cut short: the stop it asks for happens when the
+    block ends (main thread; elsewhere a no-op). An error leaving the block is not replaced."""
+    global _writing
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+    if _writing == 0 and _waiting:
+        stop_now = _waiting[-1]
+        _waiting.clear()
+        stop_now()
 
 
 class TrainingInterrupted(MtlrecError):
@@ -87,11 +111,17 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         received.append(signum)
         if self.signum is not None:
-            # Second signal: give up now. Restore what was there before, so a third one is handled
-            # as it would have been without us (by default: the process ends).
-            self.restore()
-            raise KeyboardInterrupt
+            if _writing:  # a checkpoint is being written: it completes first
+                _waiting.append(self._stop_now)
+                return
+            self._stop_now()
         self.signum = signum
+
+    def _stop_now(self) -> None:
+        # Second signal: give up now. Restore what was there before, so a third one is handled
+        # as it would have been without us (by default: the process ends).
+        self.restore()
+        raise KeyboardInterrupt
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

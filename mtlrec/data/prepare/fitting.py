@@ -155,7 +155,7 @@ def _nonfinite(plan: Plan, x: np.ndarray, bad: np.ndarray, where: str, col: str)
     value = x[int(np.argmax(bad))]
     raise MtlrecError(
         f"{where}: dense column '{col}' holds {value:g}: not a finite float32 value "
-        "(|x| <= 3.4e38); fix it, or set dataset.dense_nonfinite=clip or impute (the fill value)"
+        "(beyond ±3.4e38); fix it, or set dataset.dense_nonfinite=clip or impute (the fill value)"
     )
 
 

@@ -1,0 +1,93 @@
+"""What a run needs in memory before its first batch, estimated before anything is allocated.
+
+The model is built on the meta device (shapes only: no memory, no init cost), so sizes that
+cannot be allocated (`model.embedding_dim=1000000000`, `model.num_experts=1000000`,
+`model.tower_dims=[100000,100000]`) are refused with the numbers instead of failing inside
+torch; the rows of a generated dataset (`dataset.num_rows=1000000000000`) likewise. Counted:
+every parameter, the dense parameters' gradients and Adam's two moments, the embedding tables'
+optimizer state (training/optimizers.table_bytes) and the split tensors of generated rows.
+Activations are not counted: the estimate is a floor, so what it refuses never fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mtlrec.data.spec import DatasetSpec, TaskSpec
+from mtlrec.errors import MtlrecError
+from mtlrec.models import build_model
+from mtlrec.training.optimizers import (
+    EmbeddingOptimizer,
+    embedding_tables,
+    free_memory,
+    table_bytes,
+)
+
+GIB = 2**30
+DENSE_COPIES = 3  # a gradient and Adam's two moments per dense parameter
+
+
+@dataclass(frozen=True)
+class Footprint:
+    parameters: int  # bytes
+    optimizer: int  # gradients + optimizer state, bytes
+    data: int = 0  # split tensors of generated rows, bytes
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.optimizer + self.data
+
+
+def model_footprint(
+    model_cfg: Mapping[str, Any],
+    spec: DatasetSpec,
+    selected: tuple[TaskSpec, ...],
+    embedding_optimizer: EmbeddingOptimizer,
+) -> Footprint:
+    """Parameters and optimizer state of the configured model, built on the meta device."""
+    with torch.device("meta"):
+        model, _ = build_model(model_cfg, spec, selected)
+    tables, table_state = table_bytes(model, embedding_optimizer)
+    in_tables = {id(p) for t in embedding_tables(model) for p in t.parameters()}
+    dense = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in in_tables)
+    return Footprint(tables + dense, table_state + DENSE_COPIES * dense)
+
+
+def row_bytes(spec: DatasetSpec) -> int:
+    """Bytes of one row in memory: int64 ids, float32 dense values and labels."""
+    layout = spec.layout
+    return 8 * layout.sparse_width + 4 * (layout.dense_width + len(spec.labels))
+
+
+def check_footprint(need: Footprint, free_bytes: float, where: str, model_name: str) -> str:
+    """One line with the numbers when `need` exceeds `free_bytes`; else a summary."""
+    parts = (
+        f"parameters {need.parameters / GIB:,.2f} GiB + gradients and optimizer state "
+        f"{need.optimizer / GIB:,.2f} GiB"
+        + (f" + data {need.data / GIB:,.2f} GiB" if need.data else "")
+    )
+    if need.total <= free_bytes:
+        return parts
+    raise MtlrecError(
+        f"the run (model {model_name}) needs at least {need.total / GIB:,.2f} GiB ({parts}) but "
+        f"{free_bytes / GIB:,.2f} GiB are free on {where}; make it smaller "
+        "(model.embedding_dim, model.num_experts, model.expert_dims, model.tower_dims, "
+        "dataset.num_rows) or use a device with more memory"
+    )
+
+
+def check_model_memory(
+    model_cfg: Mapping[str, Any],
+    spec: DatasetSpec,
+    selected: tuple[TaskSpec, ...],
+    trainer_cfg: Any,
+    device: torch.device,
+) -> None:
+    """The run's model (parameters + optimizer state) against `device`'s free memory, before
+    the model is allocated."""
+    need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer)
+    check_footprint(need, free_memory(device), str(device), str(model_cfg.get("name")))
