@@ -33,6 +33,7 @@ from mtlrec.run_process import (
     resolve_device,
     seed_everything,
     set_deterministic,
+    warn_if_still_improving,
 )
 from mtlrec.runs.loggers import build_logger
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
@@ -496,16 +497,3 @@ def test_per_task(trainer: Trainer, test: Any, result: FitResult, checkpoints: P
         }
     trainer.model.load_state_dict(monitored)
     return {"protocol": PER_TASK_PROTOCOL, "tasks": tasks}
-
-
-def warn_if_still_improving(result: FitResult, trainer_cfg: TrainerConfig, monitor: str) -> None:
-    """The best epoch is the last one and the run was not stopped early: it may be under-trained."""
-    last = result.history[-1]["epoch"] if result.history else 0
-    if result.stopped_early or last != result.best_epoch or last < trainer_cfg.epochs:
-        return
-    log.warning(
-        "%s was still improving at the last epoch (%d); try trainer.epochs=%d",
-        monitor,
-        last,
-        max(2 * last, last + 5),
-    )

@@ -5,6 +5,7 @@ experiment.setup_process and experiment.build call these; they hold no state of 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import platform
@@ -138,3 +139,16 @@ def check_embedding_memory(model: torch.nn.Module, choice: str, device: torch.de
         weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
         free += weights
     return check_fits(model, choice, free, str(device))  # type: ignore[arg-type]
+
+
+def warn_if_still_improving(result: Any, trainer_cfg: Any, monitor: str) -> None:
+    """The best epoch is the last one and the run was not stopped early: it may be under-trained."""
+    last = result.history[-1]["epoch"] if result.history else 0
+    if result.stopped_early or last != result.best_epoch or last < trainer_cfg.epochs:
+        return
+    logging.getLogger("mtlrec").warning(
+        "%s was still improving at the last epoch (%d); try trainer.epochs=%d",
+        monitor,
+        last,
+        max(2 * last, last + 5),
+    )

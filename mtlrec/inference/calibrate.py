@@ -45,7 +45,7 @@ def calibrate(
     config = payload["config"]
     selected = spec.select_tasks((config.get("dataset") or {}).get("tasks"))
     targets = [t for t in eval_targets(tasks, model.output_types, spec, selected) if not t.suffix]
-    path = split_file(spec, config, split, None)
+    path = split_file(spec, payload, split, None)
     violations = (config.get("dataset") or {}).get("funnel_violations", "error")
     tensors = load_split(path, spec, tuple(t.task for t in targets), violations)
     predictions, _ = Evaluator(model, spec, tasks, targets, model_device(model)).predict(tensors)
