@@ -115,8 +115,13 @@ def test_a_flipped_byte_is_one_line_naming_the_file(dataset, tmp_path, name):
     damaged = (dataset / name).read_bytes()
     out = train(tmp_path)
     assert out.returncode == 1
-    assert lines(out.stderr) == [mismatch_line(dataset / name, want)]
+    # spec.json (and the manifest) are verified when the settings check loads the spec, before
+    # any run dir exists; a damaged split is found when the run loads it
+    before_run = "mtlrec train: error: " if name == "spec.json" else ""
+    assert lines(out.stderr) == [before_run + mismatch_line(dataset / name, want)]
     assert "Traceback" not in out.stdout + out.stderr
+    if before_run:
+        assert not (tmp_path / "run").exists()
     assert (dataset / name).read_bytes() == damaged  # the dataset is left as it is
     assert not (tmp_path / "run" / "checkpoints").exists() or not any(
         (tmp_path / "run" / "checkpoints").iterdir()
@@ -159,7 +164,10 @@ def test_a_damaged_manifest_is_one_line(dataset, tmp_path):
     out = train(tmp_path)
     assert out.returncode == 1
     [line] = lines(out.stderr)
-    assert line.startswith(f"{dataset / MANIFEST_FILE}: not a valid checksum manifest (")
+    assert line.startswith(  # found by the settings check: nothing written
+        f"mtlrec train: error: {dataset / MANIFEST_FILE}: not a valid checksum manifest ("
+    )
+    assert not (tmp_path / "run").exists()
     assert line.endswith(f"); {REPREPARE}")
 
 
@@ -270,4 +278,7 @@ def test_a_reused_generated_dataset_is_verified(tmp_path):
     out = mtlrec("train", *base, f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path, env=run_env)
     assert out.returncode == 1
     remedy = f"remove {generated} and it is generated again on the next run"
-    assert lines(out.stderr) == [mismatch_line(generated / "spec.json", want, remedy)]
+    assert lines(out.stderr) == [
+        "mtlrec train: error: " + mismatch_line(generated / "spec.json", want, remedy)
+    ]
+    assert not (tmp_path / "b").exists()  # found before the run dir
