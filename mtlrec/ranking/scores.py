@@ -96,7 +96,7 @@ def load_scores(
     out = {}
     for name in splits:
         tensors = load_split(
-            split_file(spec, config, name, None),
+            split_file(spec, payload, name, None),  # checks the data is the run's
             spec,
             loss_tasks,
             dataset.get("funnel_violations", "error"),
