@@ -20,7 +20,6 @@ from typing import IO, Any
 from mtlrec.errors import MtlrecError
 from mtlrec.outputs import NO_SPACE_FAULT_ENV, inject_fault, write_error, write_error_code
 from mtlrec.runs.records import json_safe
-from mtlrec.training.signals import complete_writes, received
 
 TEMP_SUFFIX = ".tmp"
 # .NAME.<pid>-<8 hex>.tmp, as temp_path names them.
@@ -56,6 +55,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     except OSError as e:
         _raise_if_no_space(e, path)
         raise
+    # imported here: the run-dir modules import no training module at load (compare stays light)
+    from mtlrec.training.signals import complete_writes
+
     try:
         with complete_writes(), os.fdopen(fd, "wb") as f:  # a second Ctrl-C waits for the rename
             write(_with_fault(f, path))
@@ -100,6 +102,8 @@ class _PausedFile:
         self._f, self._marker, self._paused = f, marker, False
 
     def write(self, data: bytes) -> int:
+        from mtlrec.training.signals import received  # tests only: the signals seen so far
+
         if not self._paused:
             self._paused = True
             shown = -1

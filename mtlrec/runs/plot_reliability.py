@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.runs.plot_curves import legend_outside
-from mtlrec.training.calibration import RELIABILITY_FILE
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run
@@ -24,6 +23,8 @@ MAX_RUNS = 12
 
 
 def read_bins(run: Run) -> dict[str, dict[str, list[float]]]:
+    from mtlrec.training.calibration import RELIABILITY_FILE  # lazily: compare imports no training
+
     path = Path(run.path) / RELIABILITY_FILE
     try:
         targets = json.loads(path.read_text()).get("targets") or {}
