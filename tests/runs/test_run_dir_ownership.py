@@ -73,6 +73,7 @@ def test_two_trains_into_one_dir_at_once_one_runs_the_other_touches_nothing(tmp_
         "env.json",
         "history.csv",
         "metrics.json",
+        "reliability.json",
         "train.log",
     ]  # one .hydra, no lock file left after a clean exit
 
