@@ -60,6 +60,7 @@ from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
+from mtlrec.training.torchrec_backend import shard_model
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
 __all__ = [
@@ -89,7 +90,6 @@ def mark_resume_accepted(run_dir: Path) -> None:
         (run_dir / subdir / RESUME_ACCEPTED).write_text("")
 
 
-# -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     """Train, validate, test; write the run directory. Returns the best monitored value.
 
@@ -249,6 +249,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
+    shard_model(model, trainer_cfg, device, run_dir.write_json)  # embedding_backend=torchrec
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.

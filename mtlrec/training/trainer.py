@@ -56,6 +56,7 @@ from mtlrec.training.schedule import (
     separate_embedding_schedule,
 )
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
+from mtlrec.training.torchrec_backend import with_fused_tables
 from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
 
 __all__ = [
@@ -232,6 +233,7 @@ class Trainer:
             embedding_lr=self.cfg.embedding_lr,
             separate_tables=separate_embedding_schedule(self.cfg),
         )
+        optimizer = with_fused_tables(optimizer, self.model)  # embedding_backend=torchrec
         self._restored_lrs = False  # set by load_training_state: fit keeps the restored lr
         self.sparse_tables = any(True for _ in sparse_parameters(self.model))
         return optimizer
