@@ -85,6 +85,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     read_tables: TableReader | None
     write_tables: TableWriter | None
     _fetched: dict[int, list[torch.Tensor]]
+    eval_tables: list[torch.Tensor] | None
+    gather_for_eval: bool
 
     @classmethod
     def from_native(cls, native: FieldEmbedding) -> TorchRecFieldEmbedding:
@@ -101,6 +103,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         layer.read_tables = None
         layer.write_tables = None
         layer._fetched = {}
+        layer.eval_tables = None
+        layer.gather_for_eval = False
         return layer
 
     @property
@@ -131,7 +135,13 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         requests = self._requests(sparse)
         empty = sparse.new_zeros((sparse.shape[0], 0))
         ids = [torch.cat(r, dim=1) if r else empty for r in requests]
-        rows = self.lookup(ids)
+        if self.eval_tables is not None:  # evaluation on several ranks: the gathered tables
+            rows = [
+                t.index_select(0, i.reshape(-1)).view(*i.shape, -1)
+                for t, i in zip(self.eval_tables, ids, strict=True)
+            ]
+        else:
+            rows = self.lookup(ids)
         self._fetched = {
             j: list(torch.split(rows[j], [r.shape[1] for r in requests[j]], dim=1))
             for j in range(len(rows))
@@ -141,6 +151,18 @@ class TorchRecFieldEmbedding(FieldEmbedding):
             return super().forward(sparse, dense)
         finally:
             self._fetched = {}
+
+    def train(self, mode: bool = True) -> TorchRecFieldEmbedding:
+        """Several ranks evaluate different numbers of batches, so evaluation must not look up
+        through the sharded module (each lookup is a collective): model.eval(), which every rank
+        calls before evaluating, gathers the full tables once; model.train() drops them."""
+        super().train(mode)
+        if mode or not self.gather_for_eval:
+            self.eval_tables = None
+        elif self.eval_tables is None:
+            device = getattr(self, "fields_0").device
+            self.eval_tables = [t.to(device) for t in self.full_tables()]
+        return self
 
     def _next(self, table: int) -> torch.Tensor:
         return self._fetched[table].pop(0)
@@ -164,6 +186,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
 
     # -- the ordinary layout in checkpoints -----------------------------------------------------
     def full_tables(self) -> list[torch.Tensor]:
+        if self.eval_tables is not None:  # gathered for evaluation, unchanged since
+            return [t.detach().cpu().clone() for t in self.eval_tables]
         if self.read_tables is not None:
             return self.read_tables()
         return [w.clone() for w in self.initial_weights]
@@ -179,6 +203,11 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         weights = [state_dict.pop(k, None) for k in keys]
         missing.extend(k for k, w in zip(keys, weights, strict=True) if w is None)
         if all(w is not None for w in weights):
+            if self.eval_tables is not None:  # the gathered copy follows the loaded weights
+                self.eval_tables = [
+                    w.detach().to(t.device).clone()  # type: ignore[union-attr]
+                    for w, t in zip(weights, self.eval_tables, strict=True)
+                ]
             if self.write_tables is not None:
                 self.write_tables(weights)  # type: ignore[arg-type]
             else:

@@ -196,6 +196,7 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     layer.read_tables = lambda: [full_tensor(t) for t in _table_states(module)]
     layer.write_tables = lambda weights: _scatter(_table_states(module), weights)
     layer.write_tables(layer.initial_weights)
+    layer.gather_for_eval = dist.get_world_size() > 1
     layer.initial_weights = []
     return ShardedTables(layer, module, _plan_record(plan))
 
