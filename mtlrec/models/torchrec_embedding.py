@@ -20,7 +20,7 @@ checkpoint is the native one and evaluate/predict/export load it without TorchRe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,9 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         if mode or not self.gather_for_eval:
             self.eval_tables = None
         elif self.eval_tables is None:
-            device = getattr(self, "fields_0").device
+            device = cast(
+                torch.Tensor, self.fields_0
+            ).device  # a buffer of FieldEmbedding: the layer's device
             self.eval_tables = [t.to(device) for t in self.full_tables()]
         return self
 
