@@ -193,7 +193,7 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
         init_data_parallel="data_parallel" in types,
     )
     layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
-    layer.read_tables = lambda: [full_tensor(t) for t in _table_states(module)]
+    layer.read_tables = lambda: full_tables(module)
     layer.write_tables = lambda weights: _scatter(_table_states(module), weights)
     layer.write_tables(layer.initial_weights)
     layer.gather_for_eval = dist.get_world_size() > 1
@@ -242,22 +242,42 @@ def _table_states(module: nn.Module) -> list[Any]:
     ]
 
 
-def full_tensor(value: Any) -> torch.Tensor:
-    """A ShardedTensor's full value (every rank calls this: a gather) or a replica's copy."""
+def _pieces(value: Any) -> tuple[list[int], list[tuple[list[int], torch.Tensor]]]:
+    """(full size, [(offsets, tensor)] of the shards this rank holds) of a ShardedTensor, or a
+    replica's whole value."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     if not isinstance(value, ShardedTensor):
-        return value.detach().cpu().clone()
-    out = torch.empty(value.size(), dtype=value.dtype)
-    if dist.get_world_size() == 1:
-        for shard in value.local_shards():
-            o, s = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-            index = tuple(slice(a, a + b) for a, b in zip(o, s, strict=True))
-            out[index] = shard.tensor.detach().cpu()
-        return out
-    value.gather(dst=0, out=out if dist.get_rank() == 0 else None)
-    dist.broadcast(out, src=0)
+        return list(value.shape), [([0] * value.dim(), value.detach().cpu().clone())]
+    return list(value.size()), [
+        (list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone())
+        for s in value.local_shards()
+    ]
+
+
+def gather_full(local: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every rank's shards of each named value -> the full tensors, on every rank (a collective:
+    every rank calls it; a rank may hold no shard of a value, or not know the value at all)."""
+    pieces = {name: _pieces(value) for name, value in local.items()}
+    every = [pieces]
+    if dist.get_world_size() > 1:
+        every = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(every, pieces)
+    out: dict[str, torch.Tensor] = {}
+    for rank_pieces in every:
+        for name, (size, shards) in rank_pieces.items():
+            for offsets, tensor in shards:
+                if name not in out:
+                    out[name] = torch.empty(size, dtype=tensor.dtype)
+                index = tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape, strict=True))
+                out[name][index] = tensor
     return out
+
+
+def full_tables(module: nn.Module) -> list[torch.Tensor]:
+    states = _table_states(module)
+    full = gather_full({str(j): state for j, state in enumerate(states)})
+    return [full[str(j)] for j in range(len(states))]
 
 
 def _scatter(states: list[Any], values: list[torch.Tensor]) -> None:
@@ -289,23 +309,25 @@ class FusedTables:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for i, (_, state) in enumerate(self._states()):
-            for param, values in sorted(state.items()):
-                for name, value in sorted(values.items()):
-                    if torch.is_tensor(value):
-                        out[f"{i}/{param}/{name}"] = full_tensor(value)
-        return out
+        local = {
+            f"{i}/{param}/{name}": value
+            for i, (_, state) in enumerate(self._states())
+            for param, values in state.items()
+            for name, value in values.items()
+            if torch.is_tensor(value)
+        }
+        return dict(sorted(gather_full(local).items()))  # a rank may hold none of a table
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         for i, (_, state) in enumerate(self._states()):
-            for param, values in sorted(state.items()):
-                for name, value in sorted(values.items()):
+            for param, values in state.items():
+                for name, value in values.items():
                     key = f"{i}/{param}/{name}"
-                    if torch.is_tensor(value):
-                        if key not in saved:
-                            raise ValueError(f"the checkpoint has no fused optimizer state {key}")
-                        _scatter([value], [saved[key]])
+                    if not torch.is_tensor(value):
+                        continue
+                    if key not in saved:
+                        raise ValueError(f"the checkpoint has no fused optimizer state {key}")
+                    _scatter([value], [saved[key]])
 
 
 class TorchRecOptimizer(MultiOptimizer):
