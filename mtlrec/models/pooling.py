@@ -20,6 +20,7 @@ user's interest is kept).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class TargetAttention(nn.Module):
     def _first_layer(self, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-row weight [h, d], per-position weight [h, 2d], bias [h]) of the unit's first
         layer, split as the class docstring says."""
-        first = self.unit[0]
+        first = cast(nn.Linear, self.unit[0])
         w_q, w_k, w_diff, w_prod = first.weight.split(dim, dim=1)
         return w_q + w_diff, torch.cat([w_k - w_diff, w_prod], 1), first.bias
 
