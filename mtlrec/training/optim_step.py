@@ -29,10 +29,10 @@ from mtlrec.errors import MtlrecError
 from mtlrec.training.balance import Balancer
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.objective import clip_per_task
-
-log = logging.getLogger(__name__)
 from mtlrec.training.optimizers import MultiOptimizer, clip_grad_norm
 from mtlrec.training.schedule import LrSchedule
+
+log = logging.getLogger(__name__)
 
 
 class PendingLosses:
