@@ -35,7 +35,7 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger
+from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
@@ -364,10 +364,7 @@ class RunRecorder:
         self.run_dir, self.built, self.settings = run_dir, built, settings
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
-        self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
-        if resume is not None:  # what the logger holds beyond the checkpoint is done again
-            epochs = max((int(r["epoch"]) for r in resume.history), default=0)
-            self.logger.resume_at(epochs, int(resume.global_step))
+        self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
@@ -410,20 +407,7 @@ class RunRecorder:
                 self.run_dir.save_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
-        """Every trainer.log_every_n_steps optimizer steps: the lr, the step's per-task losses
-        (this rank's rows) and the balancer's task weights, named like the epoch's columns."""
-        if step % self.settings.trainer.log_every_n_steps:
-            return
-        trainer = self.built.trainer
-        values = {"lr": lr}
-        losses = trainer.stepper.last_losses
-        if losses is not None:
-            names = [t.name for t in trainer.loss_tasks]
-            values |= {f"train/{n}_loss": v for n, v in zip(names, losses.tolist(), strict=True)}
-        weights = trainer.task_weights().tolist()
-        names = trainer.balancer.task_names
-        values |= {f"weight/{n}": w for n, w in zip(names, weights, strict=True)}
-        self.logger.log_step(step, values)
+        log_step_scalars(self.logger, self.built.trainer, step, lr)
 
 
 def finish(

@@ -89,8 +89,32 @@ def logger_config(logger_cfg: Mapping[str, Any] | None) -> tuple[type[RunLogger]
 
 
 def build_logger(
-    logger_cfg: Mapping[str, Any] | None, run_dir: Path, config: Mapping[str, Any]
+    logger_cfg: Mapping[str, Any] | None,
+    run_dir: Path,
+    config: Mapping[str, Any],
+    resume: Any = None,
 ) -> RunLogger:
-    """The logger chosen by the `logger` config group (None or name none = no-op)."""
+    """The logger chosen by the `logger` config group (None or name none = no-op); `resume`: the
+    TrainState a resumed run continues from (what the logger got past it is done again)."""
     cls, cfg = logger_config(logger_cfg)
-    return cls.from_config(cfg, Path(run_dir), config)
+    logger = cls.from_config(cfg, Path(run_dir), config)
+    if resume is not None:
+        epochs = max((int(r["epoch"]) for r in resume.history), default=0)
+        logger.resume_at(epochs, int(resume.global_step))
+    return logger
+
+
+def log_step_scalars(logger: RunLogger, trainer: Any, step: int, lr: float) -> None:
+    """Every trainer.log_every_n_steps optimizer steps: the lr, the step's per-task losses (this
+    rank's rows) and the balancer's task weights, named like the epoch's history columns."""
+    if step % trainer.cfg.log_every_n_steps:
+        return
+    values = {"lr": lr}
+    losses = trainer.stepper.last_losses
+    if losses is not None:
+        names = [t.name for t in trainer.loss_tasks]
+        values |= {f"train/{n}_loss": v for n, v in zip(names, losses.tolist(), strict=True)}
+    weights = trainer.task_weights().tolist()
+    names = trainer.balancer.task_names
+    values |= {f"weight/{n}": w for n, w in zip(names, weights, strict=True)}
+    logger.log_step(step, values)
