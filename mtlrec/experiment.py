@@ -35,7 +35,7 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger
+from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
@@ -365,7 +365,7 @@ class RunRecorder:
         self.run_dir, self.built, self.settings = run_dir, built, settings
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
-        self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
+        self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
@@ -408,7 +408,7 @@ class RunRecorder:
                 self.run_dir.save_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
-        self.logger.log_step(step, {"lr": lr})
+        log_step_scalars(self.logger, self.built.trainer, step, lr)
 
 
 def finish(

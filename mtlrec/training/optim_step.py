@@ -82,6 +82,7 @@ class OptimizerStep:
         self.schedule, self.scaler, self.ema = schedule, scaler, ema
         self.pending = PendingLosses()
         self.steps = 0  # optimizer steps over the run (Trainer.global_step)
+        self.last_losses: torch.Tensor | None = None  # the last step's per-task mean losses
 
     def add(self, sums: torch.Tensor, counts: torch.Tensor, extra: torch.Tensor | None) -> None:
         self.pending.add(sums, counts, extra)
@@ -89,6 +90,7 @@ class OptimizerStep:
     def apply(self) -> None:
         """Backward through the balancer on the pending batches, clip, step, schedule, EMA."""
         means, extra = self.pending.take()
+        self.last_losses = means.detach()  # read by the metric logger every N steps (no sync here)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             scale = self.scaler.scale(torch.ones((), device=means.device))  # inits the scaler

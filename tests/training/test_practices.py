@@ -72,6 +72,7 @@ def test_cosine_with_warmup_logs_the_scheduled_lr_per_epoch_and_per_step(train_t
             "trainer.lr_schedule=cosine",
             "trainer.warmup_steps=4",
             "trainer.patience=null",
+            "trainer.log_every_n_steps=1",
         ]
     )
     assert metrics["status"] == "completed"
@@ -79,7 +80,7 @@ def test_cosine_with_warmup_logs_the_scheduled_lr_per_epoch_and_per_step(train_t
     cosine_at = lambda t: lr * (1 + math.cos(math.pi * t / 16)) / 2  # noqa: E731
     assert float(rows[0]["lr"]) == pytest.approx(cosine_at(10 - 4), rel=1e-9)
     assert float(rows[1]["lr"]) == pytest.approx(0.0, abs=1e-12)
-    assert [s for s, _ in steps] == list(range(1, 21))
+    assert [s for s, _ in steps] == list(range(1, 21))  # trainer.log_every_n_steps=1
     # warm-up: lr/4 at the first step, rising by (1 - 1/4)/4 of lr per step, lr at step 4
     assert [v for _, v in steps[:4]] == pytest.approx(
         [lr * (0.25 + 0.1875 * k) for k in (1, 2, 3, 4)]
