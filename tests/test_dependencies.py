@@ -89,9 +89,19 @@ def test_every_import_is_declared_in_core_or_an_extra():
     }
     assert undeclared == {}
     lazy = set(anywhere) - core - NO_DEPS_INSTALLS
-    assert lazy == {"matplotlib", "mlflow-skinny", "onnx", "onnxruntime", "optuna"}
+    assert lazy == {
+        "matplotlib",
+        "mlflow-skinny",
+        "onnx",
+        "onnxruntime",
+        "optuna",
+        "tensorboard",
+        "wandb",
+    }
     for name in lazy:  # each optional package is in the extra the docs name for it
-        assert any(name in extras[e] for e in ("plot", "mlflow", "onnx", "tune"))
+        assert any(
+            name in extras[e] for e in ("plot", "mlflow", "onnx", "tune", "tensorboard", "wandb")
+        )
 
 
 def test_torchrec_is_installed_by_its_script_with_the_extras_dependencies():
