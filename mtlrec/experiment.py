@@ -39,7 +39,7 @@ from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
-from mtlrec.training import binding, distributed
+from mtlrec.training import binding, distributed, torchrec_backend
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
@@ -60,7 +60,6 @@ from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
-from mtlrec.training.torchrec_backend import shard_model
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
 __all__ = [
@@ -249,7 +248,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
-    shard_model(model, trainer_cfg, device, run_dir.write_json)  # embedding_backend=torchrec
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.

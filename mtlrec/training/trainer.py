@@ -28,7 +28,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.training import distributed
+from mtlrec.training import distributed, torchrec_backend
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
@@ -56,7 +56,6 @@ from mtlrec.training.schedule import (
     separate_embedding_schedule,
 )
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.torchrec_backend import with_fused_tables
 from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
 
 __all__ = [
@@ -237,10 +236,9 @@ class Trainer:
             embedding_lr=self.cfg.embedding_lr,
             separate_tables=separate_embedding_schedule(self.cfg),
         )
-        optimizer = with_fused_tables(optimizer, self.model)  # embedding_backend=torchrec
         self._restored_lrs = False  # set by load_training_state: fit keeps the restored lr
         self.sparse_tables = any(True for _ in sparse_parameters(self.model))
-        return optimizer
+        return torchrec_backend.with_fused_tables(optimizer, self.model)  # the fused tables' state
 
     def autocast(self) -> torch.autocast:
         """trainer.precision=bf16|fp16: matmuls in bfloat16|float16 (losses, metrics float32)."""
