@@ -44,6 +44,12 @@ FUSED_OPTIMIZERS = {
 NATIVE_ONLY = ("sparse_adam",)
 TORCHREC_ONLY = ("rowwise_adagrad", "sgd", "rowwise_adam")
 INSTALL = "bash scripts/install_torchrec.sh (docs/distributed.md)"
+# Several ranks are not ready: a 2-rank gloo run trained its first epoch to another loss than one
+# process and then stopped progressing (docs/distributed.md, "Not done").
+SEVERAL_RANKS = (
+    "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
+    "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several ranks"
+)
 SHARDING_PLAN_FILE = "sharding_plan.json"  # the run dir's record of where the tables live
 
 
@@ -82,6 +88,8 @@ def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> N
         raise MtlrecError(
             f"trainer.shard_memory_mb must be an integer >= 1 or null, got {trainer.shard_memory_mb!r}"
         )
+    if trainer.devices > 1:
+        raise MtlrecError(SEVERAL_RANKS)
     on_cpu = device_type == "cpu" or (device_type == "auto" and not torch.cuda.is_available())
     if on_cpu and not FUSED_OPTIMIZERS[trainer.embedding_optimizer][1]:
         raise MtlrecError(
@@ -360,6 +368,8 @@ def shard_model(model: nn.Module, cfg: Any, device: torch.device, write_json: An
     if cfg.embedding_backend != "torchrec":
         return
     ensure_process_group(device)
+    if dist.get_world_size() > 1:  # torchrun
+        raise MtlrecError(SEVERAL_RANKS)
     sharded = [shard_layer(layer, cfg, device) for layer in convert_model(model)]
     model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
     plan = {name: spec for s in sharded for name, spec in s.plan.items()}

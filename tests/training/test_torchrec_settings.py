@@ -62,6 +62,14 @@ def test_what_the_fused_optimizer_cannot_do_is_one_line(change, what):
     )
 
 
+def test_several_ranks_are_refused_until_they_work():
+    assert line(dataclasses.replace(TORCHREC, devices=2)) == (
+        "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
+        "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several "
+        "ranks"
+    )
+
+
 def test_a_balancer_writing_its_own_gradients_is_refused():
     assert line(TORCHREC, balance={"name": "pcgrad"}).startswith("balance=pcgrad does not work")
 
