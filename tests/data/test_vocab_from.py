@@ -123,18 +123,21 @@ def test_a_missing_or_unprepared_vocab_from_is_one_line(days, tmp_path):
     )
 
 
+FROZEN = "init.freeze=[embedding.*, interaction.first_order.weight]"  # they stay as carried
+
+
 def test_init_from_carries_rows_by_raw_value_across_independent_vocabularies(days, tmp_path):
-    """Day 2 prepared on its own gives the values other ids: the rows follow the values, new
-    values keep the model's init, a re-hashed field is skipped and says why."""
+    """Day 2 prepared on its own gives the values other ids: the rows of the table and DeepFM's
+    first-order columns follow the values."""
     from helpers.datagen import train
 
     run1 = tmp_path / "run1"
-    base = ["model=mmoe", "dataset=prepared", "trainer.epochs=1", "trainer.batch_size=256"]
+    base = ["model=mmoe", "model.backbone=deepfm", "dataset=prepared", "trainer.epochs=1"]
     train(run1, [*base, f"dataset.path={days / 'day1'}"])
     run2 = tmp_path / "run2"
     metrics = train(
         run2,
-        [*base, f"dataset.path={days / 'alone2'}", f"init_from={run1}", "init.freeze=[embed*]"],
+        [*base, f"dataset.path={days / 'alone2'}", f"init_from={run1}", FROZEN],
     )
     init = metrics["init"]
     old_vocab, new_vocab = read_vocabularies(days / "day1"), read_vocabularies(days / "alone2")
@@ -143,14 +146,18 @@ def test_init_from_carries_rows_by_raw_value_across_independent_vocabularies(day
     assert init["fields"]["category"] == {"carried": 17, "rows": 17}
     table = "embedding.tables.0.weight"
     assert init["rows"][table]["carried"] == sum(f["carried"] for f in init["fields"].values())
-    w1 = torch.load(run1 / "checkpoints/best.pt", weights_only=True)["model_state"][table]
-    w2 = torch.load(run2 / "checkpoints/best.pt", weights_only=True)["model_state"][table]
+    s1 = torch.load(run1 / "checkpoints/best.pt", weights_only=True)["model_state"]
+    s2 = torch.load(run2 / "checkpoints/best.pt", weights_only=True)["model_state"]
+    first = "interaction.first_order.weight"  # [1, ids]: a column per id
+    assert init["rows"][first]["carried"] == init["rows"][table]["carried"]
+    assert s1[first].abs().sum() > 0  # trained on day 1 (it starts at 0)
     spec1, spec2 = DatasetSpec.load(days / "day1"), DatasetSpec.load(days / "alone2")
     for name in ("user", "item"):
         o, n = spec1.vocab_offsets[name], spec2.vocab_offsets[name]
         for value in both[name]:
-            i, j = old_vocab[name].index(value) + 1, new_vocab[name].index(value) + 1
-            assert torch.equal(w1[o + i], w2[n + j]), (name, value)
+            i, j = o + old_vocab[name].index(value) + 1, n + new_vocab[name].index(value) + 1
+            assert torch.equal(s1[table][i], s2[table][j]), (name, value)
+            assert torch.equal(s1[first][:, i], s2[first][:, j]), (name, value)
     assert json.loads((run1 / "metrics.json").read_text())["status"] == "completed"
 
 
@@ -165,3 +172,21 @@ def test_a_rehashed_field_is_skipped_with_its_reason(days):
         "hashed into 16 buckets there, 32 here: its ids cannot be matched, its rows start as "
         "initialised"
     )
+
+
+def test_the_old_dataset_gone_or_prepared_again_is_one_line(days, tmp_path):
+    from mtlrec.training.carry_rows import old_dataset_dir
+
+    ckpt = tmp_path / "run/checkpoints/best.pt"
+    for where, state in (
+        (tmp_path / "gone", "is not there"),
+        (days / "day1", "was prepared again since"),
+    ):
+        payload = {"config": {"dataset": {"path": str(where)}}, "dataset_fingerprint": "fp1:00"}
+        with pytest.raises(MtlrecError) as e:
+            old_dataset_dir(payload, ckpt)
+        assert str(e.value) == (
+            f"init_from: {ckpt} was trained on the dataset at {where}, which {state}: its "
+            "vocabulary is needed to carry the embedding rows over by value; bring that dataset "
+            "back, or leave the tables out with 'init.exclude=[*embedding*]'"
+        )

@@ -228,3 +228,19 @@ def test_resume_of_a_warm_started_run_is_exact_without_the_init_run(source, tmp_
     wa = load_checkpoint(straight / "checkpoints/last.pt")["model_state"]
     wb = load_checkpoint(resumed / "checkpoints/last.pt")["model_state"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_init_keys_without_init_from_or_with_a_path_as_checkpoint_are_one_line():
+    with pytest.raises(MtlrecError) as e:
+        settings("init.include=[embedding.*]")
+    assert str(e.value) == (
+        "init.include, init.exclude and init.optimizer say what init_from loads; set "
+        "init_from=RUN_DIR (init.freeze alone needs none)"
+    )
+    with pytest.raises(MtlrecError) as e:
+        settings("init_from=x", "init_from_checkpoint=../best")
+    assert str(e.value) == (
+        "init_from_checkpoint='../best': expected best, last or the name of a file of "
+        "RUN_DIR/checkpoints (e.g. best_ctr)"
+    )
+    assert settings("init.freeze=[embedding.*]").init.options.freeze == ["embedding.*"]
