@@ -285,3 +285,20 @@ def test_ema_is_the_exponential_average_of_the_step_weights():
         expected = 0.5 * (0.5 * seen[0][k] + 0.5 * seen[1][k]) + 0.5 * seen[2][k]  # 1st: a copy
         assert torch.allclose(averaged, expected, atol=1e-7)
     assert isinstance(trainer.stepper, OptimizerStep)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_it_is_slower(monkeypatch, caplog, native):
+    from mtlrec.training import optim_step
+
+    monkeypatch.setattr(optim_step, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="mtlrec.training.optim_step"):
+        toy_trainer("mmoe", TrainerConfig(precision="bf16"))
+    warned = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    if native:
+        assert warned == []
+    else:
+        assert warned == [
+            "trainer.precision=bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX), so "
+            "bf16 matmuls are emulated and slower than fp32; use trainer.precision=fp32 here"
+        ]
