@@ -32,8 +32,13 @@ CASES = [
         "streaming.shuffle_buffer must be an integer >= 1, got 0",
     ),
     (
-        "trainer.embedding_optimizer=sgd",
-        "trainer.embedding_optimizer='sgd': expected one of auto, adam, sparse_adam, adagrad",
+        "trainer.embedding_optimizer=lamb",
+        "trainer.embedding_optimizer='lamb': expected one of auto, adam, sparse_adam, adagrad, "
+        "rowwise_adagrad, sgd, rowwise_adam",
+    ),
+    (
+        "trainer.embedding_optimizer=sgd",  # FBGEMM's, for the torchrec backend only
+        "trainer.embedding_optimizer=sgd needs trainer.embedding_backend=torchrec",
     ),
     (
         "trainer.data_on_device=maybe",
