@@ -87,6 +87,7 @@ def init_tower_output(towers: GroupedMLP, how: str) -> None:
         return
     with torch.no_grad():
         weight = towers.linears[-1].weight  # [towers, hidden, outputs]
+        assert isinstance(weight, torch.Tensor)
         weight.abs_()
         weight[:, ::2].neg_()
 
