@@ -28,7 +28,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.training import distributed
+from mtlrec.training import distributed, torchrec_backend
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
@@ -111,11 +111,14 @@ class Trainer:
         checkpoint_every: int | None = None,
         gauc_by: str | None = None,
         ece_bins: int = ECE_BINS,
+        weighted_metrics: bool = False,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
         self.stop, self.checkpoint_every = stop, checkpoint_every  # checkpoint.every_n_steps
-        self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
+        self.objective = Objective(
+            loss_tasks, spec, getattr(model, "extra_loss", None), cfg.sample_weights
+        ).to(device)
         produced = produced_val_metrics(targets, loss_tasks, gauc_by is not None)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks, produced)
         if cfg.monitor == "auto":
@@ -168,6 +171,7 @@ class Trainer:
             self.objective,
             group_column=group_column(spec, gauc_by),
             ece_bins=ece_bins,
+            weighted=weighted_metrics,
         )
         self.stepper = self._make_stepper()
 
@@ -234,7 +238,7 @@ class Trainer:
         )
         self._restored_lrs = False  # set by load_training_state: fit keeps the restored lr
         self.sparse_tables = any(True for _ in sparse_parameters(self.model))
-        return optimizer
+        return torchrec_backend.with_fused_tables(optimizer, self.model)  # the fused tables' state
 
     def autocast(self) -> torch.autocast:
         """trainer.precision=bf16|fp16: matmuls in bfloat16|float16 (losses, metrics float32)."""

@@ -20,6 +20,8 @@ class DatasetConfig:
     tasks: list[str] | None = None  # task names to train on (null = all of the dataset's)
     preparer: str | None = None  # which source builds it (default: the one named like `name`)
     funnel_violations: Literal["error", "drop"] = "error"
+    # A column of per-row weights (prepare keeps it; train weighs every task's loss by it)
+    sample_weight: str | None = None
 
     def validate(self) -> None:
         """Ranges and combinations (types are checked by config_schema.build)."""
@@ -40,6 +42,7 @@ class RawFilesConfig(DatasetConfig):
     # inf, NaN or |x| > float32's max in a dense column: error | clip | impute (docs/datasets.md)
     dense_nonfinite: Literal["error", "clip", "impute"] = "error"
     block_size_mb: float = 1.0
+    vocab_from: str | None = None  # a prepared dataset whose ids this one keeps (next-day data)
 
     def validate(self) -> None:
         super().validate()
@@ -71,6 +74,7 @@ class DatasetSource:
     Config: ClassVar[type[DatasetConfig]] = DatasetConfig
     generated: ClassVar[bool] = False
     preparable: ClassVar[bool] = False
+    keeps_sample_weight: ClassVar[bool] = False  # prepare honours dataset.sample_weight
 
     def prepare(self, cfg: Mapping[str, Any], out_dir: Path):
         raise MtlrecError(f"dataset '{cfg.get('name')}': `mtlrec prepare` cannot build it")
