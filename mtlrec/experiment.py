@@ -35,7 +35,7 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger
+from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
@@ -243,7 +243,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     trainer_cfg, dataset = settings.trainer, settings.dataset
     with distributed.main_first():  # rank 0 generates a missing dataset, then the others read it
         data_dir = resolve_dataset_dir(dataset)
-    spec = DatasetSpec.load(data_dir)
+    spec = DatasetSpec.load(data_dir, sample_weight=dataset.get("sample_weight"))
     selected = spec.select_tasks(dataset.get("tasks"))
     check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
@@ -266,6 +266,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         checkpoint_every=settings.checkpoint.every_n_steps,
         gauc_by=settings.metrics.gauc_by,
         ece_bins=settings.metrics.ece_bins,
+        weighted_metrics=settings.metrics.weighted,
     )
     tasks = tuple(t.task for t in targets)
     splits = load_data(
@@ -364,7 +365,7 @@ class RunRecorder:
         self.run_dir, self.built, self.settings = run_dir, built, settings
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
-        self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
+        self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
@@ -407,7 +408,7 @@ class RunRecorder:
                 self.run_dir.save_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
-        self.logger.log_step(step, {"lr": lr})
+        log_step_scalars(self.logger, self.built.trainer, step, lr)
 
 
 def finish(
