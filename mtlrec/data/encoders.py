@@ -180,15 +180,13 @@ class RawEncoder:
         Histories built from the log are built from the file's own events, as prepare built them
         from its files: one pass over the file's user, time and item columns first."""
         from mtlrec.data.prepare.reading import iter_blocks
-        from mtlrec.data.prepare.timeline import attach, build_timeline
+        from mtlrec.data.prepare.timeline import build_timeline
 
         if not path.is_file():
             raise MtlrecError(f"{path}: raw input file not found")
         self.plan.sources = [RawSource(path, split="test")]
         self.plan.timeline = build_timeline(self.plan) if self.plan.built else None
-        return attach(
-            self.plan, iter_blocks(self.plan, 0, list(dict.fromkeys([*self.columns, *extra])))
-        )
+        return iter_blocks(self.plan, 0, list(dict.fromkeys([*self.columns, *extra])))
 
     def encode(self, block: Any, labels: bool = False) -> tuple[np.ndarray, np.ndarray, Any]:
         """(sparse [n, C] fused ids, dense [n, E], labels or None) of one raw block."""
@@ -244,10 +242,9 @@ def _blocks(rows: Any, encoder: RawEncoder) -> tuple[list, bool]:
         )
     block = Block(rows, 0, 0, 1)
     if plan.built:  # the histories, built from the rows' own events
-        from mtlrec.data.prepare.timeline import attach, timeline_for_table
+        from mtlrec.data.prepare.timeline import timeline_for_table
 
         plan.timeline = timeline_for_table(plan, rows)
-        block = next(attach(plan, [block]))
     return [block], all(c in rows.column_names for c in plan.labels)
 
 

@@ -268,3 +268,22 @@ def test_iso_dates_order_like_the_numbers_they_stand_for(tmp_path):
     b = prepare_dataset(log_config(tmp_path / "raw_d", tmp_path / "d"))
     assert {s: a.summary[s].rows for s in a.summary} == {s: b.summary[s].rows for s in b.summary}
     assert prepared_rows(tmp_path / "n").equals(prepared_rows(tmp_path / "d"))
+    # A parquet timestamp column (microseconds) orders the same way.
+    (tmp_path / "raw_p").mkdir()
+    half = len(df) // 2
+    stamped = df.assign(ts=stamps.dt.tz_localize(None).astype("datetime64[us]"))
+    stamped.iloc[:half].to_parquet(tmp_path / "raw_p" / "a.parquet")
+    stamped.iloc[half:].to_parquet(tmp_path / "raw_p" / "b.parquet")
+    files = ["a.parquet", "b.parquet"]
+    prepare_dataset(log_config(tmp_path / "raw_p", tmp_path / "p", files=files))
+    assert prepared_rows(tmp_path / "n").equals(prepared_rows(tmp_path / "p"))
+
+
+def test_numbers_and_dates_in_one_time_column_are_one_line(tmp_path):
+    raw = tmp_path / "raw"
+    df = make_log(n=300).astype({"ts": object})
+    df.loc[150:, "ts"] = "2026-01-02"  # b.csv holds dates, a.csv numbers
+    write_log(raw, df)
+    assert _error(log_config(raw, tmp_path / "out")) == (
+        f"{raw / 'b.csv'}: line 2: time column 'ts' holds '2026-01-02', a date, where earlier rows hold numbers; use one kind of time value throughout"
+    )

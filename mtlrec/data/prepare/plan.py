@@ -92,7 +92,9 @@ class RowColumns(Protocol):
 
     def split_codes(self, source_index: int, first_row: int, n: int) -> Any: ...
 
-    def attach(self, table: Any, source_index: int, first_row: int) -> Any: ...
+    def history(
+        self, name: str, source_index: int, first_row: int, n: int, to_ids: Any
+    ) -> tuple[Any, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -202,8 +202,6 @@ def plan_blocks(plan: Plan, source_index: int) -> Iterator[Block]:
     for block in iter_blocks(plan, source_index, plan.needed_raw_columns()):
         if plan.transform is not None:
             block.table = plan.transform(block.table)
-        if plan.timeline is not None:  # the histories built from the log (timeline.py)
-            block.table = plan.timeline.attach(block.table, source_index, block.first_row)
         yield block
 
 

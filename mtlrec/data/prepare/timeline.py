@@ -9,9 +9,10 @@ number in the log (its file's offset + its row in the file); the streaming passe
 their rows' split codes and history cells from here, block by block.
 
 Order: events sorted by (user, time), stably (events at the same time keep their file order).
-A row's history is its user's events STRICTLY before the row's time, oldest first in the cell
-(as a raw sequence cell), the newest `max_len` kept: events at the same time as the row (itself,
-or a tie) are never in it. The split: a user's last `test` events (by time) test, the `val` before
+A row's history is its user's events STRICTLY before the row's time, stored as a sequence is
+(newest first, the newest `max_len` kept): events at the same time as the row (itself, or a tie)
+are never in it. The items are encoded once with the item column's vocabulary (an empty item is
+the item column's empty value, as that column encodes it); each cell is then index arithmetic. The split: a user's last `test` events (by time) test, the `val` before
 them val, the rest train; a tie at a boundary goes to the later split, so within a user every
 train event is earlier than every val event, and every val event earlier than every test event.
 A user with too few events (`test + val` or fewer) is all train.
@@ -114,7 +115,7 @@ def _first_null(arr: pa.Array) -> int:
 def key_values(plan: Plan, block: Block, col: str, role: str) -> pa.Array:
     """A user or item column as strings (the vocabulary's keys); an empty user is an error."""
     arr = block.table.column(col).combine_chunks()
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    if arr.type != pa.string():  # one type over every block (parquet may hold large_string)
         arr = pc.cast(arr, pa.string())
     if role == "user" and arr.null_count:
         raise MtlrecError(
@@ -294,38 +295,52 @@ def _events(sizes: np.ndarray, n: int | None, share: float | None) -> np.ndarray
 
 @dataclass
 class History:
-    """Per log row, its history as a slice [lo, lo + length) of the items sorted by (user, time)."""
+    """Per log row, its earlier events as a slice [lo, lo + length) of the log sorted by (user,
+    time); length is capped at max_len + 1 (one more: the row is then counted as cut)."""
 
-    items: pa.Array
+    items: pa.Array  # item values in sorted order
     lo: np.ndarray  # int64, by log row
     length: np.ndarray  # int32, by log row
+    max_len: int
+    ids: np.ndarray | None = None  # the items' ids, once the vocabulary is known
 
     @classmethod
-    def of(cls, order: Order, items: pa.Array, keep: int) -> History:
-        """At most `keep` events before each row's time (ties with the row excluded)."""
+    def of(cls, order: Order, items: pa.Array, max_len: int) -> History:
+        """Ties with the row (the same user and time) are not before it."""
         n, t = len(order.order), order.time
         # A run: the events of one user at one time; a row's history ends where its run starts.
         new_run = order.new_user | np.r_[True, t[1:] != t[:-1]][:n]
         index = np.arange(n)
         user_start = np.maximum.accumulate(np.where(order.new_user, index, 0))
         run_start = np.maximum.accumulate(np.where(new_run, index, 0))
-        lo_sorted = np.maximum(user_start, run_start - keep)
+        lo_sorted = np.maximum(user_start, run_start - (max_len + 1))
         lo, length = np.empty(n, np.int64), np.empty(n, np.int32)
         lo[order.order], length[order.order] = lo_sorted, run_start - lo_sorted
-        return cls(items.take(pa.array(order.order)), lo, length)
+        return cls(items.take(pa.array(order.order)), lo, length, max_len)
 
-    def cells(self, rows: slice) -> pa.ListArray:
-        """The history cells of log rows `rows`, oldest event first (a raw sequence cell)."""
-        lo, length = self.lo[rows], self.length[rows].astype(np.int64)
-        offsets = np.r_[0, np.cumsum(length)]
-        flat = np.repeat(lo - offsets[:-1], length) + np.arange(offsets[-1])
-        values = self.items.take(pa.array(flat, pa.int64()))
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    def cells(
+        self, rows: slice, to_ids: Callable[[pa.Array], pa.Array]
+    ) -> tuple[pa.ListArray, np.ndarray]:
+        """(ids of log rows `rows`' histories, newest first, at most max_len; cut flags).
+
+        The items are encoded once (N lookups), then each cell is index arithmetic over them.
+        """
+        if self.ids is None:
+            self.ids = to_ids(self.items).to_numpy(zero_copy_only=False).astype(np.int32)
+        length = self.length[rows].astype(np.int64)
+        keep = np.minimum(length, self.max_len)
+        offsets = np.r_[0, np.cumsum(keep)]
+        newest = np.repeat(self.lo[rows] + length - 1, keep)  # each cell's newest event
+        flat = newest - (np.arange(offsets[-1]) - np.repeat(offsets[:-1], keep))
+        cells = pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)), pa.array(self.ids[flat])
+        )
+        return cells, length > self.max_len
 
 
 @dataclass
 class Timeline:
-    """What the streaming passes take per block: split codes and built history columns."""
+    """What the streaming passes take per block: split codes and built histories."""
 
     offsets: list[int]
     codes: np.ndarray | None = None
@@ -337,12 +352,16 @@ class Timeline:
         start = self.offsets[source_index] + first_row
         return self.codes[start : start + n]
 
-    def attach(self, table: pa.Table, source_index: int, first_row: int) -> pa.Table:
+    def history(
+        self,
+        name: str,
+        source_index: int,
+        first_row: int,
+        n: int,
+        to_ids: Callable[[pa.Array], pa.Array],
+    ) -> tuple[pa.ListArray, np.ndarray]:
         start = self.offsets[source_index] + first_row
-        rows = slice(start, start + table.num_rows)
-        for name, history in self.histories.items():
-            table = table.append_column(name, history.cells(rows))
-        return table
+        return self.histories[name].cells(slice(start, start + n), to_ids)
 
 
 def build_timeline(plan: Plan, blocks: BlockReader | None = None) -> Timeline:
@@ -368,8 +387,7 @@ def build_timeline(plan: Plan, blocks: BlockReader | None = None) -> Timeline:
         timeline.info["split"] = {k: v for k, v in vars(s).items() if v is not None} | counts
     for m in plan.built:
         order = order_of(str(m.log_user), str(m.log_time))
-        # One more than max_len: a row with a longer history is then counted as cut.
-        timeline.histories[m.name] = History.of(order, log[str(m.log_item)], m.max_len + 1)
+        timeline.histories[m.name] = History.of(order, log[str(m.log_item)], m.max_len)
         timeline.info.setdefault("sequences_from_log", {})[m.name] = {
             "user": m.log_user,
             "item": m.log_item,
@@ -385,17 +403,8 @@ def timeline_for_table(plan: Plan, table: pa.Table) -> Timeline:
     return build_timeline(plan, lambda i, cols: [Block(table.select(cols), 0, 0, 1)])
 
 
-def attach(plan: Plan, blocks: Iterable[Block]) -> Iterator[Block]:
-    """The blocks with the plan's built history columns appended (when it has a timeline)."""
-    for block in blocks:
-        if plan.timeline is not None and plan.built:
-            block.table = plan.timeline.attach(block.table, block.source_index, block.first_row)
-        yield block
-
-
 __all__ = [
     "Timeline",
-    "attach",
     "build_timeline",
     "check_built",
     "parse_from",
