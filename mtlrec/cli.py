@@ -121,7 +121,7 @@ def run(argv: Sequence[str]) -> int:
         if not _user_error(e) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"mtlrec {name}: error: {e}", file=sys.stderr)
-        return ERROR
+        return USAGE if _usage_error(e) else ERROR
 
 
 def show_help(parser: CommandParser, parsers: dict[str, CommandParser], rest: list[str]) -> int:
@@ -155,6 +155,12 @@ def _user_error(e: BaseException) -> bool:
     from mtlrec.errors import MtlrecError  # imported only when something went wrong
 
     return isinstance(e, MtlrecError)
+
+
+def _usage_error(e: BaseException) -> bool:
+    from mtlrec.errors import UsageError
+
+    return isinstance(e, UsageError)
 
 
 def _comp_point() -> int | None:

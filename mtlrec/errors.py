@@ -23,6 +23,11 @@ class MtlrecError(CompactHydraException):
     reported: bool = False  # True once a log handler has shown it to the user
 
 
+class UsageError(MtlrecError):
+    """A wrong command line (an unknown dataset or key in an override): `mtlrec` exits 2 for it,
+    as argparse does for a wrong option, instead of 1."""
+
+
 def reported(error: BaseException | None) -> bool:
     return bool(getattr(error, "reported", False))
 

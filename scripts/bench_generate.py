@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_common import thread_env
+
 WORKER = r"""
 import json, sys, time, tempfile
 from pathlib import Path
 sys.path.insert(0, {scripts!r})
-from bench import peak_rss_mib
+from bench_common import peak_rss_mib
 gen, rows, input_dim = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 base = peak_rss_mib()
 with tempfile.TemporaryDirectory() as tmp:
@@ -45,12 +46,7 @@ print(json.dumps({{"generator": gen, "rows": rows, "seconds": seconds, "rows_per
 
 def run_one(generator: str, rows: int, input_dim: int) -> dict:
     code = WORKER.format(scripts=str(Path(__file__).resolve().parent))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
+    env = thread_env(1, OPENBLAS_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-c", code, generator, str(rows), str(input_dim)],
         capture_output=True, text=True, env=env, check=False,

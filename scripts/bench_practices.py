@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_common import ratio_table, thread_env
 
 CASES = {
     "plain": [],
@@ -47,7 +48,7 @@ def train(name: str, rows: int, out: Path, round_: int) -> float:
     shutil.rmtree(run_dir, ignore_errors=True)
     command = [sys.executable, "-m", "mtlrec", "train", f"dataset.num_rows={rows}", *COMMON,
                *CASES[name], f"hydra.run.dir={run_dir}"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = thread_env(1)
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -66,13 +67,10 @@ def main() -> None:
         for name in CASES:
             speeds[name].append(train(name, args.rows, args.out, round_))
             print(f"round {round_ + 1} {name}: {speeds[name][-1]:,.0f} samples/s", flush=True)
-    plain = statistics.median(speeds["plain"])
-    table = ["| case | train samples/s (median) | vs plain |", "| --- | ---: | ---: |"]
-    for name, values in speeds.items():
-        median = statistics.median(values)
-        table.append(f"| {name} | {median:,.0f} | {median / plain:.2f}x |")
+    medians = {name: statistics.median(values) for name, values in speeds.items()}
+    table = ratio_table(["case", "train samples/s (median)", "vs plain"], medians, "plain")
     (args.out / "bench_practices.json").write_text(json.dumps(speeds, indent=2) + "\n")
-    print("\n".join(table))
+    print(table)
 
 
 if __name__ == "__main__":

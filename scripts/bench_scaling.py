@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import peak_rss_mib  # scripts/ is sys.path[0] when a script runs
+from bench_common import peak_rss_mib, thread_env, train_epoch_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
@@ -51,20 +51,7 @@ def train(path: Path, rows: int, epochs: int, threads: int, extra: list[str]) ->
 
     from mtlrec.data.spec import DatasetSpec
     from mtlrec.experiment import run
-    from mtlrec.training.trainer import Trainer
 
-    # CPU seconds of each training epoch besides wall seconds: on a shared machine the wall clock
-    # includes time spent waiting for a core; process CPU time (1 thread) mostly does not.
-    cpu_s: list[float] = []
-    plain_epoch = Trainer.train_epoch
-
-    def timed_epoch(self, *a, **kw):
-        c0 = time.process_time()
-        row = plain_epoch(self, *a, **kw)
-        cpu_s.append(time.process_time() - c0)
-        return row
-
-    Trainer.train_epoch = timed_epoch
     torch.set_num_threads(threads)
     baseline = peak_rss_mib()  # torch + mtlrec imported, no data yet
     spec = DatasetSpec.load(path)
@@ -75,7 +62,10 @@ def train(path: Path, rows: int, epochs: int, threads: int, extra: list[str]) ->
         cfg = compose(config_name="train", overrides=overrides)
     run_dir = path.parent / f"run-{rows}-{os.getpid()}"
     t0 = time.perf_counter()
-    run(cfg, run_dir)
+    # CPU seconds of each training epoch besides wall seconds: on a shared machine the wall clock
+    # includes time spent waiting for a core; process CPU time (1 thread) mostly does not.
+    with train_epoch_cpu() as cpu_s:
+        run(cfg, run_dir)
     wall = time.perf_counter() - t0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     import csv
@@ -120,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
+    env = thread_env(args.threads)
     print(f"threads={args.threads} OMP_WAIT_POLICY=PASSIVE epochs={args.epochs}", flush=True)
     results = []
     for rows in [int(r) for r in args.rows.split(",")]:

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import peak_rss_mib  # scripts/ is sys.path[0] when a script runs
+from bench_common import current_rss_mib, peak_rss_mib, thread_env, train_epoch_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
@@ -37,11 +37,6 @@ OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
              "trainer.progress=false", "trainer.epochs=1", "device=cpu", "seed=0"]  # fmt: skip
 SMALL_EVAL_ROWS = 50_000
 ROW_GROUP = 65_536
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def make_files(work: Path, source_rows: int, sizes: list[int]) -> dict[int, Path]:
@@ -85,20 +80,7 @@ def worker(path: Path, streaming: bool, args) -> dict:
     from hydra import compose, initialize_config_module
 
     from mtlrec.experiment import run
-    from mtlrec.training.trainer import Trainer
 
-    # Process CPU seconds of the epoch (the reader thread included) besides wall seconds: on a
-    # shared machine the wall clock also counts time spent waiting for a core.
-    cpu_s: list[float] = []
-    plain_epoch = Trainer.train_epoch
-
-    def timed_epoch(self, *a, **kw):
-        c0 = time.process_time()
-        row = plain_epoch(self, *a, **kw)
-        cpu_s.append(time.process_time() - c0)
-        return row
-
-    Trainer.train_epoch = timed_epoch
     torch.set_num_threads(args.threads)
     baseline = peak_rss_mib()
     overrides = OVERRIDES + [
@@ -117,7 +99,10 @@ def worker(path: Path, streaming: bool, args) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     run_dir = path / f"run-{'stream' if streaming else 'memory'}-{os.getpid()}"
-    run(cfg, run_dir)
+    # Process CPU seconds of the epoch (the reader thread included) besides wall seconds: on a
+    # shared machine the wall clock also counts time spent waiting for a core.
+    with train_epoch_cpu() as cpu_s:
+        run(cfg, run_dir)
     done.set()
     m = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "history.csv") as f:
@@ -184,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     decode = decode_rates(
-        files[max(sizes)], args.read_rows, [int(t) for t in args.decode_threads.split(",")]
+        files[max(sizes)] / "train.parquet",
+        args.read_rows,
+        [int(t) for t in args.decode_threads.split(",")],
     )
     for threads, rate in decode.items():
         print(f"reader alone, decode_threads={threads}: {rate:,.0f} rows/s", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
+    env = thread_env(args.threads)
     results: dict[tuple[int, str], list[dict]] = {}
     for rep in range(args.repeats):
         for rows in sizes:

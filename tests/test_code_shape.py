@@ -35,3 +35,35 @@ def test_the_checker_sees_a_circle_and_an_upward_import():
     }
     assert stats.cycles(graph) == [["mtlrec.runs.b", "mtlrec.training.a"]]
     assert stats.upward(graph) == ["mtlrec.training.a -> mtlrec.runs.b"]
+
+
+SCRIPTS = SCRIPT.parent
+MAX_SCRIPT_LINES = 400
+
+
+def test_no_script_is_over_the_limit():
+    long = {
+        p.name: n
+        for p in sorted(SCRIPTS.glob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_SCRIPT_LINES
+    }
+    assert long == {}, f"scripts over {MAX_SCRIPT_LINES} lines: {long}"
+
+
+def test_benchmark_helpers_live_in_one_module():
+    """Peak RSS, thread pinning and the per-epoch CPU timer are written once, in
+    scripts/bench_common.py, and the bench scripts import them from there."""
+    copies = {
+        p.name
+        for p in SCRIPTS.glob("bench*.py")
+        if p.name != "bench_common.py"
+        and any(
+            marker in p.read_text()
+            for marker in ("def peak_rss_mib", "def current_rss_mib", "plain_epoch = Trainer.")
+        )
+    }
+    assert copies == set()
+    users = {
+        p.name for p in SCRIPTS.glob("bench*.py") if "from bench_common import" in p.read_text()
+    }
+    assert {"bench.py", "bench_scaling.py", "bench_streaming.py", "bench_generate.py"} <= users

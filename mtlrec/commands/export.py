@@ -45,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         if args.run_dir is not None:
             args.parser.error("--verify EXPORT_DIR takes no RUN_DIR")
-        files, rows = verify_and_score(args.verify, args.sample_rows)
+        files, rows, models = verify_and_score(args.verify, args.sample_rows)
+        scored = (
+            f"the model {models[0]} scores"
+            if len(models) == 1
+            else (f"the models {' and '.join(models)} each score")
+        )
         print(
-            f"{args.verify}: {files} files match export.json's SHA-256; the model scores "
-            f"{rows:,} sample rows: OK"
+            f"{args.verify}: {files} files match export.json's SHA-256; {scored} {rows:,} sample rows: OK"
         )
         return OK
     if args.run_dir is None:
@@ -56,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     result = export(
         args.run_dir, args.format, args.output, args.checkpoint, args.sample_rows, args.fusion
     )
-    print(f"wrote {result['model_file']} and {result['spec_file']}")
+    kept = "".join(f" (kept {k}: the same checkpoint's)" for k in result["kept"])
+    print(f"wrote {result['model_file']} and {result['spec_file']}{kept}")
     out_dir = result["model_file"].parent
     print(f"{out_dir / 'export.json'}: SHA-256 of {', '.join(result['files'])}")
     print(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,9 +20,14 @@ from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.export_files import (
     EXPORT_FILE,
+    FORMAT_FILES,
     copy_encoders,
     foreign_file,
+    models_of,
+    read_manifest,
     replace_dir,
+    sha256,
+    stack_outputs,
     verify_export,
     write_checksums,
 )
@@ -44,9 +51,10 @@ class ExportedModel(nn.Module):
     `sparse_ids` int64 [B, C]: one column per single-id field, then `max_len` columns per bag or
     sequence field, holding per-field ids in [0, vocab_size) (no offsets; -1 pads a bag/sequence;
     unseen ids map to the field's oov_id when it has one); `dense` float32 [B, E]: the dense
-    features, then `max_len` weights per weighted bag (0 where padded). Output: float32 [B, K],
-    one column per model output in export.json order (probabilities for binary outputs), then,
-    with a fusion (`mtlrec fuse`), the fused score of the task probabilities as column `score`.
+    features, then `max_len` weights per weighted bag (0 where padded). Outputs: one float32 [B]
+    tensor per model output, named by it (a dict in TorchScript, named outputs in ONNX), in
+    export.json order (probabilities for binary outputs), then, with a fusion (`mtlrec fuse`),
+    the fused score of the task probabilities as `score`.
     """
 
     def __init__(
@@ -76,7 +84,7 @@ class ExportedModel(nn.Module):
         for name, values in columns.items():
             self.register_buffer(name, values)
 
-    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         vocab = cast(torch.Tensor, self.vocab)  # buffers (registered in __init__)
         oov = cast(torch.Tensor, self.oov)
         offsets = cast(torch.Tensor, self.offsets)
@@ -91,7 +99,7 @@ class ExportedModel(nn.Module):
         ]
         if self.fusion is not None:
             cols.append(self.fusion(torch.stack([cols[j] for j in self.fused_columns], dim=1)))
-        return torch.stack(cols, dim=1)
+        return dict(zip(self.columns, cols, strict=True))
 
     @property
     def columns(self) -> list[str]:
@@ -157,14 +165,59 @@ def _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_r
     """Write the export into a staging dir next to the target, check it, then put it in place
     whole (replacing an earlier export there only once the new one is complete)."""
     out_dir = export_dir_for(run_dir, output)
+    origin = {
+        "checkpoint_sha256": sha256(Path(ckpt)),
+        "fusion": json.loads(json.dumps(export_info_fusion(wrapper))),
+        "columns": wrapper.columns,
+    }
+    kept = kept_models(out_dir, fmt, origin)
     stage = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     with writing(out_dir, temps=[stage]):
         inject_fault(stage, no_space=False)  # tests: a read-only parent dir
         stage.mkdir(parents=True)
-        result = _write_export(stage, fmt, payload, ckpt, wrapper, spec, sample_rows)
+        for entry in kept.values():  # the other format's model of the same checkpoint stays
+            shutil.copyfile(out_dir / entry["model_file"], stage / entry["model_file"])
+        result = _write_export(stage, fmt, payload, ckpt, wrapper, spec, sample_rows, kept)
         replace_dir(stage, out_dir)
+    if not result["encoders"]:
+        log.warning(
+            "%s: no encoders.json copied (the run's dataset is generated, its dir is gone, or "
+            "it was prepared again with other features); the export holds the model and its "
+            "input layout only",
+            out_dir,
+        )
     names = {"model_file": out_dir / result["model_file"].name, "spec_file": out_dir / "spec.json"}
     return result | names
+
+
+def export_info_fusion(wrapper: ExportedModel) -> dict[str, Any] | None:
+    return wrapper.fusion_record.describe() if wrapper.fusion_record is not None else None
+
+
+def kept_models(out_dir: Path, fmt: str, origin: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models of other formats in an earlier export at `out_dir` that this export keeps: an
+    export dir holds one model per format, all of one checkpoint, fusion and outputs, each listed
+    and checked in export.json. An earlier model of the same format is replaced; one of another
+    format but another checkpoint is refused in one line (keeping it would mix two models,
+    dropping it would lose it without a word)."""
+    if not (out_dir / EXPORT_FILE).is_file():
+        return {}
+    info = read_manifest(out_dir)
+    others = {f: m for f, m in models_of(info).items() if f != fmt}
+    if not others:
+        return {}
+    same = {k: info.get(k) for k in ("checkpoint_sha256", "fusion")} | {
+        "columns": (info.get("outputs") or {}).get("columns")
+    }
+    if same != origin:
+        files = ", ".join(m["model_file"] for m in others.values())
+        raise MtlrecError(
+            f"--output {out_dir}: holds a {' and '.join(others)} export ({files}) of another "
+            f"checkpoint, fusion or outputs than this {fmt} export; export into another --output "
+            f"to keep both, or remove {out_dir} first to replace it"
+        )
+    verify_export(out_dir)  # what is kept is what was checked
+    return others
 
 
 def export_dir_for(run_dir, output) -> Path:
@@ -190,11 +243,11 @@ def export_dir_for(run_dir, output) -> Path:
     return out_dir
 
 
-def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows) -> dict:
+def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows, kept) -> dict:
     sparse, dense = sample_inputs(spec, sample_rows)
     with torch.no_grad():
-        expected = wrapper(sparse, dense).numpy()
-    model_file = out_dir / ("model.pt" if fmt == "torchscript" else "model.onnx")
+        expected = stack_outputs(wrapper(sparse, dense), wrapper.columns)
+    model_file = out_dir / FORMAT_FILES[fmt]
     if fmt == "torchscript":
         got = _export_torchscript(wrapper, sparse, dense, str(model_file))
     else:
@@ -207,17 +260,13 @@ def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows)
         )
     spec_file = spec.save(out_dir)
     copied = copy_encoders(_dataset_dir(payload), out_dir, spec)
-    if not copied:
-        log.warning(
-            "%s: no encoders.json copied (the run's dataset is generated, its dir is gone, or "
-            "it was prepared again with other features); the export holds the model and its "
-            "input layout only",
-            out_dir,
-        )
     info = export_info(
         fmt, model_file, ckpt, payload["model_name"], spec, wrapper, sample_rows, diff
     )
-    info["files"] = write_checksums(out_dir, [model_file.name, *copied])
+    info["checkpoint_sha256"] = sha256(Path(ckpt))
+    info["models"] = {**kept, fmt: {"model_file": model_file.name, "check": info["check"]}}
+    kept_files = [m["model_file"] for m in kept.values()]
+    info["files"] = write_checksums(out_dir, [model_file.name, *kept_files, *copied])
     atomic_write_json(out_dir / EXPORT_FILE, info)
     verify_export(out_dir)  # what was written is what was checked
     return {
@@ -227,6 +276,8 @@ def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows)
         "sample_rows": sample_rows,
         "outputs": wrapper.columns,
         "files": sorted(info["files"]),
+        "encoders": copied,
+        "kept": kept_files,
     }
 
 
@@ -256,13 +307,15 @@ def export_info(
         "inputs": input_layout(spec),
         "outputs": {
             "dtype": "float32",
-            "shape": ["batch", len(wrapper.columns)],
+            "shape": ["batch"],
             "columns": wrapper.columns,
+            "names": "one output per column, named by it (TorchScript: a dict; ONNX: named "
+            "outputs); the model file's metadata lists them too",
             "kinds": kinds + (["fused"] if fusion is not None else []),
             "note": "probabilities for binary outputs, values for regression outputs"
             + ("; score: the fusion below of the task probabilities" if fusion else ""),
         },
-        "fusion": fusion.describe() if fusion is not None else None,
+        "fusion": export_info_fusion(wrapper),
         "check": {"sample_rows": sample_rows, "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE},
     }
 
@@ -311,6 +364,21 @@ def write_model_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def model_metadata(wrapper: ExportedModel) -> dict[str, str]:
+    """What the model file itself says about its outputs (ONNX metadata_props, TorchScript extra
+    file `mtlrec.json`): a serving stack reads the task names without export.json."""
+    kinds = [wrapper.model.output_types[n] for n in wrapper.names]
+    kinds += ["fused"] if wrapper.fusion is not None else []
+    return {
+        "mtlrec.outputs": json.dumps(wrapper.columns),
+        "mtlrec.tasks": json.dumps(wrapper.names),
+        "mtlrec.output_kinds": json.dumps(kinds),
+    }
+
+
+TORCHSCRIPT_METADATA = "mtlrec.json"  # the extra file of model.pt holding model_metadata
+
+
 def _export_torchscript(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray:
     import io
     import warnings
@@ -318,20 +386,24 @@ def _export_torchscript(wrapper: ExportedModel, sparse, dense, path: str) -> np.
     half = max(1, len(sparse) // 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice in recent versions
-        traced = torch.jit.trace(wrapper, (sparse[:half], dense[:half]), check_trace=False)
+        # strict=False: the outputs are a dict task name -> scores
+        traced = torch.jit.trace(
+            wrapper, (sparse[:half], dense[:half]), check_trace=False, strict=False
+        )
         # Saved to memory, then written by Python: torch.jit.save on a full disk aborts the
         # process from C++ (SIGABRT), where a Python write is an OSError we can report.
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
+        extra = {TORCHSCRIPT_METADATA: json.dumps(model_metadata(wrapper))}
+        torch.jit.save(traced, buf, _extra_files=extra)
         write_model_file(Path(path), buf.getvalue())
         loaded = torch.jit.load(path)
-        with torch.no_grad():
-            return loaded(sparse, dense).numpy()  # another batch size than traced with
+        with torch.no_grad():  # another batch size than traced with
+            return stack_outputs(loaded(sparse, dense), wrapper.columns)
 
 
 def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray:
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxruntime as ort
     except ImportError:
         raise MtlrecError(
@@ -355,17 +427,20 @@ def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray
             # also writes to a binary file object
             buf,  # type: ignore[arg-type]
             input_names=["sparse_ids", "dense"],
-            output_names=["outputs"],
+            output_names=wrapper.columns,  # one output per task, named by it
             dynamic_axes={
                 "sparse_ids": {0: "batch"},
                 "dense": {0: "batch"},
-                "outputs": {0: "batch"},
+                **{name: {0: "batch"} for name in wrapper.columns},
             },
             dynamo=True,  # the TorchScript-based exporter lacks ops the models use (expm1)
             verbose=False,
         )
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
-    write_model_file(Path(path), buf.getvalue())
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(proto, model_metadata(wrapper))
+    write_model_file(Path(path), proto.SerializeToString())
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {"sparse_ids": sparse.numpy(), "dense": dense.numpy()})[0]
+    got = session.run(wrapper.columns, {"sparse_ids": sparse.numpy(), "dense": dense.numpy()})
+    return stack_outputs(got, wrapper.columns)

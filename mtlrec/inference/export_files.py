@@ -73,12 +73,27 @@ def read_manifest(export_dir: Path) -> dict[str, Any]:
         raise MtlrecError(
             f"{path}: `files` names {odd[0]!r}, not a file of the export dir; export again"
         )
-    if (
-        info.get("format") not in ("torchscript", "onnx")
-        or info.get("model_file") not in info["files"]
+    models = models_of(info) if info.get("format") in FORMAT_FILES else {}
+    if not models or any(
+        fmt not in FORMAT_FILES
+        or not isinstance(m, dict)
+        or m.get("model_file") not in info["files"]
+        for fmt, m in models.items()
     ):
         raise MtlrecError(f"{path}: names no model file of a known format; export again")
     return info
+
+
+FORMAT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+def models_of(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """format -> {"model_file", "check"} of every model an export dir holds (one per format, of
+    one checkpoint); an export.json written before `models` existed holds its one model."""
+    models = info.get("models")
+    if isinstance(models, dict) and models:
+        return models
+    return {info["format"]: {"model_file": info["model_file"], "check": info.get("check")}}
 
 
 def verify_export(export_dir: str | Path) -> dict[str, Any]:
@@ -100,12 +115,35 @@ def verify_export(export_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict[str, Any]]:
-    """(score(sparse_ids, dense) -> [B, K] numpy, export.json) of a checked export dir."""
+def stack_outputs(outputs: Any, columns: list[str]) -> np.ndarray:
+    """[B, K] numpy from an exported model's outputs: a dict name -> [B] (TorchScript), a list
+    in `columns` order (ONNX), or the one [B, K] matrix of an export written before outputs
+    were named."""
+    if isinstance(outputs, dict):
+        outputs = [outputs[c] for c in columns]
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) == 1 and np.ndim(outputs[0]) == 2:  # an older export's one matrix
+            return np.asarray(outputs[0])
+        return np.stack([np.asarray(o) for o in outputs], axis=1)
+    return np.asarray(outputs)
+
+
+def load_export(
+    export_dir: str | Path, fmt: str | None = None
+) -> tuple[Callable[..., np.ndarray], dict[str, Any]]:
+    """(score(sparse_ids, dense) -> [B, K] numpy, export.json) of a checked export dir; `fmt`
+    picks the model where the dir holds both (default: the one exported last)."""
     export_dir = Path(export_dir).expanduser()
     info = verify_export(export_dir)
-    path = export_dir / info["model_file"]
-    if info["format"] == "torchscript":
+    models = models_of(info)
+    fmt = fmt or info["format"]
+    if fmt not in models:
+        raise MtlrecError(
+            f"{export_dir}: holds no {fmt} model (it holds {', '.join(models)}); export it first"
+        )
+    path = export_dir / models[fmt]["model_file"]
+    columns = list((info.get("outputs") or {}).get("columns") or [])
+    if fmt == "torchscript":
         try:  # a TorchScript archive holds no pickled Python objects: loading it runs no code
             module = torch.jit.load(str(path))
         except Exception as e:  # a file that is no TorchScript archive (a pickle, a torn file)
@@ -113,7 +151,8 @@ def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict
 
         def score(sparse_ids, dense):
             with torch.no_grad():
-                return module(torch.as_tensor(sparse_ids), torch.as_tensor(dense)).numpy()
+                out = module(torch.as_tensor(sparse_ids), torch.as_tensor(dense))
+            return stack_outputs(out, columns)
 
         return score, info
     try:
@@ -127,9 +166,12 @@ def load_export(export_dir: str | Path) -> tuple[Callable[..., np.ndarray], dict
     except Exception as e:  # onnxruntime's own error types: not a valid ONNX model
         raise _unloadable(path, "ONNX", e) from None
 
+    named = bool(columns) and {o.name for o in session.get_outputs()} >= set(columns)
+    wanted = columns if named else None  # an export written before outputs were named: its one
+
     def score_onnx(sparse_ids, dense):
         feeds = {"sparse_ids": np.asarray(sparse_ids), "dense": np.asarray(dense)}
-        return session.run(None, feeds)[0]
+        return stack_outputs(session.run(wanted, feeds), columns)
 
     return score_onnx, info
 
@@ -198,26 +240,34 @@ def write_checksums(out_dir: Path, names: list[str]) -> dict[str, str]:
     }
 
 
-def verify_and_score(export_dir: str | Path, rows: int = 1024) -> tuple[int, int]:
-    """(files checked, rows scored): an export's checksums, then its model on sample rows of its
-    input layout, giving one finite output per listed output (probabilities in [0, 1])."""
-    from mtlrec.inference.export import sample_inputs
-
+def verify_and_score(export_dir: str | Path, rows: int = 1024) -> tuple[int, int, list[str]]:
+    """(files checked, rows scored, the model files scored): an export's checksums, then each of
+    its models (TorchScript and/or ONNX) on sample rows of its input layout, giving one finite
+    output per listed output (probabilities in [0, 1])."""
     if rows < 1:
         raise MtlrecError(f"--sample-rows must be >= 1, got {rows}")
     export_dir = Path(export_dir).expanduser()
-    score, info = load_export(export_dir)
+    info = verify_export(export_dir)
+    for fmt in models_of(info):
+        _score_sample(export_dir, fmt, rows)
+    return len(info["files"]), rows, [m["model_file"] for m in models_of(info).values()]
+
+
+def _score_sample(export_dir: Path, fmt: str, rows: int) -> None:
+    from mtlrec.inference.export import sample_inputs
+
+    score, info = load_export(export_dir, fmt)
+    model_file = models_of(info)[fmt]["model_file"]
     sparse, dense = sample_inputs(DatasetSpec.load(export_dir), rows)
     out = score(sparse.numpy(), dense.numpy())
     kinds = info["outputs"]["kinds"]
     binary = np.array([k == "binary" for k in kinds])
     if out.shape != (rows, len(kinds)) or not np.isfinite(out).all():
         raise MtlrecError(
-            f"{export_dir / info['model_file']}: scores sample rows as {out.shape} with "
+            f"{export_dir / model_file}: scores sample rows as {out.shape} with "
             f"non-finite values or the wrong shape (want ({rows}, {len(kinds)})); export again"
         )
     if ((out[:, binary] < 0) | (out[:, binary] > 1)).any():
         raise MtlrecError(
-            f"{export_dir / info['model_file']}: gives probabilities outside [0, 1]; export again"
+            f"{export_dir / model_file}: gives probabilities outside [0, 1]; export again"
         )
-    return len(info["files"]), rows

@@ -145,8 +145,8 @@ def test_calibrate_lowers_val_logloss_and_ece_and_every_scorer_applies_it(traine
     raw = np.stack([table.column(f.name).to_numpy() for f in spec.sparse], 1).astype(np.int64)
     dense = np.stack([table.column(f.name).to_numpy() for f in spec.dense], 1).astype(np.float32)
     with torch.no_grad():
-        exported = loaded(torch.from_numpy(raw), torch.from_numpy(dense)).numpy()
-    for k, name in enumerate(result["outputs"]):
-        np.testing.assert_allclose(exported[:, k], got.column(name).to_numpy(), atol=1e-5)
+        exported = loaded(torch.from_numpy(raw), torch.from_numpy(dense))
+    for name in result["outputs"]:
+        np.testing.assert_allclose(exported[name].numpy(), got.column(name).to_numpy(), atol=1e-5)
     split = load_split(spec_test, spec)
     assert len(split) == got.num_rows

@@ -58,7 +58,9 @@ def test_each_documented_line_is_what_the_command_prints(case, tmp_path):
     assert err == [line]
     # a wrong command line (argparse's, or an override naming no option or key) exits 2
     usage = "see `mtlrec" in line or re.search(
-        r"error: (Could not (find|override)|cannot parse)", line
+        r"error: (Could not (find|override)|cannot parse|config: Could not override|"
+        r"unknown dataset '|say which dataset)",
+        line,
     )
     assert code == (2 if usage else 1)
 

@@ -197,12 +197,17 @@ def test_export_torchscript_is_standalone_and_matches(trained, tmp_path):
     info = json.loads((tmp_path / "ts" / "export.json").read_text())
     assert info["outputs"]["columns"] == ["ctr", "cvr", "ctcvr"]
     assert DatasetSpec.load(tmp_path / "ts").features == _model(run_dir)[1].features
-    loaded = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    extra = {"mtlrec.json": ""}  # the task names travel inside the model file
+    loaded = torch.jit.load(str(tmp_path / "ts" / "model.pt"), _extra_files=extra)
+    meta = json.loads(extra["mtlrec.json"])
+    assert json.loads(meta["mtlrec.outputs"]) == ["ctr", "cvr", "ctcvr"]
+    assert json.loads(meta["mtlrec.output_kinds"]) == ["binary"] * 3
     raw, dense, want = _real_inputs(run_dir, data_dir)
     with torch.no_grad():
-        got = loaded(torch.from_numpy(raw), torch.from_numpy(dense)).numpy()
-    assert got.shape == (600, 3)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        got = loaded(torch.from_numpy(raw), torch.from_numpy(dense))
+    assert list(got) == ["ctr", "cvr", "ctcvr"]  # one output per task, named by it
+    assert all(v.shape == (600,) for v in got.values())
+    np.testing.assert_allclose(np.stack([got[k].numpy() for k in got], 1), want, rtol=0, atol=1e-5)
 
     out = subprocess.run(
         [sys.executable, "-m", "mtlrec", "export", str(run_dir), "--format", "torchscript"],
@@ -219,13 +224,56 @@ def test_export_torchscript_is_standalone_and_matches(trained, tmp_path):
 def test_export_onnx_matches_in_onnxruntime(trained, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
     run_dir, _, data_dir = trained
-    result = export(run_dir, "onnx", tmp_path / "onnx")
-    assert result["max_abs_diff"] <= 1e-5
-    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    dest = tmp_path / "both"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mtlrec", "export", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # a TorchScript export, then an ONNX one of the same checkpoint into the same dir: both kept
+    for fmt in ("torchscript", "onnx"):
+        out = cli(str(run_dir), "--format", fmt, "--output", str(dest))
+        assert out.returncode == 0, out.stderr
+    assert "(kept model.pt: the same checkpoint's)" in out.stdout
+    info = json.loads((dest / "export.json").read_text())
+    assert sorted(info["files"]) == ["model.onnx", "model.pt", "spec.json"]
+    assert {f: m["model_file"] for f, m in info["models"].items()} == {
+        "torchscript": "model.pt",
+        "onnx": "model.onnx",
+    }
+    verified = cli("--verify", str(dest))  # about the export: no dataset advice on stderr
+    assert (verified.returncode, verified.stderr) == (0, "")
+    assert verified.stdout == (
+        f"{dest}: 3 files match export.json's SHA-256; the models model.pt and model.onnx each "
+        "score 1,024 sample rows: OK\n"
+    )
+    # an ONNX export of another checkpoint would mix two models in one dir: refused, dir as it was
+    info["checkpoint_sha256"] = "0" * 64
+    (dest / "export.json").write_text(json.dumps(info))
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    refused = cli(str(run_dir), "--format", "onnx", "--output", str(dest))
+    assert refused.returncode == 1 and refused.stderr.splitlines()[-1] == (
+        f"mtlrec export: error: --output {dest}: holds a torchscript export (model.pt) of "
+        "another checkpoint, fusion or outputs than this onnx export; export into another "
+        f"--output to keep both, or remove {dest} first to replace it"
+    )
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    path = str(dest / "model.onnx")
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert json.loads(props["mtlrec.outputs"]) == ["ctr", "cvr", "ctcvr"]
+    assert json.loads(props["mtlrec.tasks"]) == ["ctr", "cvr", "ctcvr"]
+    session = ort.InferenceSession(path)
+    assert [o.name for o in session.get_outputs()] == ["ctr", "cvr", "ctcvr"]
     raw, dense, want = _real_inputs(run_dir, data_dir)
-    got = session.run(None, {"sparse_ids": raw, "dense": dense})[0]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    got = session.run(None, {"sparse_ids": raw, "dense": dense})
+    assert [g.shape for g in got] == [(600,)] * 3
+    np.testing.assert_allclose(np.stack(got, 1), want, rtol=0, atol=1e-5)
 
 
 # -- predict never overwrites, never half-writes, cleans up after a killed predict ---------------

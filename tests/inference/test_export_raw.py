@@ -83,10 +83,12 @@ def test_raw_rows_through_the_export_equal_raw_rows_through_predict(exported):
     assert sparse_ids.shape == (300, 15) and dense.shape == (300, 5)
     assert sparse_ids.min() >= -1 and (sparse_ids[:, 3:] == -1).any()  # per-field ids, padded
     loaded = torch.jit.load(str(out_dir / "model.pt"))  # the bare file, as a user loads it
-    with torch.no_grad():
-        got = loaded(sparse_ids, dense).numpy()
     names = json.loads((out_dir / "export.json").read_text())["outputs"]["columns"]
     assert names == want.column_names
+    with torch.no_grad():
+        outputs = loaded(sparse_ids, dense)  # task name -> scores
+    assert list(outputs) == names
+    got = np.stack([outputs[n].numpy() for n in names], 1)
     expected = np.stack([want.column(n).to_numpy() for n in names], 1)
     assert np.abs(got - expected).max() <= EXPORT_TOLERANCE
     score, _ = load_export(out_dir)  # the checked loader gives the same

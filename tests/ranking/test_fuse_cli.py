@@ -108,14 +108,17 @@ def test_predict_fusion_is_the_formula_and_the_export_equals_predict(two_task_ru
         if fmt == "torchscript":
             model = torch.jit.load(str(dest / "model.pt"))
             with torch.no_grad():
-                got = model(torch.from_numpy(ids), torch.from_numpy(dense)).numpy()
+                out = model(torch.from_numpy(ids), torch.from_numpy(dense))
+            got = np.stack([out[c].numpy() for c in ["ctr", "conv", "score"]], 1)
         else:
             import onnxruntime as ort
 
             session = ort.InferenceSession(
                 str(dest / "model.onnx"), providers=["CPUExecutionProvider"]
             )
-            got = session.run(None, {"sparse_ids": ids, "dense": dense})[0]
+            got = np.stack(
+                session.run(["ctr", "conv", "score"], {"sparse_ids": ids, "dense": dense}), 1
+            )
         np.testing.assert_allclose(
             got, df[["ctr", "conv", "score"]].to_numpy(), rtol=1e-5, atol=1e-6
         )

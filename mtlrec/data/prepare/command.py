@@ -14,7 +14,7 @@ from mtlrec.data.prepare.pipeline import Result
 from mtlrec.data.prepare.plan import SPLITS
 from mtlrec.data.prepare.publish import staged_dir
 from mtlrec.data.prepare.replace import raw_inputs
-from mtlrec.errors import MtlrecError
+from mtlrec.errors import MtlrecError, UsageError
 
 
 def preparable_sources() -> list[str]:
@@ -52,7 +52,7 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
     """The resolved `prepare` config (conf/prepare.yaml + the user's overrides), as a dict."""
     import yaml
     from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -71,9 +71,21 @@ def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> 
         with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
             cfg = compose(config_name="prepare", overrides=overrides)
         return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except MissingConfigException as e:  # dataset=NAME of no config: a wrong command line
+        first = str(e).splitlines()[0]  # In 'prepare': Could not find 'dataset/foo'
+        missing = first.split("Could not find", 1)[-1].strip().strip("'")
+        group, _, name = missing.rpartition("/")
+        if group != "dataset" or not e.options:
+            raise UsageError(f"config: {first}") from None
+        raise UsageError(
+            f"unknown dataset '{name}'; known datasets: {', '.join(e.options)} "
+            "(your own: --config-dir DIR dataset=NAME)"
+        ) from None
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise MtlrecError(f"config: {msg}") from None
+        # A key or option no config has (a mistyped override): a wrong command line, exit 2.
+        error = UsageError if msg.startswith("Could not override") else MtlrecError
+        raise error(f"config: {msg}") from None
     except yaml.YAMLError as e:  # a dataset yaml of the user's that does not parse
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise MtlrecError(f"config: not valid YAML: {msg}") from None
@@ -200,7 +212,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in args.overrides):
         built_in = ", ".join(n for n in preparable_sources() if n != "csv")
-        raise MtlrecError(
+        raise UsageError(
             f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
         )
     cfg = compose_prepare(args.overrides, args.config_dir)

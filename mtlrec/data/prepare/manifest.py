@@ -121,7 +121,10 @@ def read_manifest(directory: Path) -> Manifest | None:
         text = path.read_text()
     except FileNotFoundError:
         key = directory.resolve()
-        if key not in _warned:
+        # An export dir (mtlrec export) holds spec.json and the encoders but no dataset: its
+        # files are checked against its own export.json before they are read.
+        exported = (directory / "export.json").is_file()
+        if key not in _warned and not exported:
             _warned.add(key)
             log.warning(
                 "%s: no %s (published before datasets carried checksums), so its files are not "
