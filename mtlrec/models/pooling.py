@@ -20,6 +20,7 @@ user's interest is kept).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -55,6 +56,17 @@ class TargetAttention(nn.Module):
 
     `hidden`: the activation unit's hidden sizes (the paper uses a small MLP; () is one linear
     score layer). PReLU between layers, as in the paper's base activation.
+
+    How it is computed (the same function, measured 3-4x faster on CPU; docs/performance.md): the
+    first layer W = [W_q | W_k | W_d | W_p] of the unit applied to [q, k, q - k, q * k] is
+
+        (W_q + W_d) q + b   +   [W_k - W_d | W_p] [k, q * k],
+
+    so the q part is computed once per row instead of once per position, the per-position input
+    is 2d wide instead of 4d and the concatenation of four [N, L, d] tensors is never built. On
+    CPU only the unpadded positions go through the unit (gathered, then summed back with
+    index_add); on other devices every position does and the padded scores are masked, so a
+    batch never waits for the host to count its positions.
     """
 
     def __init__(self, dim: int, hidden: Sequence[int] = (36,)):
@@ -67,11 +79,37 @@ class TargetAttention(nn.Module):
         layers.append(nn.Linear(in_dim, 1))
         self.unit = nn.Sequential(*layers)
 
+    def _first_layer(self, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-row weight [h, d], per-position weight [h, 2d], bias [h]) of the unit's first
+        layer, split as the class docstring says."""
+        first = cast(nn.Linear, self.unit[0])
+        w_q, w_k, w_diff, w_prod = first.weight.split(dim, dim=1)
+        return w_q + w_diff, torch.cat([w_k - w_diff, w_prod], 1), first.bias
+
+    def _unit_scores(
+        self, q: torch.Tensor, k: torch.Tensor, row_term: torch.Tensor
+    ) -> torch.Tensor:
+        """a(q, k) for matching rows q [..., d], k [..., d] whose per-row part is `row_term`."""
+        _, per_position, _ = self._first_layer(k.shape[-1])
+        x = torch.cat([k, q * k], dim=-1) @ per_position.t() + row_term
+        return self.unit[1:](x).squeeze(-1)
+
+    def _row_term(self, q: torch.Tensor) -> torch.Tensor:
+        per_row, _, bias = self._first_layer(q.shape[-1])
+        return torch.addmm(bias, q, per_row.t())  # [N, h]
+
     def scores(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The masked attention scores [N, L] (0 at padded positions)."""
-        qe = q.unsqueeze(1).expand_as(k)
-        a = self.unit(torch.cat([qe, k, qe - k, qe * k], dim=-1)).squeeze(-1)
+        a = self._unit_scores(q.unsqueeze(1), k, self._row_term(q).unsqueeze(1))
         return a * mask.to(a.dtype)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (self.scores(q, k, mask).unsqueeze(-1) * k).sum(1)
+        if k.device.type != "cpu":
+            return (self.scores(q, k, mask).unsqueeze(-1) * k).sum(1)
+        rows, cols = mask.nonzero(as_tuple=True)  # the unpadded positions
+        k_used = k[rows, cols]  # [n, d]
+        a = self._unit_scores(
+            q.index_select(0, rows), k_used, self._row_term(q).index_select(0, rows)
+        )
+        weighted = (a.unsqueeze(-1) * k_used).to(k.dtype)
+        return k.new_zeros(q.shape[0], k.shape[-1]).index_add(0, rows, weighted)

@@ -25,7 +25,9 @@ from step 50 on; tables have no weight decay, so that is all a missed step does)
 runs (a) before a batch's forward for the rows it will read (`catch_up_rows`, called by
 MultiOptimizer.catch_up from Trainer.step), so the batch sees dense Adam's weights, (b) in
 `step` for rows of the gradient not caught up yet (DDP: rows only another rank used), and (c)
-for every row in `flush()` before validation. The result is dense Adam up to float rounding and
+for every row in `flush()` before validation: only rows whose moments are nonzero take
+those steps (a row with m = v = 0 does not move in them), so the flush costs O(rows trained
+so far), not O(table) (7.9 s for a 20M-row table before). The result is dense Adam up to float rounding and
 that bound (tested: 2 ranks, 15 steps, 5.8e-6 apart; optimizer alone, 3000 steps, < 1e-4). The int64
 per-row `last_step` is part of the state and resumes exactly.
 
@@ -60,6 +62,12 @@ class RowAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p] = self._fresh_state(p)
                 self.group_of[p] = group
+        # table -> [rows] bool: every row whose moments may be nonzero (a superset: rows updated
+        # since the last flush or load). Only those rows move in a flush; the others have m = v
+        # = 0, for which dense Adam's zero-gradient steps change nothing.
+        self.moving = {
+            p: torch.zeros(p.shape[0], dtype=torch.bool, device=p.device) for p in self.group_of
+        }
         # table -> (its step count, sorted unique rows) of the last catch_up_rows: rows already
         # current when the step comes (not state: a step always follows in the same process)
         self.caught: dict[nn.Parameter, tuple[int, torch.Tensor]] = {}
@@ -108,6 +116,7 @@ class RowAdam(torch.optim.Optimizer):
             if caught is None or caught[0] != t - 1 or not torch.equal(caught[1], rows):
                 self._drift(weight, m, v, state["last_step"].index_select(0, rows), t - 1, group)
             state["last_step"].index_fill_(0, rows, t)
+        self.moving[p].index_fill_(0, rows, True)  # type: ignore[index]
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
@@ -152,19 +161,27 @@ class RowAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def flush(self, chunk_rows: int = 1 << 18) -> None:
-        """Bring every row up to the current step (catch_up only): O(rows), once per epoch, in
-        chunks so the temporaries stay small next to the table."""
+        """Bring every row up to the current step (catch_up only), once per epoch: O(rows with
+        nonzero moments), never O(table) (rows with m = v = 0 do not move in dense Adam's
+        zero-gradient steps; their last_step is left as it is), in chunks so the temporaries
+        stay small."""
         if not self.catch_up:
             return
         for group in self.param_groups:
             for p in group["params"]:
-                state = self.state[p]
+                state, moving = self.state[p], self.moving[p]
                 t, dim = int(state["step"]), p.shape[1]
-                for start in range(0, p.shape[0], chunk_rows):
-                    part = slice(start, start + chunk_rows)
-                    packed, last = state["moments"][part], state["last_step"][part]
-                    self._drift(p[part], packed[:, :dim], packed[:, dim:], last, t, group)
-                    last.fill_(t)
+                for candidates in moving.nonzero().squeeze(1).split(chunk_rows):
+                    packed = state["moments"].index_select(0, candidates)
+                    live = packed.ne(0).any(1)
+                    moving.index_fill_(0, candidates[~live], False)  # decayed to 0 (or never set)
+                    rows, packed = candidates[live], packed[live]
+                    weight = p.index_select(0, rows)
+                    last = state["last_step"].index_select(0, rows)
+                    self._drift(weight, packed[:, :dim], packed[:, dim:], last, t, group)
+                    p.index_copy_(0, rows, weight)
+                    state["moments"].index_copy_(0, rows, packed)
+                    state["last_step"].index_fill_(0, rows, t)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = {
@@ -177,6 +194,7 @@ class RowAdam(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for index, p in enumerate(p for g in self.param_groups for p in g["params"]):
             self.state[p]["last_step"] = counters[index].to(p.device)
+            self.moving[p] = self.state[p]["moments"].ne(0).any(1)  # once, at load: O(table)
 
 
 def from_sparse_adam(state: dict[str, Any]) -> dict[str, Any]:

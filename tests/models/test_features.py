@@ -233,3 +233,27 @@ def test_an_old_spec_without_the_new_keys_loads_with_todays_layout():
     assert spec.layout.sparse_width == 2 and spec.layout.dense_width == 1
     assert spec.multi == () and spec.feature_groups == {}
     assert spec.parquet_columns == ["a", "b", "x", "y"]
+
+
+def din_reference(att: TargetAttention, q, k, mask):
+    """DIN's formula as first written: the unit over [q, k, q - k, q * k] at every position."""
+    qe = q.unsqueeze(1).expand_as(k)
+    a = att.unit(torch.cat([qe, k, qe - k, qe * k], dim=-1)).squeeze(-1) * mask.to(k.dtype)
+    return (a.unsqueeze(-1) * k).sum(1)
+
+
+def test_target_attention_equals_the_formula_it_restructures():
+    torch.manual_seed(0)
+    att = TargetAttention(dim=4, hidden=(6, 3))
+    q = torch.randn(5, 4, requires_grad=True)
+    k = torch.randn(5, 7, 4, requires_grad=True)
+    mask = torch.arange(7) < torch.tensor([[7], [1], [0], [4], [2]])  # an empty history too
+    new, old = att(q, k, mask), din_reference(att, q, k, mask)
+    assert torch.allclose(new, old, atol=1e-6) and new[2].tolist() == [0.0] * 4
+    # the masked scores (every position, the non-CPU path) pool to the same vectors
+    assert torch.allclose((att.scores(q, k, mask).unsqueeze(-1) * k).sum(1), old, atol=1e-6)
+    grads = torch.autograd.grad(new.square().sum(), [q, k, *att.parameters()])
+    reference = torch.autograd.grad(old.square().sum(), [q, k, *att.parameters()])
+    for g, r in zip(grads, reference, strict=True):
+        assert torch.allclose(g, r, atol=1e-5)
+    assert grads[1][1, 1:].abs().sum() == 0  # padded positions get no gradient

@@ -180,7 +180,38 @@ def test_a_run_flushes_the_lazy_rows_before_each_validation(tmp_path):
     row_state = payload["optimizer_state"]["optimizers"][1]["state"][0]
     step = int(row_state["step"])
     assert step == 2 * 43  # 2 epochs of 43 steps (TINY at batch 64)
-    assert row_state["last_step"].tolist() == [step] * row_state["last_step"].shape[0]
+    trained = row_state["moments"].ne(0).any(1)  # the rows dense Adam's momentum still moves
+    assert trained.sum() > 10 and not trained.all()  # (rows never used stay 0: not moved)
+    assert row_state["last_step"][trained].tolist() == [step] * int(trained.sum())
+
+
+def full_flush(optimizer: RowAdam, p: nn.Parameter) -> None:
+    """The flush as it was: dense Adam's zero-gradient steps for every row of the table."""
+    state, group = optimizer.state[p], optimizer.group_of[p]
+    t = int(state["step"])
+    with torch.no_grad():
+        m, v = state["moments"][:, :DIM], state["moments"][:, DIM:]
+        optimizer._drift(p.data, m, v, state["last_step"], t, group)
+    state["last_step"].fill_(t)
+
+
+def test_the_flush_moves_only_rows_with_momentum_and_equals_a_full_table_flush():
+    p, twin = params(2)
+    batches = [(ids % 25, values) for ids, values in schedule(30, 4, seed=5)]  # rows 25+ unused
+    optimizers = [RowAdam([q], lr=0.01, catch_up=True) for q in (p, twin)]
+    for optimizer, q in zip(optimizers, (p, twin), strict=True):
+        run(optimizer, q, batches)
+    optimizers[0].flush(chunk_rows=7)  # several chunks
+    full_flush(optimizers[1], twin)
+    assert torch.equal(p, twin)
+    assert torch.equal(optimizers[0].state[p]["moments"], optimizers[1].state[twin]["moments"])
+    used = torch.unique(torch.cat([ids for ids, _ in batches]))
+    assert optimizers[0].moving[p].nonzero().squeeze(1).tolist() == used.tolist()
+    assert optimizers[0].state[p]["last_step"][25:].tolist() == [0] * (ROWS - 25)
+    # after a load the rows that can move are found again from the moments
+    loaded = RowAdam([nn.Parameter(p.detach().clone())], lr=0.01, catch_up=True)
+    loaded.load_state_dict(copy.deepcopy(optimizers[0].state_dict()))
+    assert torch.equal(next(iter(loaded.moving.values())), optimizers[0].moving[p])
 
 
 def test_a_sparse_adam_checkpoint_from_before_row_adam_resumes():
