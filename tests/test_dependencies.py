@@ -76,9 +76,19 @@ def test_every_import_is_declared_in_core_or_an_extra():
     undeclared = {n: f for n, f in anywhere.items() if n not in core and n not in optional}
     assert undeclared == {}
     lazy = set(anywhere) - core
-    assert lazy == {"matplotlib", "mlflow-skinny", "onnx", "onnxruntime", "optuna"}
+    assert lazy == {
+        "matplotlib",
+        "mlflow-skinny",
+        "onnx",
+        "onnxruntime",
+        "optuna",
+        "tensorboard",
+        "wandb",
+    }
     for name in lazy:  # each optional package is in the extra the docs name for it
-        assert any(name in extras[e] for e in ("plot", "mlflow", "onnx", "tune"))
+        assert any(
+            name in extras[e] for e in ("plot", "mlflow", "onnx", "tune", "tensorboard", "wandb")
+        )
 
 
 def test_scikit_learn_is_no_dependency_and_never_imported():

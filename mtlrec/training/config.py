@@ -67,11 +67,21 @@ class TrainerConfig:
     embedding_lr_schedule: str | None = None
     accumulate_batches: int = 1
     ema_decay: float | None = None
+    # Per-step scalars for the metric logger (lr, each task's loss, the balancer's weights) every
+    # N optimizer steps (Lightning's default 50); the epoch's values are logged at every epoch.
+    log_every_n_steps: int = 50
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
-        for key in ("batch_size", "eval_batch_size", "epochs", "devices", "accumulate_batches"):
+        for key in (
+            "batch_size",
+            "eval_batch_size",
+            "epochs",
+            "devices",
+            "accumulate_batches",
+            "log_every_n_steps",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")
