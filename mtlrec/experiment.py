@@ -40,7 +40,7 @@ from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
-from mtlrec.training import binding, distributed, warm_start
+from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
@@ -78,7 +78,6 @@ __all__ = [
 log = logging.getLogger("mtlrec")
 
 
-# -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     """Train, validate, test; write the run directory. Returns the best monitored value.
 
@@ -240,6 +239,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.

@@ -30,6 +30,7 @@ from mtlrec.data.streaming import StreamingConfig
 from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.optim_step import check_step_settings
+from mtlrec.training.torchrec_backend import check_settings as check_torchrec
 from mtlrec.training.warm_start import InitSettings
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class RunSettings:
         device = build(DeviceConfig, config.get("device"), "device")
         balance = balance_settings(config.get("balance"))
         check_step_settings(trainer, device.type, balance)  # fp16 on CPU, accumulation + DDP
+        check_torchrec(trainer, device.type, balance)  # trainer.embedding_backend=torchrec
         return cls(
             config=config,
             trainer=trainer,

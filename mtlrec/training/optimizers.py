@@ -38,9 +38,20 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.training.row_adam import RowAdam
 
-EmbeddingOptimizer = Literal["auto", "adam", "sparse_adam", "adagrad"]
+# The last three: trainer.embedding_backend=torchrec only (FBGEMM's fused optimizers).
+EmbeddingOptimizer = Literal[
+    "auto", "adam", "sparse_adam", "adagrad", "rowwise_adagrad", "sgd", "rowwise_adam"
+]
 SPARSE_FROM_ROWS = 100_000
-STATE_TENSORS = {"adam": 2, "sparse_adam": 2, "adagrad": 1}  # [rows, dim] tensors of state
+# [rows, dim] tensors of state (the row-wise ones keep one number a row: counted as none)
+STATE_TENSORS = {
+    "adam": 2,
+    "sparse_adam": 2,
+    "adagrad": 1,
+    "rowwise_adagrad": 0,
+    "sgd": 0,
+    "rowwise_adam": 1,
+}
 
 
 def embedding_tables(model: nn.Module) -> list[nn.Embedding]:
