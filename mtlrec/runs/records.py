@@ -270,6 +270,12 @@ def natural_key(path: Path) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(path).parts]
 
 
+def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
+    jobs = [(m.parent, read_info(m.parent)) for m in Path(sweep_dir).rglob(METRICS_FILE)]
+    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
+
+
 def _read_info(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text()) or {}
     RunSummary.from_json(data)  # not a JSON object: reported as a problem of the run

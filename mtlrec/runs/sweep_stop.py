@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlrec.runs import lock
-from mtlrec.runs.records import METRICS_FILE
+from mtlrec.runs.records import METRICS_FILE, sweep_jobs
 
 GRACE_SECONDS = 30.0
 
@@ -68,8 +68,6 @@ def total_jobs(task_overrides: list[str]) -> int | None:
 
 
 def _job_states(sweep_dir: Path, since: float) -> list[tuple[Path, str]]:
-    from mtlrec.runs.sweep import sweep_jobs
-
     return [
         (path, str(metrics.get("status", "unknown")))
         for path, metrics in sweep_jobs(sweep_dir)
