@@ -46,15 +46,8 @@ RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
 # Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
 RESUME_ACCEPTED = "ACCEPTED"
 # Dirs inside a run dir that are never run dirs themselves.
-SKIP_DIRS = {
-    CHECKPOINT_DIR,
-    "tensorboard",
-    "wandb",
-    HYDRA_DIR,
-    ".submitit",
-    "mlruns",
-    "__pycache__",
-}
+SKIP_DIRS = {CHECKPOINT_DIR, "tensorboard", "wandb", HYDRA_DIR, ".submitit", "mlruns",
+             "__pycache__"}  # fmt: skip
 
 SCHEMA_VERSION = 2
 Status = Literal["running", "completed", "failed", "interrupted"]
@@ -268,12 +261,6 @@ def _walk_run_dirs(root: Path) -> list[Path]:
 def natural_key(path: Path) -> list:
     """Path parts with numbers compared as numbers: job 10 after job 9."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in Path(path).parts]
-
-
-def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
-    """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
-    jobs = [(m.parent, read_info(m.parent)) for m in Path(sweep_dir).rglob(METRICS_FILE)]
-    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 
 
 def _read_info(path: Path) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.records import METRICS_FILE, read_info, sweep_jobs
+from mtlrec.runs.records import METRICS_FILE, read_info
+from mtlrec.runs.sweep_stop import sweep_jobs
 
 log = logging.getLogger("mtlrec")
 
