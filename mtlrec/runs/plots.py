@@ -232,7 +232,10 @@ PLOTS_MARKER = ".mtlrec-plots"  # in a --plot dir compare made: its PNGs may be 
 def check_plot_dir(out_dir: Path, overwrite: bool) -> None:
     """A --plot dir compare did not make (no marker) that holds PNGs is refused in one line
     unless --overwrite: plots of the same names would replace the user's images unsaid."""
-    if not out_dir.is_dir() or (out_dir / PLOTS_MARKER).exists() or overwrite:
+    if not out_dir.is_dir() or (out_dir / PLOTS_MARKER).exists():
+        return
+    if overwrite:  # the user hands the dir to compare: later --plot runs may replace its PNGs
+        (out_dir / PLOTS_MARKER).touch()
         return
     png = next(iter(sorted(out_dir.glob("*.png"))), None)
     if png is not None:
