@@ -32,7 +32,7 @@ from mtlrec.training import distributed
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
-from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
+from mtlrec.training.checkpoint import TrainState, best_weights, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.evaluator import Evaluator, group_column, strip_gates
@@ -141,6 +141,7 @@ class Trainer:
         self.per_task = self._per_task()
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
+        self.kept_epoch: int | None = None  # the epoch whose weights best_state holds
         self.train_time, self.train_rows = 0.0, 0
         # trainer.compile: the compiled module shares parameters with self.model (state_dicts,
         # checkpoints and the optimizer see the plain model).
@@ -297,9 +298,7 @@ class Trainer:
             rng=rng_state(self.device),
             early_stopping=dict(self.stopper.__dict__),
             history=[dict(r) for r in self.history],
-            # Only keep_best changes best_state, and never while a checkpoint is being written:
-            # no clone here (it was one more full copy of the weights at every epoch end).
-            best_state={k: v.detach().cpu() for k, v in self.best_state.items()},
+            best_state=best_weights(self.saved_model(), self.best_state, self.kept_epoch == epoch),
             train_time=self.train_time,
             train_rows=self.train_rows,
             balancer={
@@ -366,6 +365,7 @@ class Trainer:
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
         self.per_task = self._per_task()
         self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
+        self.kept_epoch = None
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
         self._restored_lrs = resume is not None
@@ -381,6 +381,8 @@ class Trainer:
                 if hooks is not None:
                     state = self.training_state(epoch)
                     hooks.on_epoch_end(row, row.pop("_is_best"), state)
+                    ended = time.perf_counter() - self.trained_at  # train.log only: bench_vocab
+                    log.info("epoch %d end: %.2fs", epoch, ended, extra={"console": False})
                     self.last_checkpoint = f"checkpoints/last.pt (epoch {state.epoch} end)"
                 else:
                     row.pop("_is_best")
@@ -418,12 +420,13 @@ class Trainer:
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
+        self.trained_at = time.perf_counter()  # the epoch-end cost is logged from here
         self.optimizer.flush()  # rows the sparse path left behind are brought up to date
         with self.evaluated_weights():
             val_metrics = self.evaluate(val, "val", progress)
             is_best = self.stopper.update(epoch, val_metrics[self.monitor])
             if is_best or epoch == 1:
-                self.keep_best()
+                self.keep_best(epoch)
         row.update(val_metrics)
         row.update(lr_columns(self.optimizer.optimizers, self.cfg))
         self.stepper.schedule.after_epoch(val_metrics[self.monitor])  # plateau
@@ -456,9 +459,10 @@ class Trainer:
         ema = self.stepper.ema
         return ema.module if ema is not None else self.model  # type: ignore[return-value]
 
-    def keep_best(self) -> None:
-        """The current weights become the best ones: copied into the previous best's tensors
-        (one copy of the weights held, never two at once), or into new ones the first time."""
+    def keep_best(self, epoch: int | None = None) -> None:
+        """The current weights become the best ones (of `epoch`): copied into the previous best's
+        tensors (one copy of the weights held, never two at once), or new ones the first time."""
+        self.kept_epoch = epoch
         current = self.model.state_dict()
         reusable = self.best_state.keys() == current.keys() and all(
             torch.is_tensor(v)
