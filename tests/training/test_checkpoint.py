@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -147,3 +148,26 @@ def test_best_keeps_its_epochs_bytes_when_last_moves_on_and_copies_without_hard_
     runs.link_checkpoint(BEST, {"epoch": torch.arange(7)})
     assert torch.equal(torch.load(best)["epoch"], torch.arange(7)) and best.stat().st_nlink == 1
     assert sorted(p.name for p in runs.checkpoints.iterdir()) == [BEST, PREVIOUS, LAST]
+
+
+def test_a_best_epochs_checkpoint_stores_the_weights_once(tmp_path):
+    from torch import nn
+
+    from mtlrec.training.checkpoint import INTEGRITY_KEY, best_weights, make_payload
+
+    model = nn.Linear(500, 40)  # 80 KB of weights
+    copy = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {}
+    for current in (True, False):
+        best = best_weights(model, copy, current)
+        state = TrainState(0, 0, torch.Generator().get_state(), {}, {}, [], best, 0.0, 0)
+        spec = SimpleNamespace(to_dict=dict)  # the payload's dataset spec: not what is tested
+        payload = make_payload(model, None, {"model": {"name": "m"}}, spec, (), 1, state)
+        torch.save(payload, tmp_path / f"{current}.pt")
+        sizes[current] = (tmp_path / f"{current}.pt").stat().st_size
+        loaded = load_checkpoint(tmp_path / f"{current}.pt")  # every SHA-256 checks out
+        for k, v in loaded["train_state"]["best_state"].items():
+            assert torch.equal(v, loaded["model_state"][k])
+        digests = payload[INTEGRITY_KEY]
+        assert digests["train_state/best_state/weight"] == digests["model_state/weight"]
+    assert sizes[False] - sizes[True] > 500 * 40 * 4  # the second copy, gone
