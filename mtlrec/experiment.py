@@ -243,7 +243,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     trainer_cfg, dataset = settings.trainer, settings.dataset
     with distributed.main_first():  # rank 0 generates a missing dataset, then the others read it
         data_dir = resolve_dataset_dir(dataset)
-    spec = DatasetSpec.load(data_dir)
+    spec = DatasetSpec.load(data_dir, sample_weight=dataset.get("sample_weight"))
     selected = spec.select_tasks(dataset.get("tasks"))
     check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
@@ -266,6 +266,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         checkpoint_every=settings.checkpoint.every_n_steps,
         gauc_by=settings.metrics.gauc_by,
         ece_bins=settings.metrics.ece_bins,
+        weighted_metrics=settings.metrics.weighted,
     )
     tasks = tuple(t.task for t in targets)
     splits = load_data(

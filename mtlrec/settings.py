@@ -41,6 +41,7 @@ class MetricsConfig:
 
     gauc_by: str | None = None  # a single-id field (e.g. user_id): also {split}/{task}_gauc
     ece_bins: int = 15  # equal-mass bins of {split}/{task}_ece and the reliability diagrams
+    weighted: bool = False  # sample-weighted auc, logloss, pcoc, mse, mae (docs/training.md)
 
     def validate(self) -> None:
         if isinstance(self.ece_bins, bool) or not self.ece_bins >= 2:
@@ -177,21 +178,24 @@ def validate_dataset(dataset: Mapping[str, Any]) -> None:
 
 def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]:
     """(the dataset's spec, rows still to be generated) when the spec is at hand without
-    preparing anything: a prepared dir, or the embedded synthetic_ccp generator."""
-    from mtlrec.data.spec import SPEC_FILE, DatasetSpec
+    preparing anything: a prepared dir, or the embedded synthetic_ccp generator; checked against
+    dataset.sample_weight (a column the data does not keep: one line)."""
+    from mtlrec.data.spec import SPEC_FILE, DatasetSpec, check_configured_weight
     from mtlrec.data.synthetic_ccp import dataset_spec  # noqa: F811
 
     ds = settings.dataset
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
     if path is not None and (path / SPEC_FILE).is_file():
-        return DatasetSpec.load(path), None
+        return DatasetSpec.load(path, sample_weight=ds.get("sample_weight")), None
     if "synthetic_ccp" in (ds.get("name"), ds.get("preparer")):  # the default or a preset
         from mtlrec.data.sources import validate_dataset_config
         from mtlrec.data.sources.synthetic_ccp import SyntheticCcpConfig
 
         c = validate_dataset_config(ds)
         assert isinstance(c, SyntheticCcpConfig)
-        return dataset_spec(c.num_rows, c.generator_seed, c.setting()), c.num_rows
+        spec = dataset_spec(c.num_rows, c.generator_seed, c.setting())
+        check_configured_weight(spec, c.sample_weight, f"dataset '{spec.name}' (generated)")
+        return spec, c.num_rows
     return None, None
 
 

@@ -122,6 +122,7 @@ def _plan(doc: dict, spec: DatasetSpec, dataset_dir: Path) -> Plan:
         dense=list(doc["dense_columns"]),
         targets=list(spec.tasks),
         funnel=spec.funnel,
+        sample_weight=spec.sample_weight,
         multi=[MultiField(**m) for m in doc["multi"]],
         hash_buckets=dict(doc["hash_buckets"]),
         label_maps={

@@ -213,6 +213,12 @@ def encode_columns(
             )
         labels[:, j] = values
     _check_binary_labels(path, spec, tasks, labels)
+    for weight in spec.weight_columns:
+        negative = labels[:, spec.label_index(weight)] < 0
+        if negative.any():
+            raise MtlrecError(
+                f"{path}: sample weight column '{weight}' has {negative.sum()} negative values (e.g. {labels[negative, spec.label_index(weight)][0]:g}); weights must be >= 0: prepare the dataset again"
+            )
     keep = _funnel_keep(path, spec, tasks, labels, funnel_violations, log_drops=log_oov)
     if keep is not None:
         return sparse[keep], dense[keep], labels[keep]

@@ -86,7 +86,9 @@ class TaskSpec:
     """A learning (or evaluation) target.
 
     `where` is the sample space: None = every row; a label column name = only rows where that
-    column is 1 (e.g. CVR is learned/evaluated on clicked rows only).
+    column is 1 (e.g. CVR is learned/evaluated on clicked rows only). `weight` is the task's loss
+    weight (a number); `sample_weight` a column of per-row weights of this task only (loaded with
+    the labels; None: the dataset's `sample_weight`, if any).
     """
 
     name: str
@@ -95,6 +97,7 @@ class TaskSpec:
     where: str | None = None
     weight: float = 1.0
     output: str = ""  # model output this task reads; "" means the output named like the task
+    sample_weight: str | None = None
 
     @property
     def output_name(self) -> str:
@@ -135,6 +138,23 @@ class DatasetSpec:
     info: dict = field(default_factory=dict)  # free-form provenance (generator, protocol, ...)
     # Group name -> embedded fields whose vectors are summed into one (the ESMM paper's pooling).
     feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    # A column of per-row weights (non-negative, loaded with the labels) for every task's loss
+    # and, with metrics.weighted, metrics; a task's own `sample_weight` column replaces it.
+    sample_weight: str | None = None
+
+    @property
+    def weight_columns(self) -> tuple[str, ...]:
+        """The sample weight columns among the labels: the dataset's, then the tasks' own."""
+        cols = [self.sample_weight] + [t.sample_weight for t in self.tasks]
+        return tuple(dict.fromkeys(c for c in cols if c))
+
+    def weight_column(self, task: TaskSpec) -> str | None:
+        """The weight column of a task: its own, that of the dataset task of the same name (a
+        model's copy of it, e.g. ESMM's ctr), else the dataset's; None: every row weighs 1."""
+        if task.sample_weight:
+            return task.sample_weight
+        own = next((t.sample_weight for t in self.tasks if t.name == task.name), None)
+        return own or self.sample_weight
 
     @property
     def sparse(self) -> tuple[FeatureSpec, ...]:
@@ -227,6 +247,10 @@ class DatasetSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["version"] = SPEC_VERSION
+        # Without sample weights spec.json stays as it was before they existed.
+        for part in (d, *d["tasks"]):
+            if part["sample_weight"] is None:
+                del part["sample_weight"]
         return d
 
     @classmethod
@@ -256,6 +280,9 @@ class DatasetSpec:
                     d.get("feature_groups") or {},
                     f"{source}: feature_groups",
                 ),
+                sample_weight=check_value(
+                    str | None, d.get("sample_weight"), f"{source}: sample_weight"
+                ),
             )
         except (KeyError, TypeError) as e:
             raise MtlrecError(f"{source}: malformed dataset spec ({e}); re-create it") from None
@@ -268,9 +295,10 @@ class DatasetSpec:
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> DatasetSpec:
+    def load(cls, directory: Path, sample_weight: str | None = None) -> DatasetSpec:
         """The spec of a prepared dataset dir, checked against the dir's checksums.json first
-        (with the other small files; the split files are checked when they are read)."""
+        (with the other small files; the split files are checked when they are read), and
+        against a training run's `dataset.sample_weight` when given (check_configured_weight)."""
         from mtlrec.data.prepare.manifest import verify_all_but, verify_files
 
         path = Path(directory) / SPEC_FILE
@@ -285,6 +313,7 @@ class DatasetSpec:
             raise MtlrecError(f"{path}: not valid JSON ({e}); re-create the dataset") from None
         spec = cls.from_dict(d, source=str(path))
         verify_all_but(path.parent, [SPEC_FILE, *spec.splits.values()])
+        check_configured_weight(spec, sample_weight, f"dataset '{spec.name}' ({path.parent})")
         return spec
 
     def validate(self, source: str = "spec") -> None:
@@ -315,6 +344,7 @@ class DatasetSpec:
         for t in self.tasks:
             check_task(t, self.labels, source)
         check_groups(self, source)
+        check_weight_columns(self, source)
         if self.funnel is not None:
             for col in (
                 self.funnel.click,
@@ -352,6 +382,35 @@ def check_task(task: TaskSpec, labels: tuple[str, ...], source: str) -> None:
         raise MtlrecError(
             f"{source}: task '{task.name}' weight must be a finite number >= 0, got {task.weight}"
         )
+
+
+def check_weight_columns(spec: DatasetSpec, source: str) -> None:
+    """Sample weight columns are loaded label columns that no task or funnel reads as a label."""
+    targets = {c for t in spec.tasks for c in (t.label, t.where) if c}
+    targets |= set(spec.funnel.columns) if spec.funnel is not None else set()
+    for col in spec.weight_columns:
+        if col not in spec.labels:
+            raise MtlrecError(
+                f"{source}: sample weight column '{col}' is not among labels {list(spec.labels)}; re-create the dataset"
+            )
+        if col in targets:
+            raise MtlrecError(
+                f"{source}: column '{col}' is both a sample weight and a task's label/where column; use a separate weight column"
+            )
+
+
+def check_configured_weight(spec: DatasetSpec, configured: str | None, where: str) -> None:
+    """`dataset.sample_weight` of a training run names the column the dataset was prepared with
+    (or nothing: the prepared data's own weights are used); `where` names the prepared data."""
+    if not configured or configured == spec.sample_weight:
+        return
+    if spec.sample_weight is None:
+        raise MtlrecError(
+            f"dataset.sample_weight={configured!r}: {where} has no sample weight column; add sample_weight: {configured} to a `preparer: csv` dataset config and run `mtlrec prepare` (overwrite=true to prepare it again)"
+        )
+    raise MtlrecError(
+        f"dataset.sample_weight={configured!r}: {where} was prepared with sample_weight '{spec.sample_weight}'; set dataset.sample_weight={spec.sample_weight} or prepare it again (overwrite=true)"
+    )
 
 
 def check_multi(spec: DatasetSpec, f: FeatureSpec, source: str) -> None:

@@ -46,6 +46,8 @@ def evaluate(
             # evaluation runs on the CPU: fp16 autocast is a CUDA setting
             str(trainer_cfg.get("precision", "fp32")).replace("fp16", "fp32"),
             ece_bins=int((config.get("metrics") or {}).get("ece_bins", 15)),
+            weighted=bool((config.get("metrics") or {}).get("weighted", False)),
+            sample_weights=bool(trainer_cfg.get("sample_weights", True)),
         )
         weights = task_weights(payload, tasks, model)
         with bar.step(f"scoring {len(tensors):,} rows of {name}"):

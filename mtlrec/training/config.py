@@ -41,6 +41,9 @@ class TrainerConfig:
     # The last short batch of an epoch: merged into the one before (every row trains, no batch of
     # one row reaches batch norm), dropped, or kept as its own step (mtlrec.training.batches).
     tail_batch: Literal["merge", "drop", "keep"] = "merge"
+    # Weigh each task's loss by the dataset's sample weight columns (a weighted mean per batch,
+    # training/objective.py); false: every row weighs 1.
+    sample_weights: bool = True
     # How embedding tables train (mtlrec.training.optimizers): auto = row-wise Adam on sparse
     # gradients (rows absent from a batch caught up with dense Adam) for tables over 100k rows,
     # dense fused Adam for the rest.

@@ -23,7 +23,7 @@ from mtlrec.models.layers import gate_statistics
 from mtlrec.training import distributed
 from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.metrics import EvalTarget, split_metrics
-from mtlrec.training.objective import Objective
+from mtlrec.training.objective import Objective, task_means
 
 RowsDone = Callable[[int, int], None]  # (rows done, rows in total) of this rank's block
 
@@ -42,18 +42,21 @@ class Evaluator:
         objective: Objective | None = None,
         group_column: int | None = None,
         ece_bins: int = ECE_BINS,
+        weighted: bool = False,
+        sample_weights: bool = True,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.device, self.eval_batch_size, self.precision = device, eval_batch_size, precision
         self.forward = forward if forward is not None else model  # e.g. a torch.compile'd model
         self.group_column = group_column  # metrics.gauc_by: the sparse column grouping GAUC
         self.ece_bins = ece_bins  # metrics.ece_bins
+        self.weighted = weighted  # metrics.weighted: sample-weighted metrics
         # split name -> {target: equal-mass reliability bins} of its last evaluation
         self.reliability: dict[str, dict[str, dict[str, list[float]]]] = {}
         # metric key -> why it is null (an AUC of one class), warned once per run: metrics.json
         self.undefined: dict[str, str] = {}
         self.objective = objective or Objective(
-            loss_tasks, spec, getattr(model, "extra_loss", None)
+            loss_tasks, spec, getattr(model, "extra_loss", None), sample_weights
         ).to(device)
 
     def autocast(self) -> torch.autocast:
@@ -112,7 +115,7 @@ class Evaluator:
         distributed.all_reduce_sum(counts)
         gate_sum = distributed.sum_optional(gate_sum)
         weights = self.objective.weights if task_weights is None else task_weights.to(self.device)
-        per_task = loss_sums / counts.clamp_min(1)
+        per_task = task_means(loss_sums, counts)
         aux: dict[str, Any] = {
             "loss": float((weights * per_task).sum().item()),
             "task_losses": per_task.tolist(),
@@ -145,6 +148,7 @@ class Evaluator:
             self.undefined,
             self.ece_bins,
             self.reliability.setdefault(name, {}),
+            self.weighted,
         )
         metrics[f"{name}/loss"] = aux["loss"]
         for task, value in zip(self.loss_tasks, aux["task_losses"], strict=True):

@@ -5,7 +5,11 @@ not averaged into `mean_*`). Regression tasks: mse, rmse, mae. `{split}/mean_<me
 over the DATASET's evaluation tasks (its tasks, or the `dataset.tasks` selection), each scored on
 its own sample space, so every model on the same data averages the same tasks; model-specific
 outputs (ESMM's ctcvr) keep their own columns and stay out of the mean. A model that cannot score a
-dataset task (cvr_base predicts cvr only) averages the dataset tasks it scores. Directions and
+dataset task (cvr_base predicts cvr only) averages the dataset tasks it scores. With
+`metrics.weighted: true` (`weighted=True` here) auc, logloss, pcoc, mse, rmse and mae weigh each
+row by its sample weight (the task's weight column, mtlrec.data.spec.DatasetSpec.weight_column):
+AUC as scikit-learn's roc_auc_score(sample_weight=w), the others as weighted means; ece and gauc
+stay unweighted. Directions and
 definitions: mtlrec.metric_registry, docs/metrics.md. For funnel (click -> conversion) data, every model output
 named ctr / cvr / ctcvr is also scored the ESMM paper's way: ctr and ctcvr on all impressions, cvr on
 clicked impressions, and `cvr_*_entire` on all impressions against the counterfactual label
@@ -160,11 +164,43 @@ def note_undefined_auc(
     log.warning("%s is null: %s (AUC needs both classes)", key, why)
 
 
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    if y.size == 0:
+def weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    """ROC AUC with row weights (scikit-learn's roc_auc_score with sample_weight=w): the area
+    under the curve of the weighted true / false positive rates over the distinct thresholds
+    (tied scores move together, a diagonal step). NaN without positive or negative weight."""
+    y, w = y.astype(np.float64), w.astype(np.float64)
+    pos_w, neg_w = float((w * y).sum()), float((w * (1 - y)).sum())
+    if not (pos_w > 0 and neg_w > 0):
+        return math.nan
+    order = np.argsort(-p, kind="stable")
+    s, tp, fp = p[order], np.cumsum((w * y)[order]), np.cumsum((w * (1 - y))[order])
+    last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of tied scores
+    tpr = np.r_[0.0, tp[last] / pos_w]
+    fpr = np.r_[0.0, fp[last] / neg_w]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def logloss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Mean binary log loss (probabilities clipped to [1e-7, 1 - 1e-7]); weighted by `w`."""
+    if y.size == 0 or (w is not None and not w.sum() > 0):
         return math.nan
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    losses = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    return float(np.mean(losses) if w is None else np.sum(w * losses) / np.sum(w))
+
+
+def _mean(values: np.ndarray, w: np.ndarray | None) -> float:
+    if values.size == 0 or (w is not None and not w.sum() > 0):
+        return math.nan
+    return float(np.mean(values) if w is None else np.sum(w * values) / np.sum(w))
+
+
+def row_weights(
+    labels: np.ndarray, spec: DatasetSpec, task: TaskSpec, weighted: bool
+) -> np.ndarray | None:
+    """The sample weights of a task's rows (metrics.weighted), None when unweighted."""
+    column = spec.weight_column(task) if weighted else None
+    return None if column is None else labels[:, spec.label_index(column)].astype(np.float64)
 
 
 def split_metrics(
@@ -178,27 +214,31 @@ def split_metrics(
     undefined: dict[str, str] | None = None,
     ece_bins: int = ECE_BINS,
     reliability: dict[str, dict[str, list[float]]] | None = None,
+    weighted: bool = False,
 ) -> dict[str, float]:
     """Metrics of one split from its predictions (probabilities for binary outputs); with
     `groups` (metrics.gauc_by: a group id per row), also GAUC per binary target. `undefined`
     collects the run's null AUCs (note_undefined_auc). `reliability`, when given, receives each
-    binary target's equal-mass bins (key: `{task}{suffix}`)."""
+    binary target's equal-mass bins (key: `{task}{suffix}`). `weighted` (metrics.weighted):
+    sample-weighted auc, logloss, pcoc and regression metrics."""
     out: dict[str, float] = {}
     for target in targets:
         t = target.task
         y = labels[:, spec.label_index(t.label)].astype(np.float64)
         p = predictions[t.output_name].astype(np.float64)
+        w = row_weights(labels, spec, t, weighted)
         g = groups
         if t.where is not None:
             rows = labels[:, spec.label_index(t.where)] == 1
             y, p = y[rows], p[rows]
+            w = None if w is None else w[rows]
             g = None if groups is None else groups[rows]
         if t.type == "binary":
-            out[f"{split}/{target.key('auc')}"] = auc(y, p)
+            out[f"{split}/{target.key('auc')}"] = auc(y, p) if w is None else weighted_auc(y, p, w)
             if y.size == 0 or y.min() == y.max():
                 note_undefined_auc(split, target, y, undefined)
-            out[f"{split}/{target.key('logloss')}"] = logloss(y, p)
-            out[f"{split}/{target.key('pcoc')}"] = pcoc(y, p)
+            out[f"{split}/{target.key('logloss')}"] = logloss(y, p, w)
+            out[f"{split}/{target.key('pcoc')}"] = pcoc(y, p) if w is None else pcoc(w * y, w * p)
             out[f"{split}/{target.key('ece')}"] = ece(y, p, ece_bins)
             if reliability is not None and y.size:
                 name = f"{t.name}{target.suffix}"
@@ -217,12 +257,10 @@ def split_metrics(
                     )
         else:
             err = p - y
-            mse = float(np.mean(err**2)) if y.size else math.nan
+            mse = _mean(err**2, w)
             out[f"{split}/{target.key('mse')}"] = mse
             out[f"{split}/{target.key('rmse')}"] = math.sqrt(mse)  # in the label's own units
-            out[f"{split}/{target.key('mae')}"] = (
-                float(np.mean(np.abs(err))) if y.size else math.nan
-            )
+            out[f"{split}/{target.key('mae')}"] = _mean(np.abs(err), w)
     for metric in (*BINARY_METRICS, "gauc", *REGRESSION_METRICS):
         values = [
             out[f"{split}/{t.key(metric)}"]

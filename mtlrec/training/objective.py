@@ -4,6 +4,11 @@ Binary tasks use BCE with logits, regression tasks MSE. A task with `where` only
 `where` label is 1 (e.g. CVR on clicked rows): its loss is the mean over those rows of the batch
 (0 when the batch has none). Everything stays on the device: no host sync per step.
 
+Sample weights (dataset.sample_weight, a task's own `sample_weight` column; docs/training.md):
+a task's loss is the weighted mean over its sample space, sum(w * mask * l) / sum(w * mask) per
+batch (0 when that sum is 0), the Keras / TorchEasyRec convention; `counts` are then the weight
+sums, so accumulated batches, epoch means and `{split}/loss` are weighted means too.
+
 A model may add a term of its own to the loss (e.g. AITM's behavioural expectation calibrator) by
 defining `extra_loss(outputs, labels) -> scalar tensor | None`; the objective adds it, unweighted
 and outside task balancing, to the total.
@@ -30,6 +35,7 @@ class Objective(nn.Module):
         spec: DatasetSpec,
         extra_loss: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor | None]
         | None = None,
+        sample_weights: bool = True,
     ):
         super().__init__()
         self.tasks = tasks
@@ -37,6 +43,11 @@ class Objective(nn.Module):
         self.names = [t.name for t in tasks]
         self.label_index = [spec.label_index(t.label) for t in tasks]
         self.where_index = [spec.label_index(t.where) if t.where else None for t in tasks]
+        # trainer.sample_weights=false: every row weighs 1 whatever the dataset's weight columns
+        self.weight_index = [
+            spec.label_index(c) if sample_weights and (c := spec.weight_column(t)) else None
+            for t in tasks
+        ]
         self.register_buffer(
             "weights", torch.tensor([t.weight for t in tasks], dtype=torch.float32)
         )
@@ -44,19 +55,24 @@ class Objective(nn.Module):
     def per_task(
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed loss [T] and number of rows [T] of each task in this batch."""
+        """Summed loss [T] and number of rows [T] of each task in this batch (with sample
+        weights: the weighted sum of the losses and the sum of the weights)."""
         sums, counts = [], []
-        for task, li, wi in zip(self.tasks, self.label_index, self.where_index, strict=True):
+        for task, li, wi, si in zip(
+            self.tasks, self.label_index, self.where_index, self.weight_index, strict=True
+        ):
             pred, target = outputs[task.output_name].float(), labels[:, li]
             if task.type == "binary":
                 loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
             else:
                 loss = (pred - target) ** 2
-            if wi is None:
+            mask = None if wi is None else labels[:, wi]
+            if si is not None:
+                mask = labels[:, si] if mask is None else mask * labels[:, si]
+            if mask is None:
                 sums.append(loss.sum())
                 counts.append(loss.new_full((), float(loss.shape[0])))
             else:
-                mask = labels[:, wi]
                 sums.append((loss * mask).sum())
                 counts.append(mask.sum())
         return torch.stack(sums), torch.stack(counts)
@@ -78,7 +94,15 @@ class Objective(nn.Module):
         """
         sums, counts = self.per_task(outputs, labels)
         extra = self.extra_loss(outputs, labels) if self.extra_loss is not None else None
-        return sums / counts.clamp_min(1.0), extra, sums, counts
+        return task_means(sums, counts), extra, sums, counts
+
+
+def task_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-task means sum / count, 0 where a task has no rows (or only rows of weight 0).
+
+    Counts are sums of sample weights, which can be below 1: never clamp them to 1.
+    """
+    return sums / torch.where(counts > 0, counts, torch.ones_like(counts))
 
 
 def embedding_l2_penalty(model: nn.Module, sparse: torch.Tensor) -> torch.Tensor:

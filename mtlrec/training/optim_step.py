@@ -27,7 +27,7 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.training.balance import Balancer
 from mtlrec.training.ema import WeightEma
-from mtlrec.training.objective import clip_per_task
+from mtlrec.training.objective import clip_per_task, task_means
 from mtlrec.training.optimizers import MultiOptimizer, clip_grad_norm
 from mtlrec.training.schedule import LrSchedule
 
@@ -51,7 +51,7 @@ class PendingLosses:
     def take(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(per-task means over every row of the step's batches, the mean extra term)."""
         assert self.sums is not None and self.counts is not None
-        means = self.sums / self.counts.clamp_min(1.0)
+        means = task_means(self.sums, self.counts)
         extra = None if self.extra is None else self.extra / self.batches
         self.__init__()  # type: ignore[misc]
         return means, extra

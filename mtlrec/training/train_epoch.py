@@ -20,6 +20,7 @@ from mtlrec.progress import terminal_progress
 from mtlrec.training import distributed
 from mtlrec.training.checkpoint import TrainState
 from mtlrec.training.monitoring import NonFiniteWatch
+from mtlrec.training.objective import task_means
 
 if TYPE_CHECKING:
     from mtlrec.training.trainer import Trainer
@@ -121,7 +122,7 @@ class EpochRun:
         now = time.perf_counter()
         if now - self.last_update > 0.5 and not self.progress.disable:  # a sync <= 2x a second
             self.last_update = now
-            mean = (self.loss_sums / self.counts.clamp_min(1)).sum().item()
+            mean = task_means(self.loss_sums, self.counts).sum().item()
             self.progress.update(
                 self.bar,
                 completed=step + 1,
@@ -149,7 +150,7 @@ class EpochRun:
         seconds = self.prior_seconds + time.perf_counter() - self.start
         distributed.all_reduce_sum(self.loss_sums)  # the epoch's sums over every rank's rows
         distributed.all_reduce_sum(self.counts)
-        per_task = self.loss_sums / self.counts.clamp_min(1)
+        per_task = task_means(self.loss_sums, self.counts)
         tasks = trainer.loss_tasks
         row = {f"train/{t.name}_loss": v for t, v in zip(tasks, per_task.tolist(), strict=True)}
         weights = trainer.task_weights().to(per_task.device)

@@ -111,11 +111,14 @@ class Trainer:
         checkpoint_every: int | None = None,
         gauc_by: str | None = None,
         ece_bins: int = ECE_BINS,
+        weighted_metrics: bool = False,
     ):
         self.model, self.spec, self.loss_tasks, self.targets = model, spec, loss_tasks, targets
         self.cfg, self.device = cfg, device
         self.stop, self.checkpoint_every = stop, checkpoint_every  # checkpoint.every_n_steps
-        self.objective = Objective(loss_tasks, spec, getattr(model, "extra_loss", None)).to(device)
+        self.objective = Objective(
+            loss_tasks, spec, getattr(model, "extra_loss", None), cfg.sample_weights
+        ).to(device)
         produced = produced_val_metrics(targets, loss_tasks, gauc_by is not None)
         self.monitor, self.mode = resolve_monitor(cfg, loss_tasks, produced)
         if cfg.monitor == "auto":
@@ -169,6 +172,7 @@ class Trainer:
             self.objective,
             group_column=group_column(spec, gauc_by),
             ece_bins=ece_bins,
+            weighted=weighted_metrics,
         )
         self.stepper = self._make_stepper()
 

@@ -42,6 +42,10 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
             f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
         )
     validate_dataset_config(cfg)
+    if cfg.get("sample_weight") and not source.keeps_sample_weight:
+        raise MtlrecError(
+            f"dataset.sample_weight={cfg['sample_weight']!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
+        )
     path = Path(str(cfg["path"])).expanduser()
     with staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
         result = source.prepare(cfg, tmp)

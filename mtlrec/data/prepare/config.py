@@ -85,10 +85,16 @@ def parse_targets(cfg: Mapping[str, Any]) -> list[TaskSpec]:
             t = {"label": t}
         if not isinstance(t, Mapping) or "label" not in t:
             raise MtlrecError(f"dataset.targets.{name} needs a label column, e.g. {{label: click}}")
-        unknown = sorted(set(t) - {"label", "type", "where", "weight", "positive", "negative"})
+        keys = {"label", "type", "where", "weight", "sample_weight", "positive", "negative"}
+        unknown = sorted(set(t) - keys)
         if unknown:
             raise MtlrecError(
-                f"dataset.targets.{name}: unknown key(s) {unknown}; use label, type, where, weight, positive, negative"
+                f"dataset.targets.{name}: unknown key(s) {unknown}; use label, type, where, weight, sample_weight, positive, negative"
+            )
+        weight = t.get("weight", 1.0)
+        if isinstance(weight, str):
+            raise MtlrecError(
+                f"dataset.targets.{name}.weight={weight!r}: `weight` is the task's loss weight (a number); to weigh rows by a column use targets.{name}.sample_weight: {weight}"
             )
         typ = str(t.get("type") or "binary")
         if typ not in ("binary", "regression"):
@@ -101,7 +107,8 @@ def parse_targets(cfg: Mapping[str, Any]) -> list[TaskSpec]:
                 label=str(t["label"]),
                 type="binary" if typ == "binary" else "regression",
                 where=None if t.get("where") is None else str(t["where"]),
-                weight=float(t.get("weight", 1.0)),
+                weight=float(weight),
+                sample_weight=None if t.get("sample_weight") is None else str(t["sample_weight"]),
             )
         )
     return out
@@ -224,6 +231,7 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
         split_boundaries=_boundaries(split.get("boundaries")),
         info={"preparer": "csv"},
         funnel_violations=funnel_policy(cfg),
+        sample_weight=None if cfg.get("sample_weight") is None else str(cfg["sample_weight"]),
     )
     set_field_options(plan, cfg)
     if by == "column" and not plan.split_column:
@@ -247,8 +255,10 @@ def feature_columns(cfg, sources, read, split) -> tuple[list[str], list[str]]:
         if isinstance(t, str):
             taken.add(t)
         elif isinstance(t, Mapping):
-            taken |= {str(t[k]) for k in ("label", "where") if t.get(k)}
+            taken |= {str(t[k]) for k in ("label", "where", "sample_weight") if t.get(k)}
     taken |= {str(v) for v in (cfg.get("funnel") or {}).values() if v}
+    if cfg.get("sample_weight"):
+        taken.add(str(cfg["sample_weight"]))
     if split.get("column"):
         taken.add(str(split["column"]))
     sparse = expand_columns(raw_sparse, "sparse", header, taken)
@@ -332,6 +342,7 @@ def check_plan(plan: Plan) -> None:
                 )
     if plan.split_column and plan.split_column in plan.labels:
         raise MtlrecError(f"dataset.split.column '{plan.split_column}' is a label column")
+    check_weight_plan(plan, features)
     covered = set()
     for s in plan.sources:
         covered |= {s.split} if s.split else set(s.fractions or {})
@@ -372,3 +383,15 @@ def check_multi_plan(plan: Plan) -> None:
                     f"dataset.feature_groups: '{n}' is in both '{seen[n]}' and '{group}'"
                 )
             seen[n] = group
+
+
+def check_weight_plan(plan: Plan, features: list[str]) -> None:
+    """A sample weight column is its own column: no feature, label, where or funnel column."""
+    targets = {c for t in plan.targets for c in (t.label, t.where) if c}
+    targets |= set(plan.funnel.columns) if plan.funnel is not None else set()
+    for col in plan.weight_columns:
+        if col in features or col in targets:
+            role = "a feature" if col in features else "a label/where/funnel column"
+            raise MtlrecError(
+                f"dataset.sample_weight '{col}' is also {role}; weigh rows by a column of their own"
+            )

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from mtlrec.data import funnel
 from mtlrec.data.prepare.fitting import Fitted, dense_values, sparse_values
 from mtlrec.data.prepare.hashing import hashed_ids
-from mtlrec.data.prepare.labels import label_values
+from mtlrec.data.prepare.labels import label_values, weight_values
 from mtlrec.data.prepare.multi import split_cells
 from mtlrec.data.prepare.plan import OOV_ID, SPLITS, Plan
 from mtlrec.data.prepare.reading import Block, plan_blocks
@@ -66,6 +66,7 @@ class SplitSummary:
     dropped: int = 0  # rows dropped for breaking the funnel (funnel_violations=drop)
     truncated: dict[str, int] = field(default_factory=dict)  # bag/sequence -> rows cut to max_len
     values: dict[str, int] = field(default_factory=dict)  # bag/sequence -> values kept
+    weights: dict[str, float] = field(default_factory=dict)  # sample weight column -> its sum
 
 
 # Per-row truncation flags ride along as hidden columns (so funnel drops filter them too).
@@ -104,6 +105,9 @@ def encode_block(
     for c in plan.dense:
         cols[c] = pa.array(dense_column(plan, fitted, block, c))
     for c in plan.labels if labels else ():
+        if c in plan.weight_columns:
+            cols[c] = pa.array(weight_values(block, source, c))
+            continue
         y = label_values(plan, block, source, c)
         if np.isnan(y).any():
             i = int(np.flatnonzero(np.isnan(y))[0])
@@ -174,6 +178,11 @@ def encode(
             raise MtlrecError(
                 f"dataset '{plan.name}': the {split} split received no rows; check dataset.files / dataset.split"
             )
+    for col in plan.weight_columns:
+        if not summary["train"].weights.get(col, 0.0) > 0:
+            raise MtlrecError(
+                f"dataset '{plan.name}': sample weight column '{col}' is 0 on every train row, so nothing would train; give the rows that count a weight > 0"
+            )
     return summary
 
 
@@ -204,6 +213,9 @@ def _summarize(plan: Plan, s: SplitSummary, part: pa.Table) -> pa.Table:
         cut = int(pc.sum(part.column(_TRUNC + m.name)).as_py() or 0)
         s.truncated[m.name] = s.truncated.get(m.name, 0) + cut
         part = part.drop_columns([_TRUNC + m.name])
+    for c in plan.weight_columns:
+        if c in part.column_names:  # scoring raw rows (encode_raw) may come without labels
+            s.weights[c] = s.weights.get(c, 0.0) + float(pc.sum(part.column(c)).as_py() or 0.0)
     for t in plan.targets:
         y = part.column(t.label).to_numpy()
         if t.where:

@@ -1,5 +1,6 @@
 """Label columns as numbers: numeric labels as they are, string labels of binary tasks mapped by
-`positive` (and `negative`) values, e.g. Census' `>50K` / `<=50K`."""
+`positive` (and `negative`) values, e.g. Census' `>50K` / `<=50K`; sample weight columns checked
+(finite, >= 0, present on every row)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,23 @@ def label_values(plan: Plan, block: Block, source, col: str) -> np.ndarray:
             )
     y[missing] = np.nan
     return y
+
+
+def weight_values(block: Block, source, col: str) -> np.ndarray:
+    """float32 sample weights of a block; an empty, non-numeric, negative or non-finite weight is
+    one line naming the file, line, column and value."""
+    w = numeric(block, source, col, "sample weight")
+    with np.errstate(over="ignore"):
+        w32 = w.astype(np.float32)
+    bad = ~np.isfinite(w32) | (w32 < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = f"{source.path}: {block.where(source, i)}: sample weight column '{col}'"
+        if np.isnan(w[i]):
+            raise MtlrecError(
+                f"{where} is empty; give every row a weight (0 leaves a row out of the loss)"
+            )
+        raise MtlrecError(
+            f"{where} holds {w[i]:g}; sample weights must be finite numbers >= 0 (0 leaves a row out of the loss)"
+        )
+    return w32

@@ -108,6 +108,7 @@ def build_spec(
         splits={s: f"{s}.parquet" for s in SPLITS},
         info=info,
         feature_groups={g: list(v) for g, v in plan.feature_groups.items()},
+        sample_weight=plan.sample_weight,
     )
 
 

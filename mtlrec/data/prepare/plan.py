@@ -106,6 +106,14 @@ class Plan:
     hash_buckets: dict[str, int] = field(default_factory=dict)  # hashed single-id field -> N
     label_maps: dict[str, LabelMap] = field(default_factory=dict)  # string label column -> map
     feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    # dataset.sample_weight: a column of non-negative row weights, kept with the labels
+    sample_weight: str | None = None
+
+    @property
+    def weight_columns(self) -> list[str]:
+        """The dataset's sample weight column, then the targets' own (targets.T.sample_weight)."""
+        cols = [self.sample_weight] + [t.sample_weight for t in self.targets]
+        return list(dict.fromkeys(c for c in cols if c))
 
     @property
     def multi_names(self) -> list[str]:
@@ -129,7 +137,8 @@ class Plan:
             for c in self.funnel.columns:
                 if c not in cols:
                     cols.append(c)
-        return cols
+        # Sample weights travel with the labels (loaded, streamed and sharded as they are).
+        return cols + [c for c in self.weight_columns if c not in cols]
 
     @property
     def binary_columns(self) -> set[str]:

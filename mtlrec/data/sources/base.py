@@ -20,6 +20,8 @@ class DatasetConfig:
     tasks: list[str] | None = None  # task names to train on (null = all of the dataset's)
     preparer: str | None = None  # which source builds it (default: the one named like `name`)
     funnel_violations: Literal["error", "drop"] = "error"
+    # A column of per-row weights (prepare keeps it; train weighs every task's loss by it)
+    sample_weight: str | None = None
 
     def validate(self) -> None:
         """Ranges and combinations (types are checked by config_schema.build)."""
@@ -71,6 +73,7 @@ class DatasetSource:
     Config: ClassVar[type[DatasetConfig]] = DatasetConfig
     generated: ClassVar[bool] = False
     preparable: ClassVar[bool] = False
+    keeps_sample_weight: ClassVar[bool] = False  # prepare honours dataset.sample_weight
 
     def prepare(self, cfg: Mapping[str, Any], out_dir: Path):
         raise MtlrecError(f"dataset '{cfg.get('name')}': `mtlrec prepare` cannot build it")

@@ -32,6 +32,7 @@ class Csv(DatasetSource):
     name = "csv"
     Config = CsvConfig
     preparable = True
+    keeps_sample_weight = True
 
     def prepare(self, cfg, out_dir):
         from mtlrec.data.prepare import generic_plan, run_plan
