@@ -403,9 +403,8 @@ class RunRecorder:
             self.run_dir.save_checkpoint(BEST, self.payload(state, saved))
         elif is_best or row["epoch"] == 1:  # a second name of last.pt's file, not a copy
             self.run_dir.link_checkpoint(BEST, payload)
-        per_task = self.built.trainer.per_task
-        if per_task is not None and self.settings.trainer.keep_best_per_task:
-            for task in per_task.improved:  # second names of last.pt's file too
+        if self.settings.trainer.keep_best_per_task and self.built.trainer.per_task is not None:
+            for task in self.built.trainer.per_task.improved:  # second names of last.pt's file
                 self.run_dir.link_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:

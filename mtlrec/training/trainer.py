@@ -144,13 +144,10 @@ class Trainer:
         self.per_task = self._per_task()
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
-        self.kept_epoch: int | None = None  # the epoch whose weights best_state holds
         self.train_time, self.train_rows = 0.0, 0
-        # trainer.compile: the compiled module shares parameters with self.model (state_dicts,
-        # checkpoints and the optimizer see the plain model).
+        # trainer.compile: the compiled module shares self.model's parameters (what is saved)
         self.forward = torch.compile(model) if cfg.compile else model
-        # Data parallel (trainer.devices / torchrun): training goes through DDP, prediction does not
-        # (ranks predict different numbers of batches). Single process: train_forward is forward.
+        # DDP (trainer.devices): training through DDP, prediction not (ranks' batch counts differ)
         self.dist = distributed.current()
         self.train_forward, self.grad_sync = distributed.data_parallel(
             model,
@@ -302,7 +299,9 @@ class Trainer:
             rng=rng_state(self.device),
             early_stopping=dict(self.stopper.__dict__),
             history=[dict(r) for r in self.history],
-            best_state=best_weights(self.saved_model(), self.best_state, self.kept_epoch == epoch),
+            best_state=best_weights(
+                self.saved_model(), self.best_state, self.stopper.best_epoch == epoch
+            ),
             train_time=self.train_time,
             train_rows=self.train_rows,
             balancer={
@@ -369,7 +368,6 @@ class Trainer:
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
         self.per_task = self._per_task()
         self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
-        self.kept_epoch = None
         self.train_time, self.train_rows = 0.0, 0
         first_epoch = 1
         self._restored_lrs = resume is not None
@@ -430,7 +428,7 @@ class Trainer:
             val_metrics = self.evaluate(val, "val", progress)
             is_best = self.stopper.update(epoch, val_metrics[self.monitor])
             if is_best or epoch == 1:
-                self.keep_best(epoch)
+                self.keep_best()
         row.update(val_metrics)
         row.update(lr_columns(self.optimizer.optimizers, self.cfg))
         self.stepper.schedule.after_epoch(val_metrics[self.monitor])  # plateau
@@ -463,10 +461,8 @@ class Trainer:
         ema = self.stepper.ema
         return ema.module if ema is not None else self.model  # type: ignore[return-value]
 
-    def keep_best(self, epoch: int | None = None) -> None:
-        """The current weights become the best ones (of `epoch`): copied into the previous best's
-        tensors (one copy of the weights held, never two at once), or new ones the first time."""
-        self.kept_epoch = epoch
+    def keep_best(self) -> None:
+        """The weights become the best ones, copied into the previous best's (never 2 copies)."""
         current = self.model.state_dict()
         reusable = self.best_state.keys() == current.keys() and all(
             torch.is_tensor(v)
