@@ -35,11 +35,12 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger
-from mtlrec.runs.run_dir import ENV_FILE, RESUME_ACCEPTED, RunDir
+from mtlrec.runs.loggers import build_logger, log_step_scalars
+from mtlrec.runs.resume import mark_resume_accepted
+from mtlrec.runs.run_dir import ENV_FILE, RunDir
 from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
-from mtlrec.training import binding, distributed
+from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
@@ -77,19 +78,6 @@ __all__ = [
 log = logging.getLogger("mtlrec")
 
 
-def mark_resume_accepted(run_dir: Path) -> None:
-    """Mark this resume attempt's .hydra/resume-*/ dir as accepted: the next resume replays its
-    overrides (cli.translate_resume). A refused attempt leaves no mark, so it changes nothing."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # called in-process, without a Hydra job
-        return
-    subdir = HydraConfig.get().output_subdir
-    if subdir and Path(subdir).name.startswith("resume-"):
-        (run_dir / subdir / RESUME_ACCEPTED).write_text("")
-
-
-# -- the run ------------------------------------------------------------------------------------
 def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     """Train, validate, test; write the run directory. Returns the best monitored value.
 
@@ -247,8 +235,11 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     selected = spec.select_tasks(dataset.get("tasks"))
     check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
     model, loss_tasks = build_model(settings.config["model"], spec, selected)
+    resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
+    init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.
@@ -268,6 +259,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         ece_bins=settings.metrics.ece_bins,
         weighted_metrics=settings.metrics.weighted,
     )
+    warm_start.finish_start(init, trainer.optimizer, run_dir.update_metrics)
     tasks = tuple(t.task for t in targets)
     splits = load_data(
         dataset, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
@@ -365,7 +357,7 @@ class RunRecorder:
         self.run_dir, self.built, self.settings = run_dir, built, settings
         self.history: list[dict[str, Any]] = list(resume.history) if resume is not None else []
         logger_cfg = settings.config.get("logger") if built.is_main else None
-        self.logger = build_logger(logger_cfg, run_dir.path, settings.config)
+        self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
 
@@ -408,7 +400,7 @@ class RunRecorder:
                 self.run_dir.link_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
-        self.logger.log_step(step, {"lr": lr})
+        log_step_scalars(self.logger, self.built.trainer, step, lr)
 
 
 def finish(

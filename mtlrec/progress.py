@@ -11,8 +11,31 @@ from typing import Any
 def terminal_progress(*columns: Any, enabled: bool | None = None, console: Any = None) -> Any:
     """A transient `rich.progress.Progress` with these columns; `enabled=None`: on a terminal."""
     import rich
-    from rich.progress import Progress
 
     console = console or rich.get_console()
     show = console.is_terminal if enabled is None else enabled
-    return Progress(*columns, console=console, transient=True, disable=not show)
+    return _Narrower(*columns, console=console, transient=True, disable=not show)
+
+
+def _narrower_class():
+    from rich.constrain import Constrain
+    from rich.progress import Progress
+
+    class Narrower(Progress):
+        """Bars 2 columns narrower than the terminal. A bar as wide as the terminal leaves the
+        cursor past its last column: the `^C` the terminal echoes on Ctrl-C then starts a new
+        line, rich erases that line instead of the bar's, and the bar stayed on the screen,
+        frozen at its last update before the stop. With room for the echo it is erased."""
+
+        def __init__(self, *columns: Any, console: Any, **kwargs: Any) -> None:
+            self.screen = console  # set first: Live asks for the renderable while it is built
+            super().__init__(*columns, console=console, **kwargs)
+
+        def get_renderable(self):
+            return Constrain(super().get_renderable(), max(10, self.screen.width - 2))
+
+    return Narrower
+
+
+def _Narrower(*columns: Any, **kwargs: Any) -> Any:  # noqa: N802  (a class, built lazily)
+    return _narrower_class()(*columns, **kwargs)

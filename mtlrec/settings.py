@@ -30,6 +30,8 @@ from mtlrec.data.streaming import StreamingConfig
 from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.optim_step import check_step_settings
+from mtlrec.training.torchrec_backend import check_settings as check_torchrec
+from mtlrec.training.warm_start import InitSettings
 
 if TYPE_CHECKING:
     from mtlrec.data.spec import DatasetSpec
@@ -89,6 +91,7 @@ class RunSettings:
     dataset: dict[str, Any] = field(default_factory=dict)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    init: InitSettings = field(default_factory=InitSettings)  # init_from, init.* (warm start)
 
     @property
     def model_name(self) -> str:
@@ -110,6 +113,7 @@ class RunSettings:
         device = build(DeviceConfig, config.get("device"), "device")
         balance = balance_settings(config.get("balance"))
         check_step_settings(trainer, device.type, balance)  # fp16 on CPU, accumulation + DDP
+        check_torchrec(trainer, device.type, balance)  # trainer.embedding_backend=torchrec
         return cls(
             config=config,
             trainer=trainer,
@@ -123,6 +127,7 @@ class RunSettings:
             dataset=dataset,
             streaming=build(StreamingConfig, config.get("streaming"), "streaming"),
             metrics=build(MetricsConfig, config.get("metrics"), "metrics"),
+            init=InitSettings.from_config(config),
         )
 
 
@@ -259,6 +264,21 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
     check_footprint(need, free_memory(device), str(device), settings.model_name)
 
 
+def check_init(settings: RunSettings, spec: DatasetSpec | None) -> None:
+    """init_from's checkpoint (found, intact, of its run) and, when the spec is at hand, that
+    something of it fits the model: before Hydra writes a run dir. A resume never reads it."""
+    if settings.init.run_dir is None or settings.resume:
+        return
+    from mtlrec.data.spec import SPEC_FILE
+    from mtlrec.training.warm_start import preflight
+
+    ds = settings.dataset
+    path = Path(str(ds["path"])).expanduser() if ds.get("path") else None
+    data_dir = path if path is not None and (path / SPEC_FILE).is_file() else None
+    selected = spec.select_tasks(ds.get("tasks")) if spec is not None else ()
+    preflight(settings.init, settings.config["model"], spec, data_dir, selected)
+
+
 class SettingsCheck(Callback):
     """Hydra callback: validate the run's settings before Hydra writes anything (one line, exit 1).
 
@@ -272,6 +292,7 @@ class SettingsCheck(Callback):
             spec, rows = spec_at_hand(settings)
             check_monitor_produced(settings, spec)
             check_memory(settings, spec, rows)
+            check_init(settings, spec)
         except MtlrecError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -13,6 +13,9 @@ metrics.json; 1 epoch; validation and test included but not timed):
   4. a 10M-id field (item_id spread over 10M ids, scripts/bench_vocab.py's bijection): dense Adam
      vs the sparse path (trainer.embedding_optimizer=sparse_adam), batch 8192
   5. trainer.devices=N (DDP, nccl) at batch 8192 per rank, when N > 1 GPUs are visible
+  6. the TorchRec backend (trainer.embedding_backend=torchrec, needs scripts/install_torchrec.sh
+     cuda) on the 10M-id field: FBGEMM fused rowwise_adagrad and rowwise_adam in one process; with
+     N > 1 GPUs, row-wise (nccl) and table-wise sharding over N ranks
 Writes OUT/bench_gpu.json and OUT/bench_gpu.md (the table for docs/performance.md).
 """
 
@@ -88,6 +91,30 @@ def plan(n_gpus: int) -> list[tuple[str, list[str], bool]]:
         cases.append(
             (f"mmoe-b8192-ddp{n_gpus}", [*MODELS["mmoe"], b8k, f"trainer.devices={n_gpus}"], False)
         )
+    return cases + torchrec_cases(n_gpus)
+
+
+def torchrec_cases(n_gpus: int) -> list[tuple[str, list[str], bool]]:
+    """The TorchRec backend on the 10M-id field (skipped, with a note, without TorchRec)."""
+    try:
+        import torchrec  # noqa: F401
+    except Exception as e:  # not installed, or the CPU FBGEMM build on a GPU machine
+        print(f"torchrec cases skipped: {type(e).__name__}: {e}", file=sys.stderr)
+        return []
+    base = [*MODELS["mmoe"], "trainer.batch_size=8192", "trainer.embedding_backend=torchrec"]
+    cases = [
+        ("mmoe-b8192-10M-ids-torchrec-rowwise_adagrad", [*base, "trainer.embedding_optimizer=rowwise_adagrad"], True),
+        ("mmoe-b8192-10M-ids-torchrec-rowwise_adam", [*base, "trainer.embedding_optimizer=rowwise_adam"], True),
+    ]  # fmt: skip
+    if n_gpus > 1:
+        for sharding in ("row_wise", "table_wise"):
+            cases.append(
+                (
+                    f"mmoe-b8192-10M-ids-torchrec-{sharding}{n_gpus}",
+                    [*base, f"trainer.devices={n_gpus}", f"trainer.sharding={sharding}"],
+                    True,
+                )
+            )
     return cases
 
 

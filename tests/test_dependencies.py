@@ -15,7 +15,16 @@ tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Pytho
 
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, for the imports whose names differ
-DISTRIBUTION = {"hydra": "hydra-core", "yaml": "pyyaml", "mlflow": "mlflow-skinny"}
+DISTRIBUTION = {
+    "hydra": "hydra-core",
+    "yaml": "pyyaml",
+    "mlflow": "mlflow-skinny",
+    "fbgemm_gpu": "fbgemm-gpu",
+}
+# Installed with --no-deps by scripts/install_torchrec.sh (torchrec's requirement names the CUDA
+# fbgemm-gpu, which does not load without CUDA); the extra `torchrec` holds their dependencies.
+NO_DEPS_INSTALLS = {"torchrec", "fbgemm-gpu"}
+INSTALL_SCRIPT = ROOT / "scripts" / "install_torchrec.sh"
 
 
 def _requirement_names(requirements: list[str]) -> set[str]:
@@ -73,12 +82,40 @@ def test_every_import_is_declared_in_core_or_an_extra():
     core, extras = _declared()
     optional = set().union(*(v for k, v in extras.items() if k != "dev"))
     _, anywhere = _imports()
-    undeclared = {n: f for n, f in anywhere.items() if n not in core and n not in optional}
+    undeclared = {
+        n: f
+        for n, f in anywhere.items()
+        if n not in core and n not in optional and n not in NO_DEPS_INSTALLS
+    }
     assert undeclared == {}
-    lazy = set(anywhere) - core
-    assert lazy == {"matplotlib", "mlflow-skinny", "onnx", "onnxruntime", "optuna"}
+    lazy = set(anywhere) - core - NO_DEPS_INSTALLS
+    assert lazy == {
+        "matplotlib",
+        "mlflow-skinny",
+        "onnx",
+        "onnxruntime",
+        "optuna",
+        "tensorboard",
+        "wandb",
+    }
     for name in lazy:  # each optional package is in the extra the docs name for it
-        assert any(name in extras[e] for e in ("plot", "mlflow", "onnx", "tune"))
+        assert any(
+            name in extras[e] for e in ("plot", "mlflow", "onnx", "tune", "tensorboard", "wandb")
+        )
+
+
+def test_torchrec_is_installed_by_its_script_with_the_extras_dependencies():
+    """torchrec and fbgemm go in with --no-deps; the script installs the extra's list too."""
+    _, extras = _declared()
+    _, anywhere = _imports()
+    assert set(anywhere) >= NO_DEPS_INSTALLS
+    script = INSTALL_SCRIPT.read_text()
+    assert '--no-deps "torchrec==1.8.0" "$fbgemm"' in script
+    assert 'fbgemm="fbgemm-gpu-cpu==1.8.0"' in script and 'fbgemm="fbgemm-gpu==1.8.0"' in script
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["optional-dependencies"]["torchrec"]:
+        assert f'"{requirement}"' in script, requirement
+    assert extras["torchrec"] >= {"tensordict", "torchmetrics", "pyre-extensions"}
 
 
 def test_scikit_learn_is_no_dependency_and_never_imported():

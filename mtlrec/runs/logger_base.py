@@ -72,6 +72,10 @@ class RunLogger:
     """No-op logger (`logger=none`): the interface every logger implements."""
 
     name: ClassVar[str] = "none"
+    # The package the logger needs (an optional extra) and the line saying how to install it:
+    # checked with the config, before any run dir exists.
+    requires: ClassVar[str | None] = None
+    install: ClassVar[str] = ""
 
     @dataclass
     class Config:
@@ -86,7 +90,13 @@ class RunLogger:
         """One history row (per-epoch train losses, val metrics, gates, speed); step = row["epoch"]."""
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        """Values of one optimizer step (the lr), step = optimizer steps so far."""
+        """Values of one optimizer step every trainer.log_every_n_steps (lr, train/<task>_loss,
+        weight/<task>), logged as step/<name>; step = optimizer steps so far."""
+
+    def resume_at(self, epoch: int, step: int) -> None:
+        """A resumed run continues after `epoch` completed epochs and `step` optimizer steps:
+        what the logger got beyond them (a run killed after its last checkpoint) is done again,
+        so it must not appear twice."""
 
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
         """Final metrics (val/test at the best epoch, speed) and the run's status; closes the logger."""

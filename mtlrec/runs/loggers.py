@@ -24,11 +24,9 @@ ours, so names pass through `_safe_name` (`gate/ctr/expert_0` stays as is).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from mtlrec.config_schema import build
 from mtlrec.errors import MtlrecError
@@ -46,57 +44,11 @@ from mtlrec.runs.mlflow_logger import (  # noqa: F401
     MlflowLogger,
     mlflow_params,
 )
-
-
-class TensorBoardLogger(RunLogger):
-    name: ClassVar[str] = "tensorboard"
-
-    @dataclass
-    class Config:
-        name: str = "tensorboard"
-        log_dir: str | None = None  # None = <run dir>/tensorboard
-
-    @classmethod
-    def from_config(cls, cfg: Any, run_dir: Path, config: Mapping[str, Any]) -> RunLogger:
-        return cls(Path(cfg.log_dir) if cfg.log_dir else Path(run_dir) / "tensorboard", config)
-
-    def __init__(self, log_dir: Path, config: Mapping[str, Any]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MtlrecError(
-                'logger=tensorboard needs the tensorboard package: pip install "mtlrec[tensorboard]" '
-                "(or use logger=none)"
-            ) from None
-        self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self.params = typed_params(config)
-        self.writer.add_text(
-            "config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", 0
-        )
-
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        step = int(row["epoch"])
-        for key, value in _numeric(row).items():
-            self.writer.add_scalar(key, value, step)
-        self.writer.flush()
-
-    def log_step(self, step: int, values: Mapping[str, float]) -> None:
-        for key, value in values.items():  # buffered by the writer, flushed with the epoch
-            self.writer.add_scalar(f"step/{key}", value, step)
-
-    def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
-        final = _final_values(metrics)
-        # hparams: the config next to the final metrics, so TensorBoard's HPARAMS tab compares a sweep.
-        self.writer.add_hparams(
-            dict(self.params, status=status), final or {"final/none": 0.0}, run_name="."
-        )
-        self.writer.flush()
-        self.writer.close()
-
+from mtlrec.runs.tensorboard_logger import TensorBoardLogger
+from mtlrec.runs.wandb_logger import WandbLogger
 
 LOGGERS: dict[str, type[RunLogger]] = {
-    cls.name: cls for cls in (RunLogger, TensorBoardLogger, MlflowLogger)
+    cls.name: cls for cls in (RunLogger, TensorBoardLogger, MlflowLogger, WandbLogger)
 }
 
 
@@ -118,7 +70,7 @@ def _plain(logger_cfg: Any) -> dict[str, Any]:
 def logger_config(logger_cfg: Mapping[str, Any] | None) -> tuple[type[RunLogger], Any]:
     """(logger class, its checked Config) for the `logger` config group; one line per error:
 
-    logger.name 'wandb' is unknown; use one of: none, tensorboard, mlflow
+    logger.name 'comet' is unknown; use one of: none, tensorboard, mlflow, wandb
     logger.trackin_uri is not a key of logger (did you mean logger.tracking_uri?); ...
     logger.experiment_name=3: expected a string
     """
@@ -127,12 +79,42 @@ def logger_config(logger_cfg: Mapping[str, Any] | None) -> tuple[type[RunLogger]
     if not isinstance(name, str) or name not in LOGGERS:
         raise MtlrecError(f"logger.name '{name}' is unknown; use one of: {', '.join(LOGGERS)}")
     cls = LOGGERS[name]
-    return cls, build(cls.Config, values, "logger")
+    checked = build(cls.Config, values, "logger")
+    if cls.requires is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(cls.requires) is None:
+            raise MtlrecError(cls.install)
+    return cls, checked
 
 
 def build_logger(
-    logger_cfg: Mapping[str, Any] | None, run_dir: Path, config: Mapping[str, Any]
+    logger_cfg: Mapping[str, Any] | None,
+    run_dir: Path,
+    config: Mapping[str, Any],
+    resume: Any = None,
 ) -> RunLogger:
-    """The logger chosen by the `logger` config group (None or name none = no-op)."""
+    """The logger chosen by the `logger` config group (None or name none = no-op); `resume`: the
+    TrainState a resumed run continues from (what the logger got past it is done again)."""
     cls, cfg = logger_config(logger_cfg)
-    return cls.from_config(cfg, Path(run_dir), config)
+    logger = cls.from_config(cfg, Path(run_dir), config)
+    if resume is not None:
+        epochs = max((int(r["epoch"]) for r in resume.history), default=0)
+        logger.resume_at(epochs, int(resume.global_step))
+    return logger
+
+
+def log_step_scalars(logger: RunLogger, trainer: Any, step: int, lr: float) -> None:
+    """Every trainer.log_every_n_steps optimizer steps: the lr, the step's per-task losses (this
+    rank's rows) and the balancer's task weights, named like the epoch's history columns."""
+    if step % trainer.cfg.log_every_n_steps:
+        return
+    values = {"lr": lr}
+    losses = trainer.stepper.last_losses
+    if losses is not None:
+        names = [t.name for t in trainer.loss_tasks]
+        values |= {f"train/{n}_loss": v for n, v in zip(names, losses.tolist(), strict=True)}
+    weights = trainer.task_weights().tolist()
+    names = trainer.balancer.task_names
+    values |= {f"weight/{n}": w for n, w in zip(names, weights, strict=True)}
+    logger.log_step(step, values)

@@ -24,6 +24,10 @@ from mtlrec.runs.logger_base import (
 
 class MlflowLogger(RunLogger):
     name: ClassVar[str] = "mlflow"
+    requires: ClassVar[str | None] = "mlflow"
+    install: ClassVar[str] = (
+        'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
+    )
 
     @dataclass
     class Config:
@@ -67,11 +71,10 @@ class MlflowLogger(RunLogger):
             from mlflow.entities import Metric, Param, RunTag
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise MtlrecError(
-                'logger=mlflow needs MLflow: pip install "mtlrec[mlflow]" (or use logger=none)'
-            ) from None
+            raise MtlrecError(self.install) from None
         self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
-        self._steps: list[Any] = []  # step/lr values not sent yet (log_step)
+        self._steps: list[Any] = []  # step/* values not sent yet (log_step)
+        self._logged_epoch, self._logged_step = 0, 0  # a resumed run's: not logged again
         self.tracking_uri = tracking_uri
         self.artifacts_from: Path | None = None  # the run dir whose files finish() logs
         _check_sqlite_support(tracking_uri)
@@ -123,8 +126,20 @@ class MlflowLogger(RunLogger):
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
+    def resume_at(self, epoch: int, step: int) -> None:
+        """MLflow cannot drop values: those the MLflow run already has are not logged again."""
+        if not self.resumed:
+            return
+        last = {
+            key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+            for key in ("train/loss", "step/lr")
+        }
+        self._logged_epoch, self._logged_step = last["train/loss"], last["step/lr"]
+
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
         """Kept and sent with the epoch's row (one batch request, not one per step)."""
+        if step <= self._logged_step:
+            return
         now = int(time.time() * 1000)
         self._steps.extend(self._Metric(f"step/{k}", v, now, step) for k, v in values.items())
 
@@ -135,7 +150,8 @@ class MlflowLogger(RunLogger):
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         self._flush_steps()
-        self._log(_numeric(row), int(row["epoch"]))
+        if int(row["epoch"]) > self._logged_epoch:
+            self._log(_numeric(row), int(row["epoch"]))
 
     def finish(self, status: str, metrics: Mapping[str, Any] | None = None) -> None:
         self._flush_steps()  # an interrupted epoch's steps

@@ -46,7 +46,15 @@ RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
 # Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
 RESUME_ACCEPTED = "ACCEPTED"
 # Dirs inside a run dir that are never run dirs themselves.
-SKIP_DIRS = {CHECKPOINT_DIR, "tensorboard", HYDRA_DIR, ".submitit", "mlruns", "__pycache__"}
+SKIP_DIRS = {
+    CHECKPOINT_DIR,
+    "tensorboard",
+    "wandb",
+    HYDRA_DIR,
+    ".submitit",
+    "mlruns",
+    "__pycache__",
+}
 
 SCHEMA_VERSION = 2
 Status = Literal["running", "completed", "failed", "interrupted"]
@@ -89,6 +97,9 @@ class RunSummary:
     # trainer.keep_best_per_task: the second protocol next to `metrics` (the monitored best
     # epoch's): each task at its own best val epoch (mtlrec.training.per_task)
     per_task_best: dict[str, Any] | None = None
+    # init_from (warm start): the checkpoint, what was loaded / skipped / new / excluded, the
+    # embedding rows carried over by value, the frozen parameters (mtlrec.training.warm_start)
+    init: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know
 
     @classmethod

@@ -135,3 +135,15 @@ def checkpoint_problem(run_dir: Path) -> str | None:
 
 def has_checkpoint(run_dir: Path) -> bool:
     return any((Path(run_dir) / CHECKPOINT_DIR / n).is_file() for n in (LAST, PREVIOUS))
+
+
+def mark_resume_accepted(run_dir: Path) -> None:
+    """Mark this resume attempt's .hydra/resume-*/ dir as accepted: the next resume replays its
+    overrides (cli.translate_resume). A refused attempt leaves no mark, so it changes nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # called in-process, without a Hydra job
+        return
+    subdir = HydraConfig.get().output_subdir
+    if subdir and Path(subdir).name.startswith("resume-"):
+        (run_dir / subdir / RESUME_ACCEPTED).write_text("")

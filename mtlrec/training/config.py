@@ -47,7 +47,15 @@ class TrainerConfig:
     # How embedding tables train (mtlrec.training.optimizers): auto = row-wise Adam on sparse
     # gradients (rows absent from a batch caught up with dense Adam) for tables over 100k rows,
     # dense fused Adam for the rest.
-    embedding_optimizer: Literal["auto", "adam", "sparse_adam", "adagrad"] = "auto"
+    embedding_optimizer: Literal[
+        "auto", "adam", "sparse_adam", "adagrad", "rowwise_adagrad", "sgd", "rowwise_adam"
+    ] = "auto"
+    # Where the tables live (mtlrec.training.torchrec_backend): native (FieldEmbedding, DDP
+    # replicas) or torchrec (sharded by DistributedModelParallel, FBGEMM fused optimizers);
+    # sharding forces TorchRec's sharding type, shard_memory_mb each rank's budget for the planner.
+    embedding_backend: Literal["native", "torchrec"] = "native"
+    sharding: Literal["auto", "table_wise", "column_wise", "row_wise", "data_parallel"] = "auto"
+    shard_memory_mb: int | None = None
     # Whole splits on the GPU (true), in pinned host memory (false) or whichever fits (auto).
     data_on_device: Literal["auto"] | bool = "auto"
     # Also keep checkpoints/best_<task>.pt at each task's own best val epoch and test each task
@@ -67,11 +75,21 @@ class TrainerConfig:
     embedding_lr_schedule: str | None = None
     accumulate_batches: int = 1
     ema_decay: float | None = None
+    # Per-step scalars for the metric logger (lr, each task's loss, the balancer's weights) every
+    # N optimizer steps (Lightning's default 50); the epoch's values are logged at every epoch.
+    log_every_n_steps: int = 50
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
             raise MtlrecError(f"trainer.optimizer '{self.optimizer}' is unknown; use adam or adamw")
-        for key in ("batch_size", "eval_batch_size", "epochs", "devices", "accumulate_batches"):
+        for key in (
+            "batch_size",
+            "eval_batch_size",
+            "epochs",
+            "devices",
+            "accumulate_batches",
+            "log_every_n_steps",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MtlrecError(f"trainer.{key} must be an integer >= 1, got {value!r}")

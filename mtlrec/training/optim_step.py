@@ -19,6 +19,7 @@ terms are not part of the scaled loss); bf16 needs no scaler and works with ever
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ from mtlrec.training.ema import WeightEma
 from mtlrec.training.objective import clip_per_task, task_means
 from mtlrec.training.optimizers import MultiOptimizer, clip_grad_norm
 from mtlrec.training.schedule import LrSchedule
+
+log = logging.getLogger(__name__)
 
 
 class PendingLosses:
@@ -79,6 +82,7 @@ class OptimizerStep:
         self.schedule, self.scaler, self.ema = schedule, scaler, ema
         self.pending = PendingLosses()
         self.steps = 0  # optimizer steps over the run (Trainer.global_step)
+        self.last_losses: torch.Tensor | None = None  # the last step's per-task mean losses
 
     def add(self, sums: torch.Tensor, counts: torch.Tensor, extra: torch.Tensor | None) -> None:
         self.pending.add(sums, counts, extra)
@@ -86,6 +90,7 @@ class OptimizerStep:
     def apply(self) -> None:
         """Backward through the balancer on the pending batches, clip, step, schedule, EMA."""
         means, extra = self.pending.take()
+        self.last_losses = means.detach()  # read by the metric logger every N steps (no sync here)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             scale = self.scaler.scale(torch.ones((), device=means.device))  # inits the scaler
@@ -164,6 +169,13 @@ def make_scaler(
     trainer: Any, device: torch.device, balancer: Balancer
 ) -> torch.amp.GradScaler | None:
     """fp16's GradScaler (None for fp32/bf16); refuses a balancer with learned weights."""
+    if trainer.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        # Without AVX512-BF16/AMX, oneDNN emulates bfloat16 matmuls: measured ~7x SLOWER than
+        # fp32 (docs/performance.md), the opposite of what the user asked bf16 for.
+        log.warning(
+            "trainer.precision=bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX), so "
+            "bf16 matmuls are emulated and slower than fp32; use trainer.precision=fp32 here"
+        )
     if trainer.precision != "fp16":
         return None
     if list(balancer.parameters()):
@@ -172,3 +184,8 @@ def make_scaler(
             "learned weights do not see; use trainer.precision=bf16 with it"
         )
     return torch.amp.GradScaler(device.type)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 matmuls natively on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -38,9 +38,20 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.training.row_adam import RowAdam
 
-EmbeddingOptimizer = Literal["auto", "adam", "sparse_adam", "adagrad"]
+# The last three: trainer.embedding_backend=torchrec only (FBGEMM's fused optimizers).
+EmbeddingOptimizer = Literal[
+    "auto", "adam", "sparse_adam", "adagrad", "rowwise_adagrad", "sgd", "rowwise_adam"
+]
 SPARSE_FROM_ROWS = 100_000
-STATE_TENSORS = {"adam": 2, "sparse_adam": 2, "adagrad": 1}  # [rows, dim] tensors of state
+# [rows, dim] tensors of state (the row-wise ones keep one number a row: counted as none)
+STATE_TENSORS = {
+    "adam": 2,
+    "sparse_adam": 2,
+    "adagrad": 1,
+    "rowwise_adagrad": 0,
+    "sgd": 0,
+    "rowwise_adam": 1,
+}
 
 
 def embedding_tables(model: nn.Module) -> list[nn.Embedding]:
@@ -152,7 +163,8 @@ def build_optimizer(
     (mtlrec.training.schedule). The first optimizer always holds the dense parameters.
     """
     table_lr = lr if embedding_lr is None else embedding_lr
-    tables = embedding_tables(model)
+    # A frozen parameter (init.freeze: requires_grad False) is in no group: never updated.
+    tables = [t for t in embedding_tables(model) if t.weight.requires_grad]
     if embedding_optimizer == "auto" and nccl_ranks():
         embedding_optimizer = "adam"  # nccl has no sparse all-reduce (docs/distributed.md)
     by_choice: dict[str, list[nn.Parameter]] = {"adam": [], "sparse_adam": [], "adagrad": []}
@@ -161,7 +173,7 @@ def build_optimizer(
         table.sparse = choice != "adam"
         by_choice[choice].extend(table.parameters())
     in_tables = {id(p) for t in tables for p in t.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in in_tables]
+    rest = [p for p in model.parameters() if id(p) not in in_tables and p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": weight_decay}]
     table_group = {"params": by_choice["adam"], "weight_decay": embedding_weight_decay}
     if by_choice["adam"] and not separate_tables:

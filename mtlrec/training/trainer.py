@@ -28,7 +28,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.training import distributed
+from mtlrec.training import distributed, torchrec_backend
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
@@ -236,7 +236,7 @@ class Trainer:
         )
         self._restored_lrs = False  # set by load_training_state: fit keeps the restored lr
         self.sparse_tables = any(True for _ in sparse_parameters(self.model))
-        return optimizer
+        return torchrec_backend.with_fused_tables(optimizer, self.model)  # the fused tables' state
 
     def autocast(self) -> torch.autocast:
         """trainer.precision=bf16|fp16: matmuls in bfloat16|float16 (losses, metrics float32)."""

@@ -146,7 +146,7 @@ def test_a_corrupt_export_file_is_one_line_wherever_it_is_loaded(exported, tmp_p
     ok = mtlrec("export", "--verify", str(out_dir), cwd=tmp)
     assert ok.returncode == 0, ok.stderr
     assert lines(ok.stdout) == [
-        f"{out_dir}: 4 files match export.json's SHA-256; the model scores 1,024 sample rows: OK"
+        f"{out_dir}: 4 files match export.json's SHA-256; the model model.pt scores 1,024 sample rows: OK"
     ]
     for name in ("model.pt", "vocab.parquet"):
         bad = tmp_path / name.replace(".", "_")

@@ -78,8 +78,8 @@ def test_a_logger_added_to_the_registry_is_built(tmp_path, monkeypatch):
     monkeypatch.setitem(loggers.LOGGERS, "jsonl", JsonLinesLogger)
     built = build_logger({"name": "jsonl", "path": "x.jsonl"}, tmp_path, {})
     assert isinstance(built, JsonLinesLogger) and built.target == tmp_path / "x.jsonl"
-    with pytest.raises(MtlrecError, match=r"^logger.name 'wandb' is unknown; use one of: .*jsonl$"):
-        build_logger({"name": "wandb"}, tmp_path, {})
+    with pytest.raises(MtlrecError, match=r"^logger.name 'comet' is unknown; use one of: .*jsonl$"):
+        build_logger({"name": "comet"}, tmp_path, {})
 
 
 def test_none_and_missing_config_are_the_no_op_logger(tmp_path):

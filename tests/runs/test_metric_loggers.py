@@ -27,9 +27,9 @@ def test_flatten_config():
 def test_unknown_logger_is_one_line(tmp_path):
     with pytest.raises(
         MtlrecError,
-        match=r"^logger.name 'wandb' is unknown; use one of: none, tensorboard, mlflow$",
+        match=r"^logger.name 'comet' is unknown; use one of: none, tensorboard, mlflow, wandb$",
     ):
-        build_logger({"name": "wandb"}, tmp_path, {})
+        build_logger({"name": "comet"}, tmp_path, {})
 
 
 def test_tensorboard_mirrors_history_and_final_metrics(train_tiny):

@@ -72,6 +72,7 @@ def test_cosine_with_warmup_logs_the_scheduled_lr_per_epoch_and_per_step(train_t
             "trainer.lr_schedule=cosine",
             "trainer.warmup_steps=4",
             "trainer.patience=null",
+            "trainer.log_every_n_steps=1",
         ]
     )
     assert metrics["status"] == "completed"
@@ -79,7 +80,7 @@ def test_cosine_with_warmup_logs_the_scheduled_lr_per_epoch_and_per_step(train_t
     cosine_at = lambda t: lr * (1 + math.cos(math.pi * t / 16)) / 2  # noqa: E731
     assert float(rows[0]["lr"]) == pytest.approx(cosine_at(10 - 4), rel=1e-9)
     assert float(rows[1]["lr"]) == pytest.approx(0.0, abs=1e-12)
-    assert [s for s, _ in steps] == list(range(1, 21))
+    assert [s for s, _ in steps] == list(range(1, 21))  # trainer.log_every_n_steps=1
     # warm-up: lr/4 at the first step, rising by (1 - 1/4)/4 of lr per step, lr at step 4
     assert [v for _, v in steps[:4]] == pytest.approx(
         [lr * (0.25 + 0.1875 * k) for k in (1, 2, 3, 4)]
@@ -284,3 +285,20 @@ def test_ema_is_the_exponential_average_of_the_step_weights():
         expected = 0.5 * (0.5 * seen[0][k] + 0.5 * seen[1][k]) + 0.5 * seen[2][k]  # 1st: a copy
         assert torch.allclose(averaged, expected, atol=1e-7)
     assert isinstance(trainer.stepper, OptimizerStep)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_that_it_is_slower(monkeypatch, caplog, native):
+    from mtlrec.training import optim_step
+
+    monkeypatch.setattr(optim_step, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="mtlrec.training.optim_step"):
+        toy_trainer("mmoe", TrainerConfig(precision="bf16"))
+    warned = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    if native:
+        assert warned == []
+    else:
+        assert warned == [
+            "trainer.precision=bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX), so "
+            "bf16 matmuls are emulated and slower than fp32; use trainer.precision=fp32 here"
+        ]

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mtlrec.data.prepare.extend import vocab_from
 from mtlrec.data.prepare.pipeline import Result
 from mtlrec.data.prepare.plan import SPLITS
 from mtlrec.data.prepare.publish import staged_dir
@@ -47,7 +48,8 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
             f"dataset.sample_weight={cfg['sample_weight']!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
         )
     path = Path(str(cfg["path"])).expanduser()
-    with staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
+    base = vocab_from(cfg.get("vocab_from"))  # dataset.vocab_from: run_plan keeps the old ids
+    with base, staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
         result = source.prepare(cfg, tmp)
     return replace(result, path=path)
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from mtlrec.data.prepare.config import check_plan
 from mtlrec.data.prepare.encoding import SplitSummary, encode
+from mtlrec.data.prepare.extend import extend_fitted
 from mtlrec.data.prepare.fitting import Fitted, fit
 from mtlrec.data.prepare.plan import OOV_ID, SPLITS, VOCAB_FILE, Plan
 from mtlrec.data.prepare.reading import header_columns
@@ -141,7 +142,7 @@ def run_plan(plan: Plan, out_dir: Path) -> Result:
 
     check_plan(plan)
     cuts = column_cuts(plan) if plan.split_by == "column" else None
-    fitted = fit(plan, cuts)
+    fitted = extend_fitted(plan, fit(plan, cuts))  # dataset.vocab_from: the old ids kept
     summary = encode(plan, fitted, cuts, out_dir)
     write_vocab(plan, fitted, out_dir)
     spec = build_spec(plan, fitted, summary, cuts)

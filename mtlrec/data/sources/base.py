@@ -42,6 +42,7 @@ class RawFilesConfig(DatasetConfig):
     # inf, NaN or |x| > float32's max in a dense column: error | clip | impute (docs/datasets.md)
     dense_nonfinite: Literal["error", "clip", "impute"] = "error"
     block_size_mb: float = 1.0
+    vocab_from: str | None = None  # a prepared dataset whose ids this one keeps (next-day data)
 
     def validate(self) -> None:
         super().validate()

@@ -1,0 +1,385 @@
+"""trainer.embedding_backend=torchrec: the model's tables sharded by TorchRec, trained by FBGEMM's
+fused optimizers (docs/distributed.md, "TorchRec backend").
+
+`shard_model` turns every FieldEmbedding of a built model into a TorchRecFieldEmbedding
+(mtlrec.models.torchrec_embedding), lets TorchRec's `EmbeddingShardingPlanner` place the tables
+on the ranks within each rank's memory (`Topology`; trainer.sharding forces a type,
+trainer.shard_memory_mb sets the budget) and wraps the collections in `DistributedModelParallel`.
+The table optimizer (trainer.embedding_optimizer) is registered with
+`apply_optimizer_in_backward`: FBGEMM's kernels update each looked-up row inside the backward
+pass, so the trainer's optimizer holds the dense parameters only. One process trains through a
+process group of one rank (gloo on a private store), the same code as N ranks.
+
+Checkpoints keep the ordinary layout: the tables and the fused optimizer's state are gathered
+into full tensors (`tables.<j>.weight` in the model state, `fused_tables` in the optimizer state)
+and scattered back into the shards on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mtlrec.errors import MtlrecError
+from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model
+from mtlrec.training.optimizers import MultiOptimizer
+
+log = logging.getLogger(__name__)
+
+SHARDINGS = ("auto", "table_wise", "column_wise", "row_wise", "data_parallel")
+# trainer.embedding_optimizer -> (torchrec optimizer class name, runs on the CPU)
+FUSED_OPTIMIZERS = {
+    "auto": ("RowWiseAdagrad", True),
+    "rowwise_adagrad": ("RowWiseAdagrad", True),
+    "adagrad": ("Adagrad", True),
+    "sgd": ("SGD", True),
+    "adam": ("Adam", False),
+    "rowwise_adam": ("PartialRowWiseAdam", False),
+}
+NATIVE_ONLY = ("sparse_adam",)
+TORCHREC_ONLY = ("rowwise_adagrad", "sgd", "rowwise_adam")
+INSTALL = "bash scripts/install_torchrec.sh (docs/distributed.md)"
+# Several ranks are not ready: a 2-rank gloo run trained its first epoch to another loss than one
+# process and then stopped progressing (docs/distributed.md, "Not done").
+SEVERAL_RANKS = (
+    "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
+    "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several ranks"
+)
+SHARDING_PLAN_FILE = "sharding_plan.json"  # the run dir's record of where the tables live
+
+
+def torchrec_missing() -> str | None:
+    """Why TorchRec cannot be used here (None: it imports)."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+        import torchrec  # noqa: F401
+    except Exception as e:  # ImportError, or fbgemm's OSError for a CUDA build on a CPU machine
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return None
+
+
+def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> None:
+    """What the torchrec backend refuses, one line each, before anything is written."""
+    from mtlrec.training.balance import balance_config
+
+    if trainer.embedding_backend == "native":
+        if trainer.embedding_optimizer in TORCHREC_ONLY or trainer.sharding != "auto":
+            what = (
+                f"trainer.sharding={trainer.sharding}"
+                if trainer.sharding != "auto"
+                else f"trainer.embedding_optimizer={trainer.embedding_optimizer}"
+            )
+            raise MtlrecError(f"{what} needs trainer.embedding_backend=torchrec")
+        return
+    if trainer.embedding_optimizer in NATIVE_ONLY:
+        raise MtlrecError(
+            f"trainer.embedding_optimizer={trainer.embedding_optimizer} is the native backend's; "
+            "with trainer.embedding_backend=torchrec use rowwise_adagrad, adagrad or sgd "
+            "(CPU and CUDA) or adam, rowwise_adam (CUDA)"
+        )
+    if trainer.shard_memory_mb is not None and not (
+        isinstance(trainer.shard_memory_mb, int) and trainer.shard_memory_mb >= 1
+    ):
+        raise MtlrecError(
+            f"trainer.shard_memory_mb must be an integer >= 1 or null, got {trainer.shard_memory_mb!r}"
+        )
+    if trainer.devices > 1:
+        raise MtlrecError(SEVERAL_RANKS)
+    on_cpu = device_type == "cpu" or (device_type == "auto" and not torch.cuda.is_available())
+    if on_cpu and not FUSED_OPTIMIZERS[trainer.embedding_optimizer][1]:
+        raise MtlrecError(
+            f"trainer.embedding_optimizer={trainer.embedding_optimizer}: FBGEMM has no CPU kernel "
+            "for it; on the CPU use rowwise_adagrad, adagrad or sgd"
+        )
+    if on_cpu and trainer.sharding == "row_wise":
+        raise MtlrecError(
+            "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise, "
+            "column_wise or data_parallel"
+        )
+    refused = {
+        "trainer.embedding_l2 > 0": trainer.embedding_l2 > 0,
+        f"trainer.ema_decay={trainer.ema_decay}": trainer.ema_decay is not None,
+        "trainer.compile=true": trainer.compile,
+        f"trainer.accumulate_batches={trainer.accumulate_batches}": trainer.accumulate_batches > 1,
+        f"balance={balance_config(balance)[0].name}": balance_config(balance)[0].writes_grads,
+    }
+    for what, bad in refused.items():
+        if bad:
+            raise MtlrecError(
+                f"{what} does not work with trainer.embedding_backend=torchrec (the fused "
+                "optimizer updates the tables inside the backward pass); use the native backend"
+            )
+    reason = torchrec_missing()
+    if reason is not None:
+        raise MtlrecError(
+            f"trainer.embedding_backend=torchrec: TorchRec does not import ({reason}); "
+            f"install it with {INSTALL}"
+        )
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """One process: a process group of one rank (TorchRec's sharded modules need one)."""
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+@dataclass
+class ShardedTables:
+    """The sharded collections of one embedding layer and what the run dir records of them."""
+
+    layer: TorchRecFieldEmbedding
+    module: nn.Module  # DistributedModelParallel
+    plan: dict[str, dict[str, Any]]
+
+
+def _constraints(shapes: list[tuple[int, int]], sharding: str) -> dict[str, Any]:
+    from torchrec.distributed.planner import ParameterConstraints
+
+    from mtlrec.models.torchrec_embedding import feature_name
+
+    if sharding == "auto":
+        return {}
+    return {
+        feature_name(j): ParameterConstraints(sharding_types=[sharding]) for j in range(len(shapes))
+    }
+
+
+def _topology(device: torch.device, memory_mb: int | None) -> Any:
+    from torchrec.distributed.planner import Topology
+
+    cap: dict[str, int] = {}
+    if memory_mb is not None:
+        cap = {"hbm_cap" if device.type == "cuda" else "ddr_cap": memory_mb * 1024 * 1024}
+    return Topology(world_size=dist.get_world_size(), compute_device=device.type, **cap)
+
+
+def _optimizer_class(name: str) -> type:
+    import torchrec.optim as trec_optim
+
+    return getattr(trec_optim, FUSED_OPTIMIZERS[name][0])
+
+
+def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -> ShardedTables:
+    from torch.distributed.optim import _apply_optimizer_in_backward
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.types import PlannerError
+
+    odd = [d for _, d in layer.table_shapes if d % 4]
+    if odd:
+        raise MtlrecError(
+            f"trainer.embedding_backend=torchrec: FBGEMM's tables need a width that is a multiple "
+            f"of 4, got {odd[0]} (model.embedding_dim x copies); set model.embedding_dim to a multiple of 4"
+        )
+    collections = layer.collections
+    lr = cfg.embedding_lr if cfg.embedding_lr is not None else cfg.lr
+    _apply_optimizer_in_backward(
+        _optimizer_class(cfg.embedding_optimizer), collections.parameters(), {"lr": lr}
+    )
+    sharders: list[Any] = [EmbeddingCollectionSharder()]
+    planner = EmbeddingShardingPlanner(
+        topology=_topology(device, cfg.shard_memory_mb),
+        constraints=_constraints(layer.table_shapes, cfg.sharding),
+    )
+    try:
+        plan = planner.collective_plan(collections, sharders, dist.GroupMember.WORLD)
+    except PlannerError:
+        raise MtlrecError(_refusal(layer, cfg)) from None
+    types = {s.sharding_type for p in plan.plan.values() for s in p.values()}  # type: ignore[attr-defined]
+    module = DistributedModelParallel(
+        collections,
+        device=device,
+        plan=plan,
+        sharders=sharders,
+        init_data_parallel="data_parallel" in types,
+    )
+    layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
+    layer.read_tables = lambda: full_tables(module)
+    layer.write_tables = lambda weights: _scatter(_table_states(module), weights)
+    layer.write_tables(layer.initial_weights)
+    layer.gather_for_eval = dist.get_world_size() > 1
+    layer.initial_weights = []
+    return ShardedTables(layer, module, _plan_record(plan))
+
+
+def _refusal(layer: TorchRecFieldEmbedding, cfg: Any) -> str:
+    sizes = ", ".join(f"{r:,} x {d}" for r, d in layer.table_shapes)
+    budget = f"{cfg.shard_memory_mb} MB" if cfg.shard_memory_mb is not None else "the device's"
+    return (
+        f"trainer.sharding={cfg.sharding}: the embedding tables ({sizes}) and their optimizer "
+        f"state do not fit {cfg.devices} rank(s) of {budget} memory; raise trainer.devices, "
+        "trainer.shard_memory_mb, or let the tables be split (trainer.sharding=auto|column_wise)"
+    )
+
+
+def _plan_record(plan: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for params in plan.plan.values():
+        for name, spec in params.items():
+            shards = spec.sharding_spec.shards if spec.sharding_spec is not None else []
+            out[name] = {
+                "sharding_type": spec.sharding_type,
+                "compute_kernel": spec.compute_kernel,
+                "ranks": list(spec.ranks or []),
+                "shards": [
+                    {
+                        "offsets": list(s.shard_offsets),
+                        "sizes": list(s.shard_sizes),
+                        "placement": str(s.placement),
+                    }
+                    for s in shards
+                ],
+            }
+    return out
+
+
+def _table_states(module: nn.Module) -> list[Any]:
+    """The tables' weights as the sharded module holds them (ShardedTensor or a replica)."""
+    from mtlrec.models.torchrec_embedding import feature_name
+
+    state = module.state_dict()
+    return [
+        state[f"collections.{j}.embeddings.{feature_name(j)}.weight"] for j in range(len(state))
+    ]
+
+
+def _pieces(value: Any) -> tuple[list[int], list[tuple[list[int], torch.Tensor]]]:
+    """(full size, [(offsets, tensor)] of the shards this rank holds) of a ShardedTensor, or a
+    replica's whole value."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if not isinstance(value, ShardedTensor):
+        return list(value.shape), [([0] * value.dim(), value.detach().cpu().clone())]
+    return list(value.size()), [
+        (list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone())
+        for s in value.local_shards()
+    ]
+
+
+def gather_full(local: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every rank's shards of each named value -> the full tensors, on every rank (a collective:
+    every rank calls it; a rank may hold no shard of a value, or not know the value at all)."""
+    pieces = {name: _pieces(value) for name, value in local.items()}
+    every = [pieces]
+    if dist.get_world_size() > 1:
+        every = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(every, pieces)
+    out: dict[str, torch.Tensor] = {}
+    for rank_pieces in every:
+        for name, (size, shards) in rank_pieces.items():
+            for offsets, tensor in shards:
+                if name not in out:
+                    out[name] = torch.empty(size, dtype=tensor.dtype)
+                index = tuple(slice(o, o + n) for o, n in zip(offsets, tensor.shape, strict=True))
+                out[name][index] = tensor
+    return out
+
+
+def full_tables(module: nn.Module) -> list[torch.Tensor]:
+    states = _table_states(module)
+    full = gather_full({str(j): state for j, state in enumerate(states)})
+    return [full[str(j)] for j in range(len(states))]
+
+
+def _scatter(states: list[Any], values: list[torch.Tensor]) -> None:
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    with torch.no_grad():
+        for state, value in zip(states, values, strict=True):
+            if not isinstance(state, ShardedTensor):
+                state.copy_(value)
+                continue
+            for shard in state.local_shards():
+                o, s = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                index = tuple(slice(a, a + b) for a, b in zip(o, s, strict=True))
+                shard.tensor.copy_(value[index])
+
+
+class FusedTables:
+    """The fused optimizer's state as an optimizer part of a checkpoint (full tensors)."""
+
+    def __init__(self, sharded: list[ShardedTables]):
+        self.sharded = sharded
+
+    def _states(self) -> list[tuple[nn.Module, dict[str, Any]]]:
+        out = []
+        for s in self.sharded:
+            fused = getattr(s.module, "fused_optimizer", None)
+            if fused is not None:
+                out.append((s.module, fused.state_dict()["state"]))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        local = {
+            f"{i}/{param}/{name}": value
+            for i, (_, state) in enumerate(self._states())
+            for param, values in state.items()
+            for name, value in values.items()
+            if torch.is_tensor(value)
+        }
+        return dict(sorted(gather_full(local).items()))  # a rank may hold none of a table
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        for i, (_, state) in enumerate(self._states()):
+            for param, values in state.items():
+                for name, value in values.items():
+                    key = f"{i}/{param}/{name}"
+                    if not torch.is_tensor(value):
+                        continue
+                    if key not in saved:
+                        raise ValueError(f"the checkpoint has no fused optimizer state {key}")
+                    _scatter([value], [saved[key]])
+
+
+class TorchRecOptimizer(MultiOptimizer):
+    """The dense optimizers (stepped, scheduled) plus the fused tables' state (checkpointed)."""
+
+    def __init__(self, dense: MultiOptimizer, fused: FusedTables):
+        super().__init__(dense.optimizers)
+        self.fused = fused
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "fused_tables": self.fused.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "fused_tables" not in state_dict:
+            raise ValueError("the checkpoint holds no fused table state (not a torchrec run)")
+        super().load_state_dict(state_dict)
+        self.fused.load_state_dict(state_dict["fused_tables"])
+
+
+def with_fused_tables(optimizer: MultiOptimizer, model: nn.Module) -> MultiOptimizer:
+    sharded = getattr(model, "sharded_tables", None)
+    if not sharded:
+        return optimizer
+    return TorchRecOptimizer(optimizer, FusedTables(sharded))
+
+
+def shard_model(model: nn.Module, cfg: Any, device: torch.device, write_json: Any) -> None:
+    """With trainer.embedding_backend=torchrec: convert and shard `model`'s embedding layers in
+    place, log the plan and write it (`write_json(SHARDING_PLAN_FILE, plan)`, the run dir's)."""
+    if cfg.embedding_backend != "torchrec":
+        return
+    ensure_process_group(device)
+    if dist.get_world_size() > 1:  # torchrun
+        raise MtlrecError(SEVERAL_RANKS)
+    sharded = [shard_layer(layer, cfg, device) for layer in convert_model(model)]
+    model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
+    plan = {name: spec for s in sharded for name, spec in s.plan.items()}
+    for name, spec in plan.items():
+        log.info(
+            "torchrec: %s %s on rank(s) %s (%s kernel)",
+            name,
+            spec["sharding_type"],
+            spec["ranks"],
+            spec["compute_kernel"],
+        )
+    record = {"world_size": dist.get_world_size(), "sharding": cfg.sharding, "tables": plan}
+    write_json(SHARDING_PLAN_FILE, record)

@@ -1,0 +1,142 @@
+"""The torchrec backend's one-line refusals (docs/errors.md), checked where they are raised."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mtlrec.errors import MtlrecError
+from mtlrec.training import torchrec_backend
+from mtlrec.training.config import TrainerConfig
+from mtlrec.training.torchrec_backend import check_settings
+
+TORCHREC = TrainerConfig(embedding_backend="torchrec")
+
+
+def line(trainer, device="cpu", balance=None) -> str:
+    with pytest.raises(MtlrecError) as info:
+        check_settings(trainer, device, balance or {"name": "fixed"})
+    return str(info.value)
+
+
+def test_torchrec_only_keys_need_the_torchrec_backend():
+    assert line(TrainerConfig(sharding="table_wise")) == (
+        "trainer.sharding=table_wise needs trainer.embedding_backend=torchrec"
+    )
+    assert line(TrainerConfig(embedding_optimizer="rowwise_adagrad")) == (
+        "trainer.embedding_optimizer=rowwise_adagrad needs trainer.embedding_backend=torchrec"
+    )
+    check_settings(TrainerConfig(), "cpu", {"name": "fixed"})  # the native default passes
+
+
+def test_optimizers_and_sharding_the_cpu_cannot_run():
+    adam = dataclasses.replace(TORCHREC, embedding_optimizer="adam")
+    assert line(adam) == (
+        "trainer.embedding_optimizer=adam: FBGEMM has no CPU kernel for it; on the CPU use "
+        "rowwise_adagrad, adagrad or sgd"
+    )
+    assert "rowwise_adam" in line(dataclasses.replace(TORCHREC, embedding_optimizer="sparse_adam"))
+    assert line(dataclasses.replace(TORCHREC, sharding="row_wise")) == (
+        "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise, "
+        "column_wise or data_parallel"
+    )
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        ({"embedding_l2": 1e-6}, "trainer.embedding_l2 > 0"),
+        ({"ema_decay": 0.99}, "trainer.ema_decay=0.99"),
+        ({"compile": True}, "trainer.compile=true"),
+        ({"accumulate_batches": 2}, "trainer.accumulate_batches=2"),
+    ],
+)
+def test_what_the_fused_optimizer_cannot_do_is_one_line(change, what):
+    assert line(dataclasses.replace(TORCHREC, **change)) == (
+        f"{what} does not work with trainer.embedding_backend=torchrec (the fused optimizer "
+        "updates the tables inside the backward pass); use the native backend"
+    )
+
+
+def test_several_ranks_are_refused_until_they_work():
+    assert line(dataclasses.replace(TORCHREC, devices=2)) == (
+        "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
+        "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several "
+        "ranks"
+    )
+
+
+def test_a_balancer_writing_its_own_gradients_is_refused():
+    assert line(TORCHREC, balance={"name": "pcgrad"}).startswith("balance=pcgrad does not work")
+
+
+def test_torchrec_missing_is_one_line_naming_the_install(monkeypatch):
+    monkeypatch.setattr(
+        torchrec_backend,
+        "torchrec_missing",
+        lambda: "ModuleNotFoundError: No module named 'torchrec'",
+    )
+    assert line(TORCHREC) == (
+        "trainer.embedding_backend=torchrec: TorchRec does not import (ModuleNotFoundError: No "
+        "module named 'torchrec'); install it with bash scripts/install_torchrec.sh "
+        "(docs/distributed.md)"
+    )
+
+
+def _layer(vocab: int, dim: int):
+    pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
+    from mtlrec.data.spec import FeatureSpec
+    from mtlrec.models.features import FieldEmbedding
+    from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding
+    from tests.models.test_features import make_spec
+
+    torchrec_backend.ensure_process_group(torch.device("cpu"))
+    native = FieldEmbedding(make_spec([FeatureSpec("item", "sparse", vocab)]), dim)
+    return TorchRecFieldEmbedding.from_native(copy.deepcopy(native))
+
+
+def cfg(**kw):
+    base = dict(
+        lr=0.1,
+        embedding_lr=None,
+        embedding_optimizer="rowwise_adagrad",
+        sharding="auto",
+        shard_memory_mb=None,
+        devices=1,
+    )
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_a_width_fbgemm_cannot_hold_is_one_line():
+    with pytest.raises(MtlrecError) as info:
+        torchrec_backend.shard_layer(_layer(10, 6), cfg(), torch.device("cpu"))
+    assert str(info.value) == (
+        "trainer.embedding_backend=torchrec: FBGEMM's tables need a width that is a multiple of "
+        "4, got 6 (model.embedding_dim x copies); set model.embedding_dim to a multiple of 4"
+    )
+
+
+def test_tables_over_the_rank_budget_are_refused_in_one_line():
+    with pytest.raises(MtlrecError) as info:
+        torchrec_backend.shard_layer(
+            _layer(300_000, 4), cfg(sharding="table_wise", shard_memory_mb=1), torch.device("cpu")
+        )
+    assert str(info.value) == (
+        "trainer.sharding=table_wise: the embedding tables (300,000 x 4) and their optimizer "
+        "state do not fit 1 rank(s) of 1 MB memory; raise trainer.devices, "
+        "trainer.shard_memory_mb, or let the tables be split (trainer.sharding=auto|column_wise)"
+    )
+
+
+def test_ci_installs_torchrec_so_its_tests_run():
+    """.ci/run sets MTLREC_REQUIRE_TORCHREC=1 after scripts/install_torchrec.sh: there, the
+    TorchRec tests must run, never skip."""
+    import os
+
+    if os.environ.get("MTLREC_REQUIRE_TORCHREC") != "1":
+        pytest.skip("only where MTLREC_REQUIRE_TORCHREC=1 (.ci/run)")
+    assert torchrec_backend.torchrec_missing() is None
