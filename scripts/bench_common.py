@@ -74,17 +74,25 @@ def timed(fn: Callable[[], T], repeats: int = 3) -> tuple[float, float, T]:
     return statistics.median(walls), statistics.median(cpus), result
 
 
+class EpochCpu(list[float]):
+    """Process-CPU seconds per training epoch, and the process's CPU time when the first began."""
+
+    first_start: float | None = None
+
+
 @contextmanager
-def train_epoch_cpu() -> Iterator[list[float]]:
+def train_epoch_cpu() -> Iterator[EpochCpu]:
     """The process-CPU seconds of each mtlrec training epoch run inside the block (one entry per
     Trainer.train_epoch call), measured by wrapping the method for the block's duration."""
     from mtlrec.training.trainer import Trainer
 
-    seconds: list[float] = []
+    seconds = EpochCpu()
     plain_epoch = Trainer.train_epoch
 
     def timed_epoch(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         c0 = time.process_time()
+        if seconds.first_start is None:
+            seconds.first_start = c0
         row = plain_epoch(self, *args, **kwargs)
         seconds.append(time.process_time() - c0)
         return row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_common import timed
-from bench_workers import BATCH, EVAL_BATCH, EVAL_REPEATS, LR, aucs_of, load_arrays
+from bench_workers import BATCH, EVAL_BATCH, EVAL_REPEATS, LR, aucs_of, load_arrays, speeds
 
 PEERS = {
     # name -> (pip requirement, extra undeclared runtime dependencies, import name)
@@ -83,14 +83,9 @@ def worker_deepctr(data: Path, wl: dict, threads: int) -> dict:
         lambda: model.predict(x_of("test"), batch_size=EVAL_BATCH), EVAL_REPEATS
     )
     aucs = aucs_of(meta, labels, {name: pred[:, k] for k, name in enumerate(names)})
-    return {
-        "train_samples_per_s": n * wl["epochs"] / train_time,
-        "eval_samples_per_s": len(labels) / eval_time,
-        "train_samples_per_cpu_s": n * wl["epochs"] / train_cpu,
-        "eval_samples_per_cpu_s": len(labels) / eval_cpu,
-        "auc": aucs,
-        "threads": torch.get_num_threads(),
-    }
+    return speeds(
+        n * wl["epochs"], (train_time, train_cpu), len(labels), (eval_time, eval_cpu), aucs
+    )
 
 
 def worker_rechub(data: Path, wl: dict, threads: int, tmp: Path) -> dict:
@@ -176,11 +171,6 @@ def worker_rechub(data: Path, wl: dict, threads: int, tmp: Path) -> dict:
     else:
         probs = {"ctr": pred[:, 1], "ctcvr": pred[:, 2]}
     aucs = aucs_of(meta, labels, probs)
-    return {
-        "train_samples_per_s": n * wl["epochs"] / train_time,
-        "eval_samples_per_s": len(labels) / eval_time,
-        "train_samples_per_cpu_s": n * wl["epochs"] / train_cpu,
-        "eval_samples_per_cpu_s": len(labels) / eval_cpu,
-        "auc": aucs,
-        "threads": torch.get_num_threads(),
-    }
+    return speeds(
+        n * wl["epochs"], (train_time, train_cpu), len(labels), (eval_time, eval_cpu), aucs
+    )

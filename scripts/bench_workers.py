@@ -34,6 +34,23 @@ def aucs_of(meta: dict, labels: np.ndarray, probs: dict[str, np.ndarray]) -> dic
     return {name: float(roc_auc_score(labels[:, col], probs[name])) for name, col, _ in meta["auc"]}
 
 
+def speeds(
+    trained: int, train_s: tuple[float, float], scored: int, eval_s: tuple[float, float], aucs: dict
+) -> dict:
+    """A worker's result: samples per wall and per CPU second of training (rows x epochs) and of
+    scoring the test split, with its AUCs and torch's thread count."""
+    import torch
+
+    return {
+        "train_samples_per_s": trained / train_s[0],
+        "eval_samples_per_s": scored / eval_s[0],
+        "train_samples_per_cpu_s": trained / train_s[1],
+        "eval_samples_per_cpu_s": scored / eval_s[1],
+        "auc": aucs,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def worker_mtlrec(data: Path, wl: dict, threads: int, run_dir: Path, extra: list[str]) -> dict:
     import torch
     from hydra import compose, initialize_config_module
@@ -218,14 +235,9 @@ def worker_bare(data: Path, wl: dict, threads: int) -> dict:
 
     eval_time, eval_cpu, probs = timed(predict, EVAL_REPEATS)
     aucs = aucs_of(meta, labels.numpy(), probs)
-    return {
-        "train_samples_per_s": n * wl["epochs"] / train_time,
-        "eval_samples_per_s": len(labels) / eval_time,
-        "train_samples_per_cpu_s": n * wl["epochs"] / train_cpu,
-        "eval_samples_per_cpu_s": len(labels) / eval_cpu,
-        "auc": aucs,
-        "threads": torch.get_num_threads(),
-    }
+    return speeds(
+        n * wl["epochs"], (train_time, train_cpu), len(labels), (eval_time, eval_cpu), aucs
+    )
 
 
 def worker_main(args: argparse.Namespace) -> int:

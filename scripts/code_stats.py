@@ -114,8 +114,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 comp.append(w)
                 if w == v:
                     break
-            # a package importing its own submodules is not a circle worth reporting
-            if len(comp) > 1 and not all(c.startswith(min(comp, key=len)) for c in comp):
+            # a package importing its own submodules is not a circle worth reporting (a prefix of
+            # the name is not a package: mtlrec.runs.sweep_stop is not inside mtlrec.runs.sweep)
+            root = min(comp, key=len)
+            if len(comp) > 1 and not all(c == root or c.startswith(root + ".") for c in comp):
                 out.append(sorted(comp))
 
     for v in graph:

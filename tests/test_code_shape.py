@@ -37,6 +37,24 @@ def test_the_checker_sees_a_circle_and_an_upward_import():
     assert stats.upward(graph) == ["mtlrec.training.a -> mtlrec.runs.b"]
 
 
+def test_a_circle_between_modules_whose_names_share_a_prefix_counts(tmp_path):
+    """sweep <-> sweep_stop once hid behind the package check: a name's prefix is no package."""
+    stats = load_code_stats()
+    graph = {"mtlrec.runs.sweep": {"mtlrec.runs.sweep_stop"}, "mtlrec.runs.sweep_stop": set()}
+    graph["mtlrec.runs.sweep_stop"].add("mtlrec.runs.sweep")
+    assert stats.cycles(graph) == [["mtlrec.runs.sweep", "mtlrec.runs.sweep_stop"]]
+    package = {"mtlrec.runs": {"mtlrec.runs.lock"}, "mtlrec.runs.lock": {"mtlrec.runs"}}
+    assert stats.cycles(package) == []
+
+
+def test_an_import_inside_a_function_is_an_arrow(tmp_path):
+    stats = load_code_stats()
+    module = tmp_path / "a.py"
+    module.write_text("def f():\n    from mtlrec.runs import sweep\n    return sweep\n")
+    known = {"mtlrec.runs", "mtlrec.runs.sweep", "mtlrec.a"}
+    assert stats.imports_of(module, "mtlrec.a", known) == {"mtlrec.runs", "mtlrec.runs.sweep"}
+
+
 SCRIPTS = SCRIPT.parent
 MAX_SCRIPT_LINES = 400
 

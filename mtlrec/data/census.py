@@ -172,6 +172,7 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             f"dataset.dense lists {clash}, which are label sources or excluded for task group {group}; remove them"
         )
     sparse = [c for c in COLUMNS if c not in removed and c not in dense]
+    weight = census_weight(cfg)
     education_positive = {str(v) for v in cfg.get("education_positive") or []}
     if "education" in tasks and not education_positive:
         raise MtlrecError(
@@ -197,9 +198,11 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         raw_columns=[
             c
             for c in COLUMNS
-            if c not in ({INSTANCE_WEIGHT} | (removed - {LABEL_SOURCES[t] for t in tasks}))
+            if c not in (removed - {LABEL_SOURCES[t] for t in tasks}) or c == weight
         ],
-        transform=make_transform(tasks, education_positive, sparse + dense),
+        transform=make_transform(
+            tasks, education_positive, sparse + dense + ([weight] if weight else [])
+        ),
         info={
             "preparer": "census",
             "source": "UCI Census-Income (KDD)",
@@ -208,9 +211,21 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             "paper_protocol": paper,
             "education_positive": sorted(education_positive),
         },
+        sample_weight=weight,
     )
     set_dense_options(plan, cfg)
     return plan
+
+
+def census_weight(cfg: Mapping[str, Any]) -> str | None:
+    """dataset.sample_weight: only the survey's instance_weight (the rows' population weights,
+    never a feature) can weigh census rows."""
+    weight = cfg.get("sample_weight")
+    if weight is not None and weight != INSTANCE_WEIGHT:
+        raise MtlrecError(
+            f"dataset.sample_weight={weight!r}: census rows can be weighted by '{INSTANCE_WEIGHT}' only (the survey's population weight)"
+        )
+    return weight
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:

@@ -170,16 +170,23 @@ class RawEncoder:
 
     @property
     def columns(self) -> list[str]:
-        """The raw columns the encoders read."""
-        return self.plan.sparse + self.plan.multi_names + self.plan.dense
+        """The raw columns the encoders read (a built history: its user, time and item columns)."""
+        raw_multi = [m.name for m in self.plan.multi if not m.built]
+        cols = self.plan.sparse + raw_multi + self.plan.dense + self.plan.log_columns()
+        return list(dict.fromkeys(cols))
 
     def file_blocks(self, path: Path, extra: Sequence[str] = ()) -> Iterator[Any]:
-        """Blocks of the raw file `path` (the encoders' columns plus `extra`), read as prepare did."""
+        """Blocks of the raw file `path` (the encoders' columns plus `extra`), read as prepare did.
+
+        Histories built from the log are built from the file's own events, as prepare built them
+        from its files: one pass over the file's user, time and item columns first."""
         from mtlrec.data.prepare.reading import iter_blocks
+        from mtlrec.data.prepare.timeline import build_timeline
 
         if not path.is_file():
             raise MtlrecError(f"{path}: raw input file not found")
         self.plan.sources = [RawSource(path, split="test")]
+        self.plan.timeline = build_timeline(self.plan) if self.plan.built else None
         return iter_blocks(self.plan, 0, list(dict.fromkeys([*self.columns, *extra])))
 
     def encode(self, block: Any, labels: bool = False) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -234,7 +241,12 @@ def _blocks(rows: Any, encoder: RawEncoder) -> tuple[list, bool]:
         raise MtlrecError(
             f"raw rows: column(s) {missing} not found; they have {rows.column_names[:12]}"
         )
-    return [Block(rows, 0, 0, 1)], all(c in rows.column_names for c in plan.labels)
+    block = Block(rows, 0, 0, 1)
+    if plan.built:  # the histories, built from the rows' own events
+        from mtlrec.data.prepare.timeline import timeline_for_table
+
+        plan.timeline = timeline_for_table(plan, rows)
+    return [block], all(c in rows.column_names for c in plan.labels)
 
 
 def encode_raw(rows: Any, dataset_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, RawReport]:

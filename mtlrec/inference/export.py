@@ -26,6 +26,7 @@ from mtlrec.inference.export_files import (
     models_of,
     read_manifest,
     replace_dir,
+    sample_inputs,
     sha256,
     stack_outputs,
     verify_export,
@@ -104,30 +105,6 @@ class ExportedModel(nn.Module):
     @property
     def columns(self) -> list[str]:
         return self.names + (["score"] if self.fusion is not None else [])
-
-
-def sample_inputs(spec: DatasetSpec, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random in-vocabulary ids (bags/sequences of random lengths, -1 padded, weights > 0 where
-    filled) and standard-normal dense values, in the export layout (what the check scores)."""
-    g = torch.Generator().manual_seed(seed)
-    layout = spec.layout
-    sparse = torch.full((rows, layout.sparse_width), PAD_ID, dtype=torch.long)
-    dense = torch.zeros((rows, layout.dense_width))
-    for f in spec.sparse:
-        sparse[:, layout.sparse[f.name][0]] = torch.randint(0, f.vocab_size, (rows,), generator=g)
-    for f in spec.multi:
-        a, b = layout.sparse[f.name]
-        lengths = torch.randint(0, f.max_len + 1, (rows, 1), generator=g)
-        filled = torch.arange(f.max_len).unsqueeze(0) < lengths
-        ids = torch.randint(0, f.vocab_size, (rows, f.max_len), generator=g)
-        sparse[:, a:b] = torch.where(filled, ids, torch.full_like(ids, PAD_ID))
-        if f.weighted:
-            c, d = layout.weights[f.name]
-            weights = 0.1 + 2 * torch.rand((rows, f.max_len), generator=g)
-            dense[:, c:d] = torch.where(filled, weights, torch.zeros_like(weights))
-    for f in spec.dense:
-        dense[:, layout.dense[f.name][0]] = torch.randn((rows,), generator=g)
-    return sparse, dense
 
 
 def export(

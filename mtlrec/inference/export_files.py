@@ -240,6 +240,30 @@ def write_checksums(out_dir: Path, names: list[str]) -> dict[str, str]:
     }
 
 
+def sample_inputs(spec: DatasetSpec, rows: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random in-vocabulary ids (bags/sequences of random lengths, -1 padded, weights > 0 where
+    filled) and standard-normal dense values, in the export layout (what the check scores)."""
+    g = torch.Generator().manual_seed(seed)
+    layout = spec.layout
+    sparse = torch.full((rows, layout.sparse_width), PAD_ID, dtype=torch.long)
+    dense = torch.zeros((rows, layout.dense_width))
+    for f in spec.sparse:
+        sparse[:, layout.sparse[f.name][0]] = torch.randint(0, f.vocab_size, (rows,), generator=g)
+    for f in spec.multi:
+        a, b = layout.sparse[f.name]
+        lengths = torch.randint(0, f.max_len + 1, (rows, 1), generator=g)
+        filled = torch.arange(f.max_len).unsqueeze(0) < lengths
+        ids = torch.randint(0, f.vocab_size, (rows, f.max_len), generator=g)
+        sparse[:, a:b] = torch.where(filled, ids, torch.full_like(ids, PAD_ID))
+        if f.weighted:
+            c, d = layout.weights[f.name]
+            weights = 0.1 + 2 * torch.rand((rows, f.max_len), generator=g)
+            dense[:, c:d] = torch.where(filled, weights, torch.zeros_like(weights))
+    for f in spec.dense:
+        dense[:, layout.dense[f.name][0]] = torch.randn((rows,), generator=g)
+    return sparse, dense
+
+
 def verify_and_score(export_dir: str | Path, rows: int = 1024) -> tuple[int, int, list[str]]:
     """(files checked, rows scored, the model files scored): an export's checksums, then each of
     its models (TorchScript and/or ONNX) on sample rows of its input layout, giving one finite
@@ -254,8 +278,6 @@ def verify_and_score(export_dir: str | Path, rows: int = 1024) -> tuple[int, int
 
 
 def _score_sample(export_dir: Path, fmt: str, rows: int) -> None:
-    from mtlrec.inference.export import sample_inputs
-
     score, info = load_export(export_dir, fmt)
     model_file = models_of(info)[fmt]["model_file"]
     sparse, dense = sample_inputs(DatasetSpec.load(export_dir), rows)

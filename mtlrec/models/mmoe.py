@@ -24,7 +24,9 @@ gates and all towers. The forward pass also returns "gates" [B, tasks, experts] 
 can record mean gate weights per task and expert (the first place to look for expert collapse).
 
 Config keys (conf/model/mmoe.yaml): embedding_dim, embedding_init_std, num_experts, expert_dims,
-gate_dims, tower_dims, gate, attention_dim, backbone, cross_layers, fm_task_scale, activation, dropout, batch_norm.
+gate_dims, tower_dims, gate, attention_dim, backbone, cross_layers, fm_task_scale, activation, dropout, batch_norm,
+tower_output_init (torch: nn.Linear's draw, as the reference code; balanced: that draw with alternating
+signs, so no tower starts with output weights of one sign: docs/results.md "Seed study").
 Outputs: one per task, named after the task; tasks may mix binary and regression.
 """
 
@@ -41,11 +43,13 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.interaction import FeatureInteraction, check_backbone
 from mtlrec.models.layers import (
+    TOWER_OUTPUT_INITS,
     CommonConfig,
     FeatureEmbedding,
     GroupedMLP,
     check_dims,
     check_positive,
+    init_tower_output,
     last_weight,
 )
 from mtlrec.models.registry import register
@@ -78,9 +82,15 @@ class MMoEConfig(MoEConfig):
     backbone: str = "mlp"
     cross_layers: int = 2
     fm_task_scale: bool = False
+    tower_output_init: str = "torch"
 
     def validate(self) -> None:
         super().validate()
+        if self.tower_output_init not in TOWER_OUTPUT_INITS:
+            raise MtlrecError(
+                f"model.tower_output_init '{self.tower_output_init}' is unknown; use one of "
+                f"{list(TOWER_OUTPUT_INITS)}"
+            )
         if self.gate not in GATES:
             raise MtlrecError(f"model.gate '{self.gate}' is unknown; use one of {list(GATES)}")
         check_positive("model.attention_dim", self.attention_dim)
@@ -141,6 +151,7 @@ class MMoE(MultiTaskModel):
         self.towers = GroupedMLP(
             n_tasks, self.experts.out_dim, cfg.tower_dims, act, drop, bn, out_dim=1
         )
+        init_tower_output(self.towers, cfg.tower_output_init)  # draws nothing
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
         x, fm = self.interaction(

@@ -105,12 +105,17 @@ def group_members(runs: list[Run]) -> list[list[Run]]:
 
 
 def add_gain_columns(table: Table, runs: list[Run], filters: list[str]) -> None:
-    """Append `Δ<metric>` (mean, std) and `negative_transfer` to a seed-grouped table in place;
+    """Add `Δ<metric>` (mean, std) after each metric and `negative_transfer` at the end of a
+    seed-grouped table, in place;
     the baseline's own row gets no delta and is marked `(baseline)`."""
     baseline, _ = split_baseline(runs, filters)
     base_ids = {id(r) for r in baseline.values()}
     metrics = list(table.metric_columns)
-    table.columns += [f"Δ{m}" for m in metrics] + [NEGATIVE]
+    # each Δ column right after its metric, where the eye compares them
+    columns = []
+    for c in table.columns:
+        columns += [c, f"Δ{c}"] if c in metrics else [c]
+    table.columns = [*columns, NEGATIVE]
     for row, members in zip(table.rows, group_members(runs), strict=True):
         is_base = all(id(r) in base_ids for r in members)
         row["baseline"] = is_base

@@ -71,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         "auto (default) = wide when it fits the terminal",
     )
     parser.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it exists, or the PNGs of a --plot dir that mtlrec did not make",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--group-by-seed",
@@ -167,6 +171,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
     if args.plot:
         outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")
+        from mtlrec.runs.plots import check_plot_dir
+
+        check_plot_dir(Path(args.plot).expanduser(), args.overwrite)
 
 
 def main(argv: list[str]) -> int:

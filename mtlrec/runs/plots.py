@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,6 +226,25 @@ def plot_gates(plt, runs: list[Run], labels: dict, out: Path) -> Path | None:
     return path
 
 
+PLOTS_MARKER = ".mtlrec-plots"  # in a --plot dir compare made: its PNGs may be replaced
+
+
+def check_plot_dir(out_dir: Path, overwrite: bool) -> None:
+    """A --plot dir compare did not make (no marker) that holds PNGs is refused in one line
+    unless --overwrite: plots of the same names would replace the user's images unsaid."""
+    if not out_dir.is_dir() or (out_dir / PLOTS_MARKER).exists():
+        return
+    if overwrite:  # the user hands the dir to compare: later --plot runs may replace its PNGs
+        (out_dir / PLOTS_MARKER).touch()
+        return
+    png = next(iter(sorted(out_dir.glob("*.png"))), None)
+    if png is not None:
+        raise MtlrecError(
+            f"--plot {out_dir}: holds {png.name}, which mtlrec compare did not write; plot into "
+            "a new directory, or add --overwrite to replace its PNGs of the same names"
+        )
+
+
 def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None) -> list[Path]:
     """Write every plot that the runs have data for; returns the written paths."""
     plt = require_matplotlib()
@@ -233,11 +253,13 @@ def write_plots(runs: list[Run], out_dir: Path, metrics: list[str] | None = None
     with writing(out_dir):
         inject_fault(out_dir, no_space=False)  # tests: a read-only parent dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        if created:  # a dir of compare's own: later --plot runs may replace its PNGs
+            (out_dir / PLOTS_MARKER).touch()
     try:
         return _write_all(plt, runs, out_dir, metrics)
     except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing written: no empty dir left behind
+        if created and not [p for p in out_dir.iterdir() if p.name != PLOTS_MARKER]:
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing written: no empty dir left behind
         raise
 
 

@@ -46,15 +46,8 @@ RUN_MARKERS = (METRICS_FILE, HISTORY_FILE, CHECKPOINT_DIR)
 # Written into a resume attempt's .hydra/resume-<time>/ once it passed every check and trains.
 RESUME_ACCEPTED = "ACCEPTED"
 # Dirs inside a run dir that are never run dirs themselves.
-SKIP_DIRS = {
-    CHECKPOINT_DIR,
-    "tensorboard",
-    "wandb",
-    HYDRA_DIR,
-    ".submitit",
-    "mlruns",
-    "__pycache__",
-}
+SKIP_DIRS = {CHECKPOINT_DIR, "tensorboard", "wandb", HYDRA_DIR, ".submitit", "mlruns",
+             "__pycache__"}  # fmt: skip
 
 SCHEMA_VERSION = 2
 Status = Literal["running", "completed", "failed", "interrupted"]

@@ -38,7 +38,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.records import METRICS_FILE, natural_key, read_info
+from mtlrec.runs.records import METRICS_FILE, read_info
+from mtlrec.runs.sweep_stop import sweep_jobs
 
 log = logging.getLogger("mtlrec")
 
@@ -104,7 +105,7 @@ class SweepReport(Callback):
             self.sweep_dir = Path(str(config.hydra.sweep.dir))
             atexit.register(self._stopped_line)
         if "joblib" in launcher.lower():
-            from mtlrec.runs import sweep_stop
+            from mtlrec.runs import sweep_stop  # only parallel sweeps need it (start-up)
 
             sweep_stop.install(config, self.started)  # SIGTERM stops the workers too
 
@@ -218,15 +219,6 @@ def _print_stopped(run_dir: Path, reason: str) -> None:
 
 def _mtime(path: Path) -> float:
     return (path / METRICS_FILE).stat().st_mtime
-
-
-def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
-    """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
-    jobs = []
-    for metrics_path in Path(sweep_dir).rglob(METRICS_FILE):
-        jobs.append((metrics_path.parent, read_info(metrics_path.parent)))
-
-    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 
 
 def parallel_jobs(launcher: Any, cpu_count: int) -> int:

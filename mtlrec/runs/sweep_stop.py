@@ -26,9 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from mtlrec.runs import lock
-from mtlrec.runs.records import METRICS_FILE
+from mtlrec.runs.records import METRICS_FILE, natural_key, read_info
 
 GRACE_SECONDS = 30.0
+
+
+def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict]]:
+    """(job dir, metrics.json) of every job dir under a sweep dir, in job order."""
+    jobs = [(m.parent, read_info(m.parent)) for m in Path(sweep_dir).rglob(METRICS_FILE)]
+    return sorted(jobs, key=lambda item: natural_key(item[0].relative_to(sweep_dir)))
 
 
 def children(pid: int) -> dict[int, int]:
@@ -68,8 +74,6 @@ def total_jobs(task_overrides: list[str]) -> int | None:
 
 
 def _job_states(sweep_dir: Path, since: float) -> list[tuple[Path, str]]:
-    from mtlrec.runs.sweep import sweep_jobs
-
     return [
         (path, str(metrics.get("status", "unknown")))
         for path, metrics in sweep_jobs(sweep_dir)

@@ -4,6 +4,7 @@ character."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -161,3 +162,41 @@ def test_the_raw_input_lines_of_the_doc_are_the_programs():
     assert _doc_line("disk full while Hydra writes `.hydra/*.yaml`") == (
         f"RUN/.hydra/config.yaml: {NO_SPACE}"
     )
+
+
+def _log_dataset(tmp_path: Path, ts: str, user: str, sequence: dict) -> Path:
+    """A config dir with a log in time order whose second event has the given time and user."""
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / "log.csv").write_text(f"user,item,ts,click\nu1,i1,5,0\n{user},i2,{ts},1\nu1,i2,7,1\n")
+    conf = tmp_path / "conf" / "dataset"
+    conf.mkdir(parents=True, exist_ok=True)
+    frm = {"user": "user", "item": "item", "time": "ts", **sequence}
+    (conf / "log.yaml").write_text(
+        f"name: log\npreparer: csv\npath: {tmp_path / 'out'}\nraw_dir: {raw}\nfiles: log.csv\n"
+        "sparse: [user, item]\ntargets: {ctr: {label: click}}\n"
+        "split: {by: user_time, user: user, time: ts, test: 1, val: 1}\n"
+        f"sequences: {{hist: {{from: {json.dumps(frm)}}}}}\n"
+    )
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("case", "ts", "user", "sequence"),
+    [
+        ("a log in time order: a column the config names is not in the file", "6", "u2", {"user": "uid"}),
+        ("a built history of no positive length", "6", "u2", {"max_len": 0}),
+        ("a time that cannot be ordered", "soon", "u2", {}),
+        ("an event without a user", "6", "", {}),
+    ],
+)  # fmt: skip
+def test_the_time_order_lines_of_the_doc_are_the_programs(tmp_path, case, ts, user, sequence):
+    """Logs in time order (mtlrec/data/prepare/timeline.py): each documented line is the one the
+    real `mtlrec prepare` prints, and nothing is published."""
+    raw = _log_dataset(tmp_path, ts, user, sequence)
+    out = mtlrec("prepare", "--config-dir", "conf", "dataset=log", cwd=tmp_path)
+    doc = _doc_line(case)
+    if not doc.startswith("mtlrec prepare: error: "):
+        doc = "mtlrec prepare: error: " + doc
+    assert (out.returncode, lines(out.stderr)) == (1, [doc.replace("RAW", str(raw))])
+    assert not (tmp_path / "out").exists()

@@ -116,5 +116,6 @@ def test_bad_input_is_one_line_through_the_cli(tmp_path):
     )
     assert not (tmp_path / "cache" / "my_data").exists()
     missing = mtlrec(tmp_path, "prepare", "dataset=nope")
-    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
-    assert "Could not find 'dataset/nope'" in missing.stderr
+    # an unknown dataset is a usage error (exit 2), one line listing the known ones (docs/errors.md)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "mtlrec prepare: error: unknown dataset 'nope'; known datasets: " in missing.stderr

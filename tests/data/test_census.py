@@ -150,8 +150,11 @@ def test_mmoe_on_the_uci_test_file_reaches_the_issue_figures(tmp_path):
     income = sum(result.summary[s].positives["income"] for s in rows)
     marital = sum(result.summary[s].positives["marital"] for s in rows)
     assert (income, marital) == (6_186, 43_143)  # the counts UCI / SOURCE.md give
+    # seed 7: nn.Linear's draw gives its marital tower 8 positive output weights, which trapped it
+    # at marital AUC 0.972 before the preset's model.tower_output_init=balanced (0.9937 with it)
     metrics = train(
-        tmp_path / "run", [f"data_dir={tmp_path}", "experiment=census_mmoe", "trainer.epochs=5"]
+        tmp_path / "run",
+        [f"data_dir={tmp_path}", "experiment=census_mmoe", "trainer.epochs=5", "seed=7"],
     )
     m = metrics["metrics"]
     assert m["test/income_auc"] >= 0.93 and m["test/marital_auc"] >= 0.99, m

@@ -121,3 +121,24 @@ def test_spec_round_trip_and_validation(tmp_path):
     with pytest.raises(MtlrecError, match=r"unknown task\(s\) \['nope'\]"):
         SPEC.select_tasks(["ctr", "nope"])
     assert [t.name for t in SPEC.select_tasks(["score"])] == ["score"]
+
+
+def test_loading_a_split_needs_no_pyarrow_dataset(tmp_path):
+    """Start-up (docs/performance.md): one split file is read without pyarrow.dataset, whose
+    import alone costs ~0.4 s of CPU in every training run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    frame().to_parquet(tmp_path / "split.parquet")
+    code = (
+        "import sys; from pathlib import Path; from mtlrec.data.loader import load_split; "
+        "from tests.data.test_loader import SPEC; "
+        f"s = load_split(Path({str(tmp_path / 'split.parquet')!r}), SPEC, SPEC.tasks); "
+        "print(len(s), 'pyarrow.dataset' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.split() == ["3", "False"]

@@ -53,6 +53,10 @@ def test_deltas_are_paired_by_seed_and_negative_transfer_is_marked(sweep, capsys
     )
     assert code == 0, err
     rows = {r["model"]: r for r in json.loads(out)}
+    columns = list(json.loads(out)[0])  # each Δ right after its metric, the verdict last
+    for m in ("test/ctr_auc", "test/cvr_auc", "test/ctr_logloss"):
+        assert columns[columns.index(m) + 1] == f"Δ{m}"
+    assert columns[-1] == "negative_transfer"
     mmoe = rows["mmoe"]
     # by hand: ctr deltas +0.010, +0.012, +0.011; cvr -0.020, -0.025, -0.015; logloss -0.02,
     # -0.01, -0.01

@@ -161,3 +161,26 @@ def test_gate_heatmaps_three_a_row_with_the_utilization_row_set_apart(tmp_path):
     assert labels[-1] == "all tasks (mean)" and "utilization" not in labels
     assert [ln.get_ydata()[0] for ln in panels[0].get_lines()] == [len(labels) - 1.5]
     require_matplotlib().close(plt.fig)
+
+
+def test_a_plot_dir_of_other_pngs_is_refused_without_overwrite(sweep, tmp_path):
+    """Through the CLI: a dir compare did not make keeps its images unless --overwrite; a dir
+    compare made may be plotted into again."""
+    pytest.importorskip("matplotlib")
+    from helpers.cli import mtlrec
+
+    mine = tmp_path / "figures"
+    mine.mkdir()
+    (mine / "learning_curves.png").write_bytes(b"my own figure")
+    done = mtlrec("compare", str(sweep), "--plot", str(mine), "--format", "csv", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"mtlrec compare: error: --plot {mine}: holds learning_curves.png, which mtlrec compare "
+        "did not write; plot into a new directory, or add --overwrite to replace its PNGs of the "
+        "same names"
+    ]
+    assert (mine / "learning_curves.png").read_bytes() == b"my own figure"
+    assert main([str(sweep), "--plot", str(mine), "--format", "csv", "--overwrite"]) == 0
+    assert (mine / "learning_curves.png").read_bytes() != b"my own figure"
+    # --overwrite handed the dir to compare (.mtlrec-plots): plotted into again without a word
+    assert main([str(sweep), "--plot", str(mine), "--format", "csv"]) == 0

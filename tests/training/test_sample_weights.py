@@ -244,18 +244,46 @@ def test_a_bad_weight_is_one_line_and_nothing_is_published(tmp_path, bad, line):
         ({"targets": {"ctr": {"label": "click", "weight": "w"}}}, "dataset.targets.ctr.weight='w': `weight` is the task's loss weight (a number); to weigh rows by a column use targets.ctr.sample_weight: w"),
         ({"sample_weight": "click"}, "dataset.sample_weight 'click' is also a label/where/funnel column; weigh rows by a column of their own"),
         ({"sample_weight": "x1"}, "dataset.sample_weight 'x1' is also a feature; weigh rows by a column of their own"),
-        ({"preparer": "census"}, "dataset.sample_weight='w': the 'census' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"),
+        ({"preparer": "aliccp"}, "dataset.sample_weight='w': the 'aliccp' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"),
     ],
 )  # fmt: skip
 def test_a_weight_config_mistake_is_one_line(tmp_path, change, line):
     write_raw(tmp_path / "raw", sizes=(20, 10, 10))
     cfg = {**dataset_config(tmp_path / "raw", tmp_path / "out"), **change}
-    if change.get("preparer") == "census":
-        cfg = {"name": "census", "preparer": "census", "path": str(tmp_path / "out"), "sample_weight": "w"}  # fmt: skip
+    if change.get("preparer") == "aliccp":
+        cfg = {"name": "aliccp", "preparer": "aliccp", "path": str(tmp_path / "out"), "sample_weight": "w"}  # fmt: skip
     with pytest.raises(MtlrecError) as e:
         prepare_dataset(cfg)
     assert str(e.value) == line
     assert f"`{line}`" in _doc_lines()
+
+
+def test_census_rows_are_weighted_by_their_instance_weight(tmp_path):
+    from data.test_census import census_rows
+
+    from helpers.datagen import prepare
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines, _ = census_rows(200, 3)
+    (raw / "census-income.test").write_text("\n".join(lines) + "\n")
+    base = [f"data_dir={tmp_path}", "dataset=census", f"dataset.raw_dir={raw}"]
+    result = prepare([*base, "dataset.sample_weight=instance_weight"])
+    spec = DatasetSpec.load(result.path)
+    assert spec.sample_weight == "instance_weight"
+    assert "instance_weight" not in [f.name for f in spec.features]  # never a feature
+    kept = sum(
+        load_split(result.path / f"{s}.parquet", spec).labels[:, -1].double().sum().item()
+        for s in SPLITS
+    )
+    raw_total = sum(float(line.split(", ")[24]) for line in lines)
+    assert kept == pytest.approx(raw_total, rel=1e-6)  # every row's weight, in some split
+    with pytest.raises(MtlrecError) as e:
+        prepare([*base, "dataset.sample_weight=age", "dataset.path=" + str(tmp_path / "g")])
+    assert str(e.value) == (
+        "dataset.sample_weight='age': census rows can be weighted by 'instance_weight' only "
+        "(the survey's population weight)"
+    )
 
 
 def test_a_training_run_naming_another_weight_column_is_refused(weighted_data):

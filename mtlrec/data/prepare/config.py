@@ -24,6 +24,7 @@ from mtlrec.data.prepare.plan import (
     ReadOptions,
 )
 from mtlrec.data.prepare.reading import header_columns
+from mtlrec.data.prepare.timeline import SPLIT_KEYS, check_built, parse_user_time
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 
@@ -141,6 +142,11 @@ def raw_sources(cfg: Mapping[str, Any], by: str, split: Mapping[str, Any]) -> li
     if not files:
         raise MtlrecError(f"dataset '{cfg.get('name') or ''}': dataset.files lists no raw files")
     sources: list[RawSource] = []
+    if by == "user_time":  # every file is part of the one log; each row's split comes from it
+        return [
+            RawSource(raw_file(raw_dir, str(entry), f"dataset.files[{i}]"))
+            for i, entry in enumerate(_file_entries(files))
+        ]
     if by == "files":
         if not isinstance(files, Mapping):
             raise MtlrecError(
@@ -160,13 +166,7 @@ def raw_sources(cfg: Mapping[str, Any], by: str, split: Mapping[str, Any]) -> li
                     RawSource(raw_file(raw_dir, str(entry), f"dataset.files.{key}"), split=str(key))
                 )
         return sources
-    entries = (
-        [files]
-        if isinstance(files, str)
-        else list(files.values())
-        if isinstance(files, Mapping)
-        else list(files)
-    )
+    entries = _file_entries(files)
     fractions = check_fractions(
         "dataset.split.fractions",
         split.get("fractions") or {"train": 0.8, "val": 0.1, "test": 0.1},
@@ -177,17 +177,29 @@ def raw_sources(cfg: Mapping[str, Any], by: str, split: Mapping[str, Any]) -> li
     ]
 
 
+def _file_entries(files: Any) -> list:
+    if isinstance(files, str):
+        return [files]
+    return list(files.values()) if isinstance(files, Mapping) else list(files)
+
+
 def split_options(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(split.by, the dataset.split mapping), checked."""
     split = dict(cfg.get("split") or {})
-    unknown = sorted(set(split) - {"by", "fractions", "seed", "column", "boundaries"})
+    by = str(split.get("by") or "files")
+    if by not in ("files", "random", "column", "user_time"):
+        raise MtlrecError(
+            f"dataset.split.by '{by}' is unknown; use files, random, column or user_time"
+        )
+    known = [
+        "by",
+        *(SPLIT_KEYS if by == "user_time" else ("fractions", "seed", "column", "boundaries")),
+    ]
+    unknown = sorted(set(split) - set(known))
     if unknown:
         raise MtlrecError(
-            f"dataset.split: unknown key(s) {unknown}; use by, fractions, seed, column, boundaries"
+            f"dataset.split: unknown key(s) {unknown} for split.by={by}; use {', '.join(known)}"
         )
-    by = str(split.get("by") or "files")
-    if by not in ("files", "random", "column"):
-        raise MtlrecError(f"dataset.split.by '{by}' is unknown; use files, random or column")
     return by, split
 
 
@@ -227,8 +239,9 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
         split_by=by,
         split_seed=int(_key(split, "seed", 0)),
         split_column=None if split.get("column") is None else str(split["column"]),
-        split_fractions=None if by == "files" else sources[0].fractions,
+        split_fractions=None if by in ("files", "user_time") else sources[0].fractions,
         split_boundaries=_boundaries(split.get("boundaries")),
+        user_time=parse_user_time(split) if by == "user_time" else None,
         info={"preparer": "csv"},
         funnel_violations=funnel_policy(cfg),
         sample_weight=None if cfg.get("sample_weight") is None else str(cfg["sample_weight"]),
@@ -259,8 +272,9 @@ def feature_columns(cfg, sources, read, split) -> tuple[list[str], list[str]]:
     taken |= {str(v) for v in (cfg.get("funnel") or {}).values() if v}
     if cfg.get("sample_weight"):
         taken.add(str(cfg["sample_weight"]))
-    if split.get("column"):
-        taken.add(str(split["column"]))
+    for key in ("column", "time"):  # the split's time column is no feature unless named
+        if split.get(key):
+            taken.add(str(split[key]))
     sparse = expand_columns(raw_sparse, "sparse", header, taken)
     dense = expand_columns(raw_dense, "dense", header, taken | set(sparse))
     return sparse, dense
@@ -343,6 +357,8 @@ def check_plan(plan: Plan) -> None:
     if plan.split_column and plan.split_column in plan.labels:
         raise MtlrecError(f"dataset.split.column '{plan.split_column}' is a label column")
     check_weight_plan(plan, features)
+    if plan.split_by == "user_time":
+        return  # every split gets the rows the users' time order gives it
     covered = set()
     for s in plan.sources:
         covered |= {s.split} if s.split else set(s.fractions or {})
@@ -354,6 +370,7 @@ def check_plan(plan: Plan) -> None:
 
 
 def check_multi_plan(plan: Plan) -> None:
+    check_built(plan)
     for m in plan.multi:
         key = f"dataset.{m.kind}s.{m.name}"
         for what, other in (("shares_vocab_with", m.shares_vocab_with), ("target", m.target)):

@@ -94,6 +94,14 @@ def encode_block(
     for c in plan.sparse:
         cols[c] = field_ids(plan, fitted, c, sparse_values(table, c))
     for m in plan.multi:
+        if m.built:  # from the whole log (timeline.py): ids newest first, and the cut flags
+            assert plan.timeline is not None
+            to_ids = lambda v, name=m.name: field_ids(plan, fitted, name, v)  # noqa: E731
+            start = block.source_index, block.first_row, table.num_rows
+            cols[m.name], cut = plan.timeline.history(m.name, *start, to_ids)
+            if flags:
+                cols[_TRUNC + m.name] = pa.array(cut)
+            continue
         where = lambda i: f"{source.path}: {block.where(source, i)}"  # noqa: E731
         cells = split_cells(table.column(m.name), m, where)
         cols[m.name] = cells.list_array(field_ids(plan, fitted, m.name, cells.values))

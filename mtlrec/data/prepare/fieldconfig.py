@@ -4,7 +4,8 @@ sparse: [user_id, {pattern: "c[0-9]+"}]     names, regex patterns (full match) o
 dense: {glob: "x*"}
 bags: {genres: {sep: "|", max_len: 6, pooling: mean}, tags: {weighted: true, max_len: 20}}
 sequences: {history: {max_len: 50, shares_vocab_with: item_id,
-                      pooling: target_attention, target: item_id}}
+                      pooling: target_attention, target: item_id},
+            clicked: {from: {user: user_id, item: item_id, time: ts, max_len: 50}}  (built)
 hash_buckets: {user_id: 100000}              single-id fields hashed instead of counted
 targets: {income: {label: income, positive: ">50K", negative: "<=50K"}}
 feature_groups: {user: [user_id, history], item: [item_id, genres]}
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from mtlrec.config_schema import build
 from mtlrec.data.prepare.plan import LabelMap, MultiField
+from mtlrec.data.prepare.timeline import parse_from
 from mtlrec.data.spec import POOLINGS
 from mtlrec.errors import MtlrecError
 
@@ -57,8 +59,14 @@ def parse_multi(cfg: Mapping[str, Any]) -> list[MultiField]:
             )
         for name, opts in entries.items():
             prefix = f"dataset.{key}.{name}"
+            opts = dict(opts or {})
+            log = {}
+            if kind == "sequence" and "from" in opts:  # built from the event log (timeline.py)
+                log = parse_from(prefix, opts.pop("from"), opts.get("max_len"))
+                opts.setdefault("shares_vocab_with", log["log_item"])
+                opts.setdefault("max_len", log.pop("max_len", MultiConfig.max_len))
             try:
-                c = build(MultiConfig, dict(opts or {}), prefix)
+                c = build(MultiConfig, opts, prefix)
             except MtlrecError as e:
                 msg = str(e)
                 raise MtlrecError(msg if msg.startswith(prefix) else f"{prefix}: {msg}") from None
@@ -71,7 +79,7 @@ def parse_multi(cfg: Mapping[str, Any]) -> list[MultiField]:
                     f"{prefix}: a sequence sharing the vocabulary of '{c.shares_vocab_with}' is hashed like it; drop hash_buckets"
                 )
             assert c.pooling is None or c.pooling in POOLINGS
-            out.append(MultiField(name=str(name), kind=kind, **vars(c)))
+            out.append(MultiField(name=str(name), kind=kind, **vars(c), **log))
     return out
 
 

@@ -15,6 +15,7 @@ from mtlrec.data.prepare.fitting import Fitted, fit
 from mtlrec.data.prepare.plan import OOV_ID, SPLITS, VOCAB_FILE, Plan
 from mtlrec.data.prepare.reading import header_columns
 from mtlrec.data.prepare.splitting import column_cuts
+from mtlrec.data.prepare.timeline import Timeline, build_timeline
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec
 
 
@@ -76,14 +77,25 @@ def build_spec(
     ]
     features += [FeatureSpec(c, "dense") for c in plan.dense]
     names = plan.source_names or [str(s.path) for s in plan.sources]
+    timeline_info = plan.timeline.info if isinstance(plan.timeline, Timeline) else {}
     info = {
         **plan.info,
         "sources": [
-            {"file": name, **({"split": s.split} if s.split else {"fractions": s.fractions})}
+            {
+                "file": name,
+                **(
+                    {"split": s.split}
+                    if s.split
+                    else {"fractions": s.fractions}
+                    if s.fractions
+                    else {}
+                ),
+            }
             for s, name in zip(plan.sources, names, strict=True)
         ],
         "split": {"by": plan.split_by, "seed": plan.split_seed}
-        | ({"column": plan.split_column, "cuts": list(cuts)} if cuts else {}),
+        | ({"column": plan.split_column, "cuts": list(cuts)} if cuts else {})
+        | (timeline_info.get("split") or {}),
         "rows": {s: summary[s].rows for s in SPLITS},
         "min_count": plan.min_count,
         "oov_id": OOV_ID,
@@ -91,6 +103,8 @@ def build_spec(
         "dense": fitted.dense,
         "unused_columns": unused_columns(plan),
     }
+    if timeline_info.get("sequences_from_log"):
+        info["sequences_from_log"] = timeline_info["sequences_from_log"]
     if fitted.hashing:
         info["hashing"] = {c: occ.estimate() for c, occ in fitted.hashing.items()}
     if plan.multi:
@@ -116,7 +130,7 @@ def build_spec(
 def unused_columns(plan: Plan) -> list[str]:
     """Raw columns of the sources that the dataset config does not use (no feature, label or
     split column): listed in spec.json and the prepare summary, so a forgotten one is seen."""
-    used = set(plan.needed_raw_columns())
+    used = set(plan.needed_raw_columns()) | set(plan.log_columns())
     seen: dict[str, None] = {}
     for source in plan.sources:
         for c in header_columns(source.path, plan.read):
@@ -142,6 +156,8 @@ def run_plan(plan: Plan, out_dir: Path) -> Result:
 
     check_plan(plan)
     cuts = column_cuts(plan) if plan.split_by == "column" else None
+    if plan.user_time is not None or plan.built:  # one pass over the log's user/time/item columns
+        plan.timeline = build_timeline(plan)
     fitted = extend_fitted(plan, fit(plan, cuts))  # dataset.vocab_from: the old ids kept
     summary = encode(plan, fitted, cuts, out_dir)
     write_vocab(plan, fitted, out_dir)

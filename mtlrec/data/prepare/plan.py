@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -60,6 +60,41 @@ class MultiField:
     target: str | None = None
     hash_buckets: int | None = None
     embedding_dim: int | None = None
+    # A sequence BUILT from the event log (`from: {user, item, time}`): each row's history is its
+    # user's events strictly before the row's time; there is no raw column of this name.
+    log_user: str | None = None
+    log_item: str | None = None
+    log_time: str | None = None
+
+    @property
+    def built(self) -> bool:
+        return self.log_user is not None
+
+
+@dataclass(frozen=True)
+class UserTimeSplit:
+    """`split.by: user_time`: each user's last events (by `time`) test, the ones before val.
+
+    `test` / `val` count events, `test_fraction` / `val_fraction` are shares of each user's events
+    (rounded down); exactly one of each pair is set.
+    """
+
+    user: str
+    time: str
+    test: int | None = None
+    test_fraction: float | None = None
+    val: int | None = None
+    val_fraction: float | None = None
+
+
+class RowColumns(Protocol):
+    """Per-row values computed from the whole log before the streaming passes (timeline.py)."""
+
+    def split_codes(self, source_index: int, first_row: int, n: int) -> Any: ...
+
+    def history(
+        self, name: str, source_index: int, first_row: int, n: int, to_ids: Any
+    ) -> tuple[Any, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -88,11 +123,12 @@ class Plan:
     fills: dict[str, float] = field(default_factory=dict)  # dense column -> fill value
     # A dense value that is inf, NaN or beyond float32: error (one line) | clip | impute (fill).
     dense_nonfinite: str = "error"
-    split_by: str = "files"  # files | random | column
+    split_by: str = "files"  # files | random | column | user_time
     split_seed: int = 0
     split_column: str | None = None
     split_fractions: dict[str, float] | None = None
     split_boundaries: tuple[float, float] | None = None
+    user_time: UserTimeSplit | None = None  # split_by == "user_time"
     # Raw columns each source must have; None: the features, labels and split column.
     raw_columns: list[str] | None = None
     # Turns a block of raw string columns into feature + label columns (e.g. derives labels).
@@ -106,6 +142,23 @@ class Plan:
     hash_buckets: dict[str, int] = field(default_factory=dict)  # hashed single-id field -> N
     label_maps: dict[str, LabelMap] = field(default_factory=dict)  # string label column -> map
     feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    # Built by run_plan from the whole log (user_time split, built sequences); None otherwise.
+    timeline: RowColumns | None = None
+
+    @property
+    def built(self) -> list[MultiField]:
+        """The sequences built from the event log (no raw column of their own)."""
+        return [m for m in self.multi if m.built]
+
+    def log_columns(self) -> list[str]:
+        """The raw columns the timeline reads: user, time (and item) of the split and sequences."""
+        cols: list[str] = []
+        if self.user_time is not None:
+            cols += [self.user_time.user, self.user_time.time]
+        for m in self.built:
+            cols += [str(m.log_user), str(m.log_time), str(m.log_item)]
+        return list(dict.fromkeys(cols))
+
     # dataset.sample_weight: a column of non-negative row weights, kept with the labels
     sample_weight: str | None = None
 
@@ -155,7 +208,8 @@ class Plan:
     def needed_raw_columns(self) -> list[str]:
         if self.raw_columns is not None:
             return list(self.raw_columns)
-        cols = [*self.sparse, *self.multi_names, *self.dense, *self.labels]
+        raw_multi = [m.name for m in self.multi if not m.built]
+        cols = [*self.sparse, *raw_multi, *self.dense, *self.labels]
         if self.split_by == "column" and self.split_column and self.split_column not in cols:
             cols.append(self.split_column)
         return cols

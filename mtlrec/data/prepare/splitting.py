@@ -1,4 +1,5 @@
-"""Which split each raw row goes to: by file, by a seeded per-row hash, or by a time/order column."""
+"""Which split each raw row goes to: by file, by a seeded per-row hash, by a time/order column, or
+by each user's time order (computed from the whole log in timeline.py)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def split_codes(plan: Plan, block: Block, cuts: tuple[float, float] | None) -> n
     n = block.table.num_rows
     if source.split is not None:
         return np.full(n, SPLITS.index(source.split), dtype=np.int8)
+    if plan.split_by == "user_time":  # decided from the whole log (timeline.py)
+        assert plan.timeline is not None
+        return plan.timeline.split_codes(block.source_index, block.first_row, n)
     if plan.split_by == "column":
         assert plan.split_column is not None and cuts is not None  # checked by generic_plan
         t = numeric(block, source, plan.split_column, "split")

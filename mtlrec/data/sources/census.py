@@ -33,6 +33,7 @@ class Census(DatasetSource):
     name = "census"
     Config = CensusConfig
     preparable = True
+    keeps_sample_weight = True  # instance_weight
 
     def prepare(self, cfg, out_dir):
         from mtlrec.data import census
