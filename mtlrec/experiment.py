@@ -390,14 +390,14 @@ class RunRecorder:
         self.logger.log_epoch(row)
         payload = self.payload(state)
         save_last(self.run_dir.checkpoints, payload, self._write)
-        if is_best or row["epoch"] == 1:
-            saved = self.built.trainer.saved_model()  # trainer.ema_decay: the averaged weights
-            best = payload if saved is self.built.model else self.payload(state, saved)
-            self.run_dir.save_checkpoint(BEST, best)
-        per_task = self.built.trainer.per_task
-        if per_task is not None and self.settings.trainer.keep_best_per_task:
-            for task in per_task.improved:  # the same payload: the same checkpoint writer
-                self.run_dir.save_checkpoint(checkpoint_name(task), payload)
+        saved = self.built.trainer.saved_model()  # trainer.ema_decay: the averaged weights
+        if (is_best or row["epoch"] == 1) and saved is not self.built.model:
+            self.run_dir.save_checkpoint(BEST, self.payload(state, saved))
+        elif is_best or row["epoch"] == 1:  # a second name of last.pt's file, not a copy
+            self.run_dir.link_checkpoint(BEST, payload)
+        if self.settings.trainer.keep_best_per_task and self.built.trainer.per_task is not None:
+            for task in self.built.trainer.per_task.improved:  # second names of last.pt's file
+                self.run_dir.link_checkpoint(checkpoint_name(task), payload)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
         log_step_scalars(self.logger, self.built.trainer, step, lr)

@@ -1,28 +1,36 @@
-"""Train samples/s and peak RSS as one field's vocabulary grows: dense Adam vs the sparse path.
+"""Train samples/s, epoch-end cost, checkpoint bytes and peak RSS as one field's vocabulary grows.
 
     python scripts/bench_vocab.py                                   # 10k, 1M, 5M, 20M ids
     python scripts/bench_vocab.py --vocab 10000,5000000 --rows 200000 --epochs 1
+    python scripts/bench_vocab.py --systems native_sparse --vocab 10000,20000000
 
 The data is the same at every size: synthetic_ccp (generated once), whose `item_id` field (10k ids) is
 spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) with
 spec.json's vocab_size set to V. Only the table grows; rows, batches and labels stay identical. For
-each size and each `trainer.embedding_optimizer` (adam = dense gradient + fused Adam on the whole
-table; sparse_adam = sparse gradient + RowAdam on the rows a batch uses), `mtlrec train` runs in
+each size and each system of SYSTEMS (native_dense: `trainer.embedding_optimizer=adam`, a
+dense gradient + fused Adam on the whole table; native_sparse: `sparse_adam`, a sparse gradient +
+RowAdam on the rows a batch uses; another backend adds its entry there), `mtlrec train` runs in
 its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
-reports train samples/s (metrics.json), its peak RSS (wait4) and val/test mean AUC. With
-`--repeats N` the cells run N rounds in rotation and the median run is reported (the wall
-clock of a shared machine varies; scripts/bench_vocab_steps.py times the steps by CPU time).
+reports train samples/s (metrics.json), the last epoch's end (flush, validation, best weights and
+checkpoints: the `epoch N end` line of train.log) against that epoch's training seconds, the
+bytes the checkpoints take on disk (a file with several names, hard links, counted once), its
+peak RSS (wait4) and val/test mean AUC. With `--repeats N` the cells run N rounds in rotation
+and the median run is reported (the wall clock of a shared machine varies;
+scripts/bench_vocab_steps.py times the steps by CPU time).
 
 Targets (issue 16): samples/s at 5M ids >= 0.8x samples/s at 10k ids (the sparse path), and RSS
 growing only by the table and its optimizer state (2 x the table for Adam's two moments, + 8
-bytes a row for RowAdam's last-step counter).
+bytes a row for RowAdam's last-step counter). Issue 27: >= 0.9x of 10k at 5M and 20M for the
+best path, and an epoch's end <= 0.5x its training time.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +44,9 @@ FIELD = "item_id"
 MODEL = ["model=mmoe", "model.num_experts=4", "model.expert_dims=[32]", "model.tower_dims=[16]",
          "model.embedding_dim=16", "trainer.batch_size=1024", "trainer.patience=null",
          "trainer.progress=false", "trainer.num_threads=1", "device=cpu", "seed=0"]  # fmt: skip
+# system -> its overrides (a new backend adds a line)
+SYSTEMS = {"native_dense": ["trainer.embedding_optimizer=adam"],
+           "native_sparse": ["trainer.embedding_optimizer=sparse_adam"]}  # fmt: skip
 
 
 def base_dataset(work: Path, rows: int) -> Path:
@@ -74,12 +85,15 @@ def widen(base: Path, work: Path, vocab: int) -> Path:
 def train(
     data: Path, run_dir: Path, optimizer: str, epochs: int, overrides: list[str] | None = None
 ) -> dict:
-    """One `mtlrec train` in its own process: samples/s, peak RSS (wait4) and mean AUCs.
-    `overrides` replace MODEL (the dataset too: default `dataset=prepared dataset.path=data`)."""
+    """One `mtlrec train` in its own process: samples/s, the last epoch's end and its training
+    seconds, checkpoint bytes, peak RSS (wait4) and mean AUCs. `optimizer`: a SYSTEMS name or a
+    trainer.embedding_optimizer value. `overrides` replace MODEL (the dataset too: default
+    `dataset=prepared dataset.path=data`)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     settings = overrides or ["dataset=prepared", f"dataset.path={data}", *MODEL]
+    system = SYSTEMS.get(optimizer, [f"trainer.embedding_optimizer={optimizer}"])
     command = [sys.executable, "-m", "mtlrec", "train", *settings, f"trainer.epochs={epochs}",
-               f"trainer.embedding_optimizer={optimizer}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+               *system, f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -88,27 +102,39 @@ def train(
             err.seek(0)
             raise SystemExit(f"{' '.join(command)} failed: {err.read().decode()[-2000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    with open(run_dir / "history.csv") as f:
+        train_seconds = [float(r["train_seconds"]) for r in csv.DictReader(f)]
+    ends = re.findall(r"epoch \d+ end: ([0-9.]+)s", (run_dir / "train.log").read_text())
     return {
         "samples_per_s": metrics["train_samples_per_s"],
+        "train_seconds": train_seconds[-1],
+        "epoch_end_seconds": float(ends[-1]) if ends else None,
+        "checkpoint_bytes": disk_bytes(run_dir / "checkpoints"),
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "val_mean_auc": metrics["metrics"].get("val/mean_auc"),
         "test_mean_auc": metrics["metrics"].get("test/mean_auc"),
     }
 
 
+def disk_bytes(directory: Path) -> int:
+    """Bytes of the files in `directory`, a file with several names (hard links) counted once."""
+    files = {p.stat().st_ino: p.stat().st_size for p in directory.iterdir() if p.is_file()}
+    return sum(files.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", default="10000,1000000,5000000,20000000")
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--optimizers", default="adam,sparse_adam")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="SYSTEMS names")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_vocab")
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell (median; rotated)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     base = base_dataset(args.work, args.rows)
     sizes = [int(v) for v in args.vocab.split(",")]
-    cells = [(v, o) for v in sizes for o in args.optimizers.split(",")]
+    cells = [(v, o) for v in sizes for o in args.systems.split(",")]
     runs: dict[tuple[int, str], list[dict]] = {cell: [] for cell in cells}
     for _ in range(args.repeats):  # every cell once per round: load changes hit all cells alike
         for vocab, optimizer in cells:
@@ -131,12 +157,16 @@ def median_run(runs: list[dict]) -> dict:
 
 def print_table(results: list[dict], smallest: int) -> None:
     base = {r["optimizer"]: r for r in results if r["vocab"] == smallest}
-    print(f"\n| vocab | optimizer | train samples/s | vs {smallest:,} ids | peak RSS MiB | "
-          "test mean AUC |\n| ---: | --- | ---: | ---: | ---: | ---: |")  # fmt: skip
+    print(f"\n| vocab | system | train samples/s | vs {smallest:,} ids | epoch end s | "
+          "end / train | checkpoints MiB | peak RSS MiB | test mean AUC |\n"
+          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
     for r in results:
         ratio = r["samples_per_s"] / base[r["optimizer"]]["samples_per_s"]
         auc = "" if r["test_mean_auc"] is None else f"{r['test_mean_auc']:.4f}"
+        end = r["epoch_end_seconds"]
+        shown = ("", "") if end is None else (f"{end:.2f}", f"{end / r['train_seconds']:.2f}x")
         print(f"| {r['vocab']:,} | {r['optimizer']} | {r['samples_per_s']:,.0f} | {ratio:.2f}x | "
+              f"{shown[0]} | {shown[1]} | {r['checkpoint_bytes'] / 2**20:,.0f} | "
               f"{r['peak_rss_mib']:,.0f} | {auc} |")  # fmt: skip
 
 

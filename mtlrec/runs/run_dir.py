@@ -40,12 +40,14 @@ from mtlrec.runs.atomic import (
     atomic_write_json,
     atomic_write_text,
     remove_stale_temps,
+    temp_path,
 )
 from mtlrec.runs.records import (
     CHECKPOINT_DIR,
     ENV_FILE,
     HISTORY_FILE,
     HYDRA_DIR,
+    LAST,
     METRICS_FILE,
     RESUME_ACCEPTED,
     RUN_MARKERS,
@@ -154,6 +156,28 @@ class RunDir:
         path = self.checkpoints / name
         if not self.read_only:
             atomic_torch_save(payload, path)
+        return path
+
+    def link_checkpoint(self, name: str, payload: dict, source: str = LAST) -> Path:
+        """`name` becomes a second name of the checkpoint file `source` (a hard link, renamed
+        over `name` atomically): the same bytes, never a second copy. Checkpoints are never
+        written in place (a new one is a new file renamed over the old name), so the file stays
+        as it was when `source` later names another file. Where the file system has no hard
+        links, `payload` (what `source` holds) is written instead."""
+        path = self.checkpoints / name
+        if self.read_only:
+            return path
+        tmp = temp_path(path)
+        try:
+            os.link(self.checkpoints / source, tmp)
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            atomic_torch_save(payload, path)
+            return path
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
 

@@ -203,6 +203,18 @@ def load_resumable(directory: Path) -> tuple[dict, Path]:
     raise errors[0]
 
 
+def best_weights(
+    saved: torch.nn.Module, best: dict[str, torch.Tensor], current: bool
+) -> dict[str, torch.Tensor]:
+    """The best weights a checkpoint's TrainState holds. `current`: they are the weights of
+    `saved` (the model best.pt holds) right now, i.e. this epoch is the best: then its own
+    tensors, which the payload's model_state shares, so torch.save stores them once and
+    make_payload hashes them once. Else the kept copy, not cloned (only Trainer.keep_best
+    changes it, never while a checkpoint is written)."""
+    source = saved.state_dict() if current else best
+    return {k: v.detach().cpu() for k, v in source.items()}
+
+
 def make_payload(
     model: MultiTaskModel,
     optimizer: torch.optim.Optimizer | None,
@@ -227,8 +239,16 @@ def make_payload(
         **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
         **info,
     }
-    payload[INTEGRITY_KEY] = {name: tensor_digest(t) for name, t in _tensors(payload)}
+    digests: dict[tuple, str] = {}  # a tensor stored under two names is hashed once
+    payload[INTEGRITY_KEY] = {name: _digest_once(t, digests) for name, t in _tensors(payload)}
     return payload
+
+
+def _digest_once(t: torch.Tensor, seen: dict[tuple, str]) -> str:
+    key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
+    if key not in seen:
+        seen[key] = tensor_digest(t)
+    return seen[key]
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -32,7 +32,7 @@ from mtlrec.training import distributed, torchrec_backend
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
-from mtlrec.training.checkpoint import TrainState, rng_state, set_rng_state
+from mtlrec.training.checkpoint import TrainState, best_weights, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.evaluator import Evaluator, group_column, strip_gates
@@ -145,11 +145,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] = {}
         self.train_time, self.train_rows = 0.0, 0
-        # trainer.compile: the compiled module shares parameters with self.model (state_dicts,
-        # checkpoints and the optimizer see the plain model).
+        # trainer.compile: the compiled module shares self.model's parameters (what is saved)
         self.forward = torch.compile(model) if cfg.compile else model
-        # Data parallel (trainer.devices / torchrun): training goes through DDP, prediction does not
-        # (ranks predict different numbers of batches). Single process: train_forward is forward.
+        # DDP (trainer.devices): training through DDP, prediction not (ranks' batch counts differ)
         self.dist = distributed.current()
         self.train_forward, self.grad_sync = distributed.data_parallel(
             model,
@@ -301,9 +299,9 @@ class Trainer:
             rng=rng_state(self.device),
             early_stopping=dict(self.stopper.__dict__),
             history=[dict(r) for r in self.history],
-            # Only keep_best changes best_state, and never while a checkpoint is being written:
-            # no clone here (it was one more full copy of the weights at every epoch end).
-            best_state={k: v.detach().cpu() for k, v in self.best_state.items()},
+            best_state=best_weights(
+                self.saved_model(), self.best_state, self.stopper.best_epoch == epoch
+            ),
             train_time=self.train_time,
             train_rows=self.train_rows,
             balancer={
@@ -385,6 +383,8 @@ class Trainer:
                 if hooks is not None:
                     state = self.training_state(epoch)
                     hooks.on_epoch_end(row, row.pop("_is_best"), state)
+                    ended = time.perf_counter() - self.trained_at  # train.log only: bench_vocab
+                    log.info("epoch %d end: %.2fs", epoch, ended, extra={"console": False})
                     self.last_checkpoint = f"checkpoints/last.pt (epoch {state.epoch} end)"
                 else:
                     row.pop("_is_best")
@@ -422,6 +422,7 @@ class Trainer:
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
         self.train_time += row["train_seconds"]
         self.train_rows += self.plan(train).trained_rows
+        self.trained_at = time.perf_counter()  # the epoch-end cost is logged from here
         self.optimizer.flush()  # rows the sparse path left behind are brought up to date
         with self.evaluated_weights():
             val_metrics = self.evaluate(val, "val", progress)
@@ -461,8 +462,7 @@ class Trainer:
         return ema.module if ema is not None else self.model  # type: ignore[return-value]
 
     def keep_best(self) -> None:
-        """The current weights become the best ones: copied into the previous best's tensors
-        (one copy of the weights held, never two at once), or into new ones the first time."""
+        """The weights become the best ones, copied into the previous best's (never 2 copies)."""
         current = self.model.state_dict()
         reusable = self.best_state.keys() == current.keys() and all(
             torch.is_tensor(v)

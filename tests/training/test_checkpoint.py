@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,3 +112,62 @@ def test_train_state_round_trips_and_an_epoch_end_state_has_no_partial_epoch():
     assert TrainState.from_dict({**d, "unknown_old_key": 1}) == state
     mid = TrainState.from_dict({**d, "step": 4, "perm": torch.arange(3), "epoch_seconds": 0.5})
     assert mid.mid_epoch and torch.equal(mid.to_dict()["perm"], torch.arange(3))
+
+
+def test_best_is_a_second_name_of_the_best_epochs_checkpoint_file(run_dir):
+    ckpts = run_dir / "checkpoints"
+    best_epoch = json.loads((run_dir / "metrics.json").read_text())["best_epoch"]
+    same_file = {n: (ckpts / n).samefile(ckpts / BEST) for n in (LAST, PREVIOUS)}
+    assert same_file == {LAST: best_epoch == 2, PREVIOUS: best_epoch == 1}
+    assert load_checkpoint(ckpts / BEST)["epoch"] == best_epoch
+
+
+def test_best_keeps_its_epochs_bytes_when_last_moves_on_and_copies_without_hard_links(
+    tmp_path, monkeypatch
+):
+    from mtlrec.runs.run_dir import RunDir
+    from mtlrec.training.checkpoint import save_last
+
+    runs = RunDir(tmp_path / "run")
+
+    def write(payload, path):
+        runs.save_checkpoint(path.name, payload)
+
+    save_last(runs.checkpoints, {"epoch": torch.arange(3)}, write)
+    runs.link_checkpoint(BEST, {"epoch": torch.arange(3)})
+    best = runs.checkpoints / BEST
+    assert best.stat().st_nlink == 2  # one file, two names
+    for n in (5, 7):  # two more epochs: last.pt and last.prev.pt name other files
+        save_last(runs.checkpoints, {"epoch": torch.arange(n)}, write)
+    assert torch.equal(torch.load(best)["epoch"], torch.arange(3)) and best.stat().st_nlink == 1
+
+    def no_hard_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("mtlrec.runs.run_dir.os.link", no_hard_links)
+    runs.link_checkpoint(BEST, {"epoch": torch.arange(7)})
+    assert torch.equal(torch.load(best)["epoch"], torch.arange(7)) and best.stat().st_nlink == 1
+    assert sorted(p.name for p in runs.checkpoints.iterdir()) == [BEST, PREVIOUS, LAST]
+
+
+def test_a_best_epochs_checkpoint_stores_the_weights_once(tmp_path):
+    from torch import nn
+
+    from mtlrec.training.checkpoint import INTEGRITY_KEY, best_weights, make_payload
+
+    model = nn.Linear(500, 40)  # 80 KB of weights
+    copy = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = {}
+    for current in (True, False):
+        best = best_weights(model, copy, current)
+        state = TrainState(0, 0, torch.Generator().get_state(), {}, {}, [], best, 0.0, 0)
+        spec = SimpleNamespace(to_dict=dict)  # the payload's dataset spec: not what is tested
+        payload = make_payload(model, None, {"model": {"name": "m"}}, spec, (), 1, state)
+        torch.save(payload, tmp_path / f"{current}.pt")
+        sizes[current] = (tmp_path / f"{current}.pt").stat().st_size
+        loaded = load_checkpoint(tmp_path / f"{current}.pt")  # every SHA-256 checks out
+        for k, v in loaded["train_state"]["best_state"].items():
+            assert torch.equal(v, loaded["model_state"][k])
+        digests = payload[INTEGRITY_KEY]
+        assert digests["train_state/best_state/weight"] == digests["model_state/weight"]
+    assert sizes[False] - sizes[True] > 500 * 40 * 4  # the second copy, gone
