@@ -190,9 +190,14 @@ def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]
 
     ds = settings.dataset
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
+    generated = "synthetic_ccp" in (ds.get("name"), ds.get("preparer"))  # the default or a preset
     if path is not None and (path / SPEC_FILE).is_file():
-        return DatasetSpec.load(path, sample_weight=ds.get("sample_weight")), None
-    if "synthetic_ccp" in (ds.get("name"), ds.get("preparer")):  # the default or a preset
+        if not generated:
+            return DatasetSpec.load(path, sample_weight=ds.get("sample_weight")), None
+        spec = DatasetSpec.load(path)  # the same line whether or not its rows exist yet
+        check_configured_weight(spec, ds.get("sample_weight"), f"dataset '{spec.name}' (generated)")
+        return spec, None
+    if generated:
         from mtlrec.data.sources import validate_dataset_config
         from mtlrec.data.sources.synthetic_ccp import SyntheticCcpConfig
 

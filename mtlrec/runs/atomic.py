@@ -145,6 +145,22 @@ def _raise_if_no_space(exc: BaseException, path: Path) -> None:
         raise write_error(path, code) from None
 
 
+def atomic_hard_link(source: Path, path: Path) -> bool:
+    """`path` becomes a second name of the file `source`: a hard link under a temporary name,
+    renamed over `path` atomically. False (nothing changed) where the file system has none."""
+    tmp = temp_path(path)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return False
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
 def save_png(fig: Any, path: Path, **savefig_args: Any) -> None:
     """A matplotlib figure written atomically as PNG (a full disk leaves no half image)."""
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png", **savefig_args))

@@ -36,11 +36,11 @@ from mtlrec.runs import lock
 from mtlrec.runs import resume as resume_attempt
 from mtlrec.runs.atomic import (
     NoSpaceError,
+    atomic_hard_link,
     atomic_write,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temps,
-    temp_path,
 )
 from mtlrec.runs.records import (
     CHECKPOINT_DIR,
@@ -53,7 +53,6 @@ from mtlrec.runs.records import (
     RUN_MARKERS,
     RunSummary,
     holds_a_run,
-    json_safe,
     read_info,
 )
 
@@ -71,8 +70,6 @@ __all__ = [
     "atomic_write_text",
     "holds_a_run",
 ]
-
-_json_safe = json_safe  # older name
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -159,25 +156,12 @@ class RunDir:
         return path
 
     def link_checkpoint(self, name: str, payload: dict, source: str = LAST) -> Path:
-        """`name` becomes a second name of the checkpoint file `source` (a hard link, renamed
-        over `name` atomically): the same bytes, never a second copy. Checkpoints are never
-        written in place (a new one is a new file renamed over the old name), so the file stays
-        as it was when `source` later names another file. Where the file system has no hard
-        links, `payload` (what `source` holds) is written instead."""
+        """`name` becomes a hard link to the checkpoint `source`: no second copy. Checkpoints are
+        never written in place, so it keeps its bytes when `source` later names another file.
+        Without hard links, `payload` (what `source` holds) is written instead."""
         path = self.checkpoints / name
-        if self.read_only:
-            return path
-        tmp = temp_path(path)
-        try:
-            os.link(self.checkpoints / source, tmp)
-        except OSError:  # no hard links here (some network or FUSE file systems)
-            atomic_torch_save(payload, path)
-            return path
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        if not self.read_only and not atomic_hard_link(self.checkpoints / source, path):
+            atomic_torch_save(payload, path)  # no hard links here (some network/FUSE systems)
         return path
 
 
