@@ -24,3 +24,19 @@ class StopAfter(StopRequest):
         if self.polls >= self.k:
             self.signum = signal.SIGTERM
         return self.signum is not None
+
+
+def stop_then_resume(monkeypatch, run, config, resumed_config, run_dir, k: int) -> None:
+    """Trains `config` into `run_dir` until a SIGTERM at step `k` (checked: exit 128+15), then
+    `resumed_config` (the same plus `resume=run_dir`) to the end, with the real StopRequest."""
+    import pytest
+
+    from mtlrec.training.signals import TrainingInterrupted
+
+    monkeypatch.setattr(StopAfter, "k", k)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(config, run_dir)
+    assert info.value.exit_code == 128 + signal.SIGTERM
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(resumed_config, run_dir)

@@ -107,22 +107,15 @@ def test_the_trainer_stops_on_the_rule_early_stopping_names():
 
 
 def test_a_resumed_run_has_the_per_task_results_of_the_uninterrupted_one(tmp_path, monkeypatch):
-    import signal
-
     from conftest import TINY, compose_train, run_training
-    from helpers.stops import StopAfter
+    from helpers.stops import stop_then_resume
     from mtlrec.experiment import run
-    from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
     options = ["trainer.keep_best_per_task=true", "trainer.epochs=3", "trainer.patience=null"]
     _, straight = run_training(tmp_path, options, name="straight")
-    monkeypatch.setattr(StopAfter, "k", 15)  # mid epoch 2 (10 steps per epoch)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "resumed"
-    with pytest.raises(TrainingInterrupted) as info:
-        run(compose_train([*TINY, *options]), run_dir)
-    assert info.value.exit_code == 128 + signal.SIGTERM
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*TINY, *options, f"resume={run_dir}"]), run_dir)
+    config, resumed = compose_train([*TINY, *options]), [*TINY, *options, f"resume={run_dir}"]
+    # k=15: mid epoch 2 (10 steps per epoch)
+    stop_then_resume(monkeypatch, run, config, compose_train(resumed), run_dir, k=15)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["per_task_best"] == straight["per_task_best"]

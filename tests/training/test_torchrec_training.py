@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ import torch
 pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
 
 from conftest import TINY, compose_train, run_training  # noqa: E402
-from helpers.stops import StopAfter  # noqa: E402
-from mtlrec.training.signals import StopRequest, TrainingInterrupted  # noqa: E402
+from helpers.stops import stop_then_resume  # noqa: E402
 
 TORCHREC = ["trainer.embedding_backend=torchrec", "trainer.batch_size=128", "trainer.lr=0.01"]
 STEPS_PER_EPOCH = 21  # 2800 train rows / 128, the 112-row tail merged into the last step
@@ -59,14 +57,11 @@ def test_evaluate_rebuilds_the_native_model_from_its_checkpoint(straight):
 def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, straight, monkeypatch):
     from mtlrec.experiment import run
 
-    monkeypatch.setattr(StopAfter, "k", STEPS_PER_EPOCH + 7)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted) as info:
-        run(compose_train([*TINY, *TORCHREC]), run_dir)
-    assert info.value.exit_code == 128 + signal.SIGTERM
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*TINY, *TORCHREC, f"resume={run_dir}"]), run_dir)
+    config, resumed = compose_train([*TINY, *TORCHREC]), [*TINY, *TORCHREC, f"resume={run_dir}"]
+    stop_then_resume(
+        monkeypatch, run, config, compose_train(resumed), run_dir, k=STEPS_PER_EPOCH + 7
+    )
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed"
     assert got["metrics"] == straight[1]["metrics"]  # exact, every val/ and test/ metric
