@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec
+from mtlrec.dataset_settings import saved_dataset
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.export_files import (
     EXPORT_FILE,
@@ -259,8 +260,7 @@ def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows,
 
 
 def _dataset_dir(payload: dict) -> Path | None:
-    path = (payload.get("config") or {}).get("dataset", {}).get("path")
-    return Path(str(path)).expanduser() if path else None
+    return saved_dataset(payload.get("config")).path
 
 
 def export_info(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ def place_splits(splits: dict, device: torch.device, on_device: str | bool = "au
 
 
 def load_data(
-    ds: dict,
+    ds: Mapping[str, Any],
     data_dir: Path,
     spec: DatasetSpec,
     tasks: tuple,
