@@ -39,6 +39,7 @@ from mtlrec.training.warm_start import InitSettings
 if TYPE_CHECKING:
     from mtlrec.data.spec import DatasetSpec
     from mtlrec.models import ModelSettings
+    from mtlrec.training.balance import BalanceSettings
 
 
 @dataclass
@@ -91,7 +92,7 @@ class RunSettings:
     data_order_seed: int
     resume: str | None
     model: ModelSettings  # the model's class and typed Config (mtlrec.models), built once
-    balance: dict[str, Any] = field(default_factory=dict)
+    balance: BalanceSettings  # the balancer's class and typed Config
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -159,14 +160,12 @@ def model_settings(model_cfg: Mapping[str, Any]) -> ModelSettings:
     return model_config(model_cfg)
 
 
-def balance_settings(balance_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+def balance_settings(balance_cfg: Mapping[str, Any] | None) -> BalanceSettings:
     """The balance group: a known balancer and only its keys, typed by its Config (one line per
     error, before anything is written)."""
     from mtlrec.training.balance import balance_config
 
-    cfg = dict(balance_cfg or {"name": "fixed"})
-    balance_config(cfg)
-    return cfg
+    return balance_config(balance_cfg)
 
 
 def dataset_settings(dataset_cfg: Mapping[str, Any] | None) -> DatasetSettings:

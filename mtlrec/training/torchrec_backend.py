@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -28,6 +28,9 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model
 from mtlrec.training.optimizers import MultiOptimizer
+
+if TYPE_CHECKING:
+    from mtlrec.training.balance import BalanceSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +66,8 @@ def torchrec_missing() -> str | None:
     return None
 
 
-def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> None:
+def check_settings(trainer: Any, device_type: str, balance: BalanceSettings) -> None:
     """What the torchrec backend refuses, one line each, before anything is written."""
-    from mtlrec.training.balance import balance_config
 
     if trainer.embedding_backend == "native":
         if trainer.embedding_optimizer in TORCHREC_ONLY or trainer.sharding != "auto":
@@ -106,7 +108,7 @@ def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> N
         f"trainer.ema_decay={trainer.ema_decay}": trainer.ema_decay is not None,
         "trainer.compile=true": trainer.compile,
         f"trainer.accumulate_batches={trainer.accumulate_batches}": trainer.accumulate_batches > 1,
-        f"balance={balance_config(balance)[0].name}": balance_config(balance)[0].writes_grads,
+        f"balance={balance.name}": balance.cls.writes_grads,
     }
     for what, bad in refused.items():
         if bad:

@@ -11,6 +11,7 @@ import torch
 
 from mtlrec.errors import MtlrecError
 from mtlrec.training import torchrec_backend
+from mtlrec.training.balance import balance_config
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.torchrec_backend import check_settings
 
@@ -19,7 +20,7 @@ TORCHREC = TrainerConfig(embedding_backend="torchrec")
 
 def line(trainer, device="cpu", balance=None) -> str:
     with pytest.raises(MtlrecError) as info:
-        check_settings(trainer, device, balance or {"name": "fixed"})
+        check_settings(trainer, device, balance_config(balance or {"name": "fixed"}))
     return str(info.value)
 
 
@@ -30,7 +31,7 @@ def test_torchrec_only_keys_need_the_torchrec_backend():
     assert line(TrainerConfig(embedding_optimizer="rowwise_adagrad")) == (
         "trainer.embedding_optimizer=rowwise_adagrad needs trainer.embedding_backend=torchrec"
     )
-    check_settings(TrainerConfig(), "cpu", {"name": "fixed"})  # the native default passes
+    check_settings(TrainerConfig(), "cpu", balance_config(None))  # the native default passes
 
 
 def test_optimizers_and_sharding_the_cpu_cannot_run():
