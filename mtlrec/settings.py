@@ -192,8 +192,8 @@ def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]
     """(the dataset's spec, rows still to be generated) when the spec is at hand without
     preparing anything: a prepared dir, or the embedded synthetic_ccp generator; checked against
     dataset.sample_weight (a column the data does not keep: one line)."""
+    from mtlrec.data.ccp_generator import dataset_spec  # noqa: F811
     from mtlrec.data.spec import SPEC_FILE, DatasetSpec, check_configured_weight
-    from mtlrec.data.synthetic_ccp import dataset_spec  # noqa: F811
 
     ds = settings.dataset
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None

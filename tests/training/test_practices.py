@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import compose_train
+from mtlrec.data.ccp_generator import dataset_spec
 from mtlrec.data.loader import Batch
-from mtlrec.data.synthetic_ccp import dataset_spec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.settings import RunSettings, TrainerConfig
