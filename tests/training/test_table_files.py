@@ -98,6 +98,9 @@ def test_a_checkpoint_writes_the_changed_rows_only_and_assembles_the_exact_state
     train_rows(table, opt, torch.arange(0, ROWS, 2))  # over half the table: a new base
     third = checkpoint(files, table, opt, 3)
     assert [e["kind"] for e in third["table_files"]["chains"]["last"]] == ["base"]
+    (files.directory / third["table_files"]["chains"]["last"][0]["file"]).unlink()
+    with pytest.raises(MtlrecError, match=r"^\S+last.pt: its table file \S+base.pt is missing \("):
+        assemble(third, tmp_path / "checkpoints" / LAST)
 
 
 def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resumes_exactly(
