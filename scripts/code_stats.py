@@ -23,6 +23,7 @@ MAX_MODULE_LINES = 500
 LOWER = ("mtlrec.data", "mtlrec.models", "mtlrec.training")
 HIGHER = (
     "mtlrec.runs",
+    "mtlrec.loggers",
     "mtlrec.commands",
     "mtlrec.cli",
     "mtlrec.experiment",
