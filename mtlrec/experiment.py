@@ -22,6 +22,7 @@ from rich.console import Console
 from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.loggers import build_logger, log_step_scalars
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
@@ -35,7 +36,6 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
 from mtlrec.runs.sweep import job_thread_share

@@ -106,7 +106,7 @@ class RunSettings:
         dataset = dict(config.get("dataset") or {})
         validate_dataset(dataset)
         if config.get("logger") is not None:
-            from mtlrec.runs.loggers import logger_config
+            from mtlrec.loggers import logger_config
 
             logger_config(config["logger"])  # a wrong logger.* key or type: one line, no run dir
         trainer = build(TrainerConfig, config.get("trainer"), "trainer")

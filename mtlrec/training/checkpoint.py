@@ -8,6 +8,7 @@ place that builds and reads checkpoint payloads; the key constants below name th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -209,10 +210,29 @@ def best_weights(
     """The best weights a checkpoint's TrainState holds. `current`: they are the weights of
     `saved` (the model best.pt holds) right now, i.e. this epoch is the best: then its own
     tensors, which the payload's model_state shares, so torch.save stores them once and
-    make_payload hashes them once. Else the kept copy, not cloned (only Trainer.keep_best
-    changes it, never while a checkpoint is written)."""
+    make_payload hashes them once. Else the kept copy, not cloned (only keep_weights changes it,
+    never while a checkpoint is written)."""
     source = saved.state_dict() if current else best
     return {k: v.detach().cpu() for k, v in source.items()}
+
+
+def keep_weights(
+    kept: dict[str, torch.Tensor], current: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`current` (a state dict) kept as the best weights: copied into the tensors of the previous
+    `kept` when they fit, so a large table is never held twice; else a new deep copy."""
+    reusable = kept.keys() == current.keys() and all(
+        torch.is_tensor(v)
+        and kept[k].shape == v.shape
+        and kept[k].dtype == v.dtype
+        and kept[k].device == v.device
+        for k, v in current.items()
+    )
+    if not reusable:
+        return copy.deepcopy(current)
+    for k, v in current.items():
+        kept[k].copy_(v)
+    return kept
 
 
 def make_payload(
