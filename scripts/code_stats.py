@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  upward import: {u}")
     stale = stale_exemptions(graph)
     for s in stale:
-        print(f"  exempt from the data layers but no longer needs it (drop it from DATA_EXEMPT): {s}")
+        print(
+            f"  exempt from the data layers but no longer needs it (drop it from DATA_EXEMPT): {s}"
+        )
     print(
         f"{len(mods)} modules, {len(funcs)} functions; {len(circles)} circle(s), {len(ups)} upward import(s)"
     )
