@@ -29,6 +29,7 @@ from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
+from mtlrec.training.table_files import TableFiles, assemble
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +244,12 @@ def make_payload(
     loss_tasks: tuple[TaskSpec, ...],
     epoch: int,
     train_state: TrainState | None = None,
+    tables: TableFiles | None = None,
     **info: Any,
 ) -> dict:
-    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed)."""
+    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed).
+    With `tables`, big sparse tables go to their own files (training/table_files.py) and the
+    payload references them: only what stays in the payload is hashed here."""
     payload = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: VERSION,
@@ -259,6 +263,8 @@ def make_payload(
         **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
         **info,
     }
+    if tables is not None:
+        payload = tables.externalize(payload, epoch)
     digests: dict[tuple, str] = {}  # a tensor stored under two names is hashed once
     payload[INTEGRITY_KEY] = {name: _digest_once(t, digests) for name, t in _tensors(payload)}
     return payload
@@ -367,7 +373,7 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
     verify_tensors(payload, path)
-    return payload
+    return assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
 
 
 def _is_torchscript(path: Path) -> bool:
