@@ -60,8 +60,15 @@ class CheckpointConfig:
     """`checkpoint:` in conf/train.yaml."""
 
     every_n_steps: int | None = None  # also write checkpoints/last.pt every N training steps
+    # sparse_adam tables with at least this many rows: checkpoints/tables/ base + changed rows
+    table_files_min_rows: int | None = 100_000
 
     def validate(self) -> None:
+        rows = self.table_files_min_rows
+        if rows is not None and (isinstance(rows, bool) or rows < 0):
+            raise MtlrecError(
+                f"checkpoint.table_files_min_rows must be an integer >= 0 or null, got {rows!r}"
+            )
         if self.every_n_steps is not None and self.every_n_steps < 1:
             raise MtlrecError(
                 f"checkpoint.every_n_steps must be an integer >= 1 or null, got {self.every_n_steps!r}"
@@ -110,7 +117,7 @@ class RunSettings:
         resume = check_value(str | None, config.get("resume"), "resume")
         dataset = dataset_settings(config.get("dataset"))
         if config.get("logger") is not None:
-            from mtlrec.runs.loggers import logger_config
+            from mtlrec.loggers import logger_config
 
             logger_config(config["logger"])  # a wrong logger.* key or type: one line, no run dir
         trainer = build(TrainerConfig, config.get("trainer"), "trainer")
