@@ -29,7 +29,7 @@ Hydra.compose_config = counting
 original = models.model_config
 def counted(raw):
     out = original(raw)
-    typed.append(out.config)
+    typed.append(out[1])  # (class, Config)
     return out
 models.model_config = counted
 cls = models.MODELS["mmoe"]
