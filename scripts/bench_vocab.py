@@ -50,7 +50,7 @@ SYSTEMS = {"native_dense": ["trainer.embedding_optimizer=adam"],
 
 
 def base_dataset(work: Path, rows: int) -> Path:
-    from mtlrec.data.synthetic_ccp import ensure_prepared
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
     path = work / f"synthetic_ccp-{rows}"
     if not (path / "spec.json").is_file():

@@ -28,7 +28,7 @@ SLOW_MODULES = (
     "data/test_census.py",
     "data/test_publish.py",
     "runs/test_sweep_resume.py",
-    "runs/test_mlflow_cli.py",
+    "loggers/test_mlflow_cli.py",
     "commands/test_resume_cli.py",
     "commands/test_faults_cli.py",
     "commands/test_progress_bars.py",

@@ -9,5 +9,4 @@ keys.py      which config keys and metrics tell runs apart
 table.py, render.py, terminal.py, compare.py   `mtlrec compare`
 plots.py, plot_curves.py, plot_bars.py          `mtlrec compare --plot`
 sweep.py, sweep_stop.py                         sweep report, thread shares, stopping sweeps
-loggers.py   TensorBoard / MLflow mirrors (registry LOGGERS)
 """

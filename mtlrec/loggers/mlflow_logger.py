@@ -1,4 +1,4 @@
-"""`logger=mlflow`: the MLflow mirror of a run (see runs/loggers.py for what it writes)."""
+"""`logger=mlflow`: the MLflow mirror of a run (see loggers/__init__.py for what it writes)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.logger_base import (
+from mtlrec.loggers.base import (
     RunLogger,
     _final_values,
     _numeric,

@@ -1,5 +1,5 @@
 """What every metric logger shares: the no-op `RunLogger` interface and the value helpers
-(flat config, typed params, finite numbers, final/* metrics, safe names). See runs/loggers.py."""
+(flat config, typed params, finite numbers, final/* metrics, safe names). See loggers/__init__.py."""
 
 from __future__ import annotations
 

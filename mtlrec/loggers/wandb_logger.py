@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.logger_base import RunLogger, _final_values, _numeric
+from mtlrec.loggers.base import RunLogger, _final_values, _numeric
 
 WANDB_RECORD = "wandb.json"  # in the run dir: {"run_id", "last_epoch", "last_step"}
 

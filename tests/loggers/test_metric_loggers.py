@@ -8,7 +8,8 @@ import csv
 import pytest
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.loggers import build_logger, flatten_config
+from mtlrec.loggers import build_logger
+from mtlrec.loggers.base import flatten_config
 
 
 def read_history(run_dir):
@@ -116,7 +117,7 @@ def test_mlflow_failed_run_is_marked_failed(tmp_path, monkeypatch):
 
 
 def test_mlflow_params_are_json_values():
-    from mtlrec.runs.loggers import mlflow_params
+    from mtlrec.loggers.mlflow_logger import mlflow_params
 
     assert mlflow_params(
         {"seed": 3, "lr": 1e-3, "on": True, "dims": [64, 32], "none": None, "name": "esmm"}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.logger_base import RunLogger, _final_values, _numeric, typed_params
+from mtlrec.loggers.base import RunLogger, _final_values, _numeric, typed_params
 
 SUFFIX = ".mtlrec"  # the event file this logger owns in its log dir
 STEP_PREFIX = "step/"

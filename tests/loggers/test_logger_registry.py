@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from mtlrec import loggers
 from mtlrec.errors import MtlrecError
-from mtlrec.runs import loggers
-from mtlrec.runs.loggers import LOGGERS, RunLogger, build_logger, logger_config
+from mtlrec.loggers import LOGGERS, RunLogger, build_logger, logger_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "logger"
 

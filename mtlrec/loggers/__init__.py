@@ -14,8 +14,10 @@ The run dir (metrics.json, history.csv) is always the record; a logger only mirr
 
 Every logger is a class in `LOGGERS` (name -> class) with a typed `Config` dataclass: the
 `logger` config group is checked against it (`build(cls.Config, cfg.logger, "logger")`), so a
-wrong `logger.*` key or type is one line. A new logger is a class here (or a module that adds
-itself to LOGGERS) and a `conf/logger/<name>.yaml` holding its Config's fields.
+wrong `logger.*` key or type is one line. A new logger is a module of this package (base.py holds
+the interface, RunLogger; one module per tool: tensorboard_logger.py, mlflow_logger.py,
+wandb_logger.py), its class in LOGGERS below, and a `conf/logger/<name>.yaml` holding its
+Config's fields.
 
 All loggers share one small interface: `log_epoch(row)` at the end of every epoch and
 `finish(status, metrics)` once. MLflow / TensorBoard names may not hold every character of
@@ -30,22 +32,10 @@ from typing import Any
 
 from mtlrec.config_schema import build
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.logger_base import (  # noqa: F401  (re-exported: their old home)
-    NOT_METRICS,
-    RunLogger,
-    _final_values,
-    _numeric,
-    _safe_name,
-    flatten_config,
-    typed_params,
-)
-from mtlrec.runs.mlflow_logger import (  # noqa: F401
-    MLFLOW_RECORD,
-    MlflowLogger,
-    mlflow_params,
-)
-from mtlrec.runs.tensorboard_logger import TensorBoardLogger
-from mtlrec.runs.wandb_logger import WandbLogger
+from mtlrec.loggers.base import RunLogger
+from mtlrec.loggers.mlflow_logger import MlflowLogger
+from mtlrec.loggers.tensorboard_logger import TensorBoardLogger
+from mtlrec.loggers.wandb_logger import WandbLogger
 
 LOGGERS: dict[str, type[RunLogger]] = {
     cls.name: cls for cls in (RunLogger, TensorBoardLogger, MlflowLogger, WandbLogger)
