@@ -220,7 +220,8 @@ class FieldEmbedding(nn.Module):
         # Copy j of position i attends from row rows[i] * c + j of the copies-as-rows batch.
         rows_c = (rows.unsqueeze(1) * c + torch.arange(c, device=rows.device)).reshape(-1)
         k = k.unflatten(1, (c, d)).flatten(0, 1)  # [n * c, d]
-        pooled = self.attention[m.name].pool_positions(q.view(batch * c, d), k, rows_c)
+        attention = cast(TargetAttention, self.attention[m.name])
+        pooled = attention.pool_positions(q.view(batch * c, d), k, rows_c)
         return pooled.view(batch, c * d)
 
     def _position_rows(
