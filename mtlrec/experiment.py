@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mtlrec.data.datasets import resolve_dataset_dir
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars

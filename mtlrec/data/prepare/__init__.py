@@ -23,7 +23,8 @@ in flight, so bigger blocks cost memory, not much speed; see scripts/bench_prepa
     pipeline.py   run_plan: fit, encode, vocab.parquet, spec.json (last)
     publish.py    the staged dir renamed into place atomically, never over a dataset without
                   overwrite=true (also when two prepares race), never under a running reader
-    command.py    the CLI: compose conf/prepare.yaml, prepare through the source, print a summary
+    command.py    the CLI: compose conf/prepare.yaml, prepare through the source
+                  (mtlrec.data.sources.prepare_dataset), print a summary
 
 Sparse ids: values seen at least `min_count` times in the train split get ids 1..V (most frequent
 first, ties by value); id 0 is the field's one out-of-vocabulary id, shared by rare values, values
@@ -50,13 +51,7 @@ one error line with their counts, or dropped and counted with `funnel_violations
 place when complete: an interrupted or failed prepare leaves nothing that `train` would pick up.
 """
 
-from mtlrec.data.prepare.command import (
-    compose_prepare,
-    main,
-    prepare_dataset,
-    print_summary,
-    train_hint,
-)
+from mtlrec.data.prepare.command import compose_prepare, main, print_summary, train_hint
 from mtlrec.data.prepare.config import (
     check_fractions,
     check_plan,
@@ -112,7 +107,6 @@ __all__ = [
     "iter_blocks",
     "main",
     "parse_targets",
-    "prepare_dataset",
     "print_summary",
     "raw_file",
     "read_options",
