@@ -27,6 +27,7 @@ LOWER = ("mtlrec.data", "mtlrec.models", "mtlrec.training")
 HIGHER = (
     "mtlrec.runs",
     "mtlrec.loggers",
+    "mtlrec.report",
     "mtlrec.commands",
     "mtlrec.cli",
     "mtlrec.experiment",
