@@ -130,4 +130,4 @@ def test_pandas_is_used_where_declared_core():
     DataFrame; `mtlrec compare` and `--help` stay free of it (tests/commands/test_cli_shape.py)."""
     _, anywhere = _imports()
     assert {"mtlrec/data/sources/movielens.py", "mtlrec/data/encoders.py"} <= anywhere["pandas"]
-    assert not any(f.startswith("mtlrec/runs/") for f in anywhere["pandas"])
+    assert not any(f.startswith(("mtlrec/runs/", "mtlrec/report/")) for f in anywhere["pandas"])

@@ -87,7 +87,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mtlrec.data.generated import SequentialSplit, SplitWriter, split_sizes
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -359,6 +358,8 @@ def dataset_spec(num_rows: int, seed: int, setting: Setting = Setting()) -> Data
 
 def write_prepared(directory: Path, num_rows: int, seed: int, setting: Setting = Setting()) -> None:
     """Generate chunk by chunk into the spec's split files (exact 70/15/15 sizes), then spec.json."""
+    from mtlrec.data.generated import SequentialSplit, SplitWriter, split_sizes  # pyarrow
+
     spec = dataset_spec(num_rows, seed, setting)
     splitter = SequentialSplit(
         split_sizes(num_rows, SPLIT_FRACTIONS), np.random.default_rng([seed, 2])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers.datagen import prepare, train
-from mtlrec.data.datasets import resolve_dataset_dir
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.sources.mmoe_synthetic import NUM_SINES_M, SCALE_C, generate, task_weights
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError

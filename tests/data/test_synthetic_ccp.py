@@ -222,7 +222,7 @@ def test_weak_setting_decorrelates_and_converts_more(columns):
 
 def test_presets_have_their_own_cache_dirs_and_mismatches_are_refused(tmp_path):
     from conftest import compose_train
-    from mtlrec.data.datasets import resolve_dataset_dir
+    from mtlrec.data.sources import resolve_dataset_dir
 
     def dataset(*overrides):
         cfg = compose_train([*overrides, f"data_dir={tmp_path}", "dataset.num_rows=1000"])

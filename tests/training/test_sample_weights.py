@@ -21,7 +21,7 @@ from conftest import compose_train, run_training
 from helpers.datagen import REPO
 from helpers.stops import StopAfter
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.training.metrics import EvalTarget, split_metrics, weighted_auc

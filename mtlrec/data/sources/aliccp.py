@@ -39,24 +39,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mtlrec.data import funnel
-from mtlrec.data.prepare import (
-    Plan,
-    RawSource,
-    ReadOptions,
-    Result,
-    raw_file,
-    run_plan,
-    set_dense_options,
-)
-from mtlrec.data.prepare.config import funnel_policy
-from mtlrec.data.prepare.plan import MultiField
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetSource, RawFilesConfig
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
+
+# The prepare pipeline is imported where it is used: the registry imports every source to know
+# its Config, and a run that only reads a prepared dataset does not need it.
+if TYPE_CHECKING:
+    from mtlrec.data.prepare import Plan, Result
 
 SPARSE_FIELDS = (
     "101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210",
@@ -228,6 +222,10 @@ def bag_fields_of(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
 
 
 def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
+    from mtlrec.data.prepare import Plan, RawSource, ReadOptions, raw_file, set_dense_options
+    from mtlrec.data.prepare.config import funnel_policy
+    from mtlrec.data.prepare.plan import MultiField
+
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     source = str(cfg.get("source") or "processed")
     seed = int(cfg.get("split_seed") or 0)
@@ -302,6 +300,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+    from mtlrec.data.prepare import run_plan
+
     plan = build_plan(cfg, out_dir)
     try:
         return run_plan(plan, out_dir)

@@ -16,22 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mtlrec.data.prepare import (
-    Plan,
-    RawSource,
-    Result,
-    raw_file,
-    read_options,
-    run_plan,
-    set_dense_options,
-)
-from mtlrec.data.prepare.config import funnel_policy
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetSource, ReadConfig
 from mtlrec.data.spec import FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
+
+# The prepare pipeline is imported where it is used: the registry imports every source to know
+# its Config, and a run that only reads a prepared dataset does not need it.
+if TYPE_CHECKING:
+    from mtlrec.data.prepare import Plan, Result
 
 NUM_CATEGORICAL = 16
 NUM_NUMERICAL = 63
@@ -46,6 +41,9 @@ class AliexpressConfig(ReadConfig):
 
 
 def build_plan(cfg: Mapping[str, Any]) -> Plan:
+    from mtlrec.data.prepare import Plan, RawSource, raw_file, read_options, set_dense_options
+    from mtlrec.data.prepare.config import funnel_policy
+
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     files = dict(cfg.get("files") or {})
     if "train" not in files or "test" not in files:
@@ -96,6 +94,8 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+    from mtlrec.data.prepare import run_plan
+
     return run_plan(build_plan(cfg), out_dir)
 
 

@@ -24,24 +24,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from mtlrec.data.prepare import (
-    Plan,
-    RawSource,
-    ReadOptions,
-    Result,
-    check_fractions,
-    run_plan,
-    set_dense_options,
-)
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetSource, RawFilesConfig
 from mtlrec.data.spec import TaskSpec
 from mtlrec.errors import MtlrecError
+
+# pyarrow and the prepare pipeline are imported where they are used: the registry imports every
+# source to know its Config, and a run that only reads a prepared dataset needs neither.
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mtlrec.data.prepare import Plan, RawSource, Result
 
 COLUMNS = (
     "age",
@@ -121,6 +116,9 @@ def find_raw(raw_dir: Path, name: str) -> Path | None:
 
 def make_transform(tasks: tuple[str, ...], education_positive: set[str], keep: list[str]):
     """Raw string block -> trimmed feature columns + 0/1 label columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     positive_education = pa.array(sorted(education_positive), pa.string())
 
     def transform(table: pa.Table) -> pa.Table:
@@ -142,6 +140,8 @@ def make_transform(tasks: tuple[str, ...], education_positive: set[str], keep: l
 
 def census_sources(cfg: Mapping[str, Any]) -> tuple[list[RawSource], str, bool]:
     """(raw sources, protocol description, whether it is the paper's protocol)."""
+    from mtlrec.data.prepare import RawSource, check_fractions
+
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     train_path = find_raw(raw_dir, str(cfg["train_file"]))
     test_path = find_raw(raw_dir, str(cfg["test_file"]))
@@ -172,6 +172,8 @@ def census_sources(cfg: Mapping[str, Any]) -> tuple[list[RawSource], str, bool]:
 
 
 def build_plan(cfg: Mapping[str, Any]) -> Plan:
+    from mtlrec.data.prepare import Plan, ReadOptions, set_dense_options
+
     group = cfg.get("task_group", 1)
     if group not in TASK_GROUPS:
         raise MtlrecError(
@@ -250,6 +252,8 @@ def census_weight(cfg: Mapping[str, Any]) -> str | None:
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+    from mtlrec.data.prepare import run_plan
+
     return run_plan(build_plan(cfg), out_dir)
 
 

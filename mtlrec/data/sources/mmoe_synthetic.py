@@ -36,9 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from mtlrec.data.generated import SPLIT_NAMES, SplitWriter, split_sizes
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetConfig, DatasetSource
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec, FeatureSpec, TaskSpec
@@ -166,6 +164,8 @@ def dataset_spec(
 
 def split_codes(num_rows: int, input_dim: int, seed: int) -> np.ndarray:
     """0/1/2 (train/val/test) per row: consecutive pieces of a seeded permutation of the rows."""
+    from mtlrec.data.generated import SPLIT_NAMES, split_sizes
+
     order = np.random.default_rng([seed, input_dim, 3]).permutation(num_rows)
     codes = np.empty(num_rows, dtype=np.int8)
     lo = 0
@@ -179,6 +179,8 @@ def split_codes(num_rows: int, input_dim: int, seed: int) -> np.ndarray:
 def write_prepared(
     directory: Path, name: str, num_rows: int, input_dim: int, correlation: float, seed: int
 ) -> DatasetSpec:
+    from mtlrec.data.generated import SplitWriter
+
     spec = dataset_spec(name, num_rows, input_dim, correlation, seed)
     codes = split_codes(num_rows, input_dim, seed)
     start = 0
@@ -220,6 +222,8 @@ def ensure_prepared(cfg: Mapping[str, Any]) -> Path:
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path):
     """`mtlrec prepare dataset=mmoe_synthetic`: generate into the staging dir."""
+    import pyarrow.parquet as pq
+
     from mtlrec.data.prepare import Result, SplitSummary
 
     n, d, p, seed = _params(cfg)

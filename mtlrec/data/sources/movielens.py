@@ -25,28 +25,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from mtlrec.data.prepare import (
-    Plan,
-    RawSource,
-    ReadOptions,
-    Result,
-    check_fractions,
-    raw_file,
-    run_plan,
-    set_dense_options,
-)
-from mtlrec.data.prepare.plan import MultiField
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetSource, RawFilesConfig
 from mtlrec.data.spec import TaskSpec
 from mtlrec.errors import MtlrecError
+
+# numpy, pandas, pyarrow and the prepare pipeline are imported where they are used: the registry
+# imports every source to know its Config, and a run that only reads prepared data needs none.
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from mtlrec.data.prepare import Plan, Result
 
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -92,6 +84,9 @@ def read_table(
     path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]
 ) -> pd.DataFrame:
     """A raw file as strings; a row with the wrong field count or a non-number is one line."""
+    import numpy as np
+    import pandas as pd
+
     rows = []
     with open(path, encoding="latin-1", newline="") as f:
         for number, line in enumerate(f, start=1):
@@ -123,6 +118,9 @@ def histories(ratings: pd.DataFrame, max_len: int) -> pa.ListArray:
     slice from max(user's first row, first row of its (user, second) run - max_len) up to that
     run's first row, so ratings in the same second never see each other.
     """
+    import numpy as np
+    import pyarrow as pa
+
     users, ts, items = (ratings[c].to_numpy() for c in ("user_id", "ts", "item_id"))
     order = np.lexsort((items, ts, users))
     users, ts, n = users[order], ts[order], len(order)
@@ -141,6 +139,10 @@ def histories(ratings: pd.DataFrame, max_len: int) -> pa.ListArray:
 
 def genre_lists(items: pd.DataFrame, item_ids: pd.Series) -> pa.ListArray:
     """The genres of each rated item (from u.item's 0/1 flags, in u.item's genre order)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
     flags = items[list(GENRES)].to_numpy() == 1
     _, cols = np.nonzero(flags)  # row-major: each item's genres in order
     offsets = np.concatenate([[0], np.cumsum(flags.sum(1))]).astype(np.int32)
@@ -151,6 +153,12 @@ def genre_lists(items: pd.DataFrame, item_ids: pd.Series) -> pa.ListArray:
 
 def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, int]:
     """The three raw files -> one parquet file of rating rows (genres, history: list columns)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mtlrec.data.prepare import raw_file
+
     files = {
         k: raw_file(raw_dir, str(cfg.get(f"{k}_file") or d), f"dataset.{k}_file")
         for k, d in (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))
@@ -185,6 +193,9 @@ def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, 
 
 
 def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
+    from mtlrec.data.prepare import Plan, RawSource, ReadOptions, check_fractions, set_dense_options
+    from mtlrec.data.prepare.plan import MultiField
+
     raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
     converted = out_dir / "_converted"
     converted.mkdir(exist_ok=True)
@@ -227,6 +238,8 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
 
 
 def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+    from mtlrec.data.prepare import run_plan
+
     try:
         return run_plan(build_plan(cfg, out_dir), out_dir)
     finally:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mtlrec.config_schema import build
 from mtlrec.data.ccp_generator import GENERATOR_VERSION, Setting, write_prepared
-from mtlrec.data.prepare.publish import generate_once
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetConfig, DatasetSource
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec
@@ -98,6 +97,8 @@ def ensure_prepared(
     interrupted run never leaves a half-written dataset that a later run would pick up, and
     parallel jobs generating the same dataset reuse the first one's.
     """
+    from mtlrec.data.prepare.publish import generate_once
+
     setting = setting or Setting()  # the documented data
     path = Path(path).expanduser()
     if (path / SPEC_FILE).is_file():

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from helpers.runs import base_config, write_run
-from mtlrec.runs import table as table_module
-from mtlrec.runs.compare import build_table, load_runs, main, render, sort_rows
+from mtlrec.report import table as table_module
+from mtlrec.report.compare import build_table, load_runs, main, render, sort_rows
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # (num_experts, seed) -> test/mean_auc: num_experts=2 has mean 0.4932 and sample std 0.0804.

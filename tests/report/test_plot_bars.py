@@ -8,10 +8,10 @@ import statistics
 import pytest
 
 from helpers.runs import assert_real_png, base_config, write_run
-from mtlrec.runs.compare import load_runs
-from mtlrec.runs.keys import differing_keys, short_names
-from mtlrec.runs.plot_bars import bar_figure
-from mtlrec.runs.plots import plot_learning_curves, seed_group_labels, write_plots
+from mtlrec.report.compare import load_runs
+from mtlrec.report.keys import differing_keys, short_names
+from mtlrec.report.plot_bars import bar_figure
+from mtlrec.report.plots import plot_learning_curves, seed_group_labels, write_plots
 
 matplotlib = pytest.importorskip("matplotlib")
 
@@ -43,7 +43,7 @@ def models(tmp_path):
 
 
 def _plt():
-    from mtlrec.runs.plots import require_matplotlib
+    from mtlrec.report.plots import require_matplotlib
 
     return require_matplotlib()
 

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.runs import base_config, write_run
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.compare import (
+from mtlrec.report.compare import (
     build_table,
     differing_keys,
     find_run_dirs,
@@ -260,7 +260,7 @@ def test_a_value_derived_from_a_swept_override_is_no_axis_of_its_own(tmp_path):
 def test_default_columns_show_every_tasks_main_metric(tmp_path):
     """A rating (regression) + like (binary) run monitored on AUC: the rating task gets its RMSE
     column too, instead of test/mean_auc alone (which equals the like AUC)."""
-    from mtlrec.runs.keys import default_metrics
+    from mtlrec.report.keys import default_metrics
 
     metrics = {
         "test/mean_auc": 0.7, "test/like_auc": 0.7, "test/like_logloss": 0.5,

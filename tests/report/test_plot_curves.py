@@ -7,10 +7,10 @@ import statistics
 import pytest
 
 from helpers.runs import assert_real_png, base_config, write_run
-from mtlrec.runs.compare import load_runs
-from mtlrec.runs.keys import differing_keys, short_names
-from mtlrec.runs.plot_curves import plot_task_curves, seed_group_labels, task_keys
-from mtlrec.runs.plots import require_matplotlib, write_plots
+from mtlrec.report.compare import load_runs
+from mtlrec.report.keys import differing_keys, short_names
+from mtlrec.report.plot_curves import plot_task_curves, seed_group_labels, task_keys
+from mtlrec.report.plots import require_matplotlib, write_plots
 
 pytest.importorskip("matplotlib")
 

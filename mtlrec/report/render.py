@@ -2,7 +2,7 @@
 
 The csv/json cells hold the full-precision numbers (repr of the float); the table and markdown
 cells round them to 4 decimals (`mean ± std` for seed groups). The terminal table comes in two
-layouts (runs/terminal.py): `wide` (one row per run) and `long` (one block of `column value`
+layouts (report/terminal.py): `wide` (one row per run) and `long` (one block of `column value`
 lines per run, for narrow terminals); `auto` picks long when wide does not fit.
 """
 
@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from mtlrec.runs.table import Table, format_cell  # format_cell: importable here too
+from mtlrec.report.table import Table, format_cell  # format_cell: importable here too
 
 FORMATS = ("table", "csv", "markdown", "json")
 LAYOUTS = ("auto", "wide", "long")
@@ -93,6 +93,6 @@ def render(
         return to_csv(table)
     if fmt == "markdown":
         return to_markdown(table)
-    from mtlrec.runs.terminal import render_terminal
+    from mtlrec.report.terminal import render_terminal
 
     return render_terminal(table, width=width, layout=layout, color=color)

@@ -4,13 +4,13 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
 
 * `learning_curves.png`: the monitored validation metric and the training loss per epoch, one
   colour per configuration: the runs of one configuration with different seeds are thin lines of
-  that colour, with their mean and a ± std band (runs/plot_curves.py);
+  that colour, with their mean and a ± std band (report/plot_curves.py);
 * `task_curves.png`: the same per task (val/ctr_auc, val/cvr_auc, ...), one panel each;
 * `<metric>_vs_<param>.png` for every swept numeric config value other than the seed: the metric
   (default: the first compared metric) against the parameter, mean +- sample std over the seeds
   of each point, one line per combination of the other swept values;
 * `<metric>_by_<key>.png` for every swept categorical value (model, balancer, ...): bars of the
-  metric, mean ± std over seeds (runs/plot_bars.py);
+  metric, mean ± std over seeds (report/plot_bars.py);
 * `moe_gates.png`: for runs whose history.csv has MoE gate columns `gate/{task}/expert_{e}`, a
   heatmap per run of the mean gate weight per task x expert at the best epoch (mean over the
   validation rows, as logged by the trainer). A row of one bright cell is a task that uses one
@@ -18,7 +18,7 @@ Everything is drawn from what the run dirs hold (history.csv, metrics.json, .hyd
   into shared-bottom; a dark column is an expert nobody uses (collapse). For PLE the experts are
   labelled `task.i` (task-specific) and `shared.j`, for the last of its levels.
 * `reliability.png`: a reliability diagram per binary task from each run's reliability.json (the
-  test split's equal-mass bins at the best epoch; runs/plot_reliability.py).
+  test split's equal-mass bins at the best epoch; report/plot_reliability.py).
 
 Legends sit outside the axes; training losses (and metrics that are better low) use a log y axis
 when every value is positive. matplotlib runs on its Agg backend: no display needed.
@@ -36,17 +36,17 @@ from typing import TYPE_CHECKING, Any
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
 from mtlrec.outputs import inject_fault, writing
-from mtlrec.runs.atomic import save_png
-from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
-from mtlrec.runs.plot_bars import plot_bars, safe_name
-from mtlrec.runs.plot_curves import (
+from mtlrec.report.keys import SEED_KEYS, default_metrics, differing_keys, short_names
+from mtlrec.report.plot_bars import plot_bars, safe_name
+from mtlrec.report.plot_curves import (
     legend_outside,
     log_scale_if_positive,
     plot_learning_curves,
     plot_task_curves,
     seed_group_labels,
 )
-from mtlrec.runs.plot_reliability import plot_reliability
+from mtlrec.report.plot_reliability import plot_reliability
+from mtlrec.runs.atomic import save_png
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run

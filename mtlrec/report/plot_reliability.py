@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtlrec.runs.plot_curves import legend_outside
+from mtlrec.report.plot_curves import legend_outside
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run

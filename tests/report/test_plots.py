@@ -8,8 +8,8 @@ import pytest
 
 from helpers.runs import assert_real_png, base_config, write_run
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.compare import load_runs, main
-from mtlrec.runs.plots import gate_matrix, write_plots
+from mtlrec.report.compare import load_runs, main
+from mtlrec.report.plots import gate_matrix, write_plots
 
 
 def history(seed: int, experts: int, epochs: int = 4) -> list[dict]:
@@ -91,7 +91,7 @@ def test_without_matplotlib_one_line_names_the_extra(sweep, tmp_path, monkeypatc
 
 def test_ple_gates_name_task_specific_and_shared_experts(tmp_path):
     pytest.importorskip("matplotlib")
-    from mtlrec.runs.plots import expert_labels, plot_gates, require_matplotlib
+    from mtlrec.report.plots import expert_labels, plot_gates, require_matplotlib
 
     config = {"model.name": "ple", "model.num_specific_experts": 2, "model.num_levels": 2}
     assert expert_labels(config, ["ctr", "cvr"], [0, 1, 2, 3, 4]) == (
@@ -132,7 +132,7 @@ def test_gate_heatmaps_three_a_row_with_the_utilization_row_set_apart(tmp_path):
     """<= 3 heatmaps per row; the utilization (mean over tasks) row is last, named as a mean and
     set apart by a line, not drawn as if it were a task; epoch axes of the curves are integers."""
     pytest.importorskip("matplotlib")
-    from mtlrec.runs.plots import plot_gates, require_matplotlib
+    from mtlrec.report.plots import plot_gates, require_matplotlib
 
     runs = []
     for i in range(4):

@@ -21,7 +21,7 @@ from typing import Any
 
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
-from mtlrec.runs.keys import SEED_KEYS, default_metrics, differing_keys, short_names
+from mtlrec.report.keys import SEED_KEYS, default_metrics, differing_keys, short_names
 from mtlrec.runs.records import Run
 
 RUN_COLUMNS = ("best_epoch", "epochs", "wall_s", "samples_per_s", "status")

@@ -19,7 +19,7 @@ import io
 import re
 from typing import Any
 
-from mtlrec.runs.table import NUMERIC_COLUMNS, Table, format_cell
+from mtlrec.report.table import NUMERIC_COLUMNS, Table, format_cell
 
 ERROR_WIDTH = 60  # error messages fold at this width (they are not numbers)
 UNLIMITED = 100_000

@@ -9,8 +9,8 @@
 
 A run dir is a directory holding `metrics.json` or `.hydra/config.yaml` (runs/records.py reads
 them). For each run the table has one row: the config values that differ between the compared
-runs (runs/keys.py), the chosen metrics (default: the test metrics of the monitored family),
-best epoch, epochs run, wall time, training samples/s and status (runs/table.py). Failed,
+runs (report/keys.py), the chosen metrics (default: the test metrics of the monitored family),
+best epoch, epochs run, wall time, training samples/s and status (report/table.py). Failed,
 interrupted and still-running runs keep their row with their status; their metrics are empty.
 `--sort` puts the best first for metrics, by `mtlrec.metric_registry.direction`.
 
@@ -27,10 +27,10 @@ import sys
 from pathlib import Path
 
 from mtlrec.errors import MtlrecError
-from mtlrec.runs.keys import default_metrics, differing_keys, filter_runs, short_names
+from mtlrec.report.keys import default_metrics, differing_keys, filter_runs, short_names
+from mtlrec.report.render import FORMATS, LAYOUTS, render
+from mtlrec.report.table import Table, build_table, mean_std, sort_rows
 from mtlrec.runs.records import Run, find_run_dirs, load_runs, read_run
-from mtlrec.runs.render import FORMATS, LAYOUTS, render
-from mtlrec.runs.table import Table, build_table, mean_std, sort_rows
 
 # Older name of filter_runs.
 parse_filters = filter_runs
@@ -152,7 +152,7 @@ def _select(args: argparse.Namespace) -> tuple[list[Run], Table]:
 
 
 def _write_plots(runs: list[Run], out: str, metrics: list[str]) -> None:
-    from mtlrec.runs.plots import write_plots
+    from mtlrec.report.plots import write_plots
 
     written = write_plots(runs, Path(out), metrics)
     for path in written:
@@ -171,7 +171,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         outputs.check_output(args.output, "--output", inputs, args.overwrite, what="table")
     if args.plot:
         outputs.check_output_dir(args.plot, "--plot", args.paths, what="plots")
-        from mtlrec.runs.plots import check_plot_dir
+        from mtlrec.report.plots import check_plot_dir
 
         check_plot_dir(Path(args.plot).expanduser(), args.overwrite)
 
@@ -179,7 +179,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.plot:
-        from mtlrec.runs.plots import require_matplotlib
+        from mtlrec.report.plots import require_matplotlib
 
         require_matplotlib()  # fail before the work, in one line
     _check_outputs(args)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlrec.metric_registry import parse
+from mtlrec.report.keys import SEED_KEYS
 from mtlrec.runs.atomic import save_png
-from mtlrec.runs.keys import SEED_KEYS
 
 if TYPE_CHECKING:
     from mtlrec.runs.records import Run
