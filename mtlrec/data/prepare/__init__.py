@@ -13,7 +13,8 @@ stream through in blocks of `block_size_mb`, default 1 MB: pyarrow's CSV reader 
 in flight, so bigger blocks cost memory, not much speed; see scripts/bench_prepare.py):
 
     plan.py       what to read, split and encode (Plan, RawSource, ReadOptions)
-    config.py     dataset config -> Plan (the generic `preparer: csv` plan, shared option parsers)
+    config.py     the option parsers every dataset's plan uses, and the checks of a Plan
+                  (the generic `preparer: csv` plan is mtlrec/data/sources/csv.py)
     reading.py    raw CSV/TSV/parquet in blocks; a header's BOM is dropped, a repeated name is an error
     splitting.py  which split a row goes to (files, seeded hash of the row, or a time column)
     fitting.py    pass 1 (train rows only): value counts per sparse field; per dense column the
@@ -55,8 +56,6 @@ from mtlrec.data.prepare.command import compose_prepare, main, print_summary, tr
 from mtlrec.data.prepare.config import (
     check_fractions,
     check_plan,
-    generic_plan,
-    parse_targets,
     raw_file,
     read_options,
     set_dense_options,
@@ -101,12 +100,10 @@ __all__ = [
     "encode",
     "fit",
     "generate_once",
-    "generic_plan",
     "header_columns",
     "hold_dataset",
     "iter_blocks",
     "main",
-    "parse_targets",
     "print_summary",
     "raw_file",
     "read_options",
