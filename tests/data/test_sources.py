@@ -220,3 +220,17 @@ def test_the_registry_imports_no_prepare_pipeline_pyarrow_or_pandas():
     ).stdout
     assert out.strip().endswith(" []"), out
     assert "'census'" in out and "'synthetic_ccp'" in out and "'csv'" in out
+
+
+def test_reading_prepared_data_imports_no_pandas():
+    """pandas is for preparing (movielens' reader, text time columns): the modules a run reads
+    prepared data with leave it unimported (start-up time of every `mtlrec train`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mtlrec.data.loader, mtlrec.data.streaming, mtlrec.data.sources; "
+        "print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
