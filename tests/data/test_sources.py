@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
@@ -114,17 +113,17 @@ def throwaway_source():
         generated = True
         preparable = True
 
-        def generate(self, cfg):
-            path = Path(cfg["path"])
+        def generate(self, config):  # the typed Config: path a Path, num_rows an int
+            path = config.path
             if not (path / "spec.json").is_file():
                 path.mkdir(parents=True)
-                self._write(path, int(cfg.get("num_rows", 8)))
+                self._write(path, config.num_rows)
             return path
 
-        def prepare(self, cfg, out_dir):
+        def prepare(self, config, out_dir):
             from mtlrec.data.prepare import Result, SplitSummary
 
-            spec = self._write(out_dir, int(cfg.get("num_rows", 8)))
+            spec = self._write(out_dir, config.num_rows)
             return Result(out_dir, spec, {s: SplitSummary(rows=1) for s in spec.splits}, {})
 
         @staticmethod
@@ -152,7 +151,7 @@ def throwaway_source():
 def test_a_new_source_is_resolved_and_prepared_from_the_registry(throwaway_source, tmp_path):
     cfg = {"name": "tiny_throwaway", "path": str(tmp_path / "gen"), "num_rows": 4}
     assert validate_dataset_config(cfg) == throwaway_source.Config(
-        name="tiny_throwaway", path=str(tmp_path / "gen"), num_rows=4
+        name="tiny_throwaway", path=tmp_path / "gen", num_rows=4
     )
     path = resolve_dataset_dir(cfg)
     assert path == tmp_path / "gen" and DatasetSpec.load(path).name == "tiny_throwaway"
@@ -234,3 +233,10 @@ def test_reading_prepared_data_imports_no_pandas():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["synthetic_ccp", "mmoe_synthetic"])
+def test_a_generated_dataset_with_no_path_is_one_line(name):
+    with pytest.raises(MtlrecError) as e:
+        resolve_dataset_dir({"name": name, "path": None})
+    assert str(e.value) == f"dataset '{name}': dataset.path (where to generate it) is not set"
