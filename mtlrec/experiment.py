@@ -150,9 +150,10 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     resume = restore(built, checkpoint, run_dir)
     recorder = RunRecorder(run_dir, built, settings, resume)
     try:
-        result = built.trainer.fit(
-            built.splits, hooks=recorder if built.is_main else None, resume=resume
-        )
+        # Other ranks: no hooks, or their share of the checkpoints' gathers of sharded tables.
+        peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
+        hooks = recorder if built.is_main else peer
+        result = built.trainer.fit(built.splits, hooks=hooks, resume=resume)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
         recorder.logger.finish("interrupted" if interrupted else "failed")
