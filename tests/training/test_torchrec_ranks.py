@@ -152,8 +152,9 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
         "checkpoint.every_n_steps=2",
     ]
     monkeypatch.setenv(FAULT_ENV, "1:3:kill")
-    with pytest.raises(RankFailed, match="rank 1 of 2 died: killed by SIGKILL"):
+    with pytest.raises(RankFailed):  # rank 1's death, or rank 0's lost connection to it
         run(compose_train(config), run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     last = run_dir / "checkpoints" / "last.pt"
     assert torch.load(last, weights_only=True)["train_state"]["step"] == 2  # mid-epoch
     resumed = compose_train([*config, f"resume={run_dir}"])
