@@ -19,9 +19,10 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mtlrec.data.datasets import resolve_dataset_dir
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
+from mtlrec.loggers import build_logger, log_step_scalars
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
@@ -35,11 +36,10 @@ from mtlrec.run_process import (
     set_deterministic,
     warn_if_still_improving,
 )
-from mtlrec.runs.loggers import build_logger, log_step_scalars
 from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
-from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
+from mtlrec.sweeps.callback import job_thread_share
 from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
@@ -61,6 +61,7 @@ from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
+from mtlrec.training.table_files import TableFiles
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
 __all__ = [
@@ -149,6 +150,7 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     built = build(settings, run_dir, device, stop)
     resume = restore(built, checkpoint, run_dir)
     recorder = RunRecorder(run_dir, built, settings, resume)
+    recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
     try:
         # Other ranks: no hooks, or their share of the checkpoints' gathers of sharded tables.
         peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
@@ -193,7 +195,7 @@ def setup_process(settings: RunSettings, run_dir: RunDir) -> torch.device:
     if trainer_cfg.num_threads is not None:
         torch.set_num_threads(trainer_cfg.num_threads)
     elif (share := job_thread_share()) is not None:
-        torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (runs/sweep.py)
+        torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (sweeps/)
     device = resolve_device(settings.device)
     device = distributed.setup(
         device, settings.config, trainer_cfg.num_threads is not None, run_dir.path
@@ -361,6 +363,8 @@ class RunRecorder:
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
+        rows = settings.checkpoint.table_files_min_rows if built.is_main else None
+        self.tables = TableFiles(run_dir.checkpoints, built.trainer.optimizer, rows, self._write)
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built
@@ -372,17 +376,19 @@ class RunRecorder:
             built.loss_tasks,
             state.epoch,
             train_state=state,
+            tables=self.tables if model is None else None,  # EMA's best.pt: written whole
             monitor=built.trainer.monitor,
             seed=self.settings.seed,
             data_order_seed=self.settings.data_order_seed,
             **self.binding,
         )
 
-    def _write(self, payload: dict, path: Path) -> None:
-        self.run_dir.save_checkpoint(path.name, payload)
+    def _write(self, payload: dict, path: Path) -> None:  # checkpoints/NAME or tables/NAME
+        self.run_dir.save_checkpoint(str(path.relative_to(self.run_dir.checkpoints)), payload)
 
     def on_checkpoint(self, state: TrainState) -> str:
         path = save_last(self.run_dir.checkpoints, self.payload(state), self._write)
+        self.tables.collect()
         return str(path.relative_to(self.run_dir.path))
 
     def on_epoch_end(self, row: dict[str, Any], is_best: bool, state: TrainState) -> None:
@@ -396,9 +402,11 @@ class RunRecorder:
             self.run_dir.save_checkpoint(BEST, self.payload(state, saved))
         elif is_best or row["epoch"] == 1:  # a second name of last.pt's file, not a copy
             self.run_dir.link_checkpoint(BEST, payload)
+            self.tables.mark_best()
         if self.settings.trainer.keep_best_per_task and self.built.trainer.per_task is not None:
             for task in self.built.trainer.per_task.improved:  # second names of last.pt's file
                 self.run_dir.link_checkpoint(checkpoint_name(task), payload)
+        self.tables.collect()  # table files no checkpoint names any more
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
         log_step_scalars(self.logger, self.built.trainer, step, lr)

@@ -55,8 +55,15 @@ class CheckpointConfig:
     """`checkpoint:` in conf/train.yaml."""
 
     every_n_steps: int | None = None  # also write checkpoints/last.pt every N training steps
+    # sparse_adam tables with at least this many rows: checkpoints/tables/ base + changed rows
+    table_files_min_rows: int | None = 100_000
 
     def validate(self) -> None:
+        rows = self.table_files_min_rows
+        if rows is not None and (isinstance(rows, bool) or rows < 0):
+            raise MtlrecError(
+                f"checkpoint.table_files_min_rows must be an integer >= 0 or null, got {rows!r}"
+            )
         if self.every_n_steps is not None and self.every_n_steps < 1:
             raise MtlrecError(
                 f"checkpoint.every_n_steps must be an integer >= 1 or null, got {self.every_n_steps!r}"
@@ -106,7 +113,7 @@ class RunSettings:
         dataset = dict(config.get("dataset") or {})
         validate_dataset(dataset)
         if config.get("logger") is not None:
-            from mtlrec.runs.loggers import logger_config
+            from mtlrec.loggers import logger_config
 
             logger_config(config["logger"])  # a wrong logger.* key or type: one line, no run dir
         trainer = build(TrainerConfig, config.get("trainer"), "trainer")
@@ -185,8 +192,8 @@ def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]
     """(the dataset's spec, rows still to be generated) when the spec is at hand without
     preparing anything: a prepared dir, or the embedded synthetic_ccp generator; checked against
     dataset.sample_weight (a column the data does not keep: one line)."""
+    from mtlrec.data.ccp_generator import dataset_spec  # noqa: F811
     from mtlrec.data.spec import SPEC_FILE, DatasetSpec, check_configured_weight
-    from mtlrec.data.synthetic_ccp import dataset_spec  # noqa: F811
 
     ds = settings.dataset
     path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None

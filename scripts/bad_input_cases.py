@@ -63,6 +63,23 @@ class Case:
     check: Callable | None = None  # (root, completed process) -> problem or None
 
 
+def one_damage(damage: str, prep: Prep | None, says: str, rows: list[tuple]) -> list[Case]:
+    """The cases of one damage met by several commands, each refusing it with the same line:
+    rows of (command, argv, protect, left) named `damage: command`, where `left` is what the
+    refused command must not leave behind (None: nothing to look for)."""
+    return [
+        Case(
+            f"{damage}: {command}",
+            argv,
+            prep=prep,
+            says=says,
+            protect=protect,
+            check=None if left is None else gone(left),
+        )
+        for command, argv, protect, left in rows
+    ]
+
+
 # -- the base -------------------------------------------------------------------------------------
 def events(n: int = 1000, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)

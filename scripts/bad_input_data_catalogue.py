@@ -28,6 +28,11 @@ T, D = TRAIN, ("data/tiny",)
 MISMATCH = "checksum mismatch"
 
 
+def first_train_value(column: str, value):
+    """The first row of the prepared train split holds `value` in `column`."""
+    return table_edit("data/tiny/train.parquet", set_column(column, first_is(value, column)))
+
+
 def zeros(t):
     return [0] * t.num_rows
 
@@ -139,33 +144,14 @@ DAMAGED = [
         says="not valid JSON",
     ),  # fmt: skip
     Case("spec.json deleted", T, prep=remove("data/tiny/spec.json"), says="spec.json"),
-    Case(
-        "label 2 in a binary task",
-        T,
-        prep=table_edit("data/tiny/train.parquet", set_column("click", first_is(2, "click"))),
-        says="outside {0,1}",
-    ),
-    Case(
-        "NaN label",
-        T,
-        prep=table_edit(
-            "data/tiny/train.parquet", set_column("click", first_is(float("nan"), "click"))
-        ),
-        says="NaN/inf/missing",
-    ),
-    Case(
-        "negative id",
-        T,
-        prep=table_edit("data/tiny/train.parquet", set_column("item", first_is(-3, "item"))),
-        says="negative ids",
-    ),
-    Case(
-        "inf in a dense column",
-        T,
-        prep=table_edit(
-            "data/tiny/train.parquet", set_column("price", first_is(float("inf"), "price"))
-        ),
-        says="NaN/inf/missing",
+    *(
+        Case(name, T, prep=first_train_value(column, value), says=says)
+        for name, column, value, says in [
+            ("label 2 in a binary task", "click", 2, "outside {0,1}"),
+            ("NaN label", "click", float("nan"), "NaN/inf/missing"),
+            ("negative id", "item", -3, "negative ids"),
+            ("inf in a dense column", "price", float("inf"), "NaN/inf/missing"),
+        ]
     ),
     Case(
         "ids as strings",

@@ -26,6 +26,31 @@ def full(name: str) -> dict[str, str]:
     return {"MTLREC_FAULT_NO_SPACE": name}
 
 
+def unwritable(
+    what: str, argv: list[str], flag: str, out: str, fills: str, ro_out: str | None = None
+) -> list[Case]:
+    """`what` writing `flag W/out` on a full disk (writing a file named `fills` fails) and to
+    `ro/ro_out` in a read-only dir: one line each, and nothing of the output is left."""
+    ro = f"ro/{ro_out or out}"
+    return [
+        Case(
+            f"safety: {what} on a full disk",
+            [*argv, flag, f"{W}/{out}"],
+            env=full(fills),
+            says=NO_SPACE,
+            check=gone(out),
+        ),
+        Case(
+            f"safety: {what} into a read-only dir",
+            [*argv, flag, f"{W}/{ro}"],
+            prep=MKRO,
+            env=RO,
+            says=READ_ONLY,
+            check=gone(ro),
+        ),
+    ]
+
+
 def add_column(name: str):
     def fn(rows: list[str]) -> list[str]:
         return [rows[0] + f",{name}"] + [r + f",{i}" for i, r in enumerate(rows[1:])]
@@ -104,26 +129,19 @@ PREPARE_CASES = [
         says=READ_ONLY,
         check=gone("data/rawcase"),
     ),
-    Case(
-        "safety: 1e308 in a dense CSV column",
-        PREPARE,
-        prep=edit_rows("raw2/train.csv", cell(2, 3, "1e308")),
-        says="raw2/train.csv: line 3: dense column 'price' holds 1e+308",
-        check=gone("data/rawcase"),
-    ),
-    Case(
-        "safety: inf in a dense CSV column",
-        PREPARE,
-        prep=edit_rows("raw2/val.csv", cell(5, 4, "-inf")),
-        says="raw2/val.csv: line 6: dense column 'age' holds -inf",
-        check=gone("data/rawcase"),
-    ),
-    Case(
-        "safety: NaN in a dense CSV column",
-        PREPARE,
-        prep=edit_rows("raw2/test.csv", cell(1, 3, "NaN")),
-        says="raw2/test.csv: line 2: dense column 'price' holds nan",
-        check=gone("data/rawcase"),
+    *(  # the line names the file, its line, the column and the value
+        Case(
+            f"safety: {what} in a dense CSV column",
+            PREPARE,
+            prep=edit_rows(f"raw2/{split}.csv", cell(row, column, value)),
+            says=f"raw2/{split}.csv: line {row + 1}: dense column {name!r} holds {shown}",
+            check=gone("data/rawcase"),
+        )
+        for what, split, row, column, value, name, shown in [
+            ("1e308", "train", 2, 3, "1e308", "price", "1e+308"),
+            ("inf", "val", 5, 4, "-inf", "age", "-inf"),
+            ("NaN", "test", 1, 3, "NaN", "price", "nan"),
+        ]
     ),
     Case(
         "safety: 1e308 with dense_nonfinite=clip",
@@ -175,21 +193,7 @@ PREDICT_CASES = [
         protect=DATA,
         check=gone("data/tiny/scores.parquet"),
     ),
-    Case(
-        "safety: predict on a full disk",
-        [*PREDICT, "--output", P2],
-        env=full("p2.parquet"),
-        says=NO_SPACE,
-        check=gone("p2.parquet"),
-    ),
-    Case(
-        "safety: predict into a read-only dir",
-        [*PREDICT, "--output", f"{W}/ro/p.parquet"],
-        prep=MKRO,
-        env=RO,
-        says=READ_ONLY,
-        check=gone("ro/p.parquet"),
-    ),
+    *unwritable("predict", PREDICT, "--output", "p2.parquet", "p2.parquet", "p.parquet"),
 ]
 
 COMPARE = ["compare", f"{W}/run"]
@@ -212,21 +216,7 @@ COMPARE_CASES = [
         says="already exists; pass --overwrite to replace it",
         protect=("preds.parquet",),
     ),
-    Case(
-        "safety: compare --output on a full disk",
-        [*COMPARE, "--output", f"{W}/t.md"],
-        env=full("t.md"),
-        says=NO_SPACE,
-        check=gone("t.md"),
-    ),
-    Case(
-        "safety: compare --output into a read-only dir",
-        [*COMPARE, "--output", f"{W}/ro/t.md"],
-        prep=MKRO,
-        env=RO,
-        says=READ_ONLY,
-        check=gone("ro/t.md"),
-    ),
+    *unwritable("compare --output", COMPARE, "--output", "t.md", "t.md"),
     Case(
         "safety: compare --plot into a run dir",
         [*COMPARE, "--plot", f"{W}/run/plots"],
@@ -240,21 +230,7 @@ COMPARE_CASES = [
         says="is the input",
         protect=RUN,
     ),
-    Case(
-        "safety: compare --plot on a full disk",
-        [*COMPARE, "--plot", f"{W}/plots"],
-        env=full("learning_curves.png"),
-        says=NO_SPACE,
-        check=gone("plots"),
-    ),
-    Case(
-        "safety: compare --plot into a read-only dir",
-        [*COMPARE, "--plot", f"{W}/ro/plots"],
-        prep=MKRO,
-        env=RO,
-        says=READ_ONLY,
-        check=gone("ro/plots"),
-    ),
+    *unwritable("compare --plot", COMPARE, "--plot", "plots", "learning_curves.png"),
 ]
 
 EXPORT = ["export", f"{W}/run", "--format", "torchscript", "--sample-rows", "64"]
@@ -284,13 +260,6 @@ EXPORT_CASES = [
         protect=("raw",),
     ),
     Case(
-        "safety: export on a full disk",
-        [*EXPORT, "--output", f"{W}/ex"],
-        env=full("model.pt"),
-        says=NO_SPACE,
-        check=gone("ex"),
-    ),
-    Case(
         "safety: export into a run dir on a full disk",
         EXPORT,
         env=full("model.pt"),
@@ -298,14 +267,7 @@ EXPORT_CASES = [
         protect=RUN,
         check=gone("run/export"),
     ),
-    Case(
-        "safety: export into a read-only dir",
-        [*EXPORT, "--output", f"{W}/ro/ex"],
-        prep=MKRO,
-        env=RO,
-        says=READ_ONLY,
-        check=gone("ro/ex"),
-    ),
+    *unwritable("export", EXPORT, "--output", "ex", "model.pt"),
 ]
 
 SAFETY_CASES = [*PREPARE_CASES, *PREDICT_CASES, *COMPARE_CASES, *EXPORT_CASES]

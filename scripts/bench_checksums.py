@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mtlrec.data import synthetic_ccp
 from mtlrec.data.loader import load_splits
 from mtlrec.data.prepare.manifest import MANIFEST_FILE, sha256_of
+from mtlrec.data.sources import synthetic_ccp
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 

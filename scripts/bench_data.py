@@ -162,7 +162,7 @@ def prepare_census_simple(out: Path) -> None:
 
 def prepare_synthetic(out: Path, rows: int) -> None:
     """mtlrec's synthetic_ccp generator (in this process) -> out/prepared + out/arrays.npz."""
-    from mtlrec.data.synthetic_ccp import ensure_prepared
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
     prepared = ensure_prepared(out / "prepared", rows, 0)
     arrays, meta = _arrays_from_prepared(prepared)

@@ -5,7 +5,7 @@
 
 Each (generator, rows) runs in a fresh process that writes the prepared dataset into a temp dir
 (parquet splits + spec.json, as on first use) and reports rows/s and its peak RSS (VmHWM), so
-peak RSS is that generation's own. Generation is chunked (synthetic_ccp.CHUNK_ROWS,
+peak RSS is that generation's own. Generation is chunked (ccp_generator.CHUNK_ROWS,
 mmoe_synthetic.CHUNK_ROWS): peak RSS should stay nearly flat as rows grow (synthetic_ccp: the
 chunk + the calibration logits; mmoe_synthetic: the chunk + 9 bytes per row for the split).
 """
@@ -32,10 +32,10 @@ base = peak_rss_mib()
 with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
     if gen == "synthetic_ccp":
-        from mtlrec.data.synthetic_ccp import write_prepared
+        from mtlrec.data.ccp_generator import write_prepared
         write_prepared(Path(tmp), rows, 0)
     else:
-        from mtlrec.data.mmoe_synthetic import write_prepared
+        from mtlrec.data.sources.mmoe_synthetic import write_prepared
         write_prepared(Path(tmp), "mmoe_synthetic", rows, input_dim, 0.5, 0)
     seconds = time.perf_counter() - t
     size = sum(p.stat().st_size for p in Path(tmp).iterdir())

@@ -90,7 +90,7 @@ def child(mode: str, csv_path: Path, out: Path, block_size_mb: float) -> None:
 
         import mtlrec.data.prepare  # noqa: F401
     elif mode == "prepare":
-        from mtlrec.data.prepare import prepare_dataset
+        from mtlrec.data.sources import prepare_dataset
 
         result = prepare_dataset(dataset_cfg(csv_path, out, block_size_mb), overwrite=True)
         extra = {

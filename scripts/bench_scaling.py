@@ -33,7 +33,7 @@ OVERRIDES = ["model=esmm", "model.tower_dims=[16,8]", "model.embedding_dim=16",
 
 
 def generate(path: Path, rows: int) -> dict:
-    from mtlrec.data.synthetic_ccp import ensure_prepared
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
     record = path.parent / f"generate-{rows}.json"  # kept: a cached dataset is not regenerated
     if (path / "spec.json").is_file() and record.is_file():

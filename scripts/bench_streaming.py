@@ -42,8 +42,8 @@ ROW_GROUP = 65_536
 def make_files(work: Path, source_rows: int, sizes: list[int]) -> dict[int, Path]:
     import pyarrow.parquet as pq
 
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
     from mtlrec.data.spec import DatasetSpec
-    from mtlrec.data.synthetic_ccp import ensure_prepared
 
     scaling = ROOT / ".bench" / "scaling" / f"synthetic_ccp-n{source_rows}"
     source = scaling if scaling.joinpath("spec.json").is_file() else work / f"source-{source_rows}"

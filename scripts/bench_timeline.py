@@ -62,7 +62,7 @@ def config(csv: Path, out: Path, variant: str) -> dict:
 
 
 def prepare_seconds(csv: Path, out: Path, variant: str) -> float:
-    from mtlrec.data.prepare import prepare_dataset
+    from mtlrec.data.sources import prepare_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

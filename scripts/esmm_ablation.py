@@ -70,7 +70,7 @@ def clamped_fraction(run_dir: Path) -> float:
     import pyarrow.parquet as pq
     import torch
 
-    from mtlrec.data.datasets import resolve_dataset_dir
+    from mtlrec.data.sources import resolve_dataset_dir
     from mtlrec.inference import encode_features
     from mtlrec.training.checkpoint import load_checkpoint, model_from_checkpoint
 

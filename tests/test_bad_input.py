@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_train, run_training
-from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.loader import load_split
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import MODELS, model_config

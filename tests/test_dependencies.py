@@ -129,5 +129,5 @@ def test_pandas_is_used_where_declared_core():
     """pandas is core because the movielens source parses with it and `encode_raw` accepts a
     DataFrame; `mtlrec compare` and `--help` stay free of it (tests/commands/test_cli_shape.py)."""
     _, anywhere = _imports()
-    assert {"mtlrec/data/movielens.py", "mtlrec/data/encoders.py"} <= anywhere["pandas"]
-    assert not any(f.startswith("mtlrec/runs/") for f in anywhere["pandas"])
+    assert {"mtlrec/data/sources/movielens.py", "mtlrec/data/encoders.py"} <= anywhere["pandas"]
+    assert not any(f.startswith(("mtlrec/runs/", "mtlrec/report/")) for f in anywhere["pandas"])

@@ -1,6 +1,6 @@
 """`mtlrec compare PATH...`: one table of run dirs (single runs, sweeps).
 
-The arguments go untouched to the compare module's own parser (``mtlrec.runs.compare:main``),
+The arguments go untouched to the compare module's own parser (``mtlrec.report.compare:main``),
 imported only when the command runs, by that dotted path.
 """
 
@@ -10,7 +10,7 @@ from mtlrec.commands.forward import call
 
 SUMMARY = "one table of run dirs or sweep dirs (--sort, --filter, --format, --plot)"
 FORWARDS = True
-TARGET = "mtlrec.runs.compare:main"
+TARGET = "mtlrec.report.compare:main"
 EPILOG = "--metric, --sort, --filter k=v, --group-by-seed, --format csv|markdown|json, --plot DIR"
 
 

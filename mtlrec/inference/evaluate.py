@@ -70,7 +70,7 @@ def task_weights(payload: dict, tasks: tuple, model: torch.nn.Module) -> torch.T
 def split_file(spec: DatasetSpec, payload: dict, name: str, data: str | None) -> Path:
     """The parquet file to evaluate on: split `name` of the run's dataset, of the prepared dataset
     dir `data` (same features as the model's), or the parquet file `data` itself."""
-    from mtlrec.data.datasets import resolve_dataset_dir
+    from mtlrec.data.sources import resolve_dataset_dir
 
     ckpt = Path(str(payload.get("path") or "checkpoint"))
     if data is None:

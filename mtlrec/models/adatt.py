@@ -40,6 +40,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import (
     CommonConfig,
+    ExpertLevel,
     FeatureEmbedding,
     GroupedMLP,
     check_dims,
@@ -68,11 +69,10 @@ class AdaTTConfig(CommonConfig):
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
 
 
-class FusionLevel(nn.Module):
+class FusionLevel(ExpertLevel):
     """One AdaTT level: T*S task experts + Sh shared ones, T (+1 shared) fusion units."""
 
-    expert_input: torch.Tensor  # buffers, declared for the type checker
-    own: torch.Tensor
+    own: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(
         self,
@@ -85,18 +85,13 @@ class FusionLevel(nn.Module):
         first: bool,
         mlp: tuple[str, float, bool],
     ):
-        super().__init__()
+        super().__init__(in_dim, tasks, per_task, shared, expert_dims, mlp, first)
         t, s, sh = tasks, per_task, shared
-        self.tasks, self.first = t, first
-        self.num_experts = t * s + sh
         units = t + (1 if shared_unit and sh > 0 else 0)
-        self.experts = GroupedMLP(self.num_experts, in_dim, expert_dims, *mlp, shared_input=first)
-        owner = [k for k in range(t) for _ in range(s)] + [t] * sh  # input row each expert reads
-        self.register_buffer("expert_input", torch.tensor(owner), persistent=False)
         self.gates = GroupedMLP(units, in_dim, [], shared_input=first, out_dim=self.num_experts)
         own = torch.zeros(units, self.num_experts)
         for u in range(units):
-            own[u, torch.tensor(owner) == u] = 1.0
+            own[u, self.expert_input == u] = 1.0
         self.register_buffer("own", own, persistent=False)
         # The native-expert residual: unit weights when every unit owns one expert, else learned.
         self.self_weights: nn.Parameter | None = None
@@ -107,17 +102,12 @@ class FusionLevel(nn.Module):
                 nn.init.uniform_(w[u], -bound, bound)
             self.self_weights = nn.Parameter(w)
         self.units = units
-        self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, in] (first level) or [units of the level before, B, in] -> (fused [units, B, H],
         task gates [T, B, E])."""
-        if self.first:
-            experts = self.experts(x)  # [E, B, H]
-            gate_in = x
-        else:
-            experts = self.experts(x.index_select(0, self.expert_input))
-            gate_in = x[: self.units]
+        experts = self.expert_outputs(x)  # [E, B, H]
+        gate_in = x if self.first else x[: self.units]
         gates = torch.softmax(self.gates(gate_in), dim=-1)  # [U, B, E]
         residual = self.own if self.self_weights is None else self.own * self.self_weights
         fused = torch.einsum("ube,ebh->ubh", gates + residual.unsqueeze(1), experts)

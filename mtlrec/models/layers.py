@@ -286,6 +286,37 @@ class MixtureOfExperts(nn.Module):
         return torch.einsum("gbe,ebh->gbh", gates, experts), gates
 
 
+class ExpertLevel(nn.Module):
+    """The experts of one level of PLE, AdaTT or STEM: `per_task` experts of each of T tasks, then
+    `shared` shared ones, all in one GroupedMLP. Expert e reads input row `owner[e]`: task k's
+    input for task k's experts, row T (the shared input) for the shared ones. On a `first` level
+    every expert reads the one embedding [B, in]: one matmul serves all. Subclasses add the gates
+    (built after the experts: the parameters draw their initial values in that order)."""
+
+    expert_input: torch.Tensor  # a buffer, declared for the type checker
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: int,
+        per_task: int,
+        shared: int,
+        expert_dims: Sequence[int],
+        mlp: tuple[str, float, bool],
+        first: bool = False,
+    ):
+        super().__init__()
+        self.tasks, self.first, self.num_experts = tasks, first, tasks * per_task + shared
+        self.owner = [k for k in range(tasks) for _ in range(per_task)] + [tasks] * shared
+        self.experts = GroupedMLP(self.num_experts, in_dim, expert_dims, *mlp, shared_input=first)
+        self.register_buffer("expert_input", torch.tensor(self.owner), persistent=False)
+        self.out_dim = self.experts.out_dim
+
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on its input: x [B, in] (a first level) or [T (+1), B, in] -> [E, B, H]."""
+        return self.experts(x if self.first else x.index_select(0, self.expert_input))
+
+
 def last_weight(module: nn.Module) -> nn.Parameter:
     """The weight of the last linear layer (nn.Linear or GroupedLinear) registered in `module`:
     inside one MLP / GroupedMLP / MixtureOfExperts' experts, that is its output layer."""

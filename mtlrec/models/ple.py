@@ -38,6 +38,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import (
     CommonConfig,
+    ExpertLevel,
     FeatureEmbedding,
     GroupedMLP,
     check_dims,
@@ -74,11 +75,10 @@ def check_ple_experts(num_shared: int, num_specific: int) -> None:
         )
 
 
-class ExtractionLevel(nn.Module):
+class ExtractionLevel(ExpertLevel):
     """One PLE level (a CGC): T*S task-specific + Sh shared experts, T task gates, [a shared gate]."""
 
-    expert_input: torch.Tensor  # buffers, declared for the type checker
-    task_experts: torch.Tensor
+    task_experts: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(
         self,
@@ -93,36 +93,25 @@ class ExtractionLevel(nn.Module):
         dropout: float,
         batch_norm: bool,
     ):
-        super().__init__()
+        mlp = (activation, dropout, batch_norm)
+        super().__init__(in_dim, num_tasks, num_specific, num_shared, expert_dims, mlp, first)
         t, s, sh = num_tasks, num_specific, num_shared
-        self.num_tasks, self.num_experts, self.first = t, t * s + sh, first
-        act, drop, bn = activation, dropout, batch_norm
-        # On the first level every expert and gate reads the embedding: one matmul serves all.
-        self.experts = GroupedMLP(
-            self.num_experts, in_dim, expert_dims, act, drop, bn, shared_input=first
-        )
-        # Which input each expert reads: task k's input for its own experts, the shared input (index
-        # T) for the shared experts.
-        owner = [k for k in range(t) for _ in range(s)] + [t] * sh
-        self.register_buffer("expert_input", torch.tensor(owner), persistent=False)
         # The routing table: task k's gate mixes its own S experts, then the Sh shared experts.
         visible = [[k * s + i for i in range(s)] + [t * s + j for j in range(sh)] for k in range(t)]
         self.register_buffer("task_experts", torch.tensor(visible, dtype=torch.long))
         self.task_gates = GroupedMLP(t, in_dim, [], shared_input=first, out_dim=s + sh)
         self.shared_gate = nn.Linear(in_dim, self.num_experts) if shared_gate else None
-        self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """x: [B, in] on the first level, else [T + 1, B, in] (task inputs, then the shared one).
 
         Returns (task outputs [T, B, H], shared output [B, H] or None, task gates [T, B, S + Sh]).
         """
-        if self.first:
-            experts = self.experts(x)  # [E, B, H]
+        experts = self.expert_outputs(x)  # [E, B, H]
+        if self.first:  # on the first level every gate reads the embedding too
             task_in = shared_in = x
         else:
-            experts = self.experts(x.index_select(0, self.expert_input))
-            task_in, shared_in = x[: self.num_tasks], x[self.num_tasks]
+            task_in, shared_in = x[: self.tasks], x[self.tasks]
         gates = torch.softmax(self.task_gates(task_in), dim=-1)  # [T, B, S + Sh]
         seen = experts[self.task_experts]  # [T, S + Sh, B, H]
         task_out = torch.einsum("tbe,tebh->tbh", gates, seen)

@@ -38,6 +38,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import (
     CommonConfig,
+    ExpertLevel,
     FeatureEmbedding,
     GroupedMLP,
     check_dims,
@@ -64,11 +65,11 @@ class StemConfig(CommonConfig):
         check_dims("model.tower_dims", self.tower_dims, allow_empty=True)
 
 
-class StemLevel(nn.Module):
-    """T*S task experts + Sh shared experts; T task gates (+ a shared gate below the last level)."""
+class StemLevel(ExpertLevel):
+    """T*S task experts + Sh shared experts; T task gates (+ a shared gate below the last level).
+    The inputs always come as [T + 1, B, in]: the tasks' copies, then the shared one."""
 
-    expert_input: torch.Tensor  # buffers, declared for the type checker
-    stop: torch.Tensor
+    stop: torch.Tensor  # a buffer, declared for the type checker
 
     def __init__(
         self,
@@ -80,27 +81,21 @@ class StemLevel(nn.Module):
         shared_gate: bool,
         mlp: tuple[str, float, bool],
     ):
-        super().__init__()
-        t, s = tasks, per_task
-        self.tasks, self.num_experts = t, t * s + shared
-        owner = [k for k in range(t) for _ in range(s)] + [t] * shared
-        # The inputs always come as [T + 1, B, in]: the tasks' copies, then the shared one.
-        self.register_buffer("expert_input", torch.tensor(owner), persistent=False)
-        self.experts = GroupedMLP(self.num_experts, in_dim, expert_dims, *mlp)
+        super().__init__(in_dim, tasks, per_task, shared, expert_dims, mlp)
+        t = tasks
         self.units = t + (1 if shared_gate else 0)
         self.gates = GroupedMLP(self.units, in_dim, [], out_dim=self.num_experts)
         # stop[u, e] = 1 where unit u must not send gradient into expert e: the other tasks'
         # experts for a task gate, every task expert for the shared gate.
         stop = torch.zeros(self.units, self.num_experts)
         for u in range(self.units):
-            for e, k in enumerate(owner):
+            for e, k in enumerate(self.owner):
                 stop[u, e] = float(k < t and k != u)
         self.register_buffer("stop", stop, persistent=False)
-        self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T + 1, B, in] -> (outputs [units, B, H], task gates [T, B, E])."""
-        experts = self.experts(x.index_select(0, self.expert_input))  # [E, B, H]
+        experts = self.expert_outputs(x)  # [E, B, H]
         shared_in = x[self.tasks]
         gate_in = x[: self.tasks] + shared_in  # task k's gate reads x_k + x_s
         if self.units > self.tasks:

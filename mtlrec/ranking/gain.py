@@ -22,9 +22,9 @@ from typing import Any
 
 from mtlrec.errors import MtlrecError
 from mtlrec.metric_registry import direction
-from mtlrec.runs.keys import SEED_KEYS, differing_keys, filter_runs, short_names
+from mtlrec.report.keys import SEED_KEYS, differing_keys, filter_runs, short_names
+from mtlrec.report.table import Table
 from mtlrec.runs.records import Run
-from mtlrec.runs.table import Table
 
 # Student's t quantile t(0.975, df) for df = 1..30; 1.96 beyond.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -94,7 +94,7 @@ def paired_delta(members: list[Run], baseline: dict[Any, Run], metric: str) -> D
 
 
 def group_members(runs: list[Run]) -> list[list[Run]]:
-    """The runs of each seed group, in the order runs/table.py lists its grouped rows."""
+    """The runs of each seed group, in the order report/table.py lists its grouped rows."""
     keys = [k for k in differing_keys(runs) if k not in SEED_KEYS]
     groups: dict[str, list[Run]] = {}
     for run in runs:

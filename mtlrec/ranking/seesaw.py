@@ -10,7 +10,7 @@ from typing import Any
 
 from mtlrec.metric_registry import direction
 from mtlrec.outputs import writing
-from mtlrec.runs.table import Table
+from mtlrec.report.table import Table
 
 
 def seesaw_metrics(table: Table) -> list[str]:
@@ -39,7 +39,7 @@ def _label(row: dict[str, Any], table: Table) -> str:
 
 def write_seesaw(table: Table, out_dir: Path) -> Path | None:
     """DIR/seesaw.png (None: fewer than two per-task metrics)."""
-    from mtlrec.runs.plots import require_matplotlib
+    from mtlrec.report.plots import require_matplotlib
 
     metrics = seesaw_metrics(table)
     if len(metrics) < 2:

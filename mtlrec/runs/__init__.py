@@ -1,13 +1,9 @@
-"""Run directories: written atomically by training, read back by compare/evaluate/predict.
+"""Run directories: written atomically by training, read back by mtlrec.report, evaluate, predict.
 
 records.py   the run dir's file names, metrics.json's schema (RunSummary) and the reader (Run)
 files.py     parsers of config.yaml / overrides.yaml / history.csv
 run_dir.py   RunDir (the writer) and RunDirGuard (the Hydra callback that owns the dir)
 atomic.py    atomic, umask-respecting file writes; clean-up of killed writers' temp files
 lock.py      exclusive ownership of a dir for a process's life
-keys.py      which config keys and metrics tell runs apart
-table.py, render.py, terminal.py, compare.py   `mtlrec compare`
-plots.py, plot_curves.py, plot_bars.py          `mtlrec compare --plot`
-sweep.py, sweep_stop.py                         sweep report, thread shares, stopping sweeps
-loggers.py   TensorBoard / MLflow mirrors (registry LOGGERS)
+resume.py    a resume attempt's claim of the dir and its checks
 """

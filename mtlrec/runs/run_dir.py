@@ -91,7 +91,8 @@ class RunDir:
                 f"{self.path}: the run dir is not writable ({e.strerror}); set hydra.run.dir to a writable place"
             ) from None
         if not read_only:
-            removed = remove_stale_temps(self.path) + remove_stale_temps(self.checkpoints)
+            where = (self.path, self.checkpoints, self.checkpoints / "tables")
+            removed = [p for d in where for p in remove_stale_temps(d)]
             if removed:
                 logging.getLogger("mtlrec").warning(
                     "removed %d temp file(s) left by killed processes: %s",

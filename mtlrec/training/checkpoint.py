@@ -8,6 +8,7 @@ place that builds and reads checkpoint payloads; the key constants below name th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -28,6 +29,7 @@ from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
+from mtlrec.training.table_files import TableFiles, assemble
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +211,29 @@ def best_weights(
     """The best weights a checkpoint's TrainState holds. `current`: they are the weights of
     `saved` (the model best.pt holds) right now, i.e. this epoch is the best: then its own
     tensors, which the payload's model_state shares, so torch.save stores them once and
-    make_payload hashes them once. Else the kept copy, not cloned (only Trainer.keep_best
-    changes it, never while a checkpoint is written)."""
+    make_payload hashes them once. Else the kept copy, not cloned (only keep_weights changes it,
+    never while a checkpoint is written)."""
     source = saved.state_dict() if current else best
     return {k: v.detach().cpu() for k, v in source.items()}
+
+
+def keep_weights(
+    kept: dict[str, torch.Tensor], current: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`current` (a state dict) kept as the best weights: copied into the tensors of the previous
+    `kept` when they fit, so a large table is never held twice; else a new deep copy."""
+    reusable = kept.keys() == current.keys() and all(
+        torch.is_tensor(v)
+        and kept[k].shape == v.shape
+        and kept[k].dtype == v.dtype
+        and kept[k].device == v.device
+        for k, v in current.items()
+    )
+    if not reusable:
+        return copy.deepcopy(current)
+    for k, v in current.items():
+        kept[k].copy_(v)
+    return kept
 
 
 def make_payload(
@@ -223,9 +244,12 @@ def make_payload(
     loss_tasks: tuple[TaskSpec, ...],
     epoch: int,
     train_state: TrainState | None = None,
+    tables: TableFiles | None = None,
     **info: Any,
 ) -> dict:
-    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed)."""
+    """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed).
+    With `tables`, big sparse tables go to their own files (training/table_files.py) and the
+    payload references them: only what stays in the payload is hashed here."""
     payload = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: VERSION,
@@ -239,6 +263,8 @@ def make_payload(
         **({} if train_state is None else {TRAIN_STATE_KEY: train_state.to_dict()}),
         **info,
     }
+    if tables is not None:
+        payload = tables.externalize(payload, epoch)
     digests: dict[tuple, str] = {}  # a tensor stored under two names is hashed once
     payload[INTEGRITY_KEY] = {name: _digest_once(t, digests) for name, t in _tensors(payload)}
     return payload
@@ -347,7 +373,7 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
     verify_tensors(payload, path)
-    return payload
+    return assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -13,7 +13,33 @@ from typing import Any, Literal
 from mtlrec import metric_registry
 from mtlrec.errors import MtlrecError
 from mtlrec.training.ema import check_ema_decay
-from mtlrec.training.schedule import check_schedule
+
+# lr schedules (built by training/schedule.py, which reads this config; checked here)
+SCHEDULES = ("constant", "step", "cosine", "linear", "exponential", "plateau")
+
+
+def check_schedule(cfg: TrainerConfig) -> None:
+    """One line per bad schedule setting (called by TrainerConfig.validate)."""
+    for key in ("lr_schedule", "embedding_lr_schedule"):
+        value = getattr(cfg, key)
+        if value is None and key == "embedding_lr_schedule":
+            continue
+        if value not in SCHEDULES:
+            raise MtlrecError(
+                f"trainer.{key}={value!r} is unknown; use one of {', '.join(SCHEDULES)}"
+            )
+    for key in ("warmup_steps", "lr_step_size", "lr_plateau_patience"):
+        value = getattr(cfg, key)
+        low = 0 if key == "warmup_steps" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MtlrecError(f"trainer.{key} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(cfg.lr_gamma, (int, float)) and 0 < cfg.lr_gamma < 1):
+        raise MtlrecError(f"trainer.lr_gamma must be in (0, 1), got {cfg.lr_gamma!r}")
+    if not (isinstance(cfg.lr_min_factor, (int, float)) and 0 <= cfg.lr_min_factor < 1):
+        raise MtlrecError(f"trainer.lr_min_factor must be in [0, 1), got {cfg.lr_min_factor!r}")
+    lr = cfg.embedding_lr
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise MtlrecError(f"trainer.embedding_lr must be > 0 or null, got {lr!r}")
 
 
 @dataclass

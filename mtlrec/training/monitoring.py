@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -110,6 +111,16 @@ class EarlyStopping:
 
 class NonFiniteLoss(MtlrecError):
     """A training loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+def epoch_line(row: dict[str, Any], epochs: int, monitor: str, is_best: bool) -> str:
+    """The log line of an ended epoch, from its history row (train/ and val/ columns)."""
+    best = "  *best*" if is_best else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}  train/loss {row['train/loss']:.5f}  "
+        f"{monitor} {row[monitor]:.5f}{best}  "
+        f"({row['train_seconds']:.1f}s, {row['train_samples_per_s']:,.0f} samples/s)"
+    )
 
 
 class NonFiniteWatch:

@@ -68,6 +68,11 @@ class RowAdam(torch.optim.Optimizer):
         self.moving = {
             p: torch.zeros(p.shape[0], dtype=torch.bool, device=p.device) for p in self.group_of
         }
+        # table -> [rows] bool: rows whose weight, moments or last_step changed since the last
+        # `take_changed` (what a checkpoint's delta file of the table must hold)
+        self.changed = {
+            p: torch.zeros(p.shape[0], dtype=torch.bool, device=p.device) for p in self.group_of
+        }
         # table -> (its step count, sorted unique rows) of the last catch_up_rows: rows already
         # current when the step comes (not state: a step always follows in the same process)
         self.caught: dict[nn.Parameter, tuple[int, torch.Tensor]] = {}
@@ -117,6 +122,7 @@ class RowAdam(torch.optim.Optimizer):
                 self._drift(weight, m, v, state["last_step"].index_select(0, rows), t - 1, group)
             state["last_step"].index_fill_(0, rows, t)
         self.moving[p].index_fill_(0, rows, True)  # type: ignore[index]
+        self.changed[p].index_fill_(0, rows, True)  # type: ignore[index]
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
@@ -157,6 +163,7 @@ class RowAdam(torch.optim.Optimizer):
         p.index_copy_(0, rows, weight)
         state["moments"].index_copy_(0, rows, packed)
         state["last_step"].index_fill_(0, rows, t)
+        self.changed[p].index_fill_(0, rows, True)
         self.caught[p] = (t, rows)
 
     @torch.no_grad()
@@ -182,6 +189,15 @@ class RowAdam(torch.optim.Optimizer):
                     p.index_copy_(0, rows, weight)
                     state["moments"].index_copy_(0, rows, packed)
                     state["last_step"].index_fill_(0, rows, t)
+                    self.changed[p].index_fill_(0, rows[last < t], True)  # rows that moved
+
+    def take_changed(self, p: nn.Parameter) -> torch.Tensor:
+        """The sorted rows of table `p` changed since the last call (or the load), and forget
+        them: O(table) bits scanned, O(rows changed) returned."""
+        changed = self.changed[p]
+        rows = changed.nonzero().squeeze(1)
+        changed.index_fill_(0, rows, False)
+        return rows
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = {
@@ -195,6 +211,7 @@ class RowAdam(torch.optim.Optimizer):
         for index, p in enumerate(p for g in self.param_groups for p in g["params"]):
             self.state[p]["last_step"] = counters[index].to(p.device)
             self.moving[p] = self.state[p]["moments"].ne(0).any(1)  # once, at load: O(table)
+            self.changed[p].zero_()  # the state is what was loaded: nothing changed since
 
 
 def from_sparse_adam(state: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,11 @@ and restored before the final test. Evaluation and prediction live in `Evaluator
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import rich
@@ -32,16 +31,21 @@ from mtlrec.training import distributed, torchrec_backend
 from mtlrec.training.balance import balance_config, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
-from mtlrec.training.checkpoint import TrainState, best_weights, rng_state, set_rng_state
+from mtlrec.training.checkpoint import (
+    TrainState,
+    best_weights,
+    keep_weights,
+    rng_state,
+    set_rng_state,
+)
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.evaluator import Evaluator, group_column, strip_gates
 from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import (
     EarlyStopping,
-    NonFiniteLoss,
-    NonFiniteWatch,
     auto_monitor_line,
+    epoch_line,
     produced_val_metrics,
     resolve_monitor,
 )
@@ -56,20 +60,9 @@ from mtlrec.training.schedule import (
     separate_embedding_schedule,
 )
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.train_epoch import EpochRun, EvalBar, make_progress
+from mtlrec.training.train_epoch import EpochRun, EpochSetup, EvalBar, make_progress
 
-__all__ = [
-    "EarlyStopping",
-    "FitHooks",
-    "FitResult",
-    "NonFiniteLoss",
-    "NonFiniteWatch",
-    "Trainer",
-    "TrainerConfig",
-    "gather",
-    "resolve_monitor",
-    "strip_gates",
-]
+__all__ = ["FitHooks", "FitResult", "Trainer", "TrainerConfig", "gather", "strip_gates"]
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +132,9 @@ class Trainer:
         self.order_generator = torch.Generator().manual_seed(data_order_seed)
         self.console = console or rich.get_console()
         self.last_checkpoint = "none (no checkpoint was written yet)"
-        self._resume_epoch: TrainState | None = None  # a mid-epoch state fit continues
         self.stopper = EarlyStopping(self.mode, cfg.patience)
         self.per_task = self._per_task()
-        self.history: list[dict[str, Any]] = []
-        self.best_state: dict[str, torch.Tensor] = {}
-        self.train_time, self.train_rows = 0.0, 0
+        self.state = self.new_state()
         # trainer.compile: the compiled module shares self.model's parameters (what is saved)
         self.forward = torch.compile(model) if cfg.compile else model
         # DDP (trainer.devices): training through DDP, prediction not (ranks' batch counts differ)
@@ -189,6 +179,12 @@ class Trainer:
             make_scaler(cfg, self.device, self.balancer),
             WeightEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None,
         )
+
+    def new_state(self) -> TrainState:
+        """The run's live state before its first epoch. `state` keeps history, best weights and
+        train time/rows current (a mid-epoch one also what resumes the epoch); `training_state`
+        fills in the rest when a checkpoint is taken."""
+        return TrainState(0, 0, self.order_generator.get_state(), {}, {}, [], {}, 0.0, 0)
 
     @property
     def clip_groups(self) -> Any:
@@ -273,8 +269,17 @@ class Trainer:
     ) -> dict[str, float]:
         """Train one epoch (or the rest of a resumed one); its history row's train/ columns."""
         self.model.train()
-        run = EpochRun(self, train, epoch, progress, self._resume_epoch, hooks)
-        self._resume_epoch = None
+        setup = EpochSetup(
+            self.plan(train),
+            self.device,
+            self.loss_tasks,
+            self.order_generator,
+            self.dist.is_main,
+            self.cfg.nan_check_every,
+        )
+        resume = self.state if self.state.mid_epoch else None
+        run = EpochRun(self, setup, train, epoch, progress, resume, hooks)
+        self.state = replace(self.state, step=None, perm=None, loss_sums=None, counts=None)
         on_device = not isinstance(train, StreamingSplit) and train.labels.device == self.device
         batches = epoch_batches(
             train, run.plan, run.order(on_device), run.first_step, on_device, self.order_generator
@@ -287,7 +292,7 @@ class Trainer:
             if apply and on_step is not None:
                 on_step(self.global_step, self.stepper.lr)
             run.after_step(step, sums, counts, apply)
-        return run.finish()
+        return run.finish(self.task_weights())
 
     # -- resumable state -----------------------------------------------------------------------
     def training_state(self, epoch: int) -> TrainState:
@@ -298,12 +303,12 @@ class Trainer:
             order_generator=self.order_generator.get_state(),
             rng=rng_state(self.device),
             early_stopping=dict(self.stopper.__dict__),
-            history=[dict(r) for r in self.history],
+            history=[dict(r) for r in self.state.history],
             best_state=best_weights(
-                self.saved_model(), self.best_state, self.stopper.best_epoch == epoch
+                self.saved_model(), self.state.best_state, self.stopper.best_epoch == epoch
             ),
-            train_time=self.train_time,
-            train_rows=self.train_rows,
+            train_time=self.state.train_time,
+            train_rows=self.state.train_rows,
             balancer={
                 k: v.detach().cpu() if torch.is_tensor(v) else v
                 for k, v in self.balancer.state_dict().items()
@@ -318,28 +323,34 @@ class Trainer:
         self.global_step = int(state.global_step)
         self.order_generator.set_state(state.order_generator)
         self.stopper.__dict__.update(state.early_stopping)
-        self.history = [dict(r) for r in state.history]
+        self.state = replace(  # a mid-epoch state: train_epoch continues its epoch
+            state,
+            history=[dict(r) for r in state.history],
+            best_state={k: v.to(self.device) for k, v in state.best_state.items()},
+            train_time=float(state.train_time),
+            train_rows=int(state.train_rows),
+        )
         if self.per_task is not None:  # its state is a function of the history
             self.per_task = self._per_task()
             assert self.per_task is not None
-            self.per_task.replay(self.history)
-        self.best_state = {k: v.to(self.device) for k, v in state.best_state.items()}
-        self.train_time, self.train_rows = float(state.train_time), int(state.train_rows)
+            self.per_task.replay(self.state.history)
         if state.balancer:
             self.balancer.load_state_dict(state.balancer)
         self.stepper.load_state_dict(state.step_state)
         set_rng_state(state.rng, self.device)
-        if not state.mid_epoch:
-            return int(state.epoch) + 1
-        self._resume_epoch = state
-        return int(state.epoch)
+        return int(state.epoch) + (0 if state.mid_epoch else 1)
 
     def save_mid_epoch(self, state: TrainState, hooks: FitHooks | None) -> None:
         if hooks is not None:
             where = hooks.on_checkpoint(state)
             self.last_checkpoint = f"{where} (epoch {state.epoch} step {state.step})"
 
-    def interrupted(self, epoch: int, step: int | None, steps: int | None = None) -> None:
+    def checkpoint_due(self) -> bool:
+        """checkpoint.every_n_steps: a mid-epoch checkpoint after this optimizer step."""
+        every = self.checkpoint_every
+        return bool(every) and every is not None and self.global_step % every == 0
+
+    def interrupted(self, epoch: int, step: int | None, steps: int | None = None) -> NoReturn:
         assert self.stop is not None
         at = f"epoch {epoch}" + (f" step {step}/{steps}" if step is not None else " end")
         raise TrainingInterrupted(
@@ -367,8 +378,7 @@ class Trainer:
         train, val = splits["train"], splits["val"]
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
         self.per_task = self._per_task()
-        self.history, self.best_state = [], {}  # keep_best fills it at the end of epoch 1
-        self.train_time, self.train_rows = 0.0, 0
+        self.state = self.new_state()  # keep_best fills its best_state at the end of epoch 1
         first_epoch = 1
         self._restored_lrs = resume is not None
         self.start_schedule(train)
@@ -400,15 +410,16 @@ class Trainer:
                     break
                 if distributed.any_rank(self.stop_requested):
                     self.interrupted(epoch, None)
-        if self.best_state:  # empty only if no epoch has ended yet
-            self.model.load_state_dict(self.best_state)
+        if self.state.best_state:  # empty only if no epoch has ended yet
+            self.model.load_state_dict(self.state.best_state)
+        history = self.state.history
         return FitResult(
-            self.history,
+            history,
             self.stopper.best_epoch or 1,
             self.stopper.best_value,
             # early: patience ran out before the last requested epoch (not merely reached it)
-            self.should_stop and bool(self.history) and self.history[-1]["epoch"] < self.cfg.epochs,
-            self.train_rows / self.train_time if self.train_time else math.nan,
+            self.should_stop and bool(history) and history[-1]["epoch"] < self.cfg.epochs,
+            self.state.train_rows / self.state.train_time if self.state.train_time else math.nan,
             time.perf_counter() - t0,
         )
 
@@ -420,8 +431,9 @@ class Trainer:
         row.update(self.train_epoch(train, epoch, progress, hooks))
         row.update(self.balancer.end_epoch())  # weight/{task}: the epoch's task weights
         distributed.broadcast_state(self.balancer)  # ranks go on with rank 0's weights
-        self.train_time += row["train_seconds"]
-        self.train_rows += self.plan(train).trained_rows
+        self.state.epoch = epoch
+        self.state.train_time += row["train_seconds"]
+        self.state.train_rows += self.plan(train).trained_rows
         self.trained_at = time.perf_counter()  # the epoch-end cost is logged from here
         self.optimizer.flush()  # rows the sparse path left behind are brought up to date
         with self.evaluated_weights():
@@ -437,18 +449,8 @@ class Trainer:
                 self.per_task.update(epoch, val_metrics)
                 self.per_task.keep(self.model)
         row["seconds"] = time.perf_counter() - t0
-        self.history.append(row)
-        log.info(
-            "epoch %d/%d  train/loss %.5f  %s %.5f%s  (%.1fs, %s samples/s)",
-            epoch,
-            self.cfg.epochs,
-            row["train/loss"],
-            self.monitor,
-            val_metrics[self.monitor],
-            "  *best*" if is_best else "",
-            row["train_seconds"],
-            f"{row['train_samples_per_s']:,.0f}",
-        )
+        self.state.history.append(row)
+        log.info(epoch_line(row, self.cfg.epochs, self.monitor, is_best))
         return {**row, "_is_best": is_best}
 
     def evaluated_weights(self) -> Any:
@@ -463,19 +465,7 @@ class Trainer:
 
     def keep_best(self) -> None:
         """The weights become the best ones, copied into the previous best's (never 2 copies)."""
-        current = self.model.state_dict()
-        reusable = self.best_state.keys() == current.keys() and all(
-            torch.is_tensor(v)
-            and self.best_state[k].shape == v.shape
-            and self.best_state[k].dtype == v.dtype
-            and self.best_state[k].device == v.device
-            for k, v in current.items()
-        )
-        if not reusable:
-            self.best_state = copy.deepcopy(current)
-            return
-        for k, v in current.items():
-            self.best_state[k].copy_(v)
+        self.state.best_state = keep_weights(self.state.best_state, self.model.state_dict())
 
     # -- evaluation (delegated) ------------------------------------------------------------------
     def task_weights(self) -> torch.Tensor:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import run_training
-from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.loader import load_split
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.errors import MtlrecError
 from mtlrec.inference import evaluate, export, predict
 from mtlrec.inference.calibrate import calibrate

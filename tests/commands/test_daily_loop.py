@@ -37,7 +37,8 @@ def prepare(cwd: Path, day: int, *extra: str, cli: bool = True) -> None:
         out = mtlrec("prepare", "--config-dir", "conf", *args, *extra, cwd=cwd)
         assert out.returncode == 0, out.stderr
         return
-    from mtlrec.data.prepare import compose_prepare, prepare_dataset
+    from mtlrec.data.prepare import compose_prepare
+    from mtlrec.data.sources import prepare_dataset
 
     prepare_dataset(compose_prepare([*args, *extra], str(cwd / "conf"))["dataset"])
 

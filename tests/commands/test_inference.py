@@ -17,8 +17,8 @@ import torch
 
 from conftest import run_training
 from helpers.cli import BAR, run_in_pty, screen_segments
-from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.loader import load_split
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.inference import encode_features, evaluate, export, predict, score

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers.datagen import SHARED_DATA, prepare, train
-from mtlrec.data.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
+from mtlrec.data.sources.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from helpers.datagen import REPO
-from mtlrec.data.datasets import resolve_dataset_dir
 from mtlrec.data.prepare import compose_prepare
+from mtlrec.data.sources import resolve_dataset_dir
 from mtlrec.errors import MtlrecError
 
 MARKER = "<!-- byo-example: tests/data/test_byo_csv.py runs exactly this file -->"

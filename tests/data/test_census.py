@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers.datagen import SHARED_DATA, prepare, train
-from mtlrec.data.census import COLUMNS
+from mtlrec.data.sources.census import COLUMNS
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 

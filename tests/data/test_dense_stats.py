@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlrec.data.prepare import DenseStats, Moments, prepare_dataset, row_uniforms
+from mtlrec.data.prepare import DenseStats, Moments, row_uniforms
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 
 

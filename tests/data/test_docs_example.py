@@ -9,7 +9,7 @@ from helpers.datagen import REPO
 from helpers.multidata import write_rich_csv
 from mtlrec.data.encoders import encode_raw
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 
 MARKER = "<!-- features-example: tests/data/test_docs_example.py runs exactly this block -->"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.multidata import rich_config, write_rich_csv
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.models import MODELS
 
 SPLITS = ("train", "val", "test")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from helpers.datagen import byo_config, make_events
-from mtlrec.data.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
+from mtlrec.data.sources.aliccp import DENSE_COLUMNS, SPARSE_FIELDS, convert_raw
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from helpers.datagen import byo_config, write_events
-from mtlrec.data.prepare import prepare_dataset, staged_dir
+from mtlrec.data.prepare import staged_dir
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError

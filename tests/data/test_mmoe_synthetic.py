@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from helpers.datagen import prepare, train
-from mtlrec.data.datasets import resolve_dataset_dir
-from mtlrec.data.mmoe_synthetic import NUM_SINES_M, SCALE_C, generate, task_weights
+from mtlrec.data.sources import resolve_dataset_dir
+from mtlrec.data.sources.mmoe_synthetic import NUM_SINES_M, SCALE_C, generate, task_weights
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 
@@ -83,7 +83,7 @@ def test_chunked_generation_equals_drawing_everything_at_once(tmp_path, monkeypa
     gives the same rows and the same split files."""
     import pandas as pd
 
-    from mtlrec.data import mmoe_synthetic
+    from mtlrec.data.sources import mmoe_synthetic
 
     monkeypatch.setattr(mmoe_synthetic, "CHUNK_ROWS", 10**9)
     whole = mmoe_synthetic.generate(1000, 6, 0.3, 7)

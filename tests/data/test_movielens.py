@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.datagen import prepare
-from mtlrec.data.movielens import GENRES, convert
+from mtlrec.data.sources.movielens import GENRES, convert
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 

@@ -14,8 +14,8 @@ import torch
 from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.encoders import encode_raw
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
 from mtlrec.data.prepare.hashing import hashed_ids, stable_hash
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.datagen import byo_config, write_events
-from mtlrec.data.prepare import prepare_dataset, row_uniforms
+from mtlrec.data.prepare import row_uniforms
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 

@@ -8,8 +8,8 @@ import rich
 from rich.console import Console
 
 from helpers.datagen import byo_config, write_events
-from mtlrec.data.prepare import prepare_dataset
 from mtlrec.data.prepare.progress import prepare_progress
+from mtlrec.data.sources import prepare_dataset
 
 
 def prepare_on(tmp_path, monkeypatch, terminal: bool) -> str:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from helpers.datagen import REPO, byo_config, write_events
-from mtlrec.data.prepare import clean_stale, prepare_dataset, staged_dir
+from mtlrec.data.prepare import clean_stale, staged_dir
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError

@@ -12,13 +12,14 @@ import yaml
 
 from helpers.datagen import REPO
 from mtlrec.data import sources
-from mtlrec.data.datasets import resolve_dataset_dir
-from mtlrec.data.prepare import compose_prepare, prepare_dataset
+from mtlrec.data.prepare import compose_prepare
 from mtlrec.data.sources import (
     SOURCES,
     DatasetConfig,
     DatasetSource,
+    prepare_dataset,
     register,
+    resolve_dataset_dir,
     source_for,
     validate_dataset_config,
 )
@@ -201,3 +202,21 @@ def test_a_misspelt_key_is_one_line_and_exit_1_through_the_cli(tmp_path):
         "(did you mean dataset.dense_transform?)"
     ), out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_registry_imports_no_prepare_pipeline_pyarrow_or_pandas():
+    """Every source is imported to know its Config (a run that reads a prepared dataset, the
+    settings check): a source imports the heavy parts where it prepares, not at module level."""
+    import subprocess
+    import sys
+
+    heavy = ("pandas", "pyarrow", "mtlrec.data.prepare", "torch")
+    code = (
+        "import sys, mtlrec.data.sources as s; "
+        f"print(sorted(s.SOURCES), [m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().endswith(" []"), out
+    assert "'census'" in out and "'synthetic_ccp'" in out and "'csv'" in out

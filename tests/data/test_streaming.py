@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mtlrec.data.loader import load_split
+from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
-from mtlrec.data.synthetic_ccp import ensure_prepared
 from mtlrec.errors import MtlrecError
 from mtlrec.training.trainer import gather
 

@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 
-from mtlrec.data import synthetic_ccp
+from mtlrec.data import ccp_generator
+from mtlrec.data.sources import synthetic_ccp
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 
 
 @pytest.fixture(scope="module")
 def columns():
-    return synthetic_ccp.generate(60_000, seed=0)
+    return ccp_generator.generate(60_000, seed=0)
 
 
 def test_rates_are_as_documented(columns):
@@ -46,7 +47,7 @@ def test_zipf_like_ids(columns):
 
 
 def test_same_seed_same_data_other_seed_other_data():
-    a, b, c = (synthetic_ccp.generate(2000, seed=s) for s in (5, 5, 6))
+    a, b, c = (ccp_generator.generate(2000, seed=s) for s in (5, 5, 6))
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(a["p_click"], c["p_click"])
@@ -96,13 +97,13 @@ def _formula(name: str) -> str:
     """The docstring's text of one logit's formula (up to the next formula line)."""
     import re
 
-    m = re.search(rf"\n    {name}\s+=(.*?)\n    (?:p_click|cvr_logit)", synthetic_ccp.__doc__, re.S)
+    m = re.search(rf"\n    {name}\s+=(.*?)\n    (?:p_click|cvr_logit)", ccp_generator.__doc__, re.S)
     return " ".join(m.group(1).split())
 
 
 @pytest.mark.parametrize(
     ("logit", "terms"),
-    [("click_logit", synthetic_ccp.CLICK_TERMS), ("cvr_logit", synthetic_ccp.CVR_TERMS)],
+    [("click_logit", ccp_generator.CLICK_TERMS), ("cvr_logit", ccp_generator.CVR_TERMS)],
 )
 def test_docstring_formula_is_the_code(logit, terms):
     text = _formula(logit)
@@ -114,16 +115,16 @@ def test_docstring_formula_is_the_code(logit, terms):
 
 def test_price_lowers_both_logits_by_the_stated_amounts():
     """Counterfactual: the same rows with every item's price 1 std higher."""
-    tables = synthetic_ccp.draw_tables(0)
-    _, click, cvr, _ = synthetic_ccp.chunk_features(tables, 0, 0, 5000)
+    tables = ccp_generator.draw_tables(0)
+    _, click, cvr, _ = ccp_generator.chunk_features(tables, 0, 0, 5000)
     tables.dense["item_price"] = tables.dense["item_price"] + 1.0
-    _, click_up, cvr_up, _ = synthetic_ccp.chunk_features(tables, 0, 0, 5000)
+    _, click_up, cvr_up, _ = ccp_generator.chunk_features(tables, 0, 0, 5000)
     np.testing.assert_allclose(click_up - click, -0.2, atol=1e-6)
     np.testing.assert_allclose(cvr_up - cvr, -0.6, atol=1e-6)
 
 
 def test_item_price_follows_item_price_level():
-    tables = synthetic_ccp.draw_tables(0)
+    tables = ccp_generator.draw_tables(0)
     level = tables.attributes["item_price_level"]
     price = tables.dense["item_price"]
     assert np.corrcoef(np.log1p(level), price)[0, 1] > 0.9
@@ -132,19 +133,19 @@ def test_item_price_follows_item_price_level():
 
 
 def test_chunked_generation_is_deterministic_and_splits_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic_ccp, "CHUNK_ROWS", 1000)
-    monkeypatch.setattr(synthetic_ccp, "CALIBRATION_ROWS", 4000)
+    monkeypatch.setattr(ccp_generator, "CHUNK_ROWS", 1000)
+    monkeypatch.setattr(ccp_generator, "CALIBRATION_ROWS", 4000)
     n = 10_500
-    cols = synthetic_ccp.generate(n, seed=4)
+    cols = ccp_generator.generate(n, seed=4)
     assert len(cols["click"]) == n
     assert cols["p_click"][:4000].mean() == pytest.approx(0.045, rel=1e-3)  # calibration rows
     # A full chunk's features depend on (seed, chunk) only, not on how many rows follow.
-    other = synthetic_ccp.generate(3000, seed=4)
+    other = ccp_generator.generate(3000, seed=4)
     for name in ("user_id", "item_id", "position", "item_price"):
         np.testing.assert_array_equal(other[name], cols[name][:3000])
     import pyarrow.parquet as pq
 
-    synthetic_ccp.write_prepared(tmp_path, n, seed=4)
+    ccp_generator.write_prepared(tmp_path, n, seed=4)
     parts = {
         s: pq.read_table(tmp_path / f"{s}.parquet").to_pandas() for s in ("train", "val", "test")
     }
@@ -168,12 +169,12 @@ def test_sequential_split_sizes_are_exact_and_unbiased():
     assert abs(hits[:1000].mean() / 200 - 0.7) < 0.01 and abs(hits[2000:].mean() / 200 - 0.7) < 0.01
 
 
-ACTION = synthetic_ccp.Setting(action_rate=0.3)
+ACTION = ccp_generator.Setting(action_rate=0.3)
 
 
 @pytest.fixture(scope="module")
 def with_action():
-    return synthetic_ccp.generate(60_000, seed=0, setting=ACTION)
+    return ccp_generator.generate(60_000, seed=0, setting=ACTION)
 
 
 def test_action_stage_adds_columns_and_changes_nothing_else(columns, with_action):
@@ -198,7 +199,7 @@ def test_action_probability_path_sum_is_p_cvr():
     """p(D|click) p(buy|D) + (1 - p(D|click)) p(buy|O) = p_cvr, from the stated formulas."""
     cvr_logit = np.array([-3.0, 0.0, 2.0])
     p_cvr = 1 / (1 + np.exp(-(cvr_logit - 1.0)))
-    p_action, if_buy, if_not = synthetic_ccp.action_probability(cvr_logit, p_cvr, -1.0)
+    p_action, if_buy, if_not = ccp_generator.action_probability(cvr_logit, p_cvr, -1.0)
     s = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     np.testing.assert_allclose(if_buy, s(-1.0 + 0.5 * cvr_logit + 3.0))
     np.testing.assert_allclose(if_not, s(-1.0 + 0.5 * cvr_logit))
@@ -208,8 +209,8 @@ def test_action_probability_path_sum_is_p_cvr():
 
 
 def test_weak_setting_decorrelates_and_converts_more(columns):
-    weak = synthetic_ccp.generate(
-        60_000, seed=0, setting=synthetic_ccp.Setting(cvr_rate=0.4, effect_correlation=0.2)
+    weak = ccp_generator.generate(
+        60_000, seed=0, setting=ccp_generator.Setting(cvr_rate=0.4, effect_correlation=0.2)
     )
     p_click, p_cvr = weak["p_click"].astype(np.float64), weak["p_cvr"].astype(np.float64)
     assert (p_click * p_cvr).sum() / p_click.sum() == pytest.approx(0.4, abs=1e-3)
@@ -221,7 +222,7 @@ def test_weak_setting_decorrelates_and_converts_more(columns):
 
 def test_presets_have_their_own_cache_dirs_and_mismatches_are_refused(tmp_path):
     from conftest import compose_train
-    from mtlrec.data.datasets import resolve_dataset_dir
+    from mtlrec.data.sources import resolve_dataset_dir
 
     def dataset(*overrides):
         cfg = compose_train([*overrides, f"data_dir={tmp_path}", "dataset.num_rows=1000"])
@@ -248,7 +249,7 @@ def test_presets_have_their_own_cache_dirs_and_mismatches_are_refused(tmp_path):
         "dataset=synthetic_ccp_weak (their own dirs) or set dataset.path"
     )
     with pytest.raises(MtlrecError) as e:  # a cached dir made with other options
-        synthetic_ccp.ensure_prepared(action, 1000, 0, synthetic_ccp.Setting(action_rate=0.5))
+        synthetic_ccp.ensure_prepared(action, 1000, 0, ccp_generator.Setting(action_rate=0.5))
     assert str(e.value) == (
         f"{action}: holds synthetic_ccp generated with options {{'action_rate': 0.3}}, not "
         "{'action_rate': 0.5}; set dataset.path to another directory"

@@ -11,7 +11,7 @@ import pytest
 
 from mtlrec.data.encoders import encode_raw
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers.days import make_day, write_day
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.vocabulary import read_vocabularies
 from mtlrec.errors import MtlrecError

@@ -81,7 +81,8 @@ def write_events(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
 
 def prepare(overrides: list[str], overwrite: bool = False):
     """`mtlrec prepare` in-process: compose conf/prepare.yaml with the overrides, then prepare."""
-    from mtlrec.data.prepare import compose_prepare, prepare_dataset
+    from mtlrec.data.prepare import compose_prepare
+    from mtlrec.data.sources import prepare_dataset
 
     cfg = compose_prepare(overrides)
     return prepare_dataset(cfg["dataset"], overwrite=overwrite)

@@ -10,7 +10,7 @@ import torch
 
 from helpers.cli import lines, mtlrec
 from helpers.datagen import byo_config, train, write_events
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.inference import predict
 from mtlrec.inference.inputs import Chunk
 from mtlrec.inference.predict import fixed_batches

@@ -8,8 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mtlrec.data.ccp_generator import Setting
+from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 from mtlrec.data.spec import DatasetSpec
-from mtlrec.data.synthetic_ccp import Setting, ensure_prepared
 from mtlrec.models import build_model
 from mtlrec.models.registry import MODELS
 from mtlrec.training.balance import make_balancer

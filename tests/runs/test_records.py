@@ -1,5 +1,6 @@
 """metrics.json's schema (RunSummary), the run dir's writers (umask, declared fields) and the
-shape of mtlrec.runs (no heavy or lower-layer imports, short modules and functions)."""
+shape of the packages that write, read and mirror run dirs, mtlrec.runs, mtlrec.report,
+mtlrec.loggers and mtlrec.sweeps (no heavy or lower-layer imports, short modules and functions)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from mtlrec.runs.records import SCHEMA_VERSION, RunSummary, read_run
 from mtlrec.runs.run_dir import RunDir, atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNS = ROOT / "mtlrec" / "runs"
+REPORT = ROOT / "mtlrec" / "report"
+UPPER_PACKAGES = ("runs", "report", "loggers", "sweeps")  # no lower-layer import at module level
+UPPER_MODULES = sorted(p for name in UPPER_PACKAGES for p in (ROOT / "mtlrec" / name).glob("*.py"))
 
 V1 = {  # a metrics.json as mtlrec wrote it before schema_version existed
     "status": "completed",
@@ -148,7 +151,7 @@ HEAVY = (
 
 def test_compare_imports_nothing_heavy():
     code = (
-        "import sys, mtlrec.runs.compare, mtlrec.runs.plots, mtlrec.runs.records; "
+        "import sys, mtlrec.report.compare, mtlrec.report.plots, mtlrec.runs.records; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -165,8 +168,8 @@ def _module_level_imports(tree: ast.Module) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("path", sorted(RUNS.glob("*.py")), ids=lambda p: p.name)
-def test_runs_modules_are_short_and_import_no_lower_layer(path):
+@pytest.mark.parametrize("path", UPPER_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_run_dir_report_logger_and_sweep_modules_are_short_and_import_no_lower_layer(path):
     text = path.read_text()
     tree = ast.parse(text)
     lower = [
@@ -184,15 +187,17 @@ def test_runs_modules_are_short_and_import_no_lower_layer(path):
 
 def test_compare_and_plots_do_not_import_each_other():
     for a, b in (("compare", "plots"), ("plots", "compare")):
-        imports = _module_level_imports(ast.parse((RUNS / f"{a}.py").read_text()))
-        assert f"mtlrec.runs.{b}" not in imports
-    plots = ast.parse((RUNS / "plots.py").read_text())
+        imports = _module_level_imports(ast.parse((REPORT / f"{a}.py").read_text()))
+        assert f"mtlrec.report.{b}" not in imports
+    plots = ast.parse((REPORT / "plots.py").read_text())
     lazy = [n.module for n in ast.walk(plots) if isinstance(n, ast.ImportFrom)]
-    assert "mtlrec.runs.compare" not in lazy
+    assert "mtlrec.report.compare" not in lazy
 
 
 def test_file_names_have_one_home():
-    from mtlrec.runs import compare, run_dir, sweep
+    from mtlrec.report import compare
+    from mtlrec.runs import run_dir
+    from mtlrec.sweeps import callback as sweep
 
     assert run_dir.METRICS_FILE is records.METRICS_FILE == "metrics.json"
     assert sweep.METRICS_FILE is records.METRICS_FILE

@@ -25,7 +25,7 @@ ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HYDRA_FULL_ERROR="0")
 @pytest.fixture(scope="module")
 def tiny_data():
     """The tiny dataset generated once up front, so racing processes only race for the run dir."""
-    from mtlrec.data.datasets import resolve_dataset_dir
+    from mtlrec.data.sources import resolve_dataset_dir
 
     cfg = compose_train(["dataset.num_rows=4000"])
     return resolve_dataset_dir(dict(cfg.dataset))

@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mtlrec.data.loader import load_split
+from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 from mtlrec.data.spec import DatasetSpec
-from mtlrec.data.synthetic_ccp import ensure_prepared
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.training.balance import BALANCERS, find_shared, make_balancer, task_gradients

@@ -13,8 +13,8 @@ import torch
 
 from helpers.multidata import rich_config, write_rich_csv
 from mtlrec.data.loader import load_split
-from mtlrec.data.prepare import prepare_dataset
 from mtlrec.data.prepare.manifest import write_manifest
+from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.inference import evaluate

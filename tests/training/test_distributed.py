@@ -213,9 +213,9 @@ def test_streamed_train_split_shards_row_groups_across_ranks(tmp_path):
     import pyarrow.parquet as pq
 
     from mtlrec.data.loader import load_split
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
     from mtlrec.data.spec import DatasetSpec
     from mtlrec.data.streaming import StreamingSplit
-    from mtlrec.data.synthetic_ccp import ensure_prepared
 
     path = ensure_prepared(tmp_path / "ccp", 4000, 0)
     spec = DatasetSpec.load(path)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import compose_train
+from mtlrec.data.ccp_generator import dataset_spec
 from mtlrec.data.loader import Batch
 from mtlrec.data.spec import TaskSpec
-from mtlrec.data.synthetic_ccp import dataset_spec
 from mtlrec.models import build_model
 from mtlrec.settings import TrainerConfig
 from mtlrec.training.batches import EpochPlan

@@ -111,7 +111,7 @@ def test_sizes_that_cannot_be_allocated_are_refused_with_the_numbers(overrides, 
 
 
 def test_the_estimate_counts_parameters_and_adam_state_exactly():
-    from mtlrec.data.synthetic_ccp import dataset_spec
+    from mtlrec.data.ccp_generator import dataset_spec
     from mtlrec.models import build_model
     from mtlrec.training.memory import model_footprint
 

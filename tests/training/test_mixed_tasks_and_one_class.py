@@ -15,7 +15,7 @@ import pytest
 
 from helpers.cli import mtlrec
 from helpers.multidata import rich_config, write_rich_csv
-from mtlrec.data.prepare import prepare_dataset
+from mtlrec.data.sources import prepare_dataset
 
 SPLITS = ("train", "val", "test")
 TEST_ROWS = 300

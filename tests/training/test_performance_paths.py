@@ -102,7 +102,7 @@ def test_bf16_autocast_runs_matmuls_in_bfloat16_and_trains(train_tiny):
 
 
 def test_compile_wraps_the_model_without_changing_checkpoint_keys():
-    from mtlrec.data.synthetic_ccp import dataset_spec
+    from mtlrec.data.ccp_generator import dataset_spec
     from mtlrec.models import build_model
     from mtlrec.training.metrics import eval_targets
     from mtlrec.training.trainer import Trainer

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import compose_train
+from mtlrec.data.ccp_generator import dataset_spec
 from mtlrec.data.loader import Batch
-from mtlrec.data.synthetic_ccp import dataset_spec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.settings import RunSettings, TrainerConfig
@@ -61,7 +61,7 @@ def test_cosine_with_warmup_logs_the_scheduled_lr_per_epoch_and_per_step(train_t
     """2800 train rows / 256 = 10 steps per epoch (tail merged), 2 epochs: warm-up 4 steps, then
     a cosine over the 16 others down to 0. history.csv holds the lr after each epoch's last
     step, the logger every step's lr."""
-    from mtlrec.runs.logger_base import RunLogger
+    from mtlrec.loggers.base import RunLogger
 
     steps: list[tuple[int, float]] = []
     monkeypatch.setattr(RunLogger, "log_step", lambda self, s, v: steps.append((s, v["lr"])))

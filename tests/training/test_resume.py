@@ -18,7 +18,7 @@ from conftest import TINY, compose_train, run_training
 from helpers.stops import StopAfter
 from mtlrec.errors import MtlrecError
 from mtlrec.training import signals
-from mtlrec.training.checkpoint import LAST, PREVIOUS, load_resumable
+from mtlrec.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_resumable
 from mtlrec.training.objective import Objective
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
@@ -35,7 +35,7 @@ def straight(tmp_path_factory):
 
 
 def weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / name, weights_only=False)["model_state"]
+    return load_checkpoint(run_dir / "checkpoints" / name)["model_state"]
 
 
 def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
@@ -369,17 +369,23 @@ def test_cosine_warmup_accumulation_and_ema_resume_mid_schedule_exactly(tmp_path
 def test_row_adam_run_resumed_mid_epoch_with_lagging_rows_is_exact(tmp_path, monkeypatch):
     """trainer.embedding_optimizer=sparse_adam, stopped mid-epoch 2: rows the batches since the
     epoch-1 flush skipped are behind (last_step < step, nonzero moments) in the checkpoint; the
-    resumed run catches them up as the uninterrupted one does, to the same bits."""
+    resumed run catches them up as the uninterrupted one does, to the same bits. The interrupted
+    run keeps its table in checkpoints/tables/ (a base + the rows each checkpoint changed), the
+    uninterrupted one inside last.pt: both formats hold the same state."""
     from mtlrec.experiment import run
 
     sparse = [*TINY, *BATCH, "trainer.embedding_optimizer=sparse_adam"]
-    run(compose_train(sparse), tmp_path / "straight")
+    run(compose_train([*sparse, "checkpoint.table_files_min_rows=null"]), tmp_path / "straight")
     monkeypatch.setattr(StopAfter, "k", STEPS_PER_EPOCH + 30)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
+    sparse.append("checkpoint.table_files_min_rows=0")
     with pytest.raises(TrainingInterrupted):
         run(compose_train(sparse), run_dir)
-    payload = torch.load(run_dir / "checkpoints" / LAST, weights_only=True)
+    raw = torch.load(run_dir / "checkpoints" / LAST, weights_only=True)
+    kinds = [entry["kind"] for entry in raw["table_files"]["chains"]["last"]]
+    assert kinds == ["base", "delta"]  # epoch 1's end, then the stop's changed rows
+    payload = load_checkpoint(run_dir / "checkpoints" / LAST)
     rows = payload["optimizer_state"]["optimizers"][1]["state"][0]
     lagging = (rows["last_step"] < int(rows["step"])) & rows["moments"].ne(0).any(1)
     assert payload["train_state"]["step"] == 29 and int(lagging.sum()) > 0

@@ -179,7 +179,7 @@ def test_freeze_keeps_tables_out_of_every_optimizer_group_also_row_wise(source, 
 
 
 def test_frozen_parameters_are_in_no_group():
-    from mtlrec.data.synthetic_ccp import dataset_spec
+    from mtlrec.data.ccp_generator import dataset_spec
     from mtlrec.training.optimizers import build_optimizer
 
     s = settings("model=mmoe", "init.freeze=[embedding.*, towers.*]")

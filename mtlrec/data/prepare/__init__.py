@@ -13,7 +13,8 @@ stream through in blocks of `block_size_mb`, default 1 MB: pyarrow's CSV reader 
 in flight, so bigger blocks cost memory, not much speed; see scripts/bench_prepare.py):
 
     plan.py       what to read, split and encode (Plan, RawSource, ReadOptions)
-    config.py     dataset config -> Plan (the generic `preparer: csv` plan, shared option parsers)
+    config.py     the option parsers every dataset's plan uses, and the checks of a Plan
+                  (the generic `preparer: csv` plan is mtlrec/data/sources/csv.py)
     reading.py    raw CSV/TSV/parquet in blocks; a header's BOM is dropped, a repeated name is an error
     splitting.py  which split a row goes to (files, seeded hash of the row, or a time column)
     fitting.py    pass 1 (train rows only): value counts per sparse field; per dense column the
@@ -23,7 +24,8 @@ in flight, so bigger blocks cost memory, not much speed; see scripts/bench_prepa
     pipeline.py   run_plan: fit, encode, vocab.parquet, spec.json (last)
     publish.py    the staged dir renamed into place atomically, never over a dataset without
                   overwrite=true (also when two prepares race), never under a running reader
-    command.py    the CLI: compose conf/prepare.yaml, prepare through the source, print a summary
+    command.py    the CLI: compose conf/prepare.yaml, prepare through the source
+                  (mtlrec.data.sources.prepare_dataset), print a summary
 
 Sparse ids: values seen at least `min_count` times in the train split get ids 1..V (most frequent
 first, ties by value); id 0 is the field's one out-of-vocabulary id, shared by rare values, values
@@ -50,18 +52,10 @@ one error line with their counts, or dropped and counted with `funnel_violations
 place when complete: an interrupted or failed prepare leaves nothing that `train` would pick up.
 """
 
-from mtlrec.data.prepare.command import (
-    compose_prepare,
-    main,
-    prepare_dataset,
-    print_summary,
-    train_hint,
-)
+from mtlrec.data.prepare.command import compose_prepare, main, print_summary, train_hint
 from mtlrec.data.prepare.config import (
     check_fractions,
     check_plan,
-    generic_plan,
-    parse_targets,
     raw_file,
     read_options,
     set_dense_options,
@@ -106,13 +100,10 @@ __all__ = [
     "encode",
     "fit",
     "generate_once",
-    "generic_plan",
     "header_columns",
     "hold_dataset",
     "iter_blocks",
     "main",
-    "parse_targets",
-    "prepare_dataset",
     "print_summary",
     "raw_file",
     "read_options",

@@ -1,57 +1,18 @@
-"""`mtlrec prepare`: compose the prepare config, build the dataset through its source, print a summary."""
+"""`mtlrec prepare`: compose the prepare config, build the dataset through its source
+(mtlrec.data.sources.prepare_dataset), print a summary."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mtlrec.data.prepare.extend import vocab_from
 from mtlrec.data.prepare.pipeline import Result
 from mtlrec.data.prepare.plan import SPLITS
-from mtlrec.data.prepare.publish import staged_dir
-from mtlrec.data.prepare.replace import raw_inputs
 from mtlrec.errors import MtlrecError, UsageError
-
-
-def preparable_sources() -> list[str]:
-    from mtlrec.data.sources import SOURCES
-
-    return sorted(name for name, cls in SOURCES.items() if cls.preparable)
-
-
-def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
-    """Prepare the dataset a (resolved) dataset config describes, atomically, at cfg['path']."""
-    from mtlrec.data.sources import source_for, validate_dataset_config
-
-    name = cfg.get("name")
-    source = source_for(cfg)
-    if not source.preparable and source.generated:
-        raise MtlrecError(
-            f"dataset '{name}' is generated on first use: `mtlrec train dataset={name}` makes it; there is nothing to prepare"
-        )
-    if not source.preparable:
-        raise MtlrecError(
-            f"dataset '{name}': dataset.preparer is '{cfg.get('preparer')}'; use one of {preparable_sources()} (csv for your own files)"
-        )
-    if not cfg.get("path"):
-        raise MtlrecError(
-            f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
-        )
-    validate_dataset_config(cfg)
-    if cfg.get("sample_weight") and not source.keeps_sample_weight:
-        raise MtlrecError(
-            f"dataset.sample_weight={cfg['sample_weight']!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
-        )
-    path = Path(str(cfg["path"])).expanduser()
-    base = vocab_from(cfg.get("vocab_from"))  # dataset.vocab_from: run_plan keeps the old ids
-    with base, staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
-        result = source.prepare(cfg, tmp)
-    return replace(result, path=path)
 
 
 def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> dict[str, Any]:
@@ -216,6 +177,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: dataset=NAME key=value ...")
     args = parser.parse_args(argv)
+    # The registry of sources is above the prepare machinery: imported by the command only.
+    from mtlrec.data.sources import preparable_sources, prepare_dataset
+
     if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in args.overrides):
         built_in = ", ".join(n for n in preparable_sources() if n != "csv")
         raise UsageError(

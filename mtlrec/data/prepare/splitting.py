@@ -52,7 +52,9 @@ def split_codes(plan: Plan, block: Block, cuts: tuple[float, float] | None) -> n
         assert plan.timeline is not None
         return plan.timeline.split_codes(block.source_index, block.first_row, n)
     if plan.split_by == "column":
-        assert plan.split_column is not None and cuts is not None  # checked by generic_plan
+        assert (
+            plan.split_column is not None and cuts is not None
+        )  # checked by the csv source's plan
         t = numeric(block, source, plan.split_column, "split")
         if np.isnan(t).any():
             i = int(np.flatnonzero(np.isnan(t))[0])
@@ -73,7 +75,7 @@ def column_cuts(plan: Plan) -> tuple[float, float]:
     if plan.split_boundaries is not None:
         return plan.split_boundaries
     column = plan.split_column
-    assert column is not None  # checked by generic_plan
+    assert column is not None  # checked by the csv source's plan
     parts = []
     for i, s in enumerate(plan.sources):
         for block in iter_blocks(plan, i, [column]):

@@ -3,10 +3,25 @@
     SOURCES["census"]                  -> the class that prepares UCI Census-Income
     source_for(dataset_mapping)        -> the source a dataset config uses
     validate_dataset_config(mapping)   -> its typed Config, or ONE line per wrong key/type
+    resolve_dataset_dir(mapping)       -> the prepared dir `mtlrec train` reads (generated first
+                                          by a generated source)
+    prepare_dataset(mapping)           -> what `mtlrec prepare` runs: the source builds the
+                                          dataset in a staged dir, published atomically at `path`
 
-Adding a dataset is its module here (a `DatasetSource` subclass decorated with `@register`) and its
-conf/dataset/NAME.yaml; nothing else names it. Which source a config uses: `preparer` when set,
-else the source named like the dataset, else `prepared` (a directory already in prepared form).
+Adding a dataset is its module here (a `DatasetSource` subclass decorated with `@register`: its
+Config, its plan and its prepare, all in that one file) and its conf/dataset/NAME.yaml; nothing
+else names it. Which source a config uses: `preparer` when set, else the source named like the
+dataset, else `prepared` (a directory already in prepared form).
+
+This package is the top of mtlrec.data: the shared machinery below it (spec, encoders, loader,
+streaming, generated, funnel, vocabulary, prepare/) never imports a source (tests/test_code_shape.py).
+The registry imports every source to know its Config, so a source imports pyarrow, pandas and the
+prepare pipeline where it uses them, not at module level (tests/data/test_sources.py).
+
+Generated sources (synthetic_ccp, mmoe_synthetic) make the dataset on first use; the others
+(census, aliccp, aliexpress, movielens, bring-your-own `preparer: csv`, `prepared`) must have been
+prepared: training on one that is not stops with one line naming the `mtlrec prepare` command (it
+never prepares implicitly).
 """
 
 from __future__ import annotations
@@ -14,11 +29,16 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtlrec.config_schema import build
 from mtlrec.data.sources.base import DatasetConfig, DatasetSource
 from mtlrec.errors import MtlrecError
+
+if TYPE_CHECKING:
+    from mtlrec.data.prepare.pipeline import Result
 
 SOURCES: dict[str, type[DatasetSource]] = {}
 S = TypeVar("S", bound=type[DatasetSource])
@@ -58,13 +78,60 @@ def validate_dataset_config(cfg: Mapping[str, Any] | None) -> DatasetConfig:
     return build(source_for(cfg).Config, cfg, "dataset")
 
 
+def resolve_dataset_dir(cfg: Mapping[str, Any]) -> Path:
+    """The directory of the configured dataset, ready to load (spec.json + split parquet files)."""
+    cfg = dict(cfg)
+    validate_dataset_config(cfg)
+    return source_for(cfg).resolve(cfg)
+
+
+def preparable_sources() -> list[str]:
+    """The names `dataset.preparer` may take (sources `mtlrec prepare` can build)."""
+    return sorted(name for name, cls in SOURCES.items() if cls.preparable)
+
+
+def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
+    """Prepare the dataset a (resolved) dataset config describes, atomically, at cfg['path']."""
+    from mtlrec.data.prepare.extend import vocab_from
+    from mtlrec.data.prepare.publish import staged_dir
+    from mtlrec.data.prepare.replace import raw_inputs
+
+    name = cfg.get("name")
+    source = source_for(cfg)
+    if not source.preparable and source.generated:
+        raise MtlrecError(
+            f"dataset '{name}' is generated on first use: `mtlrec train dataset={name}` makes it; there is nothing to prepare"
+        )
+    if not source.preparable:
+        raise MtlrecError(
+            f"dataset '{name}': dataset.preparer is '{cfg.get('preparer')}'; use one of {preparable_sources()} (csv for your own files)"
+        )
+    if not cfg.get("path"):
+        raise MtlrecError(
+            f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
+        )
+    validate_dataset_config(cfg)
+    if cfg.get("sample_weight") and not source.keeps_sample_weight:
+        raise MtlrecError(
+            f"dataset.sample_weight={cfg['sample_weight']!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
+        )
+    path = Path(str(cfg["path"])).expanduser()
+    base = vocab_from(cfg.get("vocab_from"))  # dataset.vocab_from: run_plan keeps the old ids
+    with base, staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
+        result = source.prepare(cfg, tmp)
+    return replace(result, path=path)
+
+
 _discover()
 
 __all__ = [
     "SOURCES",
     "DatasetConfig",
     "DatasetSource",
+    "preparable_sources",
+    "prepare_dataset",
     "register",
+    "resolve_dataset_dir",
     "source_for",
     "validate_dataset_config",
 ]

@@ -1,0 +1,303 @@
+"""Big embedding tables in checkpoints: a base file plus one file of changed rows per checkpoint.
+
+A table trained by RowAdam (`trainer.embedding_optimizer=sparse_adam`, on CPU) with at least
+`checkpoint.table_files_min_rows` rows is not stored inside last.pt. Its weight, its packed Adam
+moments and its per-row last_step go to checkpoints/tables/: a base file (every row) at the first
+checkpoint, then per checkpoint one delta file holding only the rows changed since the previous
+one (their ids and their values; RowAdam marks a row changed when a step, a catch-up or the
+epoch's flush moves it). Once the deltas since the base hold more than COMPACT_FRACTION of the
+table's rows, the next checkpoint writes a new base. In the payload each such tensor becomes a
+reference ({REF_KEY: name, "chain": "last" | "best"}) and TABLES_KEY lists the files each chain
+is assembled from (base first, deltas in order) with each file's SHA-256, taken over the bytes
+written, never over the whole table. So:
+
+- an epoch's end writes and hashes O(rows changed), not O(vocabulary);
+- best.pt, a hard link to the best epoch's last.pt, names that epoch's files; a later last.pt's
+  best weights (TrainState.best_state) reference the same files (chain "best"), no full copy;
+- `assemble` (called by checkpoint.load_checkpoint) turns every reference back into the full
+  tensor after checking each file's SHA-256: every reader sees the ordinary payload;
+- a file is complete on disk (temp + fsync + rename) before the last.pt that names it, and
+  `collect` deletes only files that no checkpoint of the dir names: a kill -9 at any instant
+  leaves last.pt or last.prev.pt loadable with all its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlrec.errors import MtlrecError
+from mtlrec.training.row_adam import RowAdam
+
+log = logging.getLogger(__name__)
+
+TABLES_KEY = "table_files"  # payload key: {"chains": {name: [file entry]}, "best": chain name}
+REF_KEY = "table_ref"
+TABLES_DIR = "tables"
+FILE_FORMAT = "mtlrec-table-rows"
+COMPACT_FRACTION = 0.5  # deltas holding more rows than this fraction of the tables: a new base
+BEST_PREFIX = "train_state/best_state/"
+MODEL_PREFIX = "model_state/"
+
+
+class TableFiles:
+    """Writes the big tables of a run's checkpoints as base + delta files (module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        optimizer: torch.optim.Optimizer,
+        min_rows: int | None,
+        write_file: Callable[[Any, Path], None],
+    ):
+        self.directory = Path(directory) / TABLES_DIR
+        parts = getattr(optimizer, "optimizers", [optimizer])
+        self.tables = [
+            (opt, p)
+            for opt in parts
+            if isinstance(opt, RowAdam)
+            for p in opt.group_of
+            if min_rows is not None and p.device.type == "cpu" and p.shape[0] >= min_rows
+        ]
+        self.write_file = write_file
+        self.chain: list[dict[str, Any]] = []  # the files of the newest checkpoint's tables
+        self.best: list[dict[str, Any]] | None = None  # the files of the best epoch's
+        self.shapes: dict[str, list[int]] = {}  # name -> shape of what the chain holds
+        self._referenced: dict[tuple[int, int, int], set[str]] = {}  # collect's cache
+
+    def adopt(self, payload: dict) -> None:
+        """Continue the chain of a resumed checkpoint: the optimizer state equals it now."""
+        info = payload.get(TABLES_KEY)
+        if info is None or not self.tables:
+            return
+        chains = info["chains"]
+        self.chain = list(chains.get("last", []))
+        self.best = list(chains[info["best"]]) if info.get("best") else None
+        self.shapes = dict(info.get("shapes", {}))
+
+    def mark_best(self) -> None:
+        """The checkpoint just written is the best epoch's: its files hold the best weights."""
+        self.best = list(self.chain) if self.tables else None
+
+    def externalize(self, payload: dict, epoch: int) -> dict:
+        """The payload with the tracked tables' tensors as references, after writing their
+        changed rows (or a base) to a new file of tables/."""
+        if not self.tables:
+            return payload
+        names: dict[tuple, str] = {}  # tensor identity -> its name (first payload path)
+        tracked = {_identity(t): i for i, t in self._tracked_tensors()}
+        rows = [opt.take_changed(p) for opt, p in self.tables]
+
+        def name_of(path: str, t: torch.Tensor) -> str | None:
+            key = _identity(t)
+            if key in tracked:
+                return names.setdefault(key, path)
+            return None
+
+        found: dict[str, int] = {}
+        for path, t in _walk_tensors(payload):
+            name = name_of(path, t)
+            if name == path:
+                found[name] = tracked[_identity(t)]
+        shapes = {n: list(t.shape) for n, t in _walk_tensors(payload) if n in found}
+        entry = self._write(payload, found, shapes, rows, epoch)
+        self.chain = [entry] if entry["kind"] == "base" else [*self.chain, entry]
+        self.shapes = shapes
+        best_used = False
+
+        def replace(path: str, t: torch.Tensor) -> Any:
+            nonlocal best_used
+            name = name_of(path, t)
+            if name is not None:
+                return {REF_KEY: name, "chain": "last"}
+            if path.startswith(BEST_PREFIX) and self.best is not None:
+                model_name = MODEL_PREFIX + path[len(BEST_PREFIX) :]
+                if self.shapes.get(model_name) == list(t.shape):
+                    best_used = True
+                    return {REF_KEY: model_name, "chain": "best"}
+            return t
+
+        out = _map_tensors(payload, "", replace)
+        shares_last = any(n.startswith(BEST_PREFIX) for n in _ref_paths(out, "last"))
+        chains = {"last": self.chain, **({"best": self.best} if best_used else {})}
+        best = "best" if best_used else ("last" if shares_last else None)
+        out[TABLES_KEY] = {"chains": chains, "best": best, "shapes": shapes}
+        return out
+
+    def _tracked_tensors(self) -> list[tuple[int, torch.Tensor]]:
+        out = []
+        for i, (opt, p) in enumerate(self.tables):
+            state = opt.state[p]
+            out += [(i, p.data), (i, state["moments"]), (i, state["last_step"])]
+        return out
+
+    def _write(
+        self,
+        payload: dict,
+        found: dict[str, int],
+        shapes: dict[str, list[int]],
+        rows: list[torch.Tensor],
+        epoch: int,
+    ) -> dict[str, Any]:
+        tensors = dict(_walk_tensors(payload))
+        table_rows = sum(p.shape[0] for _, p in self.tables)
+        since_base = sum(e["rows"] for e in self.chain) + sum(int(r.numel()) for r in rows)
+        base = not self.chain or shapes != self.shapes or since_base > COMPACT_FRACTION * table_rows
+        if base:
+            body: dict[str, Any] = {"values": {n: tensors[n] for n in found}}
+            written = 0
+        else:
+            ids = {n: rows[i] for n, i in found.items()}
+            body = {"rows": ids, "values": {n: tensors[n].index_select(0, ids[n]) for n in ids}}
+            written = sum(int(r.numel()) for r in rows)
+        kind = "base" if base else "delta"
+        path = self.directory / f"e{epoch}-{secrets.token_hex(6)}.{kind}.pt"
+        self.write_file({"format": FILE_FORMAT, "kind": kind, **body}, path)
+        return {"file": path.name, "kind": kind, "rows": written, "sha256": file_digest(path)}
+
+    def collect(self) -> list[Path]:
+        """Delete the files of tables/ that no checkpoint of the dir names (any unreadable
+        checkpoint: delete nothing). Returns them."""
+        if not self.directory.is_dir():
+            return []
+        keep: set[str] = set()
+        for checkpoint in self.directory.parent.glob("*.pt"):
+            names = self._names_in(checkpoint)
+            if names is None:
+                return []
+            keep |= names
+        removed = []
+        for path in self.directory.glob("*.pt"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def _names_in(self, checkpoint: Path) -> set[str] | None:
+        try:
+            st = checkpoint.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key not in self._referenced:
+                payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+                chains = payload.get(TABLES_KEY, {}).get("chains", {})
+                self._referenced[key] = {e["file"] for c in chains.values() for e in c}
+            return self._referenced[key]
+        except Exception as e:  # a checkpoint being replaced, foreign or damaged: keep all
+            log.debug("tables: not collecting (%s: %s)", checkpoint, e)
+            return None
+
+
+def assemble(payload: dict, path: Path) -> dict:
+    """Every table reference of a loaded checkpoint replaced by its full tensor (files checked
+    against their SHA-256); a payload without references is returned as it is."""
+    info = payload.get(TABLES_KEY)
+    if info is None:
+        return payload
+    wanted: dict[str, set[str]] = {}
+    for _, ref in _refs(payload):
+        wanted.setdefault(ref["chain"], set()).add(ref[REF_KEY])
+    full = {
+        chain: _assemble_chain(info["chains"][chain], names, path)
+        for chain, names in wanted.items()
+    }
+
+    def restore(obj: Any) -> Any:
+        if isinstance(obj, dict) and REF_KEY in obj:
+            return full[obj["chain"]][obj[REF_KEY]]
+        if isinstance(obj, dict):
+            return {k: restore(v) for k, v in obj.items()}
+        if type(obj) in (list, tuple):
+            return type(obj)(restore(v) for v in obj)
+        return obj
+
+    return restore(payload)
+
+
+def _assemble_chain(entries: list[dict], names: set[str], checkpoint: Path) -> dict:
+    out: dict[str, torch.Tensor] = {}
+    for entry in entries:
+        body = _read(checkpoint.parent / TABLES_DIR / entry["file"], entry, checkpoint)
+        for name in names:
+            values = body["values"].get(name)
+            if values is None:
+                raise MtlrecError(f"{checkpoint}: table file {entry['file']} lacks {name}")
+            if entry["kind"] == "base":
+                out[name] = values
+            else:
+                out[name].index_copy_(0, body["rows"][name], values)
+    return out
+
+
+def _read(file: Path, entry: dict, checkpoint: Path) -> dict:
+    if not file.is_file():
+        raise MtlrecError(
+            f"{checkpoint}: its table file {file} is missing (a checkpoint is its .pt file plus "
+            "the files of tables/ it names); use an older checkpoint"
+        )
+    if file_digest(file) != entry["sha256"]:
+        raise MtlrecError(
+            f"{checkpoint}: table file {file} does not match its SHA-256 in the checkpoint (the "
+            "file is corrupt); use an older checkpoint"
+        )
+    body = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
+        raise MtlrecError(f"{checkpoint}: {file} is not an mtlrec table file")
+    return body
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+
+
+def _walk_tensors(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    out: list[tuple[str, torch.Tensor]] = []
+
+    def keep(path: str, t: torch.Tensor) -> torch.Tensor:
+        out.append((path, t))
+        return t
+
+    _map_tensors(obj, prefix, keep)
+    return out
+
+
+def _map_tensors(obj: Any, prefix: str, fn: Callable[[str, torch.Tensor], Any]) -> Any:
+    """A copy of `obj` with each tensor replaced by fn(path, tensor); containers are rebuilt
+    (the optimizer's state_dict shares its dicts with the live optimizer: never mutated)."""
+    if torch.is_tensor(obj):
+        return fn(prefix, obj)
+    if isinstance(obj, dict):
+        return {
+            k: _map_tensors(v, f"{prefix}/{k}" if prefix else str(k), fn) for k, v in obj.items()
+        }
+    if type(obj) in (list, tuple):
+        return type(obj)(_map_tensors(v, f"{prefix}[{i}]", fn) for i, v in enumerate(obj))
+    return obj
+
+
+def _refs(obj: Any, prefix: str = "") -> list[tuple[str, dict]]:
+    if isinstance(obj, dict) and REF_KEY in obj:
+        return [(prefix, obj)]
+    if isinstance(obj, dict):
+        return [r for k, v in obj.items() for r in _refs(v, f"{prefix}/{k}" if prefix else str(k))]
+    if type(obj) in (list, tuple):
+        return [r for i, v in enumerate(obj) for r in _refs(v, f"{prefix}[{i}]")]
+    return []
+
+
+def _ref_paths(obj: Any, chain: str) -> list[str]:
+    return [p for p, ref in _refs(obj) if ref["chain"] == chain]

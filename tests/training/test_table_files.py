@@ -1,0 +1,197 @@
+"""Big sparse tables in checkpoints: a base file + the rows each checkpoint changed
+(mtlrec/training/table_files.py): write size, exact assembly, corruption, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, compose_train
+from helpers.stops import StopAfter
+from mtlrec.errors import MtlrecError
+from mtlrec.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_resumable
+from mtlrec.training.row_adam import RowAdam
+from mtlrec.training.signals import StopRequest, TrainingInterrupted
+from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble
+
+BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 87 steps an epoch; dropout draws RNG
+SPARSE = [*TINY, *BATCH, "trainer.embedding_optimizer=sparse_adam"]
+FILES = [*SPARSE, "checkpoint.table_files_min_rows=0", "checkpoint.every_n_steps=16"]
+ROWS, DIM = 20_000, 4
+
+
+def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    """Same metrics to the bit, same best and last weights (each loaded as readers load it)."""
+    got, ref = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, ref_dir))
+    assert got["status"] == "completed" and got["metrics"] == ref["metrics"]
+    for name in ("best.pt", LAST):
+        a, b = (
+            load_checkpoint(d / "checkpoints" / name)["model_state"] for d in (run_dir, ref_dir)
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run, its table inside last.pt."""
+    from mtlrec.experiment import run
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    run(compose_train(SPARSE), run_dir)
+    return run_dir
+
+
+def train_rows(table: nn.Embedding, opt: RowAdam, ids: torch.Tensor) -> None:
+    opt.zero_grad()
+    table(ids).pow(2).sum().backward()
+    opt.step()
+
+
+def checkpoint(files: TableFiles, table: nn.Embedding, opt: RowAdam, epoch: int) -> dict:
+    payload = {
+        "model_state": {"weight": table.weight.detach()},
+        "optimizer_state": opt.state_dict(),
+    }
+    return files.externalize(payload, epoch)
+
+
+def test_a_checkpoint_writes_the_changed_rows_only_and_assembles_the_exact_state(tmp_path):
+    torch.manual_seed(0)
+    table = nn.Embedding(ROWS, DIM, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    (tmp_path / "checkpoints").mkdir()
+    files = TableFiles(tmp_path / "checkpoints", opt, 0, lambda obj, path: torch.save(obj, path))
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, ROWS, 7))
+    first = checkpoint(files, table, opt, 1)
+    base = files.directory / first["table_files"]["chains"]["last"][0]["file"]
+    row_bytes = DIM * 4 * 3 + 8 + 8  # weight + 2 moments (float32), last_step + its id (int64)
+    assert base.stat().st_size >= ROWS * (row_bytes - 8)  # every row (a base has no ids)
+
+    for step in range(3):  # 100 rows, some of them twice
+        train_rows(table, opt, torch.arange(step * 50, step * 50 + 100))
+    opt.flush()  # rows 0, 7, 14, ... still have momentum: the flush moves (changes) them too
+    second = checkpoint(files, table, opt, 2)
+    entry = second["table_files"]["chains"]["last"][-1]
+    changed = 200 + len(range(203, ROWS, 7))  # 0..199, then multiples of 7
+    assert (entry["kind"], entry["rows"]) == ("delta", changed)
+    delta = files.directory / entry["file"]
+    assert delta.stat().st_size < changed * row_bytes + 8192  # the changed rows, not the table
+
+    full = assemble(second, tmp_path / "checkpoints" / LAST)
+    assert torch.equal(full["model_state"]["weight"], table.weight)
+    state = full["optimizer_state"]["state"][0]
+    for key in ("moments", "last_step", "step"):
+        assert torch.equal(state[key], opt.state[table.weight][key]), key
+    assert second["optimizer_state"]["state"][0]["moments"]["table_ref"]  # a reference, no tensor
+    assert torch.is_tensor(opt.state[table.weight]["moments"])  # the live state is untouched
+
+    train_rows(table, opt, torch.arange(0, ROWS, 2))  # over half the table: a new base
+    third = checkpoint(files, table, opt, 3)
+    assert [e["kind"] for e in third["table_files"]["chains"]["last"]] == ["base"]
+    (files.directory / third["table_files"]["chains"]["last"][0]["file"]).unlink()
+    with pytest.raises(MtlrecError, match=r"^\S+last.pt: its table file \S+base.pt is missing \("):
+        assemble(third, tmp_path / "checkpoints" / LAST)
+
+
+def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resumes_exactly(
+    tmp_path, straight, monkeypatch, caplog
+):
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(StopAfter, "k", 40)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(FILES), run_dir)
+    newest = torch.load(ckpts / LAST, weights_only=True)["table_files"]["chains"]["last"][-1]
+    delta = ckpts / TABLES_DIR / newest["file"]
+    data = bytearray(delta.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    delta.write_bytes(bytes(data))
+    line = (
+        f"{ckpts / LAST}: table file {delta} does not match its SHA-256 in the checkpoint (the "
+        "file is corrupt); use an older checkpoint"
+    )
+    with pytest.raises(MtlrecError) as info:
+        load_checkpoint(ckpts / LAST)
+    assert str(info.value) == line
+    payload, path = load_resumable(ckpts)
+    assert path == ckpts / PREVIOUS and payload["train_state"]["step"] == 32
+    assert f"{line}; falling back to {ckpts / PREVIOUS}" in caplog.text
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, straight)
+    named = set()
+    for name in ("best.pt", LAST, PREVIOUS):
+        chains = torch.load(ckpts / name, weights_only=True)["table_files"]["chains"]
+        named |= {e["file"] for chain in chains.values() for e in chain}
+    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named  # nothing else kept
+
+
+@pytest.mark.slow  # a second process
+def test_kill_9_while_last_pt_is_written_resumes_exactly_from_the_previous_one(
+    tmp_path, straight, monkeypatch
+):
+    """The resumed process writes step 48's delta, moves last.pt to last.prev.pt and is killed
+    while writing the new last.pt: last.prev.pt and its files resume; the orphan goes."""
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(StopAfter, "k", 40)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(FILES), run_dir)
+    before = {p.name for p in (ckpts / TABLES_DIR).iterdir()}
+    # what `mtlrec train` records for `resume=` to replay (this run was started in-process)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in FILES))
+    marker = tmp_path / "paused"
+    env = {**os.environ, "MTLREC_FAULT_PAUSE_WRITE": f"{LAST}:{marker}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtlrec", "train", f"resume={run_dir}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (ckpts / LAST).exists()
+    new = {p.name for p in (ckpts / TABLES_DIR).iterdir()} - before
+    assert len(new) == 1 and new.pop().endswith(".delta.pt")  # step 48's, named by no checkpoint
+
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
+    assert_same_run(run_dir, straight)
+    assert not list(ckpts.rglob("*.tmp"))
+    named = set()
+    for name in ("best.pt", LAST, PREVIOUS):
+        chains = torch.load(ckpts / name, weights_only=True)["table_files"]["chains"]
+        named |= {e["file"] for chain in chains.values() for e in chain}
+    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named
+
+
+def test_the_setting_is_checked(tmp_path):
+    from mtlrec.experiment import run
+
+    with pytest.raises(MtlrecError, match="^checkpoint.table_files_min_rows must be an integer"):
+        run(compose_train([*TINY, "checkpoint.table_files_min_rows=-1"]), Path(tmp_path) / "r")
