@@ -38,8 +38,8 @@ from mtlrec.run_process import (
 )
 from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
-from mtlrec.runs.sweep import job_thread_share
 from mtlrec.settings import RunSettings
+from mtlrec.sweeps.callback import job_thread_share
 from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
 from mtlrec.training.calibration import RELIABILITY_FILE
@@ -152,9 +152,9 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     recorder = RunRecorder(run_dir, built, settings, resume)
     recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
     try:
-        result = built.trainer.fit(
-            built.splits, hooks=recorder if built.is_main else None, resume=resume
-        )
+        # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
+        peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
+        result = built.trainer.fit(built.splits, recorder if built.is_main else peer, resume)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
         recorder.logger.finish("interrupted" if interrupted else "failed")
@@ -194,7 +194,7 @@ def setup_process(settings: RunSettings, run_dir: RunDir) -> torch.device:
     if trainer_cfg.num_threads is not None:
         torch.set_num_threads(trainer_cfg.num_threads)
     elif (share := job_thread_share()) is not None:
-        torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (runs/sweep.py)
+        torch.set_num_threads(share)  # a parallel sweep job: its share of the cores (sweeps/)
     device = resolve_device(settings.device)
     device = distributed.setup(
         device, settings.config, trainer_cfg.num_threads is not None, run_dir.path

@@ -9,10 +9,13 @@ spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) w
 spec.json's vocab_size set to V. Only the table grows; rows, batches and labels stay identical. For
 each size and each system of SYSTEMS (native_dense: `trainer.embedding_optimizer=adam`, a
 dense gradient + fused Adam on the whole table; native_sparse: `sparse_adam`, a sparse gradient +
-RowAdam on the rows a batch uses; another backend adds its entry there), `mtlrec train` runs in
+RowAdam on the rows a batch uses, tables of 100k+ rows checkpointed as checkpoints/tables/ base +
+changed rows; torchrec: `trainer.embedding_backend=torchrec` with FBGEMM's fused
+`rowwise_adagrad`; another backend adds its entry there), `mtlrec train` runs in
 its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
 reports train samples/s (metrics.json), the last epoch's end (flush, validation, best weights and
-checkpoints: the `epoch N end` line of train.log) against that epoch's training seconds, the
+checkpoints: the `epoch N end` line of train.log) against that epoch's training seconds (and
+epoch 1's end, which writes a table file's base), the
 bytes the checkpoints take on disk (a file with several names, hard links, counted once), its
 peak RSS (wait4) and val/test mean AUC. With `--repeats N` the cells run N rounds in rotation
 and the median run is reported (the wall clock of a shared machine varies;
@@ -46,7 +49,9 @@ MODEL = ["model=mmoe", "model.num_experts=4", "model.expert_dims=[32]", "model.t
          "trainer.progress=false", "trainer.num_threads=1", "device=cpu", "seed=0"]  # fmt: skip
 # system -> its overrides (a new backend adds a line)
 SYSTEMS = {"native_dense": ["trainer.embedding_optimizer=adam"],
-           "native_sparse": ["trainer.embedding_optimizer=sparse_adam"]}  # fmt: skip
+           "native_sparse": ["trainer.embedding_optimizer=sparse_adam"],
+           "torchrec": ["trainer.embedding_backend=torchrec",
+                        "trainer.embedding_optimizer=rowwise_adagrad"]}  # fmt: skip
 
 
 def base_dataset(work: Path, rows: int) -> Path:
@@ -109,6 +114,7 @@ def train(
         "samples_per_s": metrics["train_samples_per_s"],
         "train_seconds": train_seconds[-1],
         "epoch_end_seconds": float(ends[-1]) if ends else None,
+        "first_end_seconds": float(ends[0]) if ends else None,  # epoch 1: a table file's base
         "checkpoint_bytes": disk_bytes(run_dir / "checkpoints"),
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "val_mean_auc": metrics["metrics"].get("val/mean_auc"),
@@ -117,8 +123,9 @@ def train(
 
 
 def disk_bytes(directory: Path) -> int:
-    """Bytes of the files in `directory`, a file with several names (hard links) counted once."""
-    files = {p.stat().st_ino: p.stat().st_size for p in directory.iterdir() if p.is_file()}
+    """Bytes of the files under `directory` (tables/ too), a file with several names (hard links)
+    counted once."""
+    files = {p.stat().st_ino: p.stat().st_size for p in directory.rglob("*") if p.is_file()}
     return sum(files.values())
 
 
@@ -158,16 +165,28 @@ def median_run(runs: list[dict]) -> dict:
 def print_table(results: list[dict], smallest: int) -> None:
     base = {r["optimizer"]: r for r in results if r["vocab"] == smallest}
     print(f"\n| vocab | system | train samples/s | vs {smallest:,} ids | epoch end s | "
-          "end / train | checkpoints MiB | peak RSS MiB | test mean AUC |\n"
-          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+          f"end / train | vs {smallest:,} | epoch 1 end s | checkpoints MiB | peak RSS MiB | "
+          f"RSS vs {smallest:,} | test mean AUC |\n"
+          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
     for r in results:
         ratio = r["samples_per_s"] / base[r["optimizer"]]["samples_per_s"]
         auc = "" if r["test_mean_auc"] is None else f"{r['test_mean_auc']:.4f}"
-        end = r["epoch_end_seconds"]
-        shown = ("", "") if end is None else (f"{end:.2f}", f"{end / r['train_seconds']:.2f}x")
+        ref = base[r["optimizer"]]
+        end, first = r["epoch_end_seconds"], r.get("first_end_seconds")
+        share, ref_share = (
+            None if x["epoch_end_seconds"] is None else x["epoch_end_seconds"] / x["train_seconds"]
+            for x in (r, ref)
+        )
+        shown = (
+            ("", "", "")
+            if share is None
+            else (f"{end:.2f}", f"{share:.2f}x", f"{share / ref_share:.1f}x" if ref_share else "")
+        )
+        rss = r["peak_rss_mib"] / ref["peak_rss_mib"]
         print(f"| {r['vocab']:,} | {r['optimizer']} | {r['samples_per_s']:,.0f} | {ratio:.2f}x | "
-              f"{shown[0]} | {shown[1]} | {r['checkpoint_bytes'] / 2**20:,.0f} | "
-              f"{r['peak_rss_mib']:,.0f} | {auc} |")  # fmt: skip
+              f"{shown[0]} | {shown[1]} | {shown[2]} | {'' if first is None else f'{first:.2f}'} | "
+              f"{r['checkpoint_bytes'] / 2**20:,.0f} | {r['peak_rss_mib']:,.0f} | {rss:.2f}x | "
+              f"{auc} |")  # fmt: skip
 
 
 if __name__ == "__main__":

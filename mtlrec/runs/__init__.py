@@ -5,5 +5,5 @@ files.py     parsers of config.yaml / overrides.yaml / history.csv
 run_dir.py   RunDir (the writer) and RunDirGuard (the Hydra callback that owns the dir)
 atomic.py    atomic, umask-respecting file writes; clean-up of killed writers' temp files
 lock.py      exclusive ownership of a dir for a process's life
-sweep.py, sweep_stop.py                         sweep report, thread shares, stopping sweeps
+resume.py    a resume attempt's claim of the dir and its checks
 """

@@ -1,6 +1,6 @@
 """metrics.json's schema (RunSummary), the run dir's writers (umask, declared fields) and the
-shape of the packages that read and mirror run dirs, mtlrec.runs, mtlrec.report and
-mtlrec.loggers (no heavy or lower-layer imports, short modules and functions)."""
+shape of the packages that write, read and mirror run dirs, mtlrec.runs, mtlrec.report,
+mtlrec.loggers and mtlrec.sweeps (no heavy or lower-layer imports, short modules and functions)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mtlrec.runs.run_dir import RunDir, atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "mtlrec" / "report"
-UPPER_PACKAGES = ("runs", "report", "loggers")  # no lower-layer import at module level
+UPPER_PACKAGES = ("runs", "report", "loggers", "sweeps")  # no lower-layer import at module level
 UPPER_MODULES = sorted(p for name in UPPER_PACKAGES for p in (ROOT / "mtlrec" / name).glob("*.py"))
 
 V1 = {  # a metrics.json as mtlrec wrote it before schema_version existed
@@ -169,7 +169,7 @@ def _module_level_imports(tree: ast.Module) -> list[str]:
 
 
 @pytest.mark.parametrize("path", UPPER_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_run_dir_report_and_logger_modules_are_short_and_import_no_lower_layer(path):
+def test_run_dir_report_logger_and_sweep_modules_are_short_and_import_no_lower_layer(path):
     text = path.read_text()
     tree = ast.parse(text)
     lower = [
@@ -196,7 +196,8 @@ def test_compare_and_plots_do_not_import_each_other():
 
 def test_file_names_have_one_home():
     from mtlrec.report import compare
-    from mtlrec.runs import run_dir, sweep
+    from mtlrec.runs import run_dir
+    from mtlrec.sweeps import callback as sweep
 
     assert run_dir.METRICS_FILE is records.METRICS_FILE == "metrics.json"
     assert sweep.METRICS_FILE is records.METRICS_FILE

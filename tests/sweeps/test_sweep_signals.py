@@ -16,7 +16,7 @@ import pytest
 
 from helpers.runs import TINY_CLI
 from mtlrec.runs.lock import owner_pid
-from mtlrec.runs.sweep_stop import children
+from mtlrec.sweeps.stop import children
 
 LONG = ["trainer.epochs=5000", "trainer.patience=null"]  # stopped by the test long before
 

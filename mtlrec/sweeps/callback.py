@@ -11,7 +11,7 @@ hydra.callbacks) changes that for multiruns:
   run. Other sweepers (Optuna) keep the failure: they handle failed trials themselves
   (`hydra.sweeper.max_failure_rate`).
 * `on_multirun_start` with the joblib launcher: SIGTERM to the sweep's process stops every
-  worker, kills loky's helpers and prints the report (runs/sweep_stop.py).
+  worker, kills loky's helpers and prints the report (sweeps/stop.py).
 * `on_multirun_end` (the sweep's own process, after the last job): reads the job dirs on disk and,
   when any job of this sweep did not complete, prints one line per such job (dir, status, error)
   and exits with status 1.
@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.errors import MtlrecError
 from mtlrec.runs.records import METRICS_FILE, read_info
-from mtlrec.runs.sweep_stop import sweep_jobs
+from mtlrec.sweeps.stop import sweep_jobs
 
 log = logging.getLogger("mtlrec")
 
@@ -105,7 +105,7 @@ class SweepReport(Callback):
             self.sweep_dir = Path(str(config.hydra.sweep.dir))
             atexit.register(self._stopped_line)
         if "joblib" in launcher.lower():
-            from mtlrec.runs import sweep_stop  # only parallel sweeps need it (start-up)
+            from mtlrec.sweeps import stop as sweep_stop  # only parallel sweeps need it (start-up)
 
             sweep_stop.install(config, self.started)  # SIGTERM stops the workers too
 

@@ -14,7 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from helpers.runs import TINY_CLI, mtlrec
-from mtlrec.runs.sweep import (
+from mtlrec.sweeps.callback import (
     BASIC_SWEEPER,
     SweepReport,
     parallel_jobs,
@@ -145,7 +145,7 @@ def test_exception_before_the_run_is_recorded_and_turned_into_nan(tmp_path):
 
 def test_an_interrupted_job_stops_an_in_process_sweep(tmp_path):
     from mtlrec.runs.run_dir import RunDir
-    from mtlrec.runs.sweep import BASIC_LAUNCHER
+    from mtlrec.sweeps.callback import BASIC_LAUNCHER
     from mtlrec.training.signals import TrainingInterrupted
 
     config = _job_config(tmp_path)
