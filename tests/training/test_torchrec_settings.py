@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from helpers.torchrec import shard_settings
 from mtlrec.errors import MtlrecError
 from mtlrec.training import torchrec_backend
 from mtlrec.training.config import TrainerConfig
@@ -99,21 +99,9 @@ def _layer(vocab: int, dim: int):
     return TorchRecFieldEmbedding.from_native(copy.deepcopy(native))
 
 
-def cfg(**kw):
-    base = dict(
-        lr=0.1,
-        embedding_lr=None,
-        embedding_optimizer="rowwise_adagrad",
-        sharding="auto",
-        shard_memory_mb=None,
-        devices=1,
-    )
-    return SimpleNamespace(**{**base, **kw})
-
-
 def test_a_width_fbgemm_cannot_hold_is_one_line():
     with pytest.raises(MtlrecError) as info:
-        torchrec_backend.shard_layer(_layer(10, 6), cfg(), torch.device("cpu"))
+        torchrec_backend.shard_layer(_layer(10, 6), shard_settings(), torch.device("cpu"))
     assert str(info.value) == (
         "trainer.embedding_backend=torchrec: FBGEMM's tables need a width that is a multiple of "
         "4, got 6 (model.embedding_dim x copies); set model.embedding_dim to a multiple of 4"
@@ -123,7 +111,9 @@ def test_a_width_fbgemm_cannot_hold_is_one_line():
 def test_tables_over_the_rank_budget_are_refused_in_one_line():
     with pytest.raises(MtlrecError) as info:
         torchrec_backend.shard_layer(
-            _layer(300_000, 4), cfg(sharding="table_wise", shard_memory_mb=1), torch.device("cpu")
+            _layer(300_000, 4),
+            shard_settings(sharding="table_wise", shard_memory_mb=1),
+            torch.device("cpu"),
         )
     assert str(info.value) == (
         "trainer.sharding=table_wise: the embedding tables (300,000 x 4) and their optimizer "
