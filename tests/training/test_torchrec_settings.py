@@ -41,8 +41,13 @@ def test_optimizers_and_sharding_the_cpu_cannot_run():
     )
     assert "rowwise_adam" in line(dataclasses.replace(TORCHREC, embedding_optimizer="sparse_adam"))
     assert line(dataclasses.replace(TORCHREC, sharding="row_wise")) == (
-        "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise, "
-        "column_wise or data_parallel"
+        "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise "
+        "or column_wise"
+    )
+    assert line(dataclasses.replace(TORCHREC, sharding="data_parallel")) == (
+        "trainer.sharding=data_parallel: FBGEMM's CPU kernel for replicated tables returns one "
+        "row per sample instead of one per id (TorchRec 1.8); on the CPU use table_wise or "
+        "column_wise"
     )
 
 
@@ -59,14 +64,6 @@ def test_what_the_fused_optimizer_cannot_do_is_one_line(change, what):
     assert line(dataclasses.replace(TORCHREC, **change)) == (
         f"{what} does not work with trainer.embedding_backend=torchrec (the fused optimizer "
         "updates the tables inside the backward pass); use the native backend"
-    )
-
-
-def test_several_ranks_are_refused_until_they_work():
-    assert line(dataclasses.replace(TORCHREC, devices=2)) == (
-        "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
-        "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several "
-        "ranks"
     )
 
 
