@@ -152,9 +152,9 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     recorder = RunRecorder(run_dir, built, settings, resume)
     recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
     try:
-        result = built.trainer.fit(
-            built.splits, hooks=recorder if built.is_main else None, resume=resume
-        )
+        # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
+        peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
+        result = built.trainer.fit(built.splits, recorder if built.is_main else peer, resume)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
         recorder.logger.finish("interrupted" if interrupted else "failed")

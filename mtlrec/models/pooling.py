@@ -83,8 +83,8 @@ class TargetAttention(nn.Module):
     `hidden`: the activation unit's hidden sizes (the paper uses a small MLP; () is one linear
     score layer). PReLU between layers, as in the paper's base activation.
 
-    How it is computed (the same function, measured several times faster on CPU;
-    docs/performance.md): the first layer W = [W_q | W_k | W_d | W_p] of the unit applied to
+    How it is computed (the same function, faster; measurements in docs/performance.md,
+    "Target attention"): the first layer W = [W_q | W_k | W_d | W_p] of the unit applied to
     [q, k, q - k, q * k] is
 
         (W_q + W_d) q + b   +   [W_k - W_d | W_p] [k, q * k],
