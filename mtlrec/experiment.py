@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mtlrec.data.sources import resolve_dataset_dir
+from mtlrec.data.sources import source_for
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
@@ -232,7 +232,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     """Dataset spec, model, its tasks and evaluation targets, the splits, the trainer."""
     trainer_cfg, dataset = settings.trainer, settings.dataset
     with distributed.main_first():  # rank 0 generates a missing dataset, then the others read it
-        data_dir = resolve_dataset_dir(dataset.raw)
+        data_dir = source_for(dataset.raw).resolve(dataset.source)  # its Config, typed once
     spec = DatasetSpec.load(data_dir, sample_weight=dataset.sample_weight)
     selected = spec.select_tasks(dataset.task_selection)
     check_model_memory(settings.model, spec, selected, trainer_cfg, device)
@@ -262,9 +262,9 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         weighted_metrics=settings.metrics.weighted,
     )
     warm_start.finish_start(init, trainer.optimizer, run_dir.update_metrics)
-    tasks = tuple(t.task for t in targets)
+    tasks, source = tuple(t.task for t in targets), dataset.source  # typed once
     splits = load_data(
-        dataset.raw, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
+        source, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
     )
     splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     parallel = distributed.current().describe(trainer_cfg.batch_size)
