@@ -20,6 +20,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union
 
 from mtlrec.errors import MtlrecError
@@ -120,6 +121,10 @@ def _check(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise _Mismatch
+    if tp is Path:  # a path-valued key: `~` expanded once, here; '' is no path (like null)
+        if isinstance(value, (str, PurePath)):
+            return Path(value).expanduser() if str(value) else None
+        raise _Mismatch
     if origin in (list, tuple, Sequence, typing.Sequence):
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
@@ -161,7 +166,13 @@ def describe(tp: Any) -> str:
         return "a list of " + _plural(inner)
     if origin in (dict, Mapping, typing.Mapping):
         return "a mapping"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path",
+    }
     if tp in names:
         return names[tp]
     return getattr(tp, "__name__", str(tp))

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from mtlrec.data.sources import resolve_dataset_dir
+from mtlrec.data.sources import source_for
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
@@ -38,7 +38,7 @@ from mtlrec.run_process import (
 )
 from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
-from mtlrec.settings import RunSettings
+from mtlrec.settings import RunSettings, settings_for
 from mtlrec.sweeps.callback import job_thread_share
 from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir_path: str | Path) -> float:
     With trainer.devices=N > 1, N ranks run this function (distributed.spawn) and this process
     records how they ended. Settings are validated before anything is written.
     """
-    settings = RunSettings.from_config(cfg)
+    settings = settings_for(cfg)  # the Hydra callback's check, when it ran: typed once
     rank = distributed.process_rank()
     run_dir = RunDir(run_dir_path, read_only=not rank.is_main)  # rank 0 alone writes
     started = time.time()
@@ -152,9 +152,9 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     recorder = RunRecorder(run_dir, built, settings, resume)
     recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
     try:
-        result = built.trainer.fit(
-            built.splits, hooks=recorder if built.is_main else None, resume=resume
-        )
+        # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
+        peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
+        result = built.trainer.fit(built.splits, recorder if built.is_main else peer, resume)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
         recorder.logger.finish("interrupted" if interrupted else "failed")
@@ -173,7 +173,7 @@ def read_resume(settings: RunSettings, run_dir: RunDir) -> tuple[dict, Path] | N
         run_dir.update_metrics(config_hash=binding.run_hash(payload, settings.config))
     state = resume_state(payload, path)
     check_resume_config(payload["config"], settings.config, path)
-    binding.check_dataset(payload, path, settings.dataset.get("path"))  # (restore: again)
+    binding.check_dataset(payload, path, settings.dataset.path)  # (restore: again)
     step = "" if state.step is None else f" step {state.step}"
     log.info("resuming from %s (epoch %s%s)", path, state.epoch, step)
     return payload, path
@@ -232,11 +232,11 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     """Dataset spec, model, its tasks and evaluation targets, the splits, the trainer."""
     trainer_cfg, dataset = settings.trainer, settings.dataset
     with distributed.main_first():  # rank 0 generates a missing dataset, then the others read it
-        data_dir = resolve_dataset_dir(dataset)
-    spec = DatasetSpec.load(data_dir, sample_weight=dataset.get("sample_weight"))
-    selected = spec.select_tasks(dataset.get("tasks"))
-    check_model_memory(settings.config["model"], spec, selected, trainer_cfg, device)
-    model, loss_tasks = build_model(settings.config["model"], spec, selected)
+        data_dir = source_for(dataset.raw).resolve(dataset.source)  # its Config, typed once
+    spec = DatasetSpec.load(data_dir, sample_weight=dataset.sample_weight)
+    selected = spec.select_tasks(dataset.task_selection)
+    check_model_memory(settings.model, spec, selected, trainer_cfg, device)
+    model, loss_tasks = build_model(settings.model, spec, selected)
     resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
@@ -262,9 +262,9 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         weighted_metrics=settings.metrics.weighted,
     )
     warm_start.finish_start(init, trainer.optimizer, run_dir.update_metrics)
-    tasks = tuple(t.task for t in targets)
+    tasks, source = tuple(t.task for t in targets), dataset.source  # typed once
     splits = load_data(
-        dataset, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
+        source, data_dir, spec, tasks, device, trainer_cfg.data_on_device, settings.streaming
     )
     splits = distributed.shard_streaming(splits, trainer_cfg.batch_size)  # ranks: own row groups
     parallel = distributed.current().describe(trainer_cfg.batch_size)
@@ -306,7 +306,7 @@ def log_run(built: Built, settings: RunSettings, run_dir: RunDir) -> None:
             for t in built.loss_tasks
         ),
     )
-    left_out = tasks_left_out(built, settings.dataset.get("tasks"))
+    left_out = tasks_left_out(built, settings.dataset.task_selection)
     if left_out:
         log.warning(
             "model %s trains %s and leaves out the dataset's task(s) %s: neither trained nor "

@@ -8,9 +8,12 @@ or raises ONE MtlrecError line naming the key, the value and what is allowed:
     seed='abc': expected an integer
     trainer.monitor='val/foo': not a metric; expected val/<task>_<metric> with <metric> one of ...
 
-`SettingsCheck` (a Hydra callback, conf/train.yaml) runs it at `on_run_start`, before Hydra
-creates the run dir, so a wrong value never leaves a half-made run behind. `experiment.run` builds
-the same settings again (tests and sweeps call it without the callback).
+`check(cfg)` is that plus the checks against the dataset's spec when it is at hand (the model's
+tasks, trainer.monitor, memory, init_from). `SettingsCheck` (a Hydra callback, conf/train.yaml) runs
+it at `on_run_start`, before Hydra creates the run dir, so a wrong value never leaves a half-made run
+behind; `experiment.run` then takes those same settings (`settings_for`): each config value is
+typed ONCE per run (the model's Config too), and everything downstream takes the typed object.
+Tests and sweep jobs call `run` without the callback: it builds the settings itself, once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from hydra.experimental.callback import Callback
@@ -27,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtlrec.config_schema import build, check_value
 from mtlrec.data.streaming import StreamingConfig
+from mtlrec.dataset_settings import DatasetSettings
 from mtlrec.errors import MtlrecError
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.optim_step import check_step_settings
@@ -35,6 +38,8 @@ from mtlrec.training.warm_start import InitSettings
 
 if TYPE_CHECKING:
     from mtlrec.data.spec import DatasetSpec
+    from mtlrec.models import ModelSettings
+    from mtlrec.training.balance import BalanceSettings
 
 
 @dataclass
@@ -93,16 +98,16 @@ class RunSettings:
     seed: int
     data_order_seed: int
     resume: str | None
-    model: Any  # the model's typed Config (mtlrec.models)
-    balance: dict[str, Any] = field(default_factory=dict)
-    dataset: dict[str, Any] = field(default_factory=dict)
+    model: ModelSettings  # the model's class and typed Config (mtlrec.models), built once
+    balance: BalanceSettings  # the balancer's class and typed Config
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     init: InitSettings = field(default_factory=InitSettings)  # init_from, init.* (warm start)
 
     @property
     def model_name(self) -> str:
-        return str(self.config["model"]["name"])
+        return self.model.name
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
@@ -110,8 +115,7 @@ class RunSettings:
         seed = check_value(int, config.get("seed", 0), "seed")
         order_seed = check_value(int, config.get("data_order_seed", seed), "data_order_seed")
         resume = check_value(str | None, config.get("resume"), "resume")
-        dataset = dict(config.get("dataset") or {})
-        validate_dataset(dataset)
+        dataset = dataset_settings(config.get("dataset"))
         if config.get("logger") is not None:
             from mtlrec.loggers import logger_config
 
@@ -155,37 +159,33 @@ def plain_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_settings(model_cfg: Mapping[str, Any]) -> Any:
-    """The model's typed Config: every key type-checked, never coerced (`batch_norm=abc` fails)."""
-    from mtlrec.models import MODELS, model_config
+def model_settings(model_cfg: Mapping[str, Any]) -> ModelSettings:
+    """The model's class and typed Config: every key type-checked, never coerced
+    (`batch_norm=abc` fails), then the Config's own checks (ranges, combinations of keys)."""
+    from mtlrec.models import model_config
 
-    name = model_cfg.get("name")
-    if name not in MODELS:
-        raise MtlrecError(f"model.name '{name}' is unknown; valid models: {sorted(MODELS)}")
-    typed = build(MODELS[name].Config, model_cfg, "model")
-    model_config(model_cfg)  # the model area's own checks (combinations of keys)
-    return typed
+    return model_config(model_cfg)
 
 
-def balance_settings(balance_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+def balance_settings(balance_cfg: Mapping[str, Any] | None) -> BalanceSettings:
     """The balance group: a known balancer and only its keys, typed by its Config (one line per
     error, before anything is written)."""
     from mtlrec.training.balance import balance_config
 
-    cfg = dict(balance_cfg or {"name": "fixed"})
-    balance_config(cfg)
-    return cfg
+    return balance_config(balance_cfg)
 
 
-def validate_dataset(dataset: Mapping[str, Any]) -> None:
-    """The `dataset` group's values that the run itself reads."""
+def dataset_settings(dataset_cfg: Mapping[str, Any] | None) -> DatasetSettings:
+    """The `dataset` group typed: its paths as Paths, its source's Config checked (one line per
+    wrong key or type)."""
+    dataset = dict(dataset_cfg or {})
     if "num_rows" in dataset:
         rows = check_value(int, dataset["num_rows"], "dataset.num_rows")
         if rows < 1:
             raise MtlrecError(f"dataset.num_rows must be an integer >= 1, got {rows}")
     from mtlrec.data.sources import validate_dataset_config
 
-    validate_dataset_config(dataset)  # the source's typed Config: one line per wrong key or type
+    return DatasetSettings.from_mapping(dataset, source=validate_dataset_config(dataset))
 
 
 def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]:
@@ -196,19 +196,17 @@ def spec_at_hand(settings: RunSettings) -> tuple[DatasetSpec | None, int | None]
     from mtlrec.data.spec import SPEC_FILE, DatasetSpec, check_configured_weight
 
     ds = settings.dataset
-    path = Path(str(ds.get("path", ""))).expanduser() if ds.get("path") else None
-    generated = "synthetic_ccp" in (ds.get("name"), ds.get("preparer"))  # the default or a preset
+    path, generated = ds.path, ds.generated  # generated: the default dataset or a preset
     if path is not None and (path / SPEC_FILE).is_file():
         if not generated:
-            return DatasetSpec.load(path, sample_weight=ds.get("sample_weight")), None
+            return DatasetSpec.load(path, sample_weight=ds.sample_weight), None
         spec = DatasetSpec.load(path)  # the same line whether or not its rows exist yet
-        check_configured_weight(spec, ds.get("sample_weight"), f"dataset '{spec.name}' (generated)")
+        check_configured_weight(spec, ds.sample_weight, f"dataset '{spec.name}' (generated)")
         return spec, None
     if generated:
-        from mtlrec.data.sources import validate_dataset_config
         from mtlrec.data.sources.synthetic_ccp import SyntheticCcpConfig
 
-        c = validate_dataset_config(ds)
+        c = ds.source
         assert isinstance(c, SyntheticCcpConfig)
         spec = dataset_spec(c.num_rows, c.generator_seed, c.setting())
         check_configured_weight(spec, c.sample_weight, f"dataset '{spec.name}' (generated)")
@@ -227,13 +225,11 @@ def check_monitor_produced(settings: RunSettings, spec: DatasetSpec | None = Non
         return
     import torch
 
-    from mtlrec.models import model_config
     from mtlrec.training.metrics import eval_targets
     from mtlrec.training.monitoring import produced_val_metrics, resolve_monitor
 
-    ds = settings.dataset
-    selected = spec.select_tasks(ds.get("tasks"))
-    cls, model_cfg = model_config(settings.config["model"])
+    selected = spec.select_tasks(settings.dataset.task_selection)
+    cls, model_cfg = settings.model
     tasks = cls.loss_tasks(spec, selected, model_cfg)  # e.g. ESM² without the action label
     if settings.metrics.gauc_by is not None:
         from mtlrec.training.trainer import group_column
@@ -261,10 +257,8 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
     from mtlrec.training.optimizers import free_memory
 
     try:
-        selected = spec.select_tasks(settings.dataset.get("tasks"))
-        need = model_footprint(
-            settings.config["model"], spec, selected, settings.trainer.embedding_optimizer
-        )
+        selected = spec.select_tasks(settings.dataset.task_selection)
+        need = model_footprint(settings.model, spec, selected, settings.trainer.embedding_optimizer)
     except MtlrecError:  # tasks the model cannot train: the run says so, as it always did
         return
     if rows is not None:  # a generated dataset: every row is made in memory
@@ -284,11 +278,10 @@ def check_init(settings: RunSettings, spec: DatasetSpec | None) -> None:
     from mtlrec.data.spec import SPEC_FILE
     from mtlrec.training.warm_start import preflight
 
-    ds = settings.dataset
-    path = Path(str(ds["path"])).expanduser() if ds.get("path") else None
+    path = settings.dataset.path
     data_dir = path if path is not None and (path / SPEC_FILE).is_file() else None
-    selected = spec.select_tasks(ds.get("tasks")) if spec is not None else ()
-    preflight(settings.init, settings.config["model"], spec, data_dir, selected)
+    selected = spec.select_tasks(settings.dataset.task_selection) if spec is not None else ()
+    preflight(settings.init, settings.model, spec, data_dir, selected)
 
 
 class SettingsCheck(Callback):
@@ -300,13 +293,36 @@ class SettingsCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            settings = RunSettings.from_config(config)
-            spec, rows = spec_at_hand(settings)
-            check_monitor_produced(settings, spec)
-            check_memory(settings, spec, rows)
-            check_init(settings, spec)
+            check(config)
         except MtlrecError as e:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"mtlrec train: error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+
+
+# The settings `check` made last in this process, for `run` to take (the Hydra callback's).
+_checked: list[RunSettings] = []
+
+
+def check(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+    """A run's settings, typed and checked before anything is written: RunSettings.from_config,
+    then, when the dataset's spec is at hand, the model's tasks, trainer.monitor, memory and
+    init_from against it. `run` takes the result (settings_for) instead of typing it again."""
+    settings = RunSettings.from_config(cfg)
+    spec, rows = spec_at_hand(settings)
+    check_monitor_produced(settings, spec)
+    check_memory(settings, spec, rows)
+    check_init(settings, spec)
+    _checked[:] = [settings]
+    return settings
+
+
+def settings_for(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+    """The run's settings: those `check` made for this very config in this process (Hydra hands
+    the task a copy of the config the callback saw), else typed now (a sweep job, a test)."""
+    config = plain_config(cfg)
+    checked = _checked.pop() if _checked else None
+    if checked is not None and checked.config == config:
+        return checked
+    return RunSettings.from_config(config)

@@ -15,7 +15,8 @@ metrics.json; 1 epoch; validation and test included but not timed):
   5. trainer.devices=N (DDP, nccl) at batch 8192 per rank, when N > 1 GPUs are visible
   6. the TorchRec backend (trainer.embedding_backend=torchrec, needs scripts/install_torchrec.sh
      cuda) on the 10M-id field: FBGEMM fused rowwise_adagrad and rowwise_adam in one process; with
-     N > 1 GPUs, row-wise (nccl) and table-wise sharding over N ranks
+     N > 1 GPUs, each sharding over N ranks (nccl): row_wise (GPU only), table_wise, column_wise
+     and data_parallel (refused on the CPU; on CUDA never run yet)
 Writes OUT/bench_gpu.json and OUT/bench_gpu.md (the table for docs/performance.md).
 """
 
@@ -107,7 +108,7 @@ def torchrec_cases(n_gpus: int) -> list[tuple[str, list[str], bool]]:
         ("mmoe-b8192-10M-ids-torchrec-rowwise_adam", [*base, "trainer.embedding_optimizer=rowwise_adam"], True),
     ]  # fmt: skip
     if n_gpus > 1:
-        for sharding in ("row_wise", "table_wise"):
+        for sharding in ("row_wise", "table_wise", "column_wise", "data_parallel"):
             cases.append(
                 (
                     f"mmoe-b8192-10M-ids-torchrec-{sharding}{n_gpus}",

@@ -26,7 +26,8 @@ def test_every_model_and_dataset_compose(model, dataset):
     assert typed.embedding_dim == 16
     # ... and every value of its YAML has the type its Config declares (mtlrec.settings).
     settings = RunSettings.from_config(cfg)
-    assert type(settings.model) is cls.Config and settings.model == typed
+    assert settings.model.cls is cls and type(settings.model.config) is cls.Config
+    assert settings.model.config == typed
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -113,3 +114,19 @@ def test_metric_keys_parse_into_split_task_metric_suffix():
         "_entire",
     )
     assert all(m.definition for m in metric_registry.METRICS.values())
+
+
+def test_a_path_key_is_a_path_with_home_expanded_once():
+    """dataset.path / raw_dir / vocab_from: typed once here, so no reader parses the string."""
+
+    @dataclass
+    class WithPath:
+        path: Path | None = None
+
+    home = Path("~").expanduser()
+    assert build(WithPath, {"path": "~/data/x"}, "dataset").path == home / "data" / "x"
+    assert build(WithPath, {"path": "rel/dir"}, "dataset").path == Path("rel/dir")
+    assert build(WithPath, {"path": ""}, "dataset").path is None  # '' is no path, like null
+    with pytest.raises(MtlrecError) as e:
+        build(WithPath, {"path": 3}, "dataset")
+    assert str(e.value) == "dataset.path=3: expected a path or null"

@@ -121,6 +121,6 @@ def test_settings_of_the_default_config_are_typed():
     assert settings.seed == 7 and settings.data_order_seed == 7
     assert isinstance(settings.trainer, TrainerConfig) and settings.trainer.tail_batch == "merge"
     assert settings.checkpoint.every_n_steps == 5 and settings.device.type == "auto"
-    assert settings.model.name == "esmm" and settings.model.batch_norm is False
-    assert settings.balance == {"name": "fixed", "weights": None}
+    assert settings.model.name == "esmm" and settings.model.config.batch_norm is False
+    assert settings.balance.name == "fixed" and settings.balance.config.weights is None
     assert settings.resume is None and "hydra" not in settings.config

@@ -60,7 +60,7 @@ def run_hydra() -> int:
     from mtlrec.train import main as train_main
 
     try:
-        with atomic_hydra_configs():
+        with atomic_hydra_configs(), composed_mode():
             train_main()
     except SystemExit as e:
         if e.code not in (0, None):
@@ -227,6 +227,7 @@ def check_overrides(args: list[str]) -> None:
     `Could not override 'trainer.lrr': no such key; did you mean 'trainer.lr'? ...`.
     Only for single runs with plain overrides; anything else is left to Hydra as it is.
     """
+    _mode.clear()
     args, config_dir = _without_config_dir(args)
     from mtlrec.override_syntax import unparsable_override
 
@@ -254,7 +255,7 @@ def check_overrides(args: list[str]) -> None:
 
     try:
         with initialize_config_module(config_module="mtlrec.conf", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     except MissingConfigException as e:
         first = str(e).splitlines()[0]  # In 'train': Could not find 'model/foo'
         missing = first.split("Could not find", 1)[-1].strip().strip("'")
@@ -287,7 +288,36 @@ def check_overrides(args: list[str]) -> None:
         ) from None
     except Exception:  # anything else: Hydra explains it itself when it runs
         return
+    kept = {_override_key(o) for o in overrides}
+    dropped = {_override_key(a) for a in args} - kept
+    if dropped <= MODE_NEUTRAL:  # the overrides Hydra gets compose the same hydra.mode
+        _mode.append(cfg.hydra.mode)
     del cfg
+
+
+# hydra.* overrides that check_overrides leaves out and that cannot change hydra.mode
+MODE_NEUTRAL = {"hydra.run.dir", "hydra.output_subdir", "hydra.job.chdir", "hydra.verbose"}
+_mode: list = []  # hydra.mode of the config check_overrides composed (one single run)
+
+
+@contextlib.contextmanager
+def composed_mode() -> Iterator[None]:
+    """Hydra composes a run's whole config twice: once only to read `hydra.mode`
+    (Hydra.get_mode), then to run. check_overrides has composed this run's config already, so
+    its hydra.mode is handed over: one composition (~0.3 s of CPU) fewer. Without it (a sweep,
+    --cfg, ...) or with a Hydra that lacks get_mode, Hydra composes as it always did."""
+    from hydra._internal.hydra import Hydra
+
+    original = getattr(Hydra, "get_mode", None)
+    if not _mode or original is None:
+        yield
+        return
+    mode = _mode.pop()
+    Hydra.get_mode = lambda self, config_name, overrides: mode  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original  # type: ignore[method-assign]
 
 
 def _without_config_dir(args: list[str]) -> tuple[list[str], str | None]:

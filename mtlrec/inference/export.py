@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mtlrec.data.spec import PAD_ID, WEIGHT_SUFFIX, DatasetSpec
+from mtlrec.dataset_settings import saved_dataset
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.export_files import (
     EXPORT_FILE,
@@ -42,6 +43,22 @@ from mtlrec.training.binding import check_dataset
 from mtlrec.training.checkpoint import BEST, model_from_checkpoint
 
 EXPORT_TOLERANCE = 1e-5
+EXPORT_INPUTS = ("sparse_ids", "dense")  # the exported model's inputs, by these names
+
+
+def check_output_names(columns: list[str], checkpoint: Path | str) -> None:
+    """The exported outputs are named by the tasks: a task named like an input would give one
+    name to two tensors (ONNX graphs refuse it, and a reader of the TorchScript dict could not
+    tell them apart), so the export is refused before anything is written."""
+    clash = [c for c in columns if c in EXPORT_INPUTS]
+    if clash:
+        raise MtlrecError(
+            f"{checkpoint}: task output {clash[0]!r} has the name of an export input "
+            f"({', '.join(EXPORT_INPUTS)}); the exported outputs are named by the tasks: "
+            "train the model with another task name to export it"
+        )
+
+
 log = logging.getLogger(__name__)
 
 
@@ -134,6 +151,7 @@ def export(
             wrapper = ExportedModel(
                 model, spec, fusion_of(run_dir, fusion, ckpt, list(model.output_types))
             ).eval()
+            check_output_names(wrapper.columns, ckpt)
         with bar.step(f"{fmt}: converting, checking on {sample_rows:,} sample rows"):
             return _export_checked(run_dir, fmt, output, payload, ckpt, wrapper, spec, sample_rows)
 
@@ -259,8 +277,7 @@ def _write_export(out_dir: Path, fmt, payload, ckpt, wrapper, spec, sample_rows,
 
 
 def _dataset_dir(payload: dict) -> Path | None:
-    path = (payload.get("config") or {}).get("dataset", {}).get("path")
-    return Path(str(path)).expanduser() if path else None
+    return saved_dataset(payload.get("config")).path
 
 
 def export_info(
@@ -403,12 +420,10 @@ def _export_onnx(wrapper: ExportedModel, sparse, dense, path: str) -> np.ndarray
             # torch annotates f as a path only, but the exporter hands it to onnx.save, which
             # also writes to a binary file object
             buf,  # type: ignore[arg-type]
-            input_names=["sparse_ids", "dense"],
+            input_names=list(EXPORT_INPUTS),
             output_names=wrapper.columns,  # one output per task, named by it
             dynamic_axes={
-                "sparse_ids": {0: "batch"},
-                "dense": {0: "batch"},
-                **{name: {0: "batch"} for name in wrapper.columns},
+                **{name: {0: "batch"} for name in (*EXPORT_INPUTS, *wrapper.columns)},
             },
             dynamo=True,  # the TorchScript-based exporter lacks ops the models use (expm1)
             verbose=False,

@@ -11,6 +11,7 @@ import torch
 
 from mtlrec.data.encoders import ENCODERS_FILE, RawEncoder
 from mtlrec.data.spec import SPEC_FILE, DatasetSpec
+from mtlrec.dataset_settings import saved_dataset
 from mtlrec.errors import MtlrecError
 from mtlrec.inference.inputs import Chunk, is_parquet
 from mtlrec.training.binding import NotThisRun, check_dataset
@@ -18,13 +19,12 @@ from mtlrec.training.binding import NotThisRun, check_dataset
 
 def dataset_dir_of(payload: dict, run_dir: str | Path) -> Path:
     """The prepared dataset dir the run trained on (its config's dataset.path), if still there."""
-    path = (payload.get("config") or {}).get("dataset", {}).get("path")
-    if not path:
+    path = saved_dataset(payload.get("config")).path
+    if path is None:
         raise MtlrecError(
             f"{run_dir}: the run's config names no dataset.path, so the encoders of its dataset "
             "cannot be found; score prepared parquet rows instead"
         )
-    path = Path(str(path)).expanduser()
     if not (path / SPEC_FILE).is_file():
         raise MtlrecError(
             f"{path}: the dataset dir of run {run_dir} is gone, and raw input needs its "

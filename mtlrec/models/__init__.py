@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -23,7 +23,23 @@ from mtlrec.models.registry import MODELS, register
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["MODELS", "build_model", "model_config", "register"]
+__all__ = ["MODELS", "ModelSettings", "build_model", "model_config", "register"]
+
+
+class ModelSettings(NamedTuple):
+    """The `model` group typed: the model class and its checked Config (`cls, cfg = ...`)."""
+
+    cls: type[MultiTaskModel]
+    config: CommonConfig
+
+    @property
+    def name(self) -> str:
+        return registered_name(self.cls)
+
+
+def registered_name(cls: type[MultiTaskModel]) -> str:
+    """The config name a model class is registered under."""
+    return next(k for k, v in MODELS.items() if v is cls)
 
 
 def _plain(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,8 +53,9 @@ def _plain(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_config(model_cfg: Mapping[str, Any]) -> tuple[type[MultiTaskModel], CommonConfig]:
-    """The model class and its typed config, from the `model` config group.
+def model_config(model_cfg: Mapping[str, Any]) -> ModelSettings:
+    """The model class and its typed config, from the `model` config group: the ONE place a
+    model's raw mapping becomes its typed Config (a run does it once, in mtlrec.settings.check).
 
     Every key and type is checked by `config_schema.build` (one line naming key, value and what
     is allowed; never coerced), then the Config's `validate()` checks ranges.
@@ -48,14 +65,19 @@ def model_config(model_cfg: Mapping[str, Any]) -> tuple[type[MultiTaskModel], Co
     if name not in MODELS:
         raise MtlrecError(f"model.name '{name}' is unknown; valid models: {sorted(MODELS)}")
     cls = MODELS[name]
-    return cls, build(cls.Config, values, "model")
+    return ModelSettings(cls, build(cls.Config, values, "model"))
 
 
 def build_model(
-    model_cfg: Mapping[str, Any], spec: DatasetSpec, selected_tasks: tuple[TaskSpec, ...]
+    settings: ModelSettings | Mapping[str, Any],
+    spec: DatasetSpec,
+    selected_tasks: tuple[TaskSpec, ...],
 ) -> tuple[MultiTaskModel, tuple[TaskSpec, ...]]:
-    """Build the configured model for a dataset; returns it with the tasks it trains on."""
-    cls, cfg = model_config(model_cfg)
+    """Build the configured model for a dataset; returns it with the tasks it trains on.
+
+    A run passes its typed ModelSettings (built once); a raw mapping (a checkpoint's saved
+    config, a test's dict) is typed here first, at that edge."""
+    cls, cfg = settings if isinstance(settings, ModelSettings) else model_config(settings)
     tasks = cls.loss_tasks(spec, selected_tasks, cfg)
     chosen = {t.name for t in selected_tasks}
     if (
@@ -65,7 +87,7 @@ def build_model(
     ):
         # An explicit dataset.tasks this model cannot honour: the run is refused, and says so.
         raise MtlrecError(
-            f"dataset.tasks={[t.name for t in selected_tasks]}: model {model_cfg.get('name')} "
+            f"dataset.tasks={[t.name for t in selected_tasks]}: model {registered_name(cls)} "
             f"trains a fixed set of tasks ({', '.join(t.name for t in tasks)}), not a selection, "
             "so the run is refused; drop dataset.tasks, or use a model that trains the "
             "dataset's tasks (e.g. model=mmoe, shared_bottom or single_task)"

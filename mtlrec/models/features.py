@@ -187,20 +187,48 @@ class FieldEmbedding(nn.Module):
         """[B, dim * copies]: the field's values pooled (padding masked out)."""
         ids = sparse[:, m.cols[0] : m.cols[1]]
         mask = ids >= 0
+        if m.pool == "target_attention" and sparse.device.type == "cpu":
+            return self._attended_positions(m, sparse, ids, mask)
         emb = self._lookup(m.table, torch.where(mask, ids + m.delta, 0))  # [B, L, dim * copies]
         if m.pool != "target_attention":
             weights = dense[:, m.weights[0] : m.weights[1]] if m.weights else None
             # Elementwise over the last axis, so the copies ride along untouched.
             return masked_pool(emb, mask, m.pool, weights)
-        assert m.target is not None
-        t_table, t_delta = self.single_table[m.target]
-        q = self._lookup(t_table, sparse[:, self.single_col[m.target]] + t_delta)  # [B, d * copies]
+        q = self._target(m, sparse)  # [B, d * copies]
         batch, length, c, d = ids.shape[0], ids.shape[1], self.copies, m.dim
         # Each copy attends on its own: copies become extra rows of the batch.
         k = emb.view(batch, length, c, d).transpose(1, 2).reshape(batch * c, length, d)
         qc = q.view(batch * c, d)
         mc = mask.repeat_interleave(c, dim=0)
         return self.attention[m.name](qc, k, mc).view(batch, c * d)
+
+    def _target(self, m: _Multi, sparse: torch.Tensor) -> torch.Tensor:
+        """[B, d * copies]: the target-attention query, the target field's embedding."""
+        assert m.target is not None
+        t_table, t_delta = self.single_table[m.target]
+        return self._lookup(t_table, sparse[:, self.single_col[m.target]] + t_delta)
+
+    def _attended_positions(
+        self, m: _Multi, sparse: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Target attention on CPU: only the unpadded positions are looked up and attended
+        (TargetAttention.pool_positions); a padded row is never read nor given a gradient."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        k = self._position_rows(m, ids, rows, cols)  # [n, d * copies]
+        q = self._target(m, sparse)
+        batch, c, d = ids.shape[0], self.copies, m.dim
+        # Copy j of position i attends from row rows[i] * c + j of the copies-as-rows batch.
+        rows_c = (rows.unsqueeze(1) * c + torch.arange(c, device=rows.device)).reshape(-1)
+        k = k.unflatten(1, (c, d)).flatten(0, 1)  # [n * c, d]
+        attention = cast(TargetAttention, self.attention[m.name])
+        pooled = attention.pool_positions(q.view(batch * c, d), k, rows_c)
+        return pooled.view(batch, c * d)
+
+    def _position_rows(
+        self, m: _Multi, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """[n, dim * copies]: the rows of the sequence's positions (rows, cols) (unpadded)."""
+        return self._rows(self.tables[m.table], ids[rows, cols] + m.delta)
 
     def _arrange(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """[B, n, dim * copies] -> [B, n * dim] or [copies, B, n * dim]."""

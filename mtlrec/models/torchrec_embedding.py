@@ -183,6 +183,12 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         rows = self._next(table)  # [B, n, dim]: what _requests asked for, in the same order
         return rows.reshape(*ids.shape, -1).contiguous()  # a slice of the lookup: views need it
 
+    def _position_rows(
+        self, m: Any, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        # the whole [B, L] lookup was made (one per table, _requests): its unpadded rows
+        return self._lookup(m.table, ids)[rows, cols]
+
     def rows_used(self, sparse: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
         return []  # the fused optimizer owns the rows (trainer.embedding_l2 is refused)
 

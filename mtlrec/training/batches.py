@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from mtlrec.data.loader import Batch, SplitTensors, load_splits
+from mtlrec.data.sources.base import DatasetConfig
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.data.streaming import StreamingConfig, StreamingSplit
 from mtlrec.errors import MtlrecError
@@ -51,7 +52,7 @@ def place_splits(splits: dict, device: torch.device, on_device: str | bool = "au
 
 
 def load_data(
-    ds: dict,
+    ds: DatasetConfig,
     data_dir: Path,
     spec: DatasetSpec,
     tasks: tuple,
@@ -60,7 +61,7 @@ def load_data(
     streaming: StreamingConfig | None = None,
 ):
     """Splits ready for the trainer; with streaming=enabled the train split is streamed."""
-    violations = ds.get("funnel_violations", "error")  # dataset.funnel_violations: error | drop
+    violations = ds.funnel_violations  # dataset.funnel_violations: error | drop
     streaming = streaming or StreamingConfig()
     if not streaming.enabled:
         return place_splits(

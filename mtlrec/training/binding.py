@@ -123,12 +123,11 @@ def run_hash(payload: dict, config: dict) -> str:
     return str(payload.get(CONFIG_HASH_KEY) or config_hash(config))
 
 
-def check_dataset(payload: dict, ckpt: Path, data_dir: Path | str | None) -> None:
+def check_dataset(payload: dict, ckpt: Path, data_dir: Path | None) -> None:
     """The prepared dataset in `data_dir` is the one the checkpoint was trained on."""
     want = payload.get(DATASET_KEY)  # none: an older checkpoint (check_run warned)
-    if want is None or not data_dir:
+    if want is None or data_dir is None:
         return
-    data_dir = Path(str(data_dir)).expanduser()
     got = dataset_fingerprint(data_dir)
     if got is None or want == got:
         return

@@ -19,7 +19,7 @@ import torch
 
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models import build_model
+from mtlrec.models import ModelSettings, build_model
 from mtlrec.training.optimizers import (
     EmbeddingOptimizer,
     embedding_tables,
@@ -43,7 +43,7 @@ class Footprint:
 
 
 def model_footprint(
-    model_cfg: Mapping[str, Any],
+    model_cfg: ModelSettings | Mapping[str, Any],
     spec: DatasetSpec,
     selected: tuple[TaskSpec, ...],
     embedding_optimizer: EmbeddingOptimizer,
@@ -81,7 +81,7 @@ def check_footprint(need: Footprint, free_bytes: float, where: str, model_name: 
 
 
 def check_model_memory(
-    model_cfg: Mapping[str, Any],
+    model_cfg: ModelSettings,
     spec: DatasetSpec,
     selected: tuple[TaskSpec, ...],
     trainer_cfg: Any,
@@ -90,4 +90,4 @@ def check_model_memory(
     """The run's model (parameters + optimizer state) against `device`'s free memory, before
     the model is allocated."""
     need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer)
-    check_footprint(need, free_memory(device), str(device), str(model_cfg.get("name")))
+    check_footprint(need, free_memory(device), str(device), model_cfg.name)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mtlrec.errors import MtlrecError
-from mtlrec.training.balance import Balancer
+from mtlrec.training.balance import Balancer, BalanceSettings
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.objective import clip_per_task, task_means
 from mtlrec.training.optimizers import MultiOptimizer, clip_grad_norm
@@ -140,9 +140,8 @@ class OptimizerStep:
             self.ema.load_state_dict(state["ema"])
 
 
-def check_step_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> None:
+def check_step_settings(trainer: Any, device_type: str, balance: BalanceSettings) -> None:
     """Combinations the optimizer step refuses, one line each, before anything is written."""
-    from mtlrec.training.balance import balance_config
 
     if trainer.precision == "fp16":
         on_cpu = device_type == "cpu" or (device_type == "auto" and not torch.cuda.is_available())
@@ -151,10 +150,9 @@ def check_step_settings(trainer: Any, device_type: str, balance: dict[str, Any])
                 "trainer.precision=fp16 needs a CUDA GPU (autocast float16 + GradScaler) but this "
                 "run trains on the CPU; use trainer.precision=bf16 or fp32 on the CPU"
             )
-        cls, _ = balance_config(balance)
-        if cls.writes_grads:
+        if balance.cls.writes_grads:
             raise MtlrecError(
-                f"trainer.precision=fp16 scales the loss for GradScaler, which balance={cls.name} "
+                f"trainer.precision=fp16 scales the loss for GradScaler, which balance={balance.name} "
                 "(its own gradients) does not see; use trainer.precision=bf16 "
                 "with it"
             )

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from mtlrec.errors import MtlrecError
-from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model
+from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model, feature_name
 from mtlrec.training.optimizers import MultiOptimizer
+
+if TYPE_CHECKING:
+    from mtlrec.training.balance import BalanceSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,6 @@ FUSED_OPTIMIZERS = {
 NATIVE_ONLY = ("sparse_adam",)
 TORCHREC_ONLY = ("rowwise_adagrad", "sgd", "rowwise_adam")
 INSTALL = "bash scripts/install_torchrec.sh (docs/distributed.md)"
-# Several ranks are not ready: a 2-rank gloo run trained its first epoch to another loss than one
-# process and then stopped progressing (docs/distributed.md, "Not done").
-SEVERAL_RANKS = (
-    "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
-    "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several ranks"
-)
 SHARDING_PLAN_FILE = "sharding_plan.json"  # the run dir's record of where the tables live
 
 
@@ -63,9 +60,8 @@ def torchrec_missing() -> str | None:
     return None
 
 
-def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> None:
+def check_settings(trainer: Any, device_type: str, balance: BalanceSettings) -> None:
     """What the torchrec backend refuses, one line each, before anything is written."""
-    from mtlrec.training.balance import balance_config
 
     if trainer.embedding_backend == "native":
         if trainer.embedding_optimizer in TORCHREC_ONLY or trainer.sharding != "auto":
@@ -88,8 +84,6 @@ def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> N
         raise MtlrecError(
             f"trainer.shard_memory_mb must be an integer >= 1 or null, got {trainer.shard_memory_mb!r}"
         )
-    if trainer.devices > 1:
-        raise MtlrecError(SEVERAL_RANKS)
     on_cpu = device_type == "cpu" or (device_type == "auto" and not torch.cuda.is_available())
     if on_cpu and not FUSED_OPTIMIZERS[trainer.embedding_optimizer][1]:
         raise MtlrecError(
@@ -98,15 +92,21 @@ def check_settings(trainer: Any, device_type: str, balance: dict[str, Any]) -> N
         )
     if on_cpu and trainer.sharding == "row_wise":
         raise MtlrecError(
-            "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise, "
-            "column_wise or data_parallel"
+            "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise "
+            "or column_wise"
+        )
+    if on_cpu and trainer.sharding == "data_parallel":
+        raise MtlrecError(
+            "trainer.sharding=data_parallel: FBGEMM's CPU kernel for replicated tables returns one "
+            "row per sample instead of one per id (TorchRec 1.8); on the CPU use table_wise or "
+            "column_wise"
         )
     refused = {
         "trainer.embedding_l2 > 0": trainer.embedding_l2 > 0,
         f"trainer.ema_decay={trainer.ema_decay}": trainer.ema_decay is not None,
         "trainer.compile=true": trainer.compile,
         f"trainer.accumulate_batches={trainer.accumulate_batches}": trainer.accumulate_batches > 1,
-        f"balance={balance_config(balance)[0].name}": balance_config(balance)[0].writes_grads,
+        f"balance={balance.name}": balance.cls.writes_grads,
     }
     for what, bad in refused.items():
         if bad:
@@ -138,15 +138,30 @@ class ShardedTables:
     plan: dict[str, dict[str, Any]]
 
 
-def _constraints(shapes: list[tuple[int, int]], sharding: str) -> dict[str, Any]:
+def _column_width(dim: int, world: int) -> int:
+    """The width of a column-wise shard: the table split evenly over the ranks when the parts
+    stay multiples of 4 (FBGEMM's tables), else whole (TorchRec's default would not split a
+    table narrower than 128 columns at all)."""
+    width = dim // world
+    return width if dim % world == 0 and width % 4 == 0 else dim
+
+
+# What the planner may choose with trainer.sharding=auto on the CPU: not row_wise and its hybrids
+# (they need nccl), not data_parallel (FBGEMM's CPU kernel for it is wrong: check_settings).
+CPU_SHARDINGS = ["table_wise", "column_wise"]
+
+
+def _constraints(
+    shapes: list[tuple[int, int]], sharding: str, world: int, device: torch.device
+) -> dict[str, Any]:
     from torchrec.distributed.planner import ParameterConstraints
 
-    from mtlrec.models.torchrec_embedding import feature_name
-
-    if sharding == "auto":
-        return {}
+    types = [sharding] if sharding != "auto" else None if device.type == "cuda" else CPU_SHARDINGS
     return {
-        feature_name(j): ParameterConstraints(sharding_types=[sharding]) for j in range(len(shapes))
+        feature_name(j): ParameterConstraints(
+            sharding_types=types, min_partition=_column_width(dim, world)
+        )
+        for j, (_, dim) in enumerate(shapes)
     }
 
 
@@ -186,12 +201,18 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     sharders: list[Any] = [EmbeddingCollectionSharder()]
     planner = EmbeddingShardingPlanner(
         topology=_topology(device, cfg.shard_memory_mb),
-        constraints=_constraints(layer.table_shapes, cfg.sharding),
+        constraints=_constraints(layer.table_shapes, cfg.sharding, dist.get_world_size(), device),
     )
     try:
-        plan = planner.collective_plan(collections, sharders, dist.GroupMember.WORLD)
+        plan = planner.plan(collections, sharders)
     except PlannerError:
-        raise MtlrecError(_refusal(layer, cfg)) from None
+        plan = None  # every rank plans; rank 0's plan (or its refusal) is what every rank uses
+    if dist.get_world_size() > 1:
+        chosen = [plan]
+        dist.broadcast_object_list(chosen, src=0)
+        plan = chosen[0]
+    if plan is None:
+        raise MtlrecError(_refusal(layer, cfg))
     types = {s.sharding_type for p in plan.plan.values() for s in p.values()}  # type: ignore[attr-defined]
     module = DistributedModelParallel(
         collections,
@@ -207,6 +228,34 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     layer.gather_for_eval = dist.get_world_size() > 1
     layer.initial_weights = []
     return ShardedTables(layer, module, _plan_record(plan))
+
+
+class PeerCheckpointHooks:
+    """The fit hooks of ranks other than 0 when tables are sharded: rank 0 alone writes the
+    checkpoints, but gathering the tables and the fused optimizer's state for them is a
+    collective, so the other ranks make the same gathers (in the same order as make_payload:
+    model state, then optimizer state) and write nothing."""
+
+    def __init__(self, model: nn.Module, optimizer: Any):
+        self.model, self.optimizer = model, optimizer
+
+    def _gather(self) -> None:
+        self.model.state_dict()
+        self.optimizer.state_dict()
+
+    def on_checkpoint(self, state: Any) -> str:
+        self._gather()
+        return "rank 0's checkpoint"
+
+    def on_epoch_end(self, row: dict[str, Any], is_best: bool, state: Any) -> None:
+        self._gather()
+
+
+def peer_hooks(model: nn.Module, optimizer: Any) -> PeerCheckpointHooks | None:
+    """A rank other than 0's fit hooks (None: no sharded tables, or one process)."""
+    if not getattr(model, "sharded_tables", None) or dist.get_world_size() == 1:
+        return None
+    return PeerCheckpointHooks(model, optimizer)
 
 
 def _refusal(layer: TorchRecFieldEmbedding, cfg: Any) -> str:
@@ -242,7 +291,6 @@ def _plan_record(plan: Any) -> dict[str, dict[str, Any]]:
 
 def _table_states(module: nn.Module) -> list[Any]:
     """The tables' weights as the sharded module holds them (ShardedTensor or a replica)."""
-    from mtlrec.models.torchrec_embedding import feature_name
 
     state = module.state_dict()
     return [
@@ -368,8 +416,6 @@ def shard_model(model: nn.Module, cfg: Any, device: torch.device, write_json: An
     if cfg.embedding_backend != "torchrec":
         return
     ensure_process_group(device)
-    if dist.get_world_size() > 1:  # torchrun
-        raise MtlrecError(SEVERAL_RANKS)
     sharded = [shard_layer(layer, cfg, device) for layer in convert_model(model)]
     model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
     plan = {name: spec for s in sharded for name, spec in s.plan.items()}

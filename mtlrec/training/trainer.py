@@ -28,7 +28,7 @@ from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.training import distributed, torchrec_backend
-from mtlrec.training.balance import balance_config, make_balancer
+from mtlrec.training.balance import BalanceSettings, balance_settings, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.checkpoint import (
@@ -98,7 +98,7 @@ class Trainer:
         device: torch.device,
         data_order_seed: int,
         console: Console | None = None,
-        balance: dict[str, Any] | None = None,
+        balance: BalanceSettings | dict[str, Any] | None = None,
         *,
         stop: StopRequest | None = None,
         checkpoint_every: int | None = None,
@@ -118,9 +118,10 @@ class Trainer:
             log.info(auto_monitor_line(loss_tasks, self.monitor))
         self.optimizer = self._make_optimizer()
         # Task balancing (conf/balance/): learned weights train with the model's optimizer.
-        if self.sparse_tables and balance_config(balance)[0].writes_grads:
+        balance = balance_settings(balance)  # typed by the run's settings check; a test's dict here
+        if self.sparse_tables and balance.cls.writes_grads:
             raise MtlrecError(
-                f"balance={(balance or {}).get('name')} projects dense per-task gradients and "
+                f"balance={balance.name} projects dense per-task gradients and "
                 "cannot take the sparse embedding gradients of trainer.embedding_optimizer="
                 f"{cfg.embedding_optimizer}; use trainer.embedding_optimizer=adam with it"
             )
@@ -144,7 +145,7 @@ class Trainer:
             self.forward,
             device,
             self.balancer,
-            str((balance or {}).get("name")),
+            balance.name,
             cfg.compile,
         )
         self.evaluator = Evaluator(

@@ -32,7 +32,7 @@ from torch import nn
 from mtlrec.config_schema import build, check_value
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
-from mtlrec.models import build_model
+from mtlrec.models import ModelSettings, build_model
 from mtlrec.training import binding
 from mtlrec.training.carry_rows import plan_rows
 from mtlrec.training.checkpoint import (
@@ -220,7 +220,7 @@ def plan_init(
 
 def preflight(
     settings: InitSettings,
-    model_cfg: Mapping[str, Any],
+    model_cfg: ModelSettings,
     spec: DatasetSpec | None,
     data_dir: Path | None,
     selected: tuple,
@@ -233,7 +233,7 @@ def preflight(
     with torch.device("meta"):
         model, _ = build_model(model_cfg, spec, selected)
     plan = plan_init(model, spec, data_dir, payload, path, settings.options)
-    check_loadable(plan, str(model_cfg.get("name")), path, settings.options)
+    check_loadable(plan, model_cfg.name, path, settings.options)
 
 
 def check_loadable(plan: InitPlan, model_name: str, path: Path, options: InitOptions) -> None:

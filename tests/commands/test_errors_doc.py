@@ -200,3 +200,14 @@ def test_the_time_order_lines_of_the_doc_are_the_programs(tmp_path, case, ts, us
         doc = "mtlrec prepare: error: " + doc
     assert (out.returncode, lines(out.stderr)) == (1, [doc.replace("RAW", str(raw))])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_name_clash_line_of_the_doc_is_the_programs():
+    from mtlrec.errors import MtlrecError
+    from mtlrec.inference.export import check_output_names
+
+    with pytest.raises(MtlrecError) as e:
+        check_output_names(["ctr", "dense"], "RUN/checkpoints/best.pt")
+    doc = _doc_line("export: a task named like an input")
+    assert doc == f"mtlrec export: error: {e.value}"
+    check_output_names(["ctr", "cvr", "score"], "RUN/checkpoints/best.pt")  # other names pass

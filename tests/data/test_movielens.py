@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.datagen import prepare
-from mtlrec.data.sources.movielens import GENRES, convert
+from mtlrec.data.sources.movielens import GENRES, MovielensConfig, convert
 from mtlrec.data.spec import DatasetSpec
 from mtlrec.errors import MtlrecError
 
@@ -40,7 +40,7 @@ def write_ml100k(d, n_ratings=600, n_users=20, n_items=40, seed=0):
 def test_history_holds_only_earlier_ratings_and_genres_are_the_flags(tmp_path):
     raw = write_ml100k(tmp_path / "raw")
     out = tmp_path / "conv.parquet"
-    counts = convert(tmp_path / "raw", {"history_len": 5}, out)
+    counts = convert(tmp_path / "raw", MovielensConfig(history_len=5), out)
     assert counts == {"ratings": 600, "users": 20, "items": 40}
     conv = pq.read_table(out).to_pandas()
     for k in range(0, 600, 7):
@@ -94,5 +94,5 @@ def test_a_malformed_ratings_line_is_one_line(tmp_path):
     with open(tmp_path / "raw" / "u.data", "a") as f:
         f.write("3\t7\tfive\t880000000\n")
     with pytest.raises(MtlrecError) as e:
-        convert(tmp_path / "raw", {}, tmp_path / "c.parquet")
+        convert(tmp_path / "raw", MovielensConfig(), tmp_path / "c.parquet")
     assert str(e.value) == f"{tmp_path / 'raw' / 'u.data'}: line 21: rating 'five' is not a number"

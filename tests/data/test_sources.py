@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
@@ -114,17 +113,17 @@ def throwaway_source():
         generated = True
         preparable = True
 
-        def generate(self, cfg):
-            path = Path(cfg["path"])
+        def generate(self, config):  # the typed Config: path a Path, num_rows an int
+            path = config.path
             if not (path / "spec.json").is_file():
                 path.mkdir(parents=True)
-                self._write(path, int(cfg.get("num_rows", 8)))
+                self._write(path, config.num_rows)
             return path
 
-        def prepare(self, cfg, out_dir):
+        def prepare(self, config, out_dir):
             from mtlrec.data.prepare import Result, SplitSummary
 
-            spec = self._write(out_dir, int(cfg.get("num_rows", 8)))
+            spec = self._write(out_dir, config.num_rows)
             return Result(out_dir, spec, {s: SplitSummary(rows=1) for s in spec.splits}, {})
 
         @staticmethod
@@ -152,7 +151,7 @@ def throwaway_source():
 def test_a_new_source_is_resolved_and_prepared_from_the_registry(throwaway_source, tmp_path):
     cfg = {"name": "tiny_throwaway", "path": str(tmp_path / "gen"), "num_rows": 4}
     assert validate_dataset_config(cfg) == throwaway_source.Config(
-        name="tiny_throwaway", path=str(tmp_path / "gen"), num_rows=4
+        name="tiny_throwaway", path=tmp_path / "gen", num_rows=4
     )
     path = resolve_dataset_dir(cfg)
     assert path == tmp_path / "gen" and DatasetSpec.load(path).name == "tiny_throwaway"
@@ -220,3 +219,24 @@ def test_the_registry_imports_no_prepare_pipeline_pyarrow_or_pandas():
     ).stdout
     assert out.strip().endswith(" []"), out
     assert "'census'" in out and "'synthetic_ccp'" in out and "'csv'" in out
+
+
+def test_reading_prepared_data_imports_no_pandas():
+    """pandas is for preparing (movielens' reader, text time columns): the modules a run reads
+    prepared data with leave it unimported (start-up time of every `mtlrec train`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mtlrec.data.loader, mtlrec.data.streaming, mtlrec.data.sources; "
+        "print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["synthetic_ccp", "mmoe_synthetic"])
+def test_a_generated_dataset_with_no_path_is_one_line(name):
+    with pytest.raises(MtlrecError) as e:
+        resolve_dataset_dir({"name": name, "path": None})
+    assert str(e.value) == f"dataset '{name}': dataset.path (where to generate it) is not set"

@@ -26,9 +26,13 @@ class StopAfter(StopRequest):
         return self.signum is not None
 
 
-def stop_then_resume(monkeypatch, run, config, resumed_config, run_dir, k: int) -> None:
+def stop_then_resume(
+    monkeypatch, run, config, resumed_config, run_dir, k: int, before_resume=None
+) -> BaseException:
     """Trains `config` into `run_dir` until a SIGTERM at step `k` (checked: exit 128+15), then
-    `resumed_config` (the same plus `resume=run_dir`) to the end, with the real StopRequest."""
+    `resumed_config` (the same plus `resume=run_dir`) to the end, with the real StopRequest.
+    `before_resume()` runs in between (to look at what the stop left); returns the stop's
+    TrainingInterrupted (its message names where training stopped)."""
     import pytest
 
     from mtlrec.training.signals import TrainingInterrupted
@@ -39,4 +43,7 @@ def stop_then_resume(monkeypatch, run, config, resumed_config, run_dir, k: int) 
         run(config, run_dir)
     assert info.value.exit_code == 128 + signal.SIGTERM
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    if before_resume is not None:
+        before_resume()
     run(resumed_config, run_dir)
+    return info.value

@@ -188,3 +188,24 @@ def test_a_corrupt_export_file_is_one_line_wherever_it_is_loaded(exported, tmp_p
     assert str(info.value) == (
         f"{gone / 'spec.json'}: missing, though export.json lists it; export again"
     )
+
+
+@pytest.mark.parametrize("clash", ["sparse_ids", "dense"])
+def test_a_task_named_like_an_export_input_is_refused_in_one_line(rich_run, monkeypatch, clash):
+    """Outputs are named by the tasks: one named like an input would name two tensors. The run's
+    own task names are fine; the model here claims a task `clash` (as a dataset whose task is
+    called so would train it) and nothing is written."""
+    from mtlrec.inference.export import ExportedModel, export
+
+    tmp, run_dir, _ = rich_run
+    names = property(lambda self: ["rich", clash])
+    monkeypatch.setattr(ExportedModel, "columns", names)
+    out_dir = tmp / f"refused_{clash}"
+    with pytest.raises(MtlrecError) as e:
+        export(run_dir, "onnx", output=out_dir)
+    assert str(e.value) == (
+        f"{run_dir / 'checkpoints' / 'best.pt'}: task output '{clash}' has the name of an export "
+        "input (sparse_ids, dense); the exported outputs are named by the tasks: train the model "
+        "with another task name to export it"
+    )
+    assert not out_dir.exists()

@@ -12,14 +12,13 @@ import torch
 
 from conftest import TINY, TINY_ROWS, compose_train, run_training
 from helpers.cli import mtlrec
-from helpers.stops import StopAfter
+from helpers.stops import stop_then_resume
 from mtlrec.data.spec import DatasetSpec, FeatureSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.esm2 import Esm2, decompose, path_sum_logit
 from mtlrec.training.balance import BALANCERS
 from mtlrec.training.objective import Objective
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 SPEC = DatasetSpec(
     name="toy",
@@ -140,14 +139,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
 
     overrides = [*BASE, *ESM2, "trainer.batch_size=128"]
     straight_dir, straight = run_training(tmp_path, overrides[len(BASE) :], name="straight")
-    monkeypatch.setattr(StopAfter, "k", 30)  # epoch 2 step 8 of 21 (see test_zoo_training.py)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "resumed"
-    with pytest.raises(TrainingInterrupted) as info:
-        run(compose_train(overrides), run_dir)
-    assert "training stopped after epoch 2 step 8/21" in str(info.value)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*overrides, f"resume={run_dir}"]), run_dir)
+    resumed = compose_train([*overrides, f"resume={run_dir}"])
+    # poll 30: epoch 2 step 8 of 21 (see test_zoo_training.py)
+    stop = stop_then_resume(monkeypatch, run, compose_train(overrides), resumed, run_dir, k=30)
+    assert "training stopped after epoch 2 step 8/21" in str(stop)
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed" and got["metrics"] == straight["metrics"]
     a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model_state"]

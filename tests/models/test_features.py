@@ -257,3 +257,72 @@ def test_target_attention_equals_the_formula_it_restructures():
     for g, r in zip(grads, reference, strict=True):
         assert torch.allclose(g, r, atol=1e-5)
     assert grads[1][1, 1:].abs().sum() == 0  # padded positions get no gradient
+
+
+def test_the_prelu_score_backward_equals_autograds_through_prelu_and_linear():
+    torch.manual_seed(0)
+    att = TargetAttention(dim=2, hidden=(5,)).double()
+    prelu, last = att.unit[1], att.unit[2]
+    x = torch.randn(9, 5, dtype=torch.float64)
+    x[0, :2] = 0.0  # PReLU's kink: the negative side's slope, as torch's PReLU backward takes it
+    x.requires_grad_(True)
+    grad = torch.randn(9, dtype=torch.float64)
+    new = att._positions_scores(x)
+    old = last(prelu(x)).squeeze(-1)
+    assert torch.allclose(new, old, atol=1e-12)
+    inputs = [x, prelu.weight, last.weight, last.bias]
+    for g, r in zip(
+        torch.autograd.grad(new, inputs, grad),
+        torch.autograd.grad(old, inputs, grad),
+        strict=True,
+    ):
+        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-12)
+    assert prelu.weight.item() == 0.25 and (x[0, :2] == 0).all()
+
+
+def history_spec(max_len: int) -> DatasetSpec:
+    return make_spec(
+        [
+            FeatureSpec("item", "sparse", 6),
+            FeatureSpec(
+                "hist", "sequence", 6, max_len=max_len, shares_vocab_with="item",
+                pooling="target_attention", target="item",
+            ),
+        ]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_attention_on_the_unpadded_positions_only_equals_attention_over_every_position(copies):
+    """FieldEmbedding on CPU looks up only the unpadded positions (pool_positions): outputs and
+    every gradient equal the masked scores over all positions (the path other devices take)."""
+    torch.manual_seed(0)
+    emb = FieldEmbedding(history_spec(4), 2, init_std=1.0, copies=copies, attention_hidden=(3,))
+    sparse = torch.tensor([[1, 2, 3, 5, 4], [4, -1, -1, -1, -1], [2, 5, -1, -1, -1]])
+    out = emb(sparse, torch.zeros(3, 0))
+    table, att = emb.tables[0].weight, emb.attention["hist"]
+    mask = sparse[:, 1:] >= 0
+    c, d = copies, 2
+    q = table[sparse[:, 0]].view(3 * c, d)
+    k = table[sparse[:, 1:].clamp(min=0)].view(3, 4, c, d).transpose(1, 2).reshape(3 * c, 4, d)
+    mc = mask.repeat_interleave(c, dim=0)
+    pooled = (att.scores(q, k, mc).unsqueeze(-1) * k).sum(1).view(3, c * d)
+    assert out.shape == ((3, 2 * d) if c == 1 else (c, 3, 2 * d))
+    expected = pooled if c == 1 else pooled.view(3, c, d).transpose(0, 1)
+    assert torch.allclose(out[..., d:], expected, atol=1e-6)
+    assert out[..., 1, d:].abs().sum() == 0  # an empty history pools to 0
+    params = [table, *att.parameters()]
+    grads = torch.autograd.grad(out.square().sum(), params)
+    single = table[sparse[:, 0]].square().sum()  # the item field's part of out
+    reference = torch.autograd.grad(single + expected.square().sum(), params)
+    for g, r in zip(grads, reference, strict=True):
+        assert torch.allclose(g, r, atol=1e-5)
+    assert grads[0][0].abs().sum() == 0  # no history reads row 0 (the padding's stand-in)
+
+
+def test_a_batch_without_any_history_attends_to_nothing():
+    emb = FieldEmbedding(history_spec(2), 2, init_std=1.0)
+    out = emb(torch.tensor([[1, -1, -1], [3, -1, -1]]), torch.zeros(2, 0))
+    assert out[:, 2:].tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    out.sum().backward()
+    assert emb.attention["hist"].unit[0].weight.grad.abs().sum() == 0

@@ -6,27 +6,20 @@ the sharded module of a one-rank process group with the fused optimizer in place
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
 
+from helpers.torchrec import shard_settings  # noqa: E402
 from mtlrec.data.spec import FeatureSpec  # noqa: E402
 from mtlrec.models.features import FieldEmbedding  # noqa: E402
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding  # noqa: E402
 from mtlrec.training.torchrec_backend import ensure_process_group, shard_layer  # noqa: E402
 from tests.models.test_features import make_spec  # noqa: E402
 
-CFG = SimpleNamespace(
-    lr=0.1,
-    embedding_lr=None,
-    embedding_optimizer="rowwise_adagrad",
-    sharding="auto",
-    shard_memory_mb=None,
-    devices=1,
-)
+CFG = shard_settings()
 
 
 def rich_spec(groups=None):

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose_train, run_training
-from helpers.stops import StopAfter
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
+from helpers.stops import stop_then_resume
 
 ZOO3 = ["adatt", "dbmtl", "dcmt", "dselect_k", "pepnet", "stem"]
 SMALL = ["trainer.epochs=1", "model.embedding_dim=4"]
@@ -54,14 +53,10 @@ def test_zoo3_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch
     overrides = [*TINY, f"model={name}", "model.embedding_dim=4", "trainer.batch_size=128"]
     straight_dir, straight = run_training(tmp_path, overrides[len(TINY) :], name="straight")
     # poll 30 is epoch 2 step 8 (21 steps an epoch, see test_zoo_training.py)
-    monkeypatch.setattr(StopAfter, "k", 30)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "resumed"
-    with pytest.raises(TrainingInterrupted) as info:
-        run(compose_train(overrides), run_dir)
-    assert "training stopped after epoch 2 step 8/21" in str(info.value)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*overrides, f"resume={run_dir}"]), run_dir)
+    resumed = compose_train([*overrides, f"resume={run_dir}"])
+    stop = stop_then_resume(monkeypatch, run, compose_train(overrides), resumed, run_dir, k=30)
+    assert "training stopped after epoch 2 step 8/21" in str(stop)
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed" and "resumed_at" in got
     assert got["metrics"] == straight["metrics"]  # exact float equality of every metric

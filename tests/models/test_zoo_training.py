@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose_train, run_training
-from helpers.stops import StopAfter
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
+from helpers.stops import stop_then_resume
 
 # config name -> (overrides, shares parameters between tasks)
 CONFIGS = {
@@ -66,14 +65,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, con
     straight_dir, straight = run_training(tmp_path, overrides[len(TINY) :], name="straight")
     # polls: one per step plus one after each epoch: poll 30 is epoch 2 step 8 (21 steps an
     # epoch: 2,800 rows at 128, the short tail merged into the step before)
-    monkeypatch.setattr(StopAfter, "k", 30)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "resumed"
-    with pytest.raises(TrainingInterrupted) as info:
-        run(compose_train(overrides), run_dir)
-    assert "training stopped after epoch 2 step 8/21" in str(info.value)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*overrides, f"resume={run_dir}"]), run_dir)
+    resumed = compose_train([*overrides, f"resume={run_dir}"])
+    stop = stop_then_resume(monkeypatch, run, compose_train(overrides), resumed, run_dir, k=30)
+    assert "training stopped after epoch 2 step 8/21" in str(stop)
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed" and "resumed_at" in got
     assert got["metrics"] == straight["metrics"]  # exact float equality of every metric

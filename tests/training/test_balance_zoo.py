@@ -12,14 +12,13 @@ import torch
 from torch import nn
 
 from conftest import TINY, compose_train
-from helpers.stops import StopAfter
+from helpers.stops import stop_then_resume
 from mtlrec.data.spec import TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.training.balance import make_balancer
 from mtlrec.training.balance.aligned_mtl import alignment_matrix
 from mtlrec.training.balance.cagrad import cagrad_dual
 from mtlrec.training.balance.nash_mtl import RIDGE, bargaining_solution
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 TWO = (TaskSpec("a", "la"), TaskSpec("b", "lb"))
 NEW = ["aligned_mtl", "cagrad", "famo", "metabalance", "nash_mtl", "rlw"]
@@ -226,15 +225,17 @@ def test_training_resumes_exactly_mid_epoch(tmp_path, monkeypatch, balance):
     ]
     straight = tmp_path / "straight"
     run(compose_train(overrides), straight)
-    monkeypatch.setattr(StopAfter, "k", 3)  # 6 steps per epoch: mid-epoch
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        run(compose_train(overrides), run_dir)
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["train_state"]
-    assert state["epoch"] == 1 and 0 < state["step"] < 6
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*overrides, f"resume={run_dir}"]), run_dir)
+
+    def stopped_mid_epoch() -> None:
+        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["train_state"]
+        assert state["epoch"] == 1 and 0 < state["step"] < 6
+
+    resumed = compose_train([*overrides, f"resume={run_dir}"])
+    # 6 steps per epoch: k=3 stops mid-epoch
+    stop_then_resume(
+        monkeypatch, run, compose_train(overrides), resumed, run_dir, 3, stopped_mid_epoch
+    )
     got, ref = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, straight))
     assert got["status"] == "completed" and got["metrics"] == ref["metrics"]
     a, b = (

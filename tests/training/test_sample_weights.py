@@ -19,14 +19,13 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from conftest import compose_train, run_training
 from helpers.datagen import REPO
-from helpers.stops import StopAfter
+from helpers.stops import stop_then_resume
 from mtlrec.data.loader import load_split
 from mtlrec.data.sources import prepare_dataset
 from mtlrec.data.spec import DatasetSpec, FunnelSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.training.metrics import EvalTarget, split_metrics, weighted_auc
 from mtlrec.training.objective import Objective
-from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 SPLITS = ("train", "val", "test")
 
@@ -311,13 +310,11 @@ def test_a_weighted_run_resumes_mid_epoch_exactly(tmp_path, weighted_data, monke
             *BATCH]  # fmt: skip
     ref_dir, ref = run_training(tmp_path, base, name="straight")
     assert ref["status"] == "completed" and 0.6 < ref["metrics"]["test/ctr_auc"] < 1.0
-    monkeypatch.setattr(StopAfter, "k", 87 + 1 + 30)  # 2800 rows / 32: mid-epoch 2
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="after epoch 2 step 30/87"):
-        run(compose_train(base), run_dir)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
-    run(compose_train([*base, f"resume={run_dir}"]), run_dir)
+    resumed = compose_train([*base, f"resume={run_dir}"])
+    # 2800 rows / 32: poll 87 + 1 + 30 is mid-epoch 2
+    stop = stop_then_resume(monkeypatch, run, compose_train(base), resumed, run_dir, 87 + 1 + 30)
+    assert "after epoch 2 step 30/87" in str(stop)
     assert_same_run(run_dir, ref_dir)
 
 

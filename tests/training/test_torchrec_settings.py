@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from helpers.torchrec import shard_settings
 from mtlrec.errors import MtlrecError
 from mtlrec.training import torchrec_backend
+from mtlrec.training.balance import balance_config
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.torchrec_backend import check_settings
 
@@ -19,7 +20,7 @@ TORCHREC = TrainerConfig(embedding_backend="torchrec")
 
 def line(trainer, device="cpu", balance=None) -> str:
     with pytest.raises(MtlrecError) as info:
-        check_settings(trainer, device, balance or {"name": "fixed"})
+        check_settings(trainer, device, balance_config(balance or {"name": "fixed"}))
     return str(info.value)
 
 
@@ -30,7 +31,7 @@ def test_torchrec_only_keys_need_the_torchrec_backend():
     assert line(TrainerConfig(embedding_optimizer="rowwise_adagrad")) == (
         "trainer.embedding_optimizer=rowwise_adagrad needs trainer.embedding_backend=torchrec"
     )
-    check_settings(TrainerConfig(), "cpu", {"name": "fixed"})  # the native default passes
+    check_settings(TrainerConfig(), "cpu", balance_config(None))  # the native default passes
 
 
 def test_optimizers_and_sharding_the_cpu_cannot_run():
@@ -41,8 +42,13 @@ def test_optimizers_and_sharding_the_cpu_cannot_run():
     )
     assert "rowwise_adam" in line(dataclasses.replace(TORCHREC, embedding_optimizer="sparse_adam"))
     assert line(dataclasses.replace(TORCHREC, sharding="row_wise")) == (
-        "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise, "
-        "column_wise or data_parallel"
+        "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise "
+        "or column_wise"
+    )
+    assert line(dataclasses.replace(TORCHREC, sharding="data_parallel")) == (
+        "trainer.sharding=data_parallel: FBGEMM's CPU kernel for replicated tables returns one "
+        "row per sample instead of one per id (TorchRec 1.8); on the CPU use table_wise or "
+        "column_wise"
     )
 
 
@@ -59,14 +65,6 @@ def test_what_the_fused_optimizer_cannot_do_is_one_line(change, what):
     assert line(dataclasses.replace(TORCHREC, **change)) == (
         f"{what} does not work with trainer.embedding_backend=torchrec (the fused optimizer "
         "updates the tables inside the backward pass); use the native backend"
-    )
-
-
-def test_several_ranks_are_refused_until_they_work():
-    assert line(dataclasses.replace(TORCHREC, devices=2)) == (
-        "trainer.embedding_backend=torchrec trains in one process for now (several ranks are not "
-        "finished: docs/distributed.md); use trainer.devices=1, or the native backend for several "
-        "ranks"
     )
 
 
@@ -99,21 +97,9 @@ def _layer(vocab: int, dim: int):
     return TorchRecFieldEmbedding.from_native(copy.deepcopy(native))
 
 
-def cfg(**kw):
-    base = dict(
-        lr=0.1,
-        embedding_lr=None,
-        embedding_optimizer="rowwise_adagrad",
-        sharding="auto",
-        shard_memory_mb=None,
-        devices=1,
-    )
-    return SimpleNamespace(**{**base, **kw})
-
-
 def test_a_width_fbgemm_cannot_hold_is_one_line():
     with pytest.raises(MtlrecError) as info:
-        torchrec_backend.shard_layer(_layer(10, 6), cfg(), torch.device("cpu"))
+        torchrec_backend.shard_layer(_layer(10, 6), shard_settings(), torch.device("cpu"))
     assert str(info.value) == (
         "trainer.embedding_backend=torchrec: FBGEMM's tables need a width that is a multiple of "
         "4, got 6 (model.embedding_dim x copies); set model.embedding_dim to a multiple of 4"
@@ -123,7 +109,9 @@ def test_a_width_fbgemm_cannot_hold_is_one_line():
 def test_tables_over_the_rank_budget_are_refused_in_one_line():
     with pytest.raises(MtlrecError) as info:
         torchrec_backend.shard_layer(
-            _layer(300_000, 4), cfg(sharding="table_wise", shard_memory_mb=1), torch.device("cpu")
+            _layer(300_000, 4),
+            shard_settings(sharding="table_wise", shard_memory_mb=1),
+            torch.device("cpu"),
         )
     assert str(info.value) == (
         "trainer.sharding=table_wise: the embedding tables (300,000 x 4) and their optimizer "

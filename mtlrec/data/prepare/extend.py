@@ -39,9 +39,9 @@ _VOCAB_FROM: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def vocab_from(path: str | Path | None) -> Iterator[Path | None]:
-    """Within the block, run_plan extends the vocabularies of the dataset at `path`."""
-    base = None if path is None else Path(str(path)).expanduser()
+def vocab_from(base: Path | None) -> Iterator[Path | None]:
+    """Within the block, run_plan extends the vocabularies of the dataset at `base`
+    (dataset.vocab_from, typed by the source's Config: `~` expanded already)."""
     if base is not None:
         check_base(base)
     token = _VOCAB_FROM.set(base)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +91,10 @@ def check_replaceable(path: Path, inputs: Iterable[str | Path] = ()) -> None:
         )
 
 
-def raw_inputs(cfg: Mapping[str, Any]) -> list[Path]:
-    """The raw dir and raw files a dataset config reads (those that can be told from it)."""
-    raw_dir = cfg.get("raw_dir")
-    base = Path(str(raw_dir)).expanduser() if raw_dir else None
+def raw_inputs(base: Path | None, files: Any) -> list[Path]:
+    """The raw dir (dataset.raw_dir, typed) and the raw files (dataset.files: names under it or
+    absolute) a dataset config reads: those that can be told from it."""
     found = [base] if base is not None else []
-    files = cfg.get("files")
     names = files.values() if isinstance(files, dict) else files if isinstance(files, list) else []
     for name in names:
         if isinstance(name, str):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -166,6 +165,8 @@ def time_values(plan: Plan, block: Block, col: str, kinds: TimeKind) -> np.ndarr
 
 
 def _parse_text_times(plan: Plan, block: Block, col: str, arr: pa.Array) -> tuple[np.ndarray, str]:
+    import pandas as pd  # here only: pandas stays off the path of a run that reads prepared data
+
     try:
         return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), "number"
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -80,9 +80,7 @@ def validate_dataset_config(cfg: Mapping[str, Any] | None) -> DatasetConfig:
 
 def resolve_dataset_dir(cfg: Mapping[str, Any]) -> Path:
     """The directory of the configured dataset, ready to load (spec.json + split parquet files)."""
-    cfg = dict(cfg)
-    validate_dataset_config(cfg)
-    return source_for(cfg).resolve(cfg)
+    return source_for(cfg).resolve(validate_dataset_config(cfg))
 
 
 def preparable_sources() -> list[str]:
@@ -110,15 +108,18 @@ def prepare_dataset(cfg: Mapping[str, Any], overwrite: bool = False) -> Result:
         raise MtlrecError(
             f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
         )
-    validate_dataset_config(cfg)
-    if cfg.get("sample_weight") and not source.keeps_sample_weight:
+    config = validate_dataset_config(cfg)
+    if config.sample_weight and not source.keeps_sample_weight:
         raise MtlrecError(
-            f"dataset.sample_weight={cfg['sample_weight']!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
+            f"dataset.sample_weight={config.sample_weight!r}: the '{source.name}' preparer does not keep a weight column; prepare files that hold one with preparer: csv (docs/datasets.md)"
         )
-    path = Path(str(cfg["path"])).expanduser()
-    base = vocab_from(cfg.get("vocab_from"))  # dataset.vocab_from: run_plan keeps the old ids
-    with base, staged_dir(path, overwrite, inputs=raw_inputs(cfg)) as tmp:
-        result = source.prepare(cfg, tmp)
+    path = config.path
+    assert path is not None  # checked above
+    # dataset.vocab_from: run_plan keeps the old ids; the raw inputs: never replaced by the output
+    base = vocab_from(getattr(config, "vocab_from", None))
+    inputs = raw_inputs(getattr(config, "raw_dir", None), getattr(config, "files", None))
+    with base, staged_dir(path, overwrite, inputs=inputs) as tmp:
+        result = source.prepare(config, tmp)
     return replace(result, path=path)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -206,9 +206,9 @@ def convert_raw(
     return counts
 
 
-def bag_fields_of(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
+def bag_fields_of(cfg: AliccpConfig, source: str) -> frozenset[str]:
     """dataset.bags, checked: Ali-CCP fields, raw source only."""
-    bags = frozenset(str(b) for b in cfg.get("bags") or ())
+    bags = frozenset(cfg.bags or ())
     unknown = sorted(bags - set(SPARSE_FIELDS))
     if unknown:
         raise MtlrecError(
@@ -221,21 +221,21 @@ def bag_fields_of(cfg: Mapping[str, Any], source: str) -> frozenset[str]:
     return bags
 
 
-def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
+def build_plan(cfg: AliccpConfig, out_dir: Path) -> Plan:
     from mtlrec.data.prepare import Plan, RawSource, ReadOptions, raw_file, set_dense_options
     from mtlrec.data.prepare.config import funnel_policy
     from mtlrec.data.prepare.plan import MultiField
 
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
-    source = str(cfg.get("source") or "processed")
-    seed = int(cfg.get("split_seed") or 0)
-    policy = funnel_policy(cfg)
+    raw_dir = cfg.raw_dir or Path(".")
+    source = cfg.source
+    seed = cfg.split_seed
+    policy = funnel_policy(cfg.as_mapping())
     info: dict[str, Any] = {"preparer": "aliccp", "source": f"Ali-CCP ({source} form)"}
     source_names = None
     bags = bag_fields_of(cfg, source)
     sparse, bag_fields, dense_cols = columns(bags)
     if source == "processed":
-        files = dict(cfg.get("files") or {})
+        files = dict(cfg.files or {})
         missing = [s for s in ("train", "val", "test") if not files.get(s)]
         if missing:
             raise MtlrecError(f"dataset.files must name the {missing} file(s) of Ali-CCP")
@@ -244,7 +244,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
             for s in ("train", "val", "test")
         ]
     elif source == "raw":
-        names = dict(cfg.get("raw_files") or {})
+        names = dict(cfg.raw_files or {})
         paths = {
             k: raw_file(raw_dir, str(names.get(k)), f"dataset.raw_files.{k}")
             for k in ("train_skeleton", "train_common", "test_skeleton", "test_common")
@@ -261,7 +261,7 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
                 bags=sorted(bags),
             )
             info[f"raw_{part}"] = counts
-        val_share = float(cfg.get("test_val_fraction") or 0.5)
+        val_share = cfg.test_val_fraction
         source_names = [
             f"{paths['train_skeleton']} + {paths['train_common']}",
             f"{paths['test_skeleton']} + {paths['test_common']}",
@@ -275,10 +275,10 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
     else:
         raise MtlrecError(f"dataset.source '{source}' is unknown; use processed or raw")
     plan = Plan(
-        name=str(cfg.get("name") or "aliccp"),
-        path=Path(str(cfg["path"])).expanduser(),
+        name=cfg.name or "aliccp",
+        path=cfg.path or Path("."),
         sources=sources,
-        read=ReadOptions(format="csv", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
+        read=ReadOptions(format="csv", block_size_mb=cfg.block_size_mb),
         sparse=sparse,
         dense=dense_cols,
         targets=[
@@ -286,20 +286,20 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
             TaskSpec("cvr", "purchase", "binary", where="click"),
         ],
         funnel=FunnelSpec("click", "purchase"),
-        min_count=int(cfg.get("min_count") or 1),
+        min_count=cfg.min_count,
         split_by="files",
         split_seed=seed,
         funnel_violations=policy,
         info=info,
         source_names=source_names,
     )
-    max_len = int(cfg.get("bag_max_len") or 50)
+    max_len = cfg.bag_max_len
     plan.multi = [MultiField(b, "bag", max_len=max_len, weighted=True) for b in bag_fields]
-    set_dense_options(plan, cfg)
+    set_dense_options(plan, cfg.as_mapping())
     return plan
 
 
-def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+def prepare(cfg: AliccpConfig, out_dir: Path) -> Result:
     from mtlrec.data.prepare import run_plan
 
     plan = build_plan(cfg, out_dir)

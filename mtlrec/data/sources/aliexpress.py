@@ -13,10 +13,9 @@ train file's rows (seeded) become the val split.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetSource, ReadConfig
@@ -40,15 +39,15 @@ class AliexpressConfig(ReadConfig):
     dense_transform: str = "none"  # checked per column by prepare (one line naming the column)
 
 
-def build_plan(cfg: Mapping[str, Any]) -> Plan:
+def build_plan(cfg: AliexpressConfig) -> Plan:
     from mtlrec.data.prepare import Plan, RawSource, raw_file, read_options, set_dense_options
     from mtlrec.data.prepare.config import funnel_policy
 
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
-    files = dict(cfg.get("files") or {})
+    raw_dir = cfg.raw_dir or Path(".")
+    files = dict(cfg.files or {})
     if "train" not in files or "test" not in files:
         raise MtlrecError("dataset.files must name the train and test files of AliExpress")
-    val_fraction = float(cfg.get("val_fraction") or 0.0)
+    val_fraction = cfg.val_fraction
     train = raw_file(raw_dir, str(files["train"]), "dataset.files.train")
     sources = []
     if files.get("val"):
@@ -68,10 +67,10 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         RawSource(raw_file(raw_dir, str(files["test"]), "dataset.files.test"), split="test")
     )
     plan = Plan(
-        name=str(cfg.get("name") or "aliexpress"),
-        path=Path(str(cfg["path"])).expanduser(),
+        name=cfg.name or "aliexpress",
+        path=cfg.path or Path("."),
         sources=sources,
-        read=read_options(cfg),
+        read=read_options(cfg.as_mapping()),
         sparse=[f"categorical_{i}" for i in range(1, NUM_CATEGORICAL + 1)],
         dense=[f"numerical_{i}" for i in range(1, NUM_NUMERICAL + 1)],
         targets=[
@@ -79,21 +78,21 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
             TaskSpec("cvr", "conversion", "binary", where="click"),
         ],
         funnel=FunnelSpec("click", "conversion"),
-        min_count=int(cfg.get("min_count") or 1),
+        min_count=cfg.min_count,
         split_by="files",
-        split_seed=int(cfg.get("split_seed") or 0),
-        funnel_violations=funnel_policy(cfg),
+        split_seed=cfg.split_seed,
+        funnel_violations=funnel_policy(cfg.as_mapping()),
         info={
             "preparer": "aliexpress",
             "source": "AliExpress (Tianchi 74690)",
             "val": "val file" if files.get("val") else f"{val_fraction:g} of the train file",
         },
     )
-    set_dense_options(plan, cfg)
+    set_dense_options(plan, cfg.as_mapping())
     return plan
 
 
-def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+def prepare(cfg: AliexpressConfig, out_dir: Path) -> Result:
     from mtlrec.data.prepare import run_plan
 
     return run_plan(build_plan(cfg), out_dir)

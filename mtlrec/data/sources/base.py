@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,7 +15,7 @@ class DatasetConfig:
     """Keys every dataset config has (conf/dataset/*.yaml), whatever builds the dataset."""
 
     name: str = ""
-    path: str | None = None  # the prepared dataset dir (what `mtlrec train` reads)
+    path: Path | None = None  # the prepared dataset dir (what `mtlrec train` reads), ~ expanded
     tasks: list[str] | None = None  # task names to train on (null = all of the dataset's)
     preparer: str | None = None  # which source builds it (default: the one named like `name`)
     funnel_violations: Literal["error", "drop"] = "error"
@@ -26,12 +25,17 @@ class DatasetConfig:
     def validate(self) -> None:
         """Ranges and combinations (types are checked by config_schema.build)."""
 
+    def as_mapping(self) -> dict[str, Any]:
+        """The typed values by key, for the option parsers the prepare pipeline shares between
+        datasets (mtlrec.data.prepare.config: read options, dense transforms, funnel policy)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass
 class RawFilesConfig(DatasetConfig):
     """Keys of datasets that `mtlrec prepare` builds from raw files (see mtlrec.data.prepare)."""
 
-    raw_dir: str | None = None
+    raw_dir: Path | None = None  # where the raw files are (relative file names), ~ expanded
     min_count: int = 1
     dense_transform: str = (
         "standardize"  # checked per column by prepare (one line naming the column)
@@ -42,7 +46,7 @@ class RawFilesConfig(DatasetConfig):
     # inf, NaN or |x| > float32's max in a dense column: error | clip | impute (docs/datasets.md)
     dense_nonfinite: Literal["error", "clip", "impute"] = "error"
     block_size_mb: float = 1.0
-    vocab_from: str | None = None  # a prepared dataset whose ids this one keeps (next-day data)
+    vocab_from: Path | None = None  # a prepared dataset whose ids this one keeps (next-day data)
 
     def validate(self) -> None:
         super().validate()
@@ -63,11 +67,12 @@ class ReadConfig(RawFilesConfig):
 
 
 class DatasetSource:
-    """One kind of dataset. Subclasses set `name`, `Config` and implement prepare and/or generate.
+    """One kind of dataset. Subclasses set `name`, `Config` and implement prepare and/or generate;
+    both take the source's typed Config (built and checked by `validate_dataset_config`).
 
-    - `prepare(cfg, out_dir)`: build the prepared dataset from raw files into the staging dir
+    - `prepare(config, out_dir)`: build the prepared dataset from raw files into the staging dir
       `out_dir` (what `mtlrec prepare dataset=NAME` runs); returns a prepare Result.
-    - `generate(cfg)`: make the dataset on first use (`generated = True`) and return its dir.
+    - `generate(config)`: make the dataset on first use (`generated = True`), return its dir.
     """
 
     name: ClassVar[str]
@@ -76,22 +81,21 @@ class DatasetSource:
     preparable: ClassVar[bool] = False
     keeps_sample_weight: ClassVar[bool] = False  # prepare honours dataset.sample_weight
 
-    def prepare(self, cfg: Mapping[str, Any], out_dir: Path):
-        raise MtlrecError(f"dataset '{cfg.get('name')}': `mtlrec prepare` cannot build it")
+    def prepare(self, config: Any, out_dir: Path):
+        raise MtlrecError(f"dataset '{config.name}': `mtlrec prepare` cannot build it")
 
-    def generate(self, cfg: Mapping[str, Any]) -> Path:
+    def generate(self, config: Any) -> Path:
         raise NotImplementedError
 
-    def resolve(self, cfg: Mapping[str, Any]) -> Path:
+    def resolve(self, config: DatasetConfig) -> Path:
         """The directory of the configured dataset, ready to load."""
         if self.generated:
-            return self.generate(cfg)
-        name = cfg.get("name")
-        if not cfg.get("path"):
+            return self.generate(config)
+        name, path = config.name, config.path
+        if path is None:
             raise MtlrecError(
                 f"dataset '{name}': dataset.path is not set; point it at a prepared dataset directory"
             )
-        path = Path(str(cfg["path"])).expanduser()
         if not path.exists():
             raise MtlrecError(
                 f"{path}: data dir of dataset '{name}' does not exist; run `mtlrec prepare dataset={name}` or fix dataset.path"

@@ -21,7 +21,6 @@ recorded in spec.info["protocol"] as not the paper's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,17 +137,17 @@ def make_transform(tasks: tuple[str, ...], education_positive: set[str], keep: l
     return transform
 
 
-def census_sources(cfg: Mapping[str, Any]) -> tuple[list[RawSource], str, bool]:
+def census_sources(cfg: CensusConfig) -> tuple[list[RawSource], str, bool]:
     """(raw sources, protocol description, whether it is the paper's protocol)."""
     from mtlrec.data.prepare import RawSource, check_fractions
 
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
-    train_path = find_raw(raw_dir, str(cfg["train_file"]))
-    test_path = find_raw(raw_dir, str(cfg["test_file"]))
-    split = dict(cfg.get("split") or {})
+    raw_dir = cfg.raw_dir or Path(".")
+    train_path = find_raw(raw_dir, cfg.train_file)
+    test_path = find_raw(raw_dir, cfg.test_file)
+    split = dict(cfg.split or {})
     if test_path is None:
         raise MtlrecError(
-            f"{raw_dir / cfg['test_file']}[.gz]: census test file not found; download it from UCI (see docs/datasets.md) or set dataset.raw_dir"
+            f"{raw_dir / cfg.test_file}[.gz]: census test file not found; download it from UCI (see docs/datasets.md) or set dataset.raw_dir"
         )
     if train_path is not None:
         sources = [
@@ -171,19 +170,19 @@ def census_sources(cfg: Mapping[str, Any]) -> tuple[list[RawSource], str, bool]:
     return [RawSource(test_path, fractions=fractions)], protocol, False
 
 
-def build_plan(cfg: Mapping[str, Any]) -> Plan:
+def build_plan(cfg: CensusConfig) -> Plan:
     from mtlrec.data.prepare import Plan, ReadOptions, set_dense_options
 
-    group = cfg.get("task_group", 1)
+    group = cfg.task_group
     if group not in TASK_GROUPS:
         raise MtlrecError(
             f"dataset.task_group must be 1 (income + marital) or 2 (education + marital), got {group!r}"
         )
     tasks = TASK_GROUPS[group]
     sources, protocol, paper = census_sources(cfg)
-    dense = [str(c) for c in cfg.get("dense") or []]
+    dense = list(cfg.dense)
     removed = {LABEL_SOURCES[t] for t in tasks} | {INSTANCE_WEIGHT}
-    removed |= {str(c) for c in cfg.get("exclude") or []}
+    removed |= set(cfg.exclude)
     unknown = sorted(set(dense) - set(COLUMNS))
     if unknown:
         raise MtlrecError(
@@ -196,28 +195,28 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         )
     sparse = [c for c in COLUMNS if c not in removed and c not in dense]
     weight = census_weight(cfg)
-    education_positive = {str(v) for v in cfg.get("education_positive") or []}
+    education_positive = set(cfg.education_positive)
     if "education" in tasks and not education_positive:
         raise MtlrecError(
             "dataset.education_positive must list the education values that count as 'at least college'"
         )
     plan = Plan(
-        name=str(cfg.get("name") or "census"),
-        path=Path(str(cfg["path"])).expanduser(),
+        name=cfg.name or "census",
+        path=cfg.path or Path("."),
         sources=sources,
         read=ReadOptions(
             format="csv",
             delimiter=",",
             header=False,
             column_names=COLUMNS,
-            block_size_mb=float(cfg.get("block_size_mb") or 1.0),
+            block_size_mb=cfg.block_size_mb,
         ),
         sparse=sparse,
         dense=dense,
         targets=[TaskSpec(t, t, "binary") for t in tasks],
-        min_count=int(cfg.get("min_count") or 1),
+        min_count=cfg.min_count,
         split_by="random",
-        split_seed=int(dict(cfg.get("split") or {}).get("seed", 0)),
+        split_seed=int(dict(cfg.split or {}).get("seed", 0)),
         raw_columns=[
             c
             for c in COLUMNS
@@ -236,14 +235,14 @@ def build_plan(cfg: Mapping[str, Any]) -> Plan:
         },
         sample_weight=weight,
     )
-    set_dense_options(plan, cfg)
+    set_dense_options(plan, cfg.as_mapping())
     return plan
 
 
-def census_weight(cfg: Mapping[str, Any]) -> str | None:
+def census_weight(cfg: CensusConfig) -> str | None:
     """dataset.sample_weight: only the survey's instance_weight (the rows' population weights,
     never a feature) can weigh census rows."""
-    weight = cfg.get("sample_weight")
+    weight = cfg.sample_weight
     if weight is not None and weight != INSTANCE_WEIGHT:
         raise MtlrecError(
             f"dataset.sample_weight={weight!r}: census rows can be weighted by '{INSTANCE_WEIGHT}' only (the survey's population weight)"
@@ -251,7 +250,7 @@ def census_weight(cfg: Mapping[str, Any]) -> str | None:
     return weight
 
 
-def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+def prepare(cfg: CensusConfig, out_dir: Path) -> Result:
     from mtlrec.data.prepare import run_plan
 
     return run_plan(build_plan(cfg), out_dir)

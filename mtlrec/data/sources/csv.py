@@ -100,7 +100,7 @@ def raw_sources(cfg: Mapping[str, Any], by: str, split: Mapping[str, Any]) -> li
     from mtlrec.data.prepare.config import check_fractions, raw_file
     from mtlrec.data.prepare.plan import SPLITS, RawSource
 
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
+    raw_dir = cfg.get("raw_dir") or Path(".")  # a Path already (CsvConfig.raw_dir)
     files = cfg.get("files")
     if not files:
         raise MtlrecError(f"dataset '{cfg.get('name') or ''}': dataset.files lists no raw files")
@@ -176,14 +176,16 @@ def _boundaries(values: Any) -> tuple[float, float] | None:
     return float(values[0]), float(values[1])
 
 
-def generic_plan(cfg: Mapping[str, Any]) -> Plan:
-    """The plan of a `preparer: csv` dataset config (bring-your-own data); see README."""
+def generic_plan(config: CsvConfig) -> Plan:
+    """The plan of a `preparer: csv` dataset config (bring-your-own data); see README. The
+    parsers below read its keys by name (most are free-form mappings the yaml describes)."""
     from mtlrec.data.prepare.config import funnel_policy, read_options, set_dense_options
     from mtlrec.data.prepare.plan import Plan
     from mtlrec.data.prepare.timeline import parse_user_time
 
-    name = str(cfg.get("name") or "")
-    if not cfg.get("path"):
+    cfg = config.as_mapping()
+    name = config.name
+    if config.path is None:
         raise MtlrecError(
             f"dataset '{name}': dataset.path (where to write the prepared data) is not set"
         )
@@ -192,7 +194,7 @@ def generic_plan(cfg: Mapping[str, Any]) -> Plan:
     sparse, dense = feature_columns(cfg, sources, read_options(cfg), split)
     plan = Plan(
         name=name,
-        path=Path(str(cfg["path"])).expanduser(),
+        path=config.path,
         sources=sources,
         read=read_options(cfg),
         sparse=sparse,

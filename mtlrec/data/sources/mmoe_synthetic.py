@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -194,25 +193,22 @@ def write_prepared(
     return spec
 
 
-def _params(cfg: Mapping[str, Any]) -> tuple[int, int, float, int]:
-    return (
-        int(cfg["num_rows"]),
-        int(cfg["input_dim"]),
-        float(cfg["correlation"]),
-        int(cfg["generator_seed"]),
-    )
+def _params(cfg: MmoeSyntheticConfig) -> tuple[int, int, float, int]:
+    return cfg.num_rows, cfg.input_dim, cfg.correlation, cfg.generator_seed
 
 
-def ensure_prepared(cfg: Mapping[str, Any]) -> Path:
+def ensure_prepared(cfg: MmoeSyntheticConfig) -> Path:
     """The cached dataset dir of this parameter set, generated first when missing."""
     from mtlrec.data.prepare.publish import generate_once
 
-    path = Path(str(cfg["path"])).expanduser()
+    path = cfg.path
+    if path is None:
+        raise MtlrecError(f"dataset '{cfg.name}': dataset.path (where to generate it) is not set")
     if (path / SPEC_FILE).is_file():
         return path
     n, d, p, seed = _params(cfg)
     check_params(n, d, p)
-    name = str(cfg.get("name") or "mmoe_synthetic")
+    name = cfg.name or "mmoe_synthetic"
     return generate_once(
         path,
         lambda tmp: write_prepared(tmp, name, n, d, p, seed),
@@ -220,14 +216,14 @@ def ensure_prepared(cfg: Mapping[str, Any]) -> Path:
     )
 
 
-def prepare(cfg: Mapping[str, Any], out_dir: Path):
+def prepare(cfg: MmoeSyntheticConfig, out_dir: Path):
     """`mtlrec prepare dataset=mmoe_synthetic`: generate into the staging dir."""
     import pyarrow.parquet as pq
 
     from mtlrec.data.prepare import Result, SplitSummary
 
     n, d, p, seed = _params(cfg)
-    spec = write_prepared(out_dir, str(cfg.get("name") or "mmoe_synthetic"), n, d, p, seed)
+    spec = write_prepared(out_dir, cfg.name or "mmoe_synthetic", n, d, p, seed)
     summary = {}
     for split, file in spec.splits.items():
         t = pq.read_table(out_dir / file, columns=["y1", "y2"])

@@ -22,7 +22,6 @@ Split by time: the oldest `split.fractions.train` of the ratings train, then val
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -151,7 +150,7 @@ def genre_lists(items: pd.DataFrame, item_ids: pd.Series) -> pa.ListArray:
     return per_item.take(pa.array(position))
 
 
-def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, int]:
+def convert(raw_dir: Path, cfg: MovielensConfig, out_path: Path) -> dict[str, int]:
     """The three raw files -> one parquet file of rating rows (genres, history: list columns)."""
     import numpy as np
     import pyarrow as pa
@@ -160,8 +159,12 @@ def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, 
     from mtlrec.data.prepare import raw_file
 
     files = {
-        k: raw_file(raw_dir, str(cfg.get(f"{k}_file") or d), f"dataset.{k}_file")
-        for k, d in (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item"))
+        k: raw_file(raw_dir, name, f"dataset.{k}_file")
+        for k, name in (
+            ("ratings", cfg.ratings_file),
+            ("users", cfg.users_file),
+            ("items", cfg.items_file),
+        )
     }
     ratings = read_table(files["ratings"], "\t", RATING_COLUMNS, RATING_COLUMNS)
     users = read_table(files["users"], "|", USER_COLUMNS, ("user_id", "age"))
@@ -178,12 +181,12 @@ def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, 
             )
     df = ratings.merge(users, on="user_id", how="left")  # keeps the ratings' order
     df["zip3"] = df["zip"].str[:3]
-    threshold = float(cfg.get("like_threshold") or 4)
+    threshold = cfg.like_threshold
     df["like"] = (df["rating"] >= threshold).astype(np.int64)
     plain = [c for c in CONVERTED if c not in ("genres", "history")]
     table = pa.Table.from_pandas(df[plain], preserve_index=False)
     table = table.append_column("genres", genre_lists(items, ratings["item_id"]))
-    table = table.append_column("history", histories(ratings, int(cfg.get("history_len") or 50)))
+    table = table.append_column("history", histories(ratings, cfg.history_len))
     pq.write_table(table.select(list(CONVERTED)), out_path)
     return {
         "ratings": len(df),
@@ -192,29 +195,29 @@ def convert(raw_dir: Path, cfg: Mapping[str, Any], out_path: Path) -> dict[str, 
     }
 
 
-def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
+def build_plan(cfg: MovielensConfig, out_dir: Path) -> Plan:
     from mtlrec.data.prepare import Plan, RawSource, ReadOptions, check_fractions, set_dense_options
     from mtlrec.data.prepare.plan import MultiField
 
-    raw_dir = Path(str(cfg.get("raw_dir") or ".")).expanduser()
+    raw_dir = cfg.raw_dir or Path(".")
     converted = out_dir / "_converted"
     converted.mkdir(exist_ok=True)
     counts = convert(raw_dir, cfg, converted / "ratings.parquet")
     fractions = check_fractions(
         "dataset.split.fractions",
-        (cfg.get("split") or {}).get("fractions") or {"train": 0.8, "val": 0.1, "test": 0.1},
+        (cfg.split or {}).get("fractions") or {"train": 0.8, "val": 0.1, "test": 0.1},
     )
-    history_len = int(cfg.get("history_len") or 50)
-    pooling = str(cfg.get("history_pooling") or "target_attention")
+    history_len = cfg.history_len
+    pooling = cfg.history_pooling
     plan = Plan(
-        name=str(cfg.get("name") or "movielens"),
-        path=Path(str(cfg["path"])).expanduser(),
+        name=cfg.name or "movielens",
+        path=cfg.path or Path("."),
         sources=[RawSource(converted / "ratings.parquet", fractions=fractions)],
-        read=ReadOptions(format="parquet", block_size_mb=float(cfg.get("block_size_mb") or 1.0)),
+        read=ReadOptions(format="parquet", block_size_mb=cfg.block_size_mb),
         sparse=["user_id", "item_id", "gender", "occupation", "zip3"],
         dense=["age"],
         targets=[TaskSpec("rating", "rating", "regression"), TaskSpec("like", "like", "binary")],
-        min_count=int(cfg.get("min_count") or 1),
+        min_count=cfg.min_count,
         split_by="column",
         split_column="ts",
         split_fractions=fractions,
@@ -231,13 +234,13 @@ def build_plan(cfg: Mapping[str, Any], out_dir: Path) -> Plan:
                 target="item_id" if pooling == "target_attention" else None,
             ),
         ],
-        feature_groups=dict(cfg.get("feature_groups") or {}),
+        feature_groups=dict(cfg.feature_groups or {}),
     )
-    set_dense_options(plan, cfg)
+    set_dense_options(plan, cfg.as_mapping())
     return plan
 
 
-def prepare(cfg: Mapping[str, Any], out_dir: Path) -> Result:
+def prepare(cfg: MovielensConfig, out_dir: Path) -> Result:
     from mtlrec.data.prepare import run_plan
 
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlrec.config_schema import build
 from mtlrec.data.ccp_generator import GENERATOR_VERSION, Setting, write_prepared
 from mtlrec.data.sources import register
 from mtlrec.data.sources.base import DatasetConfig, DatasetSource
@@ -120,6 +119,11 @@ class SyntheticCcp(DatasetSource):
     Config = SyntheticCcpConfig
     generated = True
 
-    def generate(self, cfg):
-        c = build(SyntheticCcpConfig, cfg, "dataset")
-        return ensure_prepared(c.path, c.num_rows, c.generator_seed, c.setting())
+    def generate(self, config: SyntheticCcpConfig) -> Path:
+        if config.path is None:
+            raise MtlrecError(
+                f"dataset '{config.name}': dataset.path (where to generate it) is not set"
+            )
+        return ensure_prepared(
+            config.path, config.num_rows, config.generator_seed, config.setting()
+        )

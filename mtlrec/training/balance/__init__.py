@@ -25,7 +25,7 @@ import importlib
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -57,9 +57,21 @@ from mtlrec.training.balance.rlw import RandomLossWeighting  # noqa: E402
 from mtlrec.training.balance.uncertainty import Uncertainty  # noqa: E402
 
 
-def balance_config(cfg: Mapping[str, Any] | None) -> tuple[type[Balancer], Any]:
+class BalanceSettings(NamedTuple):
+    """The `balance` group typed: the balancer class and its checked Config (`cls, cfg = ...`)."""
+
+    cls: type[Balancer]
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+
+def balance_config(cfg: Mapping[str, Any] | None) -> BalanceSettings:
     """(the balancer class, its typed Config) from the `balance` mapping; one line per error
-    (unknown name, unknown key, wrong type, value out of range). Builds nothing."""
+    (unknown name, unknown key, wrong type, value out of range). Builds nothing. A run types its
+    `balance` group once (mtlrec.settings.check) and passes the result on."""
     values = dict(cfg or {"name": "fixed"})
     name = values.pop("name", "fixed")
     if name not in BALANCERS:
@@ -70,19 +82,27 @@ def balance_config(cfg: Mapping[str, Any] | None) -> tuple[type[Balancer], Any]:
     cls = BALANCERS[name]
     known = ["name", *(f.name for f in fields(cls.Config))]
     check_keys(values, known, "balance", owner=f"balance={name}")
-    return cls, build(cls.Config, values, "balance")
+    return BalanceSettings(cls, build(cls.Config, values, "balance"))
+
+
+def balance_settings(cfg: BalanceSettings | Mapping[str, Any] | None) -> BalanceSettings:
+    """Typed balance settings as they are, a raw mapping (a checkpoint's saved config, a test's
+    dict) typed at that edge."""
+    return cfg if isinstance(cfg, BalanceSettings) else balance_config(cfg)
 
 
 def make_balancer(
-    cfg: Mapping[str, Any] | None, tasks: tuple[TaskSpec, ...], model: nn.Module
+    cfg: BalanceSettings | Mapping[str, Any] | None, tasks: tuple[TaskSpec, ...], model: nn.Module
 ) -> Balancer:
-    """The balancer named by the `balance` config group (None = fixed task weights)."""
-    cls, config = balance_config(cfg)
+    """The balancer of the run's typed `balance` settings (None = fixed task weights)."""
+    cls, config = balance_settings(cfg)
     return cls(tasks, model, config)
 
 
 __all__ = [
     "BALANCERS",
+    "BalanceSettings",
+    "balance_settings",
     "FAMO",
     "AlignedMTL",
     "Balancer",

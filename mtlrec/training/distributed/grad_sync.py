@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable
 
 import torch
@@ -28,7 +29,11 @@ from mtlrec.errors import MtlrecError
 from mtlrec.training.distributed.collectives import average_gradients
 from mtlrec.training.distributed.context import current
 
-FAULT_ENV = "MTLREC_DIST_FAULT"  # "RANK:STEP": that rank fails at that training step (tests)
+# Tests: "RANK:STEP" makes that rank fail at that training step (this process's steps, counted
+# from 1); "RANK:STEP:kill" kills it there with SIGKILL (a hard death: no checkpoint, no
+# cleanup); "RANK:STEP:term" sends SIGTERM to the launcher, as a scheduler would (forwarded to
+# every rank: the graceful stop).
+FAULT_ENV = "MTLREC_DIST_FAULT"
 
 
 class GradSync:
@@ -45,8 +50,9 @@ class GradSync:
         # A balancer that writes gradients itself averages all of them (its own included).
         self.params = [] if manual else [p for p in balancer.parameters() if p.requires_grad]
         self.steps = 0
-        fault = os.environ.get(FAULT_ENV, "")
-        self.fault = tuple(int(x) for x in fault.split(":")) if fault else None
+        fault = os.environ.get(FAULT_ENV, "").split(":")
+        self.fault = (int(fault[0]), int(fault[1])) if len(fault) > 1 else None
+        self.fault_kind = fault[2] if len(fault) > 2 else "fail"
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         if self.ddp is not None and self.manual:
@@ -57,6 +63,11 @@ class GradSync:
         ctx = current()
         self.steps += 1
         if self.fault is not None and self.fault == (ctx.rank, self.steps):
+            if self.fault_kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.fault_kind == "term":
+                os.kill(os.getppid(), signal.SIGTERM)
+                return
             raise MtlrecError(
                 f"{FAULT_ENV}: injected failure on rank {ctx.rank} at step {self.steps}"
             )
