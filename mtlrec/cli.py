@@ -12,11 +12,13 @@ unless HYDRA_FULL_ERROR=1), 2 a wrong command line, 128 + N when signal N stoppe
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from types import ModuleType
 
 from mtlrec.commands import COMMANDS, ERROR, OK, SIGNAL_BASE, USAGE, CommandParser, load
 from mtlrec.commands.pipes import PipeGuard
@@ -88,8 +90,6 @@ def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
 
 
 def _Formatter(prog: str):
-    import argparse
-
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=16, width=100)
 
 
@@ -114,7 +114,7 @@ def run(argv: Sequence[str]) -> int:
     if name not in COMMANDS:
         return unknown_command(name)
     module = load(name)
-    args = rest if module.FORWARDS else parsers[name].parse_args(rest)
+    args = rest if module.FORWARDS else parse(module, parsers[name], rest)
     try:
         return int(module.run(args) or OK)
     except Exception as e:
@@ -122,6 +122,13 @@ def run(argv: Sequence[str]) -> int:
             raise
         print(f"mtlrec {name}: error: {e}", file=sys.stderr)
         return USAGE if _usage_error(e) else ERROR
+
+
+def parse(module: ModuleType, parser: CommandParser, rest: list[str]) -> argparse.Namespace:
+    """The command's arguments; INTERMIXED commands take positionals before and after flags."""
+    if getattr(module, "INTERMIXED", False):
+        return parser.parse_intermixed_args(rest)
+    return parser.parse_args(rest)
 
 
 def show_help(parser: CommandParser, parsers: dict[str, CommandParser], rest: list[str]) -> int:
@@ -132,7 +139,7 @@ def show_help(parser: CommandParser, parsers: dict[str, CommandParser], rest: li
     if name not in COMMANDS:
         return unknown_command(name)
     module = load(name)
-    if module.FORWARDS:  # Hydra's help for train, the module's own parser for the others
+    if module.FORWARDS:  # Hydra's help for train
         return int(module.run(["--help"]) or OK)
     parsers[name].print_help()
     return OK

@@ -3,8 +3,9 @@
 A command module (``mtlrec/commands/<name>.py``) defines
 
 - ``SUMMARY``: the one line `mtlrec --help` shows for it;
-- ``FORWARDS``: True when its arguments go untouched to another parser (Hydra for ``train``, the
-  prepare and compare modules' own parsers), False when ``configure`` declares them;
+- ``FORWARDS``: True when its arguments go untouched to another parser (Hydra, for ``train``),
+  False when ``configure`` declares them (every other command: its parser lives here, next to
+  it; ``INTERMIXED = True`` lets positionals follow flags, as ``tune``'s overrides do);
 - ``configure(parser)``: adds its arguments to its subparser (nothing for a forwarding command);
 - ``run(args)``: does the work and returns the exit status; ``args`` is the parsed
   ``argparse.Namespace``, or the raw ``list[str]`` for a forwarding command.

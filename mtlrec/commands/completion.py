@@ -60,13 +60,10 @@ def candidates(words: list[str], new_word: bool) -> list[str]:
 
 
 def command_flags(name: str) -> list[str]:
-    """Every option flag of command `name` (from its parser, or its forwarded parser's help)."""
+    """Every option flag of command `name` (from its parser; --help for `train`, Hydra's)."""
     module = load(name)
     if module.FORWARDS:
-        from mtlrec.commands.forward import flags_in, help_text
-
-        target = getattr(module, "TARGET", None)
-        return flags_in(help_text(target)) if target else list(FORWARDS_HELP)
+        return list(FORWARDS_HELP)
     parser = argparse.ArgumentParser(add_help=True)
     module.configure(parser)
     return [s for action in parser._actions for s in action.option_strings]

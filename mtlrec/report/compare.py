@@ -16,6 +16,7 @@ interrupted and still-running runs keep their row with their status; their metri
 
 On a terminal the table fits its width (`COLUMNS` when set): wide when it fits, else one block
 per run (`--layout long`); colours only on a terminal. csv/json hold the full-precision numbers.
+The arguments are declared in mtlrec/commands/compare.py, which calls `compare(args)`.
 """
 
 from __future__ import annotations
@@ -28,80 +29,12 @@ from pathlib import Path
 
 from mtlrec.errors import MtlrecError
 from mtlrec.report.keys import default_metrics, differing_keys, filter_runs, short_names
-from mtlrec.report.render import FORMATS, LAYOUTS, render
+from mtlrec.report.render import render
 from mtlrec.report.table import Table, build_table, mean_std, sort_rows
 from mtlrec.runs.records import Run, find_run_dirs, load_runs, read_run
 
 # Older name of filter_runs.
 parse_filters = filter_runs
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtlrec compare",
-        description="Compare run dirs (single runs, sweep dirs, or a mix) in one table.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="run dirs or dirs holding them")
-    parser.add_argument(
-        "--metric",
-        action="append",
-        default=None,
-        help="metric column, e.g. test/cvr_auc (repeatable; default: test metrics of the monitored family)",
-    )
-    parser.add_argument(
-        "--sort",
-        default=None,
-        metavar="COLUMN",
-        help="sort by a column, best first for metrics (AUC high, losses low); config columns ascending",
-    )
-    parser.add_argument("--reverse", action="store_true", help="reverse the --sort order")
-    parser.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="keep runs whose config KEY equals VALUE (repeatable; also status=failed)",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="table")
-    parser.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="auto",
-        help="table format: wide = one row per run, long = one block per run; "
-        "auto (default) = wide when it fits the terminal",
-    )
-    parser.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --output if it exists, or the PNGs of a --plot dir that mtlrec did not make",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--group-by-seed",
-        dest="group_by_seed",
-        action="store_true",
-        default=None,
-        help="one row per config with mean ± std over seeds and n (automatic when only the seed differs)",
-    )
-    group.add_argument(
-        "--no-group",
-        dest="group_by_seed",
-        action="store_false",
-        help="one row per run, even when only the seed differs",
-    )
-    parser.add_argument(
-        "--baseline",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="runs matching it are the baseline (e.g. model=single_task): per-metric delta "
-        "columns (mean ± std over paired seeds) and negative-transfer marks; --plot adds seesaw.png",
-    )
-    parser.add_argument(
-        "--plot", metavar="DIR", help='write PNG plots to DIR (needs: pip install "mtlrec[plot]")'
-    )
-    return parser
 
 
 def terminal_width() -> int | None:
@@ -176,8 +109,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_plot_dir(Path(args.plot).expanduser(), args.overwrite)
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def compare(args: argparse.Namespace) -> int:
+    """`mtlrec compare` with its parsed arguments (declared in mtlrec/commands/compare.py)."""
     if args.plot:
         from mtlrec.report.plots import require_matplotlib
 
@@ -214,8 +147,8 @@ __all__ = [
     "default_metrics",
     "differing_keys",
     "find_run_dirs",
+    "compare",
     "load_runs",
-    "main",
     "mean_std",
     "read_run",
     "render",

@@ -199,7 +199,7 @@ def print_sweep_table(sweep_dir: Path) -> None:
 
     A summary only: whatever goes wrong reading the job dirs, the sweep's own outcome stands.
     """
-    from mtlrec.report.compare import main as compare
+    from mtlrec.commands.compare import main as compare
 
     print(f"\nsweep {sweep_dir}:", flush=True)
     try:

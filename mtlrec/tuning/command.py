@@ -6,7 +6,8 @@
     mtlrec tune mmoe --storage postgresql://user@db/optuna             # one study, many machines
     mtlrec tune mmoe --metrics val/ctr_auc,val/cvr_auc                 # multi-objective (Pareto)
 
-The results table and the best line go to stdout; progress and messages to stderr.
+The results table and the best line go to stdout; progress and messages to stderr. The arguments
+are declared in mtlrec/commands/tune.py, which calls `tune(args)`.
 
 Needs `pip install "mtlrec[tune]"` (optuna >= 4).
 """
@@ -17,36 +18,10 @@ import argparse
 import datetime as dt
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from mtlrec.errors import MtlrecError
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="mtlrec tune", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("search", help="a search in conf/search/ (e.g. mmoe) or a yaml file")
-    parser.add_argument("overrides", nargs="*", help="`mtlrec train` overrides for every trial")
-    parser.add_argument("--study-dir", type=Path, help="the study's dir; an existing one resumes")
-    parser.add_argument("--trials", type=int, help="finished trials wanted (default: the search's)")
-    parser.add_argument("--jobs", type=int, help="trials run at a time (each gets its core share)")
-    parser.add_argument("--no-plots", action="store_true", help="skip Optuna's PNG plots")
-    parser.add_argument(
-        "--storage",
-        help="an Optuna storage URL (sqlite:///f.db, postgresql://...): several machines, each "
-        "with its own --study-dir, work on one study (default: STUDY_DIR/study.db)",
-    )
-    parser.add_argument(
-        "--metrics",
-        help="comma-separated metrics of a multi-objective study (the first is monitored)",
-    )
-    parser.add_argument(
-        "--directions", help="maximize|minimize per metric (default: each metric's own direction)"
-    )
-    return parser
 
 
 def apply_arguments(cfg: Any, args: argparse.Namespace) -> None:
@@ -63,8 +38,8 @@ def apply_arguments(cfg: Any, args: argparse.Namespace) -> None:
     cfg.validate()
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+def tune(args: argparse.Namespace) -> int:
+    """`mtlrec tune` with its parsed arguments (declared in mtlrec/commands/tune.py)."""
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -220,7 +195,3 @@ def write_plots(study: Any, paths: Any, console: Any) -> None:
             plt.close(ax.figure)
         except (ValueError, RuntimeError) as e:  # e.g. importances need 2+ completed trials
             console.print(f"plot {name} skipped: {e}")
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -286,7 +286,7 @@ def test_config_mistakes(events, tmp_path):
 
 
 def test_prepare_command_needs_a_dataset():
-    from mtlrec.data.prepare import main
+    from mtlrec.commands.prepare import main
 
     with pytest.raises(MtlrecError) as e:
         main(["overwrite=true"])

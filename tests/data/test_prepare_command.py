@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from helpers.datagen import write_events
-from mtlrec.data.prepare import main, train_hint
+from mtlrec.commands.prepare import main
+from mtlrec.data.prepare import train_hint
 
 TINY_YAML = """\
 name: tiny

@@ -10,13 +10,13 @@ import statistics
 import pytest
 
 from helpers.runs import base_config, write_run
+from mtlrec.commands.compare import main
 from mtlrec.errors import MtlrecError
 from mtlrec.report.compare import (
     build_table,
     differing_keys,
     find_run_dirs,
     load_runs,
-    main,
     render,
     short_names,
 )

@@ -14,8 +14,9 @@ import sys
 import pytest
 
 from helpers.runs import base_config, write_run
+from mtlrec.commands.compare import main
 from mtlrec.report import table as table_module
-from mtlrec.report.compare import build_table, load_runs, main, render, sort_rows
+from mtlrec.report.compare import build_table, load_runs, render, sort_rows
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # (num_experts, seed) -> test/mean_auc: num_experts=2 has mean 0.4932 and sample std 0.0804.
@@ -192,3 +193,19 @@ def test_layout_is_a_checked_choice(sweep, capsys):
         main([str(sweep), "--layout", "tall"])
     assert info.value.code == 2
     assert "argument --layout: invalid choice: 'tall'" in capsys.readouterr().err
+
+
+def test_the_command_offers_exactly_the_formats_and_layouts_render_knows(sweep, capsys):
+    """commands/compare.py spells the choices out (its parser imports no report code)."""
+    from mtlrec.commands import compare as command
+    from mtlrec.report import render as render_module
+
+    assert command.FORMATS == render_module.FORMATS
+    assert command.LAYOUTS == render_module.LAYOUTS
+    with pytest.raises(SystemExit) as info:
+        main([str(sweep), "--format", "yaml"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "mtlrec compare: error: argument --format: invalid choice: 'yaml' (choose from "
+        "'table', 'csv', 'markdown', 'json') (see `mtlrec compare --help`)\n"
+    )

@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from helpers.runs import assert_real_png, base_config, write_run
+from mtlrec.commands.compare import main
 from mtlrec.errors import MtlrecError
-from mtlrec.report.compare import load_runs, main
+from mtlrec.report.compare import load_runs
 from mtlrec.report.plots import gate_matrix, write_plots
 
 

@@ -52,7 +52,12 @@ one error line with their counts, or dropped and counted with `funnel_violations
 place when complete: an interrupted or failed prepare leaves nothing that `train` would pick up.
 """
 
-from mtlrec.data.prepare.command import compose_prepare, main, print_summary, train_hint
+from mtlrec.data.prepare.command import (
+    compose_prepare,
+    prepare_command,
+    print_summary,
+    train_hint,
+)
 from mtlrec.data.prepare.config import (
     check_fractions,
     check_plan,
@@ -103,7 +108,7 @@ __all__ = [
     "header_columns",
     "hold_dataset",
     "iter_blocks",
-    "main",
+    "prepare_command",
     "print_summary",
     "raw_file",
     "read_options",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import shlex
 from collections.abc import Sequence
@@ -165,28 +164,18 @@ def print_summary(
     print(f"train with: {train_hint(dataset, config_dir, overrides)}")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mtlrec prepare",
-        description="Turn a dataset's raw files into parquet splits + spec.json under the data dir.",
-        epilog="e.g. mtlrec prepare dataset=census dataset.raw_dir=~/data/census-income-kdd",
-    )
-    parser.add_argument(
-        "--config-dir", help="a directory of your own configs (holding dataset/NAME.yaml)"
-    )
-    parser.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides: dataset=NAME key=value ...")
-    args = parser.parse_args(argv)
+def prepare_command(overrides: Sequence[str], config_dir: str | None, show_cfg: bool) -> int:
+    """`mtlrec prepare` with its parsed arguments (declared in mtlrec/commands/prepare.py)."""
     # The registry of sources is above the prepare machinery: imported by the command only.
     from mtlrec.data.sources import preparable_sources, prepare_dataset
 
-    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in args.overrides):
+    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in overrides):
         built_in = ", ".join(n for n in preparable_sources() if n != "csv")
         raise UsageError(
             f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
         )
-    cfg = compose_prepare(args.overrides, args.config_dir)
-    if args.cfg:
+    cfg = compose_prepare(overrides, config_dir)
+    if show_cfg:
         import yaml
 
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -195,5 +184,5 @@ def main(argv: list[str]) -> int:
 
     with prepare_progress():  # a bar per pass over each raw file, on a terminal only
         result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
-    print_summary(result, config_dir=args.config_dir, overrides=args.overrides)
+    print_summary(result, config_dir=config_dir, overrides=overrides)
     return 0
