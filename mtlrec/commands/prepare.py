@@ -1,7 +1,8 @@
 """`mtlrec prepare dataset=NAME [overrides]`: raw files -> a prepared dataset.
 
-The arguments are declared here; the work is mtlrec.data.prepare's `prepare_command`, imported
-only when the command runs.
+The arguments are declared here, and so is the one call of the sources registry
+(mtlrec.data.sources.prepare_dataset): the prepare machinery in mtlrec.data.prepare sits below the
+sources and never imports them. Everything is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -25,9 +26,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtlrec.data.prepare import prepare_command
+    from mtlrec.data.sources import preparable_sources, prepare_dataset
+    from mtlrec.errors import UsageError
 
-    return prepare_command(args.overrides, args.config_dir, args.cfg)
+    overrides = list(args.overrides)
+    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in overrides):
+        built_in = ", ".join(n for n in preparable_sources() if n != "csv")
+        raise UsageError(
+            f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
+        )
+    from mtlrec.data.prepare import compose_prepare, print_summary
+
+    cfg = compose_prepare(overrides, args.config_dir)
+    if args.cfg:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return 0
+    from mtlrec.data.prepare.progress import prepare_progress
+
+    with prepare_progress():  # a bar per pass over each raw file, on a terminal only
+        result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
+    print_summary(result, config_dir=args.config_dir, overrides=overrides)
+    return 0
 
 
 def main(argv: list[str]) -> int:

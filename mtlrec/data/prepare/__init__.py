@@ -54,7 +54,6 @@ place when complete: an interrupted or failed prepare leaves nothing that `train
 
 from mtlrec.data.prepare.command import (
     compose_prepare,
-    prepare_command,
     print_summary,
     train_hint,
 )
@@ -108,7 +107,6 @@ __all__ = [
     "header_columns",
     "hold_dataset",
     "iter_blocks",
-    "prepare_command",
     "print_summary",
     "raw_file",
     "read_options",

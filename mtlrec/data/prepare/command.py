@@ -162,27 +162,3 @@ def print_summary(
         spec.name,
     )
     print(f"train with: {train_hint(dataset, config_dir, overrides)}")
-
-
-def prepare_command(overrides: Sequence[str], config_dir: str | None, show_cfg: bool) -> int:
-    """`mtlrec prepare` with its parsed arguments (declared in mtlrec/commands/prepare.py)."""
-    # The registry of sources is above the prepare machinery: imported by the command only.
-    from mtlrec.data.sources import preparable_sources, prepare_dataset
-
-    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in overrides):
-        built_in = ", ".join(n for n in preparable_sources() if n != "csv")
-        raise UsageError(
-            f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
-        )
-    cfg = compose_prepare(overrides, config_dir)
-    if show_cfg:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
-        return 0
-    from mtlrec.data.prepare.progress import prepare_progress
-
-    with prepare_progress():  # a bar per pass over each raw file, on a terminal only
-        result = prepare_dataset(cfg["dataset"], overwrite=bool(cfg.get("overwrite")))
-    print_summary(result, config_dir=config_dir, overrides=overrides)
-    return 0
