@@ -26,17 +26,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtlrec.data.prepare import compose_prepare, dataset_override, print_summary
     from mtlrec.data.sources import preparable_sources, prepare_dataset
     from mtlrec.errors import UsageError
 
     overrides = list(args.overrides)
-    if not any(o.split("=", 1)[0].lstrip("+") == "dataset" for o in overrides):
+    if dataset_override(overrides) is None:
         built_in = ", ".join(n for n in preparable_sources() if n != "csv")
         raise UsageError(
             f"say which dataset to prepare, e.g. `mtlrec prepare dataset=census`; built in: {built_in}"
         )
-    from mtlrec.data.prepare import compose_prepare, print_summary
-
     cfg = compose_prepare(overrides, args.config_dir)
     if args.cfg:
         import yaml

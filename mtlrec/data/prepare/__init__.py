@@ -54,6 +54,7 @@ place when complete: an interrupted or failed prepare leaves nothing that `train
 
 from mtlrec.data.prepare.command import (
     compose_prepare,
+    dataset_override,
     print_summary,
     train_hint,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "clean_stale",
     "column_cuts",
     "compose_prepare",
+    "dataset_override",
     "encode",
     "fit",
     "generate_once",

@@ -14,6 +14,14 @@ from mtlrec.data.prepare.plan import SPLITS
 from mtlrec.errors import MtlrecError, UsageError
 
 
+def dataset_override(overrides: Sequence[str]) -> str | None:
+    """The NAME of a `dataset=NAME` (or `+dataset=NAME`) override, None without one."""
+    return next(
+        (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "dataset"),
+        None,
+    )
+
+
 def compose_prepare(overrides: Sequence[str], config_dir: str | None = None) -> dict[str, Any]:
     """The resolved `prepare` config (conf/prepare.yaml + the user's overrides), as a dict."""
     import yaml
@@ -157,8 +165,6 @@ def print_summary(
         print(f"dropped rows breaking the funnel (funnel_violations=drop): {dropped}")
     # Plain prints: paths and commands must not be wrapped to the terminal width.
     print(f"prepared {spec.name} at {result.path}")
-    dataset = next(
-        (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "dataset"),
-        spec.name,
-    )
-    print(f"train with: {train_hint(dataset, config_dir, overrides)}")
+    dataset = dataset_override(overrides)
+    name = spec.name if dataset is None else dataset
+    print(f"train with: {train_hint(name, config_dir, overrides)}")
