@@ -42,6 +42,7 @@ from mtlrec.settings import RunSettings, settings_for
 from mtlrec.sweeps.callback import job_thread_share
 from mtlrec.training import binding, distributed, torchrec_backend, warm_start
 from mtlrec.training.batches import load_data, place_splits
+from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
@@ -151,6 +152,8 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     resume = restore(built, checkpoint, run_dir)
     recorder = RunRecorder(run_dir, built, settings, resume)
     recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
+    recorder.best_files.release(resume)  # the best weights the table files hold: not in RAM
+    del checkpoint  # loaded into the model and the optimizer: the payload's copies go
     try:
         # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
         peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
@@ -334,15 +337,8 @@ def restore(
     if checkpoint is None:
         return None
     payload, path = checkpoint
-    trainer = built.trainer
-    state = restore_training(
-        payload,
-        path,
-        built.model,
-        trainer.optimizer,
-        payload["config"]["model"]["name"],
-        built.spec,
-    )
+    trainer, name = built.trainer, payload["config"]["model"]["name"]
+    state = restore_training(payload, path, built.model, trainer.optimizer, name, built.spec)
     distributed.check_resume_world(state.to_dict(), path)
     binding.check_dataset(payload, path, built.data_dir)
     if built.is_main:
@@ -364,6 +360,7 @@ class RunRecorder:
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
         rows = settings.checkpoint.table_files_min_rows if built.is_main else None
         self.tables = TableFiles(run_dir.checkpoints, built.trainer.optimizer, rows, self._write)
+        self.best_files = BestFiles(self.tables, built.model, built.trainer.saved_model())
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built
