@@ -155,4 +155,4 @@ def _values_at(files: list[dict[str, Any]], name: str, rows: torch.Tensor) -> to
 
 
 def _pointer(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+    return (t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape))
