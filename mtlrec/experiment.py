@@ -25,6 +25,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.features import seeded_tables
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
@@ -363,7 +364,11 @@ class RunRecorder:
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
         rows = settings.checkpoint.table_files_min_rows if built.is_main else None
-        self.tables = TableFiles(run_dir.checkpoints, built.trainer.optimizer, rows, self._write)
+        # a new run's big tables hold their seeded init: the first checkpoint need not store it
+        fresh = not settings.resume and settings.init.run_dir is None
+        seeded = seeded_tables(built.model) if fresh else None
+        optimizer = built.trainer.optimizer
+        self.tables = TableFiles(run_dir.checkpoints, optimizer, rows, self._write, seeded)
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built
