@@ -274,6 +274,39 @@ def test_kill_9_while_last_pt_is_written_resumes_exactly_from_the_previous_one(
     assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named_files(ckpts)
 
 
+@pytest.mark.slow  # two runs of 2 spawned ranks (~20 s each)
+def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_path):
+    """DDP: rank 0 writes the files, and a row only rank 1's batches used changes on rank 0 too
+    (the step applies the all-reduced sparse gradient). Its chain (a base, then deltas of
+    mid-epoch checkpoints and epoch ends) assembles to the state that a run keeping the table
+    inside last.pt holds, to the bit."""
+    from conftest import run_training
+
+    ranks = [*BATCH, "trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
+    ranks += ["checkpoint.every_n_steps=10", "trainer.patience=null"]
+    files, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
+    whole, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    raw = torch.load(files / "checkpoints" / LAST, weights_only=True)
+    kinds = [e["kind"] for e in raw["table_files"]["chains"]["last"]]
+    assert kinds[0] == "base" and kinds[1:] and set(kinds[1:]) == {"delta"}
+    for name in (LAST, "best.pt"):
+        got, ref = (load_checkpoint(d / "checkpoints" / name) for d in (files, whole))
+        for key in ("model_state", "optimizer_state"):
+            a, b = (dict(_flat(p[key])) for p in (got, ref))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, key)
+
+
+def _flat(obj, prefix: str = ""):
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flat(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flat(v, f"{prefix}[{i}]")
+
+
 def test_the_setting_is_checked(tmp_path):
     from mtlrec.experiment import run
 
