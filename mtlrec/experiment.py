@@ -25,7 +25,6 @@ from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.models.features import seeded_tables
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
@@ -151,7 +150,7 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     built = build(settings, run_dir, device, stop)
     resume = restore(built, checkpoint, run_dir)
     recorder = RunRecorder(run_dir, built, settings, resume)
-    recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
+    recorder.tables.adopt(checkpoint[0] if checkpoint else {}, settings.init.run_dir is None)
     try:
         # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
         peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
@@ -364,11 +363,7 @@ class RunRecorder:
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
         rows = settings.checkpoint.table_files_min_rows if built.is_main else None
-        # a new run's big tables hold their seeded init: the first checkpoint need not store it
-        fresh = not settings.resume and settings.init.run_dir is None
-        seeded = seeded_tables(built.model) if fresh else None
-        optimizer = built.trainer.optimizer
-        self.tables = TableFiles(run_dir.checkpoints, optimizer, rows, self._write, seeded)
+        self.tables = TableFiles(run_dir.checkpoints, built.trainer.optimizer, rows, self._write)
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built = self.built

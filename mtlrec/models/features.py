@@ -27,7 +27,7 @@ from torch import nn
 from mtlrec.data.spec import DatasetSpec, FeatureSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.pooling import TargetAttention, masked_pool
-from mtlrec.models.seeded_init import SeededInit, new_table
+from mtlrec.models.seeded_init import new_table
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,12 @@ class FieldEmbedding(nn.Module):
             if f.shares_vocab_with:
                 dim_of[f.name] = dim_of[f.shares_vocab_with]
         self.tables = nn.ModuleList()
-        self.seeded: dict[int, SeededInit] = {}  # table -> its seeded init (big tables)
         self.group_dims: list[int] = []
         table_of: dict[str, tuple[int, int]] = {}  # owner -> (table, delta)
         self.single_fields: list[list[int]] = []  # per table: single-id columns it serves
         for j, dim in enumerate(sorted({dim_of[f.name] for f in owners})):
             fields = [f for f in owners if dim_of[f.name] == dim]
-            table, seeded = new_table(sum(f.vocab_size for f in fields), dim * copies, init_std)
-            if seeded is not None:
-                self.seeded[j] = seeded
+            table = new_table(sum(f.vocab_size for f in fields), dim * copies, init_std)
             self.tables.append(table)
             self.group_dims.append(dim)
             start = 0
@@ -266,13 +263,3 @@ class FieldEmbedding(nn.Module):
         else:
             parts.append(real_dense.unsqueeze(0).expand(self.copies, -1, -1))
         return torch.cat(parts, dim=-1)
-
-
-def seeded_tables(model: nn.Module) -> dict[torch.Tensor, SeededInit]:
-    """Every big table of the model's FieldEmbeddings with its seeded init (seeded_init.py)."""
-    out: dict[torch.Tensor, SeededInit] = {}
-    for module in model.modules():
-        if isinstance(module, FieldEmbedding):
-            for j, init in module.seeded.items():
-                out[cast(nn.Embedding, module.tables[j]).weight] = init
-    return out

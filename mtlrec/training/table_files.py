@@ -31,14 +31,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtlrec.errors import MtlrecError
-from mtlrec.models.seeded_init import SeededInit, fingerprint
+from mtlrec.models.seeded_init import SeededInit, fingerprint, seeded_init_of
 from mtlrec.training.row_adam import RowAdam
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ class TableFiles:
         optimizer: torch.optim.Optimizer,
         min_rows: int | None,
         write_file: Callable[[Any, Path], None],
-        seeded: Mapping[torch.Tensor, SeededInit] | None = None,
     ):
         self.directory = Path(directory) / TABLES_DIR
         parts = getattr(optimizer, "optimizers", [optimizer])
@@ -77,13 +76,13 @@ class TableFiles:
         self.best: list[dict[str, Any]] | None = None  # the files of the best epoch's
         self.shapes: dict[str, list[int]] = {}  # name -> shape of what the chain holds
         self._referenced: dict[tuple[int, int, int], set[str]] = {}  # collect's cache
-        self.seeded = self._still_initial(seeded or {})
+        self.seeded: dict[int, SeededInit] = {}  # table -> its init, until the first checkpoint
 
-    def _still_initial(self, seeded: Mapping[torch.Tensor, SeededInit]) -> dict[int, SeededInit]:
-        """table index -> its seeded init, when every tracked table still holds its seeded init
-        and a fresh optimizer state (a new run, no init_from): the first checkpoint's base is then
-        an "init" entry, no file. Else (any table not seeded or already changed) {}."""
-        inits = {i: seeded.get(p) for i, (_, p) in enumerate(self.tables)}
+    def _still_initial(self) -> dict[int, SeededInit]:
+        """table index -> its seeded init, when every tracked table was seeded and still holds
+        that init (its sampled rows) and a fresh optimizer state: the first checkpoint's base is
+        then an "init" entry, no file. Else (any table not seeded or already changed) {}."""
+        inits = {i: seeded_init_of(p) for i, (_, p) in enumerate(self.tables)}
         fresh = all(
             init is not None
             and int(opt.state[p]["step"]) == 0
@@ -92,8 +91,12 @@ class TableFiles:
         )
         return {i: init for i, init in inits.items() if init is not None} if fresh else {}
 
-    def adopt(self, payload: dict) -> None:
-        """Continue the chain of a resumed checkpoint: the optimizer state equals it now."""
+    def adopt(self, payload: dict, as_drawn: bool = False) -> None:
+        """Continue the chain of a resumed checkpoint: the optimizer state equals it now. A new
+        run (payload {}) whose weights are as the model drew them (`as_drawn`: no init_from, the
+        caller knows) starts its chain at its tables' seeded init instead of a base file."""
+        if not payload and as_drawn:
+            self.seeded = self._still_initial()
         info = payload.get(TABLES_KEY)
         if info is None or not self.tables:
             return
@@ -296,6 +299,16 @@ def _initial(name: str, entry: dict, checkpoint: Path) -> torch.Tensor:
             "not match the fingerprint taken when it was first drawn; use an older checkpoint"
         )
     return weight
+
+
+def initial_rows(entry: dict, name: str, rows: torch.Tensor) -> torch.Tensor:
+    """The values of `rows` of the tensor `name` as an "init" chain entry holds them: a weight's
+    seeded init drawn for the chunks of those rows only, zeros for the optimizer state."""
+    fill = entry["fills"][name]
+    dtype = getattr(torch, str(fill["dtype"]))
+    if "seeded" not in fill:
+        return torch.zeros([len(rows), *fill["shape"][1:]], dtype=dtype)
+    return SeededInit.from_dict(fill["seeded"]).draw_rows(fill["shape"], rows, dtype)
 
 
 def _read(file: Path, entry: dict, checkpoint: Path) -> dict:

@@ -21,11 +21,11 @@ from conftest import TINY, compose_train
 from helpers.stops import StopAfter
 from mtlrec.errors import MtlrecError
 from mtlrec.models import seeded_init
-from mtlrec.models.seeded_init import SeededInit, fingerprint, new_table
+from mtlrec.models.seeded_init import SeededInit, fingerprint, new_table, seeded_init_of
 from mtlrec.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_resumable
 from mtlrec.training.row_adam import RowAdam
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble
+from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble, initial_rows
 
 BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 87 steps an epoch; dropout draws RNG
 SPARSE = [*TINY, *BATCH, "trainer.embedding_optimizer=sparse_adam"]
@@ -126,13 +126,15 @@ def test_a_checkpoint_writes_the_changed_rows_only_and_assembles_the_exact_state
 
 def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seeded_init(tmp_path):
     torch.manual_seed(0)
-    table, init = new_table(ROWS, DIM, 0.01)
+    table = new_table(ROWS, DIM, 0.01)
+    init = seeded_init_of(table.weight)
     assert init is not None
     table.sparse = True  # what sparse_adam sets on the model's tables
     opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
     (tmp_path / "checkpoints").mkdir()
     save = lambda obj, path: torch.save(obj, path)  # noqa: E731
-    files = TableFiles(tmp_path / "checkpoints", opt, 0, save, {table.weight: init})
+    files = TableFiles(tmp_path / "checkpoints", opt, 0, save)
+    files.adopt({}, as_drawn=True)  # a new run without init_from
     files.directory.mkdir()
     train_rows(table, opt, torch.arange(0, ROWS, 7))
     first = checkpoint(files, table, opt, 1)
@@ -148,6 +150,12 @@ def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seede
     for key in ("moments", "last_step", "step"):
         assert torch.equal(state[key], opt.state[table.weight][key]), key
 
+    untouched = torch.tensor([ROWS - 2, 1, 2])  # no multiple of 7: still as drawn
+    weight = initial_rows(chain[0], "model_state/weight", untouched)
+    assert torch.equal(weight, table.weight[untouched])
+    moments = initial_rows(chain[0], "optimizer_state/state/0/moments", untouched)
+    assert torch.equal(moments, torch.zeros(3, 2 * DIM))
+
     chain[0]["fills"]["model_state/weight"]["seeded"]["seed"] += 1  # not the table's generator
     with pytest.raises(MtlrecError) as info:
         assemble(first, tmp_path / "checkpoints" / LAST)
@@ -159,12 +167,13 @@ def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seede
 
     # weights loaded over the table: a base file (the run passes no seeded inits with init_from
     # or resume; this sampled check is a cheap second guard)
-    twin, twin_init = new_table(ROWS, DIM, 0.01)
+    twin = new_table(ROWS, DIM, 0.01)
     twin.sparse = True
     with torch.no_grad():
         twin.weight.mul_(2.0)
     twin_opt = RowAdam(twin.parameters(), lr=0.01, catch_up=True)
-    files = TableFiles(tmp_path / "checkpoints", twin_opt, 0, save, {twin.weight: twin_init})
+    files = TableFiles(tmp_path / "checkpoints", twin_opt, 0, save)
+    files.adopt({}, as_drawn=True)
     assert files.seeded == {}
     kinds = [
         e["kind"] for e in checkpoint(files, twin, twin_opt, 1)["table_files"]["chains"]["last"]
@@ -173,23 +182,29 @@ def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seede
 
 
 def test_a_seeded_table_is_integers_rounded_once_and_a_small_table_keeps_its_init(monkeypatch):
-    init = SeededInit(123, 0.01, "")
-    weight = init.draw([seeded_init.CHUNK_ROWS + 500, 3])  # two chunks: one generator stream
-    g = torch.Generator().manual_seed(123)
-    ints = torch.randint(0, 1 << 24, tuple(weight.shape), generator=g, dtype=torch.int32)
+    init = SeededInit(123, 0.01, "", chunk_rows=1000)
+    weight = init.draw([2500, 3])  # three chunks, a generator each
     scale = torch.tensor(3**0.5 * 0.01 / (1 << 23), dtype=torch.float32).double()
-    assert torch.equal(weight, ((ints - (1 << 23)).double() * scale).float())  # exact product
-    assert abs(float(weight.std()) - 0.01) < 2e-4 and float(weight.abs().max()) <= 3**0.5 * 0.01
-    assert fingerprint(weight) == fingerprint(init.draw(list(weight.shape)))
-    assert fingerprint(weight) != fingerprint(SeededInit(124, 0.01, "").draw(list(weight.shape)))
+    for chunk, rows in enumerate(weight.split(1000)):
+        g = torch.Generator().manual_seed(seeded_init._chunk_seed(123, chunk))
+        ints = torch.randint(0, 1 << 24, tuple(rows.shape), generator=g, dtype=torch.int32)
+        assert torch.equal(rows, ((ints - (1 << 23)).double() * scale).float())  # exact product
+    assert abs(float(weight.std()) - 0.01) < 3e-4 and float(weight.abs().max()) <= 3**0.5 * 0.01
+    assert not torch.equal(weight[:1000], weight[1000:2000])
+    rows = torch.tensor([2499, 3, 1500, 3, 0])
+    assert torch.equal(init.draw_rows([2500, 3], rows), weight[rows])  # two chunks drawn
+    assert fingerprint(weight) == fingerprint(init.draw([2500, 3]))
+    assert fingerprint(weight) != fingerprint(SeededInit(124, 0.01, "", 1000).draw([2500, 3]))
 
     monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 100_000)
     torch.manual_seed(0)
-    small, none = new_table(99_999, 2, 0.05)
+    small = new_table(99_999, 2, 0.05)
     torch.manual_seed(0)
     ref = nn.Embedding(99_999, 2)
     nn.init.normal_(ref.weight, std=0.05)
-    assert none is None and torch.equal(small.weight, ref.weight)  # as before: N(0, std^2)
+    assert seeded_init_of(small.weight) is None and torch.equal(
+        small.weight, ref.weight
+    )  # as before: N(0, std^2)
 
 
 def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resumes_exactly(
