@@ -27,6 +27,7 @@ import io
 import logging
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,6 @@ def verify(manifest: dict[str, Any], checkpoint: Path) -> None:
 
 # What DCP's .metadata pickle may build: its metadata dataclasses, torch dtypes/sizes/layouts and
 # paths; anything else (a function, os.system, ...) is refused before it is looked up.
-_SAFE_MODULES = {"torch.distributed.checkpoint.metadata"}
 _SAFE = {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
@@ -101,12 +101,12 @@ _SAFE = {
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        from torch.distributed.checkpoint import metadata
+
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        if module in _SAFE_MODULES and isinstance(
-            getattr(__import__(module, fromlist=[name]), name, None), type
-        ):
-            return super().find_class(module, name)
+        if module == metadata.__name__ and isinstance(getattr(metadata, name, None), type):
+            return getattr(metadata, name)
         if (module, name) in _SAFE:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not DCP metadata")
@@ -147,7 +147,9 @@ def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torc
         out = {
             k: torch.empty(tuple(entries[k].size), dtype=entries[k].properties.dtype) for k in keys
         }
-        dcp.load(out, storage_reader=safe_reader(folder), no_dist=True)
+        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(out, storage_reader=safe_reader(folder), no_dist=True)
     except Exception as e:  # a folder whose files match their digests but not each other
         raise MtlrecError(
             f"{checkpoint}: its sharded tables in {folder} cannot be read ({type(e).__name__}: "

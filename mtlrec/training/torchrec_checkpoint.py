@@ -140,7 +140,8 @@ def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor
                 offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
                 index = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
                 same = same and torch.equal(best_state[key][index].cpu(), shard.tensor.cpu())
-    flag = torch.tensor([int(same)])
+    nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    flag = torch.tensor([int(same)], device="cuda" if nccl else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
@@ -168,9 +169,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _publish(temp: Path, final: Path) -> None:
-    """The complete folder under its final name, durably (before any last.pt names it)."""
-    with open(temp / dcp_files.METADATA, "rb+") as f:
-        os.fsync(f.fileno())
+    """The complete folder under its final name, durably (before any last.pt names it); DCP
+    fsynced its files (sync_files=True)."""
     _fsync_dir(temp)
     os.rename(temp, final)
     _fsync_dir(final.parent)
