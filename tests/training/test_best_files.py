@@ -12,25 +12,44 @@ import torch
 
 from conftest import TINY, compose_train
 from helpers.stops import StopAfter
+from mtlrec.models import seeded_init
 from mtlrec.training import best_files
 from mtlrec.training.checkpoint import LAST, TrainState, load_checkpoint, make_payload
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 
 STEPS = 87  # an epoch of 4000 rows' train split in batches of 32
-# 3 epochs, no early stop: epoch 1 is the best (checked), epochs 2 and 3 change rows after it
-SPARSE = [*TINY, "trainer.epochs=3", "trainer.batch_size=32", "trainer.patience=null",
+# 3 epochs, no early stop, lr 0.003: epoch 1 is the best (checked), 2 and 3 change rows after it
+SPARSE = [*TINY, "trainer.epochs=3", "trainer.batch_size=32", "trainer.patience=null", "trainer.lr=0.003",
           "trainer.embedding_optimizer=sparse_adam"]  # fmt: skip
 FILES = [*SPARSE, "checkpoint.table_files_min_rows=0", "checkpoint.every_n_steps=16"]
 
 
 @pytest.fixture(scope="module")
-def copied(tmp_path_factory) -> Path:
-    """The run keeping the best weights as a copy in memory (its tables inside last.pt)."""
+def copied(tmp_path_factory):
+    """copied(seeded): the run keeping the best weights as a copy in memory (its tables inside
+    last.pt), its tables drawn from their own generators (as 100k+ row tables are) or not."""
     from mtlrec.experiment import run
 
-    run_dir = tmp_path_factory.mktemp("copied") / "run"
-    run(compose_train([*SPARSE, "checkpoint.table_files_min_rows=null"]), run_dir)
-    return run_dir
+    runs: dict[bool, Path] = {}
+
+    def get(seeded: bool) -> Path:
+        if seeded not in runs:
+            runs[seeded] = tmp_path_factory.mktemp("copied") / "run"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0 if seeded else 10**9)
+                run(compose_train([*SPARSE, "checkpoint.table_files_min_rows=null"]), runs[seeded])
+        return runs[seeded]
+
+    return get
+
+
+def first_entries(run_dir: Path) -> tuple[str, str]:
+    """The kinds of the first entries of best.pt's and last.pt's chains."""
+    chains = [
+        torch.load(run_dir / "checkpoints" / name, weights_only=True)["table_files"]["chains"]
+        for name in ("best.pt", LAST)
+    ]
+    return chains[0]["last"][0]["kind"], chains[1]["last"][0]["kind"]
 
 
 @pytest.fixture
@@ -66,19 +85,30 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
 
-@pytest.mark.parametrize("compact", [False, True], ids=["deltas", "new-base-since-best"])
+@pytest.mark.parametrize(
+    ("seeded", "compact", "chains"),
+    [
+        (True, False, ("init", "init")),
+        (False, False, ("base", "base")),
+        (True, True, ("base", "base")),
+    ],
+    ids=["init+deltas", "base+deltas", "new-base-since-best"],
+)
 def test_best_weights_restored_from_table_files_equal_the_copy_in_memory(
-    tmp_path, copied, loads, monkeypatch, compact
+    tmp_path, copied, loads, monkeypatch, seeded, compact, chains
 ):
     """Epoch 1 is the best; at the end, only the rows changed since its checkpoint are read
-    back from its files. After a new base since the best epoch, every row is read back."""
+    back from its files (its chain starting at the tables' seeded init, or at a base file).
+    After a new base since the best epoch, every row is read back."""
     from mtlrec.experiment import run
 
-    # every checkpoint a base, or none but the first
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0 if seeded else 10**9)
+    # a new base at every checkpoint but the first, or never
     monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 0.0 if compact else 9.0)
     run(compose_train(FILES), tmp_path / "run")
-    assert_same_run(tmp_path / "run", copied)
-    [end] = loads
+    assert first_entries(tmp_path / "run") == chains
+    assert_same_run(tmp_path / "run", copied(seeded))
+    end = loads[0]  # this run's (a reference run made here comes after)
     assert end["held"] == end["keys"] and len(end["keys"]) >= 1  # no table copied
     if compact:
         assert end["rows"] == end["table_rows"]
@@ -93,7 +123,8 @@ def test_a_run_resumed_after_its_best_epoch_restores_the_best_weights_from_the_f
     resumed: the resumed process holds them as the files too, and ends as the copying run."""
     from mtlrec.experiment import run
 
-    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 9.0)  # one base
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)  # the chains start at the init
+    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 9.0)  # no new base
     monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
     run_dir = tmp_path / "run"
@@ -104,8 +135,8 @@ def test_a_run_resumed_after_its_best_epoch_restores_the_best_weights_from_the_f
     assert raw["table_files"]["best"] == "best" and (state["epoch"], state["step"]) == (3, 18)
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
     run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
-    assert_same_run(run_dir, copied)
-    [end] = loads
+    assert_same_run(run_dir, copied(True))
+    end = loads[0]  # this run's (a reference run made here comes after)
     assert end["held"] == end["keys"] and len(end["keys"]) >= 1
     assert 0 < end["rows"] < end["table_rows"]
 
@@ -125,3 +156,30 @@ def test_a_placeholder_is_never_written_as_weights():
     state = TrainState(1, 0, torch.zeros(1), {}, {}, [], {"weight": held}, 0.0, 0)
     with pytest.raises(NotImplementedError, match="meta"):
         make_payload(table, None, {"model": {"name": "x"}}, Spec(), (), 1, state)  # type: ignore[arg-type]
+
+
+def test_a_chain_from_a_seeded_init_gives_the_values_of_the_rows_asked_for():
+    """Rows no delta holds come from the seeded init, drawn for their chunks only; rows of the
+    deltas from the newest delta holding them (rows used only after the best epoch need the
+    first: a stream or a sample of the data per epoch)."""
+    init = seeded_init.SeededInit(seed=7, std=0.1, fingerprint="", chunk_rows=16)
+    shape = [50, 4]
+    name = "model_state/weight"
+    fill = {"shape": shape, "dtype": "float32", "seeded": init.to_dict()}
+    entry = {"kind": "init", "fills": {name: fill}}
+    ids = [torch.tensor([3, 20, 41]), torch.tensor([20, 33])]
+    deltas = [
+        {
+            "kind": "delta",
+            "rows": {name: r},
+            "values": {name: torch.full((len(r), 4), float(k + 1))},
+        }
+        for k, r in enumerate(ids)
+    ]
+    expected = init.draw(shape)
+    for d in deltas:
+        expected[d["rows"][name]] = d["values"][name]
+    rows = torch.tensor([49, 20, 3, 0, 33, 41, 17])
+    got = best_files._values_at([entry, *deltas], name, rows)
+    assert torch.equal(got, expected[rows])
+    assert torch.equal(got[1], torch.full((4,), 2.0)) and not torch.equal(got[0], got[3])
