@@ -1,4 +1,5 @@
-"""trainer.embedding_backend=torchrec on 2 gloo ranks (CPU): table_wise and column_wise each train like one process with the same global batch, the plan is saved, a table
+"""trainer.embedding_backend=torchrec on 2 gloo ranks (CPU): table_wise, column_wise and
+data_parallel each train like one process with the same global batch, the plan is saved, a table
 over one rank's budget trains when split over the ranks and is refused (one line) when it must sit
 on one rank, and `mtlrec evaluate` of a 2-rank run dir gives its test metrics.
 
@@ -33,20 +34,29 @@ COMMON = [
 ]
 TWO_RANKS = ["trainer.batch_size=256", "trainer.devices=2"]
 BUDGET_MB = 2  # the tiny data's one table (30,809 x 16 floats, 1.9 MB) fits no single rank
-SHARDINGS = ("table_wise", "column_wise")  # data_parallel: refused on the CPU (settings test)
+SHARDINGS = ("table_wise", "column_wise", "data_parallel")
+# data_parallel (the table replicated, its gradient DDP's mean over the ranks, stepped by a torch
+# optimizer) trains with sgd at embedding_lr=1: a gradient summed over the ranks instead of
+# averaged would double every step at once, where Adagrad's step hardly changes with the
+# gradient's scale. Its one-process run is table_wise with the same optimizer.
+SETTINGS = {
+    "table_wise": [],
+    "column_wise": [f"trainer.shard_memory_mb={BUDGET_MB}"],
+    "data_parallel": ["trainer.embedding_optimizer=sgd", "trainer.embedding_lr=1"],
+}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(one process, {sharding: 2-rank run}): run dir and metrics.json of each."""
+    """({sharding: its one-process run}, {sharding: 2-rank run}): run dir and metrics.json."""
     tmp = tmp_path_factory.mktemp("torchrec_ranks")
-    single = run_training(
-        tmp, [*COMMON, "trainer.batch_size=512", "trainer.sharding=table_wise"], "single"
-    )
+    one = [*COMMON, "trainer.batch_size=512", "trainer.sharding=table_wise"]
+    adagrad = run_training(tmp, one, "single")
+    sgd = run_training(tmp, [*one, *SETTINGS["data_parallel"]], "single_sgd")
+    single = {"table_wise": adagrad, "column_wise": adagrad, "data_parallel": sgd}
     ranks = {}
     for sharding in SHARDINGS:
-        budget = [f"trainer.shard_memory_mb={BUDGET_MB}"] if sharding == "column_wise" else []
-        overrides = [*COMMON, *TWO_RANKS, f"trainer.sharding={sharding}", *budget]
+        overrides = [*COMMON, *TWO_RANKS, f"trainer.sharding={sharding}", *SETTINGS[sharding]]
         ranks[sharding] = run_training(tmp, overrides, sharding)
     return single, ranks
 
@@ -64,8 +74,8 @@ RANKED_TOLERANCE = 1e-3
 
 @pytest.mark.parametrize("sharding", SHARDINGS)
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(runs, sharding):
-    (single_dir, single), ranks = runs
-    run_dir, metrics = ranks[sharding]
+    singles, ranks = runs
+    (single_dir, single), (run_dir, metrics) = singles[sharding], ranks[sharding]
     assert metrics["status"] == "completed"
     assert (metrics["world_size"], metrics["effective_batch_size"]) == (2, 512)
     assert metrics["metrics"].keys() == single["metrics"].keys()
@@ -91,6 +101,9 @@ def test_the_plan_is_saved_with_each_rank_s_shards(runs):
     column = plans["column_wise"]
     assert column["sharding_type"] == "column_wise" and sorted(column["ranks"]) == [0, 1]
     assert [s["sizes"] for s in column["shards"]] == [[30809, 8], [30809, 8]]  # 16 columns / 2
+    replicated = plans["data_parallel"]  # a whole replica on each rank: no shards
+    assert replicated["sharding_type"] == "data_parallel" and sorted(replicated["ranks"]) == [0, 1]
+    assert (replicated["compute_kernel"], replicated["shards"]) == ("dense", [])
 
 
 def test_a_table_over_one_rank_s_budget_is_refused_when_it_cannot_be_split(tmp_path, runs):
@@ -116,13 +129,14 @@ def test_a_table_over_one_rank_s_budget_is_refused_when_it_cannot_be_split(tmp_p
     )
 
 
-def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs):
-    """The checkpoint holds the ordinary layout (the shards gathered): `mtlrec evaluate` rebuilds
-    the native model in one process, without TorchRec's layer."""
+@pytest.mark.parametrize("sharding", ["column_wise", "data_parallel"])
+def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs, sharding):
+    """The checkpoint holds the ordinary layout (the shards gathered; a replicated table is rank
+    0's copy): `mtlrec evaluate` rebuilds the native model in one process, without TorchRec."""
     from helpers.cli import mtlrec
 
     _, ranks = runs
-    run_dir, metrics = ranks["column_wise"]
+    run_dir, metrics = ranks[sharding]
     done = mtlrec("evaluate", str(run_dir), "--split", "test", "--json", cwd=run_dir, timeout=300)
     assert done.returncode == 0, done.stderr
     again = json.loads(done.stdout)
@@ -130,6 +144,19 @@ def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs):
     assert recorded and set(recorded) <= set(again)
     for key, value in recorded.items():
         assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def _ends_like(run_dir, straight_dir, straight) -> tuple[dict, dict]:
+    """A resumed run ended with exactly the uninterrupted run's metrics and weights; (its
+    last.pt, the uninterrupted run's) for the optimizer state."""
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["status"] == "completed"
+    assert got["metrics"] == straight["metrics"]  # exact, every val/ and test/ metric
+    a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(straight_dir / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in b["model_state"].items():
+        assert torch.equal(a["model_state"][k], v), k
+    return a, b
 
 
 def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch):
@@ -164,14 +191,40 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     assert info.value.exit_code == 128 + signal.SIGTERM
     monkeypatch.delenv(FAULT_ENV)
     run(resumed, run_dir)
-    got = json.loads((run_dir / "metrics.json").read_text())
-    assert got["status"] == "completed"
-    assert got["metrics"] == straight["metrics"]  # exact, every val/ and test/ metric
-    a = torch.load(last, weights_only=True)
-    b = torch.load(straight_dir / "checkpoints" / "last.pt", weights_only=True)
-    for k, v in b["model_state"].items():
-        assert torch.equal(a["model_state"][k], v), k
+    a, b = _ends_like(run_dir, straight_dir, straight)
     fused = b["optimizer_state"]["fused_tables"]
     assert fused and fused.keys() == a["optimizer_state"]["fused_tables"].keys()
     for k, v in fused.items():
         assert torch.equal(a["optimizer_state"]["fused_tables"][k], v), k
+
+
+def test_a_replicated_table_resumes_exactly_after_a_sigterm(tmp_path, runs, monkeypatch):
+    """2 ranks, data_parallel: a SIGTERM to the launcher at step 3 of the epoch's 5 (a mid-epoch
+    last.pt), then a resume: it ends with the uninterrupted run's metrics and weights, exactly
+    (the replicated table's sgd keeps no state; adagrad's is checked in one process,
+    tests/training/test_torchrec_training.py)."""
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+    from mtlrec.training.distributed import FAULT_ENV
+    from mtlrec.training.signals import TrainingInterrupted
+
+    straight_dir, straight = runs[1]["data_parallel"]
+    run_dir = tmp_path / "run"
+    config = [
+        *TINY,
+        *COMMON,
+        *TWO_RANKS,
+        "trainer.sharding=data_parallel",
+        *SETTINGS["data_parallel"],
+    ]
+    monkeypatch.setenv(FAULT_ENV, "0:3:term")
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(config), run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["train_state"]["step"] == 3  # mid-epoch
+    monkeypatch.delenv(FAULT_ENV)
+    run(compose_train([*config, f"resume={run_dir}"]), run_dir)
+    a, b = _ends_like(run_dir, straight_dir, straight)
+    (state,) = b["optimizer_state"]["replicated_tables"]  # the one table's sgd: its lr, no state
+    assert state["state"] == {} and state == a["optimizer_state"]["replicated_tables"][0]
+    assert b["optimizer_state"]["fused_tables"] == {}  # no sharded table
