@@ -96,6 +96,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     _fetched: dict[int, list[torch.Tensor]]
     eval_tables: list[torch.Tensor] | None
     gather_for_eval: bool
+    tables_in_state: bool  # False: state_dict leaves the tables out (a DCP checkpoint holds them)
 
     @classmethod
     def from_native(cls, native: FieldEmbedding) -> TorchRecFieldEmbedding:
@@ -114,6 +115,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         layer._fetched = {}
         layer.eval_tables = None
         layer.gather_for_eval = False
+        layer.tables_in_state = True
         return layer
 
     @property
@@ -211,6 +213,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
 
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars=False):  # type: ignore[override]
         out = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if not self.tables_in_state:
+            return out
         for j, weight in enumerate(self.full_tables()):
             out[f"{prefix}tables.{j}.weight"] = weight
         return out
@@ -218,8 +222,10 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):  # type: ignore[override]
         keys = [f"{prefix}tables.{j}.weight" for j in range(len(self.table_shapes))]
         weights = [state_dict.pop(k, None) for k in keys]
-        missing.extend(k for k, w in zip(keys, weights, strict=True) if w is None)
-        if all(w is not None for w in weights):
+        if not self.tables_in_state:  # the shards are loaded from their DCP folder
+            weights = []
+        missing.extend(k for k, w in zip(keys, weights, strict=False) if w is None)
+        if weights and all(w is not None for w in weights):
             if self.eval_tables is not None:  # the gathered copy follows the loaded weights
                 self.eval_tables = [
                     w.detach().to(t.device).clone()  # type: ignore[union-attr]

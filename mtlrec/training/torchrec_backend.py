@@ -10,9 +10,10 @@ The table optimizer (trainer.embedding_optimizer) is registered with
 pass, so the trainer's optimizer holds the dense parameters only. One process trains through a
 process group of one rank (gloo on a private store), the same code as N ranks.
 
-Checkpoints keep the ordinary layout: the tables and the fused optimizer's state are gathered
-into full tensors (`tables.<j>.weight` in the model state, `fused_tables` in the optimizer state)
-and scattered back into the shards on resume.
+Checkpoints of one process (and with checkpoint.sharded=gathered) keep the ordinary layout: the
+tables and the fused optimizer's state are gathered into full tensors (`tables.<j>.weight` in the
+model state, `fused_tables` in the optimizer state) and scattered back into the shards on resume.
+Several ranks write their shards to a DCP folder instead (mtlrec.training.torchrec_checkpoint).
 """
 
 from __future__ import annotations
@@ -372,6 +373,7 @@ class FusedTables:
 
     def __init__(self, sharded: list[ShardedTables]):
         self.sharded = sharded
+        self.in_state = True  # False: the state is in a DCP folder (torchrec_checkpoint)
 
     def _states(self) -> list[tuple[nn.Module, dict[str, Any]]]:
         out = []
@@ -381,15 +383,18 @@ class FusedTables:
                 out.append((s.module, fused.state_dict()["state"]))
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        local = {
+    def local_state(self) -> dict[str, Any]:
+        """{key: this rank's part of the state (a ShardedTensor, or a replica's tensor)}."""
+        return {
             f"{i}/{param}/{name}": value
             for i, (_, state) in enumerate(self._states())
             for param, values in state.items()
             for name, value in values.items()
             if torch.is_tensor(value)
         }
-        return dict(sorted(gather_full(local).items()))  # a rank may hold none of a table
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(sorted(gather_full(self.local_state()).items()))  # a rank may hold none
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         for i, (_, state) in enumerate(self._states()):
@@ -425,16 +430,15 @@ class TorchRecOptimizer(MultiOptimizer):
             opt.step()
 
     def state_dict(self) -> dict[str, Any]:
-        # every rank holds the same replicated state: rank 0's is the one written
-        replicated = [opt.state_dict() for opt in self.replicated]
-        return {
-            **super().state_dict(),
-            "fused_tables": self.fused.state_dict(),
-            "replicated_tables": replicated,
-        }
+        # every rank holds the same replicated state: rank 0's is written, in last.pt also when
+        # the tables are in DCP folders (a replicated table is small)
+        replicated = {"replicated_tables": [opt.state_dict() for opt in self.replicated]}
+        if not self.fused.in_state:
+            return {**super().state_dict(), **replicated}
+        return {**super().state_dict(), "fused_tables": self.fused.state_dict(), **replicated}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "fused_tables" not in state_dict:
+        if "fused_tables" not in state_dict and self.fused.in_state:
             raise ValueError("the checkpoint holds no fused table state (not a torchrec run)")
         replicated = state_dict.get("replicated_tables", [])
         if len(replicated) != len(self.replicated):
@@ -443,7 +447,8 @@ class TorchRecOptimizer(MultiOptimizer):
                 f"{len(self.replicated)} (was trainer.sharding changed?)"
             )
         super().load_state_dict(state_dict)
-        self.fused.load_state_dict(state_dict["fused_tables"])
+        if self.fused.in_state:
+            self.fused.load_state_dict(state_dict["fused_tables"])
         for opt, part in zip(self.replicated, replicated, strict=True):
             opt.load_state_dict(part)
 
