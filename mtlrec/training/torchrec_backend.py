@@ -276,6 +276,13 @@ def peer_hooks(model: nn.Module, optimizer: Any) -> PeerCheckpointHooks | None:
 def _refusal(layer: TorchRecFieldEmbedding, cfg: Any) -> str:
     sizes = ", ".join(f"{r:,} x {d}" for r, d in layer.table_shapes)
     budget = f"{cfg.shard_memory_mb} MB" if cfg.shard_memory_mb is not None else "the device's"
+    if cfg.sharding == DATA_PARALLEL:  # more ranks do not help: each holds a whole replica
+        return (
+            f"trainer.sharding=data_parallel: the embedding tables ({sizes}) and their optimizer "
+            f"state do not fit one rank's {budget} memory (every rank holds a whole replica); "
+            "raise trainer.shard_memory_mb or shard the tables "
+            "(trainer.sharding=auto|table_wise|column_wise)"
+        )
     return (
         f"trainer.sharding={cfg.sharding}: the embedding tables ({sizes}) and their optimizer "
         f"state do not fit {cfg.devices} rank(s) of {budget} memory; raise trainer.devices, "

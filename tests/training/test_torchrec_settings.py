@@ -136,17 +136,32 @@ def test_a_width_fbgemm_cannot_hold_is_one_line():
     )
 
 
-def test_tables_over_the_rank_budget_are_refused_in_one_line():
+@pytest.mark.parametrize(
+    "sharding, refusal",
+    [
+        (
+            "table_wise",
+            "do not fit 1 rank(s) of 1 MB memory; raise trainer.devices, trainer.shard_memory_mb, "
+            "or let the tables be split (trainer.sharding=auto|column_wise)",
+        ),
+        (  # more ranks would not help: each holds a whole replica
+            "data_parallel",
+            "do not fit one rank's 1 MB memory (every rank holds a whole replica); raise "
+            "trainer.shard_memory_mb or shard the tables "
+            "(trainer.sharding=auto|table_wise|column_wise)",
+        ),
+    ],
+)
+def test_tables_over_the_rank_budget_are_refused_in_one_line(sharding, refusal):
     with pytest.raises(MtlrecError) as info:
         torchrec_backend.shard_layer(
             _layer(300_000, 4),
-            shard_settings(sharding="table_wise", shard_memory_mb=1),
+            shard_settings(sharding=sharding, shard_memory_mb=1),
             torch.device("cpu"),
         )
     assert str(info.value) == (
-        "trainer.sharding=table_wise: the embedding tables (300,000 x 4) and their optimizer "
-        "state do not fit 1 rank(s) of 1 MB memory; raise trainer.devices, "
-        "trainer.shard_memory_mb, or let the tables be split (trainer.sharding=auto|column_wise)"
+        f"trainer.sharding={sharding}: the embedding tables (300,000 x 4) and their optimizer "
+        f"state {refusal}"
     )
 
 
