@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,18 +293,30 @@ def test_kill_9_while_last_pt_is_written_resumes_exactly_from_the_previous_one(
 @pytest.mark.slow  # two runs of 2 spawned ranks (~20 s each)
 def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_path):
     """DDP: rank 0 writes the files, and a row only rank 1's batches used changes on rank 0 too
-    (the step applies the all-reduced sparse gradient). Its chain (a base, then deltas of
-    mid-epoch checkpoints and epoch ends) assembles to the state that a run keeping the table
-    inside last.pt holds, to the bit."""
-    from conftest import run_training
+    (the step applies the all-reduced sparse gradient). item_id's vocabulary is widened to 100k
+    ids (its ids unchanged), so the fused table is seeded on both ranks (the spawned ranks draw
+    it as any run does) and the chain starts at its init. The chain (mid-epoch checkpoints and
+    epoch ends) assembles to the state that a run keeping the table inside last.pt holds, to
+    the bit."""
+    from conftest import TINY_ROWS, run_training
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
-    ranks = [*BATCH, "trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
+    tiny, data = ensure_prepared(tmp_path / "tiny", TINY_ROWS, 0), tmp_path / "data"
+    spec = json.loads((tiny / "spec.json").read_text())
+    next(f for f in spec["features"] if f["name"] == "item_id")["vocab_size"] = 100_000
+    data.mkdir()
+    (data / "spec.json").write_text(json.dumps(spec))  # an edited copy: no checksums.json
+    for split_file in spec["splits"].values():
+        shutil.copy(tiny / split_file, data / split_file)
+    ranks = ["dataset=prepared", f"dataset.path={data}", "trainer.epochs=2", *BATCH]
+    ranks += ["trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
     ranks += ["checkpoint.every_n_steps=10", "trainer.patience=null"]
     files, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
     whole, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
     raw = torch.load(files / "checkpoints" / LAST, weights_only=True)
     kinds = [e["kind"] for e in raw["table_files"]["chains"]["last"]]
-    assert kinds[0] == "base" and kinds[1:] and set(kinds[1:]) == {"delta"}
+    assert kinds[0] == "init" and kinds[1:] and set(kinds[1:]) == {"delta"}
+    assert not list((files / "checkpoints" / TABLES_DIR).glob("*.base.pt"))
     for name in (LAST, "best.pt"):
         got, ref = (load_checkpoint(d / "checkpoints" / name) for d in (files, whole))
         for key in ("model_state", "optimizer_state"):
