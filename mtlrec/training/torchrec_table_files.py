@@ -100,7 +100,7 @@ def fused_table_rows(
             param = f"{i}/collections.{j}.embeddings.{feature_name(j)}.weight/"
             mine = [k for k in keys if k.startswith(param)]
             table = FusedTableRows(s.module, j, mine, fused)
-            if rows >= min_rows and _per_row(table, rows):
+            if rows >= min_rows and _fused(table, rows):
                 tables[j] = table
         if tables:
             s.layer.__dict__["lookup"] = _MarkingLookup(s.layer, s.layer.lookup, tables)
@@ -111,9 +111,15 @@ def fused_table_rows(
     return out
 
 
-def _per_row(table: FusedTableRows, rows: int) -> bool:
-    """Every state tensor of the table has a row per table row (else: kept whole)."""
-    return all(t.shape[0] == rows for _, t in table.tensors())
+def _fused(table: FusedTableRows, rows: int) -> bool:
+    """The table is FBGEMM's (a sharded table: a replicated one has a torch optimizer, which may
+    move rows no step looked up) and each of its state tensors has a row per table row (else:
+    kept whole, gathered)."""
+    state = table.module.state_dict()[
+        f"collections.{table.j}.embeddings.{feature_name(table.j)}.weight"
+    ]
+    sharded = hasattr(state, "local_shards")
+    return sharded and all(t.shape[0] == rows for _, t in table.tensors())
 
 
 def _whole_local(value: Any) -> torch.Tensor:
