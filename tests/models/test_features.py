@@ -251,6 +251,8 @@ def test_target_attention_equals_the_formula_it_restructures(hidden):
     mask = torch.arange(7) < torch.tensor([[7], [1], [0], [4], [2]])  # an empty history too
     new, old = att(q, k, mask), din_reference(att, q, k, mask)
     assert torch.allclose(new, old, atol=1e-6) and new[2].tolist() == [0.0] * 4
+    written_out = type(new.grad_fn).__name__ == "_AttendPositionsBackward"
+    assert written_out == (len(hidden) == 1)  # only the unit FieldEmbedding builds
     # the masked scores (every position, the non-CPU path) pool to the same vectors
     assert torch.allclose((att.scores(q, k, mask).unsqueeze(-1) * k).sum(1), old, atol=1e-6)
     grads = torch.autograd.grad(new.square().sum(), [q, k, *att.parameters()])
@@ -294,6 +296,8 @@ def test_the_written_out_attention_equals_the_units_layers_with_autograd(in_row_
     assert att.unit[1].weight.item() == -0.3 and first[2].abs().sum() > 0
     with torch.no_grad():  # evaluation takes the same path, without saving for a backward
         assert torch.allclose(att.pool_positions(q, k, rows), old, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # keeps autocast's casts: the layers
+        assert type(att.pool_positions(q, k, rows).grad_fn).__name__ == "IndexAddBackward0"
 
 
 def history_spec(max_len: int) -> DatasetSpec:
