@@ -149,7 +149,7 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     built = build(settings, run_dir, device, stop)
     resume = restore(built, checkpoint, run_dir, settings.checkpoint.sharded)
     recorder = RunRecorder(run_dir, built, settings, resume)
-    recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
+    recorder.tables.adopt(checkpoint[0] if checkpoint else {}, settings.init.run_dir is None)
     try:
         # other ranks: no hooks, or their part of the checkpoints of sharded tables
         peer = torchrec_checkpoint.fit_hooks(recorder.tables, built.model, built.trainer.optimizer)

@@ -72,8 +72,9 @@ class ShardedCheckpointer:
         self.best: dict[str, Any] | None = None  # where the best weights' tables are
         self._named: dict[tuple, set[str]] = {}  # collect's cache
 
-    def adopt(self, payload: dict) -> None:
-        """Continue from a resumed checkpoint: its best tables' folder stays the best's."""
+    def adopt(self, payload: dict, as_drawn: bool = False) -> None:
+        """Continue from a resumed checkpoint: its best tables' folder stays the best's
+        (`as_drawn`, TableFiles': sharded tables are written whole, seeded or not)."""
         manifest = payload.get(SHARDED_KEY)
         self.best = manifest.get("best") if manifest else None
 
