@@ -37,7 +37,12 @@ def feature_name(table: int) -> str:
 
 class TableCollections(nn.Module):
     """One TorchRec EmbeddingCollection per table, built on the meta device (DMP allocates each
-    rank's shards); forward(ids per table [B, n_j]) -> rows per table [B, n_j, dim]."""
+    rank's shards); forward(ids per table [B, n_j]) -> rows per table [B, n_j, dim].
+
+    A table in `single_id_bags` is fed every id as a bag of its own ([B x n_j] bags of 1 instead
+    of B bags of n_j): FBGEMM's CPU kernel for data-parallel tables (the DENSE compute kernel)
+    sums each bag whatever the pooling asked, so only bags of one id give one row per id
+    (torchrec_backend.shard_layer sets it; docs/distributed.md)."""
 
     def __init__(self, shapes: list[tuple[int, int]]):
         super().__init__()
@@ -57,6 +62,8 @@ class TableCollections(nn.Module):
             )
             for j, (rows, dim) in enumerate(shapes)
         )
+        # Tables looked up with one id per bag (set by the sharding, `single_id_bags`).
+        self.single_id_bags: set[int] = set()
 
     def forward(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchrec import KeyedJaggedTensor
@@ -64,10 +71,12 @@ class TableCollections(nn.Module):
         out = []
         for j, (collection, table_ids) in enumerate(zip(self.collections, ids, strict=True)):
             batch, width = table_ids.shape
+            # Each row's ids as one bag, or each id as its own bag (same values, same output rows)
+            bags, size = (batch * width, 1) if j in self.single_id_bags else (batch, width)
             kjt = KeyedJaggedTensor(
                 keys=[feature_name(j)],
                 values=table_ids.reshape(-1),
-                lengths=torch.full((batch,), width, dtype=torch.int64, device=table_ids.device),
+                lengths=torch.full((bags,), size, dtype=torch.int64, device=table_ids.device),
             )
             rows = collection(kjt)[feature_name(j)].values()
             out.append(rows.view(batch, width, -1))

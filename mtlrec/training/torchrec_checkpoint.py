@@ -49,8 +49,9 @@ def sharded_layout(layout: str, model: nn.Module) -> bool:
 
 
 def local_tables(model: nn.Module) -> dict[str, Any]:
-    """{model_state key: the table as this rank holds it (a ShardedTensor)} of every sharded
-    layer, under the key a gathered checkpoint gives the full table."""
+    """{model_state key: the table as this rank holds it (a ShardedTensor, or a data_parallel
+    replica's tensor)} of every sharded layer, under the key a gathered checkpoint gives the full
+    table."""
     prefix = {id(m): f"{name}." if name else "" for name, m in model.named_modules()}
     out: dict[str, Any] = {}
     for sharded in getattr(model, "sharded_tables", []):
@@ -137,6 +138,9 @@ def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor
     same = bool(tables) and all(k in best_state for k in tables)
     if same:
         for key, value in tables.items():
+            if not hasattr(value, "local_shards"):  # a replicated (data_parallel) table
+                same = same and torch.equal(best_state[key].cpu(), value.cpu())
+                continue
             for shard in value.local_shards():
                 offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
                 index = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
