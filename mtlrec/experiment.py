@@ -42,6 +42,7 @@ from mtlrec.settings import RunSettings, settings_for
 from mtlrec.sweeps.callback import job_thread_share
 from mtlrec.training import binding, distributed, torchrec_backend, torchrec_checkpoint, warm_start
 from mtlrec.training.batches import load_data, place_splits
+from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
@@ -150,6 +151,8 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     resume = restore(built, checkpoint, run_dir, settings.checkpoint.sharded)
     recorder = RunRecorder(run_dir, built, settings, resume)
     recorder.tables.adopt(checkpoint[0] if checkpoint else {}, settings.init.run_dir is None)
+    recorder.best_files.release(resume)  # the best weights the table files hold: not in RAM
+    del checkpoint  # loaded into the model and the optimizer: the payload's copies go
     try:
         # other ranks: no hooks, or their part of the checkpoints of sharded tables
         peer = torchrec_checkpoint.fit_hooks(recorder.tables, built.model, built.trainer.optimizer)
@@ -360,6 +363,7 @@ class RunRecorder:
         self.tables = torchrec_checkpoint.checkpoint_files(  # TableFiles, or DCP folders
             run_dir.checkpoints, model, optimizer, cfg, built.is_main, self._write
         )
+        self.best_files = BestFiles(self.tables, model, built.trainer.saved_model())
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built, settings = self.built, self.settings

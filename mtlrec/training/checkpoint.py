@@ -218,12 +218,13 @@ def best_weights(
     saved: torch.nn.Module, best: dict[str, torch.Tensor], current: bool
 ) -> dict[str, torch.Tensor]:
     """The best weights a checkpoint's TrainState holds. `current`: they are the weights of
-    `saved` (the model best.pt holds) right now, i.e. this epoch is the best: then its own
+    `saved` (the model best.pt holds) right now (keep_best kept this epoch's): then its own
     tensors, which the payload's model_state shares, so torch.save stores them once and
     make_payload hashes them once. Else the kept copy, not cloned (only keep_weights changes it,
-    never while a checkpoint is written)."""
+    never while a checkpoint is written); a meta tensor in it (a table whose best weights the
+    table files hold, training/best_files.py) stays one: TableFiles turns it into a reference."""
     source = saved.state_dict() if current else best
-    return {k: v.detach().cpu() for k, v in source.items()}
+    return {k: v if v.is_meta else v.detach().cpu() for k, v in source.items()}
 
 
 def keep_weights(
