@@ -40,8 +40,9 @@ from mtlrec.runs.resume import mark_resume_accepted
 from mtlrec.runs.run_dir import ENV_FILE, RunDir
 from mtlrec.settings import RunSettings, settings_for
 from mtlrec.sweeps.callback import job_thread_share
-from mtlrec.training import binding, distributed, torchrec_backend, warm_start
+from mtlrec.training import binding, distributed, torchrec_backend, torchrec_checkpoint, warm_start
 from mtlrec.training.batches import load_data, place_splits
+from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
@@ -61,7 +62,6 @@ from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
 from mtlrec.training.per_task import checkpoint_name
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
-from mtlrec.training.table_files import TableFiles
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
 __all__ = [
@@ -148,12 +148,14 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
         settings = continue_settings(settings, checkpoint[0])
     device = setup_process(settings, run_dir)
     built = build(settings, run_dir, device, stop)
-    resume = restore(built, checkpoint, run_dir)
+    resume = restore(built, checkpoint, run_dir, settings.checkpoint.sharded)
     recorder = RunRecorder(run_dir, built, settings, resume)
-    recorder.tables.adopt(checkpoint[0] if checkpoint else {})  # the next table files: changes
+    recorder.tables.adopt(checkpoint[0] if checkpoint else {}, settings.init.run_dir is None)
+    recorder.best_files.release(resume)  # the best weights the table files hold: not in RAM
+    del checkpoint  # loaded into the model and the optimizer: the payload's copies go
     try:
-        # other ranks: no hooks, or their share of the gathers of sharded tables for checkpoints
-        peer = torchrec_backend.peer_hooks(built.model, built.trainer.optimizer)
+        # other ranks: no hooks, or their part of the checkpoints of sharded tables
+        peer = torchrec_checkpoint.fit_hooks(recorder.tables, built.model, built.trainer.optimizer)
         result = built.trainer.fit(built.splits, recorder if built.is_main else peer, resume)
     except BaseException as e:
         interrupted = isinstance(e, (KeyboardInterrupt, TrainingInterrupted))
@@ -166,7 +168,7 @@ def read_resume(settings: RunSettings, run_dir: RunDir) -> tuple[dict, Path] | N
     """With resume=RUN_DIR: its newest complete checkpoint, checked against this config."""
     if not settings.resume:
         return None
-    payload, path = load_resumable(run_dir.checkpoints)
+    payload, path = load_resumable(run_dir.checkpoints, gather=False)  # restore: shards or all
     summary = run_dir.read_summary()
     binding.check_run(payload, path, run_dir.path, summary.model, summary.config_hash)
     if summary.config_hash is None:  # a run from before the binding: bound from now on
@@ -328,21 +330,16 @@ def tasks_left_out(built: Built, chosen: Any) -> list[TaskSpec]:
 
 
 def restore(
-    built: Built, checkpoint: tuple[dict, Path] | None, run_dir: RunDir
+    built: Built, checkpoint: tuple[dict, Path] | None, run_dir: RunDir, layout: str = "auto"
 ) -> TrainState | None:
     """Load a resumed run's weights and optimizer state; its TrainState (None: a new run)."""
     if checkpoint is None:
         return None
     payload, path = checkpoint
     trainer = built.trainer
-    state = restore_training(
-        payload,
-        path,
-        built.model,
-        trainer.optimizer,
-        payload["config"]["model"]["name"],
-        built.spec,
-    )
+    with torchrec_checkpoint.restoring(payload, path, built.model, trainer.optimizer, layout) as p:
+        name = payload["config"]["model"]["name"]
+        state = restore_training(p, path, built.model, trainer.optimizer, name, built.spec)
     distributed.check_resume_world(state.to_dict(), path)
     binding.check_dataset(payload, path, built.data_dir)
     if built.is_main:
@@ -362,25 +359,28 @@ class RunRecorder:
         self.logger = build_logger(logger_cfg, run_dir.path, settings.config, resume)
         digest = run_dir.read_summary().config_hash or binding.config_hash(settings.config)
         self.binding = binding.checkpoint_fields(digest, built.data_dir)  # the start's config
-        rows = settings.checkpoint.table_files_min_rows if built.is_main else None
-        self.tables = TableFiles(run_dir.checkpoints, built.trainer.optimizer, rows, self._write)
+        model, optimizer, cfg = built.model, built.trainer.optimizer, settings.checkpoint
+        self.tables = torchrec_checkpoint.checkpoint_files(  # TableFiles, or DCP folders
+            run_dir.checkpoints, model, optimizer, cfg, built.is_main, self._write
+        )
+        self.best_files = BestFiles(self.tables, model, built.trainer.saved_model())
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
-        built = self.built
-        return make_payload(
-            model or built.model,
-            built.trainer.optimizer,
-            self.settings.config,
-            built.spec,
-            built.loss_tasks,
-            state.epoch,
-            train_state=state,
-            tables=self.tables if model is None else None,  # EMA's best.pt: written whole
-            monitor=built.trainer.monitor,
-            seed=self.settings.seed,
-            data_order_seed=self.settings.data_order_seed,
-            **self.binding,
-        )
+        built, settings = self.built, self.settings
+        with torchrec_checkpoint.payload_context(self.tables, built.model, built.trainer.optimizer):
+            return make_payload(
+                model or built.model,
+                built.trainer.optimizer,
+                settings.config,
+                built.spec,
+                built.loss_tasks,
+                state.epoch,
+                train_state=state,
+                tables=self.tables if model is None else None,  # EMA's best.pt: written whole
+                monitor=built.trainer.monitor,
+                **{"seed": settings.seed, "data_order_seed": settings.data_order_seed},
+                **self.binding,
+            )
 
     def _write(self, payload: dict, path: Path) -> None:  # checkpoints/NAME or tables/NAME
         self.run_dir.save_checkpoint(str(path.relative_to(self.run_dir.checkpoints)), payload)

@@ -62,8 +62,13 @@ class CheckpointConfig:
     every_n_steps: int | None = None  # also write checkpoints/last.pt every N training steps
     # sparse_adam tables with at least this many rows: checkpoints/tables/ base + changed rows
     table_files_min_rows: int | None = 100_000
+    # tables TorchRec shards over several ranks: auto = each rank's shards in a DCP folder
+    # beside last.pt (docs/distributed.md); gathered = the full tables inside last.pt
+    sharded: str = "auto"
 
     def validate(self) -> None:
+        if self.sharded not in ("auto", "gathered"):
+            raise MtlrecError(f"checkpoint.sharded must be auto or gathered, got {self.sharded!r}")
         rows = self.table_files_min_rows
         if rows is not None and (isinstance(rows, bool) or rows < 0):
             raise MtlrecError(

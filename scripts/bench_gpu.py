@@ -16,7 +16,7 @@ metrics.json; 1 epoch; validation and test included but not timed):
   6. the TorchRec backend (trainer.embedding_backend=torchrec, needs scripts/install_torchrec.sh
      cuda) on the 10M-id field: FBGEMM fused rowwise_adagrad and rowwise_adam in one process; with
      N > 1 GPUs, each sharding over N ranks (nccl): row_wise (GPU only), table_wise, column_wise
-     and data_parallel (refused on the CPU; on CUDA never run yet)
+     and data_parallel (tested on the CPU with gloo; on CUDA never run yet)
 Writes OUT/bench_gpu.json and OUT/bench_gpu.md (the table for docs/performance.md).
 """
 

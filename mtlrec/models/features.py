@@ -27,6 +27,7 @@ from torch import nn
 from mtlrec.data.spec import DatasetSpec, FeatureSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.pooling import TargetAttention, masked_pool
+from mtlrec.models.seeded_init import new_table
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ class FieldEmbedding(nn.Module):
         self.single_fields: list[list[int]] = []  # per table: single-id columns it serves
         for j, dim in enumerate(sorted({dim_of[f.name] for f in owners})):
             fields = [f for f in owners if dim_of[f.name] == dim]
-            table = nn.Embedding(sum(f.vocab_size for f in fields), dim * copies)
-            nn.init.normal_(table.weight, std=init_std)
+            table = new_table(sum(f.vocab_size for f in fields), dim * copies, init_std)
             self.tables.append(table)
             self.group_dims.append(dim)
             start = 0

@@ -37,7 +37,12 @@ def feature_name(table: int) -> str:
 
 class TableCollections(nn.Module):
     """One TorchRec EmbeddingCollection per table, built on the meta device (DMP allocates each
-    rank's shards); forward(ids per table [B, n_j]) -> rows per table [B, n_j, dim]."""
+    rank's shards); forward(ids per table [B, n_j]) -> rows per table [B, n_j, dim].
+
+    A table in `single_id_bags` is fed every id as a bag of its own ([B x n_j] bags of 1 instead
+    of B bags of n_j): FBGEMM's CPU kernel for data-parallel tables (the DENSE compute kernel)
+    sums each bag whatever the pooling asked, so only bags of one id give one row per id
+    (torchrec_backend.shard_layer sets it; docs/distributed.md)."""
 
     def __init__(self, shapes: list[tuple[int, int]]):
         super().__init__()
@@ -57,6 +62,8 @@ class TableCollections(nn.Module):
             )
             for j, (rows, dim) in enumerate(shapes)
         )
+        # Tables looked up with one id per bag (set by the sharding, `single_id_bags`).
+        self.single_id_bags: set[int] = set()
 
     def forward(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchrec import KeyedJaggedTensor
@@ -64,10 +71,12 @@ class TableCollections(nn.Module):
         out = []
         for j, (collection, table_ids) in enumerate(zip(self.collections, ids, strict=True)):
             batch, width = table_ids.shape
+            # Each row's ids as one bag, or each id as its own bag (same values, same output rows)
+            bags, size = (batch * width, 1) if j in self.single_id_bags else (batch, width)
             kjt = KeyedJaggedTensor(
                 keys=[feature_name(j)],
                 values=table_ids.reshape(-1),
-                lengths=torch.full((batch,), width, dtype=torch.int64, device=table_ids.device),
+                lengths=torch.full((bags,), size, dtype=torch.int64, device=table_ids.device),
             )
             rows = collection(kjt)[feature_name(j)].values()
             out.append(rows.view(batch, width, -1))
@@ -87,6 +96,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     _fetched: dict[int, list[torch.Tensor]]
     eval_tables: list[torch.Tensor] | None
     gather_for_eval: bool
+    tables_in_state: bool  # False: state_dict leaves the tables out (a DCP checkpoint holds them)
 
     @classmethod
     def from_native(cls, native: FieldEmbedding) -> TorchRecFieldEmbedding:
@@ -105,6 +115,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         layer._fetched = {}
         layer.eval_tables = None
         layer.gather_for_eval = False
+        layer.tables_in_state = True
         return layer
 
     @property
@@ -202,6 +213,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
 
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars=False):  # type: ignore[override]
         out = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if not self.tables_in_state:
+            return out
         for j, weight in enumerate(self.full_tables()):
             out[f"{prefix}tables.{j}.weight"] = weight
         return out
@@ -209,8 +222,10 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *rest):  # type: ignore[override]
         keys = [f"{prefix}tables.{j}.weight" for j in range(len(self.table_shapes))]
         weights = [state_dict.pop(k, None) for k in keys]
-        missing.extend(k for k, w in zip(keys, weights, strict=True) if w is None)
-        if all(w is not None for w in weights):
+        if not self.tables_in_state:  # the shards are loaded from their DCP folder
+            weights = []
+        missing.extend(k for k, w in zip(keys, weights, strict=False) if w is None)
+        if weights and all(w is not None for w in weights):
             if self.eval_tables is not None:  # the gathered copy follows the loaded weights
                 self.eval_tables = [
                     w.detach().to(t.device).clone()  # type: ignore[union-attr]

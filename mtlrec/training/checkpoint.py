@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
-from mtlrec.training.table_files import TableFiles, assemble
+from mtlrec.training.table_files import assemble
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ INTEGRITY_KEY = "tensor_sha256"  # {tensor path: SHA-256}, checked on every load
 TEMPERATURES_KEY = "temperatures"  # added by inference.load_run (mtlrec calibrate), never saved
 # What every complete checkpoint holds (make_payload writes them all).
 REQUIRED = (EPOCH_KEY, MODEL_NAME_KEY, MODEL_KEY, CONFIG_KEY, SPEC_KEY, TASKS_KEY)
+
+
+class PayloadTables(Protocol):
+    """What keeps tables out of a payload: table_files.TableFiles (native sparse tables) or
+    torchrec_checkpoint.ShardedCheckpointer (tables sharded over several ranks)."""
+
+    def externalize(self, payload: dict, epoch: int) -> dict: ...
 
 
 @dataclass
@@ -180,11 +188,12 @@ def save_last(directory: Path, payload: dict, write) -> Path:
     return last
 
 
-def load_resumable(directory: Path) -> tuple[dict, Path]:
+def load_resumable(directory: Path, gather: bool = True) -> tuple[dict, Path]:
     """The newest complete checkpoint of checkpoints/ (last.pt, else last.prev.pt).
 
-    A truncated or corrupt file is reported (naming it) and skipped for the older one; with no
-    complete file left, the first error is raised.
+    A truncated or corrupt file (or a damaged file of its DCP folder) is reported, naming it, and
+    skipped for the older one; with no complete file left, the first error is raised. `gather`:
+    as load_checkpoint's.
     """
     directory = Path(directory)
     candidates = [directory / LAST, directory / PREVIOUS]
@@ -197,7 +206,7 @@ def load_resumable(directory: Path) -> tuple[dict, Path]:
     errors = []
     for path in existing:
         try:
-            return load_checkpoint(path), path
+            return load_checkpoint(path, gather), path
         except MtlrecError as e:
             errors.append(e)
             if path != existing[-1]:
@@ -209,12 +218,13 @@ def best_weights(
     saved: torch.nn.Module, best: dict[str, torch.Tensor], current: bool
 ) -> dict[str, torch.Tensor]:
     """The best weights a checkpoint's TrainState holds. `current`: they are the weights of
-    `saved` (the model best.pt holds) right now, i.e. this epoch is the best: then its own
+    `saved` (the model best.pt holds) right now (keep_best kept this epoch's): then its own
     tensors, which the payload's model_state shares, so torch.save stores them once and
     make_payload hashes them once. Else the kept copy, not cloned (only keep_weights changes it,
-    never while a checkpoint is written)."""
+    never while a checkpoint is written); a meta tensor in it (a table whose best weights the
+    table files hold, training/best_files.py) stays one: TableFiles turns it into a reference."""
     source = saved.state_dict() if current else best
-    return {k: v.detach().cpu() for k, v in source.items()}
+    return {k: v if v.is_meta else v.detach().cpu() for k, v in source.items()}
 
 
 def keep_weights(
@@ -244,12 +254,13 @@ def make_payload(
     loss_tasks: tuple[TaskSpec, ...],
     epoch: int,
     train_state: TrainState | None = None,
-    tables: TableFiles | None = None,
+    tables: PayloadTables | None = None,
     **info: Any,
 ) -> dict:
     """The checkpoint payload; `info` adds plain top-level fields (monitor, seed, data_order_seed).
-    With `tables`, big sparse tables go to their own files (training/table_files.py) and the
-    payload references them: only what stays in the payload is hashed here."""
+    With `tables`, big sparse tables go to their own files (training/table_files.py), or sharded
+    tables to a DCP folder (training/torchrec_checkpoint.py), and the payload references them:
+    only what stays in the payload is hashed here."""
     payload = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: VERSION,
@@ -347,8 +358,12 @@ def restore_training(
     return state
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file, failing with one clear line if it is missing, truncated or foreign."""
+def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
+    """Load a checkpoint file, failing with one clear line if it is missing, truncated or foreign.
+
+    Tables kept in files beside it come back as full tensors: every reader sees the ordinary
+    layout. `gather=False` leaves a DCP folder's sharded tables where they are (after checking
+    its files): a resume on several ranks loads each rank's shards from it."""
     path = Path(path)
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
@@ -373,7 +388,12 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
     verify_tensors(payload, path)
-    return assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
+    payload = assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
+    if not gather:
+        if dcp_files.SHARDED_KEY in payload:
+            dcp_files.verify(payload[dcp_files.SHARDED_KEY], path)
+        return payload
+    return dcp_files.gather(payload, path)  # tables sharded in a DCP folder: full tensors
 
 
 def _is_torchscript(path: Path) -> bool:

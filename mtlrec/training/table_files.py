@@ -2,11 +2,15 @@
 
 A table trained by RowAdam (`trainer.embedding_optimizer=sparse_adam`, on CPU) with at least
 `checkpoint.table_files_min_rows` rows is not stored inside last.pt. Its weight, its packed Adam
-moments and its per-row last_step go to checkpoints/tables/: a base file (every row) at the first
-checkpoint, then per checkpoint one delta file holding only the rows changed since the previous
-one (their ids and their values; RowAdam marks a row changed when a step, a catch-up or the
-epoch's flush moves it). Once the deltas since the base hold more than COMPACT_FRACTION of the
-table's rows, the next checkpoint writes a new base. In the payload each such tensor becomes a
+moments and its per-row last_step go to checkpoints/tables/ as a chain: a base, then per
+checkpoint one delta file holding only the rows changed since the previous one (their ids and
+their values; RowAdam marks a row changed when a step, a catch-up or the epoch's flush moves it).
+In a new run (no resume, no init_from) whose tracked tables all hold their seeded init
+(mtlrec/models/seeded_init.py: tables of 100k+ rows) the base is an "init" entry and no file:
+each weight's generator seed, std and fingerprint, and zeros for the optimizer state, so even
+the first checkpoint writes only the rows changed since the start. Otherwise the first
+checkpoint writes a base file (every row). Once the deltas since the base hold more than
+COMPACT_FRACTION of the table's rows, the next checkpoint writes a new base file. In the payload each such tensor becomes a
 reference ({REF_KEY: name, "chain": "last" | "best"}) and TABLES_KEY lists the files each chain
 is assembled from (base first, deltas in order) with each file's SHA-256, taken over the bytes
 written, never over the whole table. So:
@@ -15,7 +19,8 @@ written, never over the whole table. So:
 - best.pt, a hard link to the best epoch's last.pt, names that epoch's files; a later last.pt's
   best weights (TrainState.best_state) reference the same files (chain "best"), no full copy;
 - `assemble` (called by checkpoint.load_checkpoint) turns every reference back into the full
-  tensor after checking each file's SHA-256: every reader sees the ordinary payload;
+  tensor after checking each file's SHA-256 (an init entry: the weight drawn again, checked
+  against its fingerprint): every reader sees the ordinary payload;
 - a file is complete on disk (temp + fsync + rename) before the last.pt that names it, and
   `collect` deletes only files that no checkpoint of the dir names: a kill -9 at any instant
   leaves last.pt or last.prev.pt loadable with all its files.
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.models.seeded_init import SeededInit, fingerprint, seeded_init_of
 from mtlrec.training.row_adam import RowAdam
 
 log = logging.getLogger(__name__)
@@ -70,9 +76,27 @@ class TableFiles:
         self.best: list[dict[str, Any]] | None = None  # the files of the best epoch's
         self.shapes: dict[str, list[int]] = {}  # name -> shape of what the chain holds
         self._referenced: dict[tuple[int, int, int], set[str]] = {}  # collect's cache
+        self.seeded: dict[int, SeededInit] = {}  # table -> its init, until the first checkpoint
 
-    def adopt(self, payload: dict) -> None:
-        """Continue the chain of a resumed checkpoint: the optimizer state equals it now."""
+    def _still_initial(self) -> dict[int, SeededInit]:
+        """table index -> its seeded init, when every tracked table was seeded and still holds
+        that init (its sampled rows) and a fresh optimizer state: the first checkpoint's base is
+        then an "init" entry, no file. Else (any table not seeded or already changed) {}."""
+        inits = {i: seeded_init_of(p) for i, (_, p) in enumerate(self.tables)}
+        fresh = all(
+            init is not None
+            and int(opt.state[p]["step"]) == 0
+            and fingerprint(p.data) == init.fingerprint
+            for (opt, p), init in zip(self.tables, inits.values(), strict=True)
+        )
+        return {i: init for i, init in inits.items() if init is not None} if fresh else {}
+
+    def adopt(self, payload: dict, as_drawn: bool = False) -> None:
+        """Continue the chain of a resumed checkpoint: the optimizer state equals it now. A new
+        run (payload {}) whose weights are as the model drew them (`as_drawn`: no init_from, the
+        caller knows) starts its chain at its tables' seeded init instead of a base file."""
+        if not payload and as_drawn:
+            self.seeded = self._still_initial()
         info = payload.get(TABLES_KEY)
         if info is None or not self.tables:
             return
@@ -91,7 +115,7 @@ class TableFiles:
         if not self.tables:
             return payload
         names: dict[tuple, str] = {}  # tensor identity -> its name (first payload path)
-        tracked = {_identity(t): i for i, t in self._tracked_tensors()}
+        tracked = {_identity(t): (i, role) for i, role, t in self._tracked_tensors()}
         rows = [opt.take_changed(p) for opt, p in self.tables]
 
         def name_of(path: str, t: torch.Tensor) -> str | None:
@@ -101,11 +125,16 @@ class TableFiles:
             return None
 
         found: dict[str, int] = {}
+        roles: dict[str, str] = {}
         for path, t in _walk_tensors(payload):
             name = name_of(path, t)
             if name == path:
-                found[name] = tracked[_identity(t)]
+                found[name], roles[name] = tracked[_identity(t)]
         shapes = {n: list(t.shape) for n, t in _walk_tensors(payload) if n in found}
+        if not self.chain and self.seeded:  # a new run's first checkpoint: its init, no file
+            tensors = dict(_walk_tensors(payload))
+            self.chain = [self._init_entry(found, roles, tensors)]
+            self.shapes, self.seeded = shapes, {}
         entry = self._write(payload, found, shapes, rows, epoch)
         self.chain = [entry] if entry["kind"] == "base" else [*self.chain, entry]
         self.shapes = shapes
@@ -130,12 +159,26 @@ class TableFiles:
         out[TABLES_KEY] = {"chains": chains, "best": best, "shapes": shapes}
         return out
 
-    def _tracked_tensors(self) -> list[tuple[int, torch.Tensor]]:
+    def _tracked_tensors(self) -> list[tuple[int, str, torch.Tensor]]:
         out = []
         for i, (opt, p) in enumerate(self.tables):
             state = opt.state[p]
-            out += [(i, p.data), (i, state["moments"]), (i, state["last_step"])]
+            out += [(i, "weight", p.data), (i, "moments", state["moments"])]
+            out.append((i, "last_step", state["last_step"]))
         return out
+
+    def _init_entry(
+        self, found: dict[str, int], roles: dict[str, str], tensors: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """The chain's first entry for tables still as initialised: each weight's seeded init,
+        zeros for the optimizer's moments and last steps (RowAdam's fresh state)."""
+        fills: dict[str, dict[str, Any]] = {}
+        for name, i in found.items():
+            t = tensors[name]
+            fills[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            if roles[name] == "weight":
+                fills[name]["seeded"] = self.seeded[i].to_dict()
+        return {"file": None, "kind": "init", "rows": 0, "sha256": None, "fills": fills}
 
     def _write(
         self,
@@ -186,7 +229,9 @@ class TableFiles:
             if key not in self._referenced:
                 payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
                 chains = payload.get(TABLES_KEY, {}).get("chains", {})
-                self._referenced[key] = {e["file"] for c in chains.values() for e in c}
+                self._referenced[key] = {
+                    e["file"] for c in chains.values() for e in c if e.get("file")
+                }
             return self._referenced[key]
         except Exception as e:  # a checkpoint being replaced, foreign or damaged: keep all
             log.debug("tables: not collecting (%s: %s)", checkpoint, e)
@@ -222,6 +267,9 @@ def assemble(payload: dict, path: Path) -> dict:
 def _assemble_chain(entries: list[dict], names: set[str], checkpoint: Path) -> dict:
     out: dict[str, torch.Tensor] = {}
     for entry in entries:
+        if entry["kind"] == "init":
+            out = {name: _initial(name, entry, checkpoint) for name in names}
+            continue
         body = _read(checkpoint.parent / TABLES_DIR / entry["file"], entry, checkpoint)
         for name in names:
             values = body["values"].get(name)
@@ -232,6 +280,43 @@ def _assemble_chain(entries: list[dict], names: set[str], checkpoint: Path) -> d
             else:
                 out[name].index_copy_(0, body["rows"][name], values)
     return out
+
+
+def _initial(name: str, entry: dict, checkpoint: Path) -> torch.Tensor:
+    """A tensor of an "init" entry: a weight drawn again from its seeded init (checked against
+    its fingerprint), or the zeros of a fresh optimizer state."""
+    fill = entry.get("fills", {}).get(name)
+    if fill is None:
+        raise MtlrecError(f"{checkpoint}: its table files lack {name} (no init entry for it)")
+    try:
+        dtype = getattr(torch, str(fill["dtype"]))
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype {fill['dtype']!r}")
+        if "seeded" not in fill:
+            return torch.zeros(fill["shape"], dtype=dtype)
+        init = SeededInit.from_dict(fill["seeded"])
+        weight = init.draw(fill["shape"], dtype)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # edited/foreign
+        raise MtlrecError(
+            f"{checkpoint}: the init entry of table {name} is malformed ({type(e).__name__}: "
+            f"{e}); use an older checkpoint"
+        ) from None
+    if fingerprint(weight) != init.fingerprint:
+        raise MtlrecError(
+            f"{checkpoint}: table {name} drawn again from its seeded init (seed {init.seed}) does "
+            "not match the fingerprint taken when it was first drawn; use an older checkpoint"
+        )
+    return weight
+
+
+def initial_rows(entry: dict, name: str, rows: torch.Tensor) -> torch.Tensor:
+    """The values of `rows` of the tensor `name` as an "init" chain entry holds them: a weight's
+    seeded init drawn for the chunks of those rows only, zeros for the optimizer state."""
+    fill = entry["fills"][name]
+    dtype = getattr(torch, str(fill["dtype"]))
+    if "seeded" not in fill:
+        return torch.zeros([len(rows), *fill["shape"][1:]], dtype=dtype)
+    return SeededInit.from_dict(fill["seeded"]).draw_rows(fill["shape"], rows, dtype)
 
 
 def _read(file: Path, entry: dict, checkpoint: Path) -> dict:

@@ -10,9 +10,10 @@ The table optimizer (trainer.embedding_optimizer) is registered with
 pass, so the trainer's optimizer holds the dense parameters only. One process trains through a
 process group of one rank (gloo on a private store), the same code as N ranks.
 
-Checkpoints keep the ordinary layout: the tables and the fused optimizer's state are gathered
-into full tensors (`tables.<j>.weight` in the model state, `fused_tables` in the optimizer state)
-and scattered back into the shards on resume.
+Checkpoints of one process (and with checkpoint.sharded=gathered) keep the ordinary layout: the
+tables and the fused optimizer's state are gathered into full tensors (`tables.<j>.weight` in the
+model state, `fused_tables` in the optimizer state) and scattered back into the shards on resume.
+Several ranks write their shards to a DCP folder instead (mtlrec.training.torchrec_checkpoint).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model, feature_name
 from mtlrec.training.optimizers import MultiOptimizer
+from mtlrec.training.torchrec_replicated import (
+    DATA_PARALLEL,
+    REPLICATED_OPTIMIZERS,
+    planner_types,
+    replicated_optimizer,
+    single_id_bag_tables,
+)
 
 if TYPE_CHECKING:
     from mtlrec.training.balance import BalanceSettings
@@ -95,11 +103,20 @@ def check_settings(trainer: Any, device_type: str, balance: BalanceSettings) -> 
             "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise "
             "or column_wise"
         )
-    if on_cpu and trainer.sharding == "data_parallel":
+    if (
+        trainer.sharding == DATA_PARALLEL
+        and trainer.embedding_optimizer not in REPLICATED_OPTIMIZERS
+    ):
         raise MtlrecError(
-            "trainer.sharding=data_parallel: FBGEMM's CPU kernel for replicated tables returns one "
-            "row per sample instead of one per id (TorchRec 1.8); on the CPU use table_wise or "
-            "column_wise"
+            f"trainer.sharding=data_parallel trains the replicated tables with a torch optimizer, "
+            f"which has no counterpart of FBGEMM's {trainer.embedding_optimizer} (it would move "
+            "every row); use rowwise_adagrad, adagrad or sgd, or another trainer.sharding"
+        )
+    if trainer.precision == "fp16":
+        raise MtlrecError(
+            "trainer.precision=fp16 does not work with trainer.embedding_backend=torchrec (FBGEMM's "
+            "fused optimizer would step the tables with GradScaler's scaled gradients); use "
+            "trainer.precision=bf16 or fp32"
         )
     refused = {
         "trainer.embedding_l2 > 0": trainer.embedding_l2 > 0,
@@ -136,6 +153,9 @@ class ShardedTables:
     layer: TorchRecFieldEmbedding
     module: nn.Module  # DistributedModelParallel
     plan: dict[str, dict[str, Any]]
+    replicated: torch.optim.Optimizer | None = (
+        None  # the data-parallel tables' (torchrec_replicated)
+    )
 
 
 def _column_width(dim: int, world: int) -> int:
@@ -146,17 +166,12 @@ def _column_width(dim: int, world: int) -> int:
     return width if dim % world == 0 and width % 4 == 0 else dim
 
 
-# What the planner may choose with trainer.sharding=auto on the CPU: not row_wise and its hybrids
-# (they need nccl), not data_parallel (FBGEMM's CPU kernel for it is wrong: check_settings).
-CPU_SHARDINGS = ["table_wise", "column_wise"]
-
-
 def _constraints(
-    shapes: list[tuple[int, int]], sharding: str, world: int, device: torch.device
+    shapes: list[tuple[int, int]], cfg: Any, world: int, device: torch.device
 ) -> dict[str, Any]:
     from torchrec.distributed.planner import ParameterConstraints
 
-    types = [sharding] if sharding != "auto" else None if device.type == "cuda" else CPU_SHARDINGS
+    types = planner_types(cfg.sharding, device, cfg.embedding_optimizer)
     return {
         feature_name(j): ParameterConstraints(
             sharding_types=types, min_partition=_column_width(dim, world)
@@ -201,7 +216,7 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     sharders: list[Any] = [EmbeddingCollectionSharder()]
     planner = EmbeddingShardingPlanner(
         topology=_topology(device, cfg.shard_memory_mb),
-        constraints=_constraints(layer.table_shapes, cfg.sharding, dist.get_world_size(), device),
+        constraints=_constraints(layer.table_shapes, cfg, dist.get_world_size(), device),
     )
     try:
         plan = planner.plan(collections, sharders)
@@ -213,21 +228,21 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
         plan = chosen[0]
     if plan is None:
         raise MtlrecError(_refusal(layer, cfg))
-    types = {s.sharding_type for p in plan.plan.values() for s in p.values()}  # type: ignore[attr-defined]
+    record = _plan_record(plan)
+    names = [feature_name(j) for j in range(len(layer.table_shapes))]
+    replicas = {j for j, name in enumerate(names) if record[name]["sharding_type"] == DATA_PARALLEL}
     module = DistributedModelParallel(
-        collections,
-        device=device,
-        plan=plan,
-        sharders=sharders,
-        init_data_parallel="data_parallel" in types,
+        collections, device=device, plan=plan, sharders=sharders, init_data_parallel=bool(replicas)
     )
+    collections.single_id_bags = single_id_bag_tables(record, names, device)
     layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
-    layer.read_tables = lambda: full_tables(module)
+    layer.read_tables = lambda: full_tables(module, replicas)
     layer.write_tables = lambda weights: _scatter(_table_states(module), weights)
     layer.write_tables(layer.initial_weights)
     layer.gather_for_eval = dist.get_world_size() > 1
     layer.initial_weights = []
-    return ShardedTables(layer, module, _plan_record(plan))
+    replicated = replicated_optimizer(module, cfg.embedding_optimizer, lr)
+    return ShardedTables(layer, module, record, replicated)
 
 
 class PeerCheckpointHooks:
@@ -261,6 +276,13 @@ def peer_hooks(model: nn.Module, optimizer: Any) -> PeerCheckpointHooks | None:
 def _refusal(layer: TorchRecFieldEmbedding, cfg: Any) -> str:
     sizes = ", ".join(f"{r:,} x {d}" for r, d in layer.table_shapes)
     budget = f"{cfg.shard_memory_mb} MB" if cfg.shard_memory_mb is not None else "the device's"
+    if cfg.sharding == DATA_PARALLEL:  # more ranks do not help: each holds a whole replica
+        return (
+            f"trainer.sharding=data_parallel: the embedding tables ({sizes}) and their optimizer "
+            f"state do not fit one rank's {budget} memory (every rank holds a whole replica); "
+            "raise trainer.shard_memory_mb or shard the tables "
+            "(trainer.sharding=auto|table_wise|column_wise)"
+        )
     return (
         f"trainer.sharding={cfg.sharding}: the embedding tables ({sizes}) and their optimizer "
         f"state do not fit {cfg.devices} rank(s) of {budget} memory; raise trainer.devices, "
@@ -330,9 +352,12 @@ def gather_full(local: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def full_tables(module: nn.Module) -> list[torch.Tensor]:
+def full_tables(module: nn.Module, replicas: set[int]) -> list[torch.Tensor]:
+    """The full tables, on every rank; a replicated table is rank 0's copy (all are equal)."""
     states = _table_states(module)
-    full = gather_full({str(j): state for j, state in enumerate(states)})
+    rank = dist.get_rank()
+    local = {str(j): s for j, s in enumerate(states) if j not in replicas or rank == 0}
+    full = gather_full(local)
     return [full[str(j)] for j in range(len(states))]
 
 
@@ -355,6 +380,7 @@ class FusedTables:
 
     def __init__(self, sharded: list[ShardedTables]):
         self.sharded = sharded
+        self.in_state = True  # False: the state is in a DCP folder (torchrec_checkpoint)
 
     def _states(self) -> list[tuple[nn.Module, dict[str, Any]]]:
         out = []
@@ -364,15 +390,18 @@ class FusedTables:
                 out.append((s.module, fused.state_dict()["state"]))
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        local = {
+    def local_state(self) -> dict[str, Any]:
+        """{key: this rank's part of the state (a ShardedTensor, or a replica's tensor)}."""
+        return {
             f"{i}/{param}/{name}": value
             for i, (_, state) in enumerate(self._states())
             for param, values in state.items()
             for name, value in values.items()
             if torch.is_tensor(value)
         }
-        return dict(sorted(gather_full(local).items()))  # a rank may hold none of a table
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(sorted(gather_full(self.local_state()).items()))  # a rank may hold none
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         for i, (_, state) in enumerate(self._states()):
@@ -387,20 +416,48 @@ class FusedTables:
 
 
 class TorchRecOptimizer(MultiOptimizer):
-    """The dense optimizers (stepped, scheduled) plus the fused tables' state (checkpointed)."""
+    """The dense optimizers (stepped, scheduled) plus the fused tables' state (checkpointed) and
+    the replicated (data-parallel) tables' optimizers: stepped with the dense ones, at a constant
+    lr as the fused tables are (not in `optimizers`, which the lr schedule drives)."""
 
     def __init__(self, dense: MultiOptimizer, fused: FusedTables):
         super().__init__(dense.optimizers)
         self.fused = fused
+        self.replicated = [s.replicated for s in fused.sharded if s.replicated is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for opt in self.replicated:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        super().step()
+        for opt in self.replicated:  # the gradients DDP averaged over the ranks in the backward
+            opt.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "fused_tables": self.fused.state_dict()}
+        # every rank holds the same replicated state: rank 0's is written, in last.pt also when
+        # the tables are in DCP folders (a replicated table is small)
+        replicated = {"replicated_tables": [opt.state_dict() for opt in self.replicated]}
+        if not self.fused.in_state:
+            return {**super().state_dict(), **replicated}
+        return {**super().state_dict(), "fused_tables": self.fused.state_dict(), **replicated}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "fused_tables" not in state_dict:
+        if "fused_tables" not in state_dict and self.fused.in_state:
             raise ValueError("the checkpoint holds no fused table state (not a torchrec run)")
+        replicated = state_dict.get("replicated_tables", [])
+        if len(replicated) != len(self.replicated):
+            raise ValueError(
+                f"the checkpoint has {len(replicated)} data-parallel table optimizer(s), this run "
+                f"{len(self.replicated)} (was trainer.sharding changed?)"
+            )
         super().load_state_dict(state_dict)
-        self.fused.load_state_dict(state_dict["fused_tables"])
+        if self.fused.in_state:
+            self.fused.load_state_dict(state_dict["fused_tables"])
+        for opt, part in zip(self.replicated, replicated, strict=True):
+            opt.load_state_dict(part)
 
 
 def with_fused_tables(optimizer: MultiOptimizer, model: nn.Module) -> MultiOptimizer:

@@ -3,7 +3,8 @@
 The loop keeps everything on the device: batches are index slices of whole-split tensors
 (mtlrec.training.batches), per-task losses accumulate in device tensors and are read once per
 epoch (the progress bar reads them at most a few times a second). Best weights are kept in memory
-and restored before the final test. Evaluation and prediction live in `Evaluator`
+(big tables whose checkpoints are table files: as those files, training/best_files.py) and
+restored before the final test. Evaluation and prediction live in `Evaluator`
 (mtlrec.training.evaluator); `Trainer.evaluate`/`predict` delegate to it.
 """
 
@@ -27,17 +28,11 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.training import distributed, torchrec_backend
+from mtlrec.training import best_files, distributed, torchrec_backend
 from mtlrec.training.balance import BalanceSettings, balance_settings, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
-from mtlrec.training.checkpoint import (
-    TrainState,
-    best_weights,
-    keep_weights,
-    rng_state,
-    set_rng_state,
-)
+from mtlrec.training.checkpoint import TrainState, best_weights, rng_state, set_rng_state
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.ema import WeightEma
 from mtlrec.training.evaluator import Evaluator, group_column, strip_gates
@@ -136,6 +131,8 @@ class Trainer:
         self.stopper = EarlyStopping(self.mode, cfg.patience)
         self.per_task = self._per_task()
         self.state = self.new_state()
+        self.best_files: best_files.BestFiles | None = None  # fit's hooks say (RunRecorder)
+        self.best_kept_at: int | None = None  # the epoch whose weights keep_best kept last
         # trainer.compile: the compiled module shares self.model's parameters (what is saved)
         self.forward = torch.compile(model) if cfg.compile else model
         # DDP (trainer.devices): training through DDP, prediction not (ranks' batch counts differ)
@@ -306,7 +303,7 @@ class Trainer:
             early_stopping=dict(self.stopper.__dict__),
             history=[dict(r) for r in self.state.history],
             best_state=best_weights(
-                self.saved_model(), self.state.best_state, self.stopper.best_epoch == epoch
+                self.saved_model(), self.state.best_state, self.best_kept_at == epoch
             ),
             train_time=self.state.train_time,
             train_rows=self.state.train_rows,
@@ -327,7 +324,9 @@ class Trainer:
         self.state = replace(  # a mid-epoch state: train_epoch continues its epoch
             state,
             history=[dict(r) for r in state.history],
-            best_state={k: v.to(self.device) for k, v in state.best_state.items()},
+            best_state={  # a meta tensor: the table files hold it (training/best_files.py)
+                k: v if v.is_meta else v.to(self.device) for k, v in state.best_state.items()
+            },
             train_time=float(state.train_time),
             train_rows=int(state.train_rows),
         )
@@ -380,6 +379,7 @@ class Trainer:
         self.stopper = EarlyStopping(self.mode, self.cfg.patience)
         self.per_task = self._per_task()
         self.state = self.new_state()  # keep_best fills its best_state at the end of epoch 1
+        self.best_files, self.best_kept_at = getattr(hooks, "best_files", None), None
         first_epoch = 1
         self._restored_lrs = resume is not None
         self.start_schedule(train)
@@ -412,7 +412,7 @@ class Trainer:
                 if distributed.any_rank(self.stop_requested):
                     self.interrupted(epoch, None)
         if self.state.best_state:  # empty only if no epoch has ended yet
-            self.model.load_state_dict(self.state.best_state)
+            best_files.load(self.model, self.state.best_state, self.best_files)
         history = self.state.history
         return FitResult(
             history,
@@ -441,7 +441,7 @@ class Trainer:
             val_metrics = self.evaluate(val, "val", progress)
             is_best = self.stopper.update(epoch, val_metrics[self.monitor])
             if is_best or epoch == 1:
-                self.keep_best()
+                self.keep_best(epoch)
         row.update(val_metrics)
         row.update(lr_columns(self.optimizer.optimizers, self.cfg))
         self.stepper.schedule.after_epoch(val_metrics[self.monitor])  # plateau
@@ -464,9 +464,12 @@ class Trainer:
         ema = self.stepper.ema
         return ema.module if ema is not None else self.model  # type: ignore[return-value]
 
-    def keep_best(self) -> None:
-        """The weights become the best ones, copied into the previous best's (never 2 copies)."""
-        self.state.best_state = keep_weights(self.state.best_state, self.model.state_dict())
+    def keep_best(self, epoch: int) -> None:
+        """The weights become the best ones, copied into the previous best's (never 2 copies);
+        the tables `best_files` holds are not copied (their checkpoint files keep them)."""
+        state = self.model.state_dict()
+        self.state.best_state = best_files.keep(self.state.best_state, state, self.best_files)
+        self.best_kept_at = epoch
 
     # -- evaluation (delegated) ------------------------------------------------------------------
     def task_weights(self) -> torch.Tensor:

@@ -16,10 +16,12 @@ from helpers.torchrec import shard_settings  # noqa: E402
 from mtlrec.data.spec import FeatureSpec  # noqa: E402
 from mtlrec.models.features import FieldEmbedding  # noqa: E402
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding  # noqa: E402
-from mtlrec.training.torchrec_backend import ensure_process_group, shard_layer  # noqa: E402
+from mtlrec.training.torchrec_backend import (  # noqa: E402
+    ShardedTables,
+    ensure_process_group,
+    shard_layer,
+)
 from tests.models.test_features import make_spec  # noqa: E402
-
-CFG = shard_settings()
 
 
 def rich_spec(groups=None):
@@ -61,19 +63,31 @@ def batch(spec, rows=6, seed=0):
     return sparse, dense
 
 
-def sharded(native: FieldEmbedding) -> TorchRecFieldEmbedding:
+def shard(native: FieldEmbedding, sharding: str = "table_wise", **cfg) -> ShardedTables:
     ensure_process_group(torch.device("cpu"))
     layer = TorchRecFieldEmbedding.from_native(copy.deepcopy(native))
-    shard_layer(layer, CFG, torch.device("cpu"))
-    return layer
+    return shard_layer(layer, shard_settings(sharding=sharding, **cfg), torch.device("cpu"))
 
 
+def sharded(native: FieldEmbedding, sharding: str = "table_wise") -> TorchRecFieldEmbedding:
+    return shard(native, sharding).layer
+
+
+def sharding_types(layer) -> set[str]:
+    plan = layer.lookup.plan.plan  # DistributedModelParallel's ShardingPlan
+    return {spec.sharding_type for params in plan.values() for spec in params.values()}
+
+
+# data_parallel: the replicated tables, fed one id per bag on the CPU (FBGEMM's DENSE kernel
+# there sums every bag, so a bag of several ids came back as one row)
+@pytest.mark.parametrize("sharding", ["table_wise", "data_parallel"])
 @pytest.mark.parametrize("copies", [1, 2])
-def test_forward_equals_the_native_layer_for_the_same_weights(copies):
+def test_forward_equals_the_native_layer_for_the_same_weights(copies, sharding):
     torch.manual_seed(0)
     spec = rich_spec()
     native = FieldEmbedding(spec, 4, init_std=0.5, copies=copies)
-    layer = sharded(native)
+    layer = sharded(native, sharding)
+    assert sharding_types(layer) == {sharding}
     sparse, dense = batch(spec)
     expected = native(sparse, dense)
     got = layer(sparse, dense)
@@ -115,3 +129,38 @@ def test_the_fused_rowwise_adagrad_step_updates_the_looked_up_rows_once():
     expected[1] -= 0.1
     expected[4] -= 0.1
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-5)
+
+
+def test_auto_replicates_small_tables_on_the_cpu():
+    """The planner's choice among table_wise, column_wise and data_parallel: tables of a few
+    dozen rows are cheapest replicated."""
+    layer = sharded(FieldEmbedding(rich_spec(), 4), "auto")
+    assert sharding_types(layer) == {"data_parallel"}
+    assert layer.collections.single_id_bags == {0, 1}  # both tables (embedding sizes 4 and 8)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "sgd"])
+def test_a_replicated_table_trains_as_the_fused_one(optimizer):
+    """data_parallel: the backward leaves the gradient (DDP's average over the ranks) and the
+    replicated tables' torch optimizer steps it; two steps move the rows exactly as FBGEMM's
+    fused optimizer moves a table_wise table's."""
+    torch.manual_seed(2)
+    spec = rich_spec()
+    native = FieldEmbedding(spec, 4, init_std=0.5)
+    fused = shard(native, "table_wise", embedding_optimizer=optimizer)
+    replica = shard(native, "data_parallel", embedding_optimizer=optimizer)
+    assert fused.replicated is None and replica.replicated is not None
+    for tables in (fused, replica):
+        for seed in (1, 2):
+            sparse, dense = batch(spec, seed=seed)
+            out = tables.layer(sparse, dense)
+            scale = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+            (out * scale).sum().backward()
+            if tables.replicated is not None:
+                tables.replicated.step()
+                tables.replicated.zero_grad()
+    before = native.state_dict()
+    after = fused.layer.state_dict()
+    for key in ("tables.0.weight", "tables.1.weight"):
+        assert not torch.equal(after[key], before[key]), key  # the steps moved rows
+        torch.testing.assert_close(replica.layer.state_dict()[key], after[key], rtol=0, atol=1e-6)

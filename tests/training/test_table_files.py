@@ -1,10 +1,13 @@
-"""Big sparse tables in checkpoints: a base file + the rows each checkpoint changed
-(mtlrec/training/table_files.py): write size, exact assembly, corruption, kill -9."""
+"""Big sparse tables in checkpoints: a base (a file, or a new run's seeded init) + the rows each
+checkpoint changed (mtlrec/training/table_files.py): write size, exact assembly, corruption,
+kill -9. The runs here seed every table (SEEDED_FROM_ROWS patched to 0), so their first
+checkpoint has no base file; test_resume's sparse_adam run writes one."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +21,12 @@ from torch import nn
 from conftest import TINY, compose_train
 from helpers.stops import StopAfter
 from mtlrec.errors import MtlrecError
+from mtlrec.models import seeded_init
+from mtlrec.models.seeded_init import SeededInit, fingerprint, new_table, seeded_init_of
 from mtlrec.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_resumable
 from mtlrec.training.row_adam import RowAdam
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
-from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble
+from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble, initial_rows
 
 BATCH = ["trainer.batch_size=32", "model.dropout=0.2"]  # 87 steps an epoch; dropout draws RNG
 SPARSE = [*TINY, *BATCH, "trainer.embedding_optimizer=sparse_adam"]
@@ -40,14 +45,31 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+@pytest.fixture(autouse=True)
+def seeded_tables(monkeypatch):
+    """Every table of these runs is drawn from its own generator (as 100k+ row tables are)."""
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Path:
     """The uninterrupted run, its table inside last.pt."""
     from mtlrec.experiment import run
 
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    run(compose_train(SPARSE), run_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+        run(compose_train(SPARSE), run_dir)
     return run_dir
+
+
+def named_files(ckpts: Path) -> set[str]:
+    """The table files the checkpoints of a dir name (an init entry names none)."""
+    named = set()
+    for name in ("best.pt", LAST, PREVIOUS):
+        chains = torch.load(ckpts / name, weights_only=True)["table_files"]["chains"]
+        named |= {e["file"] for chain in chains.values() for e in chain if e["file"]}
+    return named
 
 
 def train_rows(table: nn.Embedding, opt: RowAdam, ids: torch.Tensor) -> None:
@@ -103,6 +125,93 @@ def test_a_checkpoint_writes_the_changed_rows_only_and_assembles_the_exact_state
         assemble(third, tmp_path / "checkpoints" / LAST)
 
 
+def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seeded_init(tmp_path):
+    torch.manual_seed(0)
+    table = new_table(ROWS, DIM, 0.01)
+    init = seeded_init_of(table.weight)
+    assert init is not None
+    table.sparse = True  # what sparse_adam sets on the model's tables
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    (tmp_path / "checkpoints").mkdir()
+    save = lambda obj, path: torch.save(obj, path)  # noqa: E731
+    files = TableFiles(tmp_path / "checkpoints", opt, 0, save)
+    files.adopt({}, as_drawn=True)  # a new run without init_from
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, ROWS, 7))
+    first = checkpoint(files, table, opt, 1)
+    chain = first["table_files"]["chains"]["last"]
+    assert [(e["kind"], e["rows"]) for e in chain] == [
+        ("init", 0),
+        ("delta", len(range(0, ROWS, 7))),
+    ]
+    assert [p.name for p in files.directory.iterdir()] == [chain[1]["file"]]  # no base file
+    full = assemble(first, tmp_path / "checkpoints" / LAST)
+    assert torch.equal(full["model_state"]["weight"], table.weight)
+    state = full["optimizer_state"]["state"][0]
+    for key in ("moments", "last_step", "step"):
+        assert torch.equal(state[key], opt.state[table.weight][key]), key
+
+    untouched = torch.tensor([ROWS - 2, 1, 2])  # no multiple of 7: still as drawn
+    weight = initial_rows(chain[0], "model_state/weight", untouched)
+    assert torch.equal(weight, table.weight[untouched])
+    moments = initial_rows(chain[0], "optimizer_state/state/0/moments", untouched)
+    assert torch.equal(moments, torch.zeros(3, 2 * DIM))
+
+    fill = chain[0]["fills"]["model_state/weight"]
+    fill["seeded"] = {"seed": init.seed}  # edited: no std
+    with pytest.raises(MtlrecError, match=r"^\S+last.pt: the init entry of table model_state/"):
+        assemble(first, tmp_path / "checkpoints" / LAST)
+    fill["seeded"] = {**init.to_dict(), "seed": init.seed + 1}  # not the table's generator
+    with pytest.raises(MtlrecError) as info:
+        assemble(first, tmp_path / "checkpoints" / LAST)
+    assert str(info.value) == (
+        f"{tmp_path / 'checkpoints' / LAST}: table model_state/weight drawn again from its seeded "
+        f"init (seed {init.seed + 1}) does not match the fingerprint taken when it was first "
+        "drawn; use an older checkpoint"
+    )
+
+    # weights loaded over the table: a base file (the run passes no seeded inits with init_from
+    # or resume; this sampled check is a cheap second guard)
+    twin = new_table(ROWS, DIM, 0.01)
+    twin.sparse = True
+    with torch.no_grad():
+        twin.weight.mul_(2.0)
+    twin_opt = RowAdam(twin.parameters(), lr=0.01, catch_up=True)
+    files = TableFiles(tmp_path / "checkpoints", twin_opt, 0, save)
+    files.adopt({}, as_drawn=True)
+    assert files.seeded == {}
+    kinds = [
+        e["kind"] for e in checkpoint(files, twin, twin_opt, 1)["table_files"]["chains"]["last"]
+    ]
+    assert kinds == ["base"]
+
+
+def test_a_seeded_table_is_integers_rounded_once_and_a_small_table_keeps_its_init(monkeypatch):
+    init = SeededInit(123, 0.01, "", chunk_rows=1000)
+    weight = init.draw([2500, 3])  # three chunks, a generator each
+    scale = torch.tensor(3**0.5 * 0.01 / (1 << 23), dtype=torch.float32).double()
+    for chunk, rows in enumerate(weight.split(1000)):
+        g = torch.Generator().manual_seed(seeded_init._chunk_seed(123, chunk))
+        ints = torch.randint(0, 1 << 24, tuple(rows.shape), generator=g, dtype=torch.int32)
+        assert torch.equal(rows, ((ints - (1 << 23)).double() * scale).float())  # exact product
+    assert abs(float(weight.std()) - 0.01) < 3e-4 and float(weight.abs().max()) <= 3**0.5 * 0.01
+    assert not torch.equal(weight[:1000], weight[1000:2000])
+    rows = torch.tensor([2499, 3, 1500, 3, 0])
+    assert torch.equal(init.draw_rows([2500, 3], rows), weight[rows])  # two chunks drawn
+    assert fingerprint(weight) == fingerprint(init.draw([2500, 3]))
+    assert fingerprint(weight) != fingerprint(SeededInit(124, 0.01, "", 1000).draw([2500, 3]))
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 100_000)
+    torch.manual_seed(0)
+    small = new_table(99_999, 2, 0.05)
+    torch.manual_seed(0)
+    ref = nn.Embedding(99_999, 2)
+    nn.init.normal_(ref.weight, std=0.05)
+    assert seeded_init_of(small.weight) is None and torch.equal(
+        small.weight, ref.weight
+    )  # as before: N(0, std^2)
+
+
 def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resumes_exactly(
     tmp_path, straight, monkeypatch, caplog
 ):
@@ -113,8 +222,11 @@ def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resume
     run_dir, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
     with pytest.raises(TrainingInterrupted):
         run(compose_train(FILES), run_dir)
-    newest = torch.load(ckpts / LAST, weights_only=True)["table_files"]["chains"]["last"][-1]
-    delta = ckpts / TABLES_DIR / newest["file"]
+    chain = torch.load(ckpts / LAST, weights_only=True)["table_files"]["chains"]["last"]
+    # steps 16 and 32 and the stop: the new run's init, then only changed rows, no base file
+    assert [e["kind"] for e in chain] == ["init", "delta", "delta", "delta"]
+    assert not list((ckpts / TABLES_DIR).glob("*.base.pt"))
+    delta = ckpts / TABLES_DIR / chain[-1]["file"]
     data = bytearray(delta.read_bytes())
     data[len(data) // 2] ^= 0xFF
     delta.write_bytes(bytes(data))
@@ -132,11 +244,7 @@ def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resume
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
     run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, straight)
-    named = set()
-    for name in ("best.pt", LAST, PREVIOUS):
-        chains = torch.load(ckpts / name, weights_only=True)["table_files"]["chains"]
-        named |= {e["file"] for chain in chains.values() for e in chain}
-    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named  # nothing else kept
+    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named_files(ckpts)  # no others
 
 
 @pytest.mark.slow  # a second process
@@ -183,11 +291,52 @@ def test_kill_9_while_last_pt_is_written_resumes_exactly_from_the_previous_one(
     run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, straight)
     assert not list(ckpts.rglob("*.tmp"))
-    named = set()
-    for name in ("best.pt", LAST, PREVIOUS):
-        chains = torch.load(ckpts / name, weights_only=True)["table_files"]["chains"]
-        named |= {e["file"] for chain in chains.values() for e in chain}
-    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named
+    assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named_files(ckpts)
+
+
+@pytest.mark.slow  # two runs of 2 spawned ranks (~20 s each)
+def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_path):
+    """DDP: rank 0 writes the files, and a row only rank 1's batches used changes on rank 0 too
+    (the step applies the all-reduced sparse gradient). item_id's vocabulary is widened to 100k
+    ids (its ids unchanged), so the fused table is seeded on both ranks (the spawned ranks draw
+    it as any run does) and the chain starts at its init. The chain (mid-epoch checkpoints and
+    epoch ends) assembles to the state that a run keeping the table inside last.pt holds, to
+    the bit."""
+    from conftest import TINY_ROWS, run_training
+    from mtlrec.data.sources.synthetic_ccp import ensure_prepared
+
+    tiny, data = ensure_prepared(tmp_path / "tiny", TINY_ROWS, 0), tmp_path / "data"
+    spec = json.loads((tiny / "spec.json").read_text())
+    next(f for f in spec["features"] if f["name"] == "item_id")["vocab_size"] = 100_000
+    data.mkdir()
+    (data / "spec.json").write_text(json.dumps(spec))  # an edited copy: no checksums.json
+    for split_file in spec["splits"].values():
+        shutil.copy(tiny / split_file, data / split_file)
+    ranks = ["dataset=prepared", f"dataset.path={data}", "trainer.epochs=2", *BATCH]
+    ranks += ["trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
+    ranks += ["checkpoint.every_n_steps=10", "trainer.patience=null"]
+    files, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
+    whole, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    raw = torch.load(files / "checkpoints" / LAST, weights_only=True)
+    kinds = [e["kind"] for e in raw["table_files"]["chains"]["last"]]
+    assert kinds[0] == "init" and kinds[1:] and set(kinds[1:]) == {"delta"}
+    assert not list((files / "checkpoints" / TABLES_DIR).glob("*.base.pt"))
+    for name in (LAST, "best.pt"):
+        got, ref = (load_checkpoint(d / "checkpoints" / name) for d in (files, whole))
+        for key in ("model_state", "optimizer_state"):
+            a, b = (dict(_flat(p[key])) for p in (got, ref))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, key)
+
+
+def _flat(obj, prefix: str = ""):
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flat(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flat(v, f"{prefix}[{i}]")
 
 
 def test_the_setting_is_checked(tmp_path):

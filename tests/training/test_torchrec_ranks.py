@@ -1,6 +1,9 @@
-"""trainer.embedding_backend=torchrec on 2 gloo ranks (CPU): table_wise and column_wise each train like one process with the same global batch, the plan is saved, a table
+"""trainer.embedding_backend=torchrec on 2 gloo ranks (CPU): table_wise, column_wise and
+data_parallel each train like one process with the same global batch, the plan is saved, a table
 over one rank's budget trains when split over the ranks and is refused (one line) when it must sit
-on one rank, and `mtlrec evaluate` of a 2-rank run dir gives its test metrics.
+on one rank, and `mtlrec evaluate` of a 2-rank run dir gives its test metrics. Checkpoints keep
+each rank's shards in a DCP folder (checkpoint.sharded=auto; the table_wise run: gathered into
+last.pt): a kill -9 and a SIGTERM resume exactly, a damaged folder is refused.
 
 Every run here starts real processes (2 ranks, each importing TorchRec): slow.
 """
@@ -33,21 +36,33 @@ COMMON = [
 ]
 TWO_RANKS = ["trainer.batch_size=256", "trainer.devices=2"]
 BUDGET_MB = 2  # the tiny data's one table (30,809 x 16 floats, 1.9 MB) fits no single rank
-SHARDINGS = ("table_wise", "column_wise")  # data_parallel: refused on the CPU (settings test)
+SHARDINGS = ("table_wise", "column_wise", "data_parallel")
+# data_parallel (the table replicated, its gradient DDP's mean over the ranks, stepped by a torch
+# optimizer) trains with sgd at embedding_lr=1: a gradient summed over the ranks instead of
+# averaged would double every step at once, where Adagrad's step hardly changes with the
+# gradient's scale. Its one-process run is table_wise with the same optimizer.
+SETTINGS = {
+    "table_wise": [],
+    "column_wise": [f"trainer.shard_memory_mb={BUDGET_MB}"],
+    "data_parallel": ["trainer.embedding_optimizer=sgd", "trainer.embedding_lr=1"],
+}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(one process, {sharding: 2-rank run}): run dir and metrics.json of each."""
+    """({sharding: its one-process run}, {sharding: 2-rank run}): run dir and metrics.json."""
     tmp = tmp_path_factory.mktemp("torchrec_ranks")
-    single = run_training(
-        tmp, [*COMMON, "trainer.batch_size=512", "trainer.sharding=table_wise"], "single"
-    )
+    one = [*COMMON, "trainer.batch_size=512", "trainer.sharding=table_wise"]
+    adagrad = run_training(tmp, one, "single")
+    sgd = run_training(tmp, [*one, *SETTINGS["data_parallel"]], "single_sgd")
+    single = {"table_wise": adagrad, "column_wise": adagrad, "data_parallel": sgd}
     ranks = {}
     for sharding in SHARDINGS:
-        budget = [f"trainer.shard_memory_mb={BUDGET_MB}"] if sharding == "column_wise" else []
-        overrides = [*COMMON, *TWO_RANKS, f"trainer.sharding={sharding}", *budget]
-        ranks[sharding] = run_training(tmp, overrides, sharding)
+        # table_wise: the checkpoint layout of before (full tables in last.pt), which the
+        # resumed DCP run below must equal
+        layout = ["checkpoint.sharded=gathered"] if sharding == "table_wise" else []
+        overrides = [*COMMON, *TWO_RANKS, f"trainer.sharding={sharding}", *SETTINGS[sharding]]
+        ranks[sharding] = run_training(tmp, [*overrides, *layout], sharding)
     return single, ranks
 
 
@@ -64,8 +79,8 @@ RANKED_TOLERANCE = 1e-3
 
 @pytest.mark.parametrize("sharding", SHARDINGS)
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(runs, sharding):
-    (single_dir, single), ranks = runs
-    run_dir, metrics = ranks[sharding]
+    singles, ranks = runs
+    (single_dir, single), (run_dir, metrics) = singles[sharding], ranks[sharding]
     assert metrics["status"] == "completed"
     assert (metrics["world_size"], metrics["effective_batch_size"]) == (2, 512)
     assert metrics["metrics"].keys() == single["metrics"].keys()
@@ -91,6 +106,9 @@ def test_the_plan_is_saved_with_each_rank_s_shards(runs):
     column = plans["column_wise"]
     assert column["sharding_type"] == "column_wise" and sorted(column["ranks"]) == [0, 1]
     assert [s["sizes"] for s in column["shards"]] == [[30809, 8], [30809, 8]]  # 16 columns / 2
+    replicated = plans["data_parallel"]  # a whole replica on each rank: no shards
+    assert replicated["sharding_type"] == "data_parallel" and sorted(replicated["ranks"]) == [0, 1]
+    assert (replicated["compute_kernel"], replicated["shards"]) == ("dense", [])
 
 
 def test_a_table_over_one_rank_s_budget_is_refused_when_it_cannot_be_split(tmp_path, runs):
@@ -116,13 +134,20 @@ def test_a_table_over_one_rank_s_budget_is_refused_when_it_cannot_be_split(tmp_p
     )
 
 
-def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs):
-    """The checkpoint holds the ordinary layout (the shards gathered): `mtlrec evaluate` rebuilds
-    the native model in one process, without TorchRec's layer."""
+@pytest.mark.parametrize("sharding", ["column_wise", "data_parallel"])
+def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs, sharding):
+    """best.pt names a DCP folder of each rank's shards (data_parallel: the replicated table,
+    written once): `mtlrec evaluate` gathers it into the ordinary layout and rebuilds the native
+    model in one process, without TorchRec's layer."""
     from helpers.cli import mtlrec
 
     _, ranks = runs
-    run_dir, metrics = ranks["column_wise"]
+    run_dir, metrics = ranks[sharding]
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert not any(".tables." in k for k in best["model_state"])  # in the folder, not best.pt
+    folder = run_dir / "checkpoints" / best["sharded_tables"]["folder"]
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     done = mtlrec("evaluate", str(run_dir), "--split", "test", "--json", cwd=run_dir, timeout=300)
     assert done.returncode == 0, done.stderr
     again = json.loads(done.stdout)
@@ -133,12 +158,15 @@ def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs):
 
 
 def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch):
-    """2 ranks, table_wise: rank 1 killed (SIGKILL) at step 3 of the epoch's 5, after the step-2
-    checkpoint; the resume is stopped by a SIGTERM to the launcher (forwarded to both ranks) on
-    its first step; the second resume ends with the uninterrupted 2-rank run's metrics, weights
-    and fused optimizer state, exactly."""
+    """2 ranks, table_wise, shards in DCP folders: rank 1 killed (SIGKILL) at step 3 of the
+    epoch's 5, after the step-2 checkpoint; the resume loads each rank's shards and is stopped by
+    a SIGTERM to the launcher (forwarded to both ranks) on its first step; the second resume ends
+    with the uninterrupted 2-rank run's metrics, weights, best weights and fused optimizer state
+    (gathered into its last.pt), exactly. Then: only the folders a checkpoint names are left, and
+    a damaged or missing file is refused in one line naming it (the resume falls back)."""
     from conftest import TINY, compose_train
     from mtlrec.experiment import run
+    from mtlrec.training.checkpoint import load_checkpoint
     from mtlrec.training.distributed import FAULT_ENV, RankFailed
     from mtlrec.training.signals import TrainingInterrupted
 
@@ -156,7 +184,13 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
         run(compose_train(config), run_dir)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     last = run_dir / "checkpoints" / "last.pt"
-    assert torch.load(last, weights_only=True)["train_state"]["step"] == 2  # mid-epoch
+    saved = torch.load(last, weights_only=True)
+    assert saved["train_state"]["step"] == 2  # mid-epoch
+    manifest = saved["sharded_tables"]
+    assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert manifest["model_keys"] == ["embedding.tables.0.weight"]
+    assert "embedding.tables.0.weight" not in saved["model_state"]
+    assert "fused_tables" not in saved["optimizer_state"]
     resumed = compose_train([*config, f"resume={run_dir}"])
     monkeypatch.setenv(FAULT_ENV, "0:1:term")
     with pytest.raises(TrainingInterrupted) as info:
@@ -167,11 +201,87 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed"
     assert got["metrics"] == straight["metrics"]  # exact, every val/ and test/ metric
-    a = torch.load(last, weights_only=True)
+    a = load_checkpoint(last)  # the folder gathered into the ordinary layout
     b = torch.load(straight_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert "sharded_tables" not in b  # checkpoint.sharded=gathered: the full tables in last.pt
+    for part in ("model_state", "optimizer_state/fused_tables", "train_state/best_state"):
+        x, y = a, b
+        for key in part.split("/"):
+            x, y = x[key], y[key]
+        assert y and x.keys() == y.keys(), part
+        for k, v in y.items():
+            assert torch.equal(x[k], v), (part, k)
+    _check_sharded_files(run_dir / "checkpoints")
+
+
+def _check_sharded_files(checkpoints) -> None:
+    """The completed run above: last.pt (epoch end) and last.prev.pt (step 4) name one folder
+    each, best.pt is last.pt's file, and the folders of the killed and the SIGTERM'd runs'
+    checkpoints are gone. A damaged file of last.pt's folder: refused naming it, the resume
+    goes on from last.prev.pt; a missing one: refused naming it."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training.checkpoint import load_checkpoint, load_resumable
+
+    last, prev = checkpoints / "last.pt", checkpoints / "last.prev.pt"
+    manifests = [torch.load(p, weights_only=True)["sharded_tables"] for p in (last, prev)]
+    assert manifests[0]["best"]["folder"] == manifests[0]["folder"]  # epoch 1 is the best
+    assert (checkpoints / "best.pt").stat().st_ino == last.stat().st_ino  # no second copy
+    on_disk = {f"sharded/{p.name}" for p in (checkpoints / "sharded").iterdir()}
+    assert on_disk == {m["folder"] for m in manifests}
+    shard = checkpoints / manifests[0]["folder"] / "__0_0.distcp"  # rank 0 holds the table
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(MtlrecError) as info:
+        load_checkpoint(last)
+    assert str(info.value) == (
+        f"{last}: sharded tables file {shard} does not match its SHA-256 in the checkpoint "
+        "(corrupt, or from another run); use an older checkpoint"
+    )
+    assert load_resumable(checkpoints, gather=False)[1] == prev
+    gone = checkpoints / manifests[1]["folder"] / ".metadata"
+    gone.unlink()
+    with pytest.raises(MtlrecError) as info:
+        load_checkpoint(prev, gather=False)
+    assert str(info.value) == (
+        f"{prev}: its sharded tables file {gone} is missing (a checkpoint of sharded tables is "
+        "its .pt file plus the folder it names); use an older checkpoint"
+    )
+
+
+def test_a_replicated_table_resumes_exactly_after_a_sigterm(tmp_path, runs, monkeypatch):
+    """2 ranks, data_parallel, tables in DCP folders: a SIGTERM to the launcher at step 3 of the
+    epoch's 5 (a mid-epoch last.pt), then a resume: it ends with the uninterrupted run's metrics
+    and weights, exactly (the replicated table's sgd keeps no state; adagrad's is checked in one
+    process, tests/training/test_torchrec_training.py)."""
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+    from mtlrec.training.checkpoint import load_checkpoint
+    from mtlrec.training.distributed import FAULT_ENV
+    from mtlrec.training.signals import TrainingInterrupted
+
+    straight_dir, straight = runs[1]["data_parallel"]
+    run_dir = tmp_path / "run"
+    config = [
+        *TINY,
+        *COMMON,
+        *TWO_RANKS,
+        "trainer.sharding=data_parallel",
+        *SETTINGS["data_parallel"],
+    ]
+    monkeypatch.setenv(FAULT_ENV, "0:3:term")
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(config), run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["train_state"]["step"] == 3  # mid-epoch
+    monkeypatch.delenv(FAULT_ENV)
+    run(compose_train([*config, f"resume={run_dir}"]), run_dir)
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert (got["status"], got["metrics"]) == ("completed", straight["metrics"])  # exact
+    # both runs' tables in DCP folders (the replica written once), gathered here
+    a, b = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run_dir, straight_dir))
+    assert a["model_state"].keys() == b["model_state"].keys()
     for k, v in b["model_state"].items():
         assert torch.equal(a["model_state"][k], v), k
-    fused = b["optimizer_state"]["fused_tables"]
-    assert fused and fused.keys() == a["optimizer_state"]["fused_tables"].keys()
-    for k, v in fused.items():
-        assert torch.equal(a["optimizer_state"]["fused_tables"][k], v), k
+    (state,) = b["optimizer_state"]["replicated_tables"]  # the one table's sgd: its lr, no state
+    assert state["state"] == {} and state == a["optimizer_state"]["replicated_tables"][0]

@@ -14,6 +14,7 @@ from mtlrec.training import torchrec_backend
 from mtlrec.training.balance import balance_config
 from mtlrec.training.config import TrainerConfig
 from mtlrec.training.torchrec_backend import check_settings
+from mtlrec.training.torchrec_replicated import CUDA_SHARDED, planner_types
 
 TORCHREC = TrainerConfig(embedding_backend="torchrec")
 
@@ -45,11 +46,30 @@ def test_optimizers_and_sharding_the_cpu_cannot_run():
         "trainer.sharding=row_wise needs nccl (CUDA GPUs); on the CPU (gloo) use table_wise "
         "or column_wise"
     )
-    assert line(dataclasses.replace(TORCHREC, sharding="data_parallel")) == (
-        "trainer.sharding=data_parallel: FBGEMM's CPU kernel for replicated tables returns one "
-        "row per sample instead of one per id (TorchRec 1.8); on the CPU use table_wise or "
-        "column_wise"
+    check_settings(  # replicated tables train on the CPU too (torchrec_replicated)
+        dataclasses.replace(TORCHREC, sharding="data_parallel"), "cpu", balance_config(None)
     )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rowwise_adam"])
+def test_replicated_tables_have_no_lazy_adam(optimizer):
+    """CUDA's Adam kinds: a torch Adam on a replicated table would move every row each step."""
+    trainer = dataclasses.replace(TORCHREC, sharding="data_parallel", embedding_optimizer=optimizer)
+    assert line(trainer, device="cuda") == (
+        "trainer.sharding=data_parallel trains the replicated tables with a torch optimizer, "
+        f"which has no counterpart of FBGEMM's {optimizer} (it would move every row); use "
+        "rowwise_adagrad, adagrad or sgd, or another trainer.sharding"
+    )
+    # and with sharding=auto the planner may not replicate a table
+    assert planner_types("auto", torch.device("cuda"), optimizer) == CUDA_SHARDED
+    assert "data_parallel" not in CUDA_SHARDED
+
+
+def test_what_auto_lets_the_planner_choose():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert planner_types("auto", cpu, "adagrad") == ["table_wise", "column_wise", "data_parallel"]
+    assert planner_types("auto", cuda, "rowwise_adagrad") is None  # every type TorchRec has
+    assert planner_types("column_wise", cpu, "sgd") == ["column_wise"]
 
 
 @pytest.mark.parametrize(
@@ -65,6 +85,16 @@ def test_what_the_fused_optimizer_cannot_do_is_one_line(change, what):
     assert line(dataclasses.replace(TORCHREC, **change)) == (
         f"{what} does not work with trainer.embedding_backend=torchrec (the fused optimizer "
         "updates the tables inside the backward pass); use the native backend"
+    )
+
+
+def test_fp16_loss_scaling_is_refused():
+    """GradScaler unscales the gradients before the optimizer step: FBGEMM steps the tables
+    inside the backward, with the scaled ones."""
+    assert line(dataclasses.replace(TORCHREC, precision="fp16"), device="cuda") == (
+        "trainer.precision=fp16 does not work with trainer.embedding_backend=torchrec (FBGEMM's "
+        "fused optimizer would step the tables with GradScaler's scaled gradients); use "
+        "trainer.precision=bf16 or fp32"
     )
 
 
@@ -106,17 +136,32 @@ def test_a_width_fbgemm_cannot_hold_is_one_line():
     )
 
 
-def test_tables_over_the_rank_budget_are_refused_in_one_line():
+@pytest.mark.parametrize(
+    "sharding, refusal",
+    [
+        (
+            "table_wise",
+            "do not fit 1 rank(s) of 1 MB memory; raise trainer.devices, trainer.shard_memory_mb, "
+            "or let the tables be split (trainer.sharding=auto|column_wise)",
+        ),
+        (  # more ranks would not help: each holds a whole replica
+            "data_parallel",
+            "do not fit one rank's 1 MB memory (every rank holds a whole replica); raise "
+            "trainer.shard_memory_mb or shard the tables "
+            "(trainer.sharding=auto|table_wise|column_wise)",
+        ),
+    ],
+)
+def test_tables_over_the_rank_budget_are_refused_in_one_line(sharding, refusal):
     with pytest.raises(MtlrecError) as info:
         torchrec_backend.shard_layer(
             _layer(300_000, 4),
-            shard_settings(sharding="table_wise", shard_memory_mb=1),
+            shard_settings(sharding=sharding, shard_memory_mb=1),
             torch.device("cpu"),
         )
     assert str(info.value) == (
-        "trainer.sharding=table_wise: the embedding tables (300,000 x 4) and their optimizer "
-        "state do not fit 1 rank(s) of 1 MB memory; raise trainer.devices, "
-        "trainer.shard_memory_mb, or let the tables be split (trainer.sharding=auto|column_wise)"
+        f"trainer.sharding={sharding}: the embedding tables (300,000 x 4) and their optimizer "
+        f"state {refusal}"
     )
 
 

@@ -71,3 +71,38 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, straight, monkeypatch)
         assert torch.equal(a["model_state"][k], v), k
     for k, v in b["optimizer_state"]["fused_tables"].items():
         assert torch.equal(a["optimizer_state"]["fused_tables"][k], v), k
+
+
+def test_a_replicated_table_resumes_exactly_with_its_optimizer_state(tmp_path, monkeypatch):
+    """data_parallel in one process with adagrad: the replicated table's torch optimizer state
+    (its per-element sums) is in the checkpoint and a SIGTERM mid-epoch then resume ends with the
+    uninterrupted run's metrics, weights and that state, exactly."""
+    from mtlrec.experiment import run
+
+    config = [
+        *TINY,
+        *TORCHREC,
+        "trainer.sharding=data_parallel",
+        "trainer.embedding_optimizer=adagrad",
+    ]
+    straight_dir, straight = run_training(tmp_path, config[len(TINY) :], "straight")
+    run_dir = tmp_path / "run"
+    resumed = compose_train([*config, f"resume={run_dir}"])
+    stop_then_resume(
+        monkeypatch, run, compose_train(config), resumed, run_dir, k=STEPS_PER_EPOCH + 7
+    )
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["status"] == "completed"
+    assert got["metrics"] == straight["metrics"]
+    a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(straight_dir / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in b["model_state"].items():
+        assert torch.equal(a["model_state"][k], v), k
+    (want,), (have,) = (
+        b["optimizer_state"]["replicated_tables"],
+        a["optimizer_state"]["replicated_tables"],
+    )
+    (sums,) = [s["sum"] for s in want["state"].values()]
+    assert sums.shape == (30809, 16) and sums.abs().sum() > 0  # adagrad's state, trained
+    assert torch.equal(have["state"][0]["sum"], sums)
+    assert have["param_groups"] == want["param_groups"]

@@ -1,0 +1,131 @@
+"""Big embedding tables drawn from their own generator, so a checkpoint need not store their init.
+
+An embedding table of at least SEEDED_FROM_ROWS rows is initialised uniform(-a, a) with
+a = sqrt(3) * std (the variance of N(0, std^2), what smaller tables are drawn from), from a
+torch.Generator of its own whose seed is drawn from the global generator (the run's `seed` fixes
+it). The values are made without transcendental functions: 24-bit integers from torch.randint
+(the generator's integer stream), shifted to [-2^23, 2^23) (exact in float32) and multiplied by
+a / 2^23 once (one IEEE rounding). So `SeededInit.draw` gives the same bits on any CPU, torch
+build or thread count, and the table's initial weights are a function of (seed, shape, std): a
+checkpoint's table files (mtlrec/training/table_files.py) store that instead of the 1.28 GB of a
+20M-row table, plus the rows changed since. `fingerprint` (SHA-256 of a fixed sample of rows) is
+taken when the table is drawn and checked when it is drawn again. Each chunk of CHUNK_ROWS rows
+has a generator of its own, so `draw_rows` draws some rows again without the rest of the table.
+
+Smaller tables keep N(0, std^2) from the global generator, drawn as before: their numbers for a
+given seed are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+SEEDED_FROM_ROWS = 100_000  # the default checkpoint.table_files_min_rows
+FINGERPRINT_ROWS = 64
+CHUNK_ROWS = 1 << 16  # rows drawn at a time: the integer temporary stays small
+_HALF = 1 << 23
+_ATTRIBUTE = "mtlrec_seeded_init"
+
+
+@dataclass(frozen=True)
+class SeededInit:
+    """How a big table was initialised: its seed, the std, its fingerprint, and the rows drawn
+    per generator (chunk c of `chunk_rows` rows from a generator seeded by (seed, c), so the
+    rows of one chunk can be drawn again without the rows before them)."""
+
+    seed: int
+    std: float
+    fingerprint: str
+    chunk_rows: int = CHUNK_ROWS
+
+    @torch.no_grad()
+    def _draw_chunk(self, chunk: int, out: torch.Tensor) -> None:
+        generator = torch.Generator().manual_seed(_chunk_seed(self.seed, chunk))
+        ints = torch.randint(0, 2 * _HALF, out.shape, generator=generator, dtype=torch.int32)
+        scale = torch.tensor(math.sqrt(3.0) * self.std / _HALF, dtype=out.dtype)
+        torch.mul(ints.sub_(_HALF).to(out.dtype), scale, out=out)
+
+    def draw_into(self, weight: torch.Tensor) -> None:
+        """Fill `weight` (a CPU float tensor, rows first) with this init's values."""
+        for chunk, rows in enumerate(weight.split(self.chunk_rows)):
+            self._draw_chunk(chunk, rows)
+
+    def draw(self, shape: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        weight = torch.empty(shape, dtype=dtype)
+        self.draw_into(weight)
+        return weight
+
+    def draw_rows(
+        self, shape: list[int], rows: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The values of `rows` (ids, any order) of the table `draw(shape)` gives, drawing only
+        the chunks that hold them: O(chunks touched x chunk_rows), not O(table)."""
+        out = torch.empty([len(rows), *shape[1:]], dtype=dtype)
+        chunk_of = rows // self.chunk_rows
+        for chunk in chunk_of.unique().tolist():
+            first = chunk * self.chunk_rows
+            block = torch.empty([min(self.chunk_rows, shape[0] - first), *shape[1:]], dtype=dtype)
+            self._draw_chunk(chunk, block)
+            where = (chunk_of == chunk).nonzero().squeeze(1)
+            out[where] = block[rows[where] - first]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "std": self.std,
+            "fingerprint": self.fingerprint,
+            "chunk_rows": self.chunk_rows,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeededInit:
+        return cls(int(d["seed"]), float(d["std"]), str(d["fingerprint"]), int(d["chunk_rows"]))
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    """The generator seed of a chunk: (seed, chunk) mixed into 63 bits."""
+    digest = hashlib.sha256(f"{seed}/{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def fingerprint(weight: torch.Tensor) -> str:
+    """SHA-256 of FINGERPRINT_ROWS rows spread over the table (and its shape and dtype)."""
+    n = weight.shape[0]
+    rows = torch.linspace(0, max(n - 1, 0), FINGERPRINT_ROWS).round().long().unique()
+    sample = weight.detach().cpu().index_select(0, rows).contiguous()
+    h = hashlib.sha256(f"{list(weight.shape)}:{weight.dtype}".encode())
+    h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def new_table(rows: int, dim: int, std: float) -> nn.Embedding:
+    """An embedding table, initialised: seeded from SEEDED_FROM_ROWS rows (`seeded_init_of` its
+    weight: the SeededInit), else N(0, std^2) from the global generator (after nn.Embedding's
+    own draw, as ever)."""
+    if rows < SEEDED_FROM_ROWS:
+        table = nn.Embedding(rows, dim)
+        nn.init.normal_(table.weight, std=std)
+        return table
+    # drawn once, here: nn.Embedding's own N(0, 1) draw of the whole table is skipped
+    table = nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+    if table.weight.is_meta:  # a model built for its shapes only (memory checks): no values
+        return table
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    SeededInit(seed, std, "").draw_into(table.weight)
+    # on the parameter itself: whoever holds the table (an optimizer) finds how it was drawn
+    setattr(table.weight, _ATTRIBUTE, SeededInit(seed, std, fingerprint(table.weight)))
+    return table
+
+
+def seeded_init_of(weight: torch.Tensor) -> SeededInit | None:
+    """How `new_table` drew this weight (None: not seeded). The weight may have changed since:
+    the caller knows whether it still holds that init."""
+    init = getattr(weight, _ATTRIBUTE, None)
+    return init if isinstance(init, SeededInit) else None

@@ -1,0 +1,309 @@
+"""Checkpoints of tables TorchRec shards over several ranks: each rank writes and reads its own
+shards through torch.distributed.checkpoint (DCP); no rank gathers a table to checkpoint it.
+
+With trainer.embedding_backend=torchrec, trainer.devices > 1 and checkpoint.sharded=auto (the
+default), every checkpoint's tables and fused optimizer state go to a DCP folder
+checkpoints/sharded/<tag>/ that last.pt names (mtlrec.training.dcp_files: format, checks,
+gathering); the dense part, the train state and the RNG stay in last.pt. One process
+(trainer.devices=1) and checkpoint.sharded=gathered keep the ordinary layout (torchrec_backend
+gathers the shards into last.pt).
+
+Writing a checkpoint is a collective: rank 0 reaches `ShardedCheckpointer.write` from make_payload
+(through `externalize`, as TableFiles for the native path), the other ranks from their fit hooks
+(`ShardedPeerHooks`). The folder is written under <tag>.tmp, every file fsynced by DCP and hashed
+by the rank that wrote it, and renamed to <tag> by rank 0 before it writes the last.pt that names
+it; `collect` deletes the folders no checkpoint names. A resume (`restoring`) dcp.loads each
+rank's shards in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mtlrec.errors import MtlrecError
+from mtlrec.models.torchrec_embedding import torchrec_layers
+from mtlrec.training import dcp_files
+from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
+from mtlrec.training.table_files import TableFiles
+from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks
+from mtlrec.training.torchrec_backend import _table_states as table_states
+
+log = logging.getLogger(__name__)
+
+
+def sharded_layout(layout: str, model: nn.Module) -> bool:
+    """Whether this run's checkpoints keep its tables in DCP folders (module docstring)."""
+    return (
+        layout == "auto"
+        and bool(getattr(model, "sharded_tables", None))
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    )
+
+
+def local_tables(model: nn.Module) -> dict[str, Any]:
+    """{model_state key: the table as this rank holds it (a ShardedTensor, or a data_parallel
+    replica's tensor)} of every sharded layer, under the key a gathered checkpoint gives the full
+    table."""
+    prefix = {id(m): f"{name}." if name else "" for name, m in model.named_modules()}
+    out: dict[str, Any] = {}
+    for sharded in getattr(model, "sharded_tables", []):
+        for j, state in enumerate(table_states(sharded.module)):
+            out[f"{prefix[id(sharded.layer)]}tables.{j}.weight"] = state
+    return out
+
+
+class ShardedCheckpointer:
+    """A run's checkpoint folders (module docstring); TableFiles' interface for RunRecorder."""
+
+    def __init__(self, checkpoints: Path, model: nn.Module, optimizer: Any, is_main: bool):
+        self.checkpoints, self.model, self.optimizer = Path(checkpoints), model, optimizer
+        self.is_main = is_main
+        self.best: dict[str, Any] | None = None  # where the best weights' tables are
+        self._named: dict[tuple, set[str]] = {}  # collect's cache
+
+    def adopt(self, payload: dict, as_drawn: bool = False) -> None:
+        """Continue from a resumed checkpoint: its best tables' folder stays the best's
+        (`as_drawn`, TableFiles': sharded tables are written whole, seeded or not)."""
+        manifest = payload.get(SHARDED_KEY)
+        self.best = manifest.get("best") if manifest else None
+
+    def mark_best(self) -> None:
+        """Nothing: `write` finds the best tables by comparing them with the live shards."""
+
+    def collect(self) -> list[Path]:
+        return dcp_files.collect(self.checkpoints, self._named) if self.is_main else []
+
+    def externalize(self, payload: dict, epoch: int) -> dict:
+        """Rank 0, in make_payload: write the shards; the payload names the folder instead of
+        holding the tables (and, when a folder holds them, the best weights' tables)."""
+        train = payload.get("train_state")
+        best_state = train["best_state"] if train else {}
+        manifest = self.write(epoch, best_state)
+        out = {**payload, SHARDED_KEY: manifest}
+        if manifest["best"] is not None and train is not None:
+            kept = {k: v for k, v in best_state.items() if k not in manifest["best"]["keys"]}
+            out["train_state"] = {**train, "best_state": kept}
+        return out
+
+    def write(self, epoch: int, best_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Every rank: write this rank's shards to a new folder; the manifest (dcp_files)."""
+        import torch.distributed.checkpoint as dcp
+
+        started = time.perf_counter()
+        tag = [f"e{epoch}-{secrets.token_hex(6)}" if self.is_main else ""]
+        dist.broadcast_object_list(tag, src=0)
+        folder = f"{SHARDED_DIR}/{tag[0]}"
+        tables = local_tables(self.model)
+        fused = (
+            self.optimizer.fused.local_state()
+            if isinstance(self.optimizer, TorchRecOptimizer)
+            else {}
+        )
+        same_as_best = _equal_everywhere(tables, best_state)
+        temp = self.checkpoints / (folder + TEMP_SUFFIX)
+        temp.mkdir(parents=True, exist_ok=True)
+        state = {f"{MODEL}/{k}": v for k, v in tables.items()}
+        state.update({f"{FUSED}/{k}": v for k, v in fused.items()})
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
+        files, fused_keys = _written(temp, sorted(fused))
+        if self.is_main:
+            _publish(temp, self.checkpoints / folder)
+        if self.is_main:  # train.log only: what a checkpoint of the shards costs
+            size = sum((self.checkpoints / folder / name).stat().st_size for name in files)
+            log.info(
+                "checkpoint: %s, %.1f MiB from %d ranks in %.2fs",
+                folder,
+                size / 2**20,
+                dist.get_world_size(),
+                time.perf_counter() - started,
+                extra={"console": False},
+            )
+        if same_as_best:  # this folder holds the best weights' tables from now on
+            self.best = {"folder": folder, "files": files, "keys": sorted(tables)}
+        best = (
+            self.best
+            if self.best is not None and set(self.best["keys"]) <= set(best_state)
+            else None
+        )
+        return {
+            "format": dcp_files.FORMAT,
+            "folder": folder,
+            "files": files,
+            "model_keys": sorted(tables),
+            "fused_keys": fused_keys,
+            "best": best,
+            "world_size": dist.get_world_size(),
+        }
+
+
+def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor]) -> bool:
+    """Whether the best weights' tables equal the live ones on every rank (a collective)."""
+    same = bool(tables) and all(k in best_state for k in tables)
+    if same:
+        for key, value in tables.items():
+            if not hasattr(value, "local_shards"):  # a replicated (data_parallel) table
+                same = same and torch.equal(best_state[key].cpu(), value.cpu())
+                continue
+            for shard in value.local_shards():
+                offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                index = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
+                same = same and torch.equal(best_state[key][index].cpu(), shard.tensor.cpu())
+    nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    flag = torch.tensor([int(same)], device="cuda" if nccl else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _written(folder: Path, fused_keys: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({file: SHA-256} of every file DCP wrote to `folder`, the fused state's keys of all
+    ranks): each rank hashes its own files (rank 0 also the metadata) and names the fused state
+    it holds (a table on another rank has none here); every rank gets the whole of both."""
+    rank = dist.get_rank()
+    own = {
+        p.name: dcp_files.file_sha256(p)
+        for p in sorted(folder.iterdir())
+        if p.name.startswith(f"__{rank}_") or (rank == 0 and p.name == dcp_files.METADATA)
+    }
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (own, fused_keys))
+    files = {name: digest for part, _ in every for name, digest in sorted(part.items())}
+    return dict(sorted(files.items())), sorted({k for _, keys in every for k in keys})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """The complete folder under its final name, durably (before any last.pt names it); DCP
+    fsynced its files (sync_files=True)."""
+    _fsync_dir(temp)
+    os.rename(temp, final)
+    _fsync_dir(final.parent)
+
+
+@contextmanager
+def tables_elsewhere(model: nn.Module, optimizer: Any, active: bool = True) -> Iterator[None]:
+    """While active: the model's state_dict has no sharded table, the optimizer's no fused
+    state (they are in the DCP folder), and loading one does not ask for them."""
+    layers = torchrec_layers(model) if active else []
+    fused = getattr(optimizer, "fused", None) if active else None
+    for layer in layers:
+        layer.tables_in_state = False
+    if fused is not None:
+        fused.in_state = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.tables_in_state = True
+        if fused is not None:
+            fused.in_state = True
+
+
+def payload_context(tables: Any, model: nn.Module, optimizer: Any) -> Any:
+    """What make_payload runs in: tables_elsewhere when `tables` writes DCP folders."""
+    return tables_elsewhere(model, optimizer, isinstance(tables, ShardedCheckpointer))
+
+
+def checkpoint_files(
+    checkpoints: Path,
+    model: nn.Module,
+    optimizer: Any,
+    settings: Any,
+    is_main: bool,
+    write_file: Callable[[Any, Path], None],
+) -> TableFiles | ShardedCheckpointer:
+    """The checkpoint's table writer: DCP folders for sharded tables, else TableFiles."""
+    if sharded_layout(settings.sharded, model):
+        return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
+    rows = settings.table_files_min_rows if is_main else None
+    return TableFiles(checkpoints, optimizer, rows, write_file)
+
+
+class ShardedPeerHooks:
+    """The fit hooks of ranks other than 0: their part of each checkpoint's DCP folder."""
+
+    def __init__(self, tables: ShardedCheckpointer):
+        self.tables = tables
+
+    def on_checkpoint(self, state: Any) -> str:
+        self.tables.write(state.epoch, state.best_state)
+        return "rank 0's checkpoint"
+
+    def on_epoch_end(self, row: dict[str, Any], is_best: bool, state: Any) -> None:
+        self.tables.write(state.epoch, state.best_state)
+
+
+def fit_hooks(tables: Any, model: nn.Module, optimizer: Any) -> Any:
+    """A rank other than 0's fit hooks (None: it takes no part in checkpoints)."""
+    if isinstance(tables, ShardedCheckpointer):
+        return ShardedPeerHooks(tables)
+    return peer_hooks(model, optimizer)
+
+
+@contextmanager
+def restoring(
+    payload: dict, path: Path, model: nn.Module, optimizer: Any, layout: str
+) -> Iterator[dict]:
+    """Around restore_training on every rank: a checkpoint with DCP folders has each rank's
+    shards loaded in place (this run shards its tables too) or is gathered into the ordinary
+    layout (this run does not: one process, checkpoint.sharded=gathered). Its files were
+    verified by load_checkpoint."""
+    manifest = payload.get(SHARDED_KEY)
+    if manifest is None:
+        yield payload
+        return
+    if not sharded_layout(layout, model):
+        yield dcp_files.gather(payload, path)
+        return
+    _load_shards(manifest, path, model, optimizer)
+    out = payload
+    if manifest.get("best") and "train_state" in payload:
+        best = {
+            **payload["train_state"]["best_state"],
+            **dcp_files.read_best(manifest["best"], path),
+        }
+        out = {**payload, "train_state": {**payload["train_state"], "best_state": best}}
+    with tables_elsewhere(model, optimizer):
+        yield out
+
+
+def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    state = {f"{MODEL}/{k}": v for k, v in local_tables(model).items()}
+    if isinstance(optimizer, TorchRecOptimizer):
+        state.update({f"{FUSED}/{k}": v for k, v in optimizer.fused.local_state().items()})
+    saved = {f"{MODEL}/{k}" for k in manifest["model_keys"]}
+    saved |= {f"{FUSED}/{k}" for k in manifest["fused_keys"]}
+    if not set(state) <= saved:  # a rank may hold no part of a table's optimizer state
+        raise MtlrecError(
+            f"{path}: its sharded tables do not fit the model (no {sorted(set(state) - saved)[0]}"
+            "); resume with the run's own model and trainer.embedding_optimizer"
+        )
+    folder = path.parent / manifest["folder"]
+    try:
+        dcp.load(state, storage_reader=dcp_files.safe_reader(folder))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MtlrecError(
+            f"{path}: its sharded tables in {folder} do not fit this run's shards ({first}); "
+            "resume with the run's own settings"
+        ) from None

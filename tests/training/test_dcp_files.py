@@ -1,0 +1,140 @@
+"""The DCP folders of sharded tables (mtlrec/training/dcp_files.py), in one process: a folder is
+gathered into the ordinary layout, a damaged or missing file is refused naming it, a metadata
+pickle that would run code is refused without running it, and only folders no checkpoint names
+are collected. The 2-rank writing and resuming: tests/training/test_torchrec_ranks.py (slow)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from mtlrec.errors import MtlrecError
+from mtlrec.training import dcp_files
+from mtlrec.training.dcp_files import SHARDED_KEY
+
+TABLE = "embedding.tables.0.weight"
+FUSED_KEY = "0/collections.0.embeddings.table_0.weight/table_0.momentum1"
+
+
+def _folder(checkpoints: Path, name: str, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A DCP folder as a 1-rank run writes it; (its part of a manifest, what it holds)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        f"model_state/{TABLE}": torch.randn(50, 8, generator=g),
+        f"fused_tables/{FUSED_KEY}": torch.rand(50, 8, generator=g),
+    }
+    folder = checkpoints / "sharded" / name
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
+    files = {p.name: dcp_files.file_sha256(p) for p in sorted(folder.iterdir())}
+    return {"folder": f"sharded/{name}", "files": files}, state
+
+
+def _payload(checkpoints: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A payload naming folder `a` (its tables) and `b` (the best weights' tables)."""
+    now, state = _folder(checkpoints, "a", 0)
+    best, best_state = _folder(checkpoints, "b", 1)
+    manifest = {
+        "format": dcp_files.FORMAT,
+        **now,
+        "model_keys": [TABLE],
+        "fused_keys": [FUSED_KEY],
+        "best": {**best, "keys": [TABLE]},
+        "world_size": 2,
+    }
+    dense = {"towers.0.weight": torch.ones(3)}
+    payload = {
+        "model_state": dict(dense),
+        "optimizer_state": {"optimizers": []},
+        "train_state": {"best_state": dict(dense), "step": None},
+        SHARDED_KEY: manifest,
+    }
+    return payload, state, best_state
+
+
+def test_a_folder_is_gathered_into_the_ordinary_layout(tmp_path):
+    payload, state, best = _payload(tmp_path)
+    out = dcp_files.gather(payload, tmp_path / "last.pt")
+    assert SHARDED_KEY not in out
+    assert out["model_state"].keys() == {"towers.0.weight", TABLE}
+    assert torch.equal(out["model_state"][TABLE], state[f"model_state/{TABLE}"])
+    fused = out["optimizer_state"]["fused_tables"]
+    assert list(fused) == [FUSED_KEY]
+    assert torch.equal(fused[FUSED_KEY], state[f"fused_tables/{FUSED_KEY}"])
+    assert torch.equal(out["train_state"]["best_state"][TABLE], best[f"model_state/{TABLE}"])
+    assert torch.equal(out["train_state"]["best_state"]["towers.0.weight"], torch.ones(3))
+    assert SHARDED_KEY in payload and TABLE not in payload["model_state"]  # not changed
+
+
+def test_a_damaged_or_missing_file_is_refused_naming_it(tmp_path):
+    payload, _, _ = _payload(tmp_path)
+    ckpt = tmp_path / "best.pt"
+    shard = tmp_path / "sharded" / "b" / "__0_0.distcp"  # the best weights' folder
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, ckpt)
+    assert str(info.value) == (
+        f"{ckpt}: sharded tables file {shard} does not match its SHA-256 in the checkpoint "
+        "(corrupt, or from another run); use an older checkpoint"
+    )
+    shard.unlink()
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.verify(payload[SHARDED_KEY], ckpt)
+    assert str(info.value) == (
+        f"{ckpt}: its sharded tables file {shard} is missing (a checkpoint of sharded tables is "
+        "its .pt file plus the folder it names); use an older checkpoint"
+    )
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_metadata_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """Even with its SHA-256 in the manifest (last.pt and the folder both replaced)."""
+    payload, _, _ = _payload(tmp_path)
+    marker = tmp_path / "ran"
+    metadata = tmp_path / "sharded" / "a" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_RunsCode(marker)))
+    payload[SHARDED_KEY]["files"][".metadata"] = dcp_files.file_sha256(metadata)
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'last.pt'}: its sharded tables in {metadata.parent} cannot be read "
+        f"(UnpicklingError: {os.mkdir.__module__}.mkdir is not DCP metadata); use an older "
+        "checkpoint"
+    )
+    assert not marker.exists()
+
+
+def test_only_folders_no_checkpoint_names_are_collected(tmp_path):
+    payload, _, _ = _payload(tmp_path)
+    torch.save(payload, tmp_path / "last.pt")  # names a and (its best) b
+    for name in ("c", "d.tmp"):  # an orphan (a kill before last.pt), an unfinished write
+        _folder(tmp_path, name, 2)
+    cache: dict = {}
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    assert dcp_files.collect(tmp_path, cache) == []  # an unreadable checkpoint: keep all
+    (tmp_path / "foreign.pt").unlink()
+    removed = dcp_files.collect(tmp_path, cache)
+    assert sorted(p.name for p in removed) == ["c", "d.tmp"]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+
+
+def test_the_setting_is_checked(tmp_path):
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+
+    with pytest.raises(MtlrecError) as info:
+        run(compose_train([*TINY, "checkpoint.sharded=rank0"]), Path(tmp_path) / "r")
+    assert str(info.value) == "checkpoint.sharded must be auto or gathered, got 'rank0'"
