@@ -310,14 +310,22 @@ def _assemble_chain(entries: list[dict], names: set[str], checkpoint: Path) -> d
 def _initial(name: str, entry: dict, checkpoint: Path) -> torch.Tensor:
     """A tensor of an "init" entry: a weight drawn again from its seeded init (checked against
     its fingerprint), or the zeros of a fresh optimizer state."""
-    fill = entry["fills"].get(name)
-    dtype = getattr(torch, str(fill["dtype"]), None) if fill is not None else None
-    if not isinstance(dtype, torch.dtype):
+    fill = entry.get("fills", {}).get(name)
+    if fill is None:
         raise MtlrecError(f"{checkpoint}: its table files lack {name} (no init entry for it)")
-    if "seeded" not in fill:
-        return torch.zeros(fill["shape"], dtype=dtype)
-    init = SeededInit.from_dict(fill["seeded"])
-    weight = init.draw(fill["shape"], dtype)
+    try:
+        dtype = getattr(torch, str(fill["dtype"]))
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype {fill['dtype']!r}")
+        if "seeded" not in fill:
+            return torch.zeros(fill["shape"], dtype=dtype)
+        init = SeededInit.from_dict(fill["seeded"])
+        weight = init.draw(fill["shape"], dtype)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # edited/foreign
+        raise MtlrecError(
+            f"{checkpoint}: the init entry of table {name} is malformed ({type(e).__name__}: "
+            f"{e}); use an older checkpoint"
+        ) from None
     if fingerprint(weight) != init.fingerprint:
         raise MtlrecError(
             f"{checkpoint}: table {name} drawn again from its seeded init (seed {init.seed}) does "

@@ -157,7 +157,11 @@ def test_a_new_runs_first_checkpoint_writes_the_changed_rows_only_over_its_seede
     moments = initial_rows(chain[0], "optimizer_state/state/0/moments", untouched)
     assert torch.equal(moments, torch.zeros(3, 2 * DIM))
 
-    chain[0]["fills"]["model_state/weight"]["seeded"]["seed"] += 1  # not the table's generator
+    fill = chain[0]["fills"]["model_state/weight"]
+    fill["seeded"] = {"seed": init.seed}  # edited: no std
+    with pytest.raises(MtlrecError, match=r"^\S+last.pt: the init entry of table model_state/"):
+        assemble(first, tmp_path / "checkpoints" / LAST)
+    fill["seeded"] = {**init.to_dict(), "seed": init.seed + 1}  # not the table's generator
     with pytest.raises(MtlrecError) as info:
         assemble(first, tmp_path / "checkpoints" / LAST)
     assert str(info.value) == (
