@@ -217,15 +217,11 @@ def holds_a_run(path: Path) -> bool:
     path = Path(path)
     if (path / HISTORY_FILE).exists() or read_info(path).get("status") == "completed":
         return True
-    checkpoints = path / CHECKPOINT_DIR
-    return checkpoints.is_dir() and any(_is_checkpoint(p) for p in checkpoints.iterdir())
-
-
-def _is_checkpoint(entry: Path) -> bool:
-    """A checkpoint (last.pt, best.pt, ...: even a directory of that name is not ignored). The
-    folders beside them (tables/, sharded/) only hold parts that a .pt file names: alone, as a
-    kill during the first checkpoint's write leaves them, there is nothing to resume from."""
-    return not entry.name.startswith(".") and (entry.suffix == ".pt" or not entry.is_dir())
+    checkpoints = path / CHECKPOINT_DIR  # its tables/, sharded/ alone are no checkpoint: parts
+    return checkpoints.is_dir() and any(  # a .pt names (a kill in the first one's write left them)
+        not p.name.startswith(".") and (p.suffix == ".pt" or not p.is_dir())
+        for p in checkpoints.iterdir()
+    )
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
