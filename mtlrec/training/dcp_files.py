@@ -17,7 +17,9 @@ second copy). The DCP keys are the ordinary payload paths (`model_state/<key>`,
 
 Nothing read here executes code: every file's SHA-256 is checked against the manifest (itself
 inside a weights_only last.pt) before DCP reads it, DCP's `.metadata` pickle is read by an
-unpickler that builds only DCP's metadata classes, and the tensors by torch.load(weights_only).
+unpickler that builds only DCP's metadata classes, a folder whose entries are not all tensors is
+refused (DCP would read another item with torch.load(weights_only=False)), and the tensors by
+torch.load(weights_only).
 """
 
 from __future__ import annotations
@@ -113,13 +115,18 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata(folder: Path) -> Any:
-    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler)."""
-    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler).
+    Every entry must be a tensor: DCP reads any other item (BytesStorageMetadata) with
+    torch.load(weights_only=False), which would run the code a crafted file holds."""
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
     data = (folder / METADATA).read_bytes()
     metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     if not isinstance(metadata, Metadata):
         raise pickle.UnpicklingError("not DCP metadata")
+    for key, entry in metadata.state_dict_metadata.items():
+        if type(entry) is not TensorStorageMetadata:
+            raise pickle.UnpicklingError(f"{key} is a {type(entry).__name__}, not a tensor")
     if getattr(metadata, "storage_meta", None) is None:
         metadata.storage_meta = StorageMeta()
     return metadata
