@@ -24,7 +24,6 @@ torch.load(weights_only).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,6 @@ SHARDED_DIR = "sharded"  # checkpoints/sharded/<tag>/: one folder per checkpoint
 TEMP_SUFFIX = ".tmp"  # a folder being written; renamed once complete
 MODEL, FUSED = "model_state", "fused_tables"  # DCP key prefixes
 METADATA = ".metadata"  # DCP's index of the folder
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folders_named(manifest: dict[str, Any]) -> set[str]:

@@ -36,8 +36,7 @@ from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
 from mtlrec.training.table_files import TableFiles
-from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks
-from mtlrec.training.torchrec_backend import _table_states as table_states
+from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
 from mtlrec.training.torchrec_table_files import fused_table_rows
 
 log = logging.getLogger(__name__)
