@@ -234,7 +234,26 @@ def checkpoint_files(
     if sharded_layout(settings.sharded, model):
         return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
     rows = settings.table_files_min_rows if is_main else None
-    return TableFiles(checkpoints, optimizer, rows, write_file)
+    return GatheredTables(checkpoints, optimizer, rows, write_file, is_main)
+
+
+class GatheredTables(TableFiles):
+    """TableFiles, which also deletes the DCP folders no checkpoint names any more: those of a
+    sharded run's checkpoints before it was resumed in one process or with
+    checkpoint.sharded=gathered (rank 0; no folder is written meanwhile)."""
+
+    def __init__(
+        self, checkpoints: Path, optimizer: Any, rows: int | None, write_file: Any, is_main: bool
+    ):
+        super().__init__(checkpoints, optimizer, rows, write_file)
+        self.checkpoints, self.is_main = Path(checkpoints), is_main
+        self._named: dict[tuple, set[str]] = {}  # collect's cache
+
+    def collect(self) -> list[Path]:
+        removed = super().collect()
+        if self.is_main:  # a stat when the run never had a folder
+            removed += dcp_files.collect(self.checkpoints, self._named)
+        return removed
 
 
 class ShardedPeerHooks:
