@@ -231,7 +231,7 @@ def keep_weights(
     kept: dict[str, torch.Tensor], current: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """`current` (a state dict) kept as the best weights: copied into the tensors of the previous
-    `kept` when they fit, so a large table is never held twice; else a new deep copy."""
+    `kept` when they fit, so a large table is never held twice; else a new copy."""
     reusable = kept.keys() == current.keys() and all(
         torch.is_tensor(v)
         and kept[k].shape == v.shape
@@ -239,8 +239,11 @@ def keep_weights(
         and kept[k].device == v.device
         for k, v in current.items()
     )
-    if not reusable:
-        return copy.deepcopy(current)
+    if not reusable:  # clones: a view's own elements, never all of the storage it views
+        return {
+            k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+            for k, v in current.items()
+        }
     for k, v in current.items():
         kept[k].copy_(v)
     return kept

@@ -36,8 +36,8 @@ from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
 from mtlrec.training.table_files import TableFiles
-from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks
-from mtlrec.training.torchrec_backend import _table_states as table_states
+from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
+from mtlrec.training.torchrec_table_files import fused_table_rows
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ def checkpoint_files(
     if sharded_layout(settings.sharded, model):
         return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
     rows = settings.table_files_min_rows if is_main else None
-    return TableFiles(checkpoints, optimizer, rows, write_file)
+    fused = fused_table_rows(model, optimizer, rows)  # one process' TorchRec tables, tracked
+    return TableFiles(checkpoints, optimizer, rows, write_file, fused)
 
 
 class ShardedPeerHooks:
