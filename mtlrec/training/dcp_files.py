@@ -17,12 +17,13 @@ second copy). The DCP keys are the ordinary payload paths (`model_state/<key>`,
 
 Nothing read here executes code: every file's SHA-256 is checked against the manifest (itself
 inside a weights_only last.pt) before DCP reads it, DCP's `.metadata` pickle is read by an
-unpickler that builds only DCP's metadata classes, and the tensors by torch.load(weights_only).
+unpickler that builds only DCP's metadata classes, a folder whose entries are not all tensors is
+refused (DCP would read another item with torch.load(weights_only=False)), and the tensors by
+torch.load(weights_only).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,6 @@ SHARDED_DIR = "sharded"  # checkpoints/sharded/<tag>/: one folder per checkpoint
 TEMP_SUFFIX = ".tmp"  # a folder being written; renamed once complete
 MODEL, FUSED = "model_state", "fused_tables"  # DCP key prefixes
 METADATA = ".metadata"  # DCP's index of the folder
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folders_named(manifest: dict[str, Any]) -> set[str]:
@@ -113,13 +107,18 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata(folder: Path) -> Any:
-    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler)."""
-    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler).
+    Every entry must be a tensor: DCP reads any other item (BytesStorageMetadata) with
+    torch.load(weights_only=False), which would run the code a crafted file holds."""
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
     data = (folder / METADATA).read_bytes()
     metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     if not isinstance(metadata, Metadata):
         raise pickle.UnpicklingError("not DCP metadata")
+    for key, entry in metadata.state_dict_metadata.items():
+        if type(entry) is not TensorStorageMetadata:
+            raise pickle.UnpicklingError(f"{key} is a {type(entry).__name__}, not a tensor")
     if getattr(metadata, "storage_meta", None) is None:
         metadata.storage_meta = StorageMeta()
     return metadata

@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,9 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
-from mtlrec.training.table_files import TableFiles
-from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks
-from mtlrec.training.torchrec_backend import _table_states as table_states
+from mtlrec.training.table_files import TableFiles, TrackedTable
+from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
+from mtlrec.training.torchrec_table_files import fused_table_rows
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ def checkpoint_files(
     if sharded_layout(settings.sharded, model):
         return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
     rows = settings.table_files_min_rows if is_main else None
-    return GatheredTables(checkpoints, optimizer, rows, write_file, is_main)
+    fused = fused_table_rows(model, optimizer, rows)  # one process' TorchRec tables, tracked
+    return GatheredTables(checkpoints, optimizer, rows, write_file, is_main, fused)
 
 
 class GatheredTables(TableFiles):
@@ -243,9 +244,15 @@ class GatheredTables(TableFiles):
     checkpoint.sharded=gathered (rank 0; no folder is written meanwhile)."""
 
     def __init__(
-        self, checkpoints: Path, optimizer: Any, rows: int | None, write_file: Any, is_main: bool
+        self,
+        checkpoints: Path,
+        optimizer: Any,
+        rows: int | None,
+        write_file: Any,
+        is_main: bool,
+        extra: Sequence[TrackedTable] = (),
     ):
-        super().__init__(checkpoints, optimizer, rows, write_file)
+        super().__init__(checkpoints, optimizer, rows, write_file, extra)
         self.checkpoints, self.is_main = Path(checkpoints), is_main
         self._named: dict[tuple, set[str]] = {}  # collect's cache
 

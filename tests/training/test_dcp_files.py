@@ -153,3 +153,38 @@ def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path)
     tables = GatheredTables(tmp_path, optimizer, 100_000, lambda body, path: None, True)
     assert [p.name for p in tables.collect()] == ["c"]
     assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+
+
+def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_without_running_it(
+    tmp_path,
+):
+    """DCP reads a non-tensor item with torch.load(weights_only=False): a folder whose table is
+    such an item (its metadata made to look like a tensor's, the SHA-256s in the manifest) would
+    run the code of its pickle."""
+    from torch.distributed.checkpoint.metadata import TensorProperties
+
+    payload, _, _ = _payload(tmp_path)
+    marker, folder = tmp_path / "ran", tmp_path / "sharded" / "a"
+    for file in folder.iterdir():
+        file.unlink()
+    with pytest.warns(UserWarning):  # DCP: "torch.distributed is ... uninitialized"
+        dcp.save(
+            {f"model_state/{TABLE}": _RunsCode(marker)},
+            storage_writer=dcp.FileSystemWriter(folder),
+            no_dist=True,
+        )
+    with open(folder / ".metadata", "rb") as f:
+        metadata = pickle.load(f)
+    entry = metadata.state_dict_metadata[f"model_state/{TABLE}"]  # BytesStorageMetadata
+    entry.size, entry.properties = torch.Size([50, 8]), TensorProperties(dtype=torch.float32)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    manifest = payload[SHARDED_KEY]
+    manifest["files"] = {p.name: dcp_files.file_sha256(p) for p in sorted(folder.iterdir())}
+    manifest["fused_keys"] = []
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'last.pt'}: its sharded tables in {folder} cannot be read (UnpicklingError: "
+        f"model_state/{TABLE} is a BytesStorageMetadata, not a tensor); use an older checkpoint"
+    )
+    assert not marker.exists()
