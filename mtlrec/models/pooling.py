@@ -236,16 +236,17 @@ class TargetAttention(nn.Module):
     def _written_out(self, k: torch.Tensor) -> bool:
         """Whether _AttendPositions computes pool_positions: the unit FieldEmbedding builds (one
         hidden layer, one PReLU slope), on CPU, in the parameters' dtype, and not while an export
-        or the compiler records the layers as they are."""
+        or the compiler records the layers as they are (checked first: an export must not reach
+        the data-dependent count of positions)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return False
         return (
             len(self.unit) == 3
-            and k.shape[0] > 0  # a batch without any position: nothing to write out
             and cast(nn.PReLU, self.unit[1]).weight.numel() == 1
             and k.device.type == "cpu"
             and k.dtype == cast(nn.Linear, self.unit[0]).weight.dtype
             and not torch.is_autocast_enabled("cpu")  # bf16 keeps autocast's own casts
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            and k.shape[0] > 0  # a batch without any position: nothing to write out
         )
 
     def _pool_positions_by_layers(

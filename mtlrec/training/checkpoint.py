@@ -30,7 +30,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
-from mtlrec.training.table_files import assemble
+from mtlrec.training.table_files import TABLES_DIR, TABLES_KEY, assemble
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,26 @@ def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
             dcp_files.verify(payload[dcp_files.SHARDED_KEY], path)
         return payload
     return dcp_files.gather(payload, path)  # tables sharded in a DCP folder: full tensors
+
+
+def parts_of(checkpoint: Path) -> list[Path]:
+    """The files beside `checkpoint` that it names (its table files, the files of its DCP
+    folders): what must go with it, under the same relative paths, for it to load anywhere else.
+    [] when it names none or cannot be read."""
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        directory = Path(checkpoint).parent
+        chains = payload.get(TABLES_KEY, {}).get("chains", {})
+        files = {
+            directory / TABLES_DIR / e["file"] for c in chains.values() for e in c if e["file"]
+        }
+        manifest = payload.get(dcp_files.SHARDED_KEY) or {}
+        for part in (manifest, manifest.get("best") or {}):
+            files |= {directory / part["folder"] / name for name in part.get("files", {})}
+    except Exception as e:  # foreign or damaged: loading it says why, not this
+        log.debug("%s: no parts read (%s)", checkpoint, e)
+        return []
+    return sorted(files)
 
 
 def _is_torchscript(path: Path) -> bool:

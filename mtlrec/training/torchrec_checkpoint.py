@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
-from mtlrec.training.table_files import TableFiles
+from mtlrec.training.table_files import TableFiles, TrackedTable
 from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
 from mtlrec.training.torchrec_table_files import fused_table_rows
 
@@ -235,7 +235,32 @@ def checkpoint_files(
         return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
     rows = settings.table_files_min_rows if is_main else None
     fused = fused_table_rows(model, optimizer, rows)  # one process' TorchRec tables, tracked
-    return TableFiles(checkpoints, optimizer, rows, write_file, fused)
+    return GatheredTables(checkpoints, optimizer, rows, write_file, is_main, fused)
+
+
+class GatheredTables(TableFiles):
+    """TableFiles, which also deletes the DCP folders no checkpoint names any more: those of a
+    sharded run's checkpoints before it was resumed in one process or with
+    checkpoint.sharded=gathered (rank 0; no folder is written meanwhile)."""
+
+    def __init__(
+        self,
+        checkpoints: Path,
+        optimizer: Any,
+        rows: int | None,
+        write_file: Any,
+        is_main: bool,
+        extra: Sequence[TrackedTable] = (),
+    ):
+        super().__init__(checkpoints, optimizer, rows, write_file, extra)
+        self.checkpoints, self.is_main = Path(checkpoints), is_main
+        self._named: dict[tuple, set[str]] = {}  # collect's cache
+
+    def collect(self) -> list[Path]:
+        removed = super().collect()
+        if self.is_main:  # a stat when the run never had a folder
+            removed += dcp_files.collect(self.checkpoints, self._named)
+        return removed
 
 
 class ShardedPeerHooks:

@@ -140,6 +140,21 @@ def test_the_setting_is_checked(tmp_path):
     assert str(info.value) == "checkpoint.sharded must be auto or gathered, got 'rank0'"
 
 
+def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path):
+    """A sharded run resumed in one process (or checkpoint.sharded=gathered) writes full tables;
+    its collection also deletes the folders its checkpoints no longer name, keeping best.pt's."""
+    from mtlrec.training.torchrec_checkpoint import GatheredTables
+
+    payload, _, _ = _payload(tmp_path)
+    torch.save(payload, tmp_path / "best.pt")  # the best epoch's, sharded: names a and b
+    _folder(tmp_path, "c", 2)  # the folder of a last.pt since replaced by a gathered one
+    torch.save({"model_state": {}}, tmp_path / "last.pt")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    tables = GatheredTables(tmp_path, optimizer, 100_000, lambda body, path: None, True)
+    assert [p.name for p in tables.collect()] == ["c"]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+
+
 def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_without_running_it(
     tmp_path,
 ):
