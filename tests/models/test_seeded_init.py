@@ -26,7 +26,9 @@ def test_threads_draw_the_same_bits_as_one_thread_and_as_the_definition():
     shape = [5000, 6]  # 8 chunks, the last one short
     one = torch.empty(shape)
     init.draw_into(one, workers=1)
-    assert torch.equal(one.view(torch.int32), by_definition(init, shape, torch.float32).view(torch.int32))
+    assert torch.equal(
+        one.view(torch.int32), by_definition(init, shape, torch.float32).view(torch.int32)
+    )
     for workers in (2, 3, 8, 64):
         many = torch.full(shape, float("nan"))  # every row must be written
         init.draw_into(many, workers=workers)
