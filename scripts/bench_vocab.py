@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,9 +177,13 @@ def main() -> None:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run with the median samples/s (its RSS and AUCs with it; AUCs are the same anyway)."""
+    """The run with the median samples/s (its RSS and AUCs with it; AUCs are the same anyway),
+    with the median start-up of all the runs (a run's start-up and its training speed vary
+    with the load independently)."""
     ordered = sorted(runs, key=lambda r: r["samples_per_s"])
-    return {**ordered[len(ordered) // 2], "repeats": len(runs)}
+    startups = [r["startup_seconds"] for r in runs if r.get("startup_seconds") is not None]
+    startup = statistics.median(startups) if startups else None
+    return {**ordered[len(ordered) // 2], "startup_seconds": startup, "repeats": len(runs)}
 
 
 def print_table(results: list[dict], smallest: int) -> None:
