@@ -313,6 +313,7 @@ def restoring(
 
 def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = {f"{MODEL}/{k}": v for k, v in local_tables(model).items()}
     if isinstance(optimizer, TorchRecOptimizer):
@@ -327,9 +328,9 @@ def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -
     folder = path.parent / manifest["folder"]
     try:
         dcp.load(state, storage_reader=dcp_files.safe_reader(folder))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (Exception, CheckpointException) as e:  # CheckpointException: a BaseException
         raise MtlrecError(
-            f"{path}: its sharded tables in {folder} do not fit this run's shards ({first}); "
-            "resume with the run's own settings"
+            f"{path}: its sharded tables in {folder} do not fit this run's shards "
+            f"({dcp_files.failure(e)}); resume with the run's own settings (written by "
+            f"{manifest.get('world_size')} ranks: trainer.devices={manifest.get('world_size')})"
         ) from None

@@ -188,3 +188,20 @@ def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_withou
         f"model_state/{TABLE} is a BytesStorageMetadata, not a tensor); use an older checkpoint"
     )
     assert not marker.exists()
+
+
+def test_a_folder_dcp_cannot_read_is_one_line_not_a_traceback(tmp_path):
+    """DCP raises a CheckpointException (a BaseException, not an Exception) for what fails inside
+    it: here a shard file that matches the manifest's SHA-256 but is not what .metadata says."""
+    payload, _, _ = _payload(tmp_path)
+    shard = tmp_path / "sharded" / "a" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, its digest written into last.pt
+    payload[SHARDED_KEY]["files"][shard.name] = dcp_files.file_sha256(shard)
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'last.pt'}: its sharded tables in {shard.parent} cannot be read ("
+    )
+    assert message.endswith("); use an older checkpoint") and "\n" not in message
+    assert "CheckpointException" not in message  # the cause DCP wraps, not the wrapper
