@@ -59,6 +59,11 @@ class TrackedTable(Protocol):
 
     rows: int
     changed: torch.Tensor
+    seeded: SeededInit | None  # how its weight was drawn (None: not seeded)
+
+    def fresh(self) -> bool:
+        """Its optimizer state is as at the start (zeros)."""
+        ...
 
     def tensors(self) -> list[tuple[str, torch.Tensor]]: ...
 
@@ -98,8 +103,6 @@ class TableFiles:
         """table index -> its seeded init, when every tracked table was seeded and still holds
         that init (its sampled rows) and a fresh optimizer state: the first checkpoint's base is
         then an "init" entry, no file. Else (any table not seeded or already changed) {}."""
-        if self.extra:  # not seeded by the model: a base file
-            return {}
         inits = {i: seeded_init_of(p) for i, (_, p) in enumerate(self.tables)}
         fresh = all(
             init is not None
@@ -107,6 +110,11 @@ class TableFiles:
             and fingerprint(p.data) == init.fingerprint
             for (opt, p), init in zip(self.tables, inits.values(), strict=True)
         )
+        for k, table in enumerate(self.extra, start=len(self.tables)):
+            inits[k] = init = table.seeded
+            weight = dict(table.tensors())["weight"]
+            fresh = fresh and init is not None and table.fresh()
+            fresh = fresh and init is not None and fingerprint(weight) == init.fingerprint
         return {i: init for i, init in inits.items() if init is not None} if fresh else {}
 
     def adopt(self, payload: dict, as_drawn: bool = False) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mtlrec.models.seeded_init import SeededInit
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, feature_name
 from mtlrec.training.torchrec_backend import gather_full
 
@@ -36,8 +37,9 @@ from mtlrec.training.torchrec_backend import gather_full
 class FusedTableRows:
     """One fused table of a one-process run as TableFiles tracks it (table_files.TrackedTable)."""
 
-    def __init__(self, module: nn.Module, j: int, fused_keys: list[str], fused: Any):
+    def __init__(self, module: nn.Module, j: int, fused_keys: list[str], fused: Any, seeded: Any):
         self.module, self.j, self.fused_keys, self.fused = module, j, fused_keys, fused
+        self.seeded: SeededInit | None = seeded  # the native table's init (models/seeded_init)
         self.rows = int(self.weight().shape[0])
         self.changed = torch.zeros(self.rows, dtype=torch.bool)
 
@@ -52,6 +54,10 @@ class FusedTableRows:
         """{FusedTables key: its own tensor} of this table's per-row optimizer state."""
         local = self.fused.local_state()
         return {k: _whole_local(local[k]) for k in self.fused_keys}
+
+    def fresh(self) -> bool:
+        """The fused state is all zeros (as FBGEMM starts it)."""
+        return all(not t.any() for t in self.states().values())
 
     def tensors(self) -> list[tuple[str, torch.Tensor]]:
         return [("weight", self.weight()), *self.states().items()]
@@ -99,7 +105,8 @@ def fused_table_rows(
         for j, (rows, _) in enumerate(s.layer.table_shapes):
             param = f"{i}/collections.{j}.embeddings.{feature_name(j)}.weight/"
             mine = [k for k in keys if k.startswith(param)]
-            table = FusedTableRows(s.module, j, mine, fused)
+            seeds = getattr(s.layer, "initial_seeds", [])
+            table = FusedTableRows(s.module, j, mine, fused, seeds[j] if j < len(seeds) else None)
             if rows >= min_rows and _fused(table, rows):
                 tables[j] = table
         if tables:

@@ -15,32 +15,41 @@ pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_tor
 
 from conftest import TINY, compose_train  # noqa: E402
 from helpers.stops import stop_then_resume  # noqa: E402
+from mtlrec.models import seeded_init  # noqa: E402
 from mtlrec.training.checkpoint import LAST, load_checkpoint  # noqa: E402
 from mtlrec.training.table_files import TABLES_KEY  # noqa: E402
 
 # 3 epochs, no early stop: epoch 1 is the best (checked), 2 and 3 change rows after it
-TORCHREC = [*TINY, "trainer.embedding_backend=torchrec", "trainer.batch_size=128", "trainer.lr=0.01",
+TORCHREC = [*TINY, "trainer.embedding_backend=torchrec", "trainer.batch_size=128",
             "trainer.epochs=3", "trainer.patience=null"]  # fmt: skip
 STEPS_PER_EPOCH = 21  # 2800 train rows / 128, the 112-row tail merged into the last step
 FILES = ["checkpoint.table_files_min_rows=0", "checkpoint.every_n_steps=5"]
-OPTIMIZERS = ["rowwise_adagrad", "adagrad"]  # a momentum per row; one per value
+# (optimizer, lr, seeded): a momentum per row, its table drawn from the seeded init; a momentum
+# per value, not seeded (each lr: epoch 1 the best of 3)
+OPTIMIZERS = [("rowwise_adagrad", 0.03, True), ("adagrad", 0.01, False)]
 
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    """whole(optimizer): the uninterrupted run keeping its tables inside last.pt."""
+    """whole(optimizer, lr, seeded): the uninterrupted run keeping its tables inside last.pt."""
     from mtlrec.experiment import run
 
-    runs: dict[str, Path] = {}
+    runs: dict[tuple[str, float, bool], Path] = {}
 
-    def get(optimizer: str) -> Path:
-        if optimizer not in runs:
-            runs[optimizer] = tmp_path_factory.mktemp("whole") / "run"
-            config = [*TORCHREC, f"trainer.embedding_optimizer={optimizer}"]
-            run(compose_train([*config, "checkpoint.table_files_min_rows=null"]), runs[optimizer])
-        return runs[optimizer]
+    def get(optimizer: str, lr: float, seeded: bool) -> Path:
+        if (optimizer, lr, seeded) not in runs:
+            run_dir = runs[optimizer, lr, seeded] = tmp_path_factory.mktemp("whole") / "run"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0 if seeded else 10**9)
+                config = [*settings(optimizer, lr), "checkpoint.table_files_min_rows=null"]
+                run(compose_train(config), run_dir)
+        return runs[optimizer, lr, seeded]
 
     return get
+
+
+def settings(optimizer: str, lr: float) -> list[str]:
+    return [*TORCHREC, f"trainer.embedding_optimizer={optimizer}", f"trainer.lr={lr}"]
 
 
 def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
@@ -64,24 +73,27 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
             assert torch.equal(fused[0][k], v), (name, k)
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize(("optimizer", "lr", "seeded"), OPTIMIZERS)
 def test_checkpoints_write_the_changed_rows_and_assemble_to_the_whole_tables(
-    tmp_path, whole, best_loads, optimizer
+    tmp_path, whole, best_loads, monkeypatch, optimizer, lr, seeded
 ):
     """...and the best weights are the best epoch's files, not a copy: the end of the run reads
     back the rows changed since epoch 1."""
     from mtlrec.experiment import run
 
     run_dir = tmp_path / "run"
-    run(compose_train([*TORCHREC, f"trainer.embedding_optimizer={optimizer}", *FILES]), run_dir)
-    assert_same_run(run_dir, whole(optimizer))
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0 if seeded else 10**9)
+    run(compose_train([*settings(optimizer, lr), *FILES]), run_dir)
+    assert_same_run(run_dir, whole(optimizer, lr, seeded))
     raw = torch.load(run_dir / "checkpoints" / LAST, weights_only=True)
     chain = raw[TABLES_KEY]["chains"]["last"]
-    assert chain[0]["kind"] == "base" and [e["kind"] for e in chain[1:]] == ["delta"] * (
-        len(chain) - 1
-    )
+    # a seeded table's chain starts at its init (no file), else at a base file
+    assert chain[0]["kind"] == ("init" if seeded else "base") and [
+        e["kind"] for e in chain[1:]
+    ] == ["delta"] * (len(chain) - 1)
     table_rows = sum(list(s)[0] for n, s in raw[TABLES_KEY]["shapes"].items() if "model_state" in n)
     assert len(chain) > 3 and all(0 < e["rows"] < table_rows for e in chain[1:])
+    assert (chain[0]["file"] is None) == seeded
     refs = [
         v
         for v in [*raw["model_state"].values(), *raw["optimizer_state"]["fused_tables"].values()]
@@ -100,7 +112,10 @@ def test_a_run_stopped_mid_epoch_resumes_exactly_from_table_files(
     from mtlrec.experiment import run
 
     run_dir = tmp_path / "run"
-    config = [*TORCHREC, "trainer.embedding_optimizer=rowwise_adagrad", *FILES]
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+    # no new base (the stop's extra checkpoint would bring one): the end reads the changed rows
+    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 9.0)
+    config = [*settings("rowwise_adagrad", 0.03), *FILES]
     stop_then_resume(
         monkeypatch,
         run,
@@ -109,6 +124,6 @@ def test_a_run_stopped_mid_epoch_resumes_exactly_from_table_files(
         run_dir,
         k=STEPS_PER_EPOCH + 7,
     )
-    assert_same_run(run_dir, whole("rowwise_adagrad"))
+    assert_same_run(run_dir, whole("rowwise_adagrad", 0.03, True))
     end = best_loads[0]
     assert end["held"] == end["keys"] and 0 < end["rows"] < end["table_rows"]
