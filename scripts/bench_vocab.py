@@ -56,7 +56,16 @@ MODEL = ["model=mmoe", "model.num_experts=4", "model.expert_dims=[32]", "model.t
 SYSTEMS = {"native_dense": ["trainer.embedding_optimizer=adam"],
            "native_sparse": ["trainer.embedding_optimizer=sparse_adam"],
            "torchrec": ["trainer.embedding_backend=torchrec",
-                        "trainer.embedding_optimizer=rowwise_adagrad"]}  # fmt: skip
+                        "trainer.embedding_optimizer=rowwise_adagrad"],
+           # 2 gloo ranks, the table split column-wise; checkpoints: each rank's shards in a DCP
+           # folder (auto) or every shard gathered into rank 0's last.pt (gathered)
+           "torchrec_2ranks_dcp": ["trainer.embedding_backend=torchrec",
+                                   "trainer.embedding_optimizer=rowwise_adagrad",
+                                   "trainer.devices=2", "trainer.sharding=column_wise"],
+           "torchrec_2ranks_gathered": ["trainer.embedding_backend=torchrec",
+                                       "trainer.embedding_optimizer=rowwise_adagrad",
+                                       "trainer.devices=2", "trainer.sharding=column_wise",
+                                       "checkpoint.sharded=gathered"]}  # fmt: skip
 
 
 def base_dataset(work: Path, rows: int) -> Path:

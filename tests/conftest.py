@@ -108,3 +108,27 @@ def train_tiny(tmp_path):
         return run_training(tmp_path, overrides, name)
 
     return _train
+
+
+@pytest.fixture
+def best_loads(monkeypatch) -> list[dict]:
+    """What each fit's end loads as the best weights (mtlrec/training/best_files.py): the keys
+    held as placeholders, the keys the files hold, the rows restored from the files and the rows
+    of those tables."""
+    from mtlrec.training import best_files
+
+    seen: list[dict] = []
+    load, restore = best_files.load, best_files.BestFiles.restore
+
+    def spy_load(model, best, files):
+        seen.append({"held": best_files.by_files(best), "keys": files.keys if files else None})
+        load(model, best, files)
+
+    def spy_restore(self, keys):
+        seen[-1]["rows"] = restore(self, keys)
+        seen[-1]["table_rows"] = sum(self.weights[k][0].shape[0] for k in keys)
+        return seen[-1]["rows"]
+
+    monkeypatch.setattr(best_files, "load", spy_load)
+    monkeypatch.setattr(best_files.BestFiles, "restore", spy_restore)
+    return seen

@@ -166,11 +166,17 @@ class MlflowLogger(RunLogger):
 
     def _log_artifacts(self, run_dir: Path) -> None:
         """The run's config, history, metrics and best model (what exists of them) as artifacts:
-        a run found with `mlflow.search_runs()` carries what rebuilds and judges it."""
+        a run found with `mlflow.search_runs()` carries what rebuilds and judges it. The best
+        model goes with the files it names (table files, DCP folders), so that it loads."""
+        from mtlrec.training.checkpoint import parts_of
+
         for name, folder in ARTIFACTS:
             path = run_dir / name
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path), folder)
+                for part in parts_of(path) if name.endswith(".pt") else []:
+                    where = str(part.parent.relative_to(run_dir))
+                    self.client.log_artifact(self.run_id, str(part), where)
 
 
 MLFLOW_RECORD = "mlflow.json"  # in the run dir: {"tracking_uri": ..., "run_id": ...}

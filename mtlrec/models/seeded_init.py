@@ -5,8 +5,9 @@ a = sqrt(3) * std (the variance of N(0, std^2), what smaller tables are drawn fr
 torch.Generator of its own whose seed is drawn from the global generator (the run's `seed` fixes
 it). The values are made without transcendental functions: 24-bit integers from torch.randint
 (the generator's integer stream), shifted to [-2^23, 2^23) (exact in float32) and multiplied by
-a / 2^23 once (one IEEE rounding). So `SeededInit.draw` gives the same bits on any CPU, torch
-build or thread count, and the table's initial weights are a function of (seed, shape, std): a
+a / 2^23 once (one IEEE rounding). So `SeededInit.draw` gives the same bits on any CPU or
+thread count, with any torch whose CPU generator draws the same integers (`fingerprint` checks
+it), and the table's initial weights are a function of (seed, shape, std): a
 checkpoint's table files (mtlrec/training/table_files.py) store that instead of the 1.28 GB of a
 20M-row table, plus the rows changed since. `fingerprint` (SHA-256 of a fixed sample of rows) is
 taken when the table is drawn and checked when it is drawn again. Each chunk of CHUNK_ROWS rows

@@ -217,8 +217,11 @@ def holds_a_run(path: Path) -> bool:
     path = Path(path)
     if (path / HISTORY_FILE).exists() or read_info(path).get("status") == "completed":
         return True
-    checkpoints = path / CHECKPOINT_DIR
-    return checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir())
+    checkpoints = path / CHECKPOINT_DIR  # its tables/, sharded/ alone are no checkpoint: parts
+    return checkpoints.is_dir() and any(  # a .pt names (a kill in the first one's write left them)
+        not p.name.startswith(".") and (p.suffix == ".pt" or not p.is_dir())
+        for p in checkpoints.iterdir()
+    )
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:

@@ -83,7 +83,12 @@ class BestFiles:
 
     def __init__(self, tables: object, model: nn.Module, saved: nn.Module):
         self.files = tables if isinstance(tables, TableFiles) and saved is model else None
-        by_storage = {_pointer(p): (opt, p) for opt, p in self.files.tables} if self.files else {}
+        # each tracked table's weight and its rows changed since the newest checkpoint
+        tracked: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.files is not None:
+            tracked += [(p.data, opt.changed[p]) for opt, p in self.files.tables]
+            tracked += [(dict(t.tensors())["weight"], t.changed) for t in self.files.extra]
+        by_storage = {_pointer(w): (w, changed) for w, changed in tracked}
         self.weights = {
             key: by_storage[_pointer(v)]
             for key, v in model.state_dict().items()
@@ -113,11 +118,11 @@ class BestFiles:
         best, last = self.files.best, self.files.chain
         written = 0
         for key in sorted(keys):
-            opt, p = self.weights[key]
+            p, changed = self.weights[key]
             name = MODEL_PREFIX + key
             if last[: len(best)] == best:  # the newest chain continues the best epoch's
                 later = [self._open(e)["rows"][name] for e in last[len(best) :]]
-                since = opt.changed[p].nonzero().squeeze(1)  # after the newest checkpoint
+                since = changed.nonzero().squeeze(1)  # after the newest checkpoint
                 rows = torch.cat([since, *later]).unique()
             else:  # a new base since the best epoch: no record of which rows changed
                 rows = torch.arange(p.shape[0])

@@ -30,7 +30,7 @@ from mtlrec.models.base import MultiTaskModel
 from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
-from mtlrec.training.table_files import assemble
+from mtlrec.training.table_files import TABLES_DIR, TABLES_KEY, assemble
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def keep_weights(
     kept: dict[str, torch.Tensor], current: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """`current` (a state dict) kept as the best weights: copied into the tensors of the previous
-    `kept` when they fit, so a large table is never held twice; else a new deep copy."""
+    `kept` when they fit, so a large table is never held twice; else a new copy."""
     reusable = kept.keys() == current.keys() and all(
         torch.is_tensor(v)
         and kept[k].shape == v.shape
@@ -239,8 +239,11 @@ def keep_weights(
         and kept[k].device == v.device
         for k, v in current.items()
     )
-    if not reusable:
-        return copy.deepcopy(current)
+    if not reusable:  # clones: a view's own elements, never all of the storage it views
+        return {
+            k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+            for k, v in current.items()
+        }
     for k, v in current.items():
         kept[k].copy_(v)
     return kept
@@ -394,6 +397,27 @@ def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
             dcp_files.verify(payload[dcp_files.SHARDED_KEY], path)
         return payload
     return dcp_files.gather(payload, path)  # tables sharded in a DCP folder: full tensors
+
+
+def parts_of(checkpoint: Path) -> list[Path]:
+    """The files beside `checkpoint` that it names (its table files, the files of its DCP
+    folders): what must go with it, under the same relative paths, for it to load anywhere else.
+    [] when it names none or cannot be read."""
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        directory = Path(checkpoint).parent
+        chains = payload.get(TABLES_KEY, {}).get("chains", {})
+        files = {
+            directory / TABLES_DIR / e["file"] for c in chains.values() for e in c if e["file"]
+        }
+        manifest = payload.get(dcp_files.SHARDED_KEY) or {}
+        for part in (manifest, manifest.get("best") or {}):
+            files |= {directory / part["folder"] / name for name in part.get("files", {})}
+    except Exception as e:  # foreign or damaged: loading it says why, not this
+        log.debug("%s: no parts read (%s)", checkpoint, e)
+        return []
+    inside = directory.resolve()  # an edited name ("../..") never reaches a file elsewhere
+    return sorted(f for f in files if f.resolve().is_relative_to(inside) and f.is_file())
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -17,12 +17,13 @@ second copy). The DCP keys are the ordinary payload paths (`model_state/<key>`,
 
 Nothing read here executes code: every file's SHA-256 is checked against the manifest (itself
 inside a weights_only last.pt) before DCP reads it, DCP's `.metadata` pickle is read by an
-unpickler that builds only DCP's metadata classes, and the tensors by torch.load(weights_only).
+unpickler that builds only DCP's metadata classes, a folder whose entries are not all tensors is
+refused (DCP would read another item with torch.load(weights_only=False)), and the tensors by
+torch.load(weights_only).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import pickle
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,6 @@ SHARDED_DIR = "sharded"  # checkpoints/sharded/<tag>/: one folder per checkpoint
 TEMP_SUFFIX = ".tmp"  # a folder being written; renamed once complete
 MODEL, FUSED = "model_state", "fused_tables"  # DCP key prefixes
 METADATA = ".metadata"  # DCP's index of the folder
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def folders_named(manifest: dict[str, Any]) -> set[str]:
@@ -113,13 +107,18 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata(folder: Path) -> Any:
-    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler)."""
-    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+    """DCP's Metadata of a folder, unpickled without executing code (see _MetadataUnpickler).
+    Every entry must be a tensor: DCP reads any other item (BytesStorageMetadata) with
+    torch.load(weights_only=False), which would run the code a crafted file holds."""
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
     data = (folder / METADATA).read_bytes()
     metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     if not isinstance(metadata, Metadata):
         raise pickle.UnpicklingError("not DCP metadata")
+    for key, entry in metadata.state_dict_metadata.items():
+        if type(entry) is not TensorStorageMetadata:
+            raise pickle.UnpicklingError(f"{key} is a {type(entry).__name__}, not a tensor")
     if getattr(metadata, "storage_meta", None) is None:
         metadata.storage_meta = StorageMeta()
     return metadata
@@ -138,9 +137,21 @@ def safe_reader(folder: Path) -> Any:
     return SafeReader(folder)
 
 
+def failure(e: BaseException) -> str:
+    """What failed, in one line (`Type: first line`). DCP raises a CheckpointException, a
+    BaseException that `except Exception` misses, wrapping each rank's own: the first one's."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]  # per rank: (its exception, its traceback)
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torch.Tensor]:
     """The full tensors `keys` of a DCP folder, read in this process alone (no process group)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
         entries = read_metadata(folder).state_dict_metadata
@@ -150,10 +161,10 @@ def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torc
         with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(out, storage_reader=safe_reader(folder), no_dist=True)
-    except Exception as e:  # a folder whose files match their digests but not each other
+    except (Exception, CheckpointException) as e:  # files that match their digests, not DCP
         raise MtlrecError(
-            f"{checkpoint}: its sharded tables in {folder} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use an older checkpoint"
+            f"{checkpoint}: its sharded tables in {folder} cannot be read ({failure(e)}); use an "
+            "older checkpoint"
         ) from None
     return out
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -52,8 +52,27 @@ BEST_PREFIX = "train_state/best_state/"
 MODEL_PREFIX = "model_state/"
 
 
+class TrackedTable(Protocol):
+    """A table that is not a RowAdam parameter (TorchRec's fused tables, training/
+    torchrec_table_files.py): the payload tensors of its rows (its "weight" first) and the rows
+    changed since the last take_changed (`changed`: a bool per row; take_changed: sorted ids)."""
+
+    rows: int
+    changed: torch.Tensor
+    seeded: SeededInit | None  # how its weight was drawn (None: not seeded)
+
+    def fresh(self) -> bool:
+        """Its optimizer state is as at the start (zeros)."""
+        ...
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]: ...
+
+    def take_changed(self) -> torch.Tensor: ...
+
+
 class TableFiles:
-    """Writes the big tables of a run's checkpoints as base + delta files (module docstring)."""
+    """Writes the big tables of a run's checkpoints as base + delta files (module docstring).
+    `extra`: tables tracked besides the RowAdam ones (TrackedTable)."""
 
     def __init__(
         self,
@@ -61,6 +80,7 @@ class TableFiles:
         optimizer: torch.optim.Optimizer,
         min_rows: int | None,
         write_file: Callable[[Any, Path], None],
+        extra: Sequence[TrackedTable] = (),
     ):
         self.directory = Path(directory) / TABLES_DIR
         parts = getattr(optimizer, "optimizers", [optimizer])
@@ -71,6 +91,7 @@ class TableFiles:
             for p in opt.group_of
             if min_rows is not None and p.device.type == "cpu" and p.shape[0] >= min_rows
         ]
+        self.extra = [t for t in extra if min_rows is not None and t.rows >= min_rows]
         self.write_file = write_file
         self.chain: list[dict[str, Any]] = []  # the files of the newest checkpoint's tables
         self.best: list[dict[str, Any]] | None = None  # the files of the best epoch's
@@ -89,6 +110,11 @@ class TableFiles:
             and fingerprint(p.data) == init.fingerprint
             for (opt, p), init in zip(self.tables, inits.values(), strict=True)
         )
+        for k, table in enumerate(self.extra, start=len(self.tables)):
+            inits[k] = init = table.seeded
+            weight = dict(table.tensors())["weight"]
+            fresh = fresh and init is not None and table.fresh()
+            fresh = fresh and init is not None and fingerprint(weight) == init.fingerprint
         return {i: init for i, init in inits.items() if init is not None} if fresh else {}
 
     def adopt(self, payload: dict, as_drawn: bool = False) -> None:
@@ -98,25 +124,30 @@ class TableFiles:
         if not payload and as_drawn:
             self.seeded = self._still_initial()
         info = payload.get(TABLES_KEY)
-        if info is None or not self.tables:
+        if info is None or not self.tracking:
             return
         chains = info["chains"]
         self.chain = list(chains.get("last", []))
         self.best = list(chains[info["best"]]) if info.get("best") else None
         self.shapes = dict(info.get("shapes", {}))
 
+    @property
+    def tracking(self) -> bool:
+        return bool(self.tables or self.extra)
+
     def mark_best(self) -> None:
         """The checkpoint just written is the best epoch's: its files hold the best weights."""
-        self.best = list(self.chain) if self.tables else None
+        self.best = list(self.chain) if self.tracking else None
 
     def externalize(self, payload: dict, epoch: int) -> dict:
         """The payload with the tracked tables' tensors as references, after writing their
         changed rows (or a base) to a new file of tables/."""
-        if not self.tables:
+        if not self.tracking:
             return payload
         names: dict[tuple, str] = {}  # tensor identity -> its name (first payload path)
         tracked = {_identity(t): (i, role) for i, role, t in self._tracked_tensors()}
         rows = [opt.take_changed(p) for opt, p in self.tables]
+        rows += [t.take_changed() for t in self.extra]
 
         def name_of(path: str, t: torch.Tensor) -> str | None:
             key = _identity(t)
@@ -165,6 +196,8 @@ class TableFiles:
             state = opt.state[p]
             out += [(i, "weight", p.data), (i, "moments", state["moments"])]
             out.append((i, "last_step", state["last_step"]))
+        for k, table in enumerate(self.extra, start=len(self.tables)):
+            out += [(k, role, t) for role, t in table.tensors()]
         return out
 
     def _init_entry(
@@ -189,7 +222,7 @@ class TableFiles:
         epoch: int,
     ) -> dict[str, Any]:
         tensors = dict(_walk_tensors(payload))
-        table_rows = sum(p.shape[0] for _, p in self.tables)
+        table_rows = sum(p.shape[0] for _, p in self.tables) + sum(t.rows for t in self.extra)
         since_base = sum(e["rows"] for e in self.chain) + sum(int(r.numel()) for r in rows)
         base = not self.chain or shapes != self.shapes or since_base > COMPACT_FRACTION * table_rows
         if base:

@@ -237,7 +237,7 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     collections.single_id_bags = single_id_bag_tables(record, names, device)
     layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
     layer.read_tables = lambda: full_tables(module, replicas)
-    layer.write_tables = lambda weights: _scatter(_table_states(module), weights)
+    layer.write_tables = lambda weights: _scatter(table_states(module), weights)
     layer.write_tables(layer.initial_weights)
     layer.gather_for_eval = dist.get_world_size() > 1
     layer.initial_weights = []
@@ -311,7 +311,7 @@ def _plan_record(plan: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _table_states(module: nn.Module) -> list[Any]:
+def table_states(module: nn.Module) -> list[Any]:
     """The tables' weights as the sharded module holds them (ShardedTensor or a replica)."""
 
     state = module.state_dict()
@@ -354,7 +354,7 @@ def gather_full(local: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def full_tables(module: nn.Module, replicas: set[int]) -> list[torch.Tensor]:
     """The full tables, on every rank; a replicated table is rank 0's copy (all are equal)."""
-    states = _table_states(module)
+    states = table_states(module)
     rank = dist.get_rank()
     local = {str(j): s for j, s in enumerate(states) if j not in replicas or rank == 0}
     full = gather_full(local)

@@ -18,9 +18,11 @@ rank's shards in place.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,11 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
-from mtlrec.training.table_files import TableFiles
-from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks
-from mtlrec.training.torchrec_backend import _table_states as table_states
+from mtlrec.training.table_files import TableFiles, TrackedTable
+from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
+from mtlrec.training.torchrec_table_files import fused_table_rows
+
+log = logging.getLogger(__name__)
 
 
 def sharded_layout(layout: str, model: nn.Module) -> bool:
@@ -97,6 +101,7 @@ class ShardedCheckpointer:
         """Every rank: write this rank's shards to a new folder; the manifest (dcp_files)."""
         import torch.distributed.checkpoint as dcp
 
+        started = time.perf_counter()
         tag = [f"e{epoch}-{secrets.token_hex(6)}" if self.is_main else ""]
         dist.broadcast_object_list(tag, src=0)
         folder = f"{SHARDED_DIR}/{tag[0]}"
@@ -112,9 +117,19 @@ class ShardedCheckpointer:
         state = {f"{MODEL}/{k}": v for k, v in tables.items()}
         state.update({f"{FUSED}/{k}": v for k, v in fused.items()})
         dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
-        files = _written_digests(temp)
+        files, fused_keys = _written(temp, sorted(fused))
         if self.is_main:
             _publish(temp, self.checkpoints / folder)
+        if self.is_main:  # train.log only: what a checkpoint of the shards costs
+            size = sum((self.checkpoints / folder / name).stat().st_size for name in files)
+            log.info(
+                "checkpoint: %s, %.1f MiB from %d ranks in %.2fs",
+                folder,
+                size / 2**20,
+                dist.get_world_size(),
+                time.perf_counter() - started,
+                extra={"console": False},
+            )
         if same_as_best:  # this folder holds the best weights' tables from now on
             self.best = {"folder": folder, "files": files, "keys": sorted(tables)}
         best = (
@@ -127,7 +142,7 @@ class ShardedCheckpointer:
             "folder": folder,
             "files": files,
             "model_keys": sorted(tables),
-            "fused_keys": sorted(fused),
+            "fused_keys": fused_keys,
             "best": best,
             "world_size": dist.get_world_size(),
         }
@@ -151,18 +166,20 @@ def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor
     return bool(flag.item())
 
 
-def _written_digests(folder: Path) -> dict[str, str]:
-    """{file: SHA-256} of every file DCP wrote to `folder`: each rank hashes its own (and rank
-    0 the metadata), then all ranks get the whole map."""
+def _written(folder: Path, fused_keys: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({file: SHA-256} of every file DCP wrote to `folder`, the fused state's keys of all
+    ranks): each rank hashes its own files (rank 0 also the metadata) and names the fused state
+    it holds (a table on another rank has none here); every rank gets the whole of both."""
     rank = dist.get_rank()
     own = {
         p.name: dcp_files.file_sha256(p)
         for p in sorted(folder.iterdir())
         if p.name.startswith(f"__{rank}_") or (rank == 0 and p.name == dcp_files.METADATA)
     }
-    every: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(every, own)
-    return {name: digest for part in every for name, digest in sorted(part.items())}
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, (own, fused_keys))
+    files = {name: digest for part, _ in every for name, digest in sorted(part.items())}
+    return dict(sorted(files.items())), sorted({k for _, keys in every for k in keys})
 
 
 def _fsync_dir(path: Path) -> None:
@@ -217,7 +234,33 @@ def checkpoint_files(
     if sharded_layout(settings.sharded, model):
         return ShardedCheckpointer(checkpoints, model, optimizer, is_main)
     rows = settings.table_files_min_rows if is_main else None
-    return TableFiles(checkpoints, optimizer, rows, write_file)
+    fused = fused_table_rows(model, optimizer, rows)  # one process' TorchRec tables, tracked
+    return GatheredTables(checkpoints, optimizer, rows, write_file, is_main, fused)
+
+
+class GatheredTables(TableFiles):
+    """TableFiles, which also deletes the DCP folders no checkpoint names any more: those of a
+    sharded run's checkpoints before it was resumed in one process or with
+    checkpoint.sharded=gathered (rank 0; no folder is written meanwhile)."""
+
+    def __init__(
+        self,
+        checkpoints: Path,
+        optimizer: Any,
+        rows: int | None,
+        write_file: Any,
+        is_main: bool,
+        extra: Sequence[TrackedTable] = (),
+    ):
+        super().__init__(checkpoints, optimizer, rows, write_file, extra)
+        self.checkpoints, self.is_main = Path(checkpoints), is_main
+        self._named: dict[tuple, set[str]] = {}  # collect's cache
+
+    def collect(self) -> list[Path]:
+        removed = super().collect()
+        if self.is_main:  # a stat when the run never had a folder
+            removed += dcp_files.collect(self.checkpoints, self._named)
+        return removed
 
 
 class ShardedPeerHooks:
@@ -270,6 +313,7 @@ def restoring(
 
 def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = {f"{MODEL}/{k}": v for k, v in local_tables(model).items()}
     if isinstance(optimizer, TorchRecOptimizer):
@@ -284,9 +328,9 @@ def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -
     folder = path.parent / manifest["folder"]
     try:
         dcp.load(state, storage_reader=dcp_files.safe_reader(folder))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (Exception, CheckpointException) as e:  # CheckpointException: a BaseException
         raise MtlrecError(
-            f"{path}: its sharded tables in {folder} do not fit this run's shards ({first}); "
-            "resume with the run's own settings"
+            f"{path}: its sharded tables in {folder} do not fit this run's shards "
+            f"({dcp_files.failure(e)}); resume with the run's own settings (written by "
+            f"{manifest.get('world_size')} ranks: trainer.devices={manifest.get('world_size')})"
         ) from None

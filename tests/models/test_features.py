@@ -242,14 +242,17 @@ def din_reference(att: TargetAttention, q, k, mask):
     return (a.unsqueeze(-1) * k).sum(1)
 
 
-def test_target_attention_equals_the_formula_it_restructures():
+@pytest.mark.parametrize("hidden", [(6, 3), (6,)])  # by layers; written out
+def test_target_attention_equals_the_formula_it_restructures(hidden):
     torch.manual_seed(0)
-    att = TargetAttention(dim=4, hidden=(6, 3))
+    att = TargetAttention(dim=4, hidden=hidden)
     q = torch.randn(5, 4, requires_grad=True)
     k = torch.randn(5, 7, 4, requires_grad=True)
     mask = torch.arange(7) < torch.tensor([[7], [1], [0], [4], [2]])  # an empty history too
     new, old = att(q, k, mask), din_reference(att, q, k, mask)
     assert torch.allclose(new, old, atol=1e-6) and new[2].tolist() == [0.0] * 4
+    written_out = type(new.grad_fn).__name__ == "_AttendPositionsBackward"
+    assert written_out == (len(hidden) == 1)  # only the unit FieldEmbedding builds
     # the masked scores (every position, the non-CPU path) pool to the same vectors
     assert torch.allclose((att.scores(q, k, mask).unsqueeze(-1) * k).sum(1), old, atol=1e-6)
     grads = torch.autograd.grad(new.square().sum(), [q, k, *att.parameters()])
@@ -259,25 +262,42 @@ def test_target_attention_equals_the_formula_it_restructures():
     assert grads[1][1, 1:].abs().sum() == 0  # padded positions get no gradient
 
 
-def test_the_prelu_score_backward_equals_autograds_through_prelu_and_linear():
+@pytest.mark.parametrize("in_row_order", [True, False])
+def test_the_written_out_attention_equals_the_units_layers_with_autograd(in_row_order):
+    """_AttendPositions (forward and backward by hand, sparse row sums) against the same unit's
+    layers through autograd: outputs and every gradient, float64; positions in row order (as
+    FieldEmbedding gives them with copies=1) or interleaved (copies > 1), empty rows, PReLU's
+    kink at 0, a slope that is not the default, and a second backward of a retained graph."""
     torch.manual_seed(0)
-    att = TargetAttention(dim=2, hidden=(5,)).double()
-    prelu, last = att.unit[1], att.unit[2]
-    x = torch.randn(9, 5, dtype=torch.float64)
-    x[0, :2] = 0.0  # PReLU's kink: the negative side's slope, as torch's PReLU backward takes it
-    x.requires_grad_(True)
-    grad = torch.randn(9, dtype=torch.float64)
-    new = att._positions_scores(x)
-    old = last(prelu(x)).squeeze(-1)
-    assert torch.allclose(new, old, atol=1e-12)
-    inputs = [x, prelu.weight, last.weight, last.bias]
-    for g, r in zip(
-        torch.autograd.grad(new, inputs, grad),
-        torch.autograd.grad(old, inputs, grad),
-        strict=True,
-    ):
-        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-12)
-    assert prelu.weight.item() == 0.25 and (x[0, :2] == 0).all()
+    att = TargetAttention(dim=3, hidden=(5,)).double()
+    with torch.no_grad():
+        att.unit[0].bias[0] = 0.0
+        att.unit[1].weight.fill_(-0.3)
+    rows = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5])  # rows 1 and 4 have no position
+    if not in_row_order:
+        rows = rows[torch.tensor([3, 0, 6, 1, 5, 7, 2, 4, 8, 9])]
+    q = torch.randn(6, 3, dtype=torch.float64)
+    k = torch.randn(10, 3, dtype=torch.float64)
+    q[rows[4]] = 0.0
+    k[4] = 0.0  # the first layer's unit 0 is exactly 0 there: PReLU's kink
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    new = att.pool_positions(q, k, rows)
+    assert type(new.grad_fn).__name__ == "_AttendPositionsBackward"  # the written-out path ran
+    old = att._pool_positions_by_layers(q, k, rows)
+    assert torch.allclose(new, old, atol=1e-12) and new[[1, 4]].abs().sum() == 0
+    inputs = [q, k, *att.parameters()]
+    grad = torch.randn(6, 3, dtype=torch.float64)
+    first = torch.autograd.grad(new, inputs, grad, retain_graph=True)
+    again = torch.autograd.grad(new, inputs, grad)  # saved tensors were not written to
+    reference = torch.autograd.grad(old, inputs, grad)
+    for g, g2, r in zip(first, again, reference, strict=True):
+        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-12) and torch.equal(g, g2)
+    assert att.unit[1].weight.item() == -0.3 and first[2].abs().sum() > 0
+    with torch.no_grad():  # evaluation takes the same path, without saving for a backward
+        assert torch.allclose(att.pool_positions(q, k, rows), old, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # keeps autocast's casts: the layers
+        assert type(att.pool_positions(q, k, rows).grad_fn).__name__ == "IndexAddBackward0"
 
 
 def history_spec(max_len: int) -> DatasetSpec:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mtlrec.runs import records
-from mtlrec.runs.records import SCHEMA_VERSION, RunSummary, read_run
+from mtlrec.runs.records import SCHEMA_VERSION, RunSummary, holds_a_run, read_run
 from mtlrec.runs.run_dir import RunDir, atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,3 +222,20 @@ def test_temp_files_of_killed_processes_are_removed_when_the_run_dir_opens(tmp_p
     assert caplog.messages == [f"removed 1 temp file(s) left by killed processes: {stale.name}"]
     RunDir(tmp_path, read_only=True)  # a read-only rank removes nothing
     assert live.exists()
+
+
+def test_the_parts_of_a_first_checkpoint_killed_while_written_are_no_run_to_keep(tmp_path):
+    """A kill during the first checkpoint's write leaves its table files or its DCP folder and no
+    last.pt: nothing to resume from, so the run may start again in its dir (it would else be
+    refused both ways: resume finds no last.pt, a new start finds a run to keep)."""
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "sharded" / "e1-0a1b2c3d4e5f.tmp").mkdir(parents=True)
+    (checkpoints / "sharded" / "e1-0a1b2c3d4e5f.tmp" / "__0_0.distcp").write_bytes(b"x")
+    (checkpoints / "tables").mkdir()
+    (checkpoints / "tables" / "e1-0a1b2c3d4e5f.base.pt").write_bytes(b"x")
+    assert not holds_a_run(tmp_path)
+    (checkpoints / "last.pt").mkdir()  # not a file, but not to be ignored (resume says why)
+    assert holds_a_run(tmp_path)
+    (checkpoints / "last.pt").rmdir()
+    (checkpoints / "last.prev.pt").write_bytes(b"x")
+    assert holds_a_run(tmp_path)

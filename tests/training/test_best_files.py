@@ -52,27 +52,6 @@ def first_entries(run_dir: Path) -> tuple[str, str]:
     return chains[0]["last"][0]["kind"], chains[1]["last"][0]["kind"]
 
 
-@pytest.fixture
-def loads(monkeypatch) -> list[dict]:
-    """What each fit's end loads: the keys held as placeholders, the keys the files hold, the
-    rows restored from the files and the rows of those tables."""
-    seen: list[dict] = []
-    load, restore = best_files.load, best_files.BestFiles.restore
-
-    def spy_load(model, best, files):
-        seen.append({"held": best_files.by_files(best), "keys": files.keys if files else None})
-        load(model, best, files)
-
-    def spy_restore(self, keys):
-        seen[-1]["rows"] = restore(self, keys)
-        seen[-1]["table_rows"] = sum(self.weights[k][1].shape[0] for k in keys)
-        return seen[-1]["rows"]
-
-    monkeypatch.setattr(best_files, "load", spy_load)
-    monkeypatch.setattr(best_files.BestFiles, "restore", spy_restore)
-    return seen
-
-
 def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
     got, ref = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, ref_dir))
     assert got["status"] == "completed" and got["metrics"] == ref["metrics"]
@@ -95,7 +74,7 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
     ids=["init+deltas", "base+deltas", "new-base-since-best"],
 )
 def test_best_weights_restored_from_table_files_equal_the_copy_in_memory(
-    tmp_path, copied, loads, monkeypatch, seeded, compact, chains
+    tmp_path, copied, best_loads, monkeypatch, seeded, compact, chains
 ):
     """Epoch 1 is the best; at the end, only the rows changed since its checkpoint are read
     back from its files (its chain starting at the tables' seeded init, or at a base file).
@@ -108,7 +87,7 @@ def test_best_weights_restored_from_table_files_equal_the_copy_in_memory(
     run(compose_train(FILES), tmp_path / "run")
     assert first_entries(tmp_path / "run") == chains
     assert_same_run(tmp_path / "run", copied(seeded))
-    end = loads[0]  # this run's (a reference run made here comes after)
+    end = best_loads[0]  # this run's (a reference run made here comes after)
     assert end["held"] == end["keys"] and len(end["keys"]) >= 1  # no table copied
     if compact:
         assert end["rows"] == end["table_rows"]
@@ -117,7 +96,7 @@ def test_best_weights_restored_from_table_files_equal_the_copy_in_memory(
 
 
 def test_a_run_resumed_after_its_best_epoch_restores_the_best_weights_from_the_files(
-    tmp_path, copied, loads, monkeypatch
+    tmp_path, copied, best_loads, monkeypatch
 ):
     """Stopped in epoch 3 (its last checkpoint's best weights: references to epoch 1's files),
     resumed: the resumed process holds them as the files too, and ends as the copying run."""
@@ -136,7 +115,7 @@ def test_a_run_resumed_after_its_best_epoch_restores_the_best_weights_from_the_f
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
     run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, copied(True))
-    end = loads[0]  # this run's (a reference run made here comes after)
+    end = best_loads[0]  # this run's (a reference run made here comes after)
     assert end["held"] == end["keys"] and len(end["keys"]) >= 1
     assert 0 < end["rows"] < end["table_rows"]
 

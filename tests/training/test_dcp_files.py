@@ -138,3 +138,70 @@ def test_the_setting_is_checked(tmp_path):
     with pytest.raises(MtlrecError) as info:
         run(compose_train([*TINY, "checkpoint.sharded=rank0"]), Path(tmp_path) / "r")
     assert str(info.value) == "checkpoint.sharded must be auto or gathered, got 'rank0'"
+
+
+def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path):
+    """A sharded run resumed in one process (or checkpoint.sharded=gathered) writes full tables;
+    its collection also deletes the folders its checkpoints no longer name, keeping best.pt's."""
+    from mtlrec.training.torchrec_checkpoint import GatheredTables
+
+    payload, _, _ = _payload(tmp_path)
+    torch.save(payload, tmp_path / "best.pt")  # the best epoch's, sharded: names a and b
+    _folder(tmp_path, "c", 2)  # the folder of a last.pt since replaced by a gathered one
+    torch.save({"model_state": {}}, tmp_path / "last.pt")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    tables = GatheredTables(tmp_path, optimizer, 100_000, lambda body, path: None, True)
+    assert [p.name for p in tables.collect()] == ["c"]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+
+
+def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_without_running_it(
+    tmp_path,
+):
+    """DCP reads a non-tensor item with torch.load(weights_only=False): a folder whose table is
+    such an item (its metadata made to look like a tensor's, the SHA-256s in the manifest) would
+    run the code of its pickle."""
+    from torch.distributed.checkpoint.metadata import TensorProperties
+
+    payload, _, _ = _payload(tmp_path)
+    marker, folder = tmp_path / "ran", tmp_path / "sharded" / "a"
+    for file in folder.iterdir():
+        file.unlink()
+    with pytest.warns(UserWarning):  # DCP: "torch.distributed is ... uninitialized"
+        dcp.save(
+            {f"model_state/{TABLE}": _RunsCode(marker)},
+            storage_writer=dcp.FileSystemWriter(folder),
+            no_dist=True,
+        )
+    with open(folder / ".metadata", "rb") as f:
+        metadata = pickle.load(f)
+    entry = metadata.state_dict_metadata[f"model_state/{TABLE}"]  # BytesStorageMetadata
+    entry.size, entry.properties = torch.Size([50, 8]), TensorProperties(dtype=torch.float32)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    manifest = payload[SHARDED_KEY]
+    manifest["files"] = {p.name: dcp_files.file_sha256(p) for p in sorted(folder.iterdir())}
+    manifest["fused_keys"] = []
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'last.pt'}: its sharded tables in {folder} cannot be read (UnpicklingError: "
+        f"model_state/{TABLE} is a BytesStorageMetadata, not a tensor); use an older checkpoint"
+    )
+    assert not marker.exists()
+
+
+def test_a_folder_dcp_cannot_read_is_one_line_not_a_traceback(tmp_path):
+    """DCP raises a CheckpointException (a BaseException, not an Exception) for what fails inside
+    it: here a shard file that matches the manifest's SHA-256 but is not what .metadata says."""
+    payload, _, _ = _payload(tmp_path)
+    shard = tmp_path / "sharded" / "a" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, its digest written into last.pt
+    payload[SHARDED_KEY]["files"][shard.name] = dcp_files.file_sha256(shard)
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'last.pt'}: its sharded tables in {shard.parent} cannot be read ("
+    )
+    assert message.endswith("); use an older checkpoint") and "\n" not in message
+    assert "CheckpointException" not in message  # the cause DCP wraps, not the wrapper

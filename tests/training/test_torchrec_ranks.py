@@ -162,8 +162,9 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     epoch's 5, after the step-2 checkpoint; the resume loads each rank's shards and is stopped by
     a SIGTERM to the launcher (forwarded to both ranks) on its first step; the second resume ends
     with the uninterrupted 2-rank run's metrics, weights, best weights and fused optimizer state
-    (gathered into its last.pt), exactly. Then: only the folders a checkpoint names are left, and
-    a damaged or missing file is refused in one line naming it (the resume falls back)."""
+    (gathered into its last.pt), exactly; resumed once more in one process, it tests the same
+    best weights. Then: only the folders a checkpoint names are left, and a damaged or missing
+    file is refused in one line naming it (the resume falls back)."""
     from conftest import TINY, compose_train
     from mtlrec.experiment import run
     from mtlrec.training.checkpoint import load_checkpoint
@@ -211,6 +212,15 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
         assert y and x.keys() == y.keys(), part
         for k, v in y.items():
             assert torch.equal(x[k], v), (part, k)
+    # the finished run resumed in one process (trainer.devices may change at an epoch end): the
+    # folder gathered into the ordinary layout and scattered into the one rank's tables; no
+    # epoch is left, so the run tests its best weights again: the same test metrics
+    one = [o for o in config if o != "trainer.devices=2"]
+    run(compose_train([*one, "trainer.devices=1", f"resume={run_dir}"]), run_dir)
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert (again["status"], again["world_size"]) == ("completed", 1)
+    for key, value in straight["metrics"].items():
+        assert again["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
     _check_sharded_files(run_dir / "checkpoints")
 
 

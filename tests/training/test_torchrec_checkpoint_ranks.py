@@ -1,0 +1,171 @@
+"""ShardedCheckpointer on 2 gloo ranks with two tables, one on each rank (table_wise): each rank
+writes its shards and its fused optimizer state (rank 0 holds none of rank 1's table), the folder
+gathered in one process gives every table and state in full, and layers of other weights load
+every shard back (mtlrec/training/torchrec_checkpoint.py). One spawn of 2 processes: slow."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
+
+pytestmark = pytest.mark.slow
+
+
+def _spec():
+    """Two tables: item (40 x 4), user (30 x 8)."""
+    from mtlrec.data.spec import FeatureSpec
+    from tests.models.test_features import make_spec
+
+    return make_spec(
+        [FeatureSpec("item", "sparse", 40), FeatureSpec("user", "sparse", 30, embedding_dim=8)]
+    )
+
+
+def _layer(seed: int):
+    """The native layer of _spec, its init from `seed`."""
+    from mtlrec.models.features import FieldEmbedding
+
+    torch.manual_seed(seed)
+    return FieldEmbedding(_spec(), 4, init_std=0.5)
+
+
+def _model(seed: int, sharding: str = "table_wise", optimizer: str = "adagrad") -> nn.Module:
+    from helpers.torchrec import shard_settings
+    from mtlrec.training.torchrec_backend import shard_model
+
+    model = nn.Module()
+    model.embedding = _layer(seed)
+    cfg = shard_settings(
+        embedding_backend="torchrec",
+        embedding_optimizer=optimizer,
+        sharding=sharding,
+        devices=2,
+    )
+    shard_model(model, cfg, torch.device("cpu"), lambda name, record: None)
+    return model
+
+
+def _optimizer(model: nn.Module):
+    from mtlrec.training.optimizers import MultiOptimizer
+    from mtlrec.training.torchrec_backend import with_fused_tables
+
+    dense = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    return with_fused_tables(MultiOptimizer([dense]), model)
+
+
+def _gathered(model: nn.Module, optimizer) -> dict:
+    """Every table and fused state in full (collectives: every rank calls it)."""
+    return {"model": model.state_dict(), "fused": optimizer.fused.state_dict()}
+
+
+def _ranks(rank: int, tmp: str) -> None:
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
+
+    tmp_path = Path(tmp)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, checkpoints = _model(0), tmp_path / "checkpoints"
+    optimizer = _optimizer(model)
+    at = _spec().vocab_offsets
+    ids = torch.tensor([[at["item"] + 1, at["user"] + 1], [at["item"] + 3, at["user"] + 5]])
+    model.embedding(ids, torch.zeros(2, 0)).sum().backward()  # the fused step: state != 0
+    manifest = ShardedCheckpointer(checkpoints, model, optimizer, rank == 0).write(1, {})
+    written = _gathered(model, optimizer)
+    other = _model(1)  # other weights, fresh fused state: everything comes from the folder
+    other_optimizer = _optimizer(other)
+    payload = {SHARDED_KEY: manifest}
+    with restoring(payload, checkpoints / "last.pt", other, other_optimizer, "auto"):
+        pass
+    loaded = _gathered(other, other_optimizer)
+    resharded = _model(2, "column_wise")  # another plan: DCP reshards (adagrad's state too)
+    resharded_optimizer = _optimizer(resharded)
+    with restoring(payload, checkpoints / "last.pt", resharded, resharded_optimizer, "auto"):
+        pass
+    resharded_state = _gathered(resharded, resharded_optimizer)
+    refused = _refused_elsewhere(tmp_path / "rowwise", ids)
+    if rank == 0:
+        plan = [s.plan for s in model.sharded_tables][0]
+        torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
+                    "refused": refused, "resharded": resharded_state},
+                   tmp_path / "out.pt")  # fmt: skip
+    dist.destroy_process_group()
+    # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
+    # library thread still joinable at exit can abort a finished rank
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
+    """rowwise_adagrad's shards written table_wise, loaded into column_wise ones: its per-row
+    state has a column per shard, so DCP cannot reshard it; the one line (every rank's)."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
+
+    model = _model(0, "table_wise", "rowwise_adagrad")
+    optimizer = _optimizer(model)
+    model.embedding(ids, torch.zeros(2, 0)).sum().backward()
+    manifest = ShardedCheckpointer(checkpoints, model, optimizer, dist.get_rank() == 0).write(1, {})
+    other = _model(1, "column_wise", "rowwise_adagrad")
+    try:
+        with restoring({SHARDED_KEY: manifest}, checkpoints / "last.pt", other, _optimizer(other),
+                       "auto"):  # fmt: skip
+            return "loaded"
+    except MtlrecError as e:  # not DCP's CheckpointException (a BaseException), a traceback
+        return str(e)
+
+
+def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
+    from mtlrec.training import dcp_files
+    from mtlrec.training.dcp_files import SHARDED_KEY
+
+    mp.spawn(_ranks, args=(str(tmp_path),), nprocs=2)
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert sorted(p["ranks"][0] for p in out["plan"].values()) == [0, 1]  # a table per rank
+    manifest, written, loaded = out["manifest"], out["written"], out["loaded"]
+    assert manifest["model_keys"] == ["embedding.tables.0.weight", "embedding.tables.1.weight"]
+    assert len(manifest["fused_keys"]) == 2  # rank 0's table's state and rank 1's
+    assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    fresh = {f"embedding.{k}": v for k, v in _layer(1).state_dict().items()}
+    for key, value in written["model"].items():
+        assert torch.equal(loaded["model"][key], value), key
+        if key in manifest["model_keys"]:
+            assert not torch.equal(fresh[key], value), key  # the load changed something
+    assert written["fused"].keys() == loaded["fused"].keys() and len(written["fused"]) == 2
+    for key, value in written["fused"].items():
+        assert value.abs().sum() > 0 and torch.equal(loaded["fused"][key], value), key
+    payload = {
+        "model_state": {},
+        "optimizer_state": {"optimizers": []},
+        SHARDED_KEY: manifest,
+    }
+    for part in ("model", "fused"):
+        assert out["resharded"][part].keys() == written[part].keys()
+        for key, value in written[part].items():
+            assert torch.equal(out["resharded"][part][key], value), key
+    refused, folder = out["refused"], tmp_path / "rowwise" / "sharded"
+    assert refused.startswith(
+        f"{tmp_path / 'rowwise' / 'last.pt'}: its sharded tables in {folder}/"
+    )
+    assert refused.endswith(
+        "do not fit this run's shards (ValueError: Size mismatch between saved torch.Size([30]) "
+        "and current: torch.Size([60]) for fused_tables/0/collections.1.embeddings.table_1.weight/"
+        "table_1.momentum1); resume with the run's own settings (written by 2 ranks: "
+        "trainer.devices=2)"
+    )
+    gathered = dcp_files.gather(payload, tmp_path / "checkpoints" / "last.pt")
+    for key in manifest["model_keys"]:
+        assert torch.equal(gathered["model_state"][key], written["model"][key]), key
+    for key, value in written["fused"].items():
+        assert torch.equal(gathered["optimizer_state"]["fused_tables"][key], value), key
