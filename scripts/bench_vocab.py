@@ -13,7 +13,8 @@ RowAdam on the rows a batch uses, tables of 100k+ rows checkpointed as checkpoin
 changed rows; torchrec: `trainer.embedding_backend=torchrec` with FBGEMM's fused
 `rowwise_adagrad`; another backend adds its entry there), `mtlrec train` runs in
 its own process (MMoE 4 experts [32], towers [16], embedding 16, batch 1024, 1 thread) and
-reports train samples/s (metrics.json), the last epoch's end (flush, validation, best weights and
+reports its start-up (launch to the end of the build: imports, data, the model with its tables'
+init, the optimizer's state), train samples/s (metrics.json), the last epoch's end (flush, validation, best weights and
 checkpoints: the `epoch N end` line of train.log) against that epoch's training seconds (and
 epoch 1's end and its end / train: a new run's first checkpoint, no base file since the
 seeded init), the
@@ -36,9 +37,12 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -110,6 +114,7 @@ def train(
     command = [sys.executable, "-m", "mtlrec", "train", *settings, f"trainer.epochs={epochs}",
                *system, f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    launched = time.time()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -119,8 +124,10 @@ def train(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     with open(run_dir / "history.csv") as f:
         train_seconds = [float(r["train_seconds"]) for r in csv.DictReader(f)]
-    ends = re.findall(r"epoch \d+ end: ([0-9.]+)s", (run_dir / "train.log").read_text())
+    log = (run_dir / "train.log").read_text()
+    ends = re.findall(r"epoch \d+ end: ([0-9.]+)s", log)
     return {
+        "startup_seconds": startup_seconds(log, launched),
         "samples_per_s": metrics["train_samples_per_s"],
         "train_seconds": train_seconds[-1],
         "epoch_end_seconds": float(ends[-1]) if ends else None,
@@ -131,6 +138,17 @@ def train(
         "val_mean_auc": metrics["metrics"].get("val/mean_auc"),
         "test_mean_auc": metrics["metrics"].get("test/mean_auc"),
     }
+
+
+def startup_seconds(log: str, launched: float) -> float | None:
+    """Seconds from the process's launch to the end of the run's build (train.log's `rows:`
+    line, logged after the model, its tables' init and the optimizer's state are made, before
+    the first step): imports, settings, data, model and optimizer."""
+    found = re.search(r"^\[([0-9-]+ [0-9:]+,[0-9]+)\]\[mtlrec\]\[INFO\] - rows: ", log, re.M)
+    if found is None:
+        return None
+    logged = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")  # local time, ms
+    return logged.timestamp() - launched
 
 
 def disk_bytes(directory: Path) -> int:
@@ -168,17 +186,23 @@ def main() -> None:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run with the median samples/s (its RSS and AUCs with it; AUCs are the same anyway)."""
+    """The run with the median samples/s (its RSS and AUCs with it; AUCs are the same anyway),
+    with the median start-up of all the runs (a run's start-up and its training speed vary
+    with the load independently)."""
     ordered = sorted(runs, key=lambda r: r["samples_per_s"])
-    return {**ordered[len(ordered) // 2], "repeats": len(runs)}
+    startups = [r["startup_seconds"] for r in runs if r.get("startup_seconds") is not None]
+    startup = statistics.median(startups) if startups else None
+    return {**ordered[len(ordered) // 2], "startup_seconds": startup, "repeats": len(runs)}
 
 
 def print_table(results: list[dict], smallest: int) -> None:
     base = {r["optimizer"]: r for r in results if r["vocab"] == smallest}
     print(f"\n| vocab | system | train samples/s | vs {smallest:,} ids | epoch end s | "
           f"end / train | vs {smallest:,} | epoch 1 end s | epoch 1 end / train | checkpoints MiB | "
-          f"peak RSS MiB | RSS vs {smallest:,} | test mean AUC |\n"
-          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+          f"peak RSS MiB | RSS vs {smallest:,} | start-up s | start-up vs {smallest:,} | "
+          "test mean AUC |\n"
+          "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: | ---: |")  # fmt: skip
     for r in results:
         ratio = r["samples_per_s"] / base[r["optimizer"]]["samples_per_s"]
         auc = "" if r["test_mean_auc"] is None else f"{r['test_mean_auc']:.4f}"
@@ -201,7 +225,15 @@ def print_table(results: list[dict], smallest: int) -> None:
         print(f"| {r['vocab']:,} | {r['optimizer']} | {r['samples_per_s']:,.0f} | {ratio:.2f}x | "
               f"{shown[0]} | {shown[1]} | {shown[2]} | {'' if first is None else f'{first:.2f}'} | "
               f"{first_share} | {r['checkpoint_bytes'] / 2**20:,.0f} | {r['peak_rss_mib']:,.0f} | {rss:.2f}x | "
-              f"{auc} |")  # fmt: skip
+              f"{startup_cells(r, ref)} | {auc} |")  # fmt: skip
+
+
+def startup_cells(r: dict, ref: dict) -> str:
+    """`start-up s | vs the smallest size` (empty where train.log had no `rows:` line)."""
+    mine, small = r.get("startup_seconds"), ref.get("startup_seconds")
+    if mine is None:
+        return " | "
+    return f"{mine:.2f} | " + (f"{mine / small:.2f}x" if small else "")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ a = sqrt(3) * std (the variance of N(0, std^2), what smaller tables are drawn fr
 torch.Generator of its own whose seed is drawn from the global generator (the run's `seed` fixes
 it). The values are made without transcendental functions: 24-bit integers from torch.randint
 (the generator's integer stream), shifted to [-2^23, 2^23) (exact in float32) and multiplied by
-a / 2^23 once (one IEEE rounding). So `SeededInit.draw` gives the same bits on any CPU, torch
-build or thread count, and the table's initial weights are a function of (seed, shape, std): a
+a / 2^23 once (one IEEE rounding). So `SeededInit.draw` gives the same bits on any CPU or
+thread count, with any torch whose CPU generator draws the same integers (`fingerprint` checks
+it), and the table's initial weights are a function of (seed, shape, std): a
 checkpoint's table files (mtlrec/training/table_files.py) store that instead of the 1.28 GB of a
 20M-row table, plus the rows changed since. `fingerprint` (SHA-256 of a fixed sample of rows) is
 taken when the table is drawn and checked when it is drawn again. Each chunk of CHUNK_ROWS rows
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,14 +49,26 @@ class SeededInit:
     @torch.no_grad()
     def _draw_chunk(self, chunk: int, out: torch.Tensor) -> None:
         generator = torch.Generator().manual_seed(_chunk_seed(self.seed, chunk))
-        ints = torch.randint(0, 2 * _HALF, out.shape, generator=generator, dtype=torch.int32)
+        # randint(low, high) is low + (a 32-bit draw mod (high - low)): the same integers as
+        # randint(0, 2^24) - 2^23 (the format's definition) without a pass to subtract
+        ints = torch.randint(-_HALF, _HALF, out.shape, generator=generator, dtype=torch.int32)
         scale = torch.tensor(math.sqrt(3.0) * self.std / _HALF, dtype=out.dtype)
-        torch.mul(ints.sub_(_HALF).to(out.dtype), scale, out=out)
+        torch.mul(ints, scale, out=out)  # the exact int -> float cast, then one rounding
 
-    def draw_into(self, weight: torch.Tensor) -> None:
-        """Fill `weight` (a CPU float tensor, rows first) with this init's values."""
-        for chunk, rows in enumerate(weight.split(self.chunk_rows)):
-            self._draw_chunk(chunk, rows)
+    def draw_into(self, weight: torch.Tensor, workers: int | None = None) -> None:
+        """Fill `weight` (a CPU float tensor, rows first) with this init's values. The chunks
+        are independent (a generator each, their own rows of `weight`), so `workers` threads
+        (default torch.get_num_threads()) draw them at once: torch releases the GIL inside
+        randint and mul. The bits do not depend on the number of threads."""
+        chunks = list(enumerate(weight.split(self.chunk_rows)))
+        workers = min(len(chunks), workers or torch.get_num_threads())
+        if workers <= 1:
+            for chunk, rows in chunks:
+                self._draw_chunk(chunk, rows)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="seeded-init") as pool:
+            # list(): wait for every chunk and raise the first error
+            list(pool.map(lambda item: self._draw_chunk(*item), chunks))
 
     def draw(self, shape: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         weight = torch.empty(shape, dtype=dtype)

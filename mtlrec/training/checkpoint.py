@@ -416,7 +416,8 @@ def parts_of(checkpoint: Path) -> list[Path]:
     except Exception as e:  # foreign or damaged: loading it says why, not this
         log.debug("%s: no parts read (%s)", checkpoint, e)
         return []
-    return sorted(files)
+    inside = directory.resolve()  # an edited name ("../..") never reaches a file elsewhere
+    return sorted(f for f in files if f.resolve().is_relative_to(inside) and f.is_file())
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -137,9 +137,21 @@ def safe_reader(folder: Path) -> Any:
     return SafeReader(folder)
 
 
+def failure(e: BaseException) -> str:
+    """What failed, in one line (`Type: first line`). DCP raises a CheckpointException, a
+    BaseException that `except Exception` misses, wrapping each rank's own: the first one's."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]  # per rank: (its exception, its traceback)
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torch.Tensor]:
     """The full tensors `keys` of a DCP folder, read in this process alone (no process group)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
         entries = read_metadata(folder).state_dict_metadata
@@ -149,10 +161,10 @@ def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torc
         with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(out, storage_reader=safe_reader(folder), no_dist=True)
-    except Exception as e:  # a folder whose files match their digests but not each other
+    except (Exception, CheckpointException) as e:  # files that match their digests, not DCP
         raise MtlrecError(
-            f"{checkpoint}: its sharded tables in {folder} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); use an older checkpoint"
+            f"{checkpoint}: its sharded tables in {folder} cannot be read ({failure(e)}); use an "
+            "older checkpoint"
         ) from None
     return out
 

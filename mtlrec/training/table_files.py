@@ -39,7 +39,7 @@ import torch
 
 from mtlrec.errors import MtlrecError
 from mtlrec.models.seeded_init import SeededInit, fingerprint, seeded_init_of
-from mtlrec.training.row_adam import RowAdam
+from mtlrec.training.row_adam import RowAdam, untouched_zeros
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +325,8 @@ def _initial(name: str, entry: dict, checkpoint: Path) -> torch.Tensor:
         dtype = getattr(torch, str(fill["dtype"]))
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"dtype {fill['dtype']!r}")
-        if "seeded" not in fill:
-            return torch.zeros(fill["shape"], dtype=dtype)
+        if "seeded" not in fill:  # pages zeroed by the kernel when touched: no 2.7 GB fill
+            return untouched_zeros(list(fill["shape"]), dtype)
         init = SeededInit.from_dict(fill["seeded"])
         weight = init.draw(fill["shape"], dtype)
     except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as e:  # edited/foreign

@@ -72,6 +72,8 @@ class ShardedCheckpointer:
         self.is_main = is_main
         self.best: dict[str, Any] | None = None  # where the best weights' tables are
         self._named: dict[tuple, set[str]] = {}  # collect's cache
+        # the table files of a one-process run resumed on several ranks: collected (none written)
+        self._table_files = TableFiles(checkpoints, optimizer, None, lambda body, path: None)
 
     def adopt(self, payload: dict, as_drawn: bool = False) -> None:
         """Continue from a resumed checkpoint: its best tables' folder stays the best's
@@ -83,7 +85,10 @@ class ShardedCheckpointer:
         """Nothing: `write` finds the best tables by comparing them with the live shards."""
 
     def collect(self) -> list[Path]:
-        return dcp_files.collect(self.checkpoints, self._named) if self.is_main else []
+        """The folders, and the files of tables/, that no checkpoint names any more (rank 0)."""
+        if not self.is_main:
+            return []
+        return dcp_files.collect(self.checkpoints, self._named) + self._table_files.collect()
 
     def externalize(self, payload: dict, epoch: int) -> dict:
         """Rank 0, in make_payload: write the shards; the payload names the folder instead of
@@ -313,6 +318,7 @@ def restoring(
 
 def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     state = {f"{MODEL}/{k}": v for k, v in local_tables(model).items()}
     if isinstance(optimizer, TorchRecOptimizer):
@@ -327,9 +333,9 @@ def _load_shards(manifest: dict, path: Path, model: nn.Module, optimizer: Any) -
     folder = path.parent / manifest["folder"]
     try:
         dcp.load(state, storage_reader=dcp_files.safe_reader(folder))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (Exception, CheckpointException) as e:  # CheckpointException: a BaseException
         raise MtlrecError(
-            f"{path}: its sharded tables in {folder} do not fit this run's shards ({first}); "
-            "resume with the run's own settings"
+            f"{path}: its sharded tables in {folder} do not fit this run's shards "
+            f"({dcp_files.failure(e)}); resume with the run's own settings (written by "
+            f"{manifest.get('world_size')} ranks: trainer.devices={manifest.get('world_size')})"
         ) from None

@@ -65,6 +65,12 @@ def test_best_pt_is_logged_with_its_table_files(tmp_path):
         "model_state": {"t": {REF_KEY: "t", "chain": "last"}},
         TABLES_KEY: {"chains": {"last": [entry]}, "best": None, "shapes": {"t": [6, 4]}},
     }
+    outside = {"file": "../../../secret.txt", "kind": "delta", "rows": 0, "sha256": ""}
+    (tmp_path / "secret.txt").write_text("not the run's")
+    best = {**payload, TABLES_KEY: {**payload[TABLES_KEY], "chains": {"last": [entry, outside]}}}
+    torch.save(best, checkpoints / "best.pt")
+    _log(tmp_path / "run", tmp_path / "store")
+    assert not list((tmp_path / "store").rglob("secret.txt"))  # a name out of checkpoints/
     torch.save(payload, checkpoints / "best.pt")
     _log(tmp_path / "run", tmp_path / "store")
 

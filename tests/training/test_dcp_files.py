@@ -155,6 +155,26 @@ def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path)
     assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
 
 
+def test_a_run_resumed_on_several_ranks_collects_the_table_files_of_before(tmp_path):
+    """A one-process run whose tables went to tables/ (table files), resumed on several ranks
+    (DCP folders from then on): the files no checkpoint names any more are deleted, the ones
+    best.pt names kept."""
+    from mtlrec.training.table_files import TABLES_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    (tmp_path / "tables").mkdir()
+    for name in ("e1-0a1b2c3d4e5f.base.pt", "e2-0a1b2c3d4e5f.delta.pt"):
+        torch.save({}, tmp_path / "tables" / name)
+    entry = {"file": "e1-0a1b2c3d4e5f.base.pt", "kind": "base", "rows": 0, "sha256": ""}
+    torch.save({TABLES_KEY: {"chains": {"last": [entry]}}}, tmp_path / "best.pt")
+    payload, _, _ = _payload(tmp_path)
+    torch.save(payload, tmp_path / "last.pt")  # sharded from now on: names a and b
+    tables = ShardedCheckpointer(tmp_path, torch.nn.Module(), None, True)
+    assert [p.name for p in tables.collect()] == ["e2-0a1b2c3d4e5f.delta.pt"]
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["e1-0a1b2c3d4e5f.base.pt"]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+
+
 def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_without_running_it(
     tmp_path,
 ):
@@ -188,3 +208,20 @@ def test_a_folder_holding_a_pickled_object_instead_of_a_tensor_is_refused_withou
         f"model_state/{TABLE} is a BytesStorageMetadata, not a tensor); use an older checkpoint"
     )
     assert not marker.exists()
+
+
+def test_a_folder_dcp_cannot_read_is_one_line_not_a_traceback(tmp_path):
+    """DCP raises a CheckpointException (a BaseException, not an Exception) for what fails inside
+    it: here a shard file that matches the manifest's SHA-256 but is not what .metadata says."""
+    payload, _, _ = _payload(tmp_path)
+    shard = tmp_path / "sharded" / "a" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, its digest written into last.pt
+    payload[SHARDED_KEY]["files"][shard.name] = dcp_files.file_sha256(shard)
+    with pytest.raises(MtlrecError) as info:
+        dcp_files.gather(payload, tmp_path / "last.pt")
+    message = str(info.value)
+    assert message.startswith(
+        f"{tmp_path / 'last.pt'}: its sharded tables in {shard.parent} cannot be read ("
+    )
+    assert message.endswith("); use an older checkpoint") and "\n" not in message
+    assert "CheckpointException" not in message  # the cause DCP wraps, not the wrapper

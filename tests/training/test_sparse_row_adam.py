@@ -229,3 +229,34 @@ def test_a_sparse_adam_checkpoint_from_before_row_adam_resumes():
     run(sparse_adam, old, batches[20:])
     run(row, new, batches[20:])
     torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
+
+
+def test_untouched_zeros_are_zeros_a_fresh_state_uses_them_and_a_load_reads_the_counters():
+    from mtlrec.training.row_adam import untouched_zeros
+
+    for shape, dtype in (([5, 3], torch.float32), ([7], torch.int64), ([0, 4], torch.float32)):
+        z = untouched_zeros(shape, dtype)
+        assert z.shape == tuple(shape) and z.dtype == dtype and z.is_contiguous()
+        assert torch.equal(z, torch.zeros(shape, dtype=dtype))
+    z = untouched_zeros([4, 2], torch.float32)
+    z[1] = 3.0  # writable, one tensor: views of it see the write
+    assert z.sum() == 6.0 and z.view(-1)[2:4].tolist() == [3.0, 3.0]
+    with pytest.raises(RuntimeError):  # torch's own error for a bad shape
+        untouched_zeros([-1, 2], torch.float32)
+    p, twin = params(2)
+    optimizer = RowAdam([p], lr=0.01, catch_up=True)
+    for name in ("moments", "last_step"):  # over a memory map, not torch's (filled) allocation
+        assert not optimizer.state[p][name].untyped_storage().resizable()
+    run(optimizer, p, schedule(12, 4, seed=8))
+    saved = copy.deepcopy(optimizer.state_dict())
+    row = int(optimizer.state[p]["last_step"].nonzero()[0])
+    saved["state"][0]["moments"][row] = 0.0  # decayed to exactly 0: still a candidate, not moved
+    twin.data.copy_(p.data)
+    twin_opt = RowAdam([twin], lr=0.01, catch_up=True)
+    twin_opt.load_state_dict(saved)
+    assert torch.equal(twin_opt.moving[twin], saved["state"][0]["last_step"].ne(0))
+    assert twin_opt.state[twin]["last_step"].dtype == torch.int64  # never cast to float
+    optimizer.state[p]["moments"][row] = 0.0
+    optimizer.flush()
+    twin_opt.flush()
+    assert torch.equal(p, twin) and not bool(twin_opt.moving[twin][row])

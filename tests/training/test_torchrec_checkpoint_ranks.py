@@ -38,7 +38,7 @@ def _layer(seed: int):
     return FieldEmbedding(_spec(), 4, init_std=0.5)
 
 
-def _model(seed: int) -> nn.Module:
+def _model(seed: int, sharding: str = "table_wise", optimizer: str = "adagrad") -> nn.Module:
     from helpers.torchrec import shard_settings
     from mtlrec.training.torchrec_backend import shard_model
 
@@ -46,8 +46,8 @@ def _model(seed: int) -> nn.Module:
     model.embedding = _layer(seed)
     cfg = shard_settings(
         embedding_backend="torchrec",
-        embedding_optimizer="adagrad",
-        sharding="table_wise",
+        embedding_optimizer=optimizer,
+        sharding=sharding,
         devices=2,
     )
     shard_model(model, cfg, torch.device("cpu"), lambda name, record: None)
@@ -87,9 +87,16 @@ def _ranks(rank: int, tmp: str) -> None:
     with restoring(payload, checkpoints / "last.pt", other, other_optimizer, "auto"):
         pass
     loaded = _gathered(other, other_optimizer)
+    resharded = _model(2, "column_wise")  # another plan: DCP reshards (adagrad's state too)
+    resharded_optimizer = _optimizer(resharded)
+    with restoring(payload, checkpoints / "last.pt", resharded, resharded_optimizer, "auto"):
+        pass
+    resharded_state = _gathered(resharded, resharded_optimizer)
+    refused = _refused_elsewhere(tmp_path / "rowwise", ids)
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
-        torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan},
+        torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
+                    "refused": refused, "resharded": resharded_state},
                    tmp_path / "out.pt")  # fmt: skip
     dist.destroy_process_group()
     # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
@@ -97,6 +104,26 @@ def _ranks(rank: int, tmp: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
+    """rowwise_adagrad's shards written table_wise, loaded into column_wise ones: its per-row
+    state has a column per shard, so DCP cannot reshard it; the one line (every rank's)."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
+
+    model = _model(0, "table_wise", "rowwise_adagrad")
+    optimizer = _optimizer(model)
+    model.embedding(ids, torch.zeros(2, 0)).sum().backward()
+    manifest = ShardedCheckpointer(checkpoints, model, optimizer, dist.get_rank() == 0).write(1, {})
+    other = _model(1, "column_wise", "rowwise_adagrad")
+    try:
+        with restoring({SHARDED_KEY: manifest}, checkpoints / "last.pt", other, _optimizer(other),
+                       "auto"):  # fmt: skip
+            return "loaded"
+    except MtlrecError as e:  # not DCP's CheckpointException (a BaseException), a traceback
+        return str(e)
 
 
 def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
@@ -123,6 +150,20 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
         "optimizer_state": {"optimizers": []},
         SHARDED_KEY: manifest,
     }
+    for part in ("model", "fused"):
+        assert out["resharded"][part].keys() == written[part].keys()
+        for key, value in written[part].items():
+            assert torch.equal(out["resharded"][part][key], value), key
+    refused, folder = out["refused"], tmp_path / "rowwise" / "sharded"
+    assert refused.startswith(
+        f"{tmp_path / 'rowwise' / 'last.pt'}: its sharded tables in {folder}/"
+    )
+    assert refused.endswith(
+        "do not fit this run's shards (ValueError: Size mismatch between saved torch.Size([30]) "
+        "and current: torch.Size([60]) for fused_tables/0/collections.1.embeddings.table_1.weight/"
+        "table_1.momentum1); resume with the run's own settings (written by 2 ranks: "
+        "trainer.devices=2)"
+    )
     gathered = dcp_files.gather(payload, tmp_path / "checkpoints" / "last.pt")
     for key in manifest["model_keys"]:
         assert torch.equal(gathered["model_state"][key], written["model"][key]), key

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mtlrec.errors import MtlrecError
+from mtlrec.training import signals
 from mtlrec.training.distributed.collectives import average_gradients
 from mtlrec.training.distributed.context import current
 
@@ -66,12 +68,23 @@ class GradSync:
             if self.fault_kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.fault_kind == "term":
+                seen = len(signals.received)
                 os.kill(os.getppid(), signal.SIGTERM)
+                _await_forwarded(seen)
                 return
             raise MtlrecError(
                 f"{FAULT_ENV}: injected failure on rank {ctx.rank} at step {self.steps}"
             )
         average_gradients(self.params)
+
+
+def _await_forwarded(seen: int, timeout_s: float = 60.0) -> None:
+    """Wait until the launcher has forwarded the SIGTERM to this rank too: the ranks agree on a
+    stop at this very step (any rank's request stops them all), however late the forwarding
+    comes on a loaded machine, so a test can count on the step it asked for."""
+    deadline = time.monotonic() + timeout_s
+    while len(signals.received) == seen and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def check_sparse_backend(model: nn.Module, backend: str | None) -> None:
