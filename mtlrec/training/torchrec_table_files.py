@@ -18,7 +18,8 @@ at the first checkpoint, then per checkpoint the rows changed since the previous
   Untracked tables are copied (gathered) as before.
 
 Resume and every reader assemble the full tensors (checkpoint.load_checkpoint): the checkpoint
-is the ordinary one. Several ranks keep their own path (DCP folders, torchrec_checkpoint.py).
+is the ordinary one. Several ranks keep their own path (DCP folders, torchrec_checkpoint.py);
+tables on CUDA stay whole in last.pt, as the native path's do.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class FusedTableRows:
         return [("weight", self.weight()), *self.states().items()]
 
     def mark(self, ids: torch.Tensor) -> None:
-        self.changed.index_fill_(0, ids.reshape(-1).cpu(), True)
+        self.changed.index_fill_(0, ids.reshape(-1), True)
 
     def take_changed(self) -> torch.Tensor:
         rows = self.changed.nonzero().squeeze(1)
@@ -126,7 +127,8 @@ def _fused(table: FusedTableRows, rows: int) -> bool:
         f"collections.{table.j}.embeddings.{feature_name(table.j)}.weight"
     ]
     sharded = hasattr(state, "local_shards")
-    return sharded and all(t.shape[0] == rows for _, t in table.tensors())
+    on_cpu = table.weight().device.type == "cpu"  # as the native path: CUDA tables stay whole
+    return sharded and on_cpu and all(t.shape[0] == rows for _, t in table.tensors())
 
 
 def _whole_local(value: Any) -> torch.Tensor:
