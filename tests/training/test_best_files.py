@@ -162,3 +162,36 @@ def test_a_chain_from_a_seeded_init_gives_the_values_of_the_rows_asked_for():
     got = best_files._values_at([entry, *deltas], name, rows)
     assert torch.equal(got, expected[rows])
     assert torch.equal(got[1], torch.full((4,), 2.0)) and not torch.equal(got[0], got[3])
+
+
+def test_a_layer_loading_its_tables_together_gets_the_best_weights_of_those_not_in_files():
+    """TorchRec's layer loads all its tables or none: the tables the files hold are handed to
+    it as they are now (restored from the files after), the others their kept best weights."""
+    from torch import nn
+
+    class Together(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Parameter(torch.zeros(6, 2)), nn.Parameter(torch.zeros(3, 2))
+
+        def _load_from_state_dict(self, state, prefix, meta, strict, missing, unexpected, errors):
+            if {f"{prefix}a", f"{prefix}b"} <= state.keys():  # all or nothing
+                super()._load_from_state_dict(
+                    state, prefix, meta, strict, missing, unexpected, errors
+                )
+
+    class Files:  # what load asks of BestFiles
+        restored: set[str] = set()
+
+        def restore(self, keys: set[str]) -> int:
+            self.restored = keys
+            with torch.no_grad():
+                model.a[2].fill_(5.0)  # the rows changed since the best epoch, read back
+            return 1
+
+    model = Together()
+    best = {"a": best_files.placeholder(model.a), "b": torch.full((3, 2), 7.0)}
+    files = Files()
+    best_files.load(model, best, files)  # type: ignore[arg-type]
+    assert files.restored == {"a"} and torch.equal(model.b, torch.full((3, 2), 7.0))
+    assert model.a.sum().item() == 10.0  # a: as it was, then its restored row
