@@ -451,7 +451,8 @@ class TorchRecOptimizer(MultiOptimizer):
         if len(replicated) != len(self.replicated):
             raise ValueError(
                 f"the checkpoint has {len(replicated)} data-parallel table optimizer(s), this run "
-                f"{len(self.replicated)} (was trainer.sharding changed?)"
+                f"{len(self.replicated)}: the planner replicates other tables with this "
+                "trainer.devices; resume with the run's own trainer.devices"
             )
         super().load_state_dict(state_dict)
         if self.fused.in_state:

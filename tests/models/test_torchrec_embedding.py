@@ -164,3 +164,29 @@ def test_a_replicated_table_trains_as_the_fused_one(optimizer):
     for key in ("tables.0.weight", "tables.1.weight"):
         assert not torch.equal(after[key], before[key]), key  # the steps moved rows
         torch.testing.assert_close(replica.layer.state_dict()[key], after[key], rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_whose_plan_replicated_other_tables_is_refused_in_one_line():
+    """With trainer.sharding=auto the planner's choice depends on the number of ranks (a 1000 x 8
+    table: table_wise in 1 process, column_wise on 2, data_parallel on 4), so a resume with
+    another trainer.devices may replicate tables the checkpoint's run did not (restore_training
+    turns the ValueError into its one line)."""
+    from torch import nn
+
+    from mtlrec.training.optimizers import MultiOptimizer
+    from mtlrec.training.torchrec_backend import FusedTables, TorchRecOptimizer
+
+    native = FieldEmbedding(rich_spec(), 4)
+
+    def optimizer(sharding: str) -> TorchRecOptimizer:
+        dense = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return TorchRecOptimizer(MultiOptimizer([dense]), FusedTables([shard(native, sharding)]))
+
+    saved = optimizer("table_wise").state_dict()  # no replicated table
+    with pytest.raises(ValueError) as info:
+        optimizer("data_parallel").load_state_dict(saved)
+    assert str(info.value) == (
+        "the checkpoint has 0 data-parallel table optimizer(s), this run 1: the planner "
+        "replicates other tables with this trainer.devices; resume with the run's own "
+        "trainer.devices"
+    )
