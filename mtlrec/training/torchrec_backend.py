@@ -155,9 +155,7 @@ class ShardedTables:
     layer: TorchRecFieldEmbedding
     module: nn.Module  # DistributedModelParallel
     plan: dict[str, dict[str, Any]]
-    replicated: torch.optim.Optimizer | None = (
-        None  # the data-parallel tables' (torchrec_replicated)
-    )
+    replicated: torch.optim.Optimizer | None = None  # the data-parallel tables' optimizer
 
 
 def _column_width(dim: int, world: int) -> int:
@@ -425,10 +423,11 @@ class TorchRecOptimizer(MultiOptimizer):
     def __init__(self, dense: MultiOptimizer, fused: FusedTables):
         super().__init__(dense.optimizers)
         self.fused = fused
-        with_replicas = [s for s in fused.sharded if s.replicated is not None]
-        self.replicated = [s.replicated for s in with_replicas]
+        self.replicated = [s.replicated for s in fused.sharded if s.replicated is not None]
         # which tables each replicated optimizer trains: a resume must find the same ones
-        self.replicated_names = [replicated_names(s.plan) for s in with_replicas]
+        self.replicated_names = [
+            replicated_names(s.plan) for s in fused.sharded if s.replicated is not None
+        ]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
