@@ -32,7 +32,9 @@ from mtlrec.training.optimizers import MultiOptimizer
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
     REPLICATED_OPTIMIZERS,
+    names_text,
     planner_types,
+    replicated_names,
     replicated_optimizer,
     single_id_bag_tables,
 )
@@ -153,9 +155,7 @@ class ShardedTables:
     layer: TorchRecFieldEmbedding
     module: nn.Module  # DistributedModelParallel
     plan: dict[str, dict[str, Any]]
-    replicated: torch.optim.Optimizer | None = (
-        None  # the data-parallel tables' (torchrec_replicated)
-    )
+    replicated: torch.optim.Optimizer | None = None  # the data-parallel tables' optimizer
 
 
 def _column_width(dim: int, world: int) -> int:
@@ -424,6 +424,10 @@ class TorchRecOptimizer(MultiOptimizer):
         super().__init__(dense.optimizers)
         self.fused = fused
         self.replicated = [s.replicated for s in fused.sharded if s.replicated is not None]
+        # which tables each replicated optimizer trains: a resume must find the same ones
+        self.replicated_names = [
+            replicated_names(s.plan) for s in fused.sharded if s.replicated is not None
+        ]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
@@ -439,7 +443,10 @@ class TorchRecOptimizer(MultiOptimizer):
     def state_dict(self) -> dict[str, Any]:
         # every rank holds the same replicated state: rank 0's is written, in last.pt also when
         # the tables are in DCP folders (a replicated table is small)
-        replicated = {"replicated_tables": [opt.state_dict() for opt in self.replicated]}
+        replicated = {
+            "replicated_tables": [opt.state_dict() for opt in self.replicated],
+            "replicated_table_names": self.replicated_names,
+        }
         if not self.fused.in_state:
             return {**super().state_dict(), **replicated}
         return {**super().state_dict(), "fused_tables": self.fused.state_dict(), **replicated}
@@ -448,11 +455,14 @@ class TorchRecOptimizer(MultiOptimizer):
         if "fused_tables" not in state_dict and self.fused.in_state:
             raise ValueError("the checkpoint holds no fused table state (not a torchrec run)")
         replicated = state_dict.get("replicated_tables", [])
-        if len(replicated) != len(self.replicated):
+        names = state_dict.get("replicated_table_names")  # None: saved before names were
+        if len(replicated) != len(self.replicated) or names not in (None, self.replicated_names):
+            saved = names_text(names, len(replicated))
+            here = names_text(self.replicated_names, len(self.replicated))
             raise ValueError(
-                f"the checkpoint has {len(replicated)} data-parallel table optimizer(s), this run "
-                f"{len(self.replicated)}: the planner replicates other tables with this "
-                "trainer.devices; resume with the run's own trainer.devices"
+                f"the checkpoint's data-parallel tables are {saved}, this run's {here}: the "
+                "planner replicates other tables with this trainer.devices; resume with the "
+                "run's own trainer.devices"
             )
         super().load_state_dict(state_dict)
         if self.fused.in_state:

@@ -80,3 +80,15 @@ def replicated_optimizer(module: nn.Module, name: str, lr: float) -> torch.optim
 
     params = [p for _, p in in_backward_optimizer_filter(module.named_parameters())]
     return REPLICATED_OPTIMIZERS[name](params, lr) if params else None
+
+
+def replicated_names(plan: dict[str, Any]) -> list[str]:
+    """The tables of a layer's plan that are replicated, sorted."""
+    return sorted(name for name, spec in plan.items() if spec["sharding_type"] == DATA_PARALLEL)
+
+
+def names_text(names: Any, count: int) -> str:
+    """A refusal's view of the replicated tables: each layer's names, or their count."""
+    if names is None:
+        return f"{count} unnamed layer(s)"
+    return "; ".join(", ".join(n) for n in names) if names else "none"

@@ -185,8 +185,23 @@ def test_a_checkpoint_whose_plan_replicated_other_tables_is_refused_in_one_line(
     saved = optimizer("table_wise").state_dict()  # no replicated table
     with pytest.raises(ValueError) as info:
         optimizer("data_parallel").load_state_dict(saved)
+    replicated = optimizer("data_parallel")
+    tables = ", ".join(replicated.replicated_names[0])
     assert str(info.value) == (
-        "the checkpoint has 0 data-parallel table optimizer(s), this run 1: the planner "
+        f"the checkpoint's data-parallel tables are none, this run's {tables}: the planner "
         "replicates other tables with this trainer.devices; resume with the run's own "
         "trainer.devices"
     )
+    # the same number of replicated optimizers, other tables: refused by name, not loaded into
+    # the wrong tables' state
+    other = replicated.state_dict()
+    assert other["replicated_table_names"] == replicated.replicated_names
+    other["replicated_table_names"] = [["some_other_table"]]
+    with pytest.raises(ValueError) as info:
+        optimizer("data_parallel").load_state_dict(other)
+    assert str(info.value).startswith(
+        f"the checkpoint's data-parallel tables are some_other_table, this run's {tables}: "
+    )
+    optimizer("data_parallel").load_state_dict(replicated.state_dict())  # the same tables: fine
+    del other["replicated_table_names"]  # saved before the names were: the count is checked
+    optimizer("data_parallel").load_state_dict(other)
