@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
 
-from helpers.cli import env, mtlrec  # noqa: E402
+from helpers.cli import mtlrec  # noqa: E402
 from mtlrec.training.torchrec_quiet import quiet_sharding  # noqa: E402
 
 
@@ -65,9 +65,6 @@ def test_a_torchrec_run_prints_no_library_chatter(tmp_path):
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
         timeout=300,
-        # its own data dir: the suite's shared one may hold the default dataset prepared by
-        # another test with other sizes (a tiny table the planner replicates: another plan line)
-        env=env(MTLREC_DATA_DIR=str(tmp_path / "data")),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
