@@ -93,10 +93,11 @@ def _ranks(rank: int, tmp: str) -> None:
         pass
     resharded_state = _gathered(resharded, resharded_optimizer)
     refused = _refused_elsewhere(tmp_path / "rowwise", ids)
+    evaluation = _lockstep_evaluation(rank)
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
         torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
-                    "refused": refused, "resharded": resharded_state},
+                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation},
                    tmp_path / "out.pt")  # fmt: skip
     dist.destroy_process_group()
     # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
@@ -124,6 +125,63 @@ def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
             return "loaded"
     except MtlrecError as e:  # not DCP's CheckpointException (a BaseException), a traceback
         return str(e)
+
+
+EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
+
+
+def _lockstep_evaluation(rank: int) -> dict:
+    """Evaluator.evaluate of an MMoE (gates: padding must not count) whose tables are split
+    column_wise over the 2 ranks, with TorchRec's gather made to fail: every rank's forwards
+    (counted) and its table shards, the metrics, and those of the model before sharding (the
+    native layer, same weights, evaluated data-parallel: as one process)."""
+    import copy
+
+    from conftest import compose_train
+    from helpers.torchrec import shard_settings
+    from mtlrec.data.ccp_generator import dataset_spec
+    from mtlrec.data.loader import SplitTensors
+    from mtlrec.models import build_model
+    from mtlrec.training import torchrec_backend
+    from mtlrec.training.distributed.context import RankContext, set_current
+    from mtlrec.training.evaluator import Evaluator
+    from mtlrec.training.metrics import eval_targets
+    from tests.training.test_fit import _batch
+
+    set_current(RankContext(rank=rank, world_size=2, backend="gloo"))
+    spec, cpu = dataset_spec(1000, 0), torch.device("cpu")
+    torch.manual_seed(0)
+    model, tasks = build_model(dict(compose_train(["model=mmoe"]).model), spec, spec.tasks)
+    targets = eval_targets(tasks, model.output_types, spec)
+    b = _batch(spec, EVAL_ROWS, seed=3)
+    split = SplitTensors(b.sparse, b.dense, b.labels)
+    native = Evaluator(copy.deepcopy(model), spec, tasks, targets, cpu, EVAL_BATCH)
+    expected = native.evaluate(split, "val")
+    cfg = shard_settings(
+        embedding_backend="torchrec", sharding="column_wise", devices=2, embedding_optimizer="sgd"
+    )
+    torchrec_backend.shard_model(model, cfg, cpu, lambda name, record: None)
+    (sharded,) = model.sharded_tables
+    lookup, forwards = sharded.layer.lookup, []
+    sharded.layer.__dict__["lookup"] = lambda ids: forwards.append(len(ids[0])) or lookup(ids)
+    gather = torchrec_backend.gather_full
+
+    def refuse(local: dict) -> dict:
+        raise AssertionError(f"a table was gathered during evaluation: {sorted(local)}")
+
+    torchrec_backend.gather_full = refuse
+    try:
+        got = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH).evaluate(split, "val")
+    finally:
+        torchrec_backend.gather_full = gather
+    shards = [
+        [list(s.metadata.shard_sizes) for s in state.local_shards()]
+        for state in torchrec_backend.table_states(sharded.module)
+    ]
+    every: list = [None, None]
+    dist.all_gather_object(every, {"forwards": forwards, "shards": shards})
+    set_current(RankContext())
+    return {"expected": expected, "got": got, "ranks": every, "shapes": sharded.layer.table_shapes}
 
 
 def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
@@ -169,3 +227,19 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
         assert torch.equal(gathered["model_state"][key], written["model"][key]), key
     for key, value in written["fused"].items():
         assert torch.equal(gathered["optimizer_state"]["fused_tables"][key], value), key
+    _check_lockstep_evaluation(out["evaluation"])
+
+
+def _check_lockstep_evaluation(evaluation: dict) -> None:
+    """Both ranks made 3 forwards (rank 0: 2 batches of 100 rows and a padding forward of one
+    row; rank 1: 3 batches, the last of 50), each holding half of every table's columns, no table
+    was gathered, and the metrics (AUCs, losses, mean gates) are the native model's."""
+    (rank0, rank1), shapes = evaluation["ranks"], evaluation["shapes"]
+    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1]
+    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH]
+    for shards in (rank0["shards"], rank1["shards"]):
+        assert shards == [[[rows, dim // 2]] for rows, dim in shapes]
+    expected, got = evaluation["expected"], evaluation["got"]
+    assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
