@@ -94,10 +94,11 @@ def _ranks(rank: int, tmp: str) -> None:
     resharded_state = _gathered(resharded, resharded_optimizer)
     refused = _refused_elsewhere(tmp_path / "rowwise", ids)
     evaluation = _lockstep_evaluation(rank)
+    best = _best_by_reference(tmp_path / "best", ids)
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
         torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
-                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation},
+                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation, "best": best},
                    tmp_path / "out.pt")  # fmt: skip
     dist.destroy_process_group()
     # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
@@ -125,6 +126,29 @@ def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
             return "loaded"
     except MtlrecError as e:  # not DCP's CheckpointException (a BaseException), a traceback
         return str(e)
+
+
+def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
+    """keep_best's state at "epoch 1" (the tables as placeholders) and its checkpoint's folder,
+    a fused step, "epoch 2"'s folder, then the end of fit's load_best: the tables as gathered at
+    each point (a collective, for the comparison only)."""
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    model = _model(0)
+    tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
+    best = tables.live_state()
+    first = tables.write(1, best)
+    at_best = model.state_dict()
+    model.embedding(ids, torch.zeros(2, 0)).sum().backward()  # the fused step changes the rows
+    second = tables.write(2, best)
+    trained = model.state_dict()
+    tables.load_best(best)
+    return {
+        "placeholders": sorted(k for k, v in best.items() if v.is_meta),
+        "folders": [first["folder"], second["folder"]],
+        "best": [first["best"]["folder"], second["best"]["folder"]],
+        "states": [at_best, trained, model.state_dict()],
+    }
 
 
 EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
@@ -228,6 +252,13 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
     for key, value in written["fused"].items():
         assert torch.equal(gathered["optimizer_state"]["fused_tables"][key], value), key
     _check_lockstep_evaluation(out["evaluation"])
+    best = out["best"]  # the best weights' tables by reference to epoch 1's folder
+    assert best["placeholders"] == manifest["model_keys"]  # no rank kept a copy of a table
+    assert best["best"] == [best["folders"][0]] * 2 and best["folders"][0] != best["folders"][1]
+    at_best, trained, restored = best["states"]
+    for key in manifest["model_keys"]:
+        assert not torch.equal(trained[key], at_best[key]), key
+        assert torch.equal(restored[key], at_best[key]), key  # each rank's shards read back
 
 
 def _check_lockstep_evaluation(evaluation: dict) -> None:
