@@ -30,9 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtlrec.errors import MtlrecError
 from mtlrec.training.checkpoint import TrainState, keep_weights
-from mtlrec.training.table_files import FILE_FORMAT, MODEL_PREFIX, TableFiles, initial_rows
+from mtlrec.training.table_files import MODEL_PREFIX, TableFiles, initial_rows, read_table_file
 
 CHUNK_ROWS = 1 << 18  # rows restored at a time: the temporaries stay small
 
@@ -136,17 +135,13 @@ class BestFiles:
     def _open(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A table file's body, memory-mapped: only the pages of the rows read are loaded."""
         assert self.files is not None
+        missing = (
+            f"{entry['file']}, a table file of the best epoch, is missing (removed while the run "
+            "trained), so its best weights cannot be restored; leave checkpoints/ alone while a "
+            "run trains"
+        )
         file = self.files.directory / entry["file"]
-        if not file.is_file():
-            raise MtlrecError(
-                f"{file}: a table file of the best epoch is missing (removed while the run "
-                "trained), so its best weights cannot be restored; leave checkpoints/ alone "
-                "while a run trains"
-            )
-        body = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
-            raise MtlrecError(f"{file}: not an mtlrec table file")
-        return body
+        return read_table_file(file, self.files.directory, missing, mmap=True)
 
 
 def _values_at(chain: list[dict[str, Any]], name: str, rows: torch.Tensor) -> torch.Tensor:
