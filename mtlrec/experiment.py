@@ -46,11 +46,9 @@ from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
-    MODEL_KEY,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
-    load_checkpoint,
     load_resumable,
     make_payload,
     restore_training,
@@ -426,7 +424,7 @@ def finish(
         recorder.run_dir.write_json(RELIABILITY_FILE, {"split": "test", "targets": bins})
     per_task = None
     if settings.trainer.keep_best_per_task and trainer.per_task is not None:
-        checkpoints, files = recorder.run_dir.checkpoints, recorder.best_files
+        checkpoints, files = recorder.run_dir.checkpoints, trainer.best_files
         per_task = test_per_task(trainer, built.splits["test"], result.history, checkpoints, files)
     final = recorder.run_dir.update_metrics(
         status="completed",

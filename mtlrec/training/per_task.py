@@ -108,9 +108,15 @@ def checkpoint_name(task: str) -> str:
 class Tested(Protocol):
     """What test_per_task needs of the trainer (training/trainer.py's Trainer)."""
 
-    model: torch.nn.Module
-    per_task: PerTaskBest | None
-    state: TrainState  # its best_state: the monitored best weights fit loaded
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def per_task(self) -> PerTaskBest | None: ...
+
+    @property
+    def state(self) -> TrainState:  # its best_state: the monitored best weights fit loaded
+        ...
 
     def evaluate(self, split: Any, name: str) -> dict[str, float]: ...
 
@@ -126,12 +132,15 @@ def test_per_task(
     metrics with that epoch's weights (kept in memory, or from checkpoints/best_<task>.pt for an
     epoch before a resume). The monitored best weights (what fit loaded) are put back after."""
     assert trainer.per_task is not None
+    monitored = trainer.state.best_state
+    # the chain of files the tables hold now: the best epoch's, which fit loaded back
+    holding = files.best_chain if best_files.by_files(monitored) and files is not None else []
     tasks = {}
     for task, best in trainer.per_task.summary().items():
         if not best["epoch"]:
             continue  # its metric was never defined (e.g. one class in val)
         state, chain = task_weights(trainer.per_task, task, checkpoints, files)
-        best_files.load(trainer.model, state, files, chain)
+        holding = best_files.load(trainer.model, state, files, chain, holding)
         row = next(r for r in history if r["epoch"] == best["epoch"])
         test_metrics = strip_gates(trainer.evaluate(test, "test"))
         prefix = (f"val/{task}_", f"test/{task}_")
@@ -146,7 +155,7 @@ def test_per_task(
             },
         }
     if tasks:  # the monitored best weights again
-        best_files.load(trainer.model, trainer.state.best_state, files)
+        best_files.load(trainer.model, monitored, files, None, holding)
     return {"protocol": PROTOCOL, "tasks": tasks}
 
 
