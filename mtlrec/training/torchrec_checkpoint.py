@@ -338,10 +338,14 @@ class ShardedPeerHooks:
         self.tables.write(state.epoch, state.best_state)
 
 
-def best_shards(tables: Any) -> ShardedCheckpointer | None:
-    """The folders that keep the best weights' sharded tables (None: the tables are not in DCP
-    folders; the best weights are then values, or table files: training/best_files.py)."""
-    return tables if isinstance(tables, ShardedCheckpointer) else None
+def best_shards(hooks: Any, trainer: Any) -> ShardedCheckpointer | None:
+    """The folders that keep the best weights' sharded tables, from fit's hooks (None: the
+    tables are not in DCP folders, or trainer.keep_best_per_task keeps each task's weights in
+    full (per_task.keep), so the monitored best ones stay a copy too, as test_per_task loads
+    them; else the best weights are values, or table files: training/best_files.py)."""
+    tables = getattr(hooks, "tables", None)
+    sharded = isinstance(tables, ShardedCheckpointer) and not trainer.keep_best_per_task
+    return tables if sharded else None
 
 
 def fit_hooks(tables: Any, model: nn.Module, optimizer: Any) -> Any:

@@ -382,7 +382,7 @@ class Trainer:
         self.per_task = self._per_task()
         self.state = self.new_state()  # keep_best fills its best_state at the end of epoch 1
         self.best_files, self.best_kept_at = getattr(hooks, "best_files", None), None
-        self.best_shards = torchrec_checkpoint.best_shards(getattr(hooks, "tables", None))
+        self.best_shards = torchrec_checkpoint.best_shards(hooks, self.cfg)
         first_epoch = 1
         self._restored_lrs = resume is not None
         self.start_schedule(train)
@@ -471,9 +471,8 @@ class Trainer:
 
     def keep_best(self, epoch: int) -> None:
         """The weights become the best ones, copied into the previous best's (never 2 copies);
-        the tables `best_files` holds are not copied (their checkpoint files keep them), nor the
-        sharded tables (`best_shards`: their DCP folder keeps them; no rank gathers them)."""
-        shards = self.best_shards
+        the tables `best_files` holds are not copied (their checkpoint files keep them)."""
+        shards = self.best_shards  # sharded tables: by reference to their DCP folder, no gather
         state = shards.live_state() if shards is not None else self.model.state_dict()
         self.state.best_state = best_files.keep(self.state.best_state, state, self.best_files)
         self.best_kept_at = epoch if shards is None else None  # by reference: not the live ones
