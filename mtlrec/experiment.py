@@ -243,7 +243,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
-    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json, settings.resume)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     # The trainer checks trainer.monitor against the metrics this run produces: before the data.
