@@ -362,12 +362,13 @@ def restore_training(
     return state
 
 
-def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
+def load_checkpoint(path: str | Path, gather: bool = True, tables: bool = True) -> dict:
     """Load a checkpoint file, failing with one clear line if it is missing, truncated or foreign.
 
     Tables kept in files beside it come back as full tensors: every reader sees the ordinary
     layout. `gather=False` leaves a DCP folder's sharded tables where they are (after checking
-    its files): a resume on several ranks loads each rank's shards from it."""
+    its files): a resume on several ranks loads each rank's shards from it. `tables=False` leaves
+    the references to table files as they are, unchecked (training/best_files.py reads them)."""
     path = Path(path)
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
@@ -392,6 +393,8 @@ def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
     verify_tensors(payload, path)
+    if not tables:
+        return payload
     payload = assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
     if not gather:
         if dcp_files.SHARDED_KEY in payload:

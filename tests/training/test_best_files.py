@@ -182,8 +182,9 @@ def test_a_layer_loading_its_tables_together_gets_the_best_weights_of_those_not_
 
     class Files:  # what load asks of BestFiles
         restored: set[str] = set()
+        best_chain: list = []
 
-        def restore(self, keys: set[str]) -> int:
+        def restore(self, keys: set[str], chain=None, holding=None) -> int:
             self.restored = keys
             with torch.no_grad():
                 model.a[2].fill_(5.0)  # the rows changed since the best epoch, read back
