@@ -23,7 +23,7 @@ from mtlrec.data.sources import source_for
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
-from mtlrec.models import build_model
+from mtlrec.models import build_model, seeded_init
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
     check_embedding_memory,
@@ -46,11 +46,9 @@ from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
-    MODEL_KEY,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
-    load_checkpoint,
     load_resumable,
     make_payload,
     restore_training,
@@ -59,8 +57,7 @@ from mtlrec.training.checkpoint import (
 )
 from mtlrec.training.memory import check_model_memory
 from mtlrec.training.metrics import EvalTarget, eval_targets
-from mtlrec.training.per_task import PROTOCOL as PER_TASK_PROTOCOL
-from mtlrec.training.per_task import checkpoint_name
+from mtlrec.training.per_task import checkpoint_name, test_per_task
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
 from mtlrec.training.trainer import FitResult, Trainer, TrainerConfig, strip_gates
 
@@ -238,16 +235,16 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     spec = DatasetSpec.load(data_dir, sample_weight=dataset.sample_weight)
     selected = spec.select_tasks(dataset.task_selection)
     check_model_memory(settings.model, spec, selected, trainer_cfg, device)
-    model, loss_tasks = build_model(settings.model, spec, selected)
     resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
+    with seeded_init.loaded_next(resuming):  # resumed: restore sets every weight, not drawn
+        model, loss_tasks = build_model(settings.model, spec, selected)
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
     torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json, settings.resume)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
-    # The trainer checks trainer.monitor against the metrics this run produces: before the data.
-    trainer = Trainer(
+    trainer = Trainer(  # it checks trainer.monitor against this run's metrics: before the data
         model,
         spec,
         loss_tasks,
@@ -405,6 +402,7 @@ class RunRecorder:
         if self.settings.trainer.keep_best_per_task and self.built.trainer.per_task is not None:
             for task in self.built.trainer.per_task.improved:  # second names of last.pt's file
                 self.run_dir.link_checkpoint(checkpoint_name(task), payload)
+                self.best_files.mark_task(task)  # its files hold the task's best tables
         self.tables.collect()  # table files no checkpoint names any more
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
@@ -426,9 +424,8 @@ def finish(
         recorder.run_dir.write_json(RELIABILITY_FILE, {"split": "test", "targets": bins})
     per_task = None
     if settings.trainer.keep_best_per_task and trainer.per_task is not None:
-        per_task = test_per_task(
-            trainer, built.splits["test"], result, recorder.run_dir.checkpoints
-        )
+        checkpoints, files = recorder.run_dir.checkpoints, trainer.best_files
+        per_task = test_per_task(trainer, built.splits["test"], result.history, checkpoints, files)
     final = recorder.run_dir.update_metrics(
         status="completed",
         error=None,
@@ -467,34 +464,3 @@ def finish(
     )
     warn_if_still_improving(result, settings.trainer, trainer.monitor)
     return float(result.best_value)
-
-
-def test_per_task(trainer: Trainer, test: Any, result: FitResult, checkpoints: Path) -> dict:
-    """metrics.json's `per_task_best`: each task's val metrics at its own best epoch and its test
-    metrics with that epoch's weights (from memory, or from checkpoints/best_<task>.pt for an
-    epoch before a resume). The monitored best weights are put back afterwards."""
-    assert trainer.per_task is not None
-    monitored = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    tasks = {}
-    for task, best in trainer.per_task.summary().items():
-        if not best["epoch"]:
-            continue  # its metric was never defined (e.g. one class in val)
-        state = trainer.per_task.states.get(task)
-        if state is None:
-            state = load_checkpoint(checkpoints / checkpoint_name(task))[MODEL_KEY]
-        trainer.model.load_state_dict(state)
-        row = next(r for r in result.history if r["epoch"] == best["epoch"])
-        test_metrics = strip_gates(trainer.evaluate(test, "test"))
-        prefix = (f"val/{task}_", f"test/{task}_")
-        tasks[task] = {
-            "epoch": best["epoch"],
-            "watched": best["metric"],
-            "checkpoint": f"checkpoints/{checkpoint_name(task)}",
-            "metrics": {
-                k: v
-                for k, v in {**strip_gates(row), **test_metrics}.items()
-                if k.startswith(prefix) and not k.endswith("_loss")
-            },
-        }
-    trainer.model.load_state_dict(monitored)
-    return {"protocol": PER_TASK_PROTOCOL, "tasks": tasks}

@@ -3,6 +3,7 @@
     python scripts/bench_vocab.py                                   # 10k, 1M, 5M, 20M ids
     python scripts/bench_vocab.py --vocab 10000,5000000 --rows 200000 --epochs 1
     python scripts/bench_vocab.py --systems native_sparse --vocab 10000,20000000
+    python scripts/bench_vocab.py --systems native_sparse,native_sparse_per_task --baseline main
 
 The data is the same at every size: synthetic_ccp (generated once), whose `item_id` field (10k ids) is
 spread over a vocabulary of V ids by a fixed bijection (id -> id * 7919 mod V) with
@@ -55,6 +56,11 @@ MODEL = ["model=mmoe", "model.num_experts=4", "model.expert_dims=[32]", "model.t
 # system -> its overrides (a new backend adds a line)
 SYSTEMS = {"native_dense": ["trainer.embedding_optimizer=adam"],
            "native_sparse": ["trainer.embedding_optimizer=sparse_adam"],
+           # each evaluation task's own best weights too (ctr and cvr; ctr alone: 1 task)
+           "native_sparse_per_task": ["trainer.embedding_optimizer=sparse_adam",
+                                      "trainer.keep_best_per_task=true"],
+           "native_sparse_per_task_ctr": ["trainer.embedding_optimizer=sparse_adam",
+                                          "trainer.keep_best_per_task=true", "dataset.tasks=[ctr]"],
            "torchrec": ["trainer.embedding_backend=torchrec",
                         "trainer.embedding_optimizer=rowwise_adagrad"],
            # 2 gloo ranks, the table split column-wise; checkpoints: each rank's shards in a DCP
@@ -102,18 +108,26 @@ def widen(base: Path, work: Path, vocab: int) -> Path:
 
 
 def train(
-    data: Path, run_dir: Path, optimizer: str, epochs: int, overrides: list[str] | None = None
+    data: Path,
+    run_dir: Path,
+    optimizer: str,
+    epochs: int,
+    overrides: list[str] | None = None,
+    source: Path | None = None,
 ) -> dict:
     """One `mtlrec train` in its own process: samples/s, the last epoch's end and its training
     seconds, checkpoint bytes, peak RSS (wait4) and mean AUCs. `optimizer`: a SYSTEMS name or a
     trainer.embedding_optimizer value. `overrides` replace MODEL (the dataset too: default
-    `dataset=prepared dataset.path=data`)."""
+    `dataset=prepared dataset.path=data`). `source`: a tree whose mtlrec/ is imported instead
+    of the installed one (baseline_tree)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     settings = overrides or ["dataset=prepared", f"dataset.path={data}", *MODEL]
     system = SYSTEMS.get(optimizer, [f"trainer.embedding_optimizer={optimizer}"])
     command = [sys.executable, "-m", "mtlrec", "train", *settings, f"trainer.epochs={epochs}",
                *system, f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    if source is not None:  # found before the installed (editable) mtlrec
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     launched = time.time()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -151,6 +165,19 @@ def startup_seconds(log: str, launched: float) -> float | None:
     return logged.timestamp() - launched
 
 
+def baseline_tree(rev: str, work: Path) -> Path:
+    """mtlrec as of git revision `rev` (its conf/ as mtlrec/conf, as the wheel ships it), for
+    runs of the same invocation before and after a change (`--baseline REV`)."""
+    out = work / f"baseline-{rev.replace('/', '_')}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "mtlrec", "conf"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    (out / "conf").rename(out / "mtlrec" / "conf")
+    return out
+
+
 def disk_bytes(directory: Path) -> int:
     """Bytes of the files under `directory` (tables/ too), a file with several names (hard links)
     counted once."""
@@ -167,17 +194,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_vocab")
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell (median; rotated)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", metavar="REV", help="also run every cell with mtlrec as of "
+                        "this git revision (SYSTEM@REV), alternated: before/after in one run")  # fmt: skip
     args = parser.parse_args()
     base = base_dataset(args.work, args.rows)
     sizes = [int(v) for v in args.vocab.split(",")]
-    cells = [(v, o) for v in sizes for o in args.systems.split(",")]
+    sources: dict[str, Path | None] = {"": None}
+    if args.baseline:
+        sources[f"@{args.baseline}"] = baseline_tree(args.baseline, args.work)
+    systems = [o + at for o in args.systems.split(",") for at in sources]
+    cells = [(v, o) for v in sizes for o in systems]
     runs: dict[tuple[int, str], list[dict]] = {cell: [] for cell in cells}
     for _ in range(args.repeats):  # every cell once per round: load changes hit all cells alike
-        for vocab, optimizer in cells:
+        for vocab, label in cells:
             data = widen(base, args.work, vocab)
-            run_dir = args.work / "runs" / f"{vocab}-{optimizer}"
-            runs[vocab, optimizer].append(train(data, run_dir, optimizer, args.epochs))
-            print(json.dumps({"vocab": vocab, "optimizer": optimizer, **runs[vocab, optimizer][-1]}),
+            run_dir = args.work / "runs" / f"{vocab}-{label.replace('@', '-at-')}"
+            optimizer, _, rev = label.partition("@")
+            source = sources[f"@{rev}" if rev else ""]
+            runs[vocab, label].append(train(data, run_dir, optimizer, args.epochs, source=source))
+            print(json.dumps({"vocab": vocab, "optimizer": label, **runs[vocab, label][-1]}),
                   flush=True)  # fmt: skip
     results = [{"vocab": v, "optimizer": o, **median_run(runs[v, o])} for v, o in cells]
     print_table(results, sizes[0])

@@ -120,12 +120,13 @@ def best_loads(monkeypatch) -> list[dict]:
     seen: list[dict] = []
     load, restore = best_files.load, best_files.BestFiles.restore
 
-    def spy_load(model, best, files):
+    def spy_load(model, best, files, chain=None, holding=None):
         seen.append({"held": best_files.by_files(best), "keys": files.keys if files else None})
-        load(model, best, files)
+        seen[-1]["chain"] = chain  # None: the best epoch's
+        return load(model, best, files, chain, holding)
 
-    def spy_restore(self, keys):
-        seen[-1]["rows"] = restore(self, keys)
+    def spy_restore(self, keys, chain=None, holding=None):
+        seen[-1]["rows"] = restore(self, keys, chain, holding)
         seen[-1]["table_rows"] = sum(self.weights[k][0].shape[0] for k in keys)
         return seen[-1]["rows"]
 

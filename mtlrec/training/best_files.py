@@ -16,25 +16,41 @@ placeholder for it (a tensor on the meta device: shape and dtype, no data), and:
   every row is read back from the best epoch's chain, in chunks;
 - a resumed run drops the best weights it assembled from the files (`release`).
 
+Each task's own best weights (`trainer.keep_best_per_task`, training/per_task.py) are kept the
+same way: placeholders for these tables, and the chain of files of the task's best epoch (the
+chain its best_<task>.pt names: `mark_task`; after a resume, read from best_<task>.pt without
+assembling it: `resumed_best`). Loading a task's weights writes only the rows that can differ
+between the chain the tables hold then and the task's: the rows of the deltas past the part the
+two chains share (every row when their bases differ). So no table is ever held twice.
+
 The files read were written by this process, or checked against their SHA-256 when it resumed
-from them; they are not hashed again here (hashing a base is O(table)). Only a run that writes
-its tables to files keeps them this way: with `checkpoint.table_files_min_rows=null`, without
-checkpoints, on a DDP rank other than 0, with `trainer.ema_decay` (best.pt is written whole) and
-for TorchRec's tables the best weights are a copy in memory, as before.
+from them (a resumed best_<task>.pt's other files: when it is read); they are not hashed again
+here (hashing a base is O(table)). Only a run that writes its tables to files keeps them this
+way: with `checkpoint.table_files_min_rows=null`, without checkpoints, on a DDP rank other than
+0, with `trainer.ema_decay` (best.pt is written whole) and for tables of several ranks' TorchRec
+runs (DCP folders) the best weights are a copy in memory, as before.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mtlrec.errors import MtlrecError
-from mtlrec.training.checkpoint import TrainState, keep_weights
-from mtlrec.training.table_files import FILE_FORMAT, MODEL_PREFIX, TableFiles, initial_rows
+from mtlrec.training.checkpoint import MODEL_KEY, TrainState, keep_weights, load_checkpoint
+from mtlrec.training.table_files import (
+    MODEL_PREFIX,
+    REF_KEY,
+    TABLES_KEY,
+    TableFiles,
+    initial_rows,
+    read_table_file,
+)
 
 CHUNK_ROWS = 1 << 18  # rows restored at a time: the temporaries stay small
+Chain = list[dict[str, Any]]  # a checkpoint's table files: base (or init entry), then deltas
 
 
 def placeholder(t: torch.Tensor) -> torch.Tensor:
@@ -61,19 +77,29 @@ def keep(
     return {k: placeholder(v) if k in held else copied[k] for k, v in state.items()}
 
 
-def load(model: nn.Module, best: dict[str, torch.Tensor], files: BestFiles | None) -> None:
-    """Load kept best weights into `model`, the tables the files hold from the files."""
+def load(
+    model: nn.Module,
+    best: dict[str, torch.Tensor],
+    files: BestFiles | None,
+    chain: Chain | None = None,
+    holding: Chain | None = None,
+) -> Chain:
+    """Load kept best weights into `model`, the tables the files hold from the files: from
+    `chain` (default: the best epoch's), given the chain the tables `holding` now (None: the
+    live tables of the training; BestFiles.restore). Returns the chain the tables hold after
+    ([]: not one of the files' chains, e.g. weights loaded whole)."""
     held = by_files(best)
     if not held:
         model.load_state_dict(best)
-        return
+        return []
     if files is None:
         raise RuntimeError(f"best weights of {sorted(held)} are in table files, but none are open")
     # the held tables as they are now (a copy onto itself costs nothing: torch skips it), so a
     # layer that loads its tables all at once (TorchRec's) loads its other tables' best weights
     live = {k: v for k, v in model.state_dict().items() if k in held}
     model.load_state_dict({k: live[k] if k in held else v for k, v in best.items()})
-    files.restore(held)
+    files.restore(held, chain, holding)
+    return files.best_chain if chain is None else chain
 
 
 class BestFiles:
@@ -95,6 +121,8 @@ class BestFiles:
             for key, v in model.state_dict().items()
             if _pointer(v) in by_storage
         }
+        self.task_chains: dict[str, Chain] = {}  # task -> the files of its best epoch
+        self.verified: set[str] = set()  # files this process wrote or checked (SHA-256)
 
     @property
     def keys(self) -> frozenset[str]:
@@ -103,6 +131,8 @@ class BestFiles:
     def release(self, resume: TrainState | None) -> None:
         """A resumed run's best weights that the adopted files hold (call after
         TableFiles.adopt) become placeholders: the assembled copies go."""
+        if self.files is not None:  # the resumed checkpoint's files: checked when it loaded
+            self.verified |= _names(self.files.chain) | _names(self.files.best or [])
         if resume is None or self.files is None or self.files.best is None:
             return  # nothing resumed, or its best weights were held inline: kept as they are
         held = {k for k in self.weights if self.files.shapes.get(MODEL_PREFIX + k)}
@@ -110,43 +140,92 @@ class BestFiles:
             k: placeholder(v) if k in held else v for k, v in resume.best_state.items()
         }
 
-    @torch.no_grad()
-    def restore(self, keys: set[str]) -> int:
-        """Write the best epoch's values of the tables `keys` into the model's weights; returns
-        the number of rows written (the rows changed since the best epoch's checkpoint)."""
+    @property
+    def best_chain(self) -> Chain:
+        """The files of the best epoch's checkpoint."""
         if self.files is None or not self.files.best:
             raise RuntimeError("no best epoch's table files to restore the best weights from")
-        best, last = self.files.best, self.files.chain
+        return self.files.best
+
+    def mark_task(self, task: str) -> None:
+        """The checkpoint just written is `task`'s best epoch's (trainer.keep_best_per_task):
+        its files hold the task's best weights of the tables."""
+        if self.files is not None and self.files.tracking:
+            self.task_chains[task] = list(self.files.chain)
+            self.verified |= _names(self.files.chain)
+
+    @torch.no_grad()
+    def restore(
+        self, keys: set[str], chain: Chain | None = None, holding: Chain | None = None
+    ) -> int:
+        """Write the values the files of `chain` (default: the best epoch's) hold into the
+        model's tables `keys`, which hold `holding`'s now (None: they are the live tables, the
+        newest checkpoint's plus the rows changed since); returns the number of rows written:
+        those that can differ (module docstring)."""
+        target = self.best_chain if chain is None else chain
         written = 0
         for key in sorted(keys):
-            p, changed = self.weights[key]
-            name = MODEL_PREFIX + key
-            if last[: len(best)] == best:  # the newest chain continues the best epoch's
-                later = [self._open(e)["rows"][name] for e in last[len(best) :]]
-                since = changed.nonzero().squeeze(1)  # after the newest checkpoint
-                rows = torch.cat([since, *later]).unique()
-            else:  # a new base since the best epoch: no record of which rows changed
-                rows = torch.arange(p.shape[0])
-            bodies = [e if e["kind"] == "init" else self._open(e) for e in best]
+            p, _ = self.weights[key]
+            rows = self._differing_rows(key, target, holding)
+            bodies = [e if e["kind"] == "init" else self._open(e) for e in target]
             for chunk in rows.split(CHUNK_ROWS):
-                p.index_copy_(0, chunk, _values_at(bodies, name, chunk))
+                p.index_copy_(0, chunk, _values_at(bodies, MODEL_PREFIX + key, chunk))
             written += int(rows.numel())
         return written
 
-    def _open(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """A table file's body, memory-mapped: only the pages of the rows read are loaded."""
+    def _differing_rows(self, key: str, target: Chain, holding: Chain | None) -> torch.Tensor:
+        """The rows of table `key` whose values may differ between `holding`'s chain (None: the
+        live table) and `target`: those of the deltas past the entries both chains share, and
+        for the live table those changed since the newest checkpoint; every row when the two
+        chains start at different bases (a compaction: no record of which rows changed)."""
+        p, changed = self.weights[key]
         assert self.files is not None
+        now = self.files.chain if holding is None else holding
+        shared = _shared_entries(now, target)
+        if shared == 0:
+            return torch.arange(p.shape[0])
+        name = MODEL_PREFIX + key
+        rows = [self._open(e)["rows"][name] for e in (*now[shared:], *target[shared:])]
+        if holding is None:
+            rows.append(changed.nonzero().squeeze(1))
+        return torch.cat(rows).unique() if rows else torch.zeros(0, dtype=torch.long)
+
+    def resumed_best(self, path: Path) -> tuple[dict[str, torch.Tensor], Chain] | None:
+        """A task's best weights from its checkpoint `path` (an epoch before a resume), its
+        tables not assembled: the checkpoint's other tensors, placeholders for the tables the
+        files hold, and the chain of files that holds them (each file not yet checked checked
+        against its SHA-256 now). None when its tables are not those references: load it whole."""
+        if self.files is None or not self.files.tracking:
+            return None
+        payload = load_checkpoint(path, tables=False)
+        state, chains = payload[MODEL_KEY], payload.get(TABLES_KEY, {}).get("chains", {})
+        refs = {k for k, v in state.items() if isinstance(v, dict)}
+        wanted = {k: {REF_KEY: MODEL_PREFIX + k, "chain": "last"} for k in self.keys}
+        if refs != self.keys or any(state[k] != ref for k, ref in wanted.items()):
+            return None
+        chain = list(chains["last"])
+        for entry in chain:
+            if entry["file"] and entry["file"] not in self.verified:
+                self._open(entry, path, entry["sha256"])
+                self.verified.add(entry["file"])
+        live = self.weights
+        return {k: placeholder(live[k][0]) if k in refs else v for k, v in state.items()}, chain
+
+    def _open(
+        self, entry: dict[str, Any], source: Path | None = None, sha256: str | None = None
+    ) -> dict[str, Any]:
+        """A table file's body, memory-mapped: only the pages of the rows read are loaded.
+        `sha256`: checked first (a file this process neither wrote nor checked yet)."""
+        assert self.files is not None
+        missing = (
+            f"{entry['file']}, a table file of the best epoch, is missing (removed while the run "
+            "trained), so its best weights cannot be restored; leave checkpoints/ alone while a "
+            "run trains"
+        )
         file = self.files.directory / entry["file"]
-        if not file.is_file():
-            raise MtlrecError(
-                f"{file}: a table file of the best epoch is missing (removed while the run "
-                "trained), so its best weights cannot be restored; leave checkpoints/ alone "
-                "while a run trains"
-            )
-        body = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
-            raise MtlrecError(f"{file}: not an mtlrec table file")
-        return body
+        return read_table_file(
+            file, source or self.files.directory, missing, sha256=sha256, mmap=True
+        )
 
 
 def _values_at(chain: list[dict[str, Any]], name: str, rows: torch.Tensor) -> torch.Tensor:
@@ -165,6 +244,16 @@ def _values_at(chain: list[dict[str, Any]], name: str, rows: torch.Tensor) -> to
         hit = ids[at] == rows
         values[hit] = body["values"][name].index_select(0, at[hit])
     return values
+
+
+def _shared_entries(a: Chain, b: Chain) -> int:
+    """How many first entries two chains have in common."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _names(chain: Chain) -> set[str]:
+    return {e["file"] for e in chain if e["file"]}
 
 
 def _pointer(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:

@@ -27,6 +27,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.seeded_init import loaded_next
 from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
@@ -361,12 +362,13 @@ def restore_training(
     return state
 
 
-def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
+def load_checkpoint(path: str | Path, gather: bool = True, tables: bool = True) -> dict:
     """Load a checkpoint file, failing with one clear line if it is missing, truncated or foreign.
 
     Tables kept in files beside it come back as full tensors: every reader sees the ordinary
     layout. `gather=False` leaves a DCP folder's sharded tables where they are (after checking
-    its files): a resume on several ranks loads each rank's shards from it."""
+    its files): a resume on several ranks loads each rank's shards from it. `tables=False` leaves
+    the references to table files as they are, unchecked (training/best_files.py reads them)."""
     path = Path(path)
     if not path.is_file():
         raise MtlrecError(f"{path}: checkpoint not found")
@@ -391,6 +393,8 @@ def load_checkpoint(path: str | Path, gather: bool = True) -> dict:
             f"{path}: checkpoint is incomplete (no {missing}); use an older checkpoint"
         )
     verify_tensors(payload, path)
+    if not tables:
+        return payload
     payload = assemble(payload, path)  # big tables kept in checkpoints/tables/: full tensors again
     if not gather:
         if dcp_files.SHARDED_KEY in payload:
@@ -472,7 +476,8 @@ def model_from_checkpoint(
     """Rebuild the trained model (weights loaded, eval mode) from a checkpoint payload."""
     spec = DatasetSpec.from_dict(payload[SPEC_KEY], source="checkpoint")
     tasks = tuple(TaskSpec(**t) for t in payload[TASKS_KEY])
-    model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
+    with loaded_next():  # its seeded tables: the payload's values, not drawn first
+        model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
     load_weights(model, payload[MODEL_KEY], payload.get("path", "checkpoint"))
     if payload.get(TEMPERATURES_KEY):
         apply_temperatures(model, payload[TEMPERATURES_KEY])

@@ -3,19 +3,32 @@
 
 Each of the dataset's evaluation tasks (the tasks `mean_*` averages: ESMM's ctr and cvr, not its
 ctcvr product) is watched on its own validation metric, `val/<task>_auc` for a binary task and
-`val/<task>_mse` for a regression task. The epoch where it is best keeps a copy of the weights
-(host memory), written by the run as `checkpoints/best_<task>.pt`; after training, the test split
-is scored once per task with that task's weights (`metrics.json`: `per_task_best`). With
-`early_stopping=all_tasks`, training stops once every task has gone `trainer.patience` epochs
-without improving. The state is a function of the history, so a resumed run replays it.
+`val/<task>_mse` for a regression task. The epoch where it is best keeps the weights, written by
+the run as `checkpoints/best_<task>.pt` (a second name of that epoch's last.pt); after training,
+the test split is scored once per task with that task's weights (`metrics.json`:
+`per_task_best`). With `early_stopping=all_tasks`, training stops once every task has gone
+`trainer.patience` epochs without improving. The state is a function of the history, so a
+resumed run replays it.
+
+The weights a task keeps are a copy in host memory, except the big tables whose checkpoints are
+table files (training/best_files.py): those are a placeholder, and the task's best epoch's files
+(the chain its best_<task>.pt names) hold them. So the memory kept per task is the dense part of
+the model, not T copies of every table; at the test each task's tables get back the rows that
+differ between the files of the epoch they hold and the task's (a memory map), and the monitored
+best weights are put back the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from mtlrec.training import best_files
+from mtlrec.training.best_files import BestFiles
+from mtlrec.training.checkpoint import MODEL_KEY, TrainState, load_checkpoint
+from mtlrec.training.evaluator import strip_gates
 from mtlrec.training.metrics import EvalTarget
 from mtlrec.training.monitoring import EarlyStopping
 
@@ -32,7 +45,8 @@ def watched_metric(target: EvalTarget) -> tuple[str, str]:
 class PerTaskBest:
     """Per task: its own EarlyStopping on its watched metric, and the weights of its best epoch."""
 
-    def __init__(self, targets: list[EvalTarget], patience: int | None):
+    def __init__(self, targets: list[EvalTarget], patience: int | None, keeps: bool = True):
+        self.keeps = keeps  # keep each task's weights (keep_best_per_task), or only its epoch
         watched = [t for t in targets if t.in_mean] or [t for t in targets if not t.suffix]
         self.metrics: dict[str, str] = {}
         self.stoppers: dict[str, EarlyStopping] = {}
@@ -56,11 +70,17 @@ class PerTaskBest:
         ]
         return self.improved
 
-    def keep(self, model: torch.nn.Module) -> None:
-        """Copy the current weights (to host memory) for each task the latest epoch improved."""
+    def keep(self, model: torch.nn.Module, files: BestFiles | None = None) -> None:
+        """Keep the current weights for each task the latest epoch improved: copied to host
+        memory, but the tables `files` holds as placeholders (that epoch's checkpoint files keep
+        them; the run's recorder marks them for the task: BestFiles.mark_task)."""
+        if not self.keeps:
+            return
+        held = files.keys if files is not None else frozenset()
         for task in self.improved:
             self.states[task] = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                k: best_files.placeholder(v) if k in held else v.detach().to("cpu", copy=True)
+                for k, v in model.state_dict().items()
             }
 
     def replay(self, history: list[dict[str, Any]]) -> None:
@@ -83,3 +103,73 @@ class PerTaskBest:
 
 def checkpoint_name(task: str) -> str:
     return f"best_{task}.pt"
+
+
+class Tested(Protocol):
+    """What test_per_task needs of the trainer (training/trainer.py's Trainer)."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def per_task(self) -> PerTaskBest | None: ...
+
+    @property
+    def state(self) -> TrainState:  # its best_state: the monitored best weights fit loaded
+        ...
+
+    def evaluate(self, split: Any, name: str) -> dict[str, float]: ...
+
+
+def test_per_task(
+    trainer: Tested,
+    test: Any,
+    history: list[dict[str, Any]],
+    checkpoints: Path,
+    files: BestFiles | None,
+) -> dict:
+    """metrics.json's `per_task_best`: each task's val metrics at its own best epoch and its test
+    metrics with that epoch's weights (kept in memory, or from checkpoints/best_<task>.pt for an
+    epoch before a resume). The monitored best weights (what fit loaded) are put back after."""
+    assert trainer.per_task is not None
+    monitored = trainer.state.best_state
+    # the chain of files the tables hold now: the best epoch's, which fit loaded back
+    holding = files.best_chain if best_files.by_files(monitored) and files is not None else []
+    tasks = {}
+    for task, best in trainer.per_task.summary().items():
+        if not best["epoch"]:
+            continue  # its metric was never defined (e.g. one class in val)
+        state, chain = task_weights(trainer.per_task, task, checkpoints, files)
+        holding = best_files.load(trainer.model, state, files, chain, holding)
+        row = next(r for r in history if r["epoch"] == best["epoch"])
+        test_metrics = strip_gates(trainer.evaluate(test, "test"))
+        prefix = (f"val/{task}_", f"test/{task}_")
+        tasks[task] = {
+            "epoch": best["epoch"],
+            "watched": best["metric"],
+            "checkpoint": f"checkpoints/{checkpoint_name(task)}",
+            "metrics": {
+                k: v
+                for k, v in {**strip_gates(row), **test_metrics}.items()
+                if k.startswith(prefix) and not k.endswith("_loss")
+            },
+        }
+    if tasks:  # the monitored best weights again
+        best_files.load(trainer.model, monitored, files, None, holding)
+    return {"protocol": PROTOCOL, "tasks": tasks}
+
+
+def task_weights(
+    per_task: PerTaskBest, task: str, checkpoints: Path, files: BestFiles | None
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]] | None]:
+    """A task's best weights (placeholders for the tables the files hold) and the table files'
+    chain that holds those tables (None: no table held)."""
+    state = per_task.states.get(task)
+    if state is not None:
+        held = best_files.by_files(state)
+        return state, files.task_chains[task] if held and files is not None else None
+    path = checkpoints / checkpoint_name(task)  # a best epoch before the resume
+    resumed = files.resumed_best(path) if files is not None else None
+    if resumed is not None:
+        return resumed
+    return load_checkpoint(path)[MODEL_KEY], None

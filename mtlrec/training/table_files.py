@@ -303,7 +303,12 @@ def _assemble_chain(entries: list[dict], names: set[str], checkpoint: Path) -> d
         if entry["kind"] == "init":
             out = {name: _initial(name, entry, checkpoint) for name in names}
             continue
-        body = _read(checkpoint.parent / TABLES_DIR / entry["file"], entry, checkpoint)
+        file = checkpoint.parent / TABLES_DIR / entry["file"]
+        missing = (
+            f"its table file {file} is missing (a checkpoint is its .pt file plus the files of "
+            "tables/ it names); use an older checkpoint"
+        )
+        body = read_table_file(file, checkpoint, missing, sha256=entry["sha256"])
         for name in names:
             values = body["values"].get(name)
             if values is None:
@@ -352,20 +357,23 @@ def initial_rows(entry: dict, name: str, rows: torch.Tensor) -> torch.Tensor:
     return SeededInit.from_dict(fill["seeded"]).draw_rows(fill["shape"], rows, dtype)
 
 
-def _read(file: Path, entry: dict, checkpoint: Path) -> dict:
+def read_table_file(
+    file: Path, source: Path, missing: str, *, sha256: str | None = None, mmap: bool = False
+) -> dict[str, Any]:
+    """The body of the table file `file` that `source` (a checkpoint, or the tables/ of the run
+    that wrote it) names, after checking that it is there (else one line: `{source}: {missing}`),
+    that its bytes match `sha256` when given (a file this process wrote is not hashed again:
+    hashing a base is O(table)) and that it is a table file. `mmap`: only the pages read load."""
     if not file.is_file():
+        raise MtlrecError(f"{source}: {missing}")
+    if sha256 is not None and file_digest(file) != sha256:
         raise MtlrecError(
-            f"{checkpoint}: its table file {file} is missing (a checkpoint is its .pt file plus "
-            "the files of tables/ it names); use an older checkpoint"
-        )
-    if file_digest(file) != entry["sha256"]:
-        raise MtlrecError(
-            f"{checkpoint}: table file {file} does not match its SHA-256 in the checkpoint (the "
+            f"{source}: table file {file} does not match its SHA-256 in the checkpoint (the "
             "file is corrupt); use an older checkpoint"
         )
-    body = torch.load(file, map_location="cpu", weights_only=True)
+    body = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
-        raise MtlrecError(f"{checkpoint}: {file} is not an mtlrec table file")
+        raise MtlrecError(f"{source}: {file} is not an mtlrec table file")
     return body
 
 

@@ -206,8 +206,9 @@ class Trainer:
 
     def _per_task(self) -> PerTaskBest | None:
         """Each task's own best epoch, when kept or when it decides early stopping."""
-        wanted = self.cfg.keep_best_per_task or self.cfg.early_stopping == "all_tasks"
-        return PerTaskBest(self.targets, self.cfg.patience) if wanted else None
+        keeps = self.cfg.keep_best_per_task  # its weights too, else only its epoch (stopping)
+        wanted = keeps or self.cfg.early_stopping == "all_tasks"
+        return PerTaskBest(self.targets, self.cfg.patience, keeps) if wanted else None
 
     @property
     def should_stop(self) -> bool:
@@ -448,7 +449,7 @@ class Trainer:
         if self.per_task is not None:
             with self.evaluated_weights():
                 self.per_task.update(epoch, val_metrics)
-                self.per_task.keep(self.model)
+                self.per_task.keep(self.model, self.best_files)
         row["seconds"] = time.perf_counter() - t0
         self.state.history.append(row)
         log.info(epoch_line(row, self.cfg.epochs, self.monitor, is_best))

@@ -182,8 +182,9 @@ def test_a_layer_loading_its_tables_together_gets_the_best_weights_of_those_not_
 
     class Files:  # what load asks of BestFiles
         restored: set[str] = set()
+        best_chain: list = []
 
-        def restore(self, keys: set[str]) -> int:
+        def restore(self, keys: set[str], chain=None, holding=None) -> int:
             self.restored = keys
             with torch.no_grad():
                 model.a[2].fill_(5.0)  # the rows changed since the best epoch, read back
@@ -195,3 +196,53 @@ def test_a_layer_loading_its_tables_together_gets_the_best_weights_of_those_not_
     best_files.load(model, best, files)  # type: ignore[arg-type]
     assert files.restored == {"a"} and torch.equal(model.b, torch.full((3, 2), 7.0))
     assert model.a.sum().item() == 10.0  # a: as it was, then its restored row
+
+
+def test_the_best_epochs_files_are_read_by_the_checkpoints_reader_without_hashing(
+    tmp_path, monkeypatch
+):
+    """BestFiles reads the best epoch's files with table_files' one reader (memory-mapped, not
+    hashed: this process wrote them): the restored rows are the best epoch's; a file removed
+    while the run trained, or replaced by another file, is one line naming it."""
+    from torch import nn
+
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training import table_files
+    from mtlrec.training.row_adam import RowAdam
+
+    def train(ids: torch.Tensor) -> None:
+        opt.zero_grad()
+        table(ids).pow(2).sum().backward()
+        opt.step()
+
+    torch.manual_seed(0)
+    table = nn.Embedding(500, 4, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=False)
+    files = table_files.TableFiles(tmp_path, opt, 0, lambda obj, path: torch.save(obj, path))
+    files.directory.mkdir()
+    kept = best_files.BestFiles(files, table, table)
+    assert kept.keys == {"weight"}
+    train(torch.arange(0, 500, 3))
+    files.externalize({"model_state": {"weight": table.weight.detach()}}, 1)
+    files.mark_best()
+    best = table.weight.detach().clone()
+    train(torch.arange(0, 40))
+    files.externalize({"model_state": {"weight": table.weight.detach()}}, 2)
+    train(torch.arange(30, 60))  # after the newest checkpoint
+    hashed = []
+    monkeypatch.setattr(table_files, "file_digest", lambda path: hashed.append(path))
+    assert kept.restore({"weight"}) == 60 and hashed == []
+    assert torch.equal(table.weight, best)
+
+    delta = files.directory / files.chain[-1]["file"]
+    delta.unlink()
+    with pytest.raises(MtlrecError) as e:
+        kept.restore({"weight"})
+    assert str(e.value) == (
+        f"{files.directory}: {delta.name}, a table file of the best epoch, is missing (removed "
+        "while the run trained), so its best weights cannot be restored; leave checkpoints/ "
+        "alone while a run trains"
+    )
+    torch.save({"weight": best}, delta)  # a file that is no table file in its place
+    with pytest.raises(MtlrecError, match=f"^{files.directory}: {delta} is not an mtlrec table"):
+        kept.restore({"weight"})
