@@ -23,7 +23,7 @@ from mtlrec.data.sources import source_for
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
-from mtlrec.models import build_model
+from mtlrec.models import build_model, seeded_init
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.run_process import (
     check_embedding_memory,
@@ -236,16 +236,16 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     spec = DatasetSpec.load(data_dir, sample_weight=dataset.sample_weight)
     selected = spec.select_tasks(dataset.task_selection)
     check_model_memory(settings.model, spec, selected, trainer_cfg, device)
-    model, loss_tasks = build_model(settings.model, spec, selected)
     resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
+    with seeded_init.loaded_next(resuming):  # resumed: restore sets every weight, not drawn
+        model, loss_tasks = build_model(settings.model, spec, selected)
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
-    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json, settings.resume)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
-    # The trainer checks trainer.monitor against the metrics this run produces: before the data.
-    trainer = Trainer(
+    trainer = Trainer(  # it checks trainer.monitor against this run's metrics: before the data
         model,
         spec,
         loss_tasks,
