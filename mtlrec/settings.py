@@ -80,6 +80,21 @@ class CheckpointConfig:
             )
 
 
+def check_checkpoint_layout(checkpoint: CheckpointConfig, trainer: TrainerConfig) -> None:
+    """checkpoint.sharded=gathered changes only what TorchRec's tables sharded over several ranks
+    write; anywhere else it would change nothing, silently: refused, as trainer.sharding is."""
+    if checkpoint.sharded != "gathered":
+        return
+    if trainer.embedding_backend != "torchrec" or trainer.devices < 2:
+        raise MtlrecError(
+            "checkpoint.sharded=gathered applies only to trainer.embedding_backend=torchrec with "
+            f"trainer.devices > 1 (tables sharded over several ranks), not to this run's "
+            f"trainer.embedding_backend={trainer.embedding_backend} trainer.devices="
+            f"{trainer.devices}, whose checkpoints hold whole tables anyway; remove it (or set "
+            "checkpoint.sharded=auto)"
+        )
+
+
 @dataclass
 class DeviceConfig:
     """conf/device/*.yaml"""
@@ -130,10 +145,12 @@ class RunSettings:
         balance = balance_settings(config.get("balance"))
         check_step_settings(trainer, device.type, balance)  # fp16 on CPU, accumulation + DDP
         check_torchrec(trainer, device.type, balance)  # trainer.embedding_backend=torchrec
+        checkpoint = build(CheckpointConfig, config.get("checkpoint"), "checkpoint")
+        check_checkpoint_layout(checkpoint, trainer)
         return cls(
             config=config,
             trainer=trainer,
-            checkpoint=build(CheckpointConfig, config.get("checkpoint"), "checkpoint"),
+            checkpoint=checkpoint,
             device=device,
             seed=seed,
             data_order_seed=order_seed,

@@ -13,6 +13,11 @@ checkpoint's table files (mtlrec/training/table_files.py) store that instead of 
 taken when the table is drawn and checked when it is drawn again. Each chunk of CHUNK_ROWS rows
 has a generator of its own, so `draw_rows` draws some rows again without the rest of the table.
 
+A model whose every weight a checkpoint sets right after it is built (resume, evaluate,
+predict, export: the checkpoint is read first, the model built from it) is built inside
+`loaded_next()`: its seeded tables are allocated, not drawn. Reading a checkpoint whose tables
+start at their seeded init then draws each table once (table_files.assemble), not twice.
+
 Smaller tables keep N(0, std^2) from the global generator, drawn as before: their numbers for a
 given seed are unchanged.
 """
@@ -21,7 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +41,7 @@ FINGERPRINT_ROWS = 64
 CHUNK_ROWS = 1 << 16  # rows drawn at a time: the integer temporary stays small
 _HALF = 1 << 23
 _ATTRIBUTE = "mtlrec_seeded_init"
+_LOADED_NEXT: ContextVar[bool] = ContextVar("mtlrec_seeded_loaded_next", default=False)
 
 
 @dataclass(frozen=True)
@@ -131,11 +140,26 @@ def new_table(rows: int, dim: int, std: float) -> nn.Embedding:
     table = nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
     if table.weight.is_meta:  # a model built for its shapes only (memory checks): no values
         return table
+    # the seed is taken either way: the global generator draws the same numbers after it
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    if _LOADED_NEXT.get():  # a checkpoint's weights are loaded into it next: nothing drawn
+        return table
     SeededInit(seed, std, "").draw_into(table.weight)
     # on the parameter itself: whoever holds the table (an optimizer) finds how it was drawn
     setattr(table.weight, _ATTRIBUTE, SeededInit(seed, std, fingerprint(table.weight)))
     return table
+
+
+@contextmanager
+def loaded_next(when: bool = True) -> Iterator[None]:
+    """Inside it (`when`) `new_table` allocates a seeded table without drawing it (and without its
+    SeededInit: it holds no init): for a model whose every weight a checkpoint's strict
+    load_state_dict sets next. A drawn 20M-row table costs 1.2-3.1 s (docs/performance.md)."""
+    token = _LOADED_NEXT.set(when)
+    try:
+        yield
+    finally:
+        _LOADED_NEXT.reset(token)
 
 
 def seeded_init_of(weight: torch.Tensor) -> SeededInit | None:

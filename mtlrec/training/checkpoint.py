@@ -27,6 +27,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models import build_model
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.seeded_init import loaded_next
 from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
@@ -475,7 +476,8 @@ def model_from_checkpoint(
     """Rebuild the trained model (weights loaded, eval mode) from a checkpoint payload."""
     spec = DatasetSpec.from_dict(payload[SPEC_KEY], source="checkpoint")
     tasks = tuple(TaskSpec(**t) for t in payload[TASKS_KEY])
-    model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
+    with loaded_next():  # its seeded tables: the payload's values, not drawn first
+        model, _ = build_model(payload[CONFIG_KEY]["model"], spec, tasks)
     load_weights(model, payload[MODEL_KEY], payload.get("path", "checkpoint"))
     if payload.get(TEMPERATURES_KEY):
         apply_temperatures(model, payload[TEMPERATURES_KEY])

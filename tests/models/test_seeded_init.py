@@ -61,3 +61,32 @@ def test_an_error_in_a_worker_is_raised(monkeypatch):
     monkeypatch.setattr(SeededInit, "_draw_chunk", failing)
     with pytest.raises(RuntimeError, match="chunk 3 failed"):
         SeededInit(7, 0.1, "", chunk_rows=10).draw_into(torch.empty(60, 2), workers=2)
+
+
+def test_a_table_whose_weights_are_loaded_next_is_not_drawn_and_the_generator_moves_the_same(
+    monkeypatch,
+):
+    """Inside loaded_next() a seeded table is allocated, not drawn, and holds no SeededInit;
+    the global generator moves as when drawing (what comes after draws the same numbers)."""
+    from mtlrec.models import seeded_init
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 100)
+    draws = []
+    drawn = SeededInit.draw_into
+    monkeypatch.setattr(SeededInit, "draw_into", lambda s, w, *a: draws.append(s) or drawn(s, w))
+    torch.manual_seed(3)
+    table = seeded_init.new_table(1000, 4, 0.1)
+    after_drawn = torch.rand(3)
+    assert len(draws) == 1 and seeded_init.seeded_init_of(table.weight) == SeededInit(
+        draws[0].seed, 0.1, seeded_init.fingerprint(table.weight)
+    )
+    torch.manual_seed(3)
+    with seeded_init.loaded_next():
+        loaded = seeded_init.new_table(1000, 4, 0.1)
+        assert torch.equal(torch.rand(3), after_drawn) and len(draws) == 1
+        small = seeded_init.new_table(50, 4, 0.1)  # under SEEDED_FROM_ROWS: drawn as ever
+    assert loaded.weight.shape == (1000, 4) and seeded_init.seeded_init_of(loaded.weight) is None
+    assert small.weight.std() > 0.05
+    with seeded_init.loaded_next(False):  # when=False: drawn
+        seeded_init.new_table(1000, 4, 0.1)
+    assert len(draws) == 2

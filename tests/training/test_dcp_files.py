@@ -140,6 +140,39 @@ def test_the_setting_is_checked(tmp_path):
     assert str(info.value) == "checkpoint.sharded must be auto or gathered, got 'rank0'"
 
 
+@pytest.mark.parametrize(("backend", "devices"), [("native", 1), ("native", 2), ("torchrec", 1)])
+def test_gathered_is_refused_where_no_table_is_sharded_over_ranks(backend, devices):
+    """checkpoint.sharded=gathered changes only what TorchRec's tables sharded over several
+    ranks write: elsewhere it is refused in one line, not accepted as a silent no-op."""
+    from conftest import TINY, compose_train
+    from mtlrec.settings import RunSettings
+
+    trainer = [f"trainer.embedding_backend={backend}", f"trainer.devices={devices}"]
+    if backend == "torchrec":
+        trainer.append("trainer.embedding_optimizer=rowwise_adagrad")
+    gathered = compose_train([*TINY, *trainer, "checkpoint.sharded=gathered"])
+    with pytest.raises(MtlrecError) as info:
+        RunSettings.from_config(gathered)
+    assert str(info.value) == (
+        "checkpoint.sharded=gathered applies only to trainer.embedding_backend=torchrec with "
+        "trainer.devices > 1 (tables sharded over several ranks), not to this run's "
+        f"trainer.embedding_backend={backend} trainer.devices={devices}, whose checkpoints hold "
+        "whole tables anyway; remove it (or set checkpoint.sharded=auto)"
+    )
+    auto = compose_train([*TINY, *trainer, "checkpoint.sharded=auto"])
+    assert RunSettings.from_config(auto).checkpoint.sharded == "auto"
+
+
+def test_gathered_is_accepted_for_tables_sharded_over_ranks():
+    from conftest import TINY, compose_train
+    from mtlrec.settings import RunSettings
+
+    overrides = ["trainer.embedding_backend=torchrec", "trainer.devices=2",
+                 "trainer.embedding_optimizer=rowwise_adagrad", "checkpoint.sharded=gathered"]  # fmt: skip
+    settings = RunSettings.from_config(compose_train([*TINY, *overrides]))
+    assert settings.checkpoint.sharded == "gathered"
+
+
 def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path):
     """A sharded run resumed in one process (or checkpoint.sharded=gathered) writes full tables;
     its collection also deletes the folders its checkpoints no longer name, keeping best.pt's."""

@@ -20,10 +20,17 @@ from torch import nn
 
 from conftest import TINY, compose_train
 from helpers.stops import StopAfter
+from mtlrec import experiment
 from mtlrec.errors import MtlrecError
 from mtlrec.models import seeded_init
 from mtlrec.models.seeded_init import SeededInit, fingerprint, new_table, seeded_init_of
-from mtlrec.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_resumable
+from mtlrec.training.checkpoint import (
+    LAST,
+    PREVIOUS,
+    load_checkpoint,
+    load_resumable,
+    model_from_checkpoint,
+)
 from mtlrec.training.row_adam import RowAdam
 from mtlrec.training.signals import StopRequest, TrainingInterrupted
 from mtlrec.training.table_files import TABLES_DIR, TableFiles, assemble, initial_rows
@@ -242,9 +249,40 @@ def test_a_damaged_delta_is_named_in_one_line_and_the_previous_checkpoint_resume
     assert f"{line}; falling back to {ckpts / PREVIOUS}" in caplog.text
 
     monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    draws = count_draws(monkeypatch)
+    built = []  # the draws made while the resumed run's model was built
+    building = experiment.build_model
+
+    def build_model(*args):
+        before = len(draws)
+        model = building(*args)
+        built.append(len(draws) - before)
+        return model
+
+    monkeypatch.setattr(experiment, "build_model", build_model)
     run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
     assert_same_run(run_dir, straight)
     assert {p.name for p in (ckpts / TABLES_DIR).iterdir()} == named_files(ckpts)  # no others
+    assert built == [0]  # restore sets the weights: none drawn first
+
+    # evaluate/predict/export: each seeded table of best.pt's init entry drawn once, not twice
+    chain = torch.load(ckpts / "best.pt", weights_only=True)["table_files"]["chains"]["last"]
+    fills = chain[0].get("fills", {}) if chain[0]["kind"] == "init" else {}
+    seeded = [name for name, fill in fills.items() if "seeded" in fill]
+    draws.clear()
+    payload = load_checkpoint(ckpts / "best.pt")
+    model, _, _ = model_from_checkpoint(payload)
+    assert len(draws) == len(seeded) and len(seeded) >= 1
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in payload["model_state"].items())
+
+
+def count_draws(monkeypatch) -> list[SeededInit]:
+    """The seeded tables drawn from now on (SeededInit.draw_into's calls)."""
+    draws: list[SeededInit] = []
+    drawn = SeededInit.draw_into
+    monkeypatch.setattr(SeededInit, "draw_into", lambda s, w, *a: draws.append(s) or drawn(s, w))
+    return draws
 
 
 @pytest.mark.slow  # a second process
