@@ -29,12 +29,15 @@ import logging
 import pickle
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import write_error, write_error_code
 from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,38 @@ def failure(e: BaseException) -> str:
         e = next(iter(e.failures.values()))[0]  # per rank: (its exception, its traceback)
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+@contextmanager
+def writing_folder(temp: Path) -> Iterator[None]:
+    """A failure to write the folder `temp` (<tag>.tmp: a full disk, a read-only run dir; DCP
+    wraps each rank's error in a CheckpointException, a BaseException) as one line naming it,
+    the folder removed first: nothing half-written is left, and the last.pt of before (written
+    after its folder is complete) and the folders it names are untouched."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (Exception, CheckpointException) as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(e, MtlrecError):
+            raise
+        raise _write_failure(temp, e) from None
+
+
+def _write_failure(temp: Path, e: BaseException) -> MtlrecError:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    cause = e
+    if isinstance(e, CheckpointException) and e.failures:
+        cause = next(iter(e.failures.values()))[0]  # the first rank's own exception
+    kept = "last.pt and the folders it names are kept"
+    code = write_error_code(cause) if isinstance(cause, Exception) else None
+    if code is not None:  # a full disk, a read-only dir, no permission: what to do about it
+        return MtlrecError(f"{write_error(temp, code)} ({kept})")
+    return MtlrecError(
+        f"{temp}: cannot write it ({failure(e)}); {kept}: once the cause is fixed, resume the run"
+    )
 
 
 def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -118,13 +118,14 @@ class ShardedCheckpointer:
         )
         same_as_best = _equal_everywhere(tables, best_state)
         temp = self.checkpoints / (folder + TEMP_SUFFIX)
-        temp.mkdir(parents=True, exist_ok=True)
         state = {f"{MODEL}/{k}": v for k, v in tables.items()}
         state.update({f"{FUSED}/{k}": v for k, v in fused.items()})
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
-        files, fused_keys = _written(temp, sorted(fused))
-        if self.is_main:
-            _publish(temp, self.checkpoints / folder)
+        with dcp_files.writing_folder(temp):  # a failure: one line, the folder removed
+            temp.mkdir(parents=True, exist_ok=True)
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
+            files, fused_keys = _written(temp, sorted(fused))
+            if self.is_main:
+                _publish(temp, self.checkpoints / folder)
         if self.is_main:  # train.log only: what a checkpoint of the shards costs
             size = sum((self.checkpoints / folder / name).stat().st_size for name in files)
             log.info(

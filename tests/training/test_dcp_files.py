@@ -5,6 +5,7 @@ are collected. The 2-rank writing and resuming: tests/training/test_torchrec_ran
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -258,3 +259,57 @@ def test_a_folder_dcp_cannot_read_is_one_line_not_a_traceback(tmp_path):
     )
     assert message.endswith("); use an older checkpoint") and "\n" not in message
     assert "CheckpointException" not in message  # the cause DCP wraps, not the wrapper
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+            "cannot write it: No space left on device; free some space on that disk and run "
+            "again (last.pt and the folders it names are kept)",
+        ),
+        (
+            OSError(errno.EROFS, os.strerror(errno.EROFS)),
+            "cannot write it: Read-only file system; write to another directory (last.pt and "
+            "the folders it names are kept)",
+        ),
+        (
+            ValueError("a bad item"),
+            "cannot write it (ValueError: a bad item); last.pt and the folders it names are "
+            "kept: once the cause is fixed, resume the run",
+        ),
+    ],
+    ids=["disk-full", "read-only", "other"],
+)
+def test_a_folder_that_cannot_be_written_is_one_line_and_is_removed(
+    tmp_path, monkeypatch, error, line
+):
+    """ShardedCheckpointer.write in a 1-rank process group, DCP's writer failing after a part
+    of a shard reached the disk: one line naming the folder (not DCP's CheckpointException, a
+    BaseException), the .tmp folder gone, last.pt and the folder it names untouched."""
+    import torch.distributed as dist
+
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    checkpoints = tmp_path / "checkpoints"
+    payload, _, _ = _payload(checkpoints)
+    torch.save(payload, checkpoints / "last.pt")
+    before = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
+
+    def failing(writer, plan, planner):
+        (Path(writer.path) / "__0_0.distcp").write_bytes(b"part of a shard")
+        raise error
+
+    monkeypatch.setattr(dcp.FileSystemWriter, "write_data", failing)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        with pytest.raises(MtlrecError) as info:
+            ShardedCheckpointer(checkpoints, torch.nn.Module(), None, True).write(3, {})
+    finally:
+        dist.destroy_process_group()
+    temp = info.value.args[0].split(": ")[0]
+    assert str(info.value) == f"{temp}: {line}"
+    assert Path(temp).parent == checkpoints / "sharded" and temp.endswith(".tmp")
+    assert Path(temp).name.startswith("e3-") and not Path(temp).exists()
+    assert {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()} == before
