@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ import torch
 
 from mtlrec.errors import MtlrecError
 from mtlrec.outputs import write_error, write_error_code
+from mtlrec.training.table_files import OWN_TAG, mine
 from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ SHARDED_DIR = "sharded"  # checkpoints/sharded/<tag>/: one folder per checkpoint
 TEMP_SUFFIX = ".tmp"  # a folder being written; renamed once complete
 MODEL, FUSED = "model_state", "fused_tables"  # DCP key prefixes
 METADATA = ".metadata"  # DCP's index of the folder
+OWN_FOLDER = re.compile(rf"{OWN_TAG}(\{TEMP_SUFFIX})?")  # what `collect` may delete
 
 
 def folders_named(manifest: dict[str, Any]) -> set[str]:
@@ -261,8 +264,9 @@ def named_folders(checkpoints: Path, cache: dict[tuple, set[str]]) -> set[str] |
 
 
 def collect(checkpoints: Path, cache: dict[tuple, set[str]]) -> list[Path]:
-    """Delete the folders of checkpoints/sharded/ no checkpoint names (and unfinished ones):
-    called between checkpoints, when no folder is being written. Returns them."""
+    """Delete the folders of checkpoints/sharded/ that this code wrote (named as OWN_FOLDER)
+    and no checkpoint names (and unfinished ones): called between checkpoints, when no folder
+    is being written; anything else there is left alone, with a warning. Returns them."""
     root = checkpoints / SHARDED_DIR
     if not root.is_dir():
         return []
@@ -271,7 +275,8 @@ def collect(checkpoints: Path, cache: dict[tuple, set[str]]) -> list[Path]:
         return []
     removed = []
     for folder in root.iterdir():
-        if f"{SHARDED_DIR}/{folder.name}" not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        if f"{SHARDED_DIR}/{folder.name}" in keep or not mine(folder, OWN_FOLDER, is_dir=True):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed
