@@ -46,6 +46,7 @@ from mtlrec.training.best_files import BestFiles
 from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
+    LAST,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
@@ -241,7 +242,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
     model.to(device)
-    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json)
+    torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json, settings.resume)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)
     console = rich.get_console()  # the console the log handler writes to: no shared lines
     trainer = Trainer(  # it checks trainer.monitor against this run's metrics: before the data
@@ -394,16 +395,32 @@ class RunRecorder:
         payload = self.payload(state)
         save_last(self.run_dir.checkpoints, payload, self._write)
         saved = self.built.trainer.saved_model()  # trainer.ema_decay: the averaged weights
-        if (is_best or row["epoch"] == 1) and saved is not self.built.model:
-            self.run_dir.save_checkpoint(BEST, self.payload(state, saved))
-        elif is_best or row["epoch"] == 1:  # a second name of last.pt's file, not a copy
+        averaged, kept_best = saved is not self.built.model, is_best or row["epoch"] == 1
+        tasks = self._improved_tasks()
+        best = self.payload(state, saved) if averaged and (kept_best or tasks) else payload
+        if kept_best and averaged:
+            self.run_dir.save_checkpoint(BEST, best)
+        elif kept_best:  # a second name of last.pt's file, not a copy
             self.run_dir.link_checkpoint(BEST, payload)
             self.tables.mark_best()
-        if self.settings.trainer.keep_best_per_task and self.built.trainer.per_task is not None:
-            for task in self.built.trainer.per_task.improved:  # second names of last.pt's file
-                self.run_dir.link_checkpoint(checkpoint_name(task), payload)
-                self.best_files.mark_task(task)  # its files hold the task's best tables
+        # best_<task>.pt: second names of the file holding the weights the task was validated
+        # with (last.pt's; with trainer.ema_decay the averaged weights', as best.pt)
+        source = BEST if averaged and kept_best else LAST
+        for task in tasks:
+            if averaged and not kept_best and source == LAST:  # written once, then linked
+                source = checkpoint_name(task)
+                self.run_dir.save_checkpoint(source, best)
+            elif checkpoint_name(task) != source:
+                self.run_dir.link_checkpoint(checkpoint_name(task), best, source)
+            self.best_files.mark_task(task)  # its files hold the task's best tables
         self.tables.collect()  # table files no checkpoint names any more
+
+    def _improved_tasks(self) -> list[str]:
+        """The tasks whose own best epoch this is (trainer.keep_best_per_task)."""
+        per_task = self.built.trainer.per_task
+        if not self.settings.trainer.keep_best_per_task or per_task is None:
+            return []
+        return list(per_task.improved)
 
     def on_optimizer_step(self, step: int, lr: float) -> None:
         log_step_scalars(self.logger, self.built.trainer, step, lr)

@@ -11,7 +11,9 @@ command: command names, each command's flags, and for `mtlrec train ...` Hydra's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 
 from mtlrec.commands import COMMANDS, FORWARDS_HELP, OK, load
 
@@ -39,11 +41,27 @@ def answer(comp_line: str, comp_point: int | None = None) -> int:
 
         # Hydra answers for train's overrides: the line it sees is `mtlrec <train's arguments>`.
         rest = line.split(None, 2)[2] if len(words) > 2 else ""
-        os.environ["COMP_LINE"] = f"mtlrec {rest}"
-        os.environ["COMP_POINT"] = str(len(os.environ["COMP_LINE"]))
-        return train.run(["-sc", "query=bash"])
+        hydra_line = f"mtlrec {rest}"
+        with _environ(COMP_LINE=hydra_line, COMP_POINT=str(len(hydra_line))):
+            return train.run(["-sc", "query=bash"])
     print(" ".join(candidates(words, line.endswith(" ") or not words)))
     return OK
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """os.environ with `values` set (Hydra's query reads them there), then as it was: a process
+    that answers and goes on (a test session) keeps its own COMP_LINE/COMP_POINT."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def candidates(words: list[str], new_word: bool) -> list[str]:

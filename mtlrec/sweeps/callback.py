@@ -90,12 +90,23 @@ class SweepReport(Callback):
         self.started = 0.0
         self.reported = False
         self.sweep_dir = Path()
+        self.jobs_env: str | None = None  # MTLREC_SWEEP_JOBS before this sweep set it
+
+    def _restore_jobs_env(self) -> None:
+        """Put MTLREC_SWEEP_JOBS back as it was before the sweep: a process that goes on after
+        its sweep (a test session, a notebook) must not hand this sweep's count to later runs
+        and their subprocesses."""
+        if self.jobs_env is None:
+            os.environ.pop(SWEEP_JOBS_ENV, None)
+        else:
+            os.environ[SWEEP_JOBS_ENV] = self.jobs_env
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Job dirs written before this sweep started (a reused hydra.sweep.dir) are not reported.
         self.started = time.time() - 1.0
         self.reported = False
         total = grid_size(config)
+        self.jobs_env = os.environ.get(SWEEP_JOBS_ENV)
         if total is not None:
             os.environ[SWEEP_JOBS_ENV] = str(total)  # the jobs' processes inherit it
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
@@ -141,6 +152,7 @@ class SweepReport(Callback):
             if launcher == BASIC_LAUNCHER:
                 _print_stopped(run_dir, str(exc))
                 self.reported = True
+                self._restore_jobs_env()  # the sweep ends here: Hydra calls no on_multirun_end
                 raise SystemExit(getattr(exc, "exit_code", 130))
             return
         if not isinstance(exc, MtlrecError):
@@ -168,6 +180,7 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.reported = True  # the sweep ended: nothing was stopped
         atexit.unregister(self._stopped_line)
+        self._restore_jobs_env()
         sweep_dir = Path(str(config.hydra.sweep.dir))
         print_sweep_table(sweep_dir)
         bad = [

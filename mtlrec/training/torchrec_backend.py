@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,7 +34,6 @@ from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
     REPLICATED_OPTIMIZERS,
     names_text,
-    planner_types,
     replicated_names,
     replicated_optimizer,
     single_id_bag_tables,
@@ -158,49 +158,25 @@ class ShardedTables:
     replicated: torch.optim.Optimizer | None = None  # the data-parallel tables' optimizer
 
 
-def _column_width(dim: int, world: int) -> int:
-    """The width of a column-wise shard: the table split evenly over the ranks when the parts
-    stay multiples of 4 (FBGEMM's tables), else whole (TorchRec's default would not split a
-    table narrower than 128 columns at all)."""
-    width = dim // world
-    return width if dim % world == 0 and width % 4 == 0 else dim
-
-
-def _constraints(
-    shapes: list[tuple[int, int]], cfg: Any, world: int, device: torch.device
-) -> dict[str, Any]:
-    from torchrec.distributed.planner import ParameterConstraints
-
-    types = planner_types(cfg.sharding, device, cfg.embedding_optimizer)
-    return {
-        feature_name(j): ParameterConstraints(
-            sharding_types=types, min_partition=_column_width(dim, world)
-        )
-        for j, (_, dim) in enumerate(shapes)
-    }
-
-
-def _topology(device: torch.device, memory_mb: int | None) -> Any:
-    from torchrec.distributed.planner import Topology
-
-    cap: dict[str, int] = {}
-    if memory_mb is not None:
-        cap = {"hbm_cap" if device.type == "cuda" else "ddr_cap": memory_mb * 1024 * 1024}
-    return Topology(world_size=dist.get_world_size(), compute_device=device.type, **cap)
-
-
 def _optimizer_class(name: str) -> type:
     import torchrec.optim as trec_optim
 
     return getattr(trec_optim, FUSED_OPTIMIZERS[name][0])
 
 
-def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -> ShardedTables:
+def shard_layer(
+    layer: TorchRecFieldEmbedding,
+    cfg: Any,
+    device: torch.device,
+    recorded: dict[str, Any] | None = None,
+) -> ShardedTables:
+    """`layer`'s tables sharded as `recorded` (torchrec_plan.recorded_tables) or the planner
+    places them, its fused optimizer registered."""
     from torch.distributed.optim import _apply_optimizer_in_backward
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.planner import EmbeddingShardingPlanner
-    from torchrec.distributed.planner.types import PlannerError
+
+    from mtlrec.training.torchrec_plan import plan_record, plan_tables
 
     odd = [d for _, d in layer.table_shapes if d % 4]
     if odd:
@@ -213,26 +189,18 @@ def shard_layer(layer: TorchRecFieldEmbedding, cfg: Any, device: torch.device) -
     _apply_optimizer_in_backward(
         _optimizer_class(cfg.embedding_optimizer), collections.parameters(), {"lr": lr}
     )
-    sharders: list[Any] = [EmbeddingCollectionSharder()]
-    planner = EmbeddingShardingPlanner(
-        topology=_topology(device, cfg.shard_memory_mb),
-        constraints=_constraints(layer.table_shapes, cfg, dist.get_world_size(), device),
-    )
-    try:
-        plan = planner.plan(collections, sharders)
-    except PlannerError:
-        plan = None  # every rank plans; rank 0's plan (or its refusal) is what every rank uses
-    if dist.get_world_size() > 1:
-        chosen = [plan]
-        dist.broadcast_object_list(chosen, src=0)
-        plan = chosen[0]
+    plan = plan_tables(collections, layer.table_shapes, cfg, device, recorded)
     if plan is None:
         raise MtlrecError(_refusal(layer, cfg))
-    record = _plan_record(plan)
+    record = plan_record(plan)
     names = [feature_name(j) for j in range(len(layer.table_shapes))]
     replicas = {j for j, name in enumerate(names) if record[name]["sharding_type"] == DATA_PARALLEL}
     module = DistributedModelParallel(
-        collections, device=device, plan=plan, sharders=sharders, init_data_parallel=bool(replicas)
+        collections,
+        device=device,
+        plan=plan,
+        sharders=[EmbeddingCollectionSharder()],
+        init_data_parallel=bool(replicas),
     )
     collections.single_id_bags = single_id_bag_tables(record, names, device)
     layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
@@ -288,27 +256,6 @@ def _refusal(layer: TorchRecFieldEmbedding, cfg: Any) -> str:
         f"state do not fit {cfg.devices} rank(s) of {budget} memory; raise trainer.devices, "
         "trainer.shard_memory_mb, or let the tables be split (trainer.sharding=auto|column_wise)"
     )
-
-
-def _plan_record(plan: Any) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for params in plan.plan.values():
-        for name, spec in params.items():
-            shards = spec.sharding_spec.shards if spec.sharding_spec is not None else []
-            out[name] = {
-                "sharding_type": spec.sharding_type,
-                "compute_kernel": spec.compute_kernel,
-                "ranks": list(spec.ranks or []),
-                "shards": [
-                    {
-                        "offsets": list(s.shard_offsets),
-                        "sizes": list(s.shard_sizes),
-                        "placement": str(s.placement),
-                    }
-                    for s in shards
-                ],
-            }
-    return out
 
 
 def table_states(module: nn.Module) -> list[Any]:
@@ -478,13 +425,20 @@ def with_fused_tables(optimizer: MultiOptimizer, model: nn.Module) -> MultiOptim
     return TorchRecOptimizer(optimizer, FusedTables(sharded))
 
 
-def shard_model(model: nn.Module, cfg: Any, device: torch.device, write_json: Any) -> None:
+def shard_model(
+    model: nn.Module, cfg: Any, device: torch.device, write_json: Any, resumed: str | None = None
+) -> None:
     """With trainer.embedding_backend=torchrec: convert and shard `model`'s embedding layers in
-    place, log the plan and write it (`write_json(SHARDING_PLAN_FILE, plan)`, the run dir's)."""
+    place, log the plan and write it (`write_json(SHARDING_PLAN_FILE, plan)`, the run dir's).
+    `resumed`: the run dir a resume continues, whose recorded plan is kept for as many ranks."""
     if cfg.embedding_backend != "torchrec":
         return
     ensure_process_group(device)
-    sharded = [shard_layer(layer, cfg, device) for layer in convert_model(model)]
+    from mtlrec.training.torchrec_plan import recorded_tables
+
+    plan_file = Path(resumed) / SHARDING_PLAN_FILE if resumed else None
+    recorded = recorded_tables(plan_file, dist.get_world_size())
+    sharded = [shard_layer(layer, cfg, device, recorded) for layer in convert_model(model)]
     model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
     plan = {name: spec for s in sharded for name, spec in s.plan.items()}
     for name, spec in plan.items():

@@ -45,7 +45,8 @@ REPLICATED_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], float], torch.opt
 # What the planner may choose with trainer.sharding=auto on the CPU: not row_wise and its hybrids
 # (they need nccl).
 CPU_SHARDINGS = ["table_wise", "column_wise", DATA_PARALLEL]
-# ... and on CUDA when the table optimizer has no replicated counterpart (Adam).
+# ... and on CUDA when the table optimizer has no replicated counterpart (Adam). In this order
+# the planner's ties are broken (torchrec_plan.TIE_ORDER): the fewest pieces first.
 CUDA_SHARDED = [
     "table_wise",
     "column_wise",

@@ -219,6 +219,18 @@ def test_sc_reaches_hydra(tmp_path):
     )
 
 
+def test_a_completion_answer_leaves_the_process_environment_as_it_was(monkeypatch, capsys):
+    """`answer` hands Hydra the train line through COMP_LINE/COMP_POINT in os.environ, then puts
+    them back: a process that answers and goes on keeps its own (none here)."""
+    from mtlrec.commands.completion import answer
+
+    monkeypatch.delenv("COMP_POINT", raising=False)
+    monkeypatch.setenv("COMP_LINE", "the caller's")
+    assert answer("mtlrec train dataset=") == 0
+    assert "dataset=census" in capsys.readouterr().out.split()  # Hydra read the train line
+    assert (os.environ["COMP_LINE"], os.environ.get("COMP_POINT")) == ("the caller's", None)
+
+
 def test_main_in_process_gives_the_callers_signal_handlers_back():
     code = (
         "import signal\nfrom mtlrec.cli import main\n"

@@ -43,13 +43,17 @@ def test_each_task_has_its_own_best_epoch_and_all_tasks_stop_when_every_one_stal
     assert replayed.summary()["ctr"]["epoch"] == 4 and replayed.improved == []
 
 
-def test_keep_best_per_task_writes_checkpoints_and_the_second_protocol(train_tiny, capsys):
+@pytest.mark.parametrize("ema", [[], ["trainer.ema_decay=0.9"]], ids=["weights", "ema"])
+def test_keep_best_per_task_writes_checkpoints_and_the_second_protocol(train_tiny, capsys, ema):
+    """best_<task>.pt holds the weights the task's test metrics were computed with (with
+    trainer.ema_decay: the averaged ones, as best.pt)."""
     run_dir, info = train_tiny(
         [
             "trainer.keep_best_per_task=true",
             "trainer.epochs=3",
             "trainer.patience=null",
             "trainer.lr=0.01",
+            *ema,
         ]
     )
     per_task = info["per_task_best"]

@@ -216,7 +216,11 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     # folder gathered into the ordinary layout and scattered into the one rank's tables; no
     # epoch is left, so the run tests its best weights again: the same test metrics
     one = [o for o in config if o != "trainer.devices=2"]
+    plan_file = run_dir / "sharding_plan.json"
+    assert json.loads(plan_file.read_text())["world_size"] == 2
     run(compose_train([*one, "trainer.devices=1", f"resume={run_dir}"]), run_dir)
+    one_rank = json.loads(plan_file.read_text())  # another number of ranks: planned again
+    assert (one_rank["world_size"], one_rank["tables"]["table_0"]["ranks"]) == (1, [0])
     again = json.loads((run_dir / "metrics.json").read_text())
     assert (again["status"], again["world_size"]) == ("completed", 1)
     for key, value in straight["metrics"].items():

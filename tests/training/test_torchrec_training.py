@@ -59,9 +59,26 @@ def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, straight, monkeypatch)
 
     run_dir = tmp_path / "run"
     config, resumed = compose_train([*TINY, *TORCHREC]), [*TINY, *TORCHREC, f"resume={run_dir}"]
+    plan_file = run_dir / "sharding_plan.json"
+
+    def as_column_wise():
+        """The recorded plan made a one-shard column_wise table (the same layout as the planner's
+        table_wise one, so training stays exact): the resume must build that, not plan again."""
+        plan = json.loads(plan_file.read_text())
+        assert plan["tables"]["table_0"]["sharding_type"] == "table_wise"
+        plan["tables"]["table_0"]["sharding_type"] = "column_wise"
+        plan_file.write_text(json.dumps(plan))
+
     stop_then_resume(
-        monkeypatch, run, config, compose_train(resumed), run_dir, k=STEPS_PER_EPOCH + 7
+        monkeypatch,
+        run,
+        config,
+        compose_train(resumed),
+        run_dir,
+        k=STEPS_PER_EPOCH + 7,
+        before_resume=as_column_wise,
     )
+    assert json.loads(plan_file.read_text())["tables"]["table_0"]["sharding_type"] == "column_wise"
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed"
     assert got["metrics"] == straight[1]["metrics"]  # exact, every val/ and test/ metric
