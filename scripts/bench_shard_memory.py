@@ -9,8 +9,9 @@ Each cell is one `mtlrec train` of scripts/bench_vocab.py's MMoE on its syntheti
 trainer.embedding_backend=torchrec, rowwise_adagrad, `--sharding` (column_wise: each rank holds
 half of every table's columns; table_wise: a table on one rank) and the checkpoints' tables in DCP
 folders (checkpoint.sharded=auto). It runs once from this tree and once from the baseline commit
-(its mtlrec/ extracted with `git archive` and put first on PYTHONPATH), in rotation with
-`--repeats`. While a run lasts, the script reads every 0.1 s the kernel's peak resident set
+(its mtlrec/ extracted with `git archive`), each with its tree on PYTHONPATH and from `--work` as
+the working directory (`python -m mtlrec` puts the working directory first on sys.path: run from
+inside a checkout, it would import that checkout), in rotation with `--repeats`. While a run lasts, the script reads every 0.1 s the kernel's peak resident set
 (VmHWM in /proc/PID/status) of the launcher and of each rank (the launcher's spawned children, in
 the order they started: rank 0, rank 1); the last reading before a process ends is its peak (a
 peak within its last 0.1 s would be missed). Reported: each rank's peak MiB, this tree's over the
@@ -87,11 +88,11 @@ def _reading(pid: int) -> tuple[int, str, int] | None:
     return (int(stat.rsplit(")", 1)[1].split()[19]), cmd, int(hwm[0])) if hwm else None
 
 
-def measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
+def measured(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Run `command`; the peak MiB of the launcher and of each rank (`rank 0`, `rank 1`)."""
     peaks: dict[int, tuple[int, str, int]] = {}
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None:
             for pid in _descendants(proc.pid):
                 got = _reading(pid)
@@ -107,15 +108,14 @@ def measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def cell(data: Path, run_dir: Path, tree: Path | None, sharding: str, epochs: int) -> dict:
+def cell(data: Path, run_dir: Path, tree: Path, sharding: str, epochs: int) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(":")
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": path}
     command = [sys.executable, "-m", "mtlrec", "train", "dataset=prepared", f"dataset.path={data}",
                *MODEL, *SYSTEM, f"trainer.sharding={sharding}", f"trainer.epochs={epochs}",
                f"hydra.run.dir={run_dir}"]  # fmt: skip
-    out = measured(command, env)
+    out = measured(command, env, run_dir.parent)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     out["test_mean_auc"] = metrics["metrics"].get("test/mean_auc")
     return out
@@ -134,8 +134,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     base = baseline_tree(args.baseline, args.work)
     data = base_dataset(args.work, args.rows)
-    trees = {"baseline": base, "this tree": None}
+    trees = {"baseline": base, "this tree": ROOT}
     results: dict[tuple[int, str], dict[str, float]] = {}
+    started = os.getloadavg()
     for _ in range(args.repeats):
         for vocab in (int(v) for v in args.vocab.split(",")):
             wide = widen(data, args.work, vocab)
@@ -143,9 +144,8 @@ def main() -> None:
                 got = cell(wide, args.work / "run", tree, args.sharding, args.epochs)
                 kept = results.setdefault((vocab, name), got)
                 kept.update({k: max(v, kept[k]) for k, v in got.items() if k != "test_mean_auc"})
-    print(
-        f"load average {os.getloadavg()}; {args.sharding}, {args.epochs} epochs, {args.rows:,} rows"
-    )
+    loads = f"load average {started} at the start, {os.getloadavg()} at the end"
+    print(f"{loads}; {args.sharding}, {args.epochs} epochs, {args.rows:,} rows")
     print("| ids | process | baseline MiB | this tree MiB | ratio |")
     print("|---|---|---|---|---|")
     for vocab in (int(v) for v in args.vocab.split(",")):

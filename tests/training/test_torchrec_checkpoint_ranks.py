@@ -130,9 +130,12 @@ def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
 
 def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
     """keep_best's state at "epoch 1" (the tables as placeholders) and its checkpoint's folder,
-    a fused step, "epoch 2"'s folder, then the end of fit's load_best: the tables as gathered at
-    each point (a collective, for the comparison only)."""
-    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+    a fused step, "epoch 2"'s folder, then the end of fit's load_best; and a model of other
+    weights resumed from epoch 2's checkpoint (its best weights: placeholders again), whose
+    load_best reads epoch 1's folder that the checkpoint names. The tables as gathered at each
+    point (a collective, for the comparison only)."""
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
 
     model = _model(0)
     tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
@@ -143,11 +146,23 @@ def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
     second = tables.write(2, best)
     trained = model.state_dict()
     tables.load_best(best)
+    restored = model.state_dict()
+    other = _model(1)
+    other_optimizer = _optimizer(other)
+    dense = {k: v for k, v in best.items() if not v.is_meta}  # what last.pt holds of them
+    payload = {SHARDED_KEY: second, "train_state": {"best_state": dense}}
+    with restoring(payload, checkpoints / "last.pt", other, other_optimizer, "auto") as resumed:
+        kept = resumed["train_state"]["best_state"]
+    resumed_tables = ShardedCheckpointer(checkpoints, other, other_optimizer, dist.get_rank() == 0)
+    resumed_tables.adopt(payload)
+    resumed_last = other.state_dict()
+    resumed_tables.load_best(kept)
     return {
         "placeholders": sorted(k for k, v in best.items() if v.is_meta),
+        "resumed_placeholders": sorted(k for k, v in kept.items() if v.is_meta),
         "folders": [first["folder"], second["folder"]],
         "best": [first["best"]["folder"], second["best"]["folder"]],
-        "states": [at_best, trained, model.state_dict()],
+        "states": [at_best, trained, restored, resumed_last, other.state_dict()],
     }
 
 
@@ -254,11 +269,14 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
     _check_lockstep_evaluation(out["evaluation"])
     best = out["best"]  # the best weights' tables by reference to epoch 1's folder
     assert best["placeholders"] == manifest["model_keys"]  # no rank kept a copy of a table
+    assert best["resumed_placeholders"] == manifest["model_keys"]  # a resume reads no table
     assert best["best"] == [best["folders"][0]] * 2 and best["folders"][0] != best["folders"][1]
-    at_best, trained, restored = best["states"]
+    at_best, trained, restored, resumed_last, resumed_best = best["states"]
     for key in manifest["model_keys"]:
         assert not torch.equal(trained[key], at_best[key]), key
         assert torch.equal(restored[key], at_best[key]), key  # each rank's shards read back
+        assert torch.equal(resumed_last[key], trained[key]), key  # the resume: epoch 2's
+        assert torch.equal(resumed_best[key], at_best[key]), key  # then epoch 1's folder
 
 
 def _check_lockstep_evaluation(evaluation: dict) -> None:
