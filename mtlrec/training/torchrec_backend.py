@@ -30,6 +30,7 @@ from torch import nn
 from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model, feature_name
 from mtlrec.training.optimizers import MultiOptimizer
+from mtlrec.training.torchrec_quiet import quiet_sharding
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
     REPLICATED_OPTIMIZERS,
@@ -438,16 +439,12 @@ def shard_model(
 
     plan_file = Path(resumed) / SHARDING_PLAN_FILE if resumed else None
     recorded = recorded_tables(plan_file, dist.get_world_size())
-    sharded = [shard_layer(layer, cfg, device, recorded) for layer in convert_model(model)]
+    with quiet_sharding():
+        sharded = [shard_layer(layer, cfg, device, recorded) for layer in convert_model(model)]
     model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
     plan = {name: spec for s in sharded for name, spec in s.plan.items()}
     for name, spec in plan.items():
-        log.info(
-            "torchrec: %s %s on rank(s) %s (%s kernel)",
-            name,
-            spec["sharding_type"],
-            spec["ranks"],
-            spec["compute_kernel"],
-        )
+        kind, ranks, kernel = spec["sharding_type"], spec["ranks"], spec["compute_kernel"]
+        log.info("torchrec: %s %s on rank(s) %s (%s kernel)", name, kind, ranks, kernel)
     record = {"world_size": dist.get_world_size(), "sharding": cfg.sharding, "tables": plan}
     write_json(SHARDING_PLAN_FILE, record)
