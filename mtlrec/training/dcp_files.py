@@ -27,14 +27,19 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import re
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mtlrec.errors import MtlrecError
+from mtlrec.outputs import write_error, write_error_code
+from mtlrec.training.table_files import OWN_TAG, mine
 from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,7 @@ SHARDED_DIR = "sharded"  # checkpoints/sharded/<tag>/: one folder per checkpoint
 TEMP_SUFFIX = ".tmp"  # a folder being written; renamed once complete
 MODEL, FUSED = "model_state", "fused_tables"  # DCP key prefixes
 METADATA = ".metadata"  # DCP's index of the folder
+OWN_FOLDER = re.compile(rf"{OWN_TAG}(\{TEMP_SUFFIX})?")  # what `collect` may delete
 
 
 def folders_named(manifest: dict[str, Any]) -> set[str]:
@@ -148,6 +154,38 @@ def failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+@contextmanager
+def writing_folder(temp: Path) -> Iterator[None]:
+    """A failure to write the folder `temp` (<tag>.tmp: a full disk, a read-only run dir; DCP
+    wraps each rank's error in a CheckpointException, a BaseException) as one line naming it,
+    the folder removed first: nothing half-written is left, and the last.pt of before (written
+    after its folder is complete) and the folders it names are untouched."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (Exception, CheckpointException) as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(e, MtlrecError):
+            raise
+        raise _write_failure(temp, e) from None
+
+
+def _write_failure(temp: Path, e: BaseException) -> MtlrecError:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    cause = e
+    if isinstance(e, CheckpointException) and e.failures:
+        cause = next(iter(e.failures.values()))[0]  # the first rank's own exception
+    kept = "last.pt and the folders it names are kept"
+    code = write_error_code(cause) if isinstance(cause, Exception) else None
+    if code is not None:  # a full disk, a read-only dir, no permission: what to do about it
+        return MtlrecError(f"{write_error(temp, code)} ({kept})")
+    return MtlrecError(
+        f"{temp}: cannot write it ({failure(e)}); {kept}: once the cause is fixed, resume the run"
+    )
+
+
 def read_full(folder: Path, keys: list[str], checkpoint: Path) -> dict[str, torch.Tensor]:
     """The full tensors `keys` of a DCP folder, read in this process alone (no process group)."""
     import torch.distributed.checkpoint as dcp
@@ -226,8 +264,9 @@ def named_folders(checkpoints: Path, cache: dict[tuple, set[str]]) -> set[str] |
 
 
 def collect(checkpoints: Path, cache: dict[tuple, set[str]]) -> list[Path]:
-    """Delete the folders of checkpoints/sharded/ no checkpoint names (and unfinished ones):
-    called between checkpoints, when no folder is being written. Returns them."""
+    """Delete the folders of checkpoints/sharded/ that this code wrote (named as OWN_FOLDER)
+    and no checkpoint names (and unfinished ones): called between checkpoints, when no folder
+    is being written; anything else there is left alone, with a warning. Returns them."""
     root = checkpoints / SHARDED_DIR
     if not root.is_dir():
         return []
@@ -236,7 +275,8 @@ def collect(checkpoints: Path, cache: dict[tuple, set[str]]) -> list[Path]:
         return []
     removed = []
     for folder in root.iterdir():
-        if f"{SHARDED_DIR}/{folder.name}" not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+        if f"{SHARDED_DIR}/{folder.name}" in keep or not mine(folder, OWN_FOLDER, is_dir=True):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed

@@ -22,7 +22,8 @@ written, never over the whole table. So:
   tensor after checking each file's SHA-256 (an init entry: the weight drawn again, checked
   against its fingerprint): every reader sees the ordinary payload;
 - a file is complete on disk (temp + fsync + rename) before the last.pt that names it, and
-  `collect` deletes only files that no checkpoint of the dir names: a kill -9 at any instant
+  `collect` deletes only files it wrote (OWN_FILE) that no checkpoint of the dir names (a
+  user's file there is left alone): a kill -9 at any instant
   leaves last.pt or last.prev.pt loadable with all its files.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +50,10 @@ REF_KEY = "table_ref"
 TABLES_DIR = "tables"
 FILE_FORMAT = "mtlrec-table-rows"
 COMPACT_FRACTION = 0.5  # deltas holding more rows than this fraction of the tables: a new base
+# what a checkpoint of epoch N names the files (tables/) and DCP folders (sharded/) it writes
+# (new_tag): `collect` deletes nothing else there, so a user's file in them is left alone
+OWN_TAG = r"e\d+-[0-9a-f]{12}"
+OWN_FILE = re.compile(rf"{OWN_TAG}\.(base|delta)\.pt")
 BEST_PREFIX = "train_state/best_state/"
 MODEL_PREFIX = "model_state/"
 
@@ -233,13 +239,14 @@ class TableFiles:
             body = {"rows": ids, "values": {n: tensors[n].index_select(0, ids[n]) for n in ids}}
             written = sum(int(r.numel()) for r in rows)
         kind = "base" if base else "delta"
-        path = self.directory / f"e{epoch}-{secrets.token_hex(6)}.{kind}.pt"
+        path = self.directory / f"{new_tag(epoch)}.{kind}.pt"
         self.write_file({"format": FILE_FORMAT, "kind": kind, **body}, path)
         return {"file": path.name, "kind": kind, "rows": written, "sha256": file_digest(path)}
 
     def collect(self) -> list[Path]:
-        """Delete the files of tables/ that no checkpoint of the dir names (any unreadable
-        checkpoint: delete nothing). Returns them."""
+        """Delete the files of tables/ that this code wrote (their names: OWN_FILE) and no
+        checkpoint of the dir names (any unreadable checkpoint: delete nothing); a file of
+        another name is left alone, with a warning. Returns the deleted."""
         if not self.directory.is_dir():
             return []
         keep: set[str] = set()
@@ -249,10 +256,11 @@ class TableFiles:
                 return []
             keep |= names
         removed = []
-        for path in self.directory.glob("*.pt"):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
-                removed.append(path)
+        for path in self.directory.iterdir():
+            if path.name in keep or not mine(path, OWN_FILE, is_dir=False):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
         return removed
 
     def _names_in(self, checkpoint: Path) -> set[str] | None:
@@ -269,6 +277,31 @@ class TableFiles:
         except Exception as e:  # a checkpoint being replaced, foreign or damaged: keep all
             log.debug("tables: not collecting (%s: %s)", checkpoint, e)
             return None
+
+
+def new_tag(epoch: int) -> str:
+    """The unique stem of a checkpoint's table file or DCP folder (OWN_TAG matches it)."""
+    return f"e{epoch}-{secrets.token_hex(6)}"
+
+
+_told: set[Path] = set()  # the foreign entries warned about (once per process each)
+
+
+def mine(path: Path, own: re.Pattern[str], is_dir: bool) -> bool:
+    """Whether `path`, in a folder of checkpoints/ that `collect` cleans, is what mtlrec wrote
+    there (its name matches `own`, and it is a folder or a file as `is_dir` says). Anything else
+    is a user's and is never deleted: one warning line the first time it is met."""
+    if own.fullmatch(path.name) and path.is_dir() == is_dir and not path.is_symlink():
+        return True
+    if path not in _told and not path.name.startswith("."):  # dot-named: atomic writes' temps
+        _told.add(path)
+        log.warning(
+            "%s: not written by mtlrec, so left alone (checkpoints/%s/ holds what mtlrec "
+            "writes; keep other files elsewhere)",
+            path,
+            path.parent.name,
+        )
+    return False
 
 
 def assemble(payload: dict, path: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import torchrec_layers
 from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
-from mtlrec.training.table_files import TableFiles, TrackedTable
+from mtlrec.training.table_files import TableFiles, TrackedTable, new_tag
 from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
 from mtlrec.training.torchrec_table_files import fused_table_rows
 
@@ -107,7 +106,7 @@ class ShardedCheckpointer:
         import torch.distributed.checkpoint as dcp
 
         started = time.perf_counter()
-        tag = [f"e{epoch}-{secrets.token_hex(6)}" if self.is_main else ""]
+        tag = [new_tag(epoch) if self.is_main else ""]
         dist.broadcast_object_list(tag, src=0)
         folder = f"{SHARDED_DIR}/{tag[0]}"
         tables = local_tables(self.model)
@@ -118,13 +117,14 @@ class ShardedCheckpointer:
         )
         same_as_best = _equal_everywhere(tables, best_state)
         temp = self.checkpoints / (folder + TEMP_SUFFIX)
-        temp.mkdir(parents=True, exist_ok=True)
         state = {f"{MODEL}/{k}": v for k, v in tables.items()}
         state.update({f"{FUSED}/{k}": v for k, v in fused.items()})
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
-        files, fused_keys = _written(temp, sorted(fused))
-        if self.is_main:
-            _publish(temp, self.checkpoints / folder)
+        with dcp_files.writing_folder(temp):  # a failure: one line, the folder removed
+            temp.mkdir(parents=True, exist_ok=True)
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(temp, sync_files=True))
+            files, fused_keys = _written(temp, sorted(fused))
+            if self.is_main:
+                _publish(temp, self.checkpoints / folder)
         if self.is_main:  # train.log only: what a checkpoint of the shards costs
             size = sum((self.checkpoints / folder / name).stat().st_size for name in files)
             log.info(

@@ -5,6 +5,7 @@ are collected. The 2-rank writing and resuming: tests/training/test_torchrec_ran
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -117,18 +118,38 @@ def test_a_metadata_pickle_that_would_run_code_is_refused_without_running_it(tmp
     assert not marker.exists()
 
 
-def test_only_folders_no_checkpoint_names_are_collected(tmp_path):
+ORPHAN, UNFINISHED = "e3-0c0c0c0c0c0c", "e4-0d0d0d0d0d0d.tmp"  # folders as mtlrec names them
+
+
+def test_only_folders_no_checkpoint_names_are_collected(tmp_path, caplog):
+    """Only what mtlrec wrote there is deleted: a user's folder or file in sharded/, even one
+    that looks like a checkpoint's, stays, with one warning each."""
     payload, _, _ = _payload(tmp_path)
     torch.save(payload, tmp_path / "last.pt")  # names a and (its best) b
-    for name in ("c", "d.tmp"):  # an orphan (a kill before last.pt), an unfinished write
+    # an orphan (a kill before last.pt), an unfinished write, a user's copy, a user's notes
+    for name in (ORPHAN, UNFINISHED, "my-copy", "e5-0e0e0e0e0e0e.tmp.bak"):
         _folder(tmp_path, name, 2)
+    (tmp_path / "sharded" / "notes.txt").write_text("mine")
+    (tmp_path / "sharded" / "e6-0f0f0f0f0f0f").write_text("a file, not a folder")
     cache: dict = {}
     (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
     assert dcp_files.collect(tmp_path, cache) == []  # an unreadable checkpoint: keep all
     (tmp_path / "foreign.pt").unlink()
     removed = dcp_files.collect(tmp_path, cache)
-    assert sorted(p.name for p in removed) == ["c", "d.tmp"]
-    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in removed) == [ORPHAN, UNFINISHED]
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == [
+        "a", "b", "e5-0e0e0e0e0e0e.tmp.bak", "e6-0f0f0f0f0f0f", "my-copy", "notes.txt"
+    ]  # fmt: skip
+    assert (tmp_path / "sharded" / "notes.txt").read_text() == "mine"
+    theirs = ("e5-0e0e0e0e0e0e.tmp.bak", "e6-0f0f0f0f0f0f", "my-copy", "notes.txt")
+    told = [
+        f"{tmp_path / 'sharded' / name}: not written by mtlrec, so left alone (checkpoints/"
+        "sharded/ holds what mtlrec writes; keep other files elsewhere)"
+        for name in theirs
+    ]
+    assert sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING") == told
+    assert dcp_files.collect(tmp_path, cache) == []
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 4  # once each
 
 
 def test_the_setting_is_checked(tmp_path):
@@ -180,11 +201,11 @@ def test_a_run_resumed_without_sharding_collects_the_folders_of_before(tmp_path)
 
     payload, _, _ = _payload(tmp_path)
     torch.save(payload, tmp_path / "best.pt")  # the best epoch's, sharded: names a and b
-    _folder(tmp_path, "c", 2)  # the folder of a last.pt since replaced by a gathered one
+    _folder(tmp_path, ORPHAN, 2)  # the folder of a last.pt since replaced by a gathered one
     torch.save({"model_state": {}}, tmp_path / "last.pt")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     tables = GatheredTables(tmp_path, optimizer, 100_000, lambda body, path: None, True)
-    assert [p.name for p in tables.collect()] == ["c"]
+    assert [p.name for p in tables.collect()] == [ORPHAN]
     assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
 
 
@@ -196,15 +217,17 @@ def test_a_run_resumed_on_several_ranks_collects_the_table_files_of_before(tmp_p
     from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
 
     (tmp_path / "tables").mkdir()
-    for name in ("e1-0a1b2c3d4e5f.base.pt", "e2-0a1b2c3d4e5f.delta.pt"):
-        torch.save({}, tmp_path / "tables" / name)
+    for name in ("e1-0a1b2c3d4e5f.base.pt", "e2-0a1b2c3d4e5f.delta.pt", "my_table.pt"):
+        torch.save({}, tmp_path / "tables" / name)  # the last: a user's file, left alone
     entry = {"file": "e1-0a1b2c3d4e5f.base.pt", "kind": "base", "rows": 0, "sha256": ""}
     torch.save({TABLES_KEY: {"chains": {"last": [entry]}}}, tmp_path / "best.pt")
     payload, _, _ = _payload(tmp_path)
     torch.save(payload, tmp_path / "last.pt")  # sharded from now on: names a and b
     tables = ShardedCheckpointer(tmp_path, torch.nn.Module(), None, True)
     assert [p.name for p in tables.collect()] == ["e2-0a1b2c3d4e5f.delta.pt"]
-    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["e1-0a1b2c3d4e5f.base.pt"]
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "e1-0a1b2c3d4e5f.base.pt", "my_table.pt"
+    ]  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == ["a", "b"]
 
 
@@ -258,3 +281,57 @@ def test_a_folder_dcp_cannot_read_is_one_line_not_a_traceback(tmp_path):
     )
     assert message.endswith("); use an older checkpoint") and "\n" not in message
     assert "CheckpointException" not in message  # the cause DCP wraps, not the wrapper
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+            "cannot write it: No space left on device; free some space on that disk and run "
+            "again (last.pt and the folders it names are kept)",
+        ),
+        (
+            OSError(errno.EROFS, os.strerror(errno.EROFS)),
+            "cannot write it: Read-only file system; write to another directory (last.pt and "
+            "the folders it names are kept)",
+        ),
+        (
+            ValueError("a bad item"),
+            "cannot write it (ValueError: a bad item); last.pt and the folders it names are "
+            "kept: once the cause is fixed, resume the run",
+        ),
+    ],
+    ids=["disk-full", "read-only", "other"],
+)
+def test_a_folder_that_cannot_be_written_is_one_line_and_is_removed(
+    tmp_path, monkeypatch, error, line
+):
+    """ShardedCheckpointer.write in a 1-rank process group, DCP's writer failing after a part
+    of a shard reached the disk: one line naming the folder (not DCP's CheckpointException, a
+    BaseException), the .tmp folder gone, last.pt and the folder it names untouched."""
+    import torch.distributed as dist
+
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    checkpoints = tmp_path / "checkpoints"
+    payload, _, _ = _payload(checkpoints)
+    torch.save(payload, checkpoints / "last.pt")
+    before = {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()}
+
+    def failing(writer, plan, planner):
+        (Path(writer.path) / "__0_0.distcp").write_bytes(b"part of a shard")
+        raise error
+
+    monkeypatch.setattr(dcp.FileSystemWriter, "write_data", failing)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        with pytest.raises(MtlrecError) as info:
+            ShardedCheckpointer(checkpoints, torch.nn.Module(), None, True).write(3, {})
+    finally:
+        dist.destroy_process_group()
+    temp = info.value.args[0].split(": ")[0]
+    assert str(info.value) == f"{temp}: {line}"
+    assert Path(temp).parent == checkpoints / "sharded" and temp.endswith(".tmp")
+    assert Path(temp).name.startswith("e3-") and not Path(temp).exists()
+    assert {p: p.read_bytes() for p in checkpoints.rglob("*") if p.is_file()} == before

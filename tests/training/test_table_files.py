@@ -382,3 +382,31 @@ def test_the_setting_is_checked(tmp_path):
 
     with pytest.raises(MtlrecError, match="^checkpoint.table_files_min_rows must be an integer"):
         run(compose_train([*TINY, "checkpoint.table_files_min_rows=-1"]), Path(tmp_path) / "r")
+
+
+def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tmp_path, caplog):
+    """A user's file in tables/ (even a .pt one, or one named almost as mtlrec names its own)
+    is left alone with one warning; an orphan of mtlrec's naming is deleted."""
+    table = nn.Embedding(100, DIM, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    files = TableFiles(ckpts, opt, 0, lambda obj, path: torch.save(obj, path))
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, 100, 3))
+    torch.save(checkpoint(files, table, opt, 1), ckpts / LAST)
+    named = files.chain[0]["file"]
+    orphan = "e2-00aa11bb22cc.delta.pt"  # a kill after the file, before the last.pt naming it
+    theirs = ["e2-00aa11bb22cc.delta.pt.bak", "my_table.pt", "notes.txt"]
+    for name in [orphan, *theirs]:
+        (files.directory / name).write_bytes(b"x")
+    (files.directory / "e3-00aa11bb22cc.base.pt").mkdir()  # a folder: not what mtlrec writes
+    theirs.insert(0, "e3-00aa11bb22cc.base.pt")
+    assert [p.name for p in files.collect()] == [orphan]
+    assert sorted(p.name for p in files.directory.iterdir()) == sorted([named, *theirs])
+    told = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert told == [
+        f"{files.directory / name}: not written by mtlrec, so left alone (checkpoints/tables/ "
+        "holds what mtlrec writes; keep other files elsewhere)"
+        for name in sorted(theirs)
+    ]
