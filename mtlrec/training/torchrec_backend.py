@@ -208,7 +208,7 @@ def shard_layer(
     layer.read_tables = lambda: full_tables(module, replicas)
     layer.write_tables = lambda weights: _scatter(table_states(module), weights)
     layer.write_tables(layer.initial_weights)
-    layer.gather_for_eval = dist.get_world_size() > 1
+    layer.lockstep = dist.get_world_size() > 1
     layer.initial_weights = []
     replicated = replicated_optimizer(module, cfg.embedding_optimizer, lr)
     return ShardedTables(layer, module, record, replicated)
