@@ -141,6 +141,36 @@ def test_a_resumed_run_reads_a_tasks_best_tables_from_its_checkpoints_files(
     assert 0 < ctr["rows"] < ctr["table_rows"]
 
 
+def test_a_tasks_file_the_resume_did_not_check_is_checked_when_read(tmp_path, monkeypatch):
+    """With a new base at every checkpoint, ctr's best epoch (2) has a file that neither the
+    resumed last.pt's chain nor the best epoch's (1, then) names: the resume never read it, so it
+    is checked against its SHA-256 when ctr's weights are read; a corrupt one is one line."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 0.0)
+    monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(FILES), run_dir)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    checkpoints = run_dir / "checkpoints"
+    others = [p for p in checkpoints.glob("*.pt") if p.name != "best_ctr.pt"]
+    (only_ctr,) = chain_files(checkpoints / "best_ctr.pt") - set().union(*map(chain_files, others))
+    file = checkpoints / "tables" / only_ctr
+    data = bytearray(file.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte
+    file.write_bytes(bytes(data))
+    with pytest.raises(MtlrecError) as e:
+        run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
+    assert str(e.value) == (
+        f"{checkpoints / 'best_ctr.pt'}: table file {file} does not match its SHA-256 in the "
+        "checkpoint (the file is corrupt); use an older checkpoint"
+    )
+
+
 def test_only_keep_best_per_task_keeps_each_tasks_weights():
     """early_stopping=all_tasks without keep_best_per_task needs each task's best epoch, not its
     weights: none are kept."""
