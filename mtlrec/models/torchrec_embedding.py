@@ -20,7 +20,7 @@ checkpoint is the native one and evaluate/predict/export load it without TorchRe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,8 +96,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     read_tables: TableReader | None
     write_tables: TableWriter | None
     _fetched: dict[int, list[torch.Tensor]]
-    eval_tables: list[torch.Tensor] | None
-    gather_for_eval: bool
+    lockstep: bool  # sharded over several ranks: every rank must make every lookup (evaluator)
     tables_in_state: bool  # False: state_dict leaves the tables out (a DCP checkpoint holds them)
 
     @classmethod
@@ -117,8 +116,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         layer.read_tables = None
         layer.write_tables = None
         layer._fetched = {}
-        layer.eval_tables = None
-        layer.gather_for_eval = False
+        layer.lockstep = False
         layer.tables_in_state = True
         return layer
 
@@ -150,13 +148,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         requests = self._requests(sparse)
         empty = sparse.new_zeros((sparse.shape[0], 0))
         ids = [torch.cat(r, dim=1) if r else empty for r in requests]
-        if self.eval_tables is not None:  # evaluation on several ranks: the gathered tables
-            rows = [
-                t.index_select(0, i.reshape(-1)).view(*i.shape, -1)
-                for t, i in zip(self.eval_tables, ids, strict=True)
-            ]
-        else:
-            rows = self.lookup(ids)
+        rows = self.lookup(ids)  # sharded: a collective, in training and evaluation alike
         self._fetched = {
             j: list(torch.split(rows[j], [r.shape[1] for r in requests[j]], dim=1))
             for j in range(len(rows))
@@ -166,20 +158,6 @@ class TorchRecFieldEmbedding(FieldEmbedding):
             return super().forward(sparse, dense)
         finally:
             self._fetched = {}
-
-    def train(self, mode: bool = True) -> TorchRecFieldEmbedding:
-        """Several ranks evaluate different numbers of batches, so evaluation must not look up
-        through the sharded module (each lookup is a collective): model.eval(), which every rank
-        calls before evaluating, gathers the full tables once; model.train() drops them."""
-        super().train(mode)
-        if mode or not self.gather_for_eval:
-            self.eval_tables = None
-        elif self.eval_tables is None:
-            device = cast(
-                torch.Tensor, self.fields_0
-            ).device  # a buffer of FieldEmbedding: the layer's device
-            self.eval_tables = [t.to(device) for t in self.full_tables()]
-        return self
 
     def _next(self, table: int) -> torch.Tensor:
         return self._fetched[table].pop(0)
@@ -209,8 +187,6 @@ class TorchRecFieldEmbedding(FieldEmbedding):
 
     # -- the ordinary layout in checkpoints -----------------------------------------------------
     def full_tables(self) -> list[torch.Tensor]:
-        if self.eval_tables is not None:  # gathered for evaluation, unchanged since
-            return [t.detach().cpu().clone() for t in self.eval_tables]
         if self.read_tables is not None:
             return self.read_tables()
         return [w.clone() for w in self.initial_weights]
@@ -230,11 +206,6 @@ class TorchRecFieldEmbedding(FieldEmbedding):
             weights = []
         missing.extend(k for k, w in zip(keys, weights, strict=False) if w is None)
         if weights and all(w is not None for w in weights):
-            if self.eval_tables is not None:  # the gathered copy follows the loaded weights
-                self.eval_tables = [
-                    w.detach().to(t.device).clone()  # type: ignore[union-attr]
-                    for w, t in zip(weights, self.eval_tables, strict=True)
-                ]
             if self.write_tables is not None:
                 self.write_tables(weights)  # type: ignore[arg-type]
             else:
@@ -244,6 +215,12 @@ class TorchRecFieldEmbedding(FieldEmbedding):
 
 def torchrec_layers(model: nn.Module) -> list[TorchRecFieldEmbedding]:
     return [m for m in model.modules() if isinstance(m, TorchRecFieldEmbedding)]
+
+
+def lookups_in_lockstep(model: nn.Module) -> bool:
+    """Whether `model`'s lookups are collectives of several ranks (its tables sharded over them):
+    every rank must then make every forward that another makes (Evaluator.predict)."""
+    return any(layer.lockstep for layer in torchrec_layers(model))
 
 
 def convert_model(model: nn.Module) -> list[TorchRecFieldEmbedding]:

@@ -167,6 +167,8 @@ class BestFiles:
         for key in sorted(keys):
             p, _ = self.weights[key]
             rows = self._differing_rows(key, target, holding)
+            if rows.numel() == 0:
+                continue
             bodies = [e if e["kind"] == "init" else self._open(e) for e in target]
             for chunk in rows.split(CHUNK_ROWS):
                 p.index_copy_(0, chunk, _values_at(bodies, MODEL_PREFIX + key, chunk))

@@ -4,7 +4,10 @@
 metrics (mtlrec.training.metrics), `{split}/loss` (the weighted objective) and each task's
 `{split}/{task}_loss`; `predict(split)` returns every output's predictions. Under data
 parallelism each rank predicts a block of whole eval batches and the rows are gathered in order,
-so metrics equal a single process's.
+so metrics equal a single process's. When TorchRec shards the tables over the ranks, every lookup
+is a collective: every rank then makes the same number of forwards (the most batches any rank's
+block holds), a rank with fewer batches padding with one-row forwards whose outputs it discards,
+and the rows are looked up through the sharded tables (no rank gathers a table).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlrec.data.loader import SplitTensors
+from mtlrec.data.loader import Batch, SplitTensors
 from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
 from mtlrec.models.layers import gate_statistics
+from mtlrec.models.torchrec_embedding import lookups_in_lockstep
 from mtlrec.training import distributed
 from mtlrec.training.calibration import ECE_BINS
 from mtlrec.training.metrics import EvalTarget, split_metrics
@@ -83,20 +87,19 @@ class Evaluator:
         # Data parallel: this rank predicts rows [lo, hi) (whole eval batches), then all ranks
         # gather every row in order; one process: lo, hi = 0, n.
         lo, hi = distributed.eval_block(n, bs)
+        starts = list(range(lo, hi, bs))
+        forwards = len(starts)
+        if lookups_in_lockstep(self.model):  # each sharded lookup is a collective of all ranks
+            forwards = distributed.lockstep_batches(n, bs)
         outputs = {
             name: torch.empty(hi - lo, device=self.device) for name in self.model.output_types
         }
         gate_sum = None
         loss_sums = torch.zeros(len(self.loss_tasks), device=self.device)
         counts = torch.zeros(len(self.loss_tasks), device=self.device)
-        for start in range(lo, hi, bs):
+        for start in starts:
             batch = split.slice(start, min(start + bs, hi))
-            sparse, dense, labels = (
-                t.to(self.device, non_blocking=True)
-                for t in (batch.sparse, batch.dense, batch.labels)
-            )
-            with self.autocast():
-                out = self.forward(sparse, dense)
+            out, labels = self._forward(batch)
             _, sums, cnts = self.objective(out, labels)
             loss_sums += sums
             counts += cnts
@@ -110,6 +113,8 @@ class Evaluator:
                 gate_sum = g if gate_sum is None else gate_sum + g
             if on_rows is not None:
                 on_rows(min(start + bs, hi) - lo, hi - lo)
+        for _ in range(forwards - len(starts)):  # padding: the lookups' collectives, no rows
+            self._forward(split.slice(0, 1))
         outputs = distributed.gather_rows(outputs, n)
         distributed.all_reduce_sum(loss_sums)
         distributed.all_reduce_sum(counts)
@@ -123,6 +128,14 @@ class Evaluator:
         if gate_sum is not None:
             aux["gates"] = (gate_sum / n).cpu().numpy()  # mean gate weight [tasks, experts]
         return {k: v.cpu().numpy() for k, v in outputs.items()}, aux
+
+    def _forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The model's outputs for one eval batch, and its labels (on the device)."""
+        sparse, dense, labels = (
+            t.to(self.device, non_blocking=True) for t in (batch.sparse, batch.dense, batch.labels)
+        )
+        with self.autocast():
+            return self.forward(sparse, dense), labels
 
     def evaluate(
         self,

@@ -208,7 +208,7 @@ def shard_layer(
     layer.read_tables = lambda: full_tables(module, replicas)
     layer.write_tables = lambda weights: _scatter(table_states(module), weights)
     layer.write_tables(layer.initial_weights)
-    layer.gather_for_eval = dist.get_world_size() > 1
+    layer.lockstep = dist.get_world_size() > 1
     layer.initial_weights = []
     replicated = replicated_optimizer(module, cfg.embedding_optimizer, lr)
     return ShardedTables(layer, module, record, replicated)
@@ -360,6 +360,14 @@ class FusedTables:
                         continue
                     if key not in saved:
                         raise ValueError(f"the checkpoint has no fused optimizer state {key}")
+                    there, here = list(saved[key].shape), list(value.size())
+                    if there != here:  # else a larger state would load truncated, silently
+                        raise ValueError(
+                            f"the checkpoint's fused optimizer state {key} is {there}, this "
+                            f"run's {here}: its tables were sharded otherwise (rowwise_adagrad "
+                            "keeps a row state per column_wise shard); use the run's own "
+                            "trainer.devices"
+                        )
                     _scatter([value], [saved[key]])
 
 

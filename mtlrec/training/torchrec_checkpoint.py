@@ -70,6 +70,8 @@ class ShardedCheckpointer:
         self.checkpoints, self.model, self.optimizer = Path(checkpoints), model, optimizer
         self.is_main = is_main
         self.best: dict[str, Any] | None = None  # where the best weights' tables are
+        # keep_best kept the live tables as the best (`live_state`): the next folder holds them
+        self.live_is_best = False
         self._named: dict[tuple, set[str]] = {}  # collect's cache
         # the table files of a one-process run resumed on several ranks: collected (none written)
         self._table_files = TableFiles(checkpoints, optimizer, None, lambda body, path: None)
@@ -96,6 +98,8 @@ class ShardedCheckpointer:
         best_state = train["best_state"] if train else {}
         manifest = self.write(epoch, best_state)
         out = {**payload, SHARDED_KEY: manifest}
+        if manifest["best"] is None and any(v.is_meta for v in best_state.values()):
+            raise RuntimeError("the best weights' tables are in no folder (none was kept)")
         if manifest["best"] is not None and train is not None:
             kept = {k: v for k, v in best_state.items() if k not in manifest["best"]["keys"]}
             out["train_state"] = {**train, "best_state": kept}
@@ -115,7 +119,7 @@ class ShardedCheckpointer:
             if isinstance(self.optimizer, TorchRecOptimizer)
             else {}
         )
-        same_as_best = _equal_everywhere(tables, best_state)
+        same_as_best = self._holds_best(tables, best_state)
         temp = self.checkpoints / (folder + TEMP_SUFFIX)
         state = {f"{MODEL}/{k}": v for k, v in tables.items()}
         state.update({f"{FUSED}/{k}": v for k, v in fused.items()})
@@ -152,6 +156,53 @@ class ShardedCheckpointer:
             "world_size": dist.get_world_size(),
         }
 
+    def _holds_best(self, tables: dict[str, Any], best_state: dict[str, torch.Tensor]) -> bool:
+        """Whether the live tables are the best weights' (a collective): said by keep_best since
+        the last folder when the best weights keep their tables by reference (`live_state`),
+        else compared (the tables of a run resumed from a checkpoint of before: values)."""
+        if any(k in best_state and best_state[k].is_meta for k in tables):
+            same, self.live_is_best = self.live_is_best, False
+            return _on_every_rank(same)
+        return _equal_everywhere(tables, best_state)
+
+    # -- the best weights, their tables by reference (Trainer.keep_best, the end of fit) ---------
+    def live_state(self) -> dict[str, torch.Tensor]:
+        """What keep_best keeps: the model's state with each sharded table as a placeholder (a
+        meta tensor: shape and dtype, no data), no rank holding a copy of a table; the folder of
+        this epoch's checkpoint, written next, holds them (`_holds_best`)."""
+        with tables_elsewhere(self.model, None):
+            state = self.model.state_dict()
+        self.live_is_best = True
+        return {**state, **placeholders(local_tables(self.model))}
+
+    def load_best(self, best: dict[str, torch.Tensor]) -> None:
+        """The end of fit, every rank: the kept best weights into the model, the tables kept as
+        placeholders from the best epoch's folder (each rank reads its own shards)."""
+        held = {k for k, v in best.items() if v.is_meta}
+        if not held:
+            self.model.load_state_dict(best)
+            return
+        if self.best is None or not held <= set(self.best["keys"]):
+            raise RuntimeError(f"the best weights of {sorted(held)} are in no folder")
+        folder = self.checkpoints / self.best["folder"]
+        if not (folder / dcp_files.METADATA).is_file():
+            raise MtlrecError(
+                f"{folder}: the best epoch's sharded tables are missing (removed while the run "
+                "trained), so its best weights cannot be restored; leave checkpoints/ alone "
+                "while a run trains"
+            )
+        with tables_elsewhere(self.model, None):
+            self.model.load_state_dict({k: v for k, v in best.items() if k not in held})
+        manifest = {"folder": self.best["folder"], "model_keys": self.best["keys"]}
+        _load_shards({**manifest, "fused_keys": []}, self.checkpoints / "best.pt", self.model, None)
+
+
+def placeholders(tables: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A stand-in of each table (a meta tensor: its full shape and dtype, no data)."""
+    return {
+        k: torch.empty(tuple(v.size()), dtype=v.dtype, device="meta") for k, v in tables.items()
+    }
+
 
 def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor]) -> bool:
     """Whether the best weights' tables equal the live ones on every rank (a collective)."""
@@ -165,6 +216,11 @@ def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor
                 offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
                 index = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
                 same = same and torch.equal(best_state[key][index].cpu(), shard.tensor.cpu())
+    return _on_every_rank(same)
+
+
+def _on_every_rank(same: bool) -> bool:
+    """Whether `same` holds on every rank (a collective)."""
     nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
     flag = torch.tensor([int(same)], device="cuda" if nccl else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -282,6 +338,16 @@ class ShardedPeerHooks:
         self.tables.write(state.epoch, state.best_state)
 
 
+def best_shards(hooks: Any, trainer: Any) -> ShardedCheckpointer | None:
+    """The folders that keep the best weights' sharded tables, from fit's hooks (None: the
+    tables are not in DCP folders, or trainer.keep_best_per_task keeps each task's weights in
+    full (per_task.keep), so the monitored best ones stay a copy too, as test_per_task loads
+    them; else the best weights are values, or table files: training/best_files.py)."""
+    tables = getattr(hooks, "tables", None)
+    sharded = isinstance(tables, ShardedCheckpointer) and not trainer.keep_best_per_task
+    return tables if sharded else None
+
+
 def fit_hooks(tables: Any, model: nn.Module, optimizer: Any) -> Any:
     """A rank other than 0's fit hooks (None: it takes no part in checkpoints)."""
     if isinstance(tables, ShardedCheckpointer):
@@ -307,9 +373,11 @@ def restoring(
     _load_shards(manifest, path, model, optimizer)
     out = payload
     if manifest.get("best") and "train_state" in payload:
+        # the best weights' tables stay in their folder (ShardedCheckpointer.adopt names it)
+        live = local_tables(model)
         best = {
             **payload["train_state"]["best_state"],
-            **dcp_files.read_best(manifest["best"], path),
+            **placeholders({k: live[k] for k in manifest["best"]["keys"] if k in live}),
         }
         out = {**payload, "train_state": {**payload["train_state"], "best_state": best}}
     with tables_elsewhere(model, optimizer):

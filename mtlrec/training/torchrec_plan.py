@@ -80,8 +80,9 @@ def column_width(dim: int, world: int) -> int:
     return width if dim % world == 0 and width % 4 == 0 else dim
 
 
-def _planner(shapes: list[tuple[int, int]], cfg: Any, device: torch.device) -> Any:
-    world = dist.get_world_size()
+def make_planner(shapes: list[tuple[int, int]], cfg: Any, device: torch.device, world: int) -> Any:
+    """TorchRec's planner for tables of `shapes` on `world` ranks of `device` (trainer.* `cfg`),
+    with the ordered enumerator."""
     types = planner_types(cfg.sharding, device, cfg.embedding_optimizer)
     constraints = {
         feature_name(j): ParameterConstraints(
@@ -118,7 +119,8 @@ def plan_tables(
         plan = _rebuilt(collections, shapes, recorded["tables"], recorded["source"])
     else:
         try:
-            plan = _planner(shapes, cfg, device).plan(collections, [EmbeddingCollectionSharder()])
+            planner = make_planner(shapes, cfg, device, dist.get_world_size())
+            plan = planner.plan(collections, [EmbeddingCollectionSharder()])
         except PlannerError:
             plan = None  # every rank plans; rank 0's plan (or its refusal) is what all use
     if dist.get_world_size() > 1:

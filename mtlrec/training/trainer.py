@@ -28,7 +28,7 @@ from mtlrec.data.spec import DatasetSpec, TaskSpec
 from mtlrec.data.streaming import StreamingSplit
 from mtlrec.errors import MtlrecError
 from mtlrec.models.base import MultiTaskModel
-from mtlrec.training import best_files, distributed, torchrec_backend
+from mtlrec.training import best_files, distributed, torchrec_backend, torchrec_checkpoint
 from mtlrec.training.balance import BalanceSettings, balance_settings, make_balancer
 from mtlrec.training.batches import EpochPlan, epoch_batches, gather, to_device
 from mtlrec.training.calibration import ECE_BINS
@@ -132,7 +132,8 @@ class Trainer:
         self.per_task = self._per_task()
         self.state = self.new_state()
         self.best_files: best_files.BestFiles | None = None  # fit's hooks say (RunRecorder)
-        self.best_kept_at: int | None = None  # the epoch whose weights keep_best kept last
+        self.best_shards: torchrec_checkpoint.ShardedCheckpointer | None = None  # DCP folders
+        self.best_kept_at: int | None = None  # the epoch whose live weights keep_best copied last
         # trainer.compile: the compiled module shares self.model's parameters (what is saved)
         self.forward = torch.compile(model) if cfg.compile else model
         # DDP (trainer.devices): training through DDP, prediction not (ranks' batch counts differ)
@@ -381,6 +382,7 @@ class Trainer:
         self.per_task = self._per_task()
         self.state = self.new_state()  # keep_best fills its best_state at the end of epoch 1
         self.best_files, self.best_kept_at = getattr(hooks, "best_files", None), None
+        self.best_shards = torchrec_checkpoint.best_shards(hooks, self.cfg)
         first_epoch = 1
         self._restored_lrs = resume is not None
         self.start_schedule(train)
@@ -412,7 +414,9 @@ class Trainer:
                     break
                 if distributed.any_rank(self.stop_requested):
                     self.interrupted(epoch, None)
-        if self.state.best_state:  # empty only if no epoch has ended yet
+        if self.state.best_state and self.best_shards is not None:  # each rank its shards
+            self.best_shards.load_best(self.state.best_state)
+        elif self.state.best_state:  # empty only if no epoch has ended yet
             best_files.load(self.model, self.state.best_state, self.best_files)
         history = self.state.history
         return FitResult(
@@ -468,9 +472,10 @@ class Trainer:
     def keep_best(self, epoch: int) -> None:
         """The weights become the best ones, copied into the previous best's (never 2 copies);
         the tables `best_files` holds are not copied (their checkpoint files keep them)."""
-        state = self.model.state_dict()
+        shards = self.best_shards  # sharded tables: by reference to their DCP folder, no gather
+        state = shards.live_state() if shards is not None else self.model.state_dict()
         self.state.best_state = best_files.keep(self.state.best_state, state, self.best_files)
-        self.best_kept_at = epoch
+        self.best_kept_at = epoch if shards is None else None  # by reference: not the live ones
 
     # -- evaluation (delegated) ------------------------------------------------------------------
     def task_weights(self) -> torch.Tensor:

@@ -93,10 +93,12 @@ def _ranks(rank: int, tmp: str) -> None:
         pass
     resharded_state = _gathered(resharded, resharded_optimizer)
     refused = _refused_elsewhere(tmp_path / "rowwise", ids)
+    evaluation = _lockstep_evaluation(rank)
+    best = _best_by_reference(tmp_path / "best", ids)
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
         torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
-                    "refused": refused, "resharded": resharded_state},
+                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation, "best": best},
                    tmp_path / "out.pt")  # fmt: skip
     dist.destroy_process_group()
     # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
@@ -124,6 +126,86 @@ def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
             return "loaded"
     except MtlrecError as e:  # not DCP's CheckpointException (a BaseException), a traceback
         return str(e)
+
+
+def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
+    """keep_best's state at "epoch 1" (the tables as placeholders) and its checkpoint's folder,
+    a fused step, "epoch 2"'s folder, then the end of fit's load_best: the tables as gathered at
+    each point (a collective, for the comparison only)."""
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    model = _model(0)
+    tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
+    best = tables.live_state()
+    first = tables.write(1, best)
+    at_best = model.state_dict()
+    model.embedding(ids, torch.zeros(2, 0)).sum().backward()  # the fused step changes the rows
+    second = tables.write(2, best)
+    trained = model.state_dict()
+    tables.load_best(best)
+    return {
+        "placeholders": sorted(k for k, v in best.items() if v.is_meta),
+        "folders": [first["folder"], second["folder"]],
+        "best": [first["best"]["folder"], second["best"]["folder"]],
+        "states": [at_best, trained, model.state_dict()],
+    }
+
+
+EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
+
+
+def _lockstep_evaluation(rank: int) -> dict:
+    """Evaluator.evaluate of an MMoE (gates: padding must not count) whose tables are split
+    column_wise over the 2 ranks, with TorchRec's gather made to fail: every rank's forwards
+    (counted) and its table shards, the metrics, and those of the model before sharding (the
+    native layer, same weights, evaluated data-parallel: as one process)."""
+    import copy
+
+    from conftest import compose_train
+    from helpers.torchrec import shard_settings
+    from mtlrec.data.ccp_generator import dataset_spec
+    from mtlrec.data.loader import SplitTensors
+    from mtlrec.models import build_model
+    from mtlrec.training import torchrec_backend
+    from mtlrec.training.distributed.context import RankContext, set_current
+    from mtlrec.training.evaluator import Evaluator
+    from mtlrec.training.metrics import eval_targets
+    from tests.training.test_fit import _batch
+
+    set_current(RankContext(rank=rank, world_size=2, backend="gloo"))
+    spec, cpu = dataset_spec(1000, 0), torch.device("cpu")
+    torch.manual_seed(0)
+    model, tasks = build_model(dict(compose_train(["model=mmoe"]).model), spec, spec.tasks)
+    targets = eval_targets(tasks, model.output_types, spec)
+    b = _batch(spec, EVAL_ROWS, seed=3)
+    split = SplitTensors(b.sparse, b.dense, b.labels)
+    native = Evaluator(copy.deepcopy(model), spec, tasks, targets, cpu, EVAL_BATCH)
+    expected = native.evaluate(split, "val")
+    cfg = shard_settings(
+        embedding_backend="torchrec", sharding="column_wise", devices=2, embedding_optimizer="sgd"
+    )
+    torchrec_backend.shard_model(model, cfg, cpu, lambda name, record: None)
+    (sharded,) = model.sharded_tables
+    lookup, forwards = sharded.layer.lookup, []
+    sharded.layer.__dict__["lookup"] = lambda ids: forwards.append(len(ids[0])) or lookup(ids)
+    gather = torchrec_backend.gather_full
+
+    def refuse(local: dict) -> dict:
+        raise AssertionError(f"a table was gathered during evaluation: {sorted(local)}")
+
+    torchrec_backend.gather_full = refuse
+    try:
+        got = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH).evaluate(split, "val")
+    finally:
+        torchrec_backend.gather_full = gather
+    shards = [
+        [list(s.metadata.shard_sizes) for s in state.local_shards()]
+        for state in torchrec_backend.table_states(sharded.module)
+    ]
+    every: list = [None, None]
+    dist.all_gather_object(every, {"forwards": forwards, "shards": shards})
+    set_current(RankContext())
+    return {"expected": expected, "got": got, "ranks": every, "shapes": sharded.layer.table_shapes}
 
 
 def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
@@ -169,3 +251,26 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
         assert torch.equal(gathered["model_state"][key], written["model"][key]), key
     for key, value in written["fused"].items():
         assert torch.equal(gathered["optimizer_state"]["fused_tables"][key], value), key
+    _check_lockstep_evaluation(out["evaluation"])
+    best = out["best"]  # the best weights' tables by reference to epoch 1's folder
+    assert best["placeholders"] == manifest["model_keys"]  # no rank kept a copy of a table
+    assert best["best"] == [best["folders"][0]] * 2 and best["folders"][0] != best["folders"][1]
+    at_best, trained, restored = best["states"]
+    for key in manifest["model_keys"]:
+        assert not torch.equal(trained[key], at_best[key]), key
+        assert torch.equal(restored[key], at_best[key]), key  # each rank's shards read back
+
+
+def _check_lockstep_evaluation(evaluation: dict) -> None:
+    """Both ranks made 3 forwards (rank 0: 2 batches of 100 rows and a padding forward of one
+    row; rank 1: 3 batches, the last of 50), each holding half of every table's columns, no table
+    was gathered, and the metrics (AUCs, losses, mean gates) are the native model's."""
+    (rank0, rank1), shapes = evaluation["ranks"], evaluation["shapes"]
+    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1]
+    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH]
+    for shards in (rank0["shards"], rank1["shards"]):
+        assert shards == [[[rows, dim // 2]] for rows, dim in shapes]
+    expected, got = evaluation["expected"], evaluation["got"]
+    assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

@@ -21,35 +21,45 @@ from mtlrec.errors import MtlrecError  # noqa: E402
 from mtlrec.training import torchrec_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-# Two tables (5000 x 4, 3000 x 8) planned in one process with trainer.sharding=auto: TorchRec
+# Two tables (5000 x 4, 3000 x 8) planned with trainer.sharding=auto for 1, 2 and 4 ranks (a
+# Topology of that many; planning needs no process group of that size). In one process TorchRec
 # 1.8 rates a whole table (table_wise) and a one-shard column_wise table the same, and chose
 # column_wise under PYTHONHASHSEED 2 and 5, table_wise under 1 (before OrderedEnumerator).
 PLAN_SNIPPET = """
 import json, torch
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from mtlrec.data.spec import FeatureSpec
 from mtlrec.models.features import FieldEmbedding
 from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding
-from mtlrec.training.torchrec_backend import ensure_process_group, shard_layer
+from mtlrec.training.torchrec_backend import ensure_process_group
+from mtlrec.training.torchrec_plan import make_planner, plan_record
 from helpers.torchrec import shard_settings
 from tests.models.test_features import make_spec
 
 ensure_process_group(torch.device("cpu"))
 spec = make_spec([FeatureSpec("item", "sparse", 5000), FeatureSpec("user", "sparse", 3000, embedding_dim=8)])
 layer = TorchRecFieldEmbedding.from_native(FieldEmbedding(spec, 4))
-print(json.dumps(shard_layer(layer, shard_settings(), torch.device("cpu")).plan, sort_keys=True))
+cpu, sharders = torch.device("cpu"), [EmbeddingCollectionSharder()]
+plans = {
+    world: plan_record(
+        make_planner(layer.table_shapes, shard_settings(), cpu, world).plan(layer.collections, sharders)
+    )
+    for world in (1, 2, 4)
+}
+print(json.dumps(plans, sort_keys=True))
 """
 
 
-def _whole(rows: int, dim: int) -> dict:
+def _whole(rows: int, dim: int, rank: int = 0) -> dict:
     return {
         "sharding_type": "table_wise",
         "compute_kernel": "fused",
-        "ranks": [0],
-        "shards": [{"offsets": [0, 0], "sizes": [rows, dim], "placement": "rank:0/cpu"}],
+        "ranks": [rank],
+        "shards": [{"offsets": [0, 0], "sizes": [rows, dim], "placement": f"rank:{rank}/cpu"}],
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 3 processes
 def test_auto_plans_the_same_under_every_hash_seed():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     plans = {}
@@ -64,8 +74,11 @@ def test_auto_plans_the_same_under_every_hash_seed():
         )
         assert done.returncode == 0, done.stderr[-2000:]
         plans[seed] = json.loads(done.stdout.strip().splitlines()[-1])
-    # of equal estimates, a whole table on one rank wins (TIE_ORDER)
-    want = {"table_0": _whole(5000, 4), "table_1": _whole(3000, 8)}
+    # of equal estimates, a whole table on one rank wins (TIE_ORDER); on more ranks the
+    # partitioner spreads the tables
+    one = {"table_0": _whole(5000, 4), "table_1": _whole(3000, 8)}
+    spread = {"table_0": _whole(5000, 4, rank=1), "table_1": _whole(3000, 8)}
+    want = {"1": one, "2": spread, "4": spread}
     assert plans == {"1": want, "2": want, "5": want}
 
 
@@ -154,3 +167,22 @@ def test_which_recorded_plans_a_resume_keeps(tmp_path, caplog):
         "restore it from a copy of the run dir, or delete it to let the planner place the "
         "tables again"
     )
+
+
+@pytest.mark.parametrize("rows", [1000, 10])
+def test_a_fused_state_of_another_sharding_is_refused_not_truncated(rows):
+    """The gathered fused state's shape follows the plan (rowwise_adagrad: a row state per
+    column_wise shard): a larger one loaded the first rows silently, a smaller one failed with a
+    bare RuntimeError; both are one ValueError (a resume's or init.optimizer's one line)."""
+    sharded = torchrec_backend.shard_layer(_layer(), shard_settings(), torch.device("cpu"))
+    fused = torchrec_backend.FusedTables([sharded])
+    ((key, before),) = fused.state_dict().items()
+    assert list(before.shape) == [500]  # rowwise_adagrad: one value per row
+    with pytest.raises(ValueError) as info:
+        fused.load_state_dict({key: torch.ones(rows)})
+    assert str(info.value) == (
+        f"the checkpoint's fused optimizer state {key} is [{rows}], this run's [500]: its tables "
+        "were sharded otherwise (rowwise_adagrad keeps a row state per column_wise shard); use "
+        "the run's own trainer.devices"
+    )
+    assert torch.equal(fused.state_dict()[key], before)  # nothing loaded

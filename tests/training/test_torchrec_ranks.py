@@ -299,3 +299,33 @@ def test_a_replicated_table_resumes_exactly_after_a_sigterm(tmp_path, runs, monk
         assert torch.equal(a["model_state"][k], v), k
     (state,) = b["optimizer_state"]["replicated_tables"]  # the one table's sgd: its lr, no state
     assert state["state"] == {} and state == a["optimizer_state"]["replicated_tables"][0]
+
+
+def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
+    """2 ranks, column_wise, DCP folders, 2 epochs, monitored so that epoch 1 is the best: the
+    best weights keep their tables by reference to epoch 1's folder (best.pt names it, and so
+    does last.pt's "best"; that no rank keeps a copy is checked in
+    test_torchrec_checkpoint_ranks.py), and the run's test metrics are those of best.pt's
+    weights (epoch 1's, gathered in one process by `mtlrec evaluate`), not of last.pt's."""
+    from mtlrec.inference.evaluate import evaluate
+
+    overrides = [
+        *COMMON,
+        *TWO_RANKS,
+        "trainer.sharding=column_wise",
+        "trainer.epochs=2",
+        "trainer.monitor=val/loss",
+        "trainer.mode=max",  # the highest validation loss: epoch 1's
+    ]
+    run_dir, metrics = run_training(tmp_path, overrides)
+    assert (metrics["status"], metrics["best_epoch"], metrics["epochs_run"]) == ("completed", 1, 2)
+    checkpoints = run_dir / "checkpoints"
+    best, last = (torch.load(checkpoints / n, weights_only=True) for n in ("best.pt", "last.pt"))
+    assert last["sharded_tables"]["best"]["folder"] == best["sharded_tables"]["folder"]
+    assert last["sharded_tables"]["folder"] != best["sharded_tables"]["folder"]
+    assert not any(".tables." in k for k in last["train_state"]["best_state"])
+    at_best, at_last = (evaluate(run_dir, "test", checkpoint=n) for n in ("best.pt", "last.pt"))
+    recorded = {k: v for k, v in metrics["metrics"].items() if k.startswith("test/")}
+    assert recorded["test/loss"] != pytest.approx(at_last["test/loss"], rel=1e-4)
+    for key, value in recorded.items():
+        assert at_best[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key

@@ -34,6 +34,7 @@ from mtlrec.training.distributed.collectives import (
     decide,
     eval_block,
     gather_rows,
+    lockstep_batches,
     shard,
     sum_optional,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "data_parallel",
     "decide",
     "eval_block",
+    "lockstep_batches",
     "gather_rows",
     "main_first",
     "process_rank",

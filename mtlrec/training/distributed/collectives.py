@@ -145,6 +145,15 @@ def eval_block(
     return min(lo * batch_size, n), min(hi * batch_size, n)
 
 
+def lockstep_batches(n: int, batch_size: int) -> int:
+    """The most eval batches any rank's `eval_block` holds: how many forwards every rank makes when
+    each forward is a collective (TorchRec's sharded tables; the ranks with fewer real batches pad
+    with forwards whose outputs they discard)."""
+    world = current().world_size
+    blocks = [eval_block(n, batch_size, rank, world) for rank in range(world)]
+    return max(math.ceil((hi - lo) / batch_size) for lo, hi in blocks)
+
+
 def gather_rows(outputs: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     """Each rank's block of rows -> the whole split, in row order (all_gather, padded)."""
     ctx = current()
