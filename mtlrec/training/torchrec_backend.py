@@ -58,7 +58,9 @@ FUSED_OPTIMIZERS = {
 NATIVE_ONLY = ("sparse_adam",)
 TORCHREC_ONLY = ("rowwise_adagrad", "sgd", "rowwise_adam")
 INSTALL = "bash scripts/install_torchrec.sh (docs/distributed.md)"
-SHARDING_PLAN_FILE = "sharding_plan.json"  # the run dir's record of where the tables live
+# the run dir's record of where the tables live (runs.records.SHARDING_PLAN_FILE: the training
+# layer does not import runs/)
+SHARDING_PLAN_FILE = "sharding_plan.json"
 
 
 def torchrec_missing() -> str | None:
