@@ -130,7 +130,8 @@ def train(
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     launched = time.time()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # `-m` puts the working directory first on sys.path: the baseline's is its own tree
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=source)
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             err.seek(0)
@@ -175,6 +176,12 @@ def baseline_tree(rev: str, work: Path) -> Path:
                              check=True, capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     (out / "conf").rename(out / "mtlrec" / "conf")
+    probe = "import mtlrec, mtlrec.conf; print(mtlrec.__file__, mtlrec.conf.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(out)}
+    found = subprocess.run([sys.executable, "-c", probe], cwd=out, env=env, check=True,
+                           capture_output=True, text=True).stdout.split()  # fmt: skip
+    if not all(Path(f).resolve().is_relative_to(out.resolve()) for f in found):
+        raise SystemExit(f"--baseline {rev}: the runs would import {found}, not {out}")
     return out
 
 

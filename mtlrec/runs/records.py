@@ -7,6 +7,7 @@
       env.json           versions, device, threads
       history.csv        one row per epoch
       metrics.json       a RunSummary: status, seed, best epoch, val/test metrics, speed
+      sharding_plan.json trainer.embedding_backend=torchrec: where each table's shards live
       checkpoints/       best.pt, last.pt, last.prev.pt
 
 `RunSummary` is metrics.json: every field any part of mtlrec writes is declared here, so a
@@ -34,6 +35,7 @@ from mtlrec.runs.files import flatten, load_config, read_history, read_overrides
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 ENV_FILE = "env.json"
+SHARDING_PLAN_FILE = "sharding_plan.json"  # written by training.torchrec_backend
 LOG_FILE = "train.log"
 LOCK_FILE = ".mtlrec.lock"
 CHECKPOINT_DIR = "checkpoints"

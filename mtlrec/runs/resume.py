@@ -3,8 +3,10 @@
 A resume attempt (`mtlrec train resume=RUN_DIR`) claims the run dir (runs/lock.py), then
 mtlrec.experiment marks metrics.json `running` and checks the checkpoint and the config. Until
 the attempt is accepted (its .hydra/resume-<time>/ACCEPTED mark, written once the checkpoint is
-restored) it must change nothing: a refused attempt puts metrics.json and train.log back as they
-were and removes its .hydra/resume-<time>/ dir (`settle_refused`).
+restored) it must change nothing: a refused attempt puts metrics.json, train.log and what
+building the run rewrites (env.json, the torchrec backend's sharding_plan.json, which the next
+resume rebuilds its plan from) back as they were and removes its .hydra/resume-<time>/ dir
+(`settle_refused`).
 
 Wall time adds up over the sessions of a run: the claim stores the time of the earlier sessions
 in metrics.json (`earlier_wall_seconds`), and RunDir.update_metrics adds it to the session's.
@@ -22,14 +24,19 @@ from mtlrec.runs.atomic import atomic_write, atomic_write_json
 from mtlrec.runs.records import (
     BEST,
     CHECKPOINT_DIR,
+    ENV_FILE,
     HISTORY_FILE,
     LAST,
     LOG_FILE,
     METRICS_FILE,
     PREVIOUS,
     RESUME_ACCEPTED,
+    SHARDING_PLAN_FILE,
     RunSummary,
 )
+
+# Records a resume attempt rewrites while it builds the run, before it is accepted.
+REWRITTEN = (ENV_FILE, SHARDING_PLAN_FILE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Snapshot:
     metrics: bytes | None  # metrics.json as it was (None: there was none)
     log_size: int | None  # train.log's size (None: there was none)
     progress: tuple  # (path, mtime) of history.csv and the checkpoints: training writes them
+    rewritten: tuple[tuple[str, bytes | None], ...] = ()  # REWRITTEN's contents (None: absent)
 
     @property
     def accepted(self) -> bool:
@@ -53,6 +61,17 @@ class Snapshot:
 
 # The attempts this process claimed and has not settled yet (one per run dir).
 _ATTEMPTS: dict[Path, Snapshot] = {}
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _put_back(path: Path, data: bytes | None) -> None:
+    if data is None:
+        path.unlink(missing_ok=True)
+    elif _read(path) != data:
+        atomic_write(path, lambda f: f.write(data))
 
 
 def _size(path: Path) -> int | None:
@@ -83,6 +102,7 @@ def begin(run_dir: Path, output_subdir: str | None) -> Snapshot:
         metrics=metrics,
         log_size=_size(run_dir / LOG_FILE),
         progress=_progress(run_dir),
+        rewritten=tuple((name, _read(run_dir / name)) for name in REWRITTEN),
     )
     _ATTEMPTS[run_dir.resolve()] = snap
     if metrics is not None:
@@ -108,12 +128,8 @@ def settle_refused() -> list[Path]:
 
 
 def _undo(snap: Snapshot) -> None:
-    metrics_path = snap.run_dir / METRICS_FILE
-    if snap.metrics is None:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        data = snap.metrics
-        atomic_write(metrics_path, lambda f: f.write(data))
+    for name, data in ((METRICS_FILE, snap.metrics), *snap.rewritten):
+        _put_back(snap.run_dir / name, data)
     log = snap.run_dir / LOG_FILE
     if snap.log_size is None:
         log.unlink(missing_ok=True)

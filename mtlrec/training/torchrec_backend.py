@@ -58,7 +58,9 @@ FUSED_OPTIMIZERS = {
 NATIVE_ONLY = ("sparse_adam",)
 TORCHREC_ONLY = ("rowwise_adagrad", "sgd", "rowwise_adam")
 INSTALL = "bash scripts/install_torchrec.sh (docs/distributed.md)"
-SHARDING_PLAN_FILE = "sharding_plan.json"  # the run dir's record of where the tables live
+# the run dir's record of where the tables live (runs.records.SHARDING_PLAN_FILE: the training
+# layer does not import runs/)
+SHARDING_PLAN_FILE = "sharding_plan.json"
 
 
 def torchrec_missing() -> str | None:
@@ -360,6 +362,14 @@ class FusedTables:
                         continue
                     if key not in saved:
                         raise ValueError(f"the checkpoint has no fused optimizer state {key}")
+                    there, here = list(saved[key].shape), list(value.size())
+                    if there != here:  # else a larger state would load truncated, silently
+                        raise ValueError(
+                            f"the checkpoint's fused optimizer state {key} is {there}, this "
+                            f"run's {here}: its tables were sharded otherwise (rowwise_adagrad "
+                            "keeps a row state per column_wise shard); use the run's own "
+                            "trainer.devices"
+                        )
                     _scatter([value], [saved[key]])
 
 

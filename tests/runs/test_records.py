@@ -239,3 +239,27 @@ def test_the_parts_of_a_first_checkpoint_killed_while_written_are_no_run_to_keep
     (checkpoints / "last.pt").rmdir()
     (checkpoints / "last.prev.pt").write_bytes(b"x")
     assert holds_a_run(tmp_path)
+
+
+def test_a_refused_resume_puts_back_what_building_the_run_rewrote(tmp_path):
+    """env.json and sharding_plan.json (which the next resume rebuilds the torchrec plan from)
+    are rewritten while a resume builds the run; a refused attempt puts them back (a file it
+    created is removed), like metrics.json and train.log."""
+    from mtlrec.runs import resume
+    from mtlrec.runs.records import ENV_FILE, METRICS_FILE, SHARDING_PLAN_FILE
+    from mtlrec.training.torchrec_backend import SHARDING_PLAN_FILE as WRITTEN_AS
+
+    assert SHARDING_PLAN_FILE == WRITTEN_AS  # the training layer keeps its own copy of the name
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    before = {
+        METRICS_FILE: b'{"schema_version": 2, "status": "interrupted"}',
+        SHARDING_PLAN_FILE: b'{"world_size": 2}',
+    }
+    for name, data in before.items():
+        (run_dir / name).write_bytes(data)
+    resume.begin(run_dir, None)
+    for name in (METRICS_FILE, SHARDING_PLAN_FILE, ENV_FILE):  # env.json: new
+        (run_dir / name).write_text('{"world_size": 1}')
+    assert resume.settle_refused() == [run_dir]
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

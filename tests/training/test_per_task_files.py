@@ -141,6 +141,36 @@ def test_a_resumed_run_reads_a_tasks_best_tables_from_its_checkpoints_files(
     assert 0 < ctr["rows"] < ctr["table_rows"]
 
 
+def test_a_tasks_file_the_resume_did_not_check_is_checked_when_read(tmp_path, monkeypatch):
+    """With a new base at every checkpoint, ctr's best epoch (2) has a file that neither the
+    resumed last.pt's chain nor the best epoch's (1, then) names: the resume never read it, so it
+    is checked against its SHA-256 when ctr's weights are read; a corrupt one is one line."""
+    from mtlrec.errors import MtlrecError
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 0.0)
+    monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(FILES), run_dir)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    checkpoints = run_dir / "checkpoints"
+    others = [p for p in checkpoints.glob("*.pt") if p.name != "best_ctr.pt"]
+    (only_ctr,) = chain_files(checkpoints / "best_ctr.pt") - set().union(*map(chain_files, others))
+    file = checkpoints / "tables" / only_ctr
+    data = bytearray(file.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte
+    file.write_bytes(bytes(data))
+    with pytest.raises(MtlrecError) as e:
+        run(compose_train([*FILES, f"resume={run_dir}"]), run_dir)
+    assert str(e.value) == (
+        f"{checkpoints / 'best_ctr.pt'}: table file {file} does not match its SHA-256 in the "
+        "checkpoint (the file is corrupt); use an older checkpoint"
+    )
+
+
 def test_only_keep_best_per_task_keeps_each_tasks_weights():
     """early_stopping=all_tasks without keep_best_per_task needs each task's best epoch, not its
     weights: none are kept."""
@@ -157,3 +187,31 @@ def test_only_keep_best_per_task_keeps_each_tasks_weights():
         best.keep(model)
         assert set(best.states) == kept
         assert all(torch.equal(s["weight"], model.weight) for s in best.states.values())
+
+
+def test_torchrec_fused_tables_of_each_task_come_from_its_files(tmp_path, best_loads, monkeypatch):
+    """One process' TorchRec tables (training/torchrec_table_files.py) the same way: ctr's own
+    best epoch (2) is before the monitored best (3); the results equal the run keeping the
+    tables inside last.pt and the copies in memory."""
+    pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+    options = [*TINY, "trainer.embedding_backend=torchrec", "trainer.batch_size=128",
+               "trainer.epochs=3", "trainer.patience=null", "trainer.lr=0.01",
+               "trainer.embedding_optimizer=rowwise_adagrad", "trainer.keep_best_per_task=true",
+               "checkpoint.every_n_steps=5"]  # fmt: skip
+    run(compose_train([*options, "checkpoint.table_files_min_rows=0"]), tmp_path / "files")
+    loads = best_loads[:4]
+    run(compose_train([*options, "checkpoint.table_files_min_rows=null"]), tmp_path / "whole")
+    got, ref = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("files", "whole"))
+    assert got["metrics"] == ref["metrics"] and got["per_task_best"] == ref["per_task_best"]
+    epochs = {t: r["epoch"] for t, r in got["per_task_best"]["tasks"].items()}
+    assert (got["best_epoch"], epochs) == (3, {"ctr": 2, "cvr": 3})
+    for task in ("ctr", "cvr"):
+        paths = (tmp_path / d / "checkpoints" / f"best_{task}.pt" for d in ("files", "whole"))
+        a, b = (load_checkpoint(p)["model_state"] for p in paths)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), task
+    assert [load["chain"] is None for load in loads] == [True, False, False, True]
+    assert all(load["held"] == load["keys"] and len(load["keys"]) >= 1 for load in loads)
+    assert 0 < loads[1]["rows"] < loads[1]["table_rows"]  # ctr: the rows epoch 3 changed

@@ -167,3 +167,22 @@ def test_which_recorded_plans_a_resume_keeps(tmp_path, caplog):
         "restore it from a copy of the run dir, or delete it to let the planner place the "
         "tables again"
     )
+
+
+@pytest.mark.parametrize("rows", [1000, 10])
+def test_a_fused_state_of_another_sharding_is_refused_not_truncated(rows):
+    """The gathered fused state's shape follows the plan (rowwise_adagrad: a row state per
+    column_wise shard): a larger one loaded the first rows silently, a smaller one failed with a
+    bare RuntimeError; both are one ValueError (a resume's or init.optimizer's one line)."""
+    sharded = torchrec_backend.shard_layer(_layer(), shard_settings(), torch.device("cpu"))
+    fused = torchrec_backend.FusedTables([sharded])
+    ((key, before),) = fused.state_dict().items()
+    assert list(before.shape) == [500]  # rowwise_adagrad: one value per row
+    with pytest.raises(ValueError) as info:
+        fused.load_state_dict({key: torch.ones(rows)})
+    assert str(info.value) == (
+        f"the checkpoint's fused optimizer state {key} is [{rows}], this run's [500]: its tables "
+        "were sharded otherwise (rowwise_adagrad keeps a row state per column_wise shard); use "
+        "the run's own trainer.devices"
+    )
+    assert torch.equal(fused.state_dict()[key], before)  # nothing loaded
