@@ -301,6 +301,16 @@ def test_a_replicated_table_resumes_exactly_after_a_sigterm(tmp_path, runs, monk
     assert state["state"] == {} and state == a["optimizer_state"]["replicated_tables"][0]
 
 
+# column_wise on 2 ranks, monitored so that epoch 1 is the best of 2: the highest val loss
+BEST_IS_EPOCH_1 = [
+    *COMMON,
+    *TWO_RANKS,
+    "trainer.sharding=column_wise",
+    "trainer.monitor=val/loss",
+    "trainer.mode=max",
+]
+
+
 def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
     """2 ranks, column_wise, DCP folders, 2 epochs, monitored so that epoch 1 is the best: the
     best weights keep their tables by reference to epoch 1's folder (best.pt names it, and so
@@ -309,15 +319,7 @@ def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
     weights (epoch 1's, gathered in one process by `mtlrec evaluate`), not of last.pt's."""
     from mtlrec.inference.evaluate import evaluate
 
-    overrides = [
-        *COMMON,
-        *TWO_RANKS,
-        "trainer.sharding=column_wise",
-        "trainer.epochs=2",
-        "trainer.monitor=val/loss",
-        "trainer.mode=max",  # the highest validation loss: epoch 1's
-    ]
-    run_dir, metrics = run_training(tmp_path, overrides)
+    run_dir, metrics = run_training(tmp_path, [*BEST_IS_EPOCH_1, "trainer.epochs=2"])
     assert (metrics["status"], metrics["best_epoch"], metrics["epochs_run"]) == ("completed", 1, 2)
     checkpoints = run_dir / "checkpoints"
     best, last = (torch.load(checkpoints / n, weights_only=True) for n in ("best.pt", "last.pt"))
@@ -341,14 +343,7 @@ def test_a_resume_keeping_each_task_s_best_puts_back_the_best_epoch_s_shards(tmp
     from mtlrec.experiment import run
     from mtlrec.inference.evaluate import evaluate
 
-    config = [
-        *COMMON,
-        *TWO_RANKS,
-        "trainer.sharding=column_wise",
-        "trainer.keep_best_per_task=true",
-        "trainer.monitor=val/loss",
-        "trainer.mode=max",  # the highest validation loss: epoch 1's
-    ]
+    config = [*BEST_IS_EPOCH_1, "trainer.keep_best_per_task=true"]
     run_dir, _ = run_training(tmp_path, config)
     run(compose_train([*TINY, *config, "trainer.epochs=2", f"resume={run_dir}"]), run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
