@@ -339,7 +339,8 @@ def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_pa
     ids (its ids unchanged), so the fused table is seeded on both ranks (the spawned ranks draw
     it as any run does) and the chain starts at its init. The chain (mid-epoch checkpoints and
     epoch ends) assembles to the state that a run keeping the table inside last.pt holds, to
-    the bit."""
+    the bit. With trainer.keep_best_per_task (rank 0: each task's tables as its files, rank 1:
+    copies) the per-task results and best_<task>.pt are the whole run's too."""
     from conftest import TINY_ROWS, run_training
     from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
@@ -352,14 +353,20 @@ def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_pa
         shutil.copy(tiny / split_file, data / split_file)
     ranks = ["dataset=prepared", f"dataset.path={data}", "trainer.epochs=2", *BATCH]
     ranks += ["trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
-    ranks += ["checkpoint.every_n_steps=10", "trainer.patience=null"]
-    files, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
-    whole, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    ranks += [
+        "checkpoint.every_n_steps=10",
+        "trainer.patience=null",
+        "trainer.keep_best_per_task=true",
+    ]
+    files, got = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
+    whole, ref = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    assert got["metrics"] == ref["metrics"] and got["per_task_best"] == ref["per_task_best"]
+    assert set(got["per_task_best"]["tasks"]) == {"ctr", "cvr"}
     raw = torch.load(files / "checkpoints" / LAST, weights_only=True)
     kinds = [e["kind"] for e in raw["table_files"]["chains"]["last"]]
     assert kinds[0] == "init" and kinds[1:] and set(kinds[1:]) == {"delta"}
     assert not list((files / "checkpoints" / TABLES_DIR).glob("*.base.pt"))
-    for name in (LAST, "best.pt"):
+    for name in (LAST, "best.pt", "best_ctr.pt", "best_cvr.pt"):
         got, ref = (load_checkpoint(d / "checkpoints" / name) for d in (files, whole))
         for key in ("model_state", "optimizer_state"):
             a, b = (dict(_flat(p[key])) for p in (got, ref))
