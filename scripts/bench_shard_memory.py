@@ -9,11 +9,13 @@ Each cell is one `mtlrec train` of scripts/bench_vocab.py's MMoE on its syntheti
 trainer.embedding_backend=torchrec, rowwise_adagrad, `--sharding` (column_wise: each rank holds
 half of every table's columns; table_wise: a table on one rank) and the checkpoints' tables in DCP
 folders (checkpoint.sharded=auto). It runs once from this tree and once from the baseline commit
-(its mtlrec/ extracted with `git archive` and put first on PYTHONPATH), in rotation with
-`--repeats`. While a run lasts, the script reads every 0.1 s the kernel's peak resident set
+(its mtlrec/ extracted with `git archive`), each with its tree on PYTHONPATH and from `--work` as
+the working directory (`python -m mtlrec` puts the working directory first on sys.path: run from
+inside a checkout, it would import that checkout), in rotation with `--repeats`. While a run lasts, the script reads every 0.1 s the kernel's peak resident set
 (VmHWM in /proc/PID/status) of the launcher and of each rank (the launcher's spawned children, in
 the order they started: rank 0, rank 1); the last reading before a process ends is its peak (a
-peak within its last 0.1 s would be missed). Reported: each rank's peak MiB, this tree's over the
+peak within its last 0.1 s would be missed; `--trace DIR` writes every reading, to see when the
+memory is taken). Reported: each rank's peak MiB, this tree's over the
 baseline's, the test mean AUC of both (the same model: equal), and the load average.
 """
 
@@ -75,47 +77,60 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _reading(pid: int) -> tuple[int, str, int] | None:
-    """(start time in ticks, command line, VmHWM in KiB) of a live process; None once gone."""
+def _reading(pid: int) -> tuple[int, str, int, int] | None:
+    """(start time in ticks, command line, VmHWM, VmRSS in KiB) of a live process; None once
+    gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    hwm = [line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")]
-    return (int(stat.rsplit(")", 1)[1].split()[19]), cmd, int(hwm[0])) if hwm else None
+    sizes = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines())
+             if k in ("VmHWM", "VmRSS")}  # fmt: skip
+    if len(sizes) < 2:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19]), cmd, sizes["VmHWM"], sizes["VmRSS"]
 
 
-def measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run `command`; the peak MiB of the launcher and of each rank (`rank 0`, `rank 1`)."""
+def measured(
+    command: list[str], env: dict[str, str], cwd: Path, trace: Path | None = None
+) -> dict[str, float]:
+    """Run `command`; the peak MiB of the launcher and of each rank (`rank 0`, `rank 1`). With
+    `trace`: every reading written there (seconds since the launch, pid, VmRSS and VmHWM MiB)."""
     peaks: dict[int, tuple[int, str, int]] = {}
+    lines, launched = ["seconds\tpid\trss_mib\tpeak_mib"], time.perf_counter()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty run never blocks
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None:
             for pid in _descendants(proc.pid):
                 got = _reading(pid)
                 if got is not None:
-                    peaks[pid] = (got[0], got[1], max(got[2], peaks.get(pid, got)[2]))
+                    peaks[pid] = (got[0], got[1], max(got[2], peaks.get(pid, got[:3])[2]))
+                    seconds = time.perf_counter() - launched
+                    lines.append(f"{seconds:.1f}\t{pid}\t{got[3] // 1024}\t{got[2] // 1024}")
             time.sleep(POLL_SECONDS)
         if proc.returncode != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(command)} failed: {err.read().decode()[-2000:]}")
+    if trace is not None:
+        trace.write_text("\n".join(lines) + "\n")
     ranks = sorted(v for v in peaks.values() if "spawn_main" in v[1])  # by start time
     out = {f"rank {r}": kib / 1024 for r, (_, _, kib) in enumerate(ranks)}
     out["launcher"] = peaks[proc.pid][2] / 1024 if proc.pid in peaks else float("nan")
     return out
 
 
-def cell(data: Path, run_dir: Path, tree: Path | None, sharding: str, epochs: int) -> dict:
+def cell(
+    data: Path, run_dir: Path, tree: Path, sharding: str, epochs: int, trace: Path | None
+) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(":")
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": path}
     command = [sys.executable, "-m", "mtlrec", "train", "dataset=prepared", f"dataset.path={data}",
                *MODEL, *SYSTEM, f"trainer.sharding={sharding}", f"trainer.epochs={epochs}",
                f"hydra.run.dir={run_dir}"]  # fmt: skip
-    out = measured(command, env)
+    out = measured(command, env, run_dir.parent, trace)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     out["test_mean_auc"] = metrics["metrics"].get("test/mean_auc")
     return out
@@ -129,23 +144,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--sharding", default="column_wise", choices=["column_wise", "table_wise"])
     parser.add_argument("--repeats", type=int, default=1, help="rounds (the max peak is kept)")
+    parser.add_argument("--trace", type=Path, help="a folder: every reading of each run, as TSV")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench_shard_memory")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.trace:
+        args.trace.mkdir(parents=True, exist_ok=True)
     base = baseline_tree(args.baseline, args.work)
     data = base_dataset(args.work, args.rows)
-    trees = {"baseline": base, "this tree": None}
+    trees = {"baseline": base, "this tree": ROOT}
     results: dict[tuple[int, str], dict[str, float]] = {}
+    started = os.getloadavg()
     for _ in range(args.repeats):
         for vocab in (int(v) for v in args.vocab.split(",")):
             wide = widen(data, args.work, vocab)
             for name, tree in trees.items():
-                got = cell(wide, args.work / "run", tree, args.sharding, args.epochs)
+                trace = args.trace / f"{vocab}-{name.replace(' ', '_')}.tsv" if args.trace else None
+                got = cell(wide, args.work / "run", tree, args.sharding, args.epochs, trace)
                 kept = results.setdefault((vocab, name), got)
                 kept.update({k: max(v, kept[k]) for k, v in got.items() if k != "test_mean_auc"})
-    print(
-        f"load average {os.getloadavg()}; {args.sharding}, {args.epochs} epochs, {args.rows:,} rows"
-    )
+    loads = f"load average {started} at the start, {os.getloadavg()} at the end"
+    print(f"{loads}; {args.sharding}, {args.epochs} epochs, {args.rows:,} rows")
     print("| ids | process | baseline MiB | this tree MiB | ratio |")
     print("|---|---|---|---|---|")
     for vocab in (int(v) for v in args.vocab.split(",")):

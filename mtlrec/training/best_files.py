@@ -27,8 +27,9 @@ The files read were written by this process, or checked against their SHA-256 wh
 from them (a resumed best_<task>.pt's other files: when it is read); they are not hashed again
 here (hashing a base is O(table)). Only a run that writes its tables to files keeps them this
 way: with `checkpoint.table_files_min_rows=null`, without checkpoints, on a DDP rank other than
-0, with `trainer.ema_decay` (best.pt is written whole) and for tables of several ranks' TorchRec
-runs (DCP folders) the best weights are a copy in memory, as before.
+0 and with `trainer.ema_decay` (best.pt is written whole) the best weights are a copy in memory,
+as before. Several ranks' TorchRec tables live in DCP folders instead: the monitored best ones
+are kept by reference there (torchrec_checkpoint.best_shards), each task's are copies.
 """
 
 from __future__ import annotations

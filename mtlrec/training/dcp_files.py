@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from mtlrec.errors import MtlrecError
-from mtlrec.outputs import write_error, write_error_code
+from mtlrec.outputs import inject_fault, write_error, write_error_code
 from mtlrec.training.table_files import OWN_TAG, mine
 from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
@@ -163,6 +163,7 @@ def writing_folder(temp: Path) -> Iterator[None]:
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
+        inject_fault(temp, no_space=False)  # tests: MTLREC_FAULT_READ_ONLY=sharded (outputs)
         yield
     except (Exception, CheckpointException) as e:
         shutil.rmtree(temp, ignore_errors=True)

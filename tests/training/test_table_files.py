@@ -339,7 +339,8 @@ def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_pa
     ids (its ids unchanged), so the fused table is seeded on both ranks (the spawned ranks draw
     it as any run does) and the chain starts at its init. The chain (mid-epoch checkpoints and
     epoch ends) assembles to the state that a run keeping the table inside last.pt holds, to
-    the bit."""
+    the bit. With trainer.keep_best_per_task (rank 0: each task's tables as its files, rank 1:
+    copies) the per-task results and best_<task>.pt are the whole run's too."""
     from conftest import TINY_ROWS, run_training
     from mtlrec.data.sources.synthetic_ccp import ensure_prepared
 
@@ -352,14 +353,20 @@ def test_two_ranks_table_files_hold_the_rows_either_ranks_batches_changed(tmp_pa
         shutil.copy(tiny / split_file, data / split_file)
     ranks = ["dataset=prepared", f"dataset.path={data}", "trainer.epochs=2", *BATCH]
     ranks += ["trainer.embedding_optimizer=sparse_adam", "trainer.devices=2"]
-    ranks += ["checkpoint.every_n_steps=10", "trainer.patience=null"]
-    files, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
-    whole, _ = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    ranks += [
+        "checkpoint.every_n_steps=10",
+        "trainer.patience=null",
+        "trainer.keep_best_per_task=true",
+    ]
+    files, got = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=0"], "files")
+    whole, ref = run_training(tmp_path, [*ranks, "checkpoint.table_files_min_rows=null"], "whole")
+    assert got["metrics"] == ref["metrics"] and got["per_task_best"] == ref["per_task_best"]
+    assert set(got["per_task_best"]["tasks"]) == {"ctr", "cvr"}
     raw = torch.load(files / "checkpoints" / LAST, weights_only=True)
     kinds = [e["kind"] for e in raw["table_files"]["chains"]["last"]]
     assert kinds[0] == "init" and kinds[1:] and set(kinds[1:]) == {"delta"}
     assert not list((files / "checkpoints" / TABLES_DIR).glob("*.base.pt"))
-    for name in (LAST, "best.pt"):
+    for name in (LAST, "best.pt", "best_ctr.pt", "best_cvr.pt"):
         got, ref = (load_checkpoint(d / "checkpoints" / name) for d in (files, whole))
         for key in ("model_state", "optimizer_state"):
             a, b = (dict(_flat(p[key])) for p in (got, ref))
@@ -404,9 +411,43 @@ def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tm
     theirs.insert(0, "e3-00aa11bb22cc.base.pt")
     assert [p.name for p in files.collect()] == [orphan]
     assert sorted(p.name for p in files.directory.iterdir()) == sorted([named, *theirs])
-    told = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    told = sorted(r.getMessage() for r in caplog.records if "left alone" in r.getMessage())
     assert told == [
         f"{files.directory / name}: not written by mtlrec, so left alone (checkpoints/tables/ "
         "holds what mtlrec writes; keep other files elsewhere)"
         for name in sorted(theirs)
     ]
+
+
+def test_a_full_disk_while_a_table_file_is_written_is_one_line_and_leaves_no_file(
+    tmp_path, monkeypatch
+):
+    """The native path's counterpart of a DCP folder's failed write (test_dcp_files.py): the
+    table file goes through atomic_write, so a full disk is one line naming it, its temp file
+    removed, and no last.pt names it (the checkpoint's payload is never made)."""
+    import errno
+
+    from mtlrec.runs import run_dir as run_dir_module
+
+    table = nn.Embedding(100, DIM, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    files = TableFiles(ckpts, opt, 0, run_dir_module.atomic_torch_save)
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, 100, 3))
+
+    def full_disk_save(obj, f):
+        f.write(b"x" * 100)  # part of the file made it, then the disk was full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_dir_module.torch, "save", full_disk_save)
+    with pytest.raises(MtlrecError) as info:
+        checkpoint(files, table, opt, 1)
+    file = Path(str(info.value).split(": ")[0])
+    assert file.parent == files.directory and file.name.endswith(".base.pt")
+    assert str(info.value) == (
+        f"{file}: cannot write it: No space left on device; free some space on that disk (its "
+        "previous version, if any, is kept) and run again"
+    )
+    assert list(files.directory.iterdir()) == [] and not (ckpts / LAST).exists()

@@ -130,9 +130,12 @@ def _refused_elsewhere(checkpoints: Path, ids: torch.Tensor) -> str:
 
 def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
     """keep_best's state at "epoch 1" (the tables as placeholders) and its checkpoint's folder,
-    a fused step, "epoch 2"'s folder, then the end of fit's load_best: the tables as gathered at
-    each point (a collective, for the comparison only)."""
-    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+    a fused step, "epoch 2"'s folder, then the end of fit's load_best; and a model of other
+    weights resumed from epoch 2's checkpoint (its best weights: placeholders again), whose
+    load_best reads epoch 1's folder that the checkpoint names. The tables as gathered at each
+    point (a collective, for the comparison only)."""
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
 
     model = _model(0)
     tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
@@ -143,15 +146,28 @@ def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
     second = tables.write(2, best)
     trained = model.state_dict()
     tables.load_best(best)
+    restored = model.state_dict()
+    other = _model(1)
+    other_optimizer = _optimizer(other)
+    dense = {k: v for k, v in best.items() if not v.is_meta}  # what last.pt holds of them
+    payload = {SHARDED_KEY: second, "train_state": {"best_state": dense}}
+    with restoring(payload, checkpoints / "last.pt", other, other_optimizer, "auto") as resumed:
+        kept = resumed["train_state"]["best_state"]
+    resumed_tables = ShardedCheckpointer(checkpoints, other, other_optimizer, dist.get_rank() == 0)
+    resumed_tables.adopt(payload)
+    resumed_last = other.state_dict()
+    resumed_tables.load_best(kept)
     return {
         "placeholders": sorted(k for k, v in best.items() if v.is_meta),
+        "resumed_placeholders": sorted(k for k, v in kept.items() if v.is_meta),
         "folders": [first["folder"], second["folder"]],
         "best": [first["best"]["folder"], second["best"]["folder"]],
-        "states": [at_best, trained, model.state_dict()],
+        "states": [at_best, trained, restored, resumed_last, other.state_dict()],
     }
 
 
 EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
+FEW_ROWS = 60  # then 1 eval batch: rank 0 predicts none, rank 1 all
 
 
 def _lockstep_evaluation(rank: int) -> dict:
@@ -179,8 +195,9 @@ def _lockstep_evaluation(rank: int) -> dict:
     targets = eval_targets(tasks, model.output_types, spec)
     b = _batch(spec, EVAL_ROWS, seed=3)
     split = SplitTensors(b.sparse, b.dense, b.labels)
+    few = SplitTensors(b.sparse[:FEW_ROWS], b.dense[:FEW_ROWS], b.labels[:FEW_ROWS])
     native = Evaluator(copy.deepcopy(model), spec, tasks, targets, cpu, EVAL_BATCH)
-    expected = native.evaluate(split, "val")
+    expected = [native.evaluate(split, "val"), native.evaluate(few, "val")]
     cfg = shard_settings(
         embedding_backend="torchrec", sharding="column_wise", devices=2, embedding_optimizer="sgd"
     )
@@ -195,7 +212,8 @@ def _lockstep_evaluation(rank: int) -> dict:
 
     torchrec_backend.gather_full = refuse
     try:
-        got = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH).evaluate(split, "val")
+        evaluator = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH)
+        got = [evaluator.evaluate(split, "val"), evaluator.evaluate(few, "val")]
     finally:
         torchrec_backend.gather_full = gather
     shards = [
@@ -254,23 +272,27 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
     _check_lockstep_evaluation(out["evaluation"])
     best = out["best"]  # the best weights' tables by reference to epoch 1's folder
     assert best["placeholders"] == manifest["model_keys"]  # no rank kept a copy of a table
+    assert best["resumed_placeholders"] == manifest["model_keys"]  # a resume reads no table
     assert best["best"] == [best["folders"][0]] * 2 and best["folders"][0] != best["folders"][1]
-    at_best, trained, restored = best["states"]
+    at_best, trained, restored, resumed_last, resumed_best = best["states"]
     for key in manifest["model_keys"]:
         assert not torch.equal(trained[key], at_best[key]), key
         assert torch.equal(restored[key], at_best[key]), key  # each rank's shards read back
+        assert torch.equal(resumed_last[key], trained[key]), key  # the resume: epoch 2's
+        assert torch.equal(resumed_best[key], at_best[key]), key  # then epoch 1's folder
 
 
 def _check_lockstep_evaluation(evaluation: dict) -> None:
     """Both ranks made 3 forwards (rank 0: 2 batches of 100 rows and a padding forward of one
-    row; rank 1: 3 batches, the last of 50), each holding half of every table's columns, no table
-    was gathered, and the metrics (AUCs, losses, mean gates) are the native model's."""
+    row; rank 1: 3 batches, the last of 50), then 1 for the split of one batch (rank 0: a padding
+    forward alone), each holding half of every table's columns, no table was gathered, and the
+    metrics (AUCs, losses, mean gates) are the native model's."""
     (rank0, rank1), shapes = evaluation["ranks"], evaluation["shapes"]
-    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1]
-    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH]
+    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1, 1]
+    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH, FEW_ROWS]
     for shards in (rank0["shards"], rank1["shards"]):
         assert shards == [[[rows, dim // 2]] for rows, dim in shapes]
-    expected, got = evaluation["expected"], evaluation["got"]
-    assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    for expected, got in zip(evaluation["expected"], evaluation["got"], strict=True):
+        assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
