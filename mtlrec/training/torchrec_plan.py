@@ -45,7 +45,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import feature_name
 from mtlrec.training.torchrec_replicated import CUDA_SHARDED, DATA_PARALLEL, planner_types
 
-log = logging.getLogger("mtlrec.training.torchrec_backend")
+log = logging.getLogger(__name__)
 
 # Of options the planner rates the same, the first of these wins: a whole table on one rank,
 # then the splits, from the fewest pieces and least traffic up (CUDA_SHARDED's order), a replica

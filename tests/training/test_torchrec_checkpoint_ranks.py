@@ -167,6 +167,7 @@ def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
 
 
 EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
+FEW_ROWS = 60  # then 1 eval batch: rank 0 predicts none, rank 1 all
 
 
 def _lockstep_evaluation(rank: int) -> dict:
@@ -194,8 +195,9 @@ def _lockstep_evaluation(rank: int) -> dict:
     targets = eval_targets(tasks, model.output_types, spec)
     b = _batch(spec, EVAL_ROWS, seed=3)
     split = SplitTensors(b.sparse, b.dense, b.labels)
+    few = SplitTensors(b.sparse[:FEW_ROWS], b.dense[:FEW_ROWS], b.labels[:FEW_ROWS])
     native = Evaluator(copy.deepcopy(model), spec, tasks, targets, cpu, EVAL_BATCH)
-    expected = native.evaluate(split, "val")
+    expected = [native.evaluate(split, "val"), native.evaluate(few, "val")]
     cfg = shard_settings(
         embedding_backend="torchrec", sharding="column_wise", devices=2, embedding_optimizer="sgd"
     )
@@ -210,7 +212,8 @@ def _lockstep_evaluation(rank: int) -> dict:
 
     torchrec_backend.gather_full = refuse
     try:
-        got = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH).evaluate(split, "val")
+        evaluator = Evaluator(model, spec, tasks, targets, cpu, EVAL_BATCH)
+        got = [evaluator.evaluate(split, "val"), evaluator.evaluate(few, "val")]
     finally:
         torchrec_backend.gather_full = gather
     shards = [
@@ -281,14 +284,15 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
 
 def _check_lockstep_evaluation(evaluation: dict) -> None:
     """Both ranks made 3 forwards (rank 0: 2 batches of 100 rows and a padding forward of one
-    row; rank 1: 3 batches, the last of 50), each holding half of every table's columns, no table
-    was gathered, and the metrics (AUCs, losses, mean gates) are the native model's."""
+    row; rank 1: 3 batches, the last of 50), then 1 for the split of one batch (rank 0: a padding
+    forward alone), each holding half of every table's columns, no table was gathered, and the
+    metrics (AUCs, losses, mean gates) are the native model's."""
     (rank0, rank1), shapes = evaluation["ranks"], evaluation["shapes"]
-    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1]
-    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH]
+    assert rank0["forwards"] == [EVAL_BATCH, EVAL_BATCH, 1, 1]
+    assert rank1["forwards"] == [EVAL_BATCH, EVAL_BATCH, EVAL_ROWS - 4 * EVAL_BATCH, FEW_ROWS]
     for shards in (rank0["shards"], rank1["shards"]):
         assert shards == [[[rows, dim // 2]] for rows, dim in shapes]
-    expected, got = evaluation["expected"], evaluation["got"]
-    assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    for expected, got in zip(evaluation["expected"], evaluation["got"], strict=True):
+        assert any(k.startswith("gate/") for k in expected) and got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
