@@ -411,9 +411,43 @@ def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tm
     theirs.insert(0, "e3-00aa11bb22cc.base.pt")
     assert [p.name for p in files.collect()] == [orphan]
     assert sorted(p.name for p in files.directory.iterdir()) == sorted([named, *theirs])
-    told = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    told = sorted(r.getMessage() for r in caplog.records if "left alone" in r.getMessage())
     assert told == [
         f"{files.directory / name}: not written by mtlrec, so left alone (checkpoints/tables/ "
         "holds what mtlrec writes; keep other files elsewhere)"
         for name in sorted(theirs)
     ]
+
+
+def test_a_full_disk_while_a_table_file_is_written_is_one_line_and_leaves_no_file(
+    tmp_path, monkeypatch
+):
+    """The native path's counterpart of a DCP folder's failed write (test_dcp_files.py): the
+    table file goes through atomic_write, so a full disk is one line naming it, its temp file
+    removed, and no last.pt names it (the checkpoint's payload is never made)."""
+    import errno
+
+    from mtlrec.runs import run_dir as run_dir_module
+
+    table = nn.Embedding(100, DIM, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    files = TableFiles(ckpts, opt, 0, run_dir_module.atomic_torch_save)
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, 100, 3))
+
+    def full_disk_save(obj, f):
+        f.write(b"x" * 100)  # part of the file made it, then the disk was full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_dir_module.torch, "save", full_disk_save)
+    with pytest.raises(MtlrecError) as info:
+        checkpoint(files, table, opt, 1)
+    file = Path(str(info.value).split(": ")[0])
+    assert file.parent == files.directory and file.name.endswith(".base.pt")
+    assert str(info.value) == (
+        f"{file}: cannot write it: No space left on device; free some space on that disk (its "
+        "previous version, if any, is kept) and run again"
+    )
+    assert list(files.directory.iterdir()) == [] and not (ckpts / LAST).exists()

@@ -160,10 +160,11 @@ def test_mtlrec_evaluate_of_a_two_rank_run_gives_its_test_metrics(runs, sharding
 def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch):
     """2 ranks, table_wise, shards in DCP folders: rank 1 killed (SIGKILL) at step 3 of the
     epoch's 5, after the step-2 checkpoint; the resume loads each rank's shards and is stopped by
-    a SIGTERM to the launcher (forwarded to both ranks) on its first step; the second resume ends
-    with the uninterrupted 2-rank run's metrics, weights, best weights and fused optimizer state
-    (gathered into its last.pt), exactly; resumed once more in one process, it tests the same
-    best weights. Then: only the folders a checkpoint names are left, and a damaged or missing
+    a SIGTERM to the launcher (forwarded to both ranks) on its first step; the second resume,
+    its recorded plan edited to put the table on the other rank (it must build that plan, not
+    the planner's; DCP loads the shard there), ends with the uninterrupted 2-rank run's metrics,
+    weights, best weights and fused optimizer state (gathered into its last.pt), exactly;
+    resumed once more in one process (planned again), it tests the same best weights. Then: only the folders a checkpoint names are left, and a damaged or missing
     file is refused in one line naming it (the resume falls back)."""
     from conftest import TINY, compose_train
     from mtlrec.experiment import run
@@ -198,7 +199,16 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
         run(resumed, run_dir)
     assert info.value.exit_code == 128 + signal.SIGTERM
     monkeypatch.delenv(FAULT_ENV)
+    # the recorded plan, its table moved to the other rank: the resume builds that plan (DCP
+    # loads the shard there), not the planner's, and still ends exactly
+    plan_file = run_dir / "sharding_plan.json"
+    plan = json.loads(plan_file.read_text())
+    table = plan["tables"]["table_0"]
+    (rank,) = table["ranks"]
+    table["ranks"], table["shards"][0]["placement"] = [1 - rank], f"rank:{1 - rank}/cpu"
+    plan_file.write_text(json.dumps(plan))
     run(resumed, run_dir)
+    assert json.loads(plan_file.read_text())["tables"]["table_0"]["ranks"] == [1 - rank]
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["status"] == "completed"
     assert got["metrics"] == straight["metrics"]  # exact, every val/ and test/ metric
@@ -216,7 +226,6 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     # folder gathered into the ordinary layout and scattered into the one rank's tables; no
     # epoch is left, so the run tests its best weights again: the same test metrics
     one = [o for o in config if o != "trainer.devices=2"]
-    plan_file = run_dir / "sharding_plan.json"
     assert json.loads(plan_file.read_text())["world_size"] == 2
     run(compose_train([*one, "trainer.devices=1", f"resume={run_dir}"]), run_dir)
     one_rank = json.loads(plan_file.read_text())  # another number of ranks: planned again
@@ -225,14 +234,15 @@ def test_a_killed_rank_then_a_sigterm_resume_exactly(tmp_path, runs, monkeypatch
     assert (again["status"], again["world_size"]) == ("completed", 1)
     for key, value in straight["metrics"].items():
         assert again["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
-    _check_sharded_files(run_dir / "checkpoints")
+    _check_sharded_files(run_dir / "checkpoints", holder=1 - rank)
 
 
-def _check_sharded_files(checkpoints) -> None:
+def _check_sharded_files(checkpoints, holder: int) -> None:
     """The completed run above: last.pt (epoch end) and last.prev.pt (step 4) name one folder
     each, best.pt is last.pt's file, and the folders of the killed and the SIGTERM'd runs'
-    checkpoints are gone. A damaged file of last.pt's folder: refused naming it, the resume
-    goes on from last.prev.pt; a missing one: refused naming it."""
+    checkpoints are gone. A damaged file of last.pt's folder (rank `holder`'s, which holds the
+    table): refused naming it, the resume goes on from last.prev.pt; a missing one: refused
+    naming it."""
     from mtlrec.errors import MtlrecError
     from mtlrec.training.checkpoint import load_checkpoint, load_resumable
 
@@ -242,7 +252,7 @@ def _check_sharded_files(checkpoints) -> None:
     assert (checkpoints / "best.pt").stat().st_ino == last.stat().st_ino  # no second copy
     on_disk = {f"sharded/{p.name}" for p in (checkpoints / "sharded").iterdir()}
     assert on_disk == {m["folder"] for m in manifests}
-    shard = checkpoints / manifests[0]["folder"] / "__0_0.distcp"  # rank 0 holds the table
+    shard = checkpoints / manifests[0]["folder"] / f"__{holder}_0.distcp"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
