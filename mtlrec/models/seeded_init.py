@@ -18,6 +18,10 @@ predict, export: the checkpoint is read first, the model built from it) is built
 `loaded_next()`: its seeded tables are allocated, not drawn. Reading a checkpoint whose tables
 start at their seeded init then draws each table once (table_files.assemble), not twice.
 
+The TorchRec backend builds its model inside `drawn_in_shards()`: a seeded table is a meta
+tensor carrying its SeededInit (`deferred_init_of`), and each rank fills only the shards it
+holds with `SeededInit.draw_part` (training/torchrec_init.py): no rank allocates the whole table.
+
 Smaller tables keep N(0, std^2) from the global generator, drawn as before: their numbers for a
 given seed are unchanged.
 """

@@ -142,7 +142,8 @@ def test_a_table_drawn_in_shards_is_meta_and_keeps_its_seed(monkeypatch):
         small_too = seeded_init.new_table(50, 4, 0.1)
         assert torch.equal(torch.rand(3), after)
     assert deferred.weight.is_meta and deferred.weight.shape == (1000, 4)
-    init, kept = seeded_init.deferred_init_of(deferred.weight), seeded_init.seeded_init_of(drawn.weight)
+    init = seeded_init.deferred_init_of(deferred.weight)
+    kept = seeded_init.seeded_init_of(drawn.weight)
     assert init == SeededInit(kept.seed, 0.1, "") and kept.fingerprint  # type: ignore[union-attr]
     assert seeded_init.seeded_init_of(deferred.weight) is None  # no fingerprint to trust
     assert torch.equal(init.draw([1000, 4]), drawn.weight.detach())  # type: ignore[union-attr]

@@ -95,7 +95,7 @@ def _ranks(rank: int, tmp: str) -> None:
     refused = _refused_elsewhere(tmp_path / "rowwise", ids)
     evaluation = _lockstep_evaluation(rank)
     best = _best_by_reference(tmp_path / "best", ids)
-    in_shards = {sharding: _drawn_in_shards(sharding) for sharding in ("table_wise", "column_wise")}
+    in_shards = {s: _drawn_in_shards(s, tmp_path) for s in ("table_wise", "column_wise")}
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
         torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
@@ -184,7 +184,7 @@ def _big_spec():
     )
 
 
-def _drawn_in_shards(sharding: str) -> dict:
+def _drawn_in_shards(sharding: str, tmp_path: Path) -> dict:
     """A layer built as experiment.build builds it for the torchrec backend (inside
     seeded_init.drawn_in_shards(), converted, then sharded): whether any table was whole on this
     rank, and every rank's pieces (offsets, values) of each table (gathered for the comparison)."""
@@ -204,13 +204,37 @@ def _drawn_in_shards(sharding: str) -> dict:
     cfg = shard_settings(embedding_backend="torchrec", sharding=sharding, devices=2)
     shard_model(model, cfg, torch.device("cpu"), lambda name, record: None)
     (sharded,) = model.sharded_tables
+    started = _start_without_gathering(model, tmp_path / sharding)
     pieces = [
         [(offsets, piece.detach().clone()) for offsets, piece in local_pieces(state)]
         for state in table_states(sharded.module)
     ]
     every: list = [None, None]
     dist.all_gather_object(every, pieces)
-    return {"built_meta": built_meta, "pieces": every, "seeds": sharded.layer.initial_seeds}
+    return {
+        "built_meta": built_meta,
+        "pieces": every,
+        "seeds": sharded.layer.initial_seeds,
+        "best_keys": started,
+    }
+
+
+def _start_without_gathering(model: nn.Module, checkpoints: Path) -> list[str]:
+    """What a run's recorder makes at start (experiment.RunRecorder: the DCP checkpointer and
+    BestFiles), with TorchRec's gather made to fail: the table keys BestFiles tracks (none)."""
+    from mtlrec.training import torchrec_backend
+    from mtlrec.training.best_files import BestFiles
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    def refuse(local: dict) -> dict:
+        raise AssertionError(f"a table was gathered at start: {sorted(local)}")
+
+    gather, torchrec_backend.gather_full = torchrec_backend.gather_full, refuse
+    try:
+        tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
+        return sorted(BestFiles(tables, model, model).keys)
+    finally:
+        torchrec_backend.gather_full = gather
 
 
 def _check_drawn_in_shards(in_shards: dict) -> None:
@@ -225,6 +249,7 @@ def _check_drawn_in_shards(in_shards: dict) -> None:
     for sharding, got in in_shards.items():
         assert got["built_meta"] == [True, False], sharding
         assert got["seeds"] == [None, None], sharding  # no fingerprint: nothing was whole
+        assert got["best_keys"] == [], sharding  # and the recorder's start gathered nothing
         for j, table in enumerate(whole):
             held = [(rank, o, p) for rank in (0, 1) for o, p in got["pieces"][rank][j]]
             if sharding == "column_wise":
