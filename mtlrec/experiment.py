@@ -244,7 +244,8 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     with seeded_init.loaded_next(resuming), seeded_init.drawn_in_shards(in_shards):
         model, loss_tasks = build_model(settings.model, spec, selected)  # resumed: not drawn
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
-    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
+    ranks = distributed.current().world_size if in_shards else 1  # the planner checks each's
+    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device, ranks))
     if in_shards:
         convert_model(model)  # the (meta) tables leave the model's parameters before .to
     model.to(device)
