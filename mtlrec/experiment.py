@@ -48,6 +48,7 @@ from mtlrec.training.calibration import RELIABILITY_FILE
 from mtlrec.training.checkpoint import (
     BEST,
     LAST,
+    PREVIOUS,
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
@@ -149,6 +150,7 @@ def _run(settings: RunSettings, run_dir: RunDir, started: float, stop: StopReque
     built = build(settings, run_dir, device, stop)
     resume = restore(built, checkpoint, run_dir, settings.checkpoint.sharded)
     recorder = RunRecorder(run_dir, built, settings, resume)
+    recorder.skipped_last = checkpoint is not None and checkpoint[1].name == PREVIOUS
     recorder.tables.adopt(checkpoint[0] if checkpoint else {}, settings.init.run_dir is None)
     recorder.best_files.release(resume)  # the best weights the table files hold: not in RAM
     del checkpoint  # loaded into the model and the optimizer: the payload's copies go
@@ -369,6 +371,7 @@ class RunRecorder:
             run_dir.checkpoints, model, optimizer, cfg, built.is_main, self._write
         )
         self.best_files = BestFiles(self.tables, model, built.trainer.saved_model())
+        self.skipped_last = False  # resumed from last.prev.pt: last.pt is damaged (save_last)
 
     def payload(self, state: TrainState, model: MultiTaskModel | None = None) -> dict:
         built, settings = self.built, self.settings
@@ -390,8 +393,12 @@ class RunRecorder:
     def _write(self, payload: dict, path: Path) -> None:  # checkpoints/NAME or tables/NAME
         self.run_dir.save_checkpoint(str(path.relative_to(self.run_dir.checkpoints)), payload)
 
+    def _save_last(self, payload: dict) -> Path:
+        rotate, self.skipped_last = not self.skipped_last, False
+        return save_last(self.run_dir.checkpoints, payload, self._write, rotate)
+
     def on_checkpoint(self, state: TrainState) -> str:
-        path = save_last(self.run_dir.checkpoints, self.payload(state), self._write)
+        path = self._save_last(self.payload(state))
         self.tables.collect()
         return str(path.relative_to(self.run_dir.path))
 
@@ -400,7 +407,7 @@ class RunRecorder:
         self.run_dir.write_history(self.history)
         self.logger.log_epoch(row)
         payload = self.payload(state)
-        save_last(self.run_dir.checkpoints, payload, self._write)
+        self._save_last(payload)
         saved = self.built.trainer.saved_model()  # trainer.ema_decay: the averaged weights
         averaged, kept_best = saved is not self.built.model, is_best or row["epoch"] == 1
         tasks = self._improved_tasks()

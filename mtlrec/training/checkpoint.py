@@ -174,16 +174,18 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_last(directory: Path, payload: dict, write) -> Path:
+def save_last(directory: Path, payload: dict, write, rotate: bool = True) -> Path:
     """Write checkpoints/last.pt, keeping the previous complete one as last.prev.pt.
 
     `write(payload, path)` must be atomic (temp file + rename). At every instant at least one
     complete last*.pt exists, so a crash or a kill during the write never loses the resume point.
+    `rotate=False`: last.pt is a damaged file that a resume skipped for last.prev.pt, which stays
+    the fallback (moved over it, a crash during the write would leave no complete checkpoint).
     """
     directory = Path(directory)
     last = directory / LAST
     with complete_writes():  # a second Ctrl-C waits: never a last.pt moved but not rewritten
-        if last.is_file():
+        if last.is_file() and rotate:
             os.replace(last, directory / PREVIOUS)
         write(payload, last)
     return last

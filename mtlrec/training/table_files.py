@@ -404,7 +404,10 @@ def read_table_file(
             f"{source}: table file {file} does not match its SHA-256 in the checkpoint (the "
             "file is corrupt); use an older checkpoint"
         )
-    body = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        body = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:  # damaged (a file not hashed here: truncated, garbage) or foreign
+        body = None
     if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
         raise MtlrecError(f"{source}: {file} is not an mtlrec table file")
     return body

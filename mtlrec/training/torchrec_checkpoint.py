@@ -343,9 +343,31 @@ def best_shards(hooks: Any, trainer: Any) -> ShardedCheckpointer | None:
     tables are not in DCP folders, or trainer.keep_best_per_task keeps each task's weights in
     full (per_task.keep), so the monitored best ones stay a copy too, as test_per_task loads
     them; else the best weights are values, or table files: training/best_files.py)."""
+    tables = sharded_tables(hooks)
+    return tables if not trainer.keep_best_per_task else None
+
+
+def sharded_tables(hooks: Any) -> ShardedCheckpointer | None:
+    """The DCP folders fit's hooks write the tables to (None: not in DCP folders). A resume
+    from them keeps the best weights' tables there whatever the run keeps (`restoring`)."""
     tables = getattr(hooks, "tables", None)
-    sharded = isinstance(tables, ShardedCheckpointer) and not trainer.keep_best_per_task
-    return tables if sharded else None
+    return tables if isinstance(tables, ShardedCheckpointer) else None
+
+
+def load_best(trainer: Any, hooks: Any) -> bool:
+    """The end of fit: the trainer's kept best weights into its model, each rank its shards
+    from the best epoch's folder, when fit's hooks write DCP folders (False: they do not).
+    A resume from such a folder keeps the best tables there (`restoring`) even where
+    trainer.keep_best_per_task keeps copies: then the loaded weights are kept as a copy again,
+    the weights test_per_task puts back at its end."""
+    shards = sharded_tables(hooks)
+    if shards is None:
+        return False
+    best = trainer.state.best_state
+    shards.load_best(best)
+    if trainer.best_shards is None and any(v.is_meta for v in best.values()):
+        trainer.keep_best(trainer.state.epoch)
+    return True
 
 
 def fit_hooks(tables: Any, model: nn.Module, optimizer: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from torchrec.distributed.types import (
     EnumerableShardingSpec,
     ParameterSharding,
     ShardingPlan,
+    ShardingType,
     ShardMetadata,
 )
 from torchrec.modules.embedding_modules import EmbeddingCollection
@@ -45,13 +47,15 @@ from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import feature_name
 from mtlrec.training.torchrec_replicated import CUDA_SHARDED, DATA_PARALLEL, planner_types
 
-log = logging.getLogger("mtlrec.training.torchrec_backend")
+log = logging.getLogger(__name__)
 
 # Of options the planner rates the same, the first of these wins: a whole table on one rank,
 # then the splits, from the fewest pieces and least traffic up (CUDA_SHARDED's order), a replica
 # on every rank last.
 TIE_ORDER = (*CUDA_SHARDED, DATA_PARALLEL)
 KERNEL_ORDER = [kernel.value for kernel in EmbeddingComputeKernel]  # TorchRec's own order
+SHARDING_TYPES = {kind.value for kind in ShardingType}
+_PLACEMENT = re.compile(r"rank:(\d+)/.+")  # a shard's place as ShardMetadata writes it
 
 
 def _tie_rank(option: ShardingOption) -> tuple[int, int]:
@@ -161,6 +165,8 @@ def recorded_tables(path: Path | None, world: int) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
         made_for, tables = record["world_size"], record["tables"]
+        if not isinstance(tables, dict):
+            raise TypeError(f"tables is a {type(tables).__name__}, not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MtlrecError(
             f"{path}: not a readable sharding plan ({type(e).__name__}: {e}); restore it from "
@@ -217,20 +223,33 @@ def _rebuilt(
     return plan
 
 
+def _ints(values: Any) -> list[int]:
+    """A recorded list of whole numbers (TypeError: anything else)."""
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        raise TypeError(f"{values!r} is not a list of whole numbers")
+    return values
+
+
 def _mismatch(spec: Any, shape: list[int], world: int) -> str | None:
     """What in a recorded table plan does not fit a table of `shape` on `world` ranks."""
     if not isinstance(spec, dict):
         return "missing"
     try:
         kind, ranks, shards = spec["sharding_type"], spec["ranks"], spec["shards"]
-        str(spec["compute_kernel"])
-        boxes = [(list(s["offsets"]), list(s["sizes"]), str(s["placement"])) for s in shards]
+        kernel = spec["compute_kernel"]
+        boxes = [(_ints(s["offsets"]), _ints(s["sizes"]), str(s["placement"])) for s in shards]
+        ranks = _ints(ranks)
     except (KeyError, TypeError) as e:
         return f"{type(e).__name__}: {e}"
+    if not isinstance(kind, str) or kind not in SHARDING_TYPES or kernel not in KERNEL_ORDER:
+        return f"sharding_type {kind!r}, compute_kernel {kernel!r}"
     if kind == DATA_PARALLEL:
         return None if not boxes else "a replica with shards"
+    placed = [_PLACEMENT.fullmatch(p) for _, _, p in boxes]
     if not boxes or any(not 0 <= r < world for r in ranks):
         return f"{kind} on rank(s) {ranks}"
+    if not all(m is not None and int(m[1]) < world for m in placed):
+        return f"placements {[p for _, _, p in boxes]}"
     inside = all(
         len(o) == len(s) == 2
         and all(a >= 0 and a + b <= n for a, b, n in zip(o, s, shape, strict=True))

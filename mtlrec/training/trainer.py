@@ -414,10 +414,9 @@ class Trainer:
                     break
                 if distributed.any_rank(self.stop_requested):
                     self.interrupted(epoch, None)
-        if self.state.best_state and self.best_shards is not None:  # each rank its shards
-            self.best_shards.load_best(self.state.best_state)
-        elif self.state.best_state:  # empty only if no epoch has ended yet
-            best_files.load(self.model, self.state.best_state, self.best_files)
+        best = self.state.best_state  # empty only if no epoch has ended yet
+        if best and not torchrec_checkpoint.load_best(self, hooks):  # each rank its shards
+            best_files.load(self.model, best, self.best_files)
         history = self.state.history
         return FitResult(
             history,

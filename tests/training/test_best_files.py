@@ -246,3 +246,6 @@ def test_the_best_epochs_files_are_read_by_the_checkpoints_reader_without_hashin
     torch.save({"weight": best}, delta)  # a file that is no table file in its place
     with pytest.raises(MtlrecError, match=f"^{files.directory}: {delta} is not an mtlrec table"):
         kept.restore({"weight"})
+    delta.write_bytes(delta.read_bytes()[:100])  # damaged (not hashed: written by this process)
+    with pytest.raises(MtlrecError, match=f"^{files.directory}: {delta} is not an mtlrec table"):
+        kept.restore({"weight"})

@@ -78,6 +78,33 @@ def test_a_corrupt_last_falls_back_to_previous_with_a_warning(run_dir, tmp_path,
     assert f"falling back to {ckpts / PREVIOUS}" in caplog.text
 
 
+def test_a_resume_from_previous_keeps_it_while_its_first_last_pt_is_written(
+    run_dir, tmp_path, monkeypatch
+):
+    """A resume that skipped a damaged last.pt for last.prev.pt writes its first last.pt over
+    the damaged one: last.prev.pt, the one complete checkpoint, is never moved over (a crash
+    during that write left only the damaged file: nothing to resume from)."""
+    import shutil
+
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+    from mtlrec.runs.run_dir import RunDir
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ckpts = copy / "checkpoints"
+    flip_a_byte_of(ckpts / LAST, largest_weight(load_checkpoint(ckpts / LAST))[1])
+
+    def crash(self, name, payload):  # the process dies while last.pt is written
+        raise OSError("killed")
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", crash)
+    with pytest.raises(OSError, match="^killed$"):
+        run(compose_train([*TINY, f"resume={copy}"]), copy)
+    payload, path = load_resumable(ckpts)
+    assert path == ckpts / PREVIOUS and payload["train_state"]["epoch"] == 1
+
+
 class Payload:
     """Not a tensor, dict or list: unpickling it would run code."""
 

@@ -113,6 +113,22 @@ def test_each_tasks_best_tables_come_from_its_files_as_the_copies_in_memory(
     assert all((checkpoints / "tables" / f).is_file() for f in only_ctr)
 
 
+def stopped_in_epoch_3(tmp_path: Path, monkeypatch, compact_fraction: float) -> Path:
+    """The FILES run (its tables drawn as 100k+ row tables are) stopped 20 steps into epoch 3,
+    a new base when the deltas exceed `compact_fraction` of the tables; its run dir."""
+    from mtlrec.experiment import run
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
+    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", compact_fraction)
+    monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        run(compose_train(FILES), run_dir)
+    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    return run_dir
+
+
 def test_a_resumed_run_reads_a_tasks_best_tables_from_its_checkpoints_files(
     tmp_path, copied, best_loads, monkeypatch
 ):
@@ -121,14 +137,7 @@ def test_a_resumed_run_reads_a_tasks_best_tables_from_its_checkpoints_files(
     the results equal the uninterrupted copying run's."""
     from mtlrec.experiment import run
 
-    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
-    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 9.0)
-    monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
-    run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        run(compose_train(FILES), run_dir)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run_dir = stopped_in_epoch_3(tmp_path, monkeypatch, compact_fraction=9.0)
 
     def whole(path, *args, **kwargs):  # best_<task>.pt loaded whole: its tables copied
         raise AssertionError(f"{path} assembled")
@@ -148,14 +157,7 @@ def test_a_tasks_file_the_resume_did_not_check_is_checked_when_read(tmp_path, mo
     from mtlrec.errors import MtlrecError
     from mtlrec.experiment import run
 
-    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 0)
-    monkeypatch.setattr("mtlrec.training.table_files.COMPACT_FRACTION", 0.0)
-    monkeypatch.setattr(StopAfter, "k", 2 * STEPS + 20)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopAfter)
-    run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted):
-        run(compose_train(FILES), run_dir)
-    monkeypatch.setattr("mtlrec.experiment.StopRequest", StopRequest)
+    run_dir = stopped_in_epoch_3(tmp_path, monkeypatch, compact_fraction=0.0)
     checkpoints = run_dir / "checkpoints"
     others = [p for p in checkpoints.glob("*.pt") if p.name != "best_ctr.pt"]
     (only_ctr,) = chain_files(checkpoints / "best_ctr.pt") - set().union(*map(chain_files, others))

@@ -129,11 +129,19 @@ def test_a_recorded_plan_is_rebuilt_exactly(tmp_path):
         ({"sizes": [500, 2]}, "shards [[500, 2], [500, 4]]"),
         ({"sizes": [400, 4]}, "shards [[400, 4], [500, 4]]"),
         ({"offsets": [200, 0]}, "shards [[500, 4], [500, 4]]"),
+        # a plan edited by hand: each was TorchRec's traceback
+        ({"offsets": ["0", "0"]}, "TypeError: ['0', '0'] is not a list of whole numbers"),
+        ({"placement": "rank:3/cpu"}, "placements ['rank:3/cpu', 'rank:0/cpu']"),
+        ({"sharding_type": "grid"}, "sharding_type 'grid', compute_kernel 'fused'"),
+        ({"compute_kernel": "fast"}, "sharding_type 'column_wise', compute_kernel 'fast'"),
     ],
 )
 def test_a_recorded_plan_that_does_not_fit_the_table_is_one_line(tmp_path, change, problem):
     tables = copy.deepcopy(SPLIT)
-    tables["table_0"]["shards"][0].update(change)
+    table = tables["table_0"]
+    (
+        table if "sharding_type" in change or "compute_kernel" in change else table["shards"][0]
+    ).update(change)
     source = tmp_path / "sharding_plan.json"
     with pytest.raises(MtlrecError) as info:
         torchrec_backend.shard_layer(
@@ -159,14 +167,18 @@ def test_which_recorded_plans_a_resume_keeps(tmp_path, caplog):
     assert f"torchrec: {path} was planned for 2 rank(s), this run has 1: the planner places " in (
         caplog.text
     )
-    path.write_text('{"world_size": 2')
-    with pytest.raises(MtlrecError) as info:
-        recorded_tables(path, 2)
-    assert str(info.value).startswith(f"{path}: not a readable sharding plan (JSONDecodeError: ")
-    assert str(info.value).endswith(
-        "restore it from a copy of the run dir, or delete it to let the planner place the "
-        "tables again"
-    )
+    for damaged, error in [
+        ('{"world_size": 2', "JSONDecodeError: "),
+        ('{"world_size": 2, "tables": []}', "TypeError: tables is a list, not an object)"),
+    ]:
+        path.write_text(damaged)
+        with pytest.raises(MtlrecError) as info:
+            recorded_tables(path, 2)
+        assert str(info.value).startswith(f"{path}: not a readable sharding plan ({error}")
+        assert str(info.value).endswith(
+            "restore it from a copy of the run dir, or delete it to let the planner place the "
+            "tables again"
+        )
 
 
 @pytest.mark.parametrize("rows", [1000, 10])

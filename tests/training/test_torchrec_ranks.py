@@ -311,6 +311,16 @@ def test_a_replicated_table_resumes_exactly_after_a_sigterm(tmp_path, runs, monk
     assert state["state"] == {} and state == a["optimizer_state"]["replicated_tables"][0]
 
 
+# column_wise on 2 ranks, monitored so that epoch 1 is the best of 2: the highest val loss
+BEST_IS_EPOCH_1 = [
+    *COMMON,
+    *TWO_RANKS,
+    "trainer.sharding=column_wise",
+    "trainer.monitor=val/loss",
+    "trainer.mode=max",
+]
+
+
 def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
     """2 ranks, column_wise, DCP folders, 2 epochs, monitored so that epoch 1 is the best: the
     best weights keep their tables by reference to epoch 1's folder (best.pt names it, and so
@@ -319,15 +329,7 @@ def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
     weights (epoch 1's, gathered in one process by `mtlrec evaluate`), not of last.pt's."""
     from mtlrec.inference.evaluate import evaluate
 
-    overrides = [
-        *COMMON,
-        *TWO_RANKS,
-        "trainer.sharding=column_wise",
-        "trainer.epochs=2",
-        "trainer.monitor=val/loss",
-        "trainer.mode=max",  # the highest validation loss: epoch 1's
-    ]
-    run_dir, metrics = run_training(tmp_path, overrides)
+    run_dir, metrics = run_training(tmp_path, [*BEST_IS_EPOCH_1, "trainer.epochs=2"])
     assert (metrics["status"], metrics["best_epoch"], metrics["epochs_run"]) == ("completed", 1, 2)
     checkpoints = run_dir / "checkpoints"
     best, last = (torch.load(checkpoints / n, weights_only=True) for n in ("best.pt", "last.pt"))
@@ -339,3 +341,30 @@ def test_the_best_epoch_s_tables_come_back_from_its_folder(tmp_path):
     assert recorded["test/loss"] != pytest.approx(at_last["test/loss"], rel=1e-4)
     for key, value in recorded.items():
         assert at_best[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_a_resume_keeping_each_task_s_best_puts_back_the_best_epoch_s_shards(tmp_path):
+    """trainer.keep_best_per_task on 2 ranks (column_wise, DCP folders), 1 epoch, then resumed
+    for a second, monitored so that epoch 1 (before the resume) stays the best: the resume keeps
+    the best tables in epoch 1's folder (placeholders), and the end of fit and the per-task
+    tests load them from there (was a RuntimeError: "in table files, but none are open"). The
+    test metrics are best.pt's, each task's those of its best_<task>.pt (mtlrec evaluate)."""
+    from conftest import TINY, compose_train
+    from mtlrec.experiment import run
+    from mtlrec.inference.evaluate import evaluate
+
+    config = [*BEST_IS_EPOCH_1, "trainer.keep_best_per_task=true"]
+    run_dir, _ = run_training(tmp_path, config)
+    run(compose_train([*TINY, *config, "trainer.epochs=2", f"resume={run_dir}"]), run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["best_epoch"], metrics["epochs_run"]) == ("completed", 1, 2)
+    expected = {"best.pt": {k: v for k, v in metrics["metrics"].items() if k.startswith("test/")}}
+    for task, result in metrics["per_task_best"]["tasks"].items():
+        expected[f"best_{task}.pt"] = {
+            k: v for k, v in result["metrics"].items() if k.startswith("test/")
+        }
+    assert len(expected) == 3
+    for name, recorded in expected.items():
+        at = evaluate(run_dir, "test", checkpoint=name)
+        for key, value in recorded.items():
+            assert at[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (name, key)
