@@ -25,6 +25,7 @@ from mtlrec.errors import MtlrecError
 from mtlrec.loggers import build_logger, log_step_scalars
 from mtlrec.models import build_model, seeded_init
 from mtlrec.models.base import MultiTaskModel
+from mtlrec.models.torchrec_embedding import convert_model
 from mtlrec.run_process import (
     check_embedding_memory,
     environment,
@@ -239,10 +240,16 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     selected = spec.select_tasks(dataset.task_selection)
     check_model_memory(settings.model, spec, selected, trainer_cfg, device)
     resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
-    with seeded_init.loaded_next(resuming):  # resumed: restore sets every weight, not drawn
-        model, loss_tasks = build_model(settings.model, spec, selected)
+    # torchrec: big tables are meta until each rank draws its shards (not under init_from,
+    # which copies whole tables into the model first)
+    in_shards = torchrec_backend.draws_in_shards(trainer_cfg, settings.init.run_dir, resuming)
+    with seeded_init.loaded_next(resuming), seeded_init.drawn_in_shards(in_shards):
+        model, loss_tasks = build_model(settings.model, spec, selected)  # resumed: not drawn
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
-    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device))
+    ranks = distributed.current().world_size if in_shards else 1  # the planner checks each's
+    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device, ranks))
+    if in_shards:
+        convert_model(model)  # the (meta) tables leave the model's parameters before .to
     model.to(device)
     torchrec_backend.shard_model(model, trainer_cfg, device, run_dir.write_json, settings.resume)
     targets = eval_targets(loss_tasks, model.output_types, spec, selected)

@@ -129,11 +129,22 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.deterministic = on
 
 
-def check_embedding_memory(model: torch.nn.Module, choice: str, device: torch.device) -> str:
+def check_embedding_memory(
+    model: torch.nn.Module, choice: str, device: torch.device, sharded_over: int = 1
+) -> str:
     """Tables + optimizer state against the device's free memory, before either is allocated
-    there (on the CPU the tables exist already: only their optimizer state is still to come)."""
+    there (on the CPU the tables exist already: only their optimizer state is still to come).
+    `sharded_over` > 1: TorchRec splits the tables over that many ranks, no rank holds them
+    whole; its planner checks each rank's part against the rank's budget (one line if none
+    fits), so the whole tables are not held against one device here."""
     from mtlrec.training.optimizers import check_fits, free_memory, table_bytes
 
+    if sharded_over > 1:
+        weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
+        return (
+            f"embedding tables {weights / 2**20:,.1f} MiB, placed on {sharded_over} ranks by "
+            "TorchRec's planner (trainer.sharding, trainer.shard_memory_mb)"
+        )
     free = free_memory(device)
     if device.type == "cpu":
         weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]

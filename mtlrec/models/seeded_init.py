@@ -18,6 +18,10 @@ predict, export: the checkpoint is read first, the model built from it) is built
 `loaded_next()`: its seeded tables are allocated, not drawn. Reading a checkpoint whose tables
 start at their seeded init then draws each table once (table_files.assemble), not twice.
 
+The TorchRec backend builds its model inside `drawn_in_shards()`: a seeded table is a meta
+tensor carrying its SeededInit (`deferred_init_of`), and each rank fills only the shards it
+holds with `SeededInit.draw_part` (training/torchrec_init.py): no rank allocates the whole table.
+
 Smaller tables keep N(0, std^2) from the global generator, drawn as before: their numbers for a
 given seed are unchanged.
 """
@@ -41,7 +45,9 @@ FINGERPRINT_ROWS = 64
 CHUNK_ROWS = 1 << 16  # rows drawn at a time: the integer temporary stays small
 _HALF = 1 << 23
 _ATTRIBUTE = "mtlrec_seeded_init"
+_DEFERRED_ATTRIBUTE = "mtlrec_seeded_deferred"
 _LOADED_NEXT: ContextVar[bool] = ContextVar("mtlrec_seeded_loaded_next", default=False)
+_DEFERRED: ContextVar[bool] = ContextVar("mtlrec_seeded_deferred", default=False)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,40 @@ class SeededInit:
             out[where] = block[rows[where] - first]
         return out
 
+    def draw_part(
+        self,
+        shape: list[int],
+        first_row: int,
+        first_col: int,
+        out: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        workers: int | None = None,
+    ) -> None:
+        """Fill `out` (any device) with the block of `draw(shape)` whose corner is (first_row,
+        first_col) and whose size is out's: a shard of the table. Only the chunks holding its
+        rows are drawn, one at a time per worker thread: a chunk's integers run over whole rows,
+        so each is drawn in full width and its columns kept. Memory O(out + one chunk per
+        worker), never the table; the bits are draw's (the same chunk shapes and generators)."""
+        rows_end, cols = first_row + out.shape[0], slice(first_col, first_col + out.shape[1])
+        chunks = range(first_row // self.chunk_rows, -(-rows_end // self.chunk_rows))
+
+        def one(chunk: int) -> None:
+            start = chunk * self.chunk_rows
+            stop = min(start + self.chunk_rows, shape[0])
+            block = torch.empty([stop - start, *shape[1:]], dtype=dtype)
+            self._draw_chunk(chunk, block)
+            low, high = max(start, first_row), min(stop, rows_end)
+            out[low - first_row : high - first_row].copy_(block[low - start : high - start, cols])
+
+        workers = min(len(chunks), workers or torch.get_num_threads())
+        with torch.no_grad():
+            if workers <= 1:
+                for chunk in chunks:
+                    one(chunk)
+                return
+            with ThreadPoolExecutor(workers, thread_name_prefix="seeded-init") as pool:
+                list(pool.map(one, chunks))  # list(): wait for every chunk, raise the first error
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
@@ -120,11 +160,20 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 def fingerprint(weight: torch.Tensor) -> str:
     """SHA-256 of FINGERPRINT_ROWS rows spread over the table (and its shape and dtype)."""
-    n = weight.shape[0]
-    rows = torch.linspace(0, max(n - 1, 0), FINGERPRINT_ROWS).round().long().unique()
-    sample = weight.detach().cpu().index_select(0, rows).contiguous()
-    h = hashlib.sha256(f"{list(weight.shape)}:{weight.dtype}".encode())
-    h.update(sample.numpy().tobytes())
+    sample = weight.detach().cpu().index_select(0, fingerprint_rows(weight.shape[0]))
+    return sample_fingerprint(list(weight.shape), weight.dtype, sample)
+
+
+def fingerprint_rows(n: int) -> torch.Tensor:
+    """The rows `fingerprint` hashes of a table of `n` rows."""
+    return torch.linspace(0, max(n - 1, 0), FINGERPRINT_ROWS).round().long().unique()
+
+
+def sample_fingerprint(shape: list[int], dtype: torch.dtype, sample: torch.Tensor) -> str:
+    """`fingerprint` of a table of `shape` and `dtype` whose `fingerprint_rows` are `sample`
+    (a CPU tensor): for a table held in pieces (shards), its sample gathered from them."""
+    h = hashlib.sha256(f"{shape}:{dtype}".encode())
+    h.update(sample.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -137,12 +186,17 @@ def new_table(rows: int, dim: int, std: float) -> nn.Embedding:
         nn.init.normal_(table.weight, std=std)
         return table
     # drawn once, here: nn.Embedding's own N(0, 1) draw of the whole table is skipped
-    table = nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
-    if table.weight.is_meta:  # a model built for its shapes only (memory checks): no values
+    deferred = _DEFERRED.get()
+    weight = torch.empty(rows, dim, device="meta") if deferred else torch.empty(rows, dim)
+    table = nn.Embedding(rows, dim, _weight=weight)
+    if table.weight.is_meta and not deferred:  # built for its shapes only (memory checks)
         return table
     # the seed is taken either way: the global generator draws the same numbers after it
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
     if _LOADED_NEXT.get():  # a checkpoint's weights are loaded into it next: nothing drawn
+        return table
+    if deferred:  # each rank draws its own shards of it (SeededInit.draw_part): no fingerprint
+        setattr(table.weight, _DEFERRED_ATTRIBUTE, SeededInit(seed, std, ""))
         return table
     SeededInit(seed, std, "").draw_into(table.weight)
     # on the parameter itself: whoever holds the table (an optimizer) finds how it was drawn
@@ -160,6 +214,26 @@ def loaded_next(when: bool = True) -> Iterator[None]:
         yield
     finally:
         _LOADED_NEXT.reset(token)
+
+
+@contextmanager
+def drawn_in_shards(when: bool = True) -> Iterator[None]:
+    """Inside it (`when`) `new_table` makes a seeded table on the meta device (no memory), its
+    seed taken as ever; `deferred_init_of` its weight gives the SeededInit whose `draw_part`
+    fills each shard of it (training/torchrec_init.py), with no fingerprint: none of the
+    drawn table exists. Inside `loaded_next()` too: meta, no init (a checkpoint sets it).
+    For the TorchRec backend, whose tables are copied into their shards and never used whole."""
+    token = _DEFERRED.set(when)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def deferred_init_of(weight: torch.Tensor) -> SeededInit | None:
+    """How a table made inside `drawn_in_shards()` is to be drawn (None: not such a table)."""
+    init = getattr(weight, _DEFERRED_ATTRIBUTE, None)
+    return init if isinstance(init, SeededInit) else None
 
 
 def seeded_init_of(weight: torch.Tensor) -> SeededInit | None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mtlrec.models.features import FieldEmbedding
-from mtlrec.models.seeded_init import SeededInit, seeded_init_of
+from mtlrec.models.seeded_init import SeededInit, deferred_init_of, seeded_init_of
 
 TableReader = Callable[[], list[torch.Tensor]]
 TableWriter = Callable[[list[torch.Tensor]], None]
@@ -92,6 +92,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
     collections: TableCollections
     initial_weights: list[torch.Tensor]
     initial_seeds: list[SeededInit | None]
+    initial_draws: list[SeededInit | None]  # a meta table's init: each rank draws its shards
     table_shapes: list[tuple[int, int]]
     read_tables: TableReader | None
     write_tables: TableWriter | None
@@ -109,6 +110,8 @@ class TorchRecFieldEmbedding(FieldEmbedding):
         layer.initial_weights = weights  # copied into the shards, then dropped
         # how each table was drawn (models/seeded_init.py): its checkpoint may start at that init
         layer.initial_seeds = [seeded_init_of(t.weight) for t in native.tables]  # type: ignore[union-attr,arg-type]
+        # a table built inside seeded_init.drawn_in_shards(): meta, drawn shard by shard
+        layer.initial_draws = [deferred_init_of(t.weight) for t in native.tables]  # type: ignore[union-attr,arg-type]
         layer.table_shapes = [(int(w.shape[0]), int(w.shape[1])) for w in weights]
         # Not a submodule: neither the model's parameters nor DDP see the tables.
         layer.__dict__["collections"] = TableCollections(layer.table_shapes)

@@ -117,10 +117,11 @@ class BestFiles:
             tracked += [(p.data, opt.changed[p]) for opt, p in self.files.tables]
             tracked += [(dict(t.tensors())["weight"], t.changed) for t in self.files.extra]
         by_storage = {_pointer(w): (w, changed) for w, changed in tracked}
+        # no tracked table, no state_dict: a sharded model's would gather every table on every
+        # rank (torchrec_backend.full_tables), at start-up the peak of its memory
+        state = model.state_dict() if by_storage else {}
         self.weights = {
-            key: by_storage[_pointer(v)]
-            for key, v in model.state_dict().items()
-            if _pointer(v) in by_storage
+            key: by_storage[_pointer(v)] for key, v in state.items() if _pointer(v) in by_storage
         }
         self.task_chains: dict[str, Chain] = {}  # task -> the files of its best epoch
         self.verified: set[str] = set()  # files this process wrote or checked (SHA-256)

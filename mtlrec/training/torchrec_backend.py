@@ -28,8 +28,14 @@ import torch.distributed as dist
 from torch import nn
 
 from mtlrec.errors import MtlrecError
-from mtlrec.models.torchrec_embedding import TorchRecFieldEmbedding, convert_model, feature_name
+from mtlrec.models.torchrec_embedding import (
+    TorchRecFieldEmbedding,
+    convert_model,
+    feature_name,
+    torchrec_layers,
+)
 from mtlrec.training.optimizers import MultiOptimizer
+from mtlrec.training.torchrec_init import write_initial
 from mtlrec.training.torchrec_quiet import quiet_sharding
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
@@ -144,6 +150,13 @@ def check_settings(trainer: Any, device_type: str, balance: BalanceSettings) -> 
         )
 
 
+def draws_in_shards(cfg: Any, init_from: Any, resuming: bool) -> bool:
+    """Whether the model is built with its seeded tables on the meta device, each rank drawing
+    (or a resume loading) only its shards (training/torchrec_init.py): with this backend, unless
+    init_from copies whole tables into the native model first (a resume's are loaded later)."""
+    return cfg.embedding_backend == "torchrec" and (init_from is None or resuming)
+
+
 def ensure_process_group(device: torch.device) -> None:
     """One process: a process group of one rank (TorchRec's sharded modules need one)."""
     if not dist.is_initialized():
@@ -209,9 +222,9 @@ def shard_layer(
     layer.__dict__["lookup"] = module  # a plain attribute: the model holds no table
     layer.read_tables = lambda: full_tables(module, replicas)
     layer.write_tables = lambda weights: _scatter(table_states(module), weights)
-    layer.write_tables(layer.initial_weights)
+    # each rank its own shards, a big table drawn there (never whole: torchrec_init)
+    write_initial(table_states(module), layer, one_process=dist.get_world_size() == 1)
     layer.lockstep = dist.get_world_size() > 1
-    layer.initial_weights = []
     replicated = replicated_optimizer(module, cfg.embedding_optimizer, lr)
     return ShardedTables(layer, module, record, replicated)
 
@@ -449,8 +462,9 @@ def shard_model(
 
     plan_file = Path(resumed) / SHARDING_PLAN_FILE if resumed else None
     recorded = recorded_tables(plan_file, dist.get_world_size())
+    convert_model(model)  # built with drawn_in_shards: converted already (experiment.build)
     with quiet_sharding():
-        sharded = [shard_layer(layer, cfg, device, recorded) for layer in convert_model(model)]
+        sharded = [shard_layer(layer, cfg, device, recorded) for layer in torchrec_layers(model)]
     model.__dict__["sharded_tables"] = sharded  # not a submodule: no parameters, no state
     plan = {name: spec for s in sharded for name, spec in s.plan.items()}
     for name, spec in plan.items():

@@ -90,3 +90,67 @@ def test_a_table_whose_weights_are_loaded_next_is_not_drawn_and_the_generator_mo
     with seeded_init.loaded_next(False):  # when=False: drawn
         seeded_init.new_table(1000, 4, 0.1)
     assert len(draws) == 2
+
+
+def test_a_shard_is_drawn_alone_with_the_whole_draws_bits():
+    """draw_part fills a block of rows and columns (a row_wise / column_wise shard, or both) with
+    the whole table's bits, its rows starting and ending inside chunks, drawing only the chunks
+    that hold them, at any thread count; a bfloat16 shard gets the float32 draw, cast."""
+    init = SeededInit(11, 0.05, "", chunk_rows=100)
+    shape = [1050, 8]  # 11 chunks, the last one short
+    whole = init.draw(shape)
+    drawn_chunks = []
+    draw_chunk = SeededInit._draw_chunk
+
+    def counting(self: SeededInit, chunk: int, out: torch.Tensor) -> None:
+        drawn_chunks.append(chunk)
+        draw_chunk(self, chunk, out)
+
+    blocks = [(0, 0, 1050, 8), (150, 4, 300, 4), (999, 0, 51, 2), (420, 2, 1, 6), (700, 0, 0, 8)]
+    for row, col, rows, cols in blocks:
+        for workers in (1, 3):
+            part = torch.full([rows, cols], float("nan"))
+            drawn_chunks.clear()
+            SeededInit._draw_chunk = counting  # type: ignore[method-assign]
+            try:
+                init.draw_part(shape, row, col, part, workers=workers)
+            finally:
+                SeededInit._draw_chunk = draw_chunk  # type: ignore[method-assign]
+            expected = whole[row : row + rows, col : col + cols]
+            assert torch.equal(part.view(torch.int32), expected.view(torch.int32)), (row, col)
+            touched = set(range(row // 100, (row + rows + 99) // 100))
+            assert sorted(drawn_chunks) == sorted(touched), (row, rows)  # no other chunk drawn
+    half = torch.empty([300, 8], dtype=torch.bfloat16)
+    init.draw_part(shape, 600, 0, half)
+    assert torch.equal(half, whole[600:900].to(torch.bfloat16))
+
+
+def test_a_table_drawn_in_shards_is_meta_and_keeps_its_seed(monkeypatch):
+    """Inside drawn_in_shards() a seeded table is a meta tensor (nothing allocated or drawn)
+    that carries the SeededInit a normal build draws (the same seed: the global generator
+    moves as ever), without fingerprint; smaller tables are drawn as ever; inside loaded_next()
+    as well it is meta, with no init (a checkpoint sets it)."""
+    from mtlrec.models import seeded_init
+
+    monkeypatch.setattr(seeded_init, "SEEDED_FROM_ROWS", 100)
+    torch.manual_seed(5)
+    drawn, small = seeded_init.new_table(1000, 4, 0.1), seeded_init.new_table(50, 4, 0.1)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    with seeded_init.drawn_in_shards():
+        deferred = seeded_init.new_table(1000, 4, 0.1)
+        small_too = seeded_init.new_table(50, 4, 0.1)
+        assert torch.equal(torch.rand(3), after)
+    assert deferred.weight.is_meta and deferred.weight.shape == (1000, 4)
+    init = seeded_init.deferred_init_of(deferred.weight)
+    kept = seeded_init.seeded_init_of(drawn.weight)
+    assert init == SeededInit(kept.seed, 0.1, "") and kept.fingerprint  # type: ignore[union-attr]
+    assert seeded_init.seeded_init_of(deferred.weight) is None  # no fingerprint to trust
+    assert torch.equal(init.draw([1000, 4]), drawn.weight.detach())  # type: ignore[union-attr]
+    assert not small_too.weight.is_meta and torch.equal(small_too.weight, small.weight)
+    assert seeded_init.deferred_init_of(drawn.weight) is None
+    with seeded_init.loaded_next(), seeded_init.drawn_in_shards():
+        loaded = seeded_init.new_table(1000, 4, 0.1)
+    assert loaded.weight.is_meta and seeded_init.deferred_init_of(loaded.weight) is None
+    with seeded_init.drawn_in_shards(False):
+        assert not seeded_init.new_table(1000, 4, 0.1).weight.is_meta

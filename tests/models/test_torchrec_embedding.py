@@ -205,3 +205,34 @@ def test_a_checkpoint_whose_plan_replicated_other_tables_is_refused_in_one_line(
     optimizer("data_parallel").load_state_dict(replicated.state_dict())  # the same tables: fine
     del other["replicated_table_names"]  # saved before the names were: the count is checked
     optimizer("data_parallel").load_state_dict(other)
+
+
+@pytest.mark.parametrize("sharding", ["table_wise", "data_parallel"])
+def test_a_table_built_in_shards_gets_the_whole_draws_values_in_one_process(sharding):
+    """A layer built inside seeded_init.drawn_in_shards() (its 150,000-row table a meta tensor:
+    never allocated whole) and sharded in one process holds the values of the layer built as
+    ever (3 chunks drawn into the shard or the replica; the small table drawn from the global
+    generator), the SeededInit with the whole table's fingerprint (table_files checks it), and
+    gives the same vectors."""
+    from mtlrec.models import seeded_init
+
+    spec = make_spec(
+        [FeatureSpec("item", "sparse", 150_000), FeatureSpec("user", "sparse", 30, embedding_dim=8)]
+    )
+    torch.manual_seed(0)
+    native = FieldEmbedding(spec, 4, init_std=0.5)
+    torch.manual_seed(0)
+    with seeded_init.drawn_in_shards():
+        built = FieldEmbedding(spec, 4, init_std=0.5)
+    assert [t.weight.is_meta for t in built.tables] == [True, False]
+    ensure_process_group(torch.device("cpu"))
+    layer = TorchRecFieldEmbedding.from_native(built)
+    shard_layer(layer, shard_settings(sharding=sharding), torch.device("cpu"))
+    assert sharding_types(layer) == {sharding}
+    state = layer.state_dict()
+    for j, table in enumerate(native.tables):
+        assert torch.equal(state[f"tables.{j}.weight"], table.weight.detach()), j
+    assert layer.initial_seeds[0] == seeded_init.seeded_init_of(native.tables[0].weight)
+    assert layer.initial_seeds[1] is None and layer.initial_weights == []
+    sparse, dense = batch(spec)
+    torch.testing.assert_close(layer(sparse, dense), native(sparse, dense), rtol=0, atol=0)

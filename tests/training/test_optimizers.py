@@ -110,6 +110,21 @@ def test_clipping_sparse_gradients_equals_clipping_dense_ones():
     torch.testing.assert_close(lazy.head.weight.grad, dense.head.weight.grad)
 
 
+def test_tables_sharded_over_ranks_are_not_held_against_one_device(monkeypatch):
+    """TorchRec splits the tables over several ranks (its planner checks each rank's part): the
+    start's check does not refuse them for one device's memory; one rank: refused as ever."""
+    from mtlrec.run_process import check_embedding_memory
+
+    monkeypatch.setattr(opt, "free_memory", lambda device: 50_000)
+    model, gpu = Tiny(rows=100_000, dim=8), torch.device("cuda", 0)  # 3.1 MiB of weights
+    with pytest.raises(MtlrecError, match="do not fit in the 0.00 GiB free on cuda:0"):
+        check_embedding_memory(model, "adagrad", gpu)
+    assert check_embedding_memory(model, "adagrad", gpu, sharded_over=2) == (
+        "embedding tables 3.1 MiB, placed on 2 ranks by TorchRec's planner "
+        "(trainer.sharding, trainer.shard_memory_mb)"
+    )
+
+
 def test_auto_picks_sparse_only_for_large_tables():
     small, large = nn.Embedding(10, 2), nn.Embedding(opt.SPARSE_FROM_ROWS + 1, 1)
     assert opt.table_choice(small, "auto") == "adam"

@@ -95,10 +95,12 @@ def _ranks(rank: int, tmp: str) -> None:
     refused = _refused_elsewhere(tmp_path / "rowwise", ids)
     evaluation = _lockstep_evaluation(rank)
     best = _best_by_reference(tmp_path / "best", ids)
+    in_shards = {s: _drawn_in_shards(s, tmp_path) for s in ("table_wise", "column_wise")}
     if rank == 0:
         plan = [s.plan for s in model.sharded_tables][0]
         torch.save({"manifest": manifest, "written": written, "loaded": loaded, "plan": plan,
-                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation, "best": best},
+                    "refused": refused, "resharded": resharded_state, "evaluation": evaluation, "best": best,
+                    "in_shards": in_shards},
                    tmp_path / "out.pt")  # fmt: skip
     dist.destroy_process_group()
     # as mtlrec's ranks end (distributed/launch.py _leave): no C++ static destructors, where a
@@ -164,6 +166,102 @@ def _best_by_reference(checkpoints: Path, ids: torch.Tensor) -> dict:
         "best": [first["best"]["folder"], second["best"]["folder"]],
         "states": [at_best, trained, restored, resumed_last, other.state_dict()],
     }
+
+
+BIG_ROWS = 150_000  # a seeded table (seeded_init.SEEDED_FROM_ROWS): 3 chunks of 65,536 rows
+
+
+def _big_spec():
+    """A seeded table (item: 150,000 x 8) and a small one (user: 30 x 16)."""
+    from mtlrec.data.spec import FeatureSpec
+    from tests.models.test_features import make_spec
+
+    return make_spec(
+        [
+            FeatureSpec("item", "sparse", BIG_ROWS),
+            FeatureSpec("user", "sparse", 30, embedding_dim=16),
+        ]
+    )
+
+
+def _drawn_in_shards(sharding: str, tmp_path: Path) -> dict:
+    """A layer built as experiment.build builds it for the torchrec backend (inside
+    seeded_init.drawn_in_shards(), converted, then sharded): whether any table was whole on this
+    rank, and every rank's pieces (offsets, values) of each table (gathered for the comparison)."""
+    from helpers.torchrec import shard_settings
+    from mtlrec.models import seeded_init
+    from mtlrec.models.features import FieldEmbedding
+    from mtlrec.models.torchrec_embedding import convert_model
+    from mtlrec.training.torchrec_backend import shard_model, table_states
+    from mtlrec.training.torchrec_init import local_pieces
+
+    torch.manual_seed(7)
+    with seeded_init.drawn_in_shards():
+        model = nn.Module()
+        model.embedding = FieldEmbedding(_big_spec(), 8, init_std=0.3)
+    built_meta = [t.weight.is_meta for t in model.embedding.tables]
+    convert_model(model)
+    cfg = shard_settings(embedding_backend="torchrec", sharding=sharding, devices=2)
+    shard_model(model, cfg, torch.device("cpu"), lambda name, record: None)
+    (sharded,) = model.sharded_tables
+    started = _start_without_gathering(model, tmp_path / sharding)
+    pieces = [
+        [(offsets, piece.detach().clone()) for offsets, piece in local_pieces(state)]
+        for state in table_states(sharded.module)
+    ]
+    every: list = [None, None]
+    dist.all_gather_object(every, pieces)
+    return {
+        "built_meta": built_meta,
+        "pieces": every,
+        "seeds": sharded.layer.initial_seeds,
+        "best_keys": started,
+    }
+
+
+def _start_without_gathering(model: nn.Module, checkpoints: Path) -> list[str]:
+    """What a run's recorder makes at start (experiment.RunRecorder: the DCP checkpointer and
+    BestFiles), with TorchRec's gather made to fail: the table keys BestFiles tracks (none)."""
+    from mtlrec.training import torchrec_backend
+    from mtlrec.training.best_files import BestFiles
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer
+
+    def refuse(local: dict) -> dict:
+        raise AssertionError(f"a table was gathered at start: {sorted(local)}")
+
+    gather, torchrec_backend.gather_full = torchrec_backend.gather_full, refuse
+    try:
+        tables = ShardedCheckpointer(checkpoints, model, _optimizer(model), dist.get_rank() == 0)
+        return sorted(BestFiles(tables, model, model).keys)
+    finally:
+        torchrec_backend.gather_full = gather
+
+
+def _check_drawn_in_shards(in_shards: dict) -> None:
+    """Each rank's pieces are the whole draw's values (today's: the layer built as ever, same
+    seed): table_wise, each table whole on one rank; column_wise, each rank half the columns of
+    each; the seeded table was a meta tensor on each rank (no rank drew or held it whole)."""
+    from mtlrec.models.features import FieldEmbedding
+
+    torch.manual_seed(7)
+    whole = [t.weight.detach() for t in FieldEmbedding(_big_spec(), 8, init_std=0.3).tables]
+    assert [list(w.shape) for w in whole] == [[BIG_ROWS, 8], [30, 16]]
+    for sharding, got in in_shards.items():
+        assert got["built_meta"] == [True, False], sharding
+        assert got["seeds"] == [None, None], sharding  # no fingerprint: nothing was whole
+        assert got["best_keys"] == [], sharding  # and the recorder's start gathered nothing
+        for j, table in enumerate(whole):
+            held = [(rank, o, p) for rank in (0, 1) for o, p in got["pieces"][rank][j]]
+            if sharding == "column_wise":
+                assert [(rank, o[1], p.shape[1]) for rank, o, p in held] == [
+                    (0, 0, table.shape[1] // 2),
+                    (1, table.shape[1] // 2, table.shape[1] // 2),
+                ], j
+            else:
+                assert len(held) == 1 and list(held[0][2].shape) == list(table.shape), j
+            for rank, (row, col), piece in held:
+                expected = table[row : row + piece.shape[0], col : col + piece.shape[1]]
+                assert torch.equal(piece, expected), (sharding, j, rank)
 
 
 EVAL_ROWS, EVAL_BATCH = 450, 100  # 5 eval batches: rank 0 predicts 2 of them, rank 1 3
@@ -270,6 +368,7 @@ def test_each_rank_writes_its_tables_and_every_shard_comes_back(tmp_path):
     for key, value in written["fused"].items():
         assert torch.equal(gathered["optimizer_state"]["fused_tables"][key], value), key
     _check_lockstep_evaluation(out["evaluation"])
+    _check_drawn_in_shards(out["in_shards"])
     best = out["best"]  # the best weights' tables by reference to epoch 1's folder
     assert best["placeholders"] == manifest["model_keys"]  # no rank kept a copy of a table
     assert best["resumed_placeholders"] == manifest["model_keys"]  # a resume reads no table
