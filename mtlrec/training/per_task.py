@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mtlrec.errors import MtlrecError
 from mtlrec.training import best_files
 from mtlrec.training.best_files import BestFiles
 from mtlrec.training.checkpoint import MODEL_KEY, TrainState, load_checkpoint
@@ -169,6 +170,13 @@ def task_weights(
         held = best_files.by_files(state)
         return state, files.task_chains[task] if held and files is not None else None
     path = checkpoints / checkpoint_name(task)  # a best epoch before the resume
+    if not path.is_file():  # the epoch's weights are nowhere else; last.pt is written
+        epoch = per_task.stoppers[task].best_epoch
+        raise MtlrecError(
+            f"{path}: missing, so {task} cannot be tested with the weights of its best epoch "
+            f"({epoch}, before the resume); put the file back (from a copy of the run dir) and "
+            "resume the run again: it goes on to the tests"
+        )
     resumed = files.resumed_best(path) if files is not None else None
     if resumed is not None:
         return resumed

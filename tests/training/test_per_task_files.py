@@ -191,6 +191,25 @@ def test_only_keep_best_per_task_keeps_each_tasks_weights():
         assert all(torch.equal(s["weight"], model.weight) for s in best.states.values())
 
 
+def test_a_missing_best_task_checkpoint_of_before_a_resume_says_what_to_do(tmp_path):
+    """A task's best epoch came before the resume and its best_<task>.pt was removed: its test
+    cannot be made; one line naming the file, the task and the epoch, and what to do (the run's
+    last.pt is written: a resume after the file is back goes on to the tests)."""
+    from mtlrec.data.spec import TaskSpec
+    from mtlrec.errors import MtlrecError
+    from mtlrec.training.metrics import EvalTarget
+
+    best = per_task.PerTaskBest([EvalTarget(TaskSpec("ctr", "ctr"), in_mean=True)], patience=2)
+    best.replay([{"epoch": 1, "val/ctr_auc": 0.7}, {"epoch": 2, "val/ctr_auc": 0.6}])
+    with pytest.raises(MtlrecError) as e:
+        per_task.task_weights(best, "ctr", tmp_path, None)
+    assert str(e.value) == (
+        f"{tmp_path / 'best_ctr.pt'}: missing, so ctr cannot be tested with the weights of its "
+        "best epoch (1, before the resume); put the file back (from a copy of the run dir) and "
+        "resume the run again: it goes on to the tests"
+    )
+
+
 def test_torchrec_fused_tables_of_each_task_come_from_its_files(tmp_path, best_loads, monkeypatch):
     """One process' TorchRec tables (training/torchrec_table_files.py) the same way: ctr's own
     best epoch (2) is before the monitored best (3); the results equal the run keeping the
