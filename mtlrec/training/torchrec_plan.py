@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 TIE_ORDER = (*CUDA_SHARDED, DATA_PARALLEL)
 KERNEL_ORDER = [kernel.value for kernel in EmbeddingComputeKernel]  # TorchRec's own order
 SHARDING_TYPES = {kind.value for kind in ShardingType}
-_PLACEMENT = re.compile(r"rank:(\d+)/.+")  # a shard's place as ShardMetadata writes it
+_PLACEMENT = re.compile(r"rank:(\d+)/([a-z]+)(:\d+)?")  # a shard's place: rank:0/cuda:0
 
 
 def _tie_rank(option: ShardingOption) -> tuple[int, int]:
@@ -120,7 +120,7 @@ def plan_tables(
 
     plan = None
     if recorded is not None:
-        plan = _rebuilt(collections, shapes, recorded["tables"], recorded["source"])
+        plan = _rebuilt(collections, shapes, recorded["tables"], recorded["source"], device)
     else:
         try:
             planner = make_planner(shapes, cfg, device, dist.get_world_size())
@@ -196,7 +196,11 @@ def _module_paths(collections: nn.Module) -> dict[str, str]:
 
 
 def _rebuilt(
-    collections: nn.Module, shapes: list[tuple[int, int]], tables: dict[str, Any], source: Path
+    collections: nn.Module,
+    shapes: list[tuple[int, int]],
+    tables: dict[str, Any],
+    source: Path,
+    device: torch.device,
 ) -> ShardingPlan:
     """The ShardingPlan `plan_record` recorded, checked against this run's tables and ranks."""
     paths, plan = _module_paths(collections), ShardingPlan({})
@@ -204,7 +208,7 @@ def _rebuilt(
     for j, shape in enumerate(shapes):
         name = feature_name(j)
         spec = tables.get(name)
-        problem = _mismatch(spec, list(shape), world)
+        problem = _mismatch(spec, list(shape), world, device.type)
         if problem is not None:
             raise MtlrecError(
                 f"{source}: the plan of {name} ({problem}) does not fit this run's "
@@ -230,8 +234,9 @@ def _ints(values: Any) -> list[int]:
     return values
 
 
-def _mismatch(spec: Any, shape: list[int], world: int) -> str | None:
-    """What in a recorded table plan does not fit a table of `shape` on `world` ranks."""
+def _mismatch(spec: Any, shape: list[int], world: int, device_type: str) -> str | None:
+    """What in a recorded table plan does not fit a table of `shape` on `world` ranks of
+    `device_type` (a plan made on CUDA, resumed on CPU: its shards' placements)."""
     if not isinstance(spec, dict):
         return "missing"
     try:
@@ -248,7 +253,7 @@ def _mismatch(spec: Any, shape: list[int], world: int) -> str | None:
     placed = [_PLACEMENT.fullmatch(p) for _, _, p in boxes]
     if not boxes or any(not 0 <= r < world for r in ranks):
         return f"{kind} on rank(s) {ranks}"
-    if not all(m is not None and int(m[1]) < world for m in placed):
+    if not all(m is not None and int(m[1]) < world and m[2] == device_type for m in placed):
         return f"placements {[p for _, _, p in boxes]}"
     inside = all(
         len(o) == len(s) == 2

@@ -132,6 +132,10 @@ def test_a_recorded_plan_is_rebuilt_exactly(tmp_path):
         # a plan edited by hand: each was TorchRec's traceback
         ({"offsets": ["0", "0"]}, "TypeError: ['0', '0'] is not a list of whole numbers"),
         ({"placement": "rank:3/cpu"}, "placements ['rank:3/cpu', 'rank:0/cpu']"),
+        (
+            {"placement": "rank:0/cuda:0"},
+            "placements ['rank:0/cuda:0', 'rank:0/cpu']",
+        ),  # made on CUDA
         ({"sharding_type": "grid"}, "sharding_type 'grid', compute_kernel 'fused'"),
         ({"compute_kernel": "fast"}, "sharding_type 'column_wise', compute_kernel 'fast'"),
     ],
