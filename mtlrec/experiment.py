@@ -58,7 +58,7 @@ from mtlrec.training.checkpoint import (
     resume_state,
     save_last,
 )
-from mtlrec.training.memory import check_model_memory
+from mtlrec.training.memory import check_model_memory, tables_split_over_ranks
 from mtlrec.training.metrics import EvalTarget, eval_targets
 from mtlrec.training.per_task import checkpoint_name, test_per_task
 from mtlrec.training.signals import StopRequest, TrainingInterrupted, shielded
@@ -238,7 +238,8 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
         data_dir = source_for(dataset.raw).resolve(dataset.source)  # its Config, typed once
     spec = DatasetSpec.load(data_dir, sample_weight=dataset.sample_weight)
     selected = spec.select_tasks(dataset.task_selection)
-    check_model_memory(settings.model, spec, selected, trainer_cfg, device)
+    ranks = distributed.current().world_size
+    check_model_memory(settings.model, spec, selected, trainer_cfg, device, ranks)
     resuming, name = bool(settings.resume), settings.model_name  # init_from: before the optimizer
     # torchrec: big tables are meta until each rank draws its shards (not under init_from,
     # which copies whole tables into the model first)
@@ -246,8 +247,8 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     with seeded_init.loaded_next(resuming), seeded_init.drawn_in_shards(in_shards):
         model, loss_tasks = build_model(settings.model, spec, selected)  # resumed: not drawn
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
-    ranks = distributed.current().world_size if in_shards else 1  # the planner checks each's
-    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device, ranks))
+    split = ranks if in_shards and tables_split_over_ranks(trainer_cfg, ranks) else 1
+    log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device, split))
     if in_shards:
         convert_model(model)  # the (meta) tables leave the model's parameters before .to
     model.to(device)

@@ -133,11 +133,12 @@ def check_embedding_memory(
     model: torch.nn.Module, choice: str, device: torch.device, sharded_over: int = 1
 ) -> str:
     """Tables + optimizer state against the device's free memory, before either is allocated
-    there (on the CPU the tables exist already: only their optimizer state is still to come).
+    there (on the CPU the tables exist already, but for meta ones: only their optimizer state is
+    still to come).
     `sharded_over` > 1: TorchRec splits the tables over that many ranks, no rank holds them
     whole; its planner checks each rank's part against the rank's budget (one line if none
     fits), so the whole tables are not held against one device here."""
-    from mtlrec.training.optimizers import check_fits, free_memory, table_bytes
+    from mtlrec.training.optimizers import check_fits, embedding_tables, free_memory, table_bytes
 
     if sharded_over > 1:
         weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
@@ -146,9 +147,13 @@ def check_embedding_memory(
             "TorchRec's planner (trainer.sharding, trainer.shard_memory_mb)"
         )
     free = free_memory(device)
-    if device.type == "cpu":
-        weights, _ = table_bytes(model, choice)  # type: ignore[arg-type]
-        free += weights
+    if device.type == "cpu":  # the tables allocated already (a meta one, drawn in its shards
+        # later: training/torchrec_init.py, is still to come)
+        free += sum(
+            t.weight.numel() * t.weight.element_size()
+            for t in embedding_tables(model)
+            if not t.weight.is_meta
+        )
     return check_fits(model, choice, free, str(device))  # type: ignore[arg-type]
 
 

@@ -275,12 +275,19 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
 
     import torch
 
-    from mtlrec.training.memory import check_footprint, model_footprint, row_bytes
+    from mtlrec.training.memory import (
+        check_footprint,
+        model_footprint,
+        row_bytes,
+        tables_split_over_ranks,
+    )
     from mtlrec.training.optimizers import free_memory
 
+    trainer = settings.trainer
+    split = tables_split_over_ranks(trainer, trainer.devices)  # the planner checks each part
     try:
         selected = spec.select_tasks(settings.dataset.task_selection)
-        need = model_footprint(settings.model, spec, selected, settings.trainer.embedding_optimizer)
+        need = model_footprint(settings.model, spec, selected, trainer.embedding_optimizer, split)
     except MtlrecError:  # tasks the model cannot train: the run says so, as it always did
         return
     if rows is not None:  # a generated dataset: every row is made in memory

@@ -47,11 +47,14 @@ def model_footprint(
     spec: DatasetSpec,
     selected: tuple[TaskSpec, ...],
     embedding_optimizer: EmbeddingOptimizer,
+    tables_sharded: bool = False,
 ) -> Footprint:
-    """Parameters and optimizer state of the configured model, built on the meta device."""
+    """Parameters and optimizer state of the configured model, built on the meta device.
+    `tables_sharded` (`tables_split_over_ranks`): the embedding tables and their state are left
+    out: no rank holds them whole, and TorchRec's planner checks each rank's part."""
     with torch.device("meta"):
         model, _ = build_model(model_cfg, spec, selected)
-    tables, table_state = table_bytes(model, embedding_optimizer)
+    tables, table_state = (0, 0) if tables_sharded else table_bytes(model, embedding_optimizer)
     in_tables = {id(p) for t in embedding_tables(model) for p in t.parameters()}
     dense = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in in_tables)
     return Footprint(tables + dense, table_state + DENSE_COPIES * dense)
@@ -80,14 +83,23 @@ def check_footprint(need: Footprint, free_bytes: float, where: str, model_name: 
     )
 
 
+def tables_split_over_ranks(trainer_cfg: Any, ranks: int) -> bool:
+    """TorchRec shards the tables over several ranks (trainer.embedding_backend=torchrec, not
+    forced to replicate them): the planner checks each rank's part against its budget."""
+    backend, sharding = trainer_cfg.embedding_backend, trainer_cfg.sharding
+    return backend == "torchrec" and ranks > 1 and sharding != "data_parallel"
+
+
 def check_model_memory(
     model_cfg: ModelSettings,
     spec: DatasetSpec,
     selected: tuple[TaskSpec, ...],
     trainer_cfg: Any,
     device: torch.device,
+    ranks: int = 1,
 ) -> None:
     """The run's model (parameters + optimizer state) against `device`'s free memory, before
-    the model is allocated."""
-    need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer)
+    the model is allocated (its tables left out when `tables_split_over_ranks`)."""
+    split = tables_split_over_ranks(trainer_cfg, ranks)
+    need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer, split)
     check_footprint(need, free_memory(device), str(device), model_cfg.name)

@@ -125,6 +125,47 @@ def test_the_estimate_counts_parameters_and_adam_state_exactly():
     assert need.optimizer == 4 * (2 * tables + 3 * (total - tables))
 
 
+def test_tables_sharded_over_ranks_are_left_out_of_the_estimate(monkeypatch):
+    """trainer.embedding_backend=torchrec on 2 ranks (not data_parallel): no rank holds the
+    tables whole and TorchRec's planner checks each rank's part, so the start's estimate leaves
+    them out: a run whose tables exceed one device trains sharded, and is refused on one rank."""
+    from types import SimpleNamespace
+
+    from mtlrec import settings as settings_module
+    from mtlrec.data.ccp_generator import dataset_spec
+    from mtlrec.models import build_model
+    from mtlrec.training import optimizers
+    from mtlrec.training.memory import model_footprint, row_bytes, tables_split_over_ranks
+
+    spec = dataset_spec(1000, 0)
+    cfg = {"name": "mmoe", "num_experts": 3, "expert_dims": [8], "tower_dims": [4]}
+    model, _ = build_model(cfg, spec, spec.tasks)
+    tables = sum(t.weight.numel() for t in model.modules() if isinstance(t, torch.nn.Embedding))
+    dense = sum(p.numel() for p in model.parameters()) - tables
+    split = model_footprint(cfg, spec, spec.tasks, "adam", tables_sharded=True)
+    assert (split.parameters, split.optimizer) == (4 * dense, 4 * 3 * dense)
+    trainer = SimpleNamespace(embedding_backend="torchrec", sharding="column_wise")
+    assert tables_split_over_ranks(trainer, 2) and not tables_split_over_ranks(trainer, 1)
+    for changed in ({"sharding": "data_parallel"}, {"embedding_backend": "native"}):
+        assert not tables_split_over_ranks(SimpleNamespace(**{**vars(trainer), **changed}), 2)
+    torchrec = ["device=cpu", "trainer.embedding_backend=torchrec", "trainer.sharding=column_wise"]
+    settings = settings_module.RunSettings.from_config(
+        compose_train([*torchrec, "trainer.devices=2"])
+    )
+    spec, rows = settings_module.spec_at_hand(settings)
+    tasks = spec.select_tasks(settings.dataset.task_selection)
+    whole = model_footprint(settings.model, spec, tasks, settings.trainer.embedding_optimizer)
+    without = model_footprint(settings.model, spec, tasks, "auto", tables_sharded=True)
+    assert whole.total > without.total + 2**20  # the tables: over 1 MiB of it
+    data = (rows or 0) * row_bytes(spec)  # the generated rows, counted either way
+    free = (whole.total + without.total) // 2 + data  # the tables do not fit it
+    monkeypatch.setattr(optimizers, "free_memory", lambda device: free)
+    settings_module.check_memory(settings, spec, rows)
+    one = settings_module.RunSettings.from_config(compose_train([*torchrec, "trainer.devices=1"]))
+    with pytest.raises(MtlrecError, match="are free on cpu; make it smaller"):
+        settings_module.check_memory(one, spec, rows)
+
+
 def test_a_reasonable_run_passes_the_memory_check():
     from mtlrec import settings as settings_module
 

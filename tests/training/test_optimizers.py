@@ -125,6 +125,20 @@ def test_tables_sharded_over_ranks_are_not_held_against_one_device(monkeypatch):
     )
 
 
+def test_on_the_cpu_a_table_still_to_be_drawn_in_shards_is_counted(monkeypatch):
+    """On the CPU a table that exists already counts as free memory (only its state is to come);
+    a meta one (the TorchRec backend draws it into its shards later) does not."""
+    from mtlrec.run_process import check_embedding_memory
+
+    model, cpu = Tiny(rows=100_000, dim=8), torch.device("cpu")
+    weights, state = opt.table_bytes(model, "adagrad")
+    monkeypatch.setattr(opt, "free_memory", lambda device: state + 1000)
+    assert check_embedding_memory(model, "adagrad", cpu).startswith("embedding tables 3.1 MiB")
+    model.table = nn.Embedding(100_000, 8, device="meta")
+    with pytest.raises(MtlrecError, match="do not fit in the 0.00 GiB free on cpu"):
+        check_embedding_memory(model, "adagrad", cpu)
+
+
 def test_auto_picks_sparse_only_for_large_tables():
     small, large = nn.Embedding(10, 2), nn.Embedding(opt.SPARSE_FROM_ROWS + 1, 1)
     assert opt.table_choice(small, "auto") == "adam"

@@ -1,7 +1,10 @@
 """ShardedCheckpointer on 2 gloo ranks with two tables, one on each rank (table_wise): each rank
 writes its shards and its fused optimizer state (rank 0 holds none of rank 1's table), the folder
 gathered in one process gives every table and state in full, and layers of other weights load
-every shard back (mtlrec/training/torchrec_checkpoint.py). One spawn of 2 processes: slow."""
+every shard back (mtlrec/training/torchrec_checkpoint.py); a model built as a run builds it
+(its seeded table a meta tensor, each rank drawing its shards: torchrec_init.py) holds the whole
+draw's values, table_wise and column_wise, and a resume's (nothing drawn) loads its shards. One
+spawn of 2 processes: slow."""
 
 from __future__ import annotations
 
@@ -184,39 +187,84 @@ def _big_spec():
     )
 
 
-def _drawn_in_shards(sharding: str, tmp_path: Path) -> dict:
-    """A layer built as experiment.build builds it for the torchrec backend (inside
-    seeded_init.drawn_in_shards(), converted, then sharded): whether any table was whole on this
-    rank, and every rank's pieces (offsets, values) of each table (gathered for the comparison)."""
+def _built_in_shards(sharding: str, loaded_next: bool = False) -> tuple[nn.Module, list[bool]]:
+    """A model built as experiment.build builds it for the torchrec backend (inside
+    seeded_init.drawn_in_shards(), and loaded_next() for a resume, converted, then sharded), and
+    which of its native tables were meta tensors."""
     from helpers.torchrec import shard_settings
     from mtlrec.models import seeded_init
     from mtlrec.models.features import FieldEmbedding
     from mtlrec.models.torchrec_embedding import convert_model
-    from mtlrec.training.torchrec_backend import shard_model, table_states
-    from mtlrec.training.torchrec_init import local_pieces
+    from mtlrec.training.torchrec_backend import shard_model
 
     torch.manual_seed(7)
-    with seeded_init.drawn_in_shards():
+    with seeded_init.loaded_next(loaded_next), seeded_init.drawn_in_shards():
         model = nn.Module()
         model.embedding = FieldEmbedding(_big_spec(), 8, init_std=0.3)
     built_meta = [t.weight.is_meta for t in model.embedding.tables]
     convert_model(model)
     cfg = shard_settings(embedding_backend="torchrec", sharding=sharding, devices=2)
     shard_model(model, cfg, torch.device("cpu"), lambda name, record: None)
+    return model, built_meta
+
+
+def _local(model: nn.Module) -> list[list[tuple[list[int], torch.Tensor]]]:
+    """This rank's pieces (offsets, a copy of the values) of each table."""
+    from mtlrec.training.torchrec_backend import table_states
+    from mtlrec.training.torchrec_init import local_pieces
+
     (sharded,) = model.sharded_tables
-    started = _start_without_gathering(model, tmp_path / sharding)
-    pieces = [
+    return [
         [(offsets, piece.detach().clone()) for offsets, piece in local_pieces(state)]
         for state in table_states(sharded.module)
     ]
+
+
+def _drawn_in_shards(sharding: str, tmp_path: Path) -> dict:
+    """A model built as a run builds it (`_built_in_shards`): whether any table was whole on
+    this rank, every rank's pieces of each table (gathered for the comparison), the recorder's
+    start without a gather; then its shards written to a DCP folder and a resume's model (built
+    inside loaded_next(): nothing drawn) loading them: whether it got this rank's pieces."""
+    from mtlrec.training.dcp_files import SHARDED_KEY
+    from mtlrec.training.torchrec_checkpoint import ShardedCheckpointer, restoring
+
+    model, built_meta = _built_in_shards(sharding)
+    (sharded,) = model.sharded_tables
+    started = _start_without_gathering(model, tmp_path / sharding)
+    pieces = _local(model)
     every: list = [None, None]
     dist.all_gather_object(every, pieces)
+    folder = tmp_path / sharding / "resume"
+    manifest = ShardedCheckpointer(folder, model, _optimizer(model), dist.get_rank() == 0).write(
+        1, {}
+    )
+    resumed, resumed_meta = _built_in_shards(sharding, loaded_next=True)
+    (resumed_layer,) = [s.layer for s in resumed.sharded_tables]
+    undrawn = _local(resumed)  # what a resume's shards hold before the folder is read
+    with restoring(
+        {SHARDED_KEY: manifest}, folder / "last.pt", resumed, _optimizer(resumed), "auto"
+    ):
+        pass
+    loaded = _local(resumed)
     return {
         "built_meta": built_meta,
         "pieces": every,
         "seeds": sharded.layer.initial_seeds,
         "best_keys": started,
+        "resumed_meta": resumed_meta,
+        "resumed_seeds": resumed_layer.initial_seeds,
+        "resumed_drawn": _same(undrawn, pieces),
+        "resumed": _same(loaded, pieces),
     }
+
+
+def _same(a: list, b: list) -> list[bool]:
+    """Per table: the same offsets and values, piece by piece."""
+    return [
+        len(x) == len(y)
+        and all(o == p and torch.equal(t, u) for (o, t), (p, u) in zip(x, y, strict=False))
+        for x, y in zip(a, b, strict=True)
+    ]
 
 
 def _start_without_gathering(model: nn.Module, checkpoints: Path) -> list[str]:
@@ -250,6 +298,10 @@ def _check_drawn_in_shards(in_shards: dict) -> None:
         assert got["built_meta"] == [True, False], sharding
         assert got["seeds"] == [None, None], sharding  # no fingerprint: nothing was whole
         assert got["best_keys"] == [], sharding  # and the recorder's start gathered nothing
+        # a resume's model: meta, no init (nothing drawn: the seeded table's shard is not the
+        # init), then every shard from the folder
+        assert got["resumed_meta"] == [True, False] and got["resumed_seeds"] == [None, None]
+        assert got["resumed_drawn"][0] is False and got["resumed"] == [True, True], sharding
         for j, table in enumerate(whole):
             held = [(rank, o, p) for rank in (0, 1) for o, p in got["pieces"][rank][j]]
             if sharding == "column_wise":
