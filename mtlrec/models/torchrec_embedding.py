@@ -213,6 +213,7 @@ class TorchRecFieldEmbedding(FieldEmbedding):
                 self.write_tables(weights)  # type: ignore[arg-type]
             else:
                 self.initial_weights = [w.detach().clone() for w in weights]  # type: ignore[union-attr]
+                self.initial_draws = [None] * len(weights)  # values now, none to draw
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *rest)
 
 

@@ -42,7 +42,8 @@ def write_initial(states: list[Any], layer: TorchRecFieldEmbedding, one_process:
     weights, then drop them. `one_process`: the rank holds every piece, so a drawn table's
     fingerprint (which table_files checks) is taken from its pieces."""
     for j, (state, weight) in enumerate(zip(states, layer.initial_weights, strict=True)):
-        shape, pieces, init = list(weight.shape), local_pieces(state), layer.initial_draws[j]
+        shape, pieces = list(weight.shape), local_pieces(state)
+        init = layer.initial_draws[j] if weight.is_meta else None  # else: values, copied
         for (row, col), piece in pieces:
             if not weight.is_meta:
                 piece.copy_(weight[row : row + piece.shape[0], col : col + piece.shape[1]])

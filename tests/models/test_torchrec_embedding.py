@@ -236,3 +236,22 @@ def test_a_table_built_in_shards_gets_the_whole_draws_values_in_one_process(shar
     assert layer.initial_seeds[1] is None and layer.initial_weights == []
     sparse, dense = batch(spec)
     torch.testing.assert_close(layer(sparse, dense), native(sparse, dense), rtol=0, atol=0)
+
+
+def test_weights_loaded_before_sharding_replace_the_draw_and_its_seed():
+    """A layer built in shards whose tables a state dict sets before it is sharded: the shards
+    hold the loaded values, and no SeededInit claims the table is at its init (table_files would
+    otherwise skip writing it)."""
+    from mtlrec.models import seeded_init
+
+    spec = make_spec([FeatureSpec("item", "sparse", 120_000)])
+    torch.manual_seed(0)
+    with seeded_init.drawn_in_shards():
+        built = FieldEmbedding(spec, 4, init_std=0.5)
+    ensure_process_group(torch.device("cpu"))
+    layer = TorchRecFieldEmbedding.from_native(built)
+    values = torch.randn(120_000, 4)
+    layer.load_state_dict({"tables.0.weight": values})
+    shard_layer(layer, shard_settings(sharding="table_wise"), torch.device("cpu"))
+    assert torch.equal(layer.state_dict()["tables.0.weight"], values)
+    assert layer.initial_seeds == [None]
