@@ -324,12 +324,19 @@ def test_a_folder_that_cannot_be_written_is_one_line_and_is_removed(
         raise error
 
     monkeypatch.setattr(dcp.FileSystemWriter, "write_data", failing)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    # an in-process one-rank TorchRec run earlier in the session leaves its group of one rank
+    # initialised (ensure_process_group): use it then, else make (and end) one of our own
+    own_group = not dist.is_initialized()
+    if own_group:
+        store = f"file://{tmp_path}/store"
+        dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    assert dist.get_world_size() == 1
     try:
         with pytest.raises(MtlrecError) as info:
             ShardedCheckpointer(checkpoints, torch.nn.Module(), None, True).write(3, {})
     finally:
-        dist.destroy_process_group()
+        if own_group:
+            dist.destroy_process_group()
     temp = info.value.args[0].split(": ")[0]
     assert str(info.value) == f"{temp}: {line}"
     assert Path(temp).parent == checkpoints / "sharded" and temp.endswith(".tmp")
