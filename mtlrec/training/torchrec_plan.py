@@ -14,7 +14,8 @@ seed picked the plan. `OrderedEnumerator` puts each table's options in a fixed o
 (`TIE_ORDER`, then TorchRec's order of compute kernels), so equal costs resolve the same way in
 every process; the costs, the proposers and the partitioner are TorchRec's own.
 
-This module imports TorchRec: torchrec_backend imports it only once TorchRec is known to load.
+TorchRec is imported inside the functions (it is an optional install, and `mtlrec` must import
+without it: tests/test_dependencies.py); torchrec_backend calls them once TorchRec is known to load.
 """
 
 from __future__ import annotations
@@ -22,30 +23,21 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.planner.constants import BATCH_SIZE
-from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
-from torchrec.distributed.planner.types import PlannerError, ShardingOption
-from torchrec.distributed.types import (
-    EmbeddingModuleShardingPlan,
-    EnumerableShardingSpec,
-    ParameterSharding,
-    ShardingPlan,
-    ShardingType,
-    ShardMetadata,
-)
-from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import feature_name
 from mtlrec.training.torchrec_replicated import CUDA_SHARDED, DATA_PARALLEL, planner_types
+
+if TYPE_CHECKING:
+    from torchrec.distributed.planner.types import ShardingOption
+    from torchrec.distributed.types import ShardingPlan
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +45,46 @@ log = logging.getLogger(__name__)
 # then the splits, from the fewest pieces and least traffic up (CUDA_SHARDED's order), a replica
 # on every rank last.
 TIE_ORDER = (*CUDA_SHARDED, DATA_PARALLEL)
-KERNEL_ORDER = [kernel.value for kernel in EmbeddingComputeKernel]  # TorchRec's own order
-SHARDING_TYPES = {kind.value for kind in ShardingType}
 _PLACEMENT = re.compile(r"rank:(\d+)/([a-z]+)(:\d+)?")  # a shard's place: rank:0/cuda:0
+
+
+@cache
+def kernel_order() -> list[str]:
+    """TorchRec's compute kernels, in its own order."""
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+
+    return [kernel.value for kernel in EmbeddingComputeKernel]
+
+
+@cache
+def sharding_types() -> frozenset[str]:
+    from torchrec.distributed.types import ShardingType
+
+    return frozenset(kind.value for kind in ShardingType)
 
 
 def _tie_rank(option: ShardingOption) -> tuple[int, int]:
     def index(order: Any, value: str) -> int:
         return list(order).index(value) if value in order else len(order)
 
-    return index(TIE_ORDER, option.sharding_type), index(KERNEL_ORDER, option.compute_kernel)
+    return index(TIE_ORDER, option.sharding_type), index(kernel_order(), option.compute_kernel)
 
 
-class OrderedEnumerator(EmbeddingEnumerator):
-    """TorchRec's enumerator, each table's options in a fixed order (not the set's)."""
+@cache
+def ordered_enumerator() -> type:
+    """OrderedEnumerator: TorchRec's enumerator, each table's options in a fixed order (not the
+    set's). A class made on first use, as TorchRec is imported only then."""
+    from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 
-    def enumerate(self, module: nn.Module, sharders: list[Any]) -> list[ShardingOption]:
-        options = super().enumerate(module, sharders)
-        first: dict[str, int] = {}
-        for option in options:  # the tables stay in TorchRec's order
-            first.setdefault(option.fqn, len(first))
-        return sorted(options, key=lambda o: (first[o.fqn], *_tie_rank(o)))  # stable
+    class OrderedEnumerator(EmbeddingEnumerator):
+        def enumerate(self, module: nn.Module, sharders: list[Any]) -> list[ShardingOption]:
+            options = super().enumerate(module, sharders)
+            first: dict[str, int] = {}
+            for option in options:  # the tables stay in TorchRec's order
+                first.setdefault(option.fqn, len(first))
+            return sorted(options, key=lambda o: (first[o.fqn], *_tie_rank(o)))  # stable
+
+    return OrderedEnumerator
 
 
 def column_width(dim: int, world: int) -> int:
@@ -87,6 +98,13 @@ def column_width(dim: int, world: int) -> int:
 def make_planner(shapes: list[tuple[int, int]], cfg: Any, device: torch.device, world: int) -> Any:
     """TorchRec's planner for tables of `shapes` on `world` ranks of `device` (trainer.* `cfg`),
     with the ordered enumerator."""
+    from torchrec.distributed.planner import (
+        EmbeddingShardingPlanner,
+        ParameterConstraints,
+        Topology,
+    )
+    from torchrec.distributed.planner.constants import BATCH_SIZE
+
     types = planner_types(cfg.sharding, device, cfg.embedding_optimizer)
     constraints = {
         feature_name(j): ParameterConstraints(
@@ -100,7 +118,7 @@ def make_planner(shapes: list[tuple[int, int]], cfg: Any, device: torch.device, 
         cap = {key: cfg.shard_memory_mb * 1024 * 1024}
     topology = Topology(world_size=world, compute_device=device.type, **cap)
     # the planner's default batch size, which it would give its own enumerator
-    enumerator = OrderedEnumerator(topology, BATCH_SIZE, constraints=constraints)
+    enumerator = ordered_enumerator()(topology, BATCH_SIZE, constraints=constraints)
     return EmbeddingShardingPlanner(
         topology=topology, constraints=constraints, enumerator=enumerator
     )
@@ -117,6 +135,7 @@ def plan_tables(
     plan for as many ranks, `recorded_tables`) rebuilt, else the planner's (`refusal`: no plan
     fits the ranks' memory)."""
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.planner.types import PlannerError
 
     plan = None
     if recorded is not None:
@@ -187,6 +206,8 @@ def recorded_tables(path: Path | None, world: int) -> dict[str, Any] | None:
 
 def _module_paths(collections: nn.Module) -> dict[str, str]:
     """{table name: the path of the EmbeddingCollection holding it, as the planner names it}."""
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+
     return {
         table.name: path
         for path, module in collections.named_modules()
@@ -203,6 +224,14 @@ def _rebuilt(
     device: torch.device,
 ) -> ShardingPlan:
     """The ShardingPlan `plan_record` recorded, checked against this run's tables and ranks."""
+    from torchrec.distributed.types import (
+        EmbeddingModuleShardingPlan,
+        EnumerableShardingSpec,
+        ParameterSharding,
+        ShardingPlan,
+        ShardMetadata,
+    )
+
     paths, plan = _module_paths(collections), ShardingPlan({})
     world = dist.get_world_size()
     for j, shape in enumerate(shapes):
@@ -246,7 +275,7 @@ def _mismatch(spec: Any, shape: list[int], world: int, device_type: str) -> str 
         ranks = _ints(ranks)
     except (KeyError, TypeError) as e:
         return f"{type(e).__name__}: {e}"
-    if not isinstance(kind, str) or kind not in SHARDING_TYPES or kernel not in KERNEL_ORDER:
+    if not isinstance(kind, str) or kind not in sharding_types() or kernel not in kernel_order():
         return f"sharding_type {kind!r}, compute_kernel {kernel!r}"
     if kind == DATA_PARALLEL:
         return None if not boxes else "a replica with shards"
