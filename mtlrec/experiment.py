@@ -247,7 +247,7 @@ def build(settings: RunSettings, run_dir: RunDir, device: torch.device, stop: St
     with seeded_init.loaded_next(resuming), seeded_init.drawn_in_shards(in_shards):
         model, loss_tasks = build_model(settings.model, spec, selected)  # resumed: not drawn
     init = warm_start.start(settings.init, resuming, model, spec, data_dir, name)
-    split = ranks if in_shards and tables_split_over_ranks(trainer_cfg, ranks) else 1
+    split = ranks if in_shards and tables_split_over_ranks(trainer_cfg, ranks, device) else 1
     log.info("%s", check_embedding_memory(model, trainer_cfg.embedding_optimizer, device, split))
     if in_shards:
         convert_model(model)  # the (meta) tables leave the model's parameters before .to

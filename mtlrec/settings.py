@@ -283,8 +283,12 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
     )
     from mtlrec.training.optimizers import free_memory
 
+    # (a GPU that is asked for but missing is run_process.resolve_device's line, later)
+    kind, cuda = settings.device.type, torch.cuda.is_available()
+    on_gpu = cuda and kind in ("cuda", "auto") and settings.device.index < torch.cuda.device_count()
+    device = torch.device("cuda", settings.device.index) if on_gpu else torch.device("cpu")
     trainer = settings.trainer
-    split = tables_split_over_ranks(trainer, trainer.devices)  # the planner checks each part
+    split = tables_split_over_ranks(trainer, trainer.devices, device)  # the planner checks each
     try:
         selected = spec.select_tasks(settings.dataset.task_selection)
         need = model_footprint(settings.model, spec, selected, trainer.embedding_optimizer, split)
@@ -292,10 +296,6 @@ def check_memory(settings: RunSettings, spec: DatasetSpec | None, rows: int | No
         return
     if rows is not None:  # a generated dataset: every row is made in memory
         need = dataclasses.replace(need, data=rows * row_bytes(spec))
-    # (a GPU that is asked for but missing is run_process.resolve_device's line, later)
-    kind, cuda = settings.device.type, torch.cuda.is_available()
-    on_gpu = cuda and kind in ("cuda", "auto") and settings.device.index < torch.cuda.device_count()
-    device = torch.device("cuda", settings.device.index) if on_gpu else torch.device("cpu")
     check_footprint(need, free_memory(device), str(device), settings.model_name)
 
 

@@ -83,11 +83,14 @@ def check_footprint(need: Footprint, free_bytes: float, where: str, model_name: 
     )
 
 
-def tables_split_over_ranks(trainer_cfg: Any, ranks: int) -> bool:
-    """TorchRec shards the tables over several ranks (trainer.embedding_backend=torchrec, not
-    forced to replicate them): the planner checks each rank's part against its budget."""
+def tables_split_over_ranks(trainer_cfg: Any, ranks: int, device: torch.device) -> bool:
+    """TorchRec shards the tables over several ranks of their own GPUs (trainer.embedding_backend
+    =torchrec, not forced to replicate them): the planner checks each rank's part against its
+    budget. On the CPU every rank's shards live in the one host's memory, which must hold the
+    whole tables (their shards add up to them): they are counted, once, as for one rank."""
     backend, sharding = trainer_cfg.embedding_backend, trainer_cfg.sharding
-    return backend == "torchrec" and ranks > 1 and sharding != "data_parallel"
+    on_gpus = device.type != "cpu"
+    return on_gpus and backend == "torchrec" and ranks > 1 and sharding != "data_parallel"
 
 
 def check_model_memory(
@@ -100,6 +103,6 @@ def check_model_memory(
 ) -> None:
     """The run's model (parameters + optimizer state) against `device`'s free memory, before
     the model is allocated (its tables left out when `tables_split_over_ranks`)."""
-    split = tables_split_over_ranks(trainer_cfg, ranks)
+    split = tables_split_over_ranks(trainer_cfg, ranks, device)
     need = model_footprint(model_cfg, spec, selected, trainer_cfg.embedding_optimizer, split)
     check_footprint(need, free_memory(device), str(device), model_cfg.name)

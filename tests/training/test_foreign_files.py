@@ -126,9 +126,10 @@ def test_the_estimate_counts_parameters_and_adam_state_exactly():
 
 
 def test_tables_sharded_over_ranks_are_left_out_of_the_estimate(monkeypatch):
-    """trainer.embedding_backend=torchrec on 2 ranks (not data_parallel): no rank holds the
+    """trainer.embedding_backend=torchrec on 2 GPU ranks (not data_parallel): no rank holds the
     tables whole and TorchRec's planner checks each rank's part, so the start's estimate leaves
-    them out: a run whose tables exceed one device trains sharded, and is refused on one rank."""
+    them out: a run whose tables exceed one GPU trains sharded, and is refused on one rank. On
+    the CPU all ranks' shards share the host's memory: the whole tables are counted there."""
     from types import SimpleNamespace
 
     from mtlrec import settings as settings_module
@@ -145,10 +146,13 @@ def test_tables_sharded_over_ranks_are_left_out_of_the_estimate(monkeypatch):
     split = model_footprint(cfg, spec, spec.tasks, "adam", tables_sharded=True)
     assert (split.parameters, split.optimizer) == (4 * dense, 4 * 3 * dense)
     trainer = SimpleNamespace(embedding_backend="torchrec", sharding="column_wise")
-    assert tables_split_over_ranks(trainer, 2) and not tables_split_over_ranks(trainer, 1)
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert tables_split_over_ranks(trainer, 2, gpu) and not tables_split_over_ranks(trainer, 1, gpu)
+    assert not tables_split_over_ranks(trainer, 2, cpu)  # one host's memory holds every shard
     for changed in ({"sharding": "data_parallel"}, {"embedding_backend": "native"}):
-        assert not tables_split_over_ranks(SimpleNamespace(**{**vars(trainer), **changed}), 2)
-    torchrec = ["device=cpu", "trainer.embedding_backend=torchrec", "trainer.sharding=column_wise"]
+        other = SimpleNamespace(**{**vars(trainer), **changed})
+        assert not tables_split_over_ranks(other, 2, gpu)
+    torchrec = ["device=cuda", "trainer.embedding_backend=torchrec", "trainer.sharding=column_wise"]
     settings = settings_module.RunSettings.from_config(
         compose_train([*torchrec, "trainer.devices=2"])
     )
@@ -160,10 +164,16 @@ def test_tables_sharded_over_ranks_are_left_out_of_the_estimate(monkeypatch):
     data = (rows or 0) * row_bytes(spec)  # the generated rows, counted either way
     free = (whole.total + without.total) // 2 + data  # the tables do not fit it
     monkeypatch.setattr(optimizers, "free_memory", lambda device: free)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # two GPUs, checked only
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     settings_module.check_memory(settings, spec, rows)
     one = settings_module.RunSettings.from_config(compose_train([*torchrec, "trainer.devices=1"]))
-    with pytest.raises(MtlrecError, match="are free on cpu; make it smaller"):
+    with pytest.raises(MtlrecError, match="are free on cuda:0; make it smaller"):
         settings_module.check_memory(one, spec, rows)
+    on_cpu = ["device=cpu", *torchrec[1:], "trainer.devices=2"]
+    host = settings_module.RunSettings.from_config(compose_train(on_cpu))
+    with pytest.raises(MtlrecError, match="are free on cpu; make it smaller"):
+        settings_module.check_memory(host, spec, rows)  # 2 CPU ranks: the host holds it all
 
 
 def test_a_reasonable_run_passes_the_memory_check():
