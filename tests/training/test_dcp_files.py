@@ -178,7 +178,7 @@ def test_gathered_is_refused_where_no_table_is_sharded_over_ranks(backend, devic
         "checkpoint.sharded=gathered applies only to trainer.embedding_backend=torchrec with "
         "trainer.devices > 1 (tables sharded over several ranks), not to this run's "
         f"trainer.embedding_backend={backend} trainer.devices={devices}, whose checkpoints hold "
-        "whole tables anyway; remove it (or set checkpoint.sharded=auto)"
+        "whole tables anyway; remove it (resuming such a run: add checkpoint.sharded=auto)"
     )
     auto = compose_train([*TINY, *trainer, "checkpoint.sharded=auto"])
     assert RunSettings.from_config(auto).checkpoint.sharded == "auto"
