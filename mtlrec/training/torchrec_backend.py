@@ -36,7 +36,7 @@ from mtlrec.models.torchrec_embedding import (
 )
 from mtlrec.training.optimizers import MultiOptimizer
 from mtlrec.training.torchrec_init import write_initial
-from mtlrec.training.torchrec_quiet import quiet_sharding
+from mtlrec.training.torchrec_quiet import quiet_import, quiet_sharding
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
     REPLICATED_OPTIMIZERS,
@@ -72,8 +72,9 @@ SHARDING_PLAN_FILE = "sharding_plan.json"
 def torchrec_missing() -> str | None:
     """Why TorchRec cannot be used here (None: it imports)."""
     try:
-        import fbgemm_gpu  # noqa: F401
-        import torchrec  # noqa: F401
+        with quiet_import():
+            import fbgemm_gpu  # noqa: F401
+            import torchrec  # noqa: F401
     except Exception as e:  # ImportError, or fbgemm's OSError for a CUDA build on a CPU machine
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
     return None

@@ -11,7 +11,12 @@ import pytest
 pytest.importorskip("torchrec", reason="needs TorchRec (bash scripts/install_torchrec.sh)")
 
 from helpers.cli import env, mtlrec  # noqa: E402
-from mtlrec.training.torchrec_quiet import quiet_sharding  # noqa: E402
+from mtlrec.training.torchrec_quiet import (  # noqa: E402
+    FX_TRACE_LOGGER,
+    ignore_fx_tracing_note,
+    quiet_import,
+    quiet_sharding,
+)
 
 
 class _Keep(logging.Handler):
@@ -55,6 +60,35 @@ def test_quiet_sharding_drops_the_libraries_chatter_and_keeps_the_rest():
 
 
 @pytest.mark.slow  # a real `mtlrec train` process
+def test_quiet_import_drops_fbgemm_s_load_lines_and_the_fx_note_only():
+    root, fx = logging.getLogger(), logging.getLogger(FX_TRACE_LOGGER)
+    keep, level, fx_kept = _Keep(), root.level, _Keep()
+    root.addHandler(keep)
+    root.setLevel(logging.INFO)
+    fx.addHandler(fx_kept)  # torch's loggers may not propagate to the root
+    try:
+        with quiet_import():
+            logging.info("Successfully loaded: 'fbgemm_gpu_config.so'")  # FBGEMM's way
+            logging.warning("a root warning at import")
+            logging.getLogger("mtlrec.x").info("mtlrec's own line")
+        logging.info("after the import: kept")
+        ignore_fx_tracing_note()
+        ignore_fx_tracing_note()  # once is enough: no second filter
+        assert sum(type(f).__name__ == "_FxTracingNote" for f in fx.filters) == 1
+        fx.warning("is_fx_tracing will return true for both fx.symbolic_trace and torch.export.")
+        fx.warning("another torch.fx warning")
+    finally:
+        root.removeHandler(keep)
+        root.setLevel(level)
+        fx.removeHandler(fx_kept)
+    assert keep.messages[:3] == [
+        "a root warning at import",
+        "mtlrec's own line",
+        "after the import: kept",
+    ]
+    assert fx_kept.messages == ["another torch.fx warning"]
+
+
 def test_a_torchrec_run_prints_no_library_chatter(tmp_path):
     """The real command: FBGEMM's per-table argument dumps (several KB a line), the planner's
     INFO/WARNING lines and TorchRec's FutureWarnings used to fill the console; the plan line stays.
@@ -75,7 +109,15 @@ def test_a_torchrec_run_prints_no_library_chatter(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
-    for chatter in ("[TBE=", "EmbeddingPerfEstimatorFactory", "known issue", "FutureWarning"):
+    library_lines = (
+        "[TBE=",  # FBGEMM's per-table arguments
+        "EmbeddingPerfEstimatorFactory",  # the planner's INFO
+        "known issue",
+        "FutureWarning",
+        "Successfully loaded",  # FBGEMM's import, one line per library
+        "is_fx_tracing",  # torch's note at TorchRec's first forward
+    )
+    for chatter in library_lines:
         assert chatter not in out, chatter
     log = (tmp_path / "run" / "train.log").read_text()
     assert "[TBE=" not in log
