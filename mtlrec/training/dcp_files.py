@@ -39,7 +39,7 @@ import torch
 
 from mtlrec.errors import MtlrecError
 from mtlrec.outputs import inject_fault, write_error, write_error_code
-from mtlrec.training.table_files import OWN_TAG, mine
+from mtlrec.training.table_files import OWN_TAG, mine, tell_unreadable
 from mtlrec.training.table_files import file_digest as file_sha256  # one file hash for both
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def named_folders(checkpoints: Path, cache: dict[tuple, set[str]]) -> set[str] |
                 cache[key] = folders_named(manifest) if manifest else set()
             keep |= cache[key]
         except Exception as e:
-            log.debug("sharded tables: not collecting (%s: %s)", checkpoint, e)
+            tell_unreadable(checkpoint, e, checkpoints / SHARDED_DIR)
             return None
     return keep
 

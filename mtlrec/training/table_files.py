@@ -275,7 +275,7 @@ class TableFiles:
                 }
             return self._referenced[key]
         except Exception as e:  # a checkpoint being replaced, foreign or damaged: keep all
-            log.debug("tables: not collecting (%s: %s)", checkpoint, e)
+            tell_unreadable(checkpoint, e, self.directory)
             return None
 
 
@@ -285,6 +285,22 @@ def new_tag(epoch: int) -> str:
 
 
 _told: set[Path] = set()  # the foreign entries warned about (once per process each)
+
+
+def tell_unreadable(checkpoint: Path, error: Exception, folder: Path) -> None:
+    """A *.pt of checkpoints/ that cannot be read stops `collect` (it may name files of
+    `folder`): deleting nothing is safe but would let `folder` grow unseen, so one warning line
+    the first time (a checkpoint being replaced is read again at the next collect)."""
+    if checkpoint in _told:
+        return
+    _told.add(checkpoint)
+    log.warning(
+        "%s cannot be read as a checkpoint (%s), so nothing in %s is deleted while it is "
+        "there; move it out of checkpoints/ if it is not one",
+        checkpoint,
+        f"{type(error).__name__}: {error}".splitlines()[0],
+        folder,
+    )
 
 
 def mine(path: Path, own: re.Pattern[str], is_dir: bool) -> bool:

@@ -134,6 +134,13 @@ def test_only_folders_no_checkpoint_names_are_collected(tmp_path, caplog):
     cache: dict = {}
     (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
     assert dcp_files.collect(tmp_path, cache) == []  # an unreadable checkpoint: keep all
+    assert dcp_files.collect(tmp_path, cache) == []  # ... and say so, once
+    unreadable = [r.getMessage() for r in caplog.records if "cannot be read as" in r.getMessage()]
+    assert len(unreadable) == 1 and unreadable[0].startswith(f"{tmp_path / 'foreign.pt'} cannot")
+    assert unreadable[0].endswith(
+        f"so nothing in {tmp_path / 'sharded'} is deleted while it is there; move it out of "
+        "checkpoints/ if it is not one"
+    )
     (tmp_path / "foreign.pt").unlink()
     removed = dcp_files.collect(tmp_path, cache)
     assert sorted(p.name for p in removed) == [ORPHAN, UNFINISHED]

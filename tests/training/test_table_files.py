@@ -419,6 +419,31 @@ def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tm
     ]
 
 
+def test_a_pt_file_that_is_no_checkpoint_stops_the_collection_with_one_warning(tmp_path, caplog):
+    """Deleting nothing is safe (the file may name table files), but silent: tables/ would grow
+    unseen. One warning naming the file, once a process; the orphan is deleted once it is gone."""
+    table = nn.Embedding(100, DIM, sparse=True)
+    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    files = TableFiles(ckpts, opt, 0, lambda obj, path: torch.save(obj, path))
+    files.directory.mkdir()
+    train_rows(table, opt, torch.arange(0, 100, 3))
+    torch.save(checkpoint(files, table, opt, 1), ckpts / LAST)
+    orphan = files.directory / "e2-00aa11bb22cc.delta.pt"
+    orphan.write_bytes(b"x")
+    torch.save([1, 2, 3], ckpts / "mine.pt")  # a user's list, not a checkpoint
+    assert files.collect() == [] and files.collect() == [] and orphan.exists()
+    told = [r.getMessage() for r in caplog.records if "cannot be read as a checkpoint" in r.message]
+    assert told == [
+        f"{ckpts / 'mine.pt'} cannot be read as a checkpoint (AttributeError: 'list' object has "
+        f"no attribute 'get'), so nothing in {files.directory} is deleted while it is "
+        "there; move it out of checkpoints/ if it is not one"
+    ]
+    (ckpts / "mine.pt").unlink()
+    assert files.collect() == [orphan]
+
+
 def test_a_full_disk_while_a_table_file_is_written_is_one_line_and_leaves_no_file(
     tmp_path, monkeypatch
 ):
