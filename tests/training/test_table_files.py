@@ -391,9 +391,8 @@ def test_the_setting_is_checked(tmp_path):
         run(compose_train([*TINY, "checkpoint.table_files_min_rows=-1"]), Path(tmp_path) / "r")
 
 
-def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tmp_path, caplog):
-    """A user's file in tables/ (even a .pt one, or one named almost as mtlrec names its own)
-    is left alone with one warning; an orphan of mtlrec's naming is deleted."""
+def _one_checkpoint(tmp_path: Path) -> tuple[TableFiles, Path]:
+    """checkpoints/ holding last.pt and the one table file it names (what collect keeps)."""
     table = nn.Embedding(100, DIM, sparse=True)
     opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
     ckpts = tmp_path / "checkpoints"
@@ -402,6 +401,13 @@ def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tm
     files.directory.mkdir()
     train_rows(table, opt, torch.arange(0, 100, 3))
     torch.save(checkpoint(files, table, opt, 1), ckpts / LAST)
+    return files, ckpts
+
+
+def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tmp_path, caplog):
+    """A user's file in tables/ (even a .pt one, or one named almost as mtlrec names its own)
+    is left alone with one warning; an orphan of mtlrec's naming is deleted."""
+    files, ckpts = _one_checkpoint(tmp_path)
     named = files.chain[0]["file"]
     orphan = "e2-00aa11bb22cc.delta.pt"  # a kill after the file, before the last.pt naming it
     theirs = ["e2-00aa11bb22cc.delta.pt.bak", "my_table.pt", "notes.txt"]
@@ -422,14 +428,7 @@ def test_collect_deletes_only_the_files_mtlrec_wrote_that_no_checkpoint_names(tm
 def test_a_pt_file_that_is_no_checkpoint_stops_the_collection_with_one_warning(tmp_path, caplog):
     """Deleting nothing is safe (the file may name table files), but silent: tables/ would grow
     unseen. One warning naming the file, once a process; the orphan is deleted once it is gone."""
-    table = nn.Embedding(100, DIM, sparse=True)
-    opt = RowAdam(table.parameters(), lr=0.01, catch_up=True)
-    ckpts = tmp_path / "checkpoints"
-    ckpts.mkdir()
-    files = TableFiles(ckpts, opt, 0, lambda obj, path: torch.save(obj, path))
-    files.directory.mkdir()
-    train_rows(table, opt, torch.arange(0, 100, 3))
-    torch.save(checkpoint(files, table, opt, 1), ckpts / LAST)
+    files, ckpts = _one_checkpoint(tmp_path)
     orphan = files.directory / "e2-00aa11bb22cc.delta.pt"
     orphan.write_bytes(b"x")
     torch.save([1, 2, 3], ckpts / "mine.pt")  # a user's list, not a checkpoint
