@@ -35,7 +35,7 @@ from mtlrec.models.torchrec_embedding import (
     torchrec_layers,
 )
 from mtlrec.training.optimizers import MultiOptimizer
-from mtlrec.training.torchrec_init import write_initial
+from mtlrec.training.torchrec_init import copy_into, write_initial
 from mtlrec.training.torchrec_quiet import quiet_import, quiet_sharding
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
@@ -326,17 +326,8 @@ def full_tables(module: nn.Module, replicas: set[int]) -> list[torch.Tensor]:
 
 
 def _scatter(states: list[Any], values: list[torch.Tensor]) -> None:
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-
-    with torch.no_grad():
-        for state, value in zip(states, values, strict=True):
-            if not isinstance(state, ShardedTensor):
-                state.copy_(value)
-                continue
-            for shard in state.local_shards():
-                o, s = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                index = tuple(slice(a, a + b) for a, b in zip(o, s, strict=True))
-                shard.tensor.copy_(value[index])
+    for state, value in zip(states, values, strict=True):
+        copy_into(state, value)
 
 
 class FusedTables:

@@ -36,6 +36,7 @@ from mtlrec.training import dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
 from mtlrec.training.table_files import TableFiles, TrackedTable, new_tag
 from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
+from mtlrec.training.torchrec_init import local_pieces, part_of
 from mtlrec.training.torchrec_table_files import fused_table_rows
 
 log = logging.getLogger(__name__)
@@ -209,13 +210,10 @@ def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor
     same = bool(tables) and all(k in best_state for k in tables)
     if same:
         for key, value in tables.items():
-            if not hasattr(value, "local_shards"):  # a replicated (data_parallel) table
-                same = same and torch.equal(best_state[key].cpu(), value.cpu())
-                continue
-            for shard in value.local_shards():
-                offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                index = tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))
-                same = same and torch.equal(best_state[key][index].cpu(), shard.tensor.cpu())
+            best = best_state[key]
+            same = same and tuple(best.shape) == tuple(value.size())
+            for offsets, piece in local_pieces(value):  # a replica: the whole table
+                same = same and torch.equal(part_of(best, offsets, piece).cpu(), piece.cpu())
     return _on_every_rank(same)
 
 

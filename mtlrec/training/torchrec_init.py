@@ -36,6 +36,20 @@ def local_pieces(state: Any) -> list[Piece]:
     return [([0] * state.dim(), state)]
 
 
+def part_of(value: torch.Tensor, offsets: list[int], piece: torch.Tensor) -> torch.Tensor:
+    """The part of a whole `value` that `piece`, at `offsets`, holds (a view)."""
+    return value[tuple(slice(a, a + n) for a, n in zip(offsets, piece.shape, strict=True))]
+
+
+@torch.no_grad()
+def copy_into(state: Any, value: torch.Tensor) -> None:
+    """Each piece of `state` this rank holds takes its part of the whole `value`."""
+    if tuple(state.size()) != tuple(value.shape):  # a slice would cut a larger value silently
+        raise RuntimeError(f"a value of {list(value.shape)} for a table of {list(state.size())}")
+    for offsets, piece in local_pieces(state):
+        piece.copy_(part_of(value, offsets, piece))
+
+
 @torch.no_grad()
 def write_initial(states: list[Any], layer: TorchRecFieldEmbedding, one_process: bool) -> None:
     """Fill the shards `states` (torchrec_backend.table_states) of `layer` with its initial
@@ -43,11 +57,11 @@ def write_initial(states: list[Any], layer: TorchRecFieldEmbedding, one_process:
     fingerprint (which table_files checks) is taken from its pieces."""
     for j, (state, weight) in enumerate(zip(states, layer.initial_weights, strict=True)):
         shape, pieces = list(weight.shape), local_pieces(state)
-        init = layer.initial_draws[j] if weight.is_meta else None  # else: values, copied
-        for (row, col), piece in pieces:
-            if not weight.is_meta:
-                piece.copy_(weight[row : row + piece.shape[0], col : col + piece.shape[1]])
-            elif init is not None:
+        init = layer.initial_draws[j] if weight.is_meta else None
+        if not weight.is_meta:  # values (a small table, a test, init_from): copied
+            copy_into(state, weight)
+        elif init is not None:
+            for (row, col), piece in pieces:
                 init.draw_part(shape, row, col, piece, dtype=weight.dtype)
         if init is not None and one_process:
             digest = sample_fingerprint(shape, weight.dtype, _sample(shape, weight.dtype, pieces))
