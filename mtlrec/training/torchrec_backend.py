@@ -35,7 +35,7 @@ from mtlrec.models.torchrec_embedding import (
     torchrec_layers,
 )
 from mtlrec.training.optimizers import MultiOptimizer
-from mtlrec.training.torchrec_init import copy_into, write_initial
+from mtlrec.training.torchrec_init import copy_into, local_pieces, write_initial
 from mtlrec.training.torchrec_quiet import quiet_import, quiet_sharding
 from mtlrec.training.torchrec_replicated import (
     DATA_PARALLEL,
@@ -287,14 +287,8 @@ def table_states(module: nn.Module) -> list[Any]:
 def _pieces(value: Any) -> tuple[list[int], list[tuple[list[int], torch.Tensor]]]:
     """(full size, [(offsets, tensor)] of the shards this rank holds) of a ShardedTensor, or a
     replica's whole value."""
-    from torch.distributed._shard.sharded_tensor import ShardedTensor
-
-    if not isinstance(value, ShardedTensor):
-        return list(value.shape), [([0] * value.dim(), value.detach().cpu().clone())]
-    return list(value.size()), [
-        (list(s.metadata.shard_offsets), s.tensor.detach().cpu().clone())
-        for s in value.local_shards()
-    ]
+    pieces = local_pieces(value)
+    return list(value.size()), [(o, t.detach().cpu().clone()) for o, t in pieces]
 
 
 def gather_full(local: dict[str, Any]) -> dict[str, torch.Tensor]:
