@@ -31,7 +31,7 @@ from mtlrec.models.seeded_init import loaded_next
 from mtlrec.training import dcp_files
 from mtlrec.training.calibration import apply_temperatures
 from mtlrec.training.signals import complete_writes
-from mtlrec.training.table_files import TABLES_DIR, TABLES_KEY, assemble
+from mtlrec.training.table_files import TABLES_DIR, assemble, files_named
 
 log = logging.getLogger(__name__)
 
@@ -412,10 +412,7 @@ def parts_of(checkpoint: Path) -> list[Path]:
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         directory = Path(checkpoint).parent
-        chains = payload.get(TABLES_KEY, {}).get("chains", {})
-        files = {
-            directory / TABLES_DIR / e["file"] for c in chains.values() for e in c if e["file"]
-        }
+        files = {directory / TABLES_DIR / name for name in files_named(payload)}
         manifest = payload.get(dcp_files.SHARDED_KEY) or {}
         for part in (manifest, manifest.get("best") or {}):
             files |= {directory / part["folder"] / name for name in part.get("files", {})}

@@ -269,14 +269,17 @@ class TableFiles:
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
             if key not in self._referenced:
                 payload = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-                chains = payload.get(TABLES_KEY, {}).get("chains", {})
-                self._referenced[key] = {
-                    e["file"] for c in chains.values() for e in c if e.get("file")
-                }
+                self._referenced[key] = files_named(payload)
             return self._referenced[key]
         except Exception as e:  # a checkpoint being replaced, foreign or damaged: keep all
             tell_unreadable(checkpoint, e, self.directory)
             return None
+
+
+def files_named(payload: dict[str, Any]) -> set[str]:
+    """The table files (names in tables/) a checkpoint's chains name; an "init" entry names none."""
+    chains = payload.get(TABLES_KEY, {}).get("chains", {})
+    return {e["file"] for c in chains.values() for e in c if e.get("file")}
 
 
 def new_tag(epoch: int) -> str:
