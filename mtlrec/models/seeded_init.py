@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -76,14 +76,7 @@ class SeededInit:
         (default torch.get_num_threads()) draw them at once: torch releases the GIL inside
         randint and mul. The bits do not depend on the number of threads."""
         chunks = list(enumerate(weight.split(self.chunk_rows)))
-        workers = min(len(chunks), workers or torch.get_num_threads())
-        if workers <= 1:
-            for chunk, rows in chunks:
-                self._draw_chunk(chunk, rows)
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="seeded-init") as pool:
-            # list(): wait for every chunk and raise the first error
-            list(pool.map(lambda item: self._draw_chunk(*item), chunks))
+        _on_threads(lambda item: self._draw_chunk(*item), chunks, workers)
 
     def draw(self, shape: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         weight = torch.empty(shape, dtype=dtype)
@@ -130,14 +123,8 @@ class SeededInit:
             low, high = max(start, first_row), min(stop, rows_end)
             out[low - first_row : high - first_row].copy_(block[low - start : high - start, cols])
 
-        workers = min(len(chunks), workers or torch.get_num_threads())
         with torch.no_grad():
-            if workers <= 1:
-                for chunk in chunks:
-                    one(chunk)
-                return
-            with ThreadPoolExecutor(workers, thread_name_prefix="seeded-init") as pool:
-                list(pool.map(one, chunks))  # list(): wait for every chunk, raise the first error
+            _on_threads(one, list(chunks), workers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +137,18 @@ class SeededInit:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeededInit:
         return cls(int(d["seed"]), float(d["std"]), str(d["fingerprint"]), int(d["chunk_rows"]))
+
+
+def _on_threads(work: Callable[[Any], None], items: list[Any], workers: int | None) -> None:
+    """`work(item)` for every item, on `workers` threads (default torch.get_num_threads()); the
+    items are independent chunks (a generator each, rows of their own)."""
+    workers = min(len(items), workers or torch.get_num_threads())
+    if workers <= 1:
+        for item in items:
+            work(item)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="seeded-init") as pool:
+        list(pool.map(work, items))  # list(): wait for every chunk, raise the first error
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
