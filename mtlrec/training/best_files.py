@@ -57,7 +57,7 @@ Chain = list[dict[str, Any]]  # a checkpoint's table files: base (or init entry)
 def placeholder(t: torch.Tensor) -> torch.Tensor:
     """A stand-in with `t`'s shape and dtype and no data (a meta tensor): any attempt to read
     or save its values fails loudly, never silently."""
-    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+    return torch.empty(tuple(t.size()), dtype=t.dtype, device="meta")  # a ShardedTensor's too
 
 
 def by_files(state: dict[str, torch.Tensor]) -> set[str]:

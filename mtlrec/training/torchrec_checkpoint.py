@@ -32,7 +32,7 @@ from torch import nn
 
 from mtlrec.errors import MtlrecError
 from mtlrec.models.torchrec_embedding import torchrec_layers
-from mtlrec.training import dcp_files
+from mtlrec.training import best_files, dcp_files
 from mtlrec.training.dcp_files import FUSED, MODEL, SHARDED_DIR, SHARDED_KEY, TEMP_SUFFIX
 from mtlrec.training.table_files import TableFiles, TrackedTable, new_tag
 from mtlrec.training.torchrec_backend import TorchRecOptimizer, peer_hooks, table_states
@@ -179,7 +179,7 @@ class ShardedCheckpointer:
     def load_best(self, best: dict[str, torch.Tensor]) -> None:
         """The end of fit, every rank: the kept best weights into the model, the tables kept as
         placeholders from the best epoch's folder (each rank reads its own shards)."""
-        held = {k for k, v in best.items() if v.is_meta}
+        held = best_files.by_files(best)  # the placeholders: here, tables in the best's folder
         if not held:
             self.model.load_state_dict(best)
             return
@@ -200,9 +200,7 @@ class ShardedCheckpointer:
 
 def placeholders(tables: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A stand-in of each table (a meta tensor: its full shape and dtype, no data)."""
-    return {
-        k: torch.empty(tuple(v.size()), dtype=v.dtype, device="meta") for k, v in tables.items()
-    }
+    return {k: best_files.placeholder(v) for k, v in tables.items()}
 
 
 def _equal_everywhere(tables: dict[str, Any], best_state: dict[str, torch.Tensor]) -> bool:
