@@ -90,8 +90,8 @@ def check_checkpoint_layout(checkpoint: CheckpointConfig, trainer: TrainerConfig
             "checkpoint.sharded=gathered applies only to trainer.embedding_backend=torchrec with "
             f"trainer.devices > 1 (tables sharded over several ranks), not to this run's "
             f"trainer.embedding_backend={trainer.embedding_backend} trainer.devices="
-            f"{trainer.devices}, whose checkpoints hold whole tables anyway; remove it (resuming such a run: "
-            "add checkpoint.sharded=auto)"
+            f"{trainer.devices}, whose checkpoints hold whole tables anyway; remove it "
+            "(resuming such a run: add checkpoint.sharded=auto)"
         )
 
 
